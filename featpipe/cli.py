@@ -1,0 +1,93 @@
+"""The ``featpipe`` command line: a thin adapter over library functions.
+
+Each command is a module ``featpipe.commands.<module>`` with two functions:
+
+- ``add_arguments(parser)``: its own flags (the common ``--params`` and ``-S`` are added here);
+- ``run(args, params) -> int``: calls the library and returns an exit code.
+
+Modules are imported only when their command runs, so ``featpipe --help`` does not import torch.
+A :class:`~featpipe.errors.FeatpipeError` becomes one line on stderr and its exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from typing import Sequence
+
+from featpipe import __version__
+from featpipe.errors import FeatpipeError
+
+# name -> (module under featpipe.commands, one-line description). A command whose module does not
+# exist yet is not listed.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("prepare", "build data/manifest.csv, data/rejects.csv and data/splits.json from a folder, CSV, npz or the synthetic set"),
+    "backbones": ("backbones", "list the registered backbones with their embedding size, input size and cut points"),
+    "decode": ("decode", "decode every image once into the decoded-image cache at a backbone's input resolution"),
+    "extract": ("extract", "extract embeddings with a frozen backbone into the HDF5 feature cache"),
+    "merge-shards": ("merge_shards", "join the shard files of a --shard i/n extraction into one feature cache"),
+    "fit": ("fit", "fit a head (svc, logistic, mlp, prototype) on the k-shot subsets of every seed and score it"),
+    "fit-svc": ("fit_svc", "same as 'fit --head svc'"),
+    "sweep": ("sweep", "fit the whole grid of backbones x heads x shots x seeds from params.yaml"),
+    "predict": ("predict", "classify images with a saved head or fine-tuned model; write per-image probabilities"),
+    "finetune": ("finetune", "fine-tune a backbone (scratch, head, layerwise, full, truncated) on the same splits"),
+    "gradcam": ("gradcam", "render Grad-CAM heat maps for a saved head or fine-tuned model"),
+    "sanity-check": ("sanity_check", "Adebayo et al. model-randomisation check of a model's Grad-CAM maps"),
+    "report": ("report", "write reports/report.html with learning curves, the seed lottery, ROC/PR curves and Grad-CAM"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    return {
+        name: spec
+        for name, spec in COMMANDS.items()
+        if importlib.util.find_spec(f"featpipe.commands.{spec[0]}") is not None
+    }
+
+
+def build_parser(load: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the command named ``load`` has its module imported for its own flags."""
+    parser = argparse.ArgumentParser(
+        prog="featpipe",
+        description="Few-shot medical image classification with frozen features, classical heads and fine-tuning.",
+    )
+    parser.add_argument("--version", action="version", version=f"featpipe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, (module, helptext) in _available().items():
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        p.add_argument("--params", default="params.yaml", metavar="FILE", help="parameter file (default: params.yaml)")
+        p.add_argument(
+            "-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            help="override a parameter, e.g. -S split.seeds=[0,1,2] (repeatable)",
+        )
+        if name == load:
+            importlib.import_module(f"featpipe.commands.{module}").add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        parser = build_parser(load=command if command in COMMANDS else None)
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 2
+        from featpipe.config import load_params
+
+        params = load_params(args.params, args.overrides)
+        module = importlib.import_module(f"featpipe.commands.{COMMANDS[args.command][0]}")
+        return int(module.run(args, params) or 0)
+    except FeatpipeError as exc:
+        print(f"featpipe: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("featpipe: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:  # console script
+    sys.exit(main())

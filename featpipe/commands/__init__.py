@@ -1,0 +1,1 @@
+"""Command modules: each has add_arguments(parser) and run(args, params) -> int."""

@@ -1,0 +1,331 @@
+"""Parameters: ``params.yaml`` read once into frozen dataclasses, with ``-S section.key=value`` overrides.
+
+Every command goes through :func:`load_params`. Unknown keys and values of the wrong type are a
+:class:`~featpipe.errors.ConfigError` whose one-line message names the key (exit code 2).
+
+Each section below is owned by the module that reads it; add a field with its default here and
+the key becomes valid in ``params.yaml`` and on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from featpipe.errors import ConfigError
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class CsvParams:
+    """How to read a CSV manifest (HAM10000, CheXpert, your own)."""
+
+    root: Optional[str] = None  # folder the CSV's paths are relative to (default: the CSV's folder)
+    path_col: str = "path"
+    label_col: Optional[str] = "label"  # None with `task` set: CheXpert-style one column per pathology
+    patient_col: Optional[str] = None  # e.g. lesion_id (HAM10000); CheXpert: parsed from the path
+    split_col: Optional[str] = None
+    task: Optional[str] = None  # CheXpert: the pathology column that is the task (binary)
+    uncertain: Literal["ignore", "positive", "negative"] = "ignore"  # CheXpert -1 labels
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    """The offline demo set: small grayscale images whose class signal sits in a known region."""
+
+    classes: int = 2
+    images_per_class: int = 150
+    size: int = 64
+    images_per_patient: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataParams:
+    name: str = "demo"  # names the cache folder: cache/<name>/...
+    source: Literal["folder", "csv", "npz", "synthetic"] = "synthetic"
+    path: str = "data/synthetic"  # folder, CSV file, npz file, or where to write the synthetic set
+    patient_regex: Optional[str] = None  # first group (or whole match) of the file stem is the patient
+    max_image_pixels: int = 100_000_000  # larger images are rejected ("too large")
+    verify_images: bool = True  # fully decode every file in prepare to reject unreadable ones
+    medmnist_flag: Optional[str] = None  # e.g. pneumoniamnist: fetched with the medmnist package if missing
+    medmnist_size: int = 28
+    csv: CsvParams = field(default_factory=CsvParams)
+    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    seed: int = 0  # seed of the train/val/test draw
+    test_fraction: float = 0.2  # used when the data set has no test split of its own
+    val_fraction: float = 0.1
+    min_source_val_per_class: int = 50  # a smaller source val split (Kaggle's 16 images) is merged into train
+    seeds: tuple[int, ...] = tuple(range(10))  # k-shot draws
+    shots: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200)
+    shots_policy: Literal["error", "cap"] = "error"  # k larger than a class: error, or cap and record
+
+
+@dataclass(frozen=True)
+class DecodeParams:
+    workers: int = 2  # decoding processes
+    draft: bool = True  # reduced-scale JPEG decoding when the target is small
+
+
+@dataclass(frozen=True)
+class ExtractParams:
+    backbones: tuple[str, ...] = ("tiny_cnn",)
+    weights: str = "default"  # default | imagenet | random | a local file/folder | a hub id
+    layer: Optional[str] = None  # a registered cut point (truncated network); None = final embedding
+    batch_size: int = 32
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    feature_dtype: Literal["float32", "float16"] = "float32"
+
+
+@dataclass(frozen=True)
+class SvcParams:
+    kernel: Literal["linear", "rbf"] = "rbf"
+    C: float = 1.0  # used when the k-shot set is too small for cross-validation
+    C_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
+    gamma_grid: tuple[str, ...] = ("scale",)
+    class_weight: Optional[Literal["balanced"]] = "balanced"
+
+
+@dataclass(frozen=True)
+class LogisticParams:
+    C: float = 1.0
+    C_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
+    class_weight: Optional[Literal["balanced"]] = "balanced"
+    max_iter: int = 2000
+
+
+@dataclass(frozen=True)
+class MlpParams:
+    hidden: int = 512
+    dropout: float = 0.3
+    epochs: int = 200
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+
+
+@dataclass(frozen=True)
+class PrototypeParams:
+    metric: Literal["cosine"] = "cosine"
+
+
+@dataclass(frozen=True)
+class HeadsParams:
+    l2_normalize: bool = False
+    cv_folds: int = 5  # C is cross-validated when every class has at least this many images
+    svc: SvcParams = field(default_factory=SvcParams)
+    logistic: LogisticParams = field(default_factory=LogisticParams)
+    mlp: MlpParams = field(default_factory=MlpParams)
+    prototype: PrototypeParams = field(default_factory=PrototypeParams)
+
+
+@dataclass(frozen=True)
+class FitParams:
+    heads: tuple[str, ...] = ("svc", "logistic", "mlp", "prototype")
+    n_jobs: int = 2
+    bootstrap: int = 1000  # patient-level bootstrap resamples for a single run's intervals
+    save_models: bool = True
+
+
+@dataclass(frozen=True)
+class ClinicalParams:
+    """The "clinical-grade" flag per configuration (defaults from the published study)."""
+
+    min_accuracy_binary: float = 0.90
+    min_accuracy_multiclass: float = 0.85
+    max_std: float = 0.05
+    min_auroc: float = 0.95
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    backbones: tuple[str, ...] = ("tiny_cnn",)
+    strategies: tuple[str, ...] = ("scratch", "head", "layerwise", "full")
+    shots: tuple[int, ...] = (5, 10)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    layer: Optional[str] = None  # cut point for the truncated strategy
+    truncated_mode: Literal["layerwise", "full"] = "layerwise"
+    optimizer: Literal["adamw"] = "adamw"
+    lr: float = 1e-4
+    backbone_lr_factor: float = 0.1  # full fine-tuning: backbone lr = lr * factor
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    epochs: int = 50
+    patience: int = 10
+    imbalance: Literal["weighted_loss", "balanced_sampler", "none"] = "weighted_loss"
+    augment: bool = True
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class GradcamParams:
+    runs: tuple[str, ...] = ()
+    per_outcome: int = 2  # images per TP / TN / FP / FN cell
+    sanity_threshold: float = 0.5  # rank correlation above this after re-initialisation fails the check
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    metric: str = "macro_f1"
+    title: str = "featpipe report"
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    split: SplitParams = field(default_factory=SplitParams)
+    decode: DecodeParams = field(default_factory=DecodeParams)
+    extract: ExtractParams = field(default_factory=ExtractParams)
+    heads: HeadsParams = field(default_factory=HeadsParams)
+    fit: FitParams = field(default_factory=FitParams)
+    clinical: ClinicalParams = field(default_factory=ClinicalParams)
+    finetune: FinetuneParams = field(default_factory=FinetuneParams)
+    gradcam: GradcamParams = field(default_factory=GradcamParams)
+    report: ReportParams = field(default_factory=ReportParams)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_params(path: str | Path | None = "params.yaml", overrides: typing.Sequence[str] = ()) -> Params:
+    """Read ``path`` (missing file = all defaults), apply ``section.key=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if p.exists():
+            try:
+                loaded = yaml.safe_load(p.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{p}: expected a mapping of sections at the top level")
+            raw = loaded
+        elif str(path) != "params.yaml":
+            raise ConfigError(f"parameter file {p} not found")
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return build(Params, raw, "")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"split.shots=[1,5]"`` -> ``("split.shots", [1, 5])`` (the value is read as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has no key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"unknown parameter '{key}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def build(cls: type, raw: Any, prefix: str):
+    """Build dataclass ``cls`` from a mapping, naming the dotted key of anything wrong."""
+    where = prefix or "params"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{where}' must be a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ConfigError(f"unknown parameter '{key}' (known{' in ' + prefix if prefix else ''}: {', '.join(names)})")
+    values = {}
+    for name in names:
+        if name in raw:
+            key = f"{prefix}.{name}" if prefix else name
+            values[name] = _coerce(hints[name], raw[name], key)
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for a in inner:
+            try:
+                return _coerce(a, value, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"bad value for '{key}': {value!r} (choose from {', '.join(map(str, args))})")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        inner = args[0]
+        return tuple(_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"bad value for '{key}': {value!r} (expected true or false)")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"bad value for '{key}': {value!r} (expected an integer)")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"bad value for '{key}': {value!r} (expected a number)")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"bad value for '{key}': {value!r} (expected a string)")
+    raise ConfigError(f"'{key}': unsupported parameter type {tp!r}")  # pragma: no cover - schema bug
+
+
+def to_dict(params: Any) -> dict:
+    """Plain nested dict (tuples as lists) of a params dataclass, for provenance and JSON."""
+
+    def conv(v):
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return conv(dataclasses.asdict(params))
