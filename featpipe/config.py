@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 
@@ -27,12 +27,12 @@ from featpipe.errors import ConfigError
 class CsvParams:
     """How to read a CSV manifest (HAM10000, CheXpert, your own)."""
 
-    root: Optional[str] = None  # folder the CSV's paths are relative to (default: the CSV's folder)
+    root: str | None = None  # folder the CSV's paths are relative to (default: the CSV's folder)
     path_col: str = "path"
-    label_col: Optional[str] = "label"  # None with `task` set: CheXpert-style one column per pathology
-    patient_col: Optional[str] = None  # e.g. lesion_id (HAM10000); CheXpert: parsed from the path
-    split_col: Optional[str] = None
-    task: Optional[str] = None  # CheXpert: the pathology column that is the task (binary)
+    label_col: str | None = "label"  # None with `task` set: CheXpert-style one column per pathology
+    patient_col: str | None = None  # e.g. lesion_id (HAM10000); CheXpert: parsed from the path
+    split_col: str | None = None
+    task: str | None = None  # CheXpert: the pathology column that is the task (binary)
     uncertain: Literal["ignore", "positive", "negative"] = "ignore"  # CheXpert -1 labels
 
 
@@ -52,10 +52,11 @@ class DataParams:
     name: str = "demo"  # names the cache folder: cache/<name>/...
     source: Literal["folder", "csv", "npz", "synthetic"] = "synthetic"
     path: str = "data/synthetic"  # folder, CSV file, npz file, or where to write the synthetic set
-    patient_regex: Optional[str] = None  # first group (or whole match) of the file stem is the patient
+    patient_regex: str | None = None  # first group (or whole match) of the file stem is the patient
     max_image_pixels: int = 100_000_000  # larger images are rejected ("too large")
     verify_images: bool = True  # fully decode every file in prepare to reject unreadable ones
-    medmnist_flag: Optional[str] = None  # e.g. pneumoniamnist: fetched with the medmnist package if missing
+    class_names: tuple[str, ...] = ()  # class names in label order (npz: names of labels 0, 1, ...)
+    medmnist_flag: str | None = None  # e.g. pneumoniamnist: fetched with the medmnist package if missing
     medmnist_size: int = 28
     csv: CsvParams = field(default_factory=CsvParams)
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
@@ -82,7 +83,7 @@ class DecodeParams:
 class ExtractParams:
     backbones: tuple[str, ...] = ("tiny_cnn",)
     weights: str = "default"  # default | imagenet | random | a local file/folder | a hub id
-    layer: Optional[str] = None  # a registered cut point (truncated network); None = final embedding
+    layer: str | None = None  # a registered cut point (truncated network); None = final embedding
     batch_size: int = 32
     device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -93,16 +94,17 @@ class ExtractParams:
 class SvcParams:
     kernel: Literal["linear", "rbf"] = "rbf"
     C: float = 1.0  # used when the k-shot set is too small for cross-validation
+    gamma: float | str = "scale"  # likewise; "scale" = 1 / (D * var(X)), "auto" = 1 / D, or a number
     C_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
-    gamma_grid: tuple[str, ...] = ("scale",)
-    class_weight: Optional[Literal["balanced"]] = "balanced"
+    gamma_grid: tuple[float | str, ...] = ("scale",)  # rbf only
+    class_weight: Literal["balanced"] | None = "balanced"
 
 
 @dataclass(frozen=True)
 class LogisticParams:
-    C: float = 1.0
+    C: float = 1.0  # used when the k-shot set is too small for cross-validation
     C_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
-    class_weight: Optional[Literal["balanced"]] = "balanced"
+    class_weight: Literal["balanced"] | None = "balanced"
     max_iter: int = 2000
 
 
@@ -110,20 +112,25 @@ class LogisticParams:
 class MlpParams:
     hidden: int = 512
     dropout: float = 0.3
-    epochs: int = 200
+    epochs: int = 200  # at most; stops earlier when the training loss stops improving (tol, n_iter_no_change)
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    tol: float = 1e-4
+    n_iter_no_change: int = 10
+    span: bool = True  # train the first layer within the span of the k-shot embeddings (fast); false = full D x hidden
 
 
 @dataclass(frozen=True)
 class PrototypeParams:
     metric: Literal["cosine"] = "cosine"
+    temperature: float = 0.1  # probabilities = softmax(cosine similarity / temperature)
 
 
 @dataclass(frozen=True)
 class HeadsParams:
-    l2_normalize: bool = False
-    cv_folds: int = 5  # C is cross-validated when every class has at least this many images
+    l2_normalize: bool = False  # L2-normalise each standardised embedding before the classifier
+    cv_folds: int = 5  # C (and gamma) are cross-validated when every class has at least this many images
+    cv_scoring: Literal["balanced_accuracy", "accuracy"] = "balanced_accuracy"
     svc: SvcParams = field(default_factory=SvcParams)
     logistic: LogisticParams = field(default_factory=LogisticParams)
     mlp: MlpParams = field(default_factory=MlpParams)
@@ -132,10 +139,14 @@ class HeadsParams:
 
 @dataclass(frozen=True)
 class FitParams:
-    heads: tuple[str, ...] = ("svc", "logistic", "mlp", "prototype")
+    heads: tuple[str, ...] = ("svc", "logistic", "mlp", "prototype")  # what `sweep` fits
+    backbones: tuple[str, ...] = ()  # what `sweep` fits; empty = extract.backbones
+    shots: tuple[int, ...] = ()  # empty = split.shots
+    seeds: tuple[int, ...] = ()  # empty = split.seeds
     n_jobs: int = 2
-    bootstrap: int = 1000  # patient-level bootstrap resamples for a single run's intervals
+    bootstrap: int = 1000  # patient-level bootstrap resamples for a single run's intervals (0 = none)
     save_models: bool = True
+    curves: bool = True  # write ROC/PR points per run to results/curves/
 
 
 @dataclass(frozen=True)
@@ -144,17 +155,20 @@ class ClinicalParams:
 
     min_accuracy_binary: float = 0.90
     min_accuracy_multiclass: float = 0.85
-    max_std: float = 0.05
+    max_std: float = 0.05  # std of accuracy across seeds, as a fraction (0.05 = 5 points)
     min_auroc: float = 0.95
 
 
 @dataclass(frozen=True)
 class FinetuneParams:
+    """Fine-tuning (featpipe.finetune): defaults from the published study."""
+
     backbones: tuple[str, ...] = ("tiny_cnn",)
-    strategies: tuple[str, ...] = ("scratch", "head", "layerwise", "full")
+    strategies: tuple[str, ...] = ("scratch", "head", "layerwise", "full")  # + "truncated" (needs layer)
     shots: tuple[int, ...] = (5, 10)
     seeds: tuple[int, ...] = (0, 1, 2)
-    layer: Optional[str] = None  # cut point for the truncated strategy
+    weights: str = "default"  # pretrained weights for head/layerwise/full/truncated; scratch is always random
+    layer: str | None = None  # cut point for the truncated strategy
     truncated_mode: Literal["layerwise", "full"] = "layerwise"
     optimizer: Literal["adamw"] = "adamw"
     lr: float = 1e-4
@@ -162,11 +176,18 @@ class FinetuneParams:
     weight_decay: float = 1e-4
     batch_size: int = 32
     epochs: int = 50
-    patience: int = 10
+    patience: int = 10  # early stopping on val loss; the best-val epoch's weights are restored
     imbalance: Literal["weighted_loss", "balanced_sampler", "none"] = "weighted_loss"
-    augment: bool = True
+    augment: bool = True  # train only: random resized crop, hflip, rotation, brightness/contrast
+    crop_scale_min: float = 0.8  # random resized crop keeps this fraction of the area or more
+    rotation_degrees: float = 10.0
+    brightness: float = 0.2
+    contrast: float = 0.2
+    hflip: bool = True
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     device: str = "auto"
+    eval_batch_size: int = 64  # no-grad val/test passes
+    save_models: bool = True  # safetensors checkpoint + JSON sidecar under models/finetune/
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The data layer: sources -> manifest (+ rejects, duplicates) -> leakage-free splits."""

@@ -1,0 +1,171 @@
+"""The manifest: one row per usable image, plus a rejects report and a duplicates report.
+
+``data/manifest.csv`` columns: ``id, path, label, label_name, patient_id, source_split, sha256, width,
+height``. Every file is hashed (sha256 of its bytes; npz entries: of the image array's bytes) and fully
+decoded once by :func:`featpipe.imaging.probe`; what cannot be used goes to ``rejects.csv`` with a reason
+and the run goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from featpipe.data.sources import Record
+from featpipe.errors import DataError
+from featpipe.fileio import atomic_write
+
+COLUMNS = ["id", "path", "label", "label_name", "patient_id", "source_split", "sha256", "width", "height"]
+REJECT_COLUMNS = ["id", "path", "reason"]
+DUPLICATE_COLUMNS = ["sha256", "count", "ids", "labels", "conflicting_labels"]
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_file(args: tuple[str, int, bool]) -> tuple[str | None, int, int, str | None]:
+    """(sha256, width, height, reject reason) of one file; runs in a worker process."""
+    from featpipe.imaging import ImageRejected, probe
+
+    path, max_pixels, verify = args
+    try:
+        if not os.path.isfile(path):
+            return None, 0, 0, "missing"
+        if os.path.getsize(path) == 0:
+            return None, 0, 0, "zero bytes"
+        digest = file_sha256(path)
+    except OSError as exc:
+        return None, 0, 0, f"unreadable ({exc.strerror or exc})"
+    if not verify:
+        return digest, 0, 0, None
+    try:
+        w, h = probe(path, max_pixels=max_pixels)
+    except ImageRejected as exc:
+        return digest, 0, 0, exc.reason
+    return digest, int(w), int(h), None
+
+
+def _check_npz(records: Sequence[Record]) -> list[tuple[str | None, int, int, str | None]]:
+    """Hash npz entries in-process: one load per array, a digest per image."""
+    out = []
+    cache: dict[tuple[str, str], np.ndarray] = {}
+    for r in records:
+        file, ref = r.path.rsplit("#", 1)
+        array, index = ref.rsplit("/", 1)
+        if (file, array) not in cache:
+            with np.load(file, allow_pickle=False) as data:
+                cache[(file, array)] = np.ascontiguousarray(data[array])
+        img = cache[(file, array)][int(index)]
+        if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[-1] not in (1, 3)):
+            out.append((None, 0, 0, "unsupported mode"))
+            continue
+        out.append((hashlib.sha256(img.tobytes()).hexdigest(), int(img.shape[1]), int(img.shape[0]), None))
+    return out
+
+
+@dataclass
+class ManifestResult:
+    manifest: pd.DataFrame
+    rejects: pd.DataFrame
+    duplicates: pd.DataFrame
+    classes: list[str] = field(default_factory=list)
+
+
+def build_manifest(records: Sequence[Record], *, max_pixels: int, verify: bool = True, workers: int = 2,
+                   class_order: Sequence[str] | None = None) -> ManifestResult:
+    """Hash and check every record; classes are sorted by name unless ``class_order`` is given."""
+    npz = [r for r in records if "#" in r.path and r.path.split("#", 1)[0].endswith(".npz")]
+    npz_keys = {id(r) for r in npz}
+    files = [r for r in records if id(r) not in npz_keys]
+    checked: dict[int, tuple] = {}
+    for r, res in zip(npz, _check_npz(npz)):
+        checked[id(r)] = res
+    todo = [r for r in files if r.reject is None]
+    jobs = [(r.path, max_pixels, verify) for r in todo]
+    if workers > 1 and len(jobs) > 8:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_check_file, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
+    else:
+        results = [_check_file(j) for j in jobs]
+    for r, res in zip(todo, results):
+        checked[id(r)] = res
+
+    rows, rejects = [], []
+    for r in records:
+        digest, w, h, reason = checked.get(id(r), (None, 0, 0, r.reject))
+        reason = r.reject or reason
+        if reason:
+            rejects.append({"id": r.id, "path": r.path, "reason": reason})
+        else:
+            rows.append({"id": r.id, "path": r.path, "label_name": r.label_name, "patient_id": r.patient_id,
+                         "source_split": r.source_split, "sha256": digest, "width": w, "height": h,
+                         "_index": r.label_index})
+    if not rows:
+        raise DataError("no usable images: every file was rejected (see the rejects report)")
+    names = sorted({row["label_name"] for row in rows})
+    if class_order is not None:
+        missing = [n for n in names if n not in class_order]
+        if missing:
+            raise DataError(f"labels {missing} are not in the configured class list {list(class_order)}")
+        names = [n for n in class_order if n in names]
+    elif all(row["_index"] is not None for row in rows):  # npz: keep the stored label numbers' order
+        names = [n for _, n in sorted({(row["_index"], row["label_name"]) for row in rows})]
+    if len(names) < 2:
+        raise DataError(f"only one class found ({names[0]}): a classifier needs at least two")
+    lookup = {n: i for i, n in enumerate(names)}
+    for row in rows:
+        row["label"] = lookup[row["label_name"]]
+        row.pop("_index")
+    manifest = pd.DataFrame(rows, columns=COLUMNS)
+    return ManifestResult(manifest, pd.DataFrame(rejects, columns=REJECT_COLUMNS), find_duplicates(manifest), names)
+
+
+def find_duplicates(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Groups of byte-identical images (same sha256); conflicting labels are flagged."""
+    out = []
+    for digest, grp in manifest.groupby("sha256", sort=True):
+        if len(grp) > 1:
+            labels = sorted(set(grp["label_name"]))
+            out.append({"sha256": digest, "count": len(grp), "ids": ";".join(grp["id"]), "labels": ";".join(labels),
+                        "conflicting_labels": len(labels) > 1})
+    return pd.DataFrame(out, columns=DUPLICATE_COLUMNS)
+
+
+def write_csv_atomic(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``df`` as CSV (LF line ends, no index) through a temporary file renamed into place."""
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    return atomic_write(path, buf.getvalue())
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read ``manifest.csv`` with string ids (never numbers) and int labels."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"manifest {path} not found: run 'featpipe prepare' first")
+    df = pd.read_csv(path, dtype={c: str for c in ("id", "path", "label_name", "patient_id", "source_split", "sha256")},
+                     keep_default_na=False)
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{path} is not a featpipe manifest (missing columns: {', '.join(missing)})")
+    df["label"] = df["label"].astype("int64")
+    return df
+
+
+def ids_sha256(ids: Iterable[str]) -> str:
+    """A hash of a set of manifest ids (order-free), for provenance columns."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()

@@ -1,0 +1,193 @@
+"""Data sources: each turns what is on disk into the same list of :class:`Record`.
+
+- :func:`scan_folder`: class-per-folder trees, with or without split folders above them (Kaggle chest_xray,
+  COVID-19 Radiography with ``images/`` and ``masks/``, HAM10000-style class folders).
+- :func:`scan_csv`: a CSV manifest (HAM10000 with ``lesion_id``; CheXpert with one pathology column).
+- :func:`scan_npz`: MedMNIST-style ``.npz`` files (``train_images``, ``train_labels``, ...).
+
+Nothing is decoded here; :mod:`featpipe.data.manifest` hashes and checks every image.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from featpipe.config import CsvParams
+from featpipe.data.patients import PatientRules
+from featpipe.errors import DataError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test", "testing": "test"}
+IGNORED_DIRS = {"masks", "mask", "__macosx"}
+NPZ_SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Record:
+    id: str
+    path: str  # what the decoder opens: a file path or "<file.npz>#<array>/<index>"
+    label_name: str | None  # None: no usable label (the reason is in `reject`)
+    patient_id: str | None  # None: derived from the file name by the patient rules
+    source_split: str = ""  # train | val | test | "" (none)
+    reject: str | None = None  # set when the source already knows the row is unusable
+    label_index: int | None = None  # npz: the class index as stored
+
+
+def _join(root: str, rel: str) -> str:
+    return str(PurePosixPath(root.replace(os.sep, "/")) / rel)
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".") and name.lower() not in IGNORED_DIRS
+
+
+def _files_under(folder: Path) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if _visible(d))
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".") and f != "Thumbs.db")
+    return out
+
+
+def scan_folder(root: str | Path, *, patient_regex: str | None = None) -> list[Record]:
+    """A class-per-folder tree, optionally under split folders (``train/``, ``val/``, ``test/``)."""
+    base = Path(root)
+    if not base.is_dir():
+        raise DataError(f"data folder {base} not found: set data.path to a folder of class folders")
+    rules = PatientRules(patient_regex)
+    subdirs = sorted(d for d in base.iterdir() if d.is_dir() and _visible(d.name))
+    split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_NAMES]
+    if split_dirs and len(split_dirs) != len(subdirs):
+        others = ", ".join(d.name for d in subdirs if d not in split_dirs)
+        raise DataError(f"{base} mixes split folders ({', '.join(d.name for d in split_dirs)}) with other folders ({others})")
+    groups = [(SPLIT_NAMES[d.name.lower()], d) for d in split_dirs] if split_dirs else [("", base)]
+    records: list[Record] = []
+    for split, split_dir in groups:
+        class_dirs = sorted(d for d in split_dir.iterdir() if d.is_dir() and _visible(d.name))
+        if not class_dirs:
+            raise DataError(f"{split_dir} has no class folders: expected one folder per class (e.g. NORMAL/, PNEUMONIA/)")
+        for class_dir in class_dirs:
+            for f in _files_under(class_dir):
+                rel = f.relative_to(base).as_posix()
+                reject = None if f.suffix.lower() in IMAGE_EXTENSIONS else f"not an image (extension {f.suffix or 'none'})"
+                records.append(Record(rel, _join(str(root), rel), class_dir.name, rules(rel), split, reject))
+    if not records:
+        raise DataError(f"no files found under {base}")
+    return records
+
+
+def _image_index(root: Path) -> dict[str, list[str]]:
+    """stem -> relative paths of the image files under root (for CSVs that name images by id)."""
+    index: dict[str, list[str]] = {}
+    for f in _files_under(root):
+        if f.suffix.lower() in IMAGE_EXTENSIONS:
+            index.setdefault(f.stem, []).append(f.relative_to(root).as_posix())
+    return index
+
+
+def scan_csv(csv_path: str | Path, cfg: CsvParams, *, patient_regex: str | None = None) -> list[Record]:
+    """A CSV with a path (or image id) column and a label column, or a CheXpert-style pathology column."""
+    src = Path(csv_path)
+    if not src.is_file():
+        raise DataError(f"CSV manifest {src} not found: set data.path to your CSV file")
+    root_text = cfg.root if cfg.root is not None else str(src.parent)
+    root = Path(root_text)
+    raw = src.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:  # spreadsheet exports are often Windows-1252 / Latin-1
+        text = raw.decode("cp1252", errors="replace")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = reader.fieldnames or []
+    rows = list(reader)
+    label_col = cfg.task or cfg.label_col
+    wanted = {"data.csv.path_col": cfg.path_col, ("data.csv.task" if cfg.task else "data.csv.label_col"): label_col,
+              "data.csv.patient_col": cfg.patient_col, "data.csv.split_col": cfg.split_col}
+    for key, col in wanted.items():
+        if col is not None and col not in columns:
+            raise DataError(f"{src}: no column '{col}' (from {key}); columns are: {', '.join(columns)}")
+    if label_col is None:
+        raise DataError("set data.csv.label_col (the class column) or data.csv.task (a CheXpert pathology column)")
+    rules = PatientRules(patient_regex)
+    index: dict[str, list[str]] | None = None
+    records: list[Record] = []
+    for row in rows:
+        ref = (row[cfg.path_col] or "").strip().replace("\\", "/")
+        rel, reject = ref, None
+        if not (root / ref).is_file():
+            if index is None:
+                index = _image_index(root)
+            hits = index.get(PurePosixPath(ref).name, []) or index.get(PurePosixPath(ref).stem, [])
+            if len(hits) == 1:
+                rel = hits[0]
+            else:
+                reject = "missing" if not hits else f"ambiguous: {len(hits)} files named {ref}.*"
+        label, why = _label(row[label_col], task=cfg.task, uncertain=cfg.uncertain)
+        reject = reject or why
+        patient = (row[cfg.patient_col] or "").strip() if cfg.patient_col else ""
+        split = SPLIT_NAMES.get((row[cfg.split_col] or "").strip().lower(), "") if cfg.split_col else ""
+        records.append(Record(rel, _join(root_text, rel), label, patient or rules(rel), split, reject))
+    if not records:
+        raise DataError(f"{src} has no rows")
+    ids = [r.id for r in records]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DataError(f"{src}: image {dup} is listed more than once")
+    return records
+
+
+def _label(value: str | None, *, task: str | None, uncertain: str) -> tuple[str | None, str | None]:
+    """Class name and reject reason of one CSV cell. With a task: CheXpert's 1 / 0 / -1 / blank."""
+    text = (value or "").strip()
+    if task is None:
+        return (text, None) if text else (None, "no label")
+    if text == "":
+        return "negative", None  # CheXpert: blank = not mentioned = negative
+    try:
+        v = float(text)
+    except ValueError:
+        return None, f"bad label {text!r} in column {task}"
+    if v == 1:
+        return "positive", None
+    if v == 0:
+        return "negative", None
+    if v == -1:
+        if uncertain == "ignore":
+            return None, "uncertain label (-1) ignored"
+        return uncertain, None
+    return None, f"bad label {text!r} in column {task}"
+
+
+def scan_npz(npz_path: str | Path, *, class_names: tuple[str, ...] = ()) -> list[Record]:
+    """MedMNIST-style arrays ``<split>_images`` / ``<split>_labels``; ids are ``<split>/<index>``."""
+    src = Path(npz_path)
+    if not src.is_file():
+        raise DataError(f"npz file {src} not found")
+    try:
+        data = np.load(src, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user problem
+        raise DataError(f"{src}: not a readable .npz file ({exc})") from None
+    with data:
+        splits = [s for s in NPZ_SPLITS if f"{s}_images" in data.files]
+        if not splits:
+            raise DataError(f"{src}: no '<split>_images' arrays (found: {', '.join(data.files)})")
+        records = []
+        for split in splits:
+            if f"{split}_labels" not in data.files:
+                raise DataError(f"{src}: '{split}_images' has no '{split}_labels'")
+            labels = np.asarray(data[f"{split}_labels"])
+            if labels.ndim == 2 and labels.shape[1] > 1:
+                raise DataError(f"{src}: '{split}_labels' is multi-label ({labels.shape[1]} columns); choose one task first")
+            labels = labels.reshape(-1)
+            width = len(str(len(labels) - 1))
+            for i, lab in enumerate(labels.tolist()):
+                name = class_names[lab] if lab < len(class_names) else str(lab)
+                rid = f"{split}/{i:0{max(width, 5)}d}"
+                records.append(Record(rid, f"{src.as_posix()}#{split}_images/{i}", name, rid, split, None, int(lab)))
+    return records

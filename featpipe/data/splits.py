@@ -1,0 +1,236 @@
+"""One split file that every stage reads: train / val / test and nested k-shot subsets per seed.
+
+Images are grouped before anything is drawn: two images share a group when they share a patient id or
+their bytes (sha256), so neither a patient nor a duplicated file ever straddles train, val and test.
+A data set's own test split is kept; val comes from the data set when it is big enough, otherwise it is
+drawn from train. Draws are stratified by class and grouped, from ``numpy.random.default_rng(seed)``.
+
+k-shot subsets: for one seed, each class's train groups are put in a random order and their images dealt
+round-robin (one image per patient while patients last); the k-shot subset is the first k images, so the
+5-shot subset is inside the 10-shot subset (nested), and learning curves compare like with like.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from featpipe.config import SplitParams
+from featpipe.errors import DataError
+from featpipe.fileio import atomic_write
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Splits:
+    dataset: str
+    classes: list[str]
+    manifest_sha256: str
+    train: list[str]
+    val: list[str]
+    test: list[str]
+    fewshot: dict[int, dict[int, list[str]]]
+    sha256: str  # of the split file's bytes: the "split hash" in every result row
+    raw: dict
+
+    def shots(self, seed: int, k: int) -> list[str]:
+        try:
+            return self.fewshot[seed][k]
+        except KeyError:
+            seeds = sorted(self.fewshot)
+            ks = sorted(self.fewshot[seeds[0]]) if seeds else []
+            raise DataError(f"no {k}-shot subset for seed {seed} in the splits file (seeds {seeds}, shots {ks}): "
+                            f"add them to split.seeds / split.shots and rerun 'featpipe prepare'") from None
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def groups_of(manifest: pd.DataFrame) -> np.ndarray:
+    """Group number per row: rows sharing a patient id or a sha256 are one group."""
+    uf = _UnionFind(len(manifest))
+    for col in ("patient_id", "sha256"):
+        first: dict[str, int] = {}
+        for i, key in enumerate(manifest[col].tolist()):
+            if key in first:
+                uf.union(first[key], i)
+            else:
+                first[key] = i
+    return np.array([uf.find(i) for i in range(len(manifest))])
+
+
+def _draw(rows: np.ndarray, frac: float, labels: np.ndarray, groups: np.ndarray, n_classes: int,
+          rng: np.random.Generator) -> np.ndarray:
+    """Rows (a subset of ``rows``) of whole groups holding about ``frac`` of each class's images."""
+    if frac <= 0 or len(rows) == 0:
+        return np.array([], dtype=int)
+    by_group: dict[int, list[int]] = {}
+    for r in rows:
+        by_group.setdefault(int(groups[r]), []).append(int(r))
+    stratum: dict[int, list[int]] = {c: [] for c in range(n_classes)}
+    for g in sorted(by_group):
+        counts = np.bincount(labels[by_group[g]], minlength=n_classes)
+        stratum[int(np.argmax(counts))].append(g)  # majority class; ties go to the lower class index
+    chosen: list[int] = []
+    for c in range(n_classes):
+        gs = stratum[c]
+        n = sum(len(by_group[g]) for g in gs)
+        target = int(round(frac * n))
+        if target == 0 and len(gs) >= 2:
+            target = 1
+        taken = 0
+        for j in rng.permutation(len(gs)):
+            if taken >= target:
+                break
+            chosen.extend(by_group[gs[j]])
+            taken += len(by_group[gs[j]])
+    return np.array(sorted(chosen), dtype=int)
+
+
+def _fewshot(train_rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, ids: np.ndarray, classes: Sequence[str],
+             params: SplitParams) -> tuple[dict, dict]:
+    fewshot: dict[str, dict[str, list[str]]] = {}
+    capped: dict[str, dict[str, int]] = {}
+    counts = {c: int((labels[train_rows] == c).sum()) for c in range(len(classes))}
+    for k in params.shots:
+        if k < 1:
+            raise DataError(f"bad value for 'split.shots': {k} (shots are images per class, at least 1)")
+        short = {classes[c]: n for c, n in counts.items() if n < k}
+        if short and params.shots_policy == "error":
+            name, n = next(iter(short.items()))
+            raise DataError(f"{k}-shot subsets need {k} training images of class '{name}', which has {n}: "
+                            f"lower split.shots or set split.shots_policy=cap")
+        if short:
+            capped[str(k)] = short
+    for seed in params.seeds:
+        rng = np.random.default_rng(seed)
+        order: list[list[str]] = []
+        for c in range(len(classes)):
+            rows = train_rows[labels[train_rows] == c]
+            by_group: dict[int, list[int]] = {}
+            for r in rows:
+                by_group.setdefault(int(groups[r]), []).append(int(r))
+            keys = sorted(by_group)
+            decks = [[by_group[keys[j]][i] for i in rng.permutation(len(by_group[keys[j]]))] for j in rng.permutation(len(keys))]
+            dealt = [deck[i] for i in range(max((len(d) for d in decks), default=0)) for deck in decks if i < len(deck)]
+            order.append([str(ids[r]) for r in dealt])
+        fewshot[str(seed)] = {str(k): sorted(x for o in order for x in o[:k]) for k in params.shots}
+    return fewshot, capped
+
+
+def make_splits(manifest: pd.DataFrame, classes: Sequence[str], params: SplitParams, *, dataset: str,
+                manifest_sha256: str) -> dict:
+    """The split file's content (a plain dict); a pure function of its inputs."""
+    if not 0 <= params.test_fraction < 1 or not 0 <= params.val_fraction < 1:
+        raise DataError("split.test_fraction and split.val_fraction must be in [0, 1)")
+    ids = manifest["id"].to_numpy(dtype=str)
+    labels = manifest["label"].to_numpy(dtype=int)
+    source = manifest["source_split"].to_numpy(dtype=str)
+    groups = groups_of(manifest)
+    n_classes = len(classes)
+    rng = np.random.default_rng(params.seed)
+    everything = np.arange(len(manifest))
+    how = {}
+
+    if (source == "test").any():
+        test_rows, how["test"] = np.flatnonzero(source == "test"), "source"
+    else:
+        test_rows, how["test"] = _draw(everything, params.test_fraction, labels, groups, n_classes, rng), "drawn"
+    val_src = np.flatnonzero(source == "val")
+    val_counts = np.bincount(labels[val_src], minlength=n_classes)
+    if len(val_src) and val_counts.min() >= params.min_source_val_per_class:
+        val_rows, how["val"] = val_src, "source"
+    else:
+        how["val"] = "drawn" if not len(val_src) else f"drawn (source val merged into train: {len(val_src)} images, fewer than {params.min_source_val_per_class} per class)"
+        pool = np.setdiff1d(everything, test_rows)
+        val_rows = _draw(pool, params.val_fraction, labels, groups, n_classes, rng)
+    train_rows = np.setdiff1d(everything, np.union1d(test_rows, val_rows))
+
+    excluded = []
+    test_groups, val_groups = set(groups[test_rows].tolist()), set(groups[val_rows].tolist())
+    for name, rows, banned, where in (("val", val_rows, test_groups, "test"), ("train", train_rows, test_groups, "test"),
+                                      ("train", train_rows, val_groups, "val")):
+        bad = [r for r in rows if groups[r] in banned]
+        for r in bad:
+            excluded.append({"id": str(ids[r]), "from": name, "reason": f"same patient or identical file in {where}"})
+        if name == "val":
+            val_rows = np.setdiff1d(val_rows, bad)
+        else:
+            train_rows = np.setdiff1d(train_rows, bad)
+
+    fewshot, capped = _fewshot(train_rows, labels, groups, ids, classes, params)
+    parts = {"train": train_rows, "val": val_rows, "test": test_rows}
+    return {
+        "format": FORMAT, "dataset": dataset, "classes": list(classes), "manifest_sha256": manifest_sha256,
+        "params": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(params).items()},
+        "source": how,
+        "counts": {p: {classes[c]: int((labels[r] == c).sum()) for c in range(n_classes)} for p, r in parts.items()},
+        "patients": {p: int(manifest["patient_id"].iloc[r].nunique()) for p, r in parts.items()},
+        **{p: sorted(str(i) for i in ids[r]) for p, r in parts.items()},
+        "fewshot": fewshot, "capped": capped, "excluded": sorted(excluded, key=lambda e: (e["id"], e["from"])),
+    }
+
+
+def check_splits(obj: dict, manifest: pd.DataFrame) -> None:
+    """Refuse to write a split with a patient or a file on two sides, or k-shot ids outside train."""
+    by_id = manifest.set_index("id")
+    seen: dict[str, dict[str, str]] = {"patient_id": {}, "sha256": {}}
+    for part in ("train", "val", "test"):
+        if len(set(obj[part])) != len(obj[part]):
+            raise DataError(f"internal error: duplicate ids in {part}")
+        rows = by_id.loc[obj[part]] if obj[part] else by_id.iloc[:0]
+        for col in seen:
+            for key in set(rows[col].tolist()):
+                other = seen[col].setdefault(key, part)
+                if other != part:
+                    what = "patient" if col == "patient_id" else "identical file"
+                    raise DataError(f"internal error: {what} {key} is in both {other} and {part}; splits not written")
+    train = set(obj["train"])
+    for seed, per_k in obj["fewshot"].items():
+        prev: set[str] = set()
+        for k in sorted(per_k, key=int):
+            cur = set(per_k[k])
+            if not cur <= train or not prev <= cur:
+                raise DataError(f"internal error: {k}-shot subset of seed {seed} is not nested inside train")
+            prev = cur
+
+
+def write_splits(obj: dict, path: str | Path, manifest: pd.DataFrame) -> Path:
+    check_splits(obj, manifest)
+    return atomic_write(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def load_splits(path: str | Path) -> Splits:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"splits file {path} not found: run 'featpipe prepare' first")
+    data = path.read_bytes()
+    try:
+        obj = json.loads(data)
+    except json.JSONDecodeError:
+        raise DataError(f"{path} is not valid JSON: rerun 'featpipe prepare'") from None
+    if obj.get("format") != FORMAT:
+        raise DataError(f"{path} has split format {obj.get('format')!r}, expected {FORMAT}: rerun 'featpipe prepare'")
+    fewshot = {int(s): {int(k): list(v) for k, v in per_k.items()} for s, per_k in obj["fewshot"].items()}
+    return Splits(obj["dataset"], list(obj["classes"]), obj["manifest_sha256"], list(obj["train"]), list(obj["val"]),
+                  list(obj["test"]), fewshot, hashlib.sha256(data).hexdigest(), obj)
