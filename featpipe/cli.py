@@ -15,7 +15,7 @@ import argparse
 import importlib
 import importlib.util
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from featpipe import __version__
 from featpipe.errors import FeatpipeError
@@ -23,6 +23,8 @@ from featpipe.errors import FeatpipeError
 # name -> (module under featpipe.commands, one-line description). A command whose module does not
 # exist yet is not listed.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "run the whole DVC pipeline offline on the synthetic demo set and tiny backbones, in ./demo"),
+    "fetch": ("fetch", "make the data source available (generate, download or check it) and fingerprint it"),
     "prepare": ("prepare", "build data/manifest.csv, data/rejects.csv and data/splits.json from a folder, CSV, npz or the synthetic set"),
     "backbones": ("backbones", "list the registered backbones with their embedding size, input size and cut points"),
     "decode": ("decode", "decode every image once into the decoded-image cache at a backbone's input resolution"),

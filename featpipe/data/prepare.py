@@ -63,18 +63,13 @@ def fetch_medmnist(flag: str, size: int, dest: Path) -> Path:
 
 
 def load_records(data: DataParams) -> list[sources.Record]:
-    if data.source == "synthetic":
-        synthetic.generate(data.path, data.synthetic)
-        return sources.scan_folder(data.path, patient_regex=data.patient_regex)
-    if data.source == "folder":
-        return sources.scan_folder(data.path, patient_regex=data.patient_regex)
+    from featpipe.data.fetch import ensure_source
+
+    path = ensure_source(data)
+    if data.source in ("synthetic", "folder"):
+        return sources.scan_folder(path, patient_regex=data.patient_regex)
     if data.source == "csv":
-        return sources.scan_csv(data.path, data.csv, patient_regex=data.patient_regex)
-    path = Path(data.path)
-    if not path.is_file():
-        if not data.medmnist_flag:
-            raise DataError(f"npz file {path} not found: put the file there or set data.medmnist_flag to download it")
-        fetch_medmnist(data.medmnist_flag, data.medmnist_size, path)
+        return sources.scan_csv(path, data.csv, patient_regex=data.patient_regex)
     return sources.scan_npz(path, class_names=data.class_names)
 
 
