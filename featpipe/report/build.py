@@ -1,0 +1,230 @@
+"""``featpipe report``: one self-contained HTML page (images embedded) plus the plots as PNG files.
+
+Everything is derived from files earlier stages wrote: the manifest, splits and rejects, the results
+table and per-run curve files, fine-tuning training curves, Grad-CAM grids and the feature caches'
+provenance attributes. Nothing is recomputed from images.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import yaml
+
+from featpipe import __version__
+from featpipe.config import Params, to_dict
+from featpipe.errors import DataError
+from featpipe.fileio import atomic_write
+from featpipe.metrics import clinical_grade
+from featpipe.report import plots
+from featpipe.report.html import page, table
+
+CURVE_METRICS = ("macro_f1", "accuracy", "balanced_accuracy", "auroc", "auprc")
+
+
+@dataclass
+class ReportInputs:
+    manifest: Path
+    splits: Path
+    results: Path
+    out: Path
+    rejects: Optional[Path] = None
+    cache_dir: Optional[Path] = None
+    gradcam_dir: Optional[Path] = None
+    splits_sha: str = ""
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plots.plt.close(fig)
+    return path
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+def _fmt(x, pct: bool = True) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{100 * x:.1f}" if pct else f"{x:.3f}"
+
+
+def _dataset_section(inp: ReportInputs, splits: dict) -> str:
+    classes = splits["classes"]
+    rows = [[part, sum(splits["counts"][part].values()), *[splits["counts"][part].get(c, 0) for c in classes],
+             splits["patients"][part]] for part in ("train", "val", "test")]
+    out = [table(["split", "images", *classes, "patients"], rows)]
+    rejects = pd.read_csv(inp.rejects) if inp.rejects and inp.rejects.is_file() else pd.DataFrame(columns=["reason"])
+    if len(rejects):
+        counts = rejects["reason"].value_counts()
+        out.append(f"<p>{len(rejects)} files rejected (see <code>{html.escape(str(inp.rejects))}</code>):</p>")
+        out.append(table(["reason", "files"], [[r, n] for r, n in counts.items()]))
+    else:
+        out.append("<p>No file was rejected.</p>")
+    if splits.get("excluded"):
+        out.append(f"<p>{len(splits['excluded'])} images were left out of train/val because their patient or an identical "
+                   f"file is in a later split.</p>")
+    src = splits.get("source", {})
+    out.append(f"<p>Test split: {html.escape(str(src.get('test', '?')))}; val split: {html.escape(str(src.get('val', '?')))}. "
+               f"Split hash (sha256 of the splits file): <code>{html.escape(inp.splits_sha)}</code>; manifest sha256 "
+               f"<code>{html.escape(splits['manifest_sha256'])}</code>.</p>")
+    return "".join(out)
+
+
+def _best_table(runs: pd.DataFrame, metric: str, params: Params, n_classes: int) -> tuple[str, list[dict]]:
+    """Best configuration per shot count by mean ``metric``, with intervals and the clinical-grade flag."""
+    best_rows, html_rows = [], []
+    summaries = {m: plots.by_config(runs, m) for m in ("accuracy", "auroc", metric)}
+    main = summaries[metric]
+    for shots, g in main.groupby("shots", sort=True):
+        top = g.sort_values("mean", ascending=False, kind="stable").iloc[0]
+        key = (top["config"], shots)
+        pick = {m: summaries[m].set_index(["config", "shots"]).loc[key] for m in summaries}
+        summary = {m: pick[m].to_dict() for m in pick}
+        flag = clinical_grade(summary, n_classes=n_classes, params=params.clinical)
+        best_rows.append({"shots": int(shots), "config": top["config"], **{k: top[k] for k in ("backbone", "layer", "weights", "head", "head_params")}})
+        html_rows.append([int(shots), top["config"], f"{_fmt(top['mean'])} ± {_fmt(top['std'])}",
+                          f"[{_fmt(top['ci_low'])}, {_fmt(top['ci_high'])}]", _fmt(top["spread"]),
+                          _fmt(pick["accuracy"]["mean"]), _fmt(pick["auroc"]["mean"], pct=False), int(top["n"]),
+                          "yes" if flag else "no"])
+    head = ["shots", "best configuration", f"{plots.METRIC_LABELS.get(metric, metric)} (mean ± std, %)", "95% CI",
+            "spread (pts)", "accuracy (%)", "AUROC", "seeds", "clinical-grade"]
+    return table(head, html_rows), best_rows
+
+
+def _curve_files(results: Path) -> list[dict]:
+    out = []
+    for f in sorted((results / "curves").glob("*.json")) if (results / "curves").is_dir() else []:
+        try:
+            out.append({"file": f, **json.loads(f.read_text())})
+        except (json.JSONDecodeError, OSError):
+            continue
+    return out
+
+
+def _provenance(inp: ReportInputs, params: Params, runs: pd.DataFrame) -> str:
+    import importlib.metadata as md
+
+    versions = [["featpipe", __version__], ["python", platform.python_version()]]
+    for pkg in ("torch", "torchvision", "transformers", "scikit-learn", "numpy", "h5py", "grad-cam", "dvc"):
+        try:
+            versions.append([pkg, md.version(pkg)])
+        except md.PackageNotFoundError:
+            versions.append([pkg, "not installed"])
+    out = ["<h3>Software</h3>", table(["package", "version"], versions)]
+    caches = sorted(inp.cache_dir.rglob("*.h5")) if inp.cache_dir and inp.cache_dir.is_dir() else []
+    rows = []
+    for f in caches:
+        try:
+            import h5py
+
+            with h5py.File(f, "r") as h:
+                a = dict(h.attrs)
+                if "backbone" not in a:
+                    continue
+                rows.append([f.name, a.get("backbone"), a.get("weights_id", a.get("weights")), a.get("layer") or "–",
+                             a.get("embedding_dim"), a.get("precision"), a.get("device"), a.get("torch_version")])
+        except OSError:
+            continue
+    if rows:
+        out += ["<h3>Feature caches</h3>", table(["file", "backbone", "weights", "layer", "dim", "precision", "device", "torch"], rows)]
+    if len(runs):
+        cols = [c for c in ("backbone", "weights", "layer", "head", "head_params") if c in runs.columns]
+        uniq = runs[cols].drop_duplicates().astype(str).values.tolist()
+        out += ["<h3>Configurations in the results table</h3>", table(cols, uniq)]
+    out += ["<h3>Parameters</h3>", f"<pre>{html.escape(yaml.safe_dump(to_dict(params), sort_keys=False))}</pre>"]
+    return "".join(out)
+
+
+def build_report(inp: ReportInputs, params: Params) -> Path:
+    from featpipe.data.splits import load_splits
+    from featpipe.results import config_name, read_runs
+
+    s = load_splits(inp.splits)
+    inp.splits_sha = s.sha256
+    runs = read_runs(inp.results / "runs.csv")
+    if runs.empty:
+        raise DataError(f"{inp.results / 'runs.csv'} has no results: run 'featpipe sweep' or 'featpipe fit' first")
+    runs["layer"] = runs["layer"].fillna("")
+    plots_dir = inp.out.parent / "plots"
+    metric = params.report.metric
+    n_classes = len(s.classes)
+    sections = [("Data set", _dataset_section(inp, s.raw))]
+
+    figs = []
+    for m in CURVE_METRICS:
+        if m in runs.columns and runs[m].notna().any():
+            figs.append(_save(plots.learning_curve(runs, m), plots_dir / f"learning_curve_{m}.png"))
+    sections.append(("Learning curves", "".join(_img(f, f.stem.replace("_", " ")) for f in figs)))
+
+    spread = _save(plots.lottery_spread(runs, metric), plots_dir / "lottery_spread.png")
+    mid = sorted(runs["shots"].unique(), key=lambda k: abs(math.log(k / 5)))[0]
+    strip = _save(plots.seed_strip(runs, metric, int(mid)), plots_dir / f"seeds_at_{int(mid)}_shots.png")
+    sections.append(("The seed lottery", "<p>Spread = best seed minus worst seed, in points of the metric. "
+                     "A wide spread means the result depends on which images happened to be labelled.</p>"
+                     + _img(spread, "lottery spread vs shots") + _img(strip, f"per-seed results at {int(mid)} shots")))
+
+    best_html, best = _best_table(runs, metric, params, n_classes)
+    sections.append(("Best configuration per shot count", best_html + "<p>Clinical-grade: mean accuracy ≥ "
+                     f"{params.clinical.min_accuracy_binary:.0%} (binary) or ≥ {params.clinical.min_accuracy_multiclass:.0%} "
+                     f"(multi-class), std across seeds < {params.clinical.max_std:.0%}, AUROC ≥ {params.clinical.min_auroc}.</p>"))
+
+    curve_files = _curve_files(inp.results)
+    prevalence = None
+    if n_classes == 2:
+        test_counts = s.raw["counts"]["test"]
+        prevalence = test_counts[s.classes[1]] / max(1, sum(test_counts.values()))
+    rocs = []
+    picks = [b for b in best if b["shots"] in (max(x["shots"] for x in best), int(mid))]
+    for b in picks:
+        name = config_name({"dataset": s.dataset, **b, "shots": b["shots"]})
+        per_seed = [c for c in curve_files if c.get("config") == name]
+        if not per_seed:
+            continue
+        fig = plots.roc_pr([c["curves"] for c in per_seed], title=f"{b['config']}, {b['shots']} shots, {len(per_seed)} seeds",
+                           prevalence=prevalence)
+        rocs.append(_save(fig, plots_dir / f"roc_pr_{b['shots']}_shots.png"))
+        cms = [c["confusion_matrix"] for c in per_seed if c.get("confusion_matrix")]
+        if cms:
+            total = [[sum(cm[i][j] for cm in cms) for j in range(n_classes)] for i in range(n_classes)]
+            rocs.append(_save(plots.confusion(total, s.classes, title=f"{b['config']}, {b['shots']} shots: summed over {len(cms)} seeds"),
+                              plots_dir / f"confusion_{b['shots']}_shots.png"))
+            _write_confusion_csv(cms[0], s.classes, plots_dir / f"confusion_{b['shots']}_shots.csv")
+    sections.append(("ROC and precision-recall curves of the best runs", "".join(_img(f, f.stem.replace("_", " ")) for f in rocs)
+                     or "<p>No per-run curve files found.</p>"))
+
+    training = [c for c in curve_files if c.get("kind") == "training"]
+    if training:
+        fig = plots.training_curves([{**c, "label": c.get("config", c["file"].stem)} for c in training[:10]], title="Fine-tuning: loss per epoch")
+        sections.append(("Fine-tuning training curves", _img(_save(fig, plots_dir / "training_curves.png"), "training curves")))
+
+    grids = sorted(inp.gradcam_dir.rglob("grid*.png")) if inp.gradcam_dir and inp.gradcam_dir.is_dir() else []
+    sections.append(("Grad-CAM", "".join(_img(g, f"Grad-CAM: {g.parent.name}") for g in grids) or "<p>No Grad-CAM grids were rendered.</p>"))
+    sections.append(("Provenance", _provenance(inp, params, runs)))
+    _write_dvc_plot_data(runs, metric, plots_dir)
+    atomic_write(inp.out, page(params.report.title, s.dataset, sections))
+    return inp.out
+
+
+def _write_confusion_csv(cm, classes, path: Path) -> None:
+    rows = [{"actual": classes[i], "predicted": classes[j]} for i in range(len(classes)) for j in range(len(classes)) for _ in range(int(cm[i][j]))]
+    atomic_write(path, pd.DataFrame(rows, columns=["actual", "predicted"]).to_csv(index=False, lineterminator="\n"))
+
+
+def _write_dvc_plot_data(runs: pd.DataFrame, metric: str, plots_dir: Path) -> None:
+    """Tidy CSVs for ``dvc plots show``: the learning curve and the per-seed values."""
+    table_ = plots.by_config(runs, metric)[["config", "shots", "mean", "ci_low", "ci_high", "spread"]]
+    atomic_write(plots_dir / "learning_curve.csv", table_.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
+    seeds = runs.assign(config=[plots.config_label(r) for r in runs.to_dict("records")])[["config", "shots", "seed", metric]]
+    atomic_write(plots_dir / "per_seed.csv", seeds.to_csv(index=False, lineterminator="\n", float_format="%.6g"))

@@ -1,0 +1,172 @@
+"""The report's figures, from the results table and the per-run curve files (matplotlib, no display).
+
+Every function takes plain data (a runs DataFrame, curve dicts) and returns a matplotlib Figure; the
+caller saves it. Axes are labelled, legends name backbone x head, intervals are shaded.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from featpipe.metrics import summarize  # noqa: E402
+
+METRIC_LABELS = {
+    "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1", "auroc": "AUROC",
+    "auprc": "AUPRC (average precision)", "sensitivity": "sensitivity", "specificity": "specificity", "brier": "Brier score",
+}
+
+
+def config_label(row: Mapping) -> str:
+    back = str(row["backbone"]) + (f"@{row['layer']}" if row.get("layer") else "")
+    head = str(row["head"]).replace("finetune:", "fine-tune: ")
+    return f"{back} + {head}"
+
+
+def by_config(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per (config, shots): mean, std, 95% interval, min, max, spread of ``metric`` across seeds."""
+    if metric not in runs.columns or runs.empty:
+        return pd.DataFrame(columns=["config", "shots", "mean", "std", "ci_low", "ci_high", "min", "max", "spread", "n"])
+    rows = []
+    keys = ["backbone", "layer", "weights", "head", "head_params", "shots"]
+    for key, g in runs.groupby(keys, sort=True, dropna=False):
+        row = dict(zip(keys, key))
+        s = summarize(g[metric].astype(float))
+        rows.append({"config": config_label(row), **row, **s})
+    return pd.DataFrame(rows)
+
+
+def _style(ax, *, xlabel: str, ylabel: str, title: str, shots: Sequence[int] = ()) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(shots):
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(int(k) for k in shots))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%d"))
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.grid(True, alpha=0.3)
+
+
+def learning_curve(runs: pd.DataFrame, metric: str) -> plt.Figure:
+    """Mean ``metric`` vs shots per backbone x head, with the 95% interval across seeds shaded."""
+    table = by_config(runs, metric)
+    fig, ax = plt.subplots(figsize=(10.5, 5))
+    for i, (name, g) in enumerate(table.groupby("config", sort=True)):
+        g = g.sort_values("shots")
+        ls = "--" if "fine-tune" in name else "-"
+        line, = ax.plot(g["shots"], g["mean"], ls, marker="o", ms=4, label=name, color=f"C{i % 10}")
+        lo = g["ci_low"].fillna(g["mean"])
+        hi = g["ci_high"].fillna(g["mean"])
+        ax.fill_between(g["shots"], lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+    label = METRIC_LABELS.get(metric, metric)
+    _style(ax, xlabel="labelled images per class (shots)", ylabel=f"{label} on test (mean, 95% CI over seeds)",
+           title=f"Learning curve: {label}", shots=table["shots"].unique())
+    if metric != "brier":
+        ax.set_ylim(max(0.0, ax.get_ylim()[0]), min(1.02, max(1.0, ax.get_ylim()[1])))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="backbone + head", title_fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def lottery_spread(runs: pd.DataFrame, metric: str) -> plt.Figure:
+    """The seed lottery: max - min of ``metric`` across seeds, vs shots, per configuration."""
+    table = by_config(runs, metric)
+    fig, ax = plt.subplots(figsize=(10.5, 5))
+    for i, (name, g) in enumerate(table.groupby("config", sort=True)):
+        g = g.sort_values("shots")
+        ax.plot(g["shots"], 100 * g["spread"], "--" if "fine-tune" in name else "-", marker="o", ms=4, label=name,
+                color=f"C{i % 10}")
+    label = METRIC_LABELS.get(metric, metric)
+    _style(ax, xlabel="labelled images per class (shots)", ylabel=f"spread of {label} across seeds (points, max - min)",
+           title="Classification lottery: how much the labelled images you drew matter", shots=table["shots"].unique())
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="backbone + head", title_fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def seed_strip(runs: pd.DataFrame, metric: str, shots: int) -> plt.Figure:
+    """Every seed's ``metric`` at one shot count, one column per configuration (the lottery, raw)."""
+    sub = runs[runs["shots"] == shots]
+    names = sorted({config_label(r) for r in sub.to_dict("records")})
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 5))
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(names):
+        vals = [r[metric] for r in sub.to_dict("records") if config_label(r) == name]
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(vals)), vals, s=18, alpha=0.8, color=f"C{i % 10}")
+        ax.hlines(np.nanmean(vals), i - 0.25, i + 0.25, color="k", lw=1.5)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    label = METRIC_LABELS.get(metric, metric)
+    _style(ax, xlabel="configuration", ylabel=f"{label} on test, one dot per seed", title=f"Per-seed {label} at {shots} shots (bar: mean)")
+    fig.tight_layout()
+    return fig
+
+
+def roc_pr(curves_by_seed: Sequence[Mapping], *, title: str, prevalence: float | None = None) -> plt.Figure:
+    """ROC and precision-recall curves of one configuration, one faint line per seed."""
+    fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4.5))
+    classes = sorted({c for cur in curves_by_seed for c in cur})
+    for ci, cls in enumerate(classes):
+        for j, cur in enumerate(curves_by_seed):
+            if cls not in cur:
+                continue
+            x, y = np.asarray(cur[cls]["roc"]).T
+            roc.plot(x, y, color=f"C{ci}", alpha=0.5, lw=1, label=f"{cls}" if j == 0 else None)
+            r, p = np.asarray(cur[cls]["pr"]).T
+            pr.plot(r, p, color=f"C{ci}", alpha=0.5, lw=1, label=f"{cls}" if j == 0 else None)
+    roc.plot([0, 1], [0, 1], ":", color="grey", label="chance")
+    if prevalence is not None and not math.isnan(prevalence):
+        pr.axhline(prevalence, ls=":", color="grey", label=f"prevalence {prevalence:.2f}")
+    _style(roc, xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)", title="ROC")
+    _style(pr, xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision-recall")
+    for ax in (roc, pr):
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=8, loc="lower right" if ax is roc else "lower left", title="positive class, one line per seed",
+                  title_fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], *, title: str) -> plt.Figure:
+    m = np.asarray(matrix, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 3, 1.1 * len(classes) + 2.5))
+    ax.imshow(m, cmap="Blues")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", color="white" if m[i, j] > m.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)))
+    ax.set_yticks(range(len(classes)))
+    ax.set_xticklabels(classes, rotation=30, ha="right")
+    ax.set_yticklabels(classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(curves: Sequence[Mapping], *, title: str) -> plt.Figure:
+    """Fine-tuning: train and val loss per epoch, one line pair per run."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, cur in enumerate(curves):
+        label = cur.get("label", f"run {i}")
+        ep = cur.get("epoch") or list(range(1, len(cur.get("train_loss", [])) + 1))
+        if cur.get("train_loss"):
+            ax.plot(ep, cur["train_loss"], color=f"C{i % 10}", alpha=0.6, label=f"{label} train")
+        if cur.get("val_loss"):
+            ax.plot(ep, cur["val_loss"], "--", color=f"C{i % 10}", label=f"{label} val")
+    _style(ax, xlabel="epoch", ylabel="cross-entropy loss", title=title)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
