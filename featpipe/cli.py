@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("finetune", "fine-tune a backbone (scratch, head, layerwise, full, truncated) on the same splits"),
     "gradcam": ("gradcam", "render Grad-CAM heat maps for a saved head or fine-tuned model"),
     "sanity-check": ("sanity_check", "Adebayo et al. model-randomisation check of a model's Grad-CAM maps"),
+    "collect": ("collect", "merge the per-stage results tables into results/runs.csv and results/metrics.json"),
     "report": ("report", "write reports/report.html with learning curves, the seed lottery, ROC/PR curves and Grad-CAM"),
 }
 

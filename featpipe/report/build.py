@@ -105,7 +105,7 @@ def _best_table(runs: pd.DataFrame, metric: str, params: Params, n_classes: int)
 
 def _curve_files(results: Path) -> list[dict]:
     out = []
-    for f in sorted((results / "curves").glob("*.json")) if (results / "curves").is_dir() else []:
+    for f in sorted(results.rglob("curves/*.json")):
         try:
             out.append({"file": f, **json.loads(f.read_text())})
         except (json.JSONDecodeError, OSError):

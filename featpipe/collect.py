@@ -1,0 +1,43 @@
+"""``featpipe collect``: merge the results of the per-stage folders into one table and its summary.
+
+Under DVC every fit and fine-tuning stage writes its own ``runs.csv`` (two stages may not share an
+output); ``collect`` upserts them, in a fixed order, into ``results/runs.csv`` and recomputes
+``results/metrics.json`` from it. Rows keep their key, so the merged table is the same as if every run
+had written to one table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from featpipe.errors import DataError
+
+
+def collect(sources: Sequence[str | Path], out_dir: str | Path, *, clinical) -> pd.DataFrame:
+    from featpipe.results import RUNS_CSV, read_runs, upsert_runs, write_metrics_json
+
+    files: list[Path] = []
+    for src in sources:
+        p = Path(src)
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            files.extend(sorted(p.rglob(RUNS_CSV)))
+        else:
+            raise DataError(f"results {p} not found: run the fit and fine-tuning stages first")
+    out = Path(out_dir) / RUNS_CSV
+    files = [f for f in files if f.resolve() != out.resolve()]
+    if not files:
+        raise DataError(f"no {RUNS_CSV} under {', '.join(map(str, sources))}")
+    if out.exists():
+        out.unlink()
+    table = pd.DataFrame()
+    for f in files:
+        rows = read_runs(f)
+        if len(rows):
+            table = upsert_runs(out, rows.to_dict("records"))
+    write_metrics_json(out_dir, clinical=clinical)
+    return table

@@ -1,0 +1,43 @@
+"""``featpipe gradcam``: Grad-CAM heat maps of saved models, under ``reports/gradcam/<run>/``."""
+
+from __future__ import annotations
+
+from featpipe.errors import ConfigError
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", action="append", default=[], metavar="FILE",
+                        help="saved head (.skops) or fine-tuned model (.safetensors); repeatable "
+                             "(default: every model in params gradcam.runs)")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--images", nargs="+", metavar="IMAGE", help="explain these image files (no labels)")
+    src.add_argument("--from-test", type=int, metavar="N", dest="from_test",
+                     help="N test images per outcome (TP, TN, FP, FN; or correct/incorrect per class) "
+                          "(default: gradcam.per_outcome)")
+    parser.add_argument("--manifest", default="data/manifest.csv", metavar="FILE")
+    parser.add_argument("--splits", default="data/splits.json", metavar="FILE")
+    parser.add_argument("--cache", default="cache", metavar="DIR", help="where the decoded-image cache is")
+    parser.add_argument("--out", default="reports/gradcam", metavar="DIR")
+    parser.add_argument("--layer", default=None, metavar="MODULE",
+                        help="module of the backbone to take Grad-CAM at (default: gradcam.layer, else the "
+                             "backbone's registered layer)")
+
+
+def run(args, params) -> int:
+    from featpipe.explain.run import explain_model
+
+    g = params.gradcam
+    models = list(args.model) or list(g.runs)
+    if not models:
+        raise ConfigError("no model to explain: pass --model FILE or list model files in params gradcam.runs")
+    per = args.from_test if args.from_test is not None else g.per_outcome
+    if per < 1:
+        raise ConfigError("--from-test must be at least 1")
+    for path in models:
+        index = explain_model(path, out_dir=args.out, manifest=args.manifest, splits=args.splits,
+                              cache_dir=args.cache, images=args.images, per_outcome=per, seed=g.seed,
+                              layer=args.layer or g.layer)
+        info = index["info"]
+        print(f"{index['run']}: {len(index['images'])} images, Grad-CAM at {info['layer']} "
+              f"({info['grid'][0]}x{info['grid'][1]} grid) -> {args.out}/{index['run']}/grid.png")
+    return 0

@@ -1,0 +1,197 @@
+"""Files to files: a saved model + test images -> Grad-CAM PNGs, grid and index under ``<out>/<run>/``.
+
+:func:`explain_model` loads the model (:mod:`featpipe.explain.models`), classifies every test image of
+the splits (or the images given by path) with the run's own decision rule (binary: ``p(classes[1]) >=``
+the threshold chosen on val and stored with the model), picks a balanced set of outcomes
+(:mod:`featpipe.explain.select`), computes Grad-CAM for each picked image's predicted class and renders
+them (:mod:`featpipe.explain.render`). Pixels are prepared as extraction prepares them: the decoded
+image at the backbone's resize size (from the decoded-image cache when it is there and current, else
+decoded now), centre-cropped to the input size, normalised with the backbone's mean and std.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from featpipe.errors import DataError
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    ids: list[str]
+    pixels: np.ndarray  # uint8 (N, S, S, C) at the model's input size
+    labels: Optional[np.ndarray]  # int64 (N,) or None (images given by path)
+
+
+def _crop(pixels: np.ndarray, size: int) -> np.ndarray:
+    off = int(round((pixels.shape[1] - size) / 2.0))
+    return np.ascontiguousarray(pixels[:, off:off + size, off:off + size])
+
+
+def to_input(pixels: np.ndarray, preprocess: dict) -> torch.Tensor:
+    """uint8 (N, S, S, C) at input size -> normalised float (N, 3, S, S)."""
+    from featpipe.decoded import to_tensor_batch
+
+    return to_tensor_batch(pixels, preprocess["mean"], preprocess["std"], channels=3)
+
+
+def test_images(preprocess: dict, *, manifest: str | Path, splits: str | Path, cache_dir: str | Path = "cache",
+                dataset: Optional[str] = None) -> ImageSet:
+    """Every test image of ``splits`` with its label, at the model's input size."""
+    from featpipe.data.manifest import read_manifest
+    from featpipe.data.splits import load_splits
+    from featpipe.decoded import DecodedImages, decoded_path
+    from featpipe.errors import CacheError
+    from featpipe.imaging import decode
+
+    for p in (manifest, splits):
+        if not Path(p).is_file():
+            raise DataError(f"{p} not found: run 'featpipe prepare' first (or pass --images)")
+    sp = load_splits(splits)
+    if dataset and sp.dataset != dataset:
+        raise DataError(f"the model was trained on data set '{dataset}' but {splits} is for '{sp.dataset}'")
+    m = read_manifest(manifest).set_index("id", drop=False)
+    ids = [i for i in sp.test if i in m.index]
+    if len(ids) != len(sp.test):
+        raise DataError(f"{len(sp.test) - len(ids)} test ids of {splits} are not in {manifest}: re-run 'featpipe prepare'")
+    if not ids:
+        raise DataError(f"{splits} has no test images")
+    rows = m.loc[ids]
+    resize = int(preprocess.get("resize_size") or preprocess["input_size"])
+    path = decoded_path(cache_dir, sp.dataset, resize)
+    pixels = None
+    if path.is_file():
+        try:
+            with DecodedImages(path) as reader:
+                pixels = np.asarray(reader.read(reader.require(rows)))
+        except CacheError:
+            pixels = None  # stale: decode the test images afresh below (the cache is left alone)
+    if pixels is None:
+        decoded = [decode(ref, size=resize) for ref in rows["path"].astype(str)]
+        if len({d.shape[-1] for d in decoded}) > 1:  # some colour: all to 3 channels, as the cache does
+            decoded = [np.repeat(d, 3, axis=-1) if d.shape[-1] == 1 else d for d in decoded]
+        pixels = np.stack(decoded)
+    return ImageSet(ids, _crop(pixels, int(preprocess["input_size"])), rows["label"].to_numpy(dtype=np.int64))
+
+
+def path_images(paths: Sequence[str | Path], preprocess: dict) -> ImageSet:
+    """Images given by path (no labels), at the model's input size."""
+    from featpipe.imaging import decode
+
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"image {missing[0]} not found")
+    resize = int(preprocess.get("resize_size") or preprocess["input_size"])
+    decoded = [decode(str(p), size=resize, channels=3) for p in paths]
+    gray = all(np.array_equal(d[..., 0], d[..., 1]) and np.array_equal(d[..., 0], d[..., 2]) for d in decoded)
+    pixels = np.stack([d[..., :1] if gray else d for d in decoded])
+    return ImageSet([str(p) for p in paths], _crop(pixels, int(preprocess["input_size"])), None)
+
+
+def probabilities(model, x: torch.Tensor, *, batch_size: int = 32) -> np.ndarray:
+    from featpipe.explain.gradcam import logits
+
+    return torch.softmax(logits(model, x, batch_size=batch_size).double(), dim=1).numpy()
+
+
+def predicted(proba: np.ndarray, threshold: Optional[float]) -> np.ndarray:
+    from featpipe.metrics import predict_labels
+
+    n = proba.shape[1]
+    return predict_labels(proba, n_classes=n, threshold=threshold if n == 2 else None)
+
+
+@dataclass
+class Prepared:
+    """A loaded model, its images, the run's predictions and the picked examples."""
+
+    ex: object  # featpipe.explain.models.Explainable
+    data: ImageSet
+    x: torch.Tensor
+    proba: np.ndarray
+    pred: np.ndarray
+    pick: list[int]
+    outcomes: np.ndarray
+
+
+def prepare(model_path: str | Path, *, manifest, splits, cache_dir, images, per_outcome: int, seed: int) -> Prepared:
+    """Load the model and its images, classify them and pick the examples to explain."""
+    from featpipe.explain.models import load_explainable
+    from featpipe.explain.select import outcome_cells, select_examples
+
+    ex = load_explainable(model_path)
+    if images:
+        data = path_images(images, ex.preprocess)
+    else:
+        data = test_images(ex.preprocess, manifest=manifest, splits=splits, cache_dir=cache_dir,
+                           dataset=ex.meta.get("dataset"))
+    x = to_input(data.pixels, ex.preprocess)
+    proba = probabilities(ex.model, x)
+    if proba.shape[1] != len(ex.classes):
+        raise DataError(f"{model_path} gives {proba.shape[1]} scores for {len(ex.classes)} classes")
+    pred = predicted(proba, ex.threshold)
+    if data.labels is not None:
+        pick = select_examples(data.labels, pred, classes=ex.classes, per_cell=per_outcome, seed=seed)
+        outcomes = outcome_cells(data.labels, pred, ex.classes)
+    else:
+        pick, outcomes = list(range(len(data.ids))), np.array([""] * len(data.ids))
+    if not pick:
+        raise DataError("no images to explain")
+    return Prepared(ex, data, x, proba, pred, pick, outcomes)
+
+
+def explain_model(model_path: str | Path, *, out_dir: str | Path = "reports/gradcam",
+                  manifest: str | Path = "data/manifest.csv", splits: str | Path = "data/splits.json",
+                  cache_dir: str | Path = "cache", images: Optional[Sequence[str]] = None, per_outcome: int = 2,
+                  seed: int = 0, layer: Optional[str] = None) -> dict:
+    """Render Grad-CAM for one saved model; returns the index written to ``<out_dir>/<run>/index.json``."""
+    from featpipe.explain.gradcam import feature_model, gradcam, layer_grid
+    from featpipe.explain.render import Example, write_run
+
+    p = prepare(model_path, manifest=manifest, splits=splits, cache_dir=cache_dir, images=images,
+                per_outcome=per_outcome, seed=seed)
+    ex, data, pick, pred, proba = p.ex, p.data, p.pick, p.pred, p.proba
+    idx = np.asarray(pick)
+    maps = gradcam(ex.model, p.x[idx], pred[idx].tolist(), layer=layer)
+    cls = ex.classes
+    examples = [Example(id=data.ids[i], outcome=str(p.outcomes[i]),
+                        true=cls[data.labels[i]] if data.labels is not None else "", pred=cls[pred[i]],
+                        p_pred=float(proba[i, pred[i]]),
+                        p_true=float(proba[i, data.labels[i]]) if data.labels is not None else float("nan"),
+                        target=cls[pred[i]]) for i in pick]
+    fm = feature_model(ex.model)
+    cells = dict(zip(*np.unique(p.outcomes, return_counts=True))) if data.labels is not None else {}
+    info = {"model": str(model_path), "kind": ex.kind, "backbone": fm.spec.name,
+            "layer": layer or fm.spec.gradcam_layer, "grid": list(layer_grid(ex.model, p.x[:1], layer=layer)),
+            "input_size": int(ex.preprocess["input_size"]), "classes": cls, "threshold": ex.threshold,
+            "per_outcome": per_outcome, "seed": seed, "n_images": int(len(data.ids)),
+            "outcomes": {str(k): int(v) for k, v in cells.items()}}
+    return write_run(out_dir, ex.run, [data.pixels[i] for i in pick], maps, examples, info=info)
+
+
+def sanity_model(model_path: str | Path, *, out_dir: str | Path = "reports/gradcam",
+                 manifest: str | Path = "data/manifest.csv", splits: str | Path = "data/splits.json",
+                 cache_dir: str | Path = "cache", images: Optional[Sequence[str]] = None, per_outcome: int = 2,
+                 seed: int = 0, layer: Optional[str] = None, layers: int = 4, threshold: float = 0.5):
+    """The model-randomisation check on the picked images; writes ``<out_dir>/<run>/sanity.json``.
+    Returns ``(run, SanityResult)``."""
+    import json
+    from dataclasses import asdict
+
+    from featpipe.explain.render import slug
+    from featpipe.explain.sanity import sanity_check
+    from featpipe.fileio import atomic_write
+
+    p = prepare(model_path, manifest=manifest, splits=splits, cache_dir=cache_dir, images=images,
+                per_outcome=per_outcome, seed=seed)
+    idx = np.asarray(p.pick)
+    result = sanity_check(p.ex.model, p.x[idx], targets=p.pred[idx].tolist(), layers=layers,
+                          threshold=threshold, seed=seed, gradcam_layer=layer)
+    body = {"run": p.ex.run, "model": str(model_path), "ids": [p.data.ids[i] for i in p.pick], **asdict(result)}
+    atomic_write(Path(out_dir) / slug(p.ex.run) / "sanity.json", json.dumps(body, indent=1))
+    return p.ex.run, result
