@@ -1,0 +1,20 @@
+"""featpipe predict: class probabilities for images with a saved head (per-image CSV + a summary)."""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="a saved head (models/<...>.skops, with its .json beside it)")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders of images")
+    parser.add_argument("--out", default="predictions.csv", help="per-image probabilities (default: predictions.csv)")
+    parser.add_argument("--device", default="cpu", help="torch device for the backbone (default: cpu)")
+    parser.add_argument("--batch-size", type=int, default=32)
+
+
+def run(args, params) -> int:
+    from featpipe.predict import predict
+
+    result = predict(args.model, args.inputs, out_csv=args.out, device=args.device, batch_size=args.batch_size)
+    print(result.summary())
+    print(f"wrote {args.out}")
+    return 0

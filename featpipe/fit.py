@@ -1,0 +1,320 @@
+"""Fit heads on k-shot subsets of cached embeddings and score them: one run, one configuration
+across seeds (:func:`fit`), or the whole grid (:func:`sweep`).
+
+One run = (cache, head, k, seed): the head is fitted on the seed's k-shot ids (drawn from train only,
+see ``splits.json``), a binary decision threshold is chosen on the **val** split, and the test split
+is scored with :func:`featpipe.metrics.score` at that threshold. Test labels are used for scoring and
+nothing else. Every cache is read once and checked against the splits (same manifest, same backbone
+and layer); runs are independent and deterministic: same cache + params + seed give the same numbers,
+whatever ``n_jobs`` (BLAS runs single-threaded inside each run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from featpipe import __version__
+from featpipe.config import Params
+from featpipe.data.splits import Splits, load_splits
+from featpipe.errors import CacheError, DataError
+from featpipe.featcache import cache_path, read_features
+from featpipe.heads import head_params, make_head
+from featpipe.metrics import choose_threshold, curves, score
+from featpipe.results import RUNS_CSV, canonical_params, params_tag, upsert_runs, write_curves, write_metrics_json
+
+
+@dataclass(frozen=True)
+class CacheData:
+    """The rows of one feature cache that the splits use, read once."""
+
+    path: Path
+    backbone: str
+    weights: str
+    layer: str
+    tag: str  # weights tag of the cache file name ("" for the backbone's default weights)
+    weights_request: str  # what was asked for (--weights / extract.weights): predict rebuilds the backbone from it
+    attrs: dict
+    X: np.ndarray  # (N, D) float32: train rows, then val, then test
+    y: np.ndarray  # (N,) int64
+    row: dict = field(repr=False)  # manifest id -> row in X
+    val: np.ndarray = field(repr=False)  # row indices of the val split
+    test: np.ndarray = field(repr=False)  # row indices of the test split
+
+
+@dataclass
+class RunResult:
+    row: dict  # one results-table row
+    classes: list
+    test_ids: list
+    y_test: np.ndarray
+    proba_test: np.ndarray
+    curves: dict | None = None
+    model_path: str | None = None
+
+
+def weights_tag(backbone: str, weights: str = "default") -> str | None:
+    """The cache-name tag of ``weights`` for ``backbone`` (None for the backbone's default weights)."""
+    if weights in (None, "", "default"):
+        return None
+    from featpipe.backbones import get
+    from featpipe.backbones.weights import resolve
+
+    return resolve(get(backbone), weights).tag
+
+
+def load_cache(cache_dir: str | Path, splits: Splits, backbone: str, *, layer: str | None = None,
+               weights: str = "default") -> CacheData:
+    """Read ``cache/<dataset>/<backbone>[@layer][+tag].h5`` and check it belongs to these splits."""
+    tag = weights_tag(backbone, weights)
+    path = cache_path(cache_dir, splits.dataset, backbone, layer=layer, weights_tag=tag)
+    if not path.is_file():
+        raise CacheError(f"feature cache {path} not found: run 'featpipe extract --backbone {backbone}' first")
+    fs = read_features(path)
+    a = fs.attrs
+    if a.get("manifest_sha256") != splits.manifest_sha256:
+        raise CacheError(f"{path} was extracted from another manifest than {splits.dataset}'s splits "
+                         f"(stale cache): re-run 'featpipe extract --backbone {backbone}'")
+    if a.get("backbone") not in (None, backbone):
+        raise CacheError(f"{path} holds features of backbone {a.get('backbone')!r}, not {backbone!r}")
+    if (a.get("layer") or "") != (layer or ""):
+        raise CacheError(f"{path} holds layer {a.get('layer') or 'final'!r}, not {layer or 'final'!r}")
+    ids = list(dict.fromkeys([*splits.train, *splits.val, *splits.test]))
+    sel = fs.select(ids)
+    row = {k: i for i, k in enumerate(ids)}
+    if np.any((sel.labels < 0) | (sel.labels >= len(splits.classes))):
+        raise CacheError(f"{path} holds labels outside 0..{len(splits.classes) - 1}: re-run 'featpipe extract'")
+    val = np.fromiter((row[k] for k in splits.val), np.int64, len(splits.val))
+    test = np.fromiter((row[k] for k in splits.test), np.int64, len(splits.test))
+    X = np.ascontiguousarray(sel.features, dtype=np.float32)
+    return CacheData(path, backbone, str(a.get("weights") or weights or "default"), layer or "", tag or "",
+                     str(weights or "default"), a, X,
+                     sel.labels.astype(np.int64), row, val, test)
+
+
+def single_threaded():
+    """BLAS limited to one thread inside a run: reproducible sums whatever n_jobs, no oversubscription."""
+    from featpipe.heads import one_blas_thread
+
+    return one_blas_thread()
+
+
+def model_file(models_dir: str | Path, data: CacheData, dataset: str, head: str, shots: int, seed: int,
+               hp: dict) -> Path:
+    back = data.backbone + (f"@{data.layer}" if data.layer else "") + (f"+{data.tag}" if data.tag else "")
+    return Path(models_dir) / f"{back}-{head}-k{shots}-s{seed}-{dataset}-{params_tag(hp)}.skops"
+
+
+def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int, params: Params,
+            models_dir: str | Path | None = None) -> RunResult:
+    """Fit ``head`` on the ``shots``-shot subset of ``seed``; threshold on val; score on test."""
+    from featpipe.data.manifest import ids_sha256
+
+    train_ids = splits.shots(seed, shots)
+    leaked = set(train_ids) & (set(splits.test) | set(splits.val))
+    if leaked:
+        raise DataError(f"{len(leaked)} k-shot training ids are also in val/test (e.g. {sorted(leaked)[0]!r}): "
+                        "the splits file is corrupt; rerun 'featpipe prepare'")
+    tr = np.fromiter((data.row[k] for k in train_ids), np.int64, len(train_ids))
+    classes = list(splits.classes)
+    n_classes = len(classes)
+    y_tr = data.y[tr]
+    if np.unique(y_tr).size < n_classes:
+        raise DataError(f"the {shots}-shot subset of seed {seed} lacks a class; rerun 'featpipe prepare'")
+    hp = head_params(head, params.heads)
+    with single_threaded():
+        model = make_head(head, params.heads, seed=seed).fit(data.X[tr], y_tr)
+        proba = model.predict_proba(data.X[np.r_[data.val, data.test]])  # one pass over val + test
+    proba_val = proba[: data.val.size] if data.val.size else None
+    proba_test = proba[data.val.size:]
+    threshold = None
+    if n_classes == 2:
+        threshold = choose_threshold(data.y[data.val], proba_val) if proba_val is not None else 0.5
+    y_test = data.y[data.test]
+    s = score(y_test, proba_test, classes=classes, threshold=threshold)
+    clf = model[-1]
+    row = {
+        "dataset": splits.dataset, "backbone": data.backbone, "weights": data.weights, "layer": data.layer,
+        "head": head, "head_params": canonical_params(hp), "shots": int(shots), "seed": int(seed),
+        "split_sha256": splits.sha256, "ids_sha256": ids_sha256(train_ids), "n_classes": n_classes,
+        "n_train": int(tr.size), "n_val": int(data.val.size), "n_test": int(data.test.size),
+        **{k: v for k, v in s.items() if k not in ("per_class", "confusion_matrix", "n")},
+        "weights_id": data.attrs.get("weights_id", ""),
+        "cv_used": bool(getattr(clf, "cv_used_", False)),
+        "chosen_params": canonical_params(getattr(clf, "best_params_", {})),
+        "confusion_matrix": json.dumps(s["confusion_matrix"], separators=(",", ":")),
+    }
+    for name, pc in s["per_class"].items():
+        for m in ("precision", "recall", "f1"):
+            row[f"{m}[{name}]"] = pc[m]
+    result = RunResult(row, classes, list(splits.test), y_test, proba_test)
+    if params.fit.curves:
+        result.curves = curves(y_test, proba_test, classes=classes)
+    if models_dir is not None and params.fit.save_models:
+        from featpipe.headio import save_head
+
+        path = model_file(models_dir, data, splits.dataset, head, shots, seed, hp)
+        save_head(path, model, _meta(data, splits, head=head, hp=hp, shots=shots, seed=seed, threshold=threshold,
+                                     train_ids=train_ids))
+        result.model_path = str(path)
+    row["model_path"] = result.model_path or ""
+    return result
+
+
+def _meta(data: CacheData, splits: Splits, *, head, hp, shots, seed, threshold, train_ids) -> dict:
+    import sklearn
+
+    a = data.attrs
+    return {
+        "dataset": splits.dataset, "classes": list(splits.classes), "backbone": data.backbone,
+        "weights": data.weights, "weights_request": data.weights_request, "weights_id": a.get("weights_id", ""),
+        "layer": data.layer,
+        "preprocess": a.get("preprocess"), "embedding_dim": int(data.X.shape[1]),
+        "precision": a.get("precision"), "manifest_sha256": splits.manifest_sha256,
+        "split_sha256": splits.sha256, "head": head, "head_params": hp, "shots": int(shots), "seed": int(seed),
+        "threshold": threshold, "train_ids": list(train_ids), "featpipe_version": __version__,
+        "sklearn_version": sklearn.__version__,
+    }
+
+
+# --------------------------------------------------------------------------- many runs
+
+
+def _write(results: Sequence[RunResult], *, params: Params, results_dir: str | Path) -> pd.DataFrame:
+    rdir = Path(results_dir)
+    table = upsert_runs(rdir / RUNS_CSV, [r.row for r in results])
+    if params.fit.curves:
+        for r in results:
+            if r.curves:
+                write_curves(rdir / "curves", r.row, r.curves)
+    write_metrics_json(rdir, clinical=params.clinical)
+    return table
+
+
+def _worker(X_path: str, meta: dict, splits: Splits, tasks: list, params: Params, models_dir):
+    X = np.load(X_path, mmap_mode="r")
+    data = CacheData(X=X, **meta)
+    return [fit_run(data, splits, head=h, shots=k, seed=s, params=params, models_dir=models_dir)
+            for (h, k, s) in tasks]
+
+
+def run_grid(splits: Splits, caches: Sequence[CacheData], *, heads: Sequence[str], shots: Sequence[int],
+             seeds: Sequence[int], params: Params, models_dir: str | Path | None = None,
+             n_jobs: int | None = None) -> list[RunResult]:
+    """Every (cache, head, k, seed) run, in parallel with joblib (features shared as read-only memmaps)."""
+    for h in heads:
+        head_params(h, params.heads)  # unknown head names fail before any work
+    n_jobs = params.fit.n_jobs if n_jobs is None else n_jobs
+    grid = [(c, h, k, s) for c in range(len(caches)) for h in heads for k in shots for s in seeds]
+    if n_jobs == 1 or len(grid) <= 1:
+        return [fit_run(caches[c], splits, head=h, shots=k, seed=s, params=params, models_dir=models_dir)
+                for c, h, k, s in grid]
+    from joblib import Parallel, delayed
+
+    # Heavy runs first (large k, MLP), in chunks of a few runs, so the two workers finish together.
+    cost = {"mlp": 3.0, "logistic": 2.0, "svc": 2.0, "prototype": 0.2}
+    order = sorted(range(len(grid)), key=lambda i: -(grid[i][2] + 5) * cost.get(grid[i][1], 1.0))
+    with tempfile.TemporaryDirectory(prefix="featpipe-sweep-") as tmp:
+        paths, metas = [], []
+        for i, c in enumerate(caches):
+            p = os.path.join(tmp, f"X{i}.npy")
+            np.save(p, c.X)
+            paths.append(p)
+            metas.append({f: getattr(c, f) for f in ("path", "backbone", "weights", "layer", "tag", "weights_request",
+                                                     "attrs", "y", "row",
+                                                     "val", "test")})
+        chunks: list[list[int]] = []
+        for i in order:
+            if chunks and len(chunks[-1]) < 4 and grid[chunks[-1][0]][0] == grid[i][0] and grid[i][2] <= 20:
+                chunks[-1].append(i)
+            else:
+                chunks.append([i])
+        outs = Parallel(n_jobs=n_jobs)(
+            delayed(_worker)(paths[grid[ch[0]][0]], metas[grid[ch[0]][0]], splits,
+                             [grid[i][1:] for i in ch], params, models_dir) for ch in chunks)
+    by_index = {i: r for ch, out in zip(chunks, outs) for i, r in zip(ch, out)}
+    return [by_index[i] for i in range(len(grid))]
+
+
+def fit(splits_path: str | Path, *, head: str, shots: int, seeds: Sequence[int] | None, params: Params,
+        backbone: str | None = None, cache_dir: str | Path = "cache", results_dir: str | Path = "results",
+        models_dir: str | Path | None = "models", layer: str | None = None, weights: str | None = None,
+        n_jobs: int | None = None) -> tuple[list[RunResult], dict]:
+    """One head at one k on every seed: writes rows, curves, metrics.json, models; returns (runs, summary)."""
+    splits = load_splits(splits_path)
+    backbone = backbone or params.extract.backbones[0]
+    seeds = list(seeds or params.fit.seeds or sorted(splits.fewshot))
+    data = load_cache(cache_dir, splits, backbone, layer=layer if layer is not None else params.extract.layer,
+                      weights=weights or params.extract.weights)
+    runs = run_grid(splits, [data], heads=[head], shots=[shots], seeds=seeds, params=params,
+                    models_dir=models_dir, n_jobs=n_jobs)
+    _write(runs, params=params, results_dir=results_dir)
+    return runs, summarize_results(runs, params=params)
+
+
+def sweep(splits_path: str | Path, *, params: Params, cache_dir: str | Path = "cache",
+          results_dir: str | Path = "results", models_dir: str | Path | None = "models",
+          backbones: Sequence[str] | None = None, heads: Sequence[str] | None = None,
+          shots: Sequence[int] | None = None, seeds: Sequence[int] | None = None,
+          n_jobs: int | None = None) -> list[RunResult]:
+    """The grid backbones x heads x shots x seeds (defaults: ``fit.*``, else ``extract.backbones`` and the
+    seeds and shots present in the splits file)."""
+    splits = load_splits(splits_path)
+    f = params.fit
+    backbones = list(backbones or f.backbones or params.extract.backbones)
+    caches = [load_cache(cache_dir, splits, b, layer=params.extract.layer, weights=params.extract.weights)
+              for b in backbones]
+    seeds = list(seeds or f.seeds or sorted(splits.fewshot))
+    if not shots and not f.shots and seeds and seeds[0] in splits.fewshot:
+        shots = sorted(splits.fewshot[seeds[0]])
+    shots = list(shots or f.shots)
+    runs = run_grid(splits, caches, heads=list(heads or f.heads), shots=shots, seeds=seeds, params=params,
+                    models_dir=models_dir, n_jobs=n_jobs)
+    _write(runs, params=params, results_dir=results_dir)
+    return runs
+
+
+def summarize_results(runs: Iterable[RunResult], *, params: Params) -> dict:
+    """{config name: per-metric summary across seeds + clinical flag} for these runs only."""
+    from featpipe.results import summarize_runs
+
+    return summarize_runs(pd.DataFrame([r.row for r in runs]), clinical=params.clinical)
+
+
+def bootstrap_table(runs: Sequence[RunResult], *, seed: int, manifest_path: str | Path, n_boot: int) -> str:
+    """Text table of the patient-level bootstrap intervals of the run of ``seed`` (resampling seeded by it)."""
+    from featpipe.errors import FeatpipeError
+
+    chosen = [r for r in runs if r.row["seed"] == seed]
+    if not chosen:
+        raise FeatpipeError(f"seed {seed} is not among the seeds fitted ({sorted({r.row['seed'] for r in runs})})")
+    run = chosen[0]
+    ci = bootstrap_run(run, manifest_path=manifest_path, n_boot=n_boot, seed=seed)
+    lines = [f"seed {seed}: patient-level bootstrap 95% intervals on test ({n_boot} resamples of patients)"]
+    for metric, iv in ci.items():
+        lines.append(f"  {metric:<18}{run.row[metric]:>8.3f}   [{iv['low']:.3f}, {iv['high']:.3f}]")
+    return "\n".join(lines)
+
+
+def bootstrap_run(run: RunResult, *, manifest_path: str | Path, n_boot: int, seed: int = 0) -> dict:
+    """Patient-level bootstrap 95% intervals for one run's test metrics (patients from the manifest)."""
+    from featpipe.data.manifest import read_manifest
+    from featpipe.metrics import bootstrap_ci
+
+    m = read_manifest(manifest_path).set_index("id")
+    missing = [i for i in run.test_ids if i not in m.index]
+    if missing:
+        raise DataError(f"{len(missing)} test ids are not in {manifest_path} (first {missing[0]!r}): "
+                        "is it the manifest these splits came from?")
+    patients = m.loc[run.test_ids, "patient_id"].astype(str).to_numpy()
+    thr = run.row.get("threshold")
+    thr = None if thr is None or not np.isfinite(thr) else float(thr)
+    return bootstrap_ci(run.y_test, run.proba_test, classes=run.classes, patients=patients, threshold=thr,
+                        n_boot=n_boot, seed=seed)

@@ -1,0 +1,180 @@
+"""featpipe fit / sweep end to end on a hand-written splits.json and feature cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from featpipe.cli import main
+from featpipe.config import load_params
+from featpipe.errors import CacheError, DataError
+from featpipe.metrics import choose_threshold
+
+D = 16
+MANIFEST_SHA = "m" * 64
+
+
+def write_cache(path: Path, ids, X, y, **attrs) -> Path:
+    """The feature-cache layout of docs/architecture.md, written with h5py directly."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = {"backbone": "toy", "weights": "default", "weights_id": "random:seed0", "layer": "",
+            "preprocess": json.dumps({"input_size": 28, "mean": [0.5] * 3, "std": [0.5] * 3}),
+            "manifest_sha256": MANIFEST_SHA, "embedding_dim": X.shape[1], "precision": "fp32", "complete": True}
+    with h5py.File(path, "w") as f:
+        f["features"] = np.asarray(X, np.float32)
+        f["ids"] = np.asarray(ids, dtype=object).astype(h5py.string_dtype("utf-8"))
+        f["labels"] = np.asarray(y, np.int64)
+        for k, v in (base | attrs).items():
+            f.attrs[k] = v
+    return path
+
+
+def write_fixture(root: Path, *, sep: float = 4.0, n_train=40, n_val=30, n_test=60, seeds=(0, 1, 2), shots=(2, 5, 10),
+                  backbone="toy", cache_attrs=None) -> dict:
+    """splits.json + cache/<dataset>/<backbone>.h5 + manifest.csv (two images per patient)."""
+    rng = np.random.default_rng(0)
+    mu = np.zeros(D)
+    mu[0] = sep / 2
+    ids, y = [], []
+    for part, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        for i in range(n):
+            ids.append(f"{part}/{i}")
+            y.append(i % 2)
+    y = np.array(y)
+    X = rng.normal(size=(len(ids), D)) + np.outer(2 * y - 1, mu)
+    train = [i for i in ids if i.startswith("train")]
+    by_class = {c: [i for i, lab in zip(ids, y) if i.startswith("train") and lab == c] for c in (0, 1)}
+    fewshot = {}
+    for s in seeds:
+        order = {c: list(np.random.default_rng(s).permutation(v)) for c, v in by_class.items()}
+        fewshot[str(s)] = {str(k): sorted(order[0][:k] + order[1][:k]) for k in shots}  # nested in k
+    splits = {"format": 1, "dataset": "toyset", "classes": ["normal", "pneumonia"], "manifest_sha256": MANIFEST_SHA,
+              "params": {}, "train": train, "val": [i for i in ids if i.startswith("val")],
+              "test": [i for i in ids if i.startswith("test")], "fewshot": fewshot, "capped": {}, "excluded": []}
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    (root / "data" / "splits.json").write_text(json.dumps(splits))
+    pd.DataFrame({"id": ids, "path": ids, "label": y, "label_name": np.where(y == 1, "pneumonia", "normal"),
+                  "patient_id": [f"{i.split('/')[0]}-{int(i.split('/')[1]) // 2}" for i in ids],
+                  "source_split": [i.split("/")[0] for i in ids], "sha256": [f"{n:064x}" for n in range(len(ids))],
+                  "width": 28, "height": 28}
+                 ).to_csv(root / "data" / "manifest.csv", index=False)
+    write_cache(root / "cache" / "toyset" / f"{backbone}.h5", ids, X, y, backbone=backbone, **(cache_attrs or {}))
+    return {"ids": ids, "X": X, "y": y, "splits": splits}
+
+
+def fit_cli(root: Path, *args) -> int:
+    return main(["fit", "--splits", str(root / "data/splits.json"), "--manifest", str(root / "data/manifest.csv"),
+                 "--cache-dir", str(root / "cache"),
+                 "--results", str(root / "results"), "--models", str(root / "models"), "--backbone", "toy",
+                 "--params", str(root / "none.yaml"), *args])
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / "none.yaml").write_text("fit:\n  n_jobs: 1\n")
+    write_fixture(tmp_path)
+    return tmp_path
+
+
+def test_fit_end_to_end_writes_rows_metrics_and_models(project, capsys):
+    assert fit_cli(project, "--head", "svc", "--shots", "10", "--seeds", "0", "1", "2", "--bootstrap-seed", "1") == 0
+    out = capsys.readouterr().out
+    assert "toyset/toy/svc/k10" in out and "accuracy" in out and "95% CI" in out and "spread" in out
+    assert "patient-level bootstrap" in out
+    runs = pd.read_csv(project / "results/runs.csv")
+    assert len(runs) == 3 and sorted(runs["seed"]) == [0, 1, 2]
+    assert (runs["accuracy"] >= 0.7).all() and (runs["n_train"] == 20).all() and (runs["n_test"] == 60).all()
+    for col in ("dataset", "backbone", "weights", "layer", "head", "head_params", "shots", "split_sha256", "ids_sha256",
+                "auroc", "auprc", "auprc_baseline", "sensitivity", "specificity", "threshold", "brier", "model_path",
+                "recall[pneumonia]"):
+        assert col in runs.columns, col
+    assert runs["ids_sha256"].nunique() == 3  # each seed its own k-shot ids
+    summary = json.loads((project / "results/metrics.json").read_text())
+    entry = summary["toyset/toy/svc/k10"]
+    assert entry["n_seeds"] == 3 and entry["accuracy"]["mean"] == pytest.approx(runs["accuracy"].mean())
+    assert entry["accuracy"]["spread"] == pytest.approx(runs["accuracy"].max() - runs["accuracy"].min())
+    for path in runs["model_path"]:
+        assert Path(path).is_file() and Path(path).with_suffix(".json").is_file()
+        assert Path(path).name.startswith("toy-svc-k10-s")
+    assert list((project / "results/curves").glob("*.json"))
+
+
+def test_rerun_replaces_rows_and_reproduces_numbers(project):
+    assert fit_cli(project, "--head", "logistic", "--shots", "5", "--seeds", "0", "1") == 0
+    first = pd.read_csv(project / "results/runs.csv")
+    assert fit_cli(project, "--head", "logistic", "--shots", "5", "--seeds", "0", "1") == 0
+    again = pd.read_csv(project / "results/runs.csv")
+    assert len(again) == 2
+    pd.testing.assert_frame_equal(first, again)  # same cache + params + seed -> same numbers
+    assert fit_cli(project, "--head", "logistic", "--shots", "2", "--seeds", "0") == 0
+    assert fit_cli(project, "--head", "prototype", "--shots", "5", "--seeds", "0", "-S", "heads.l2_normalize=true") == 0
+    table = pd.read_csv(project / "results/runs.csv")
+    assert len(table) == 4 and set(table["head"]) == {"logistic", "prototype"}
+
+
+def test_threshold_comes_from_val_never_test(tmp_path):
+    from featpipe.fit import fit
+    from featpipe.headio import load_head
+
+    params = load_params(None, ["fit.n_jobs=1"])
+    fx = write_fixture(tmp_path, sep=1.5)
+    runs, _ = fit(tmp_path / "data/splits.json", head="svc", shots=10, seeds=[0], params=params, backbone="toy",
+                  cache_dir=tmp_path / "cache", results_dir=tmp_path / "results", models_dir=tmp_path / "models")
+    row = runs[0].row
+    head = load_head(row["model_path"])
+    val = [i for i, k in enumerate(fx["ids"]) if k.startswith("val/")]
+    expected = choose_threshold(fx["y"][val], head.pipeline.predict_proba(fx["X"][val].astype(np.float32)))
+    assert row["threshold"] == pytest.approx(expected) and head.meta["threshold"] == pytest.approx(expected)
+    # flipping every test label changes the test metrics, not the threshold
+    y2 = fx["y"].copy()
+    test = [i for i, k in enumerate(fx["ids"]) if k.startswith("test/")]
+    y2[test] = 1 - y2[test]
+    write_cache(tmp_path / "cache/toyset/toy.h5", fx["ids"], fx["X"], y2)
+    runs2, _ = fit(tmp_path / "data/splits.json", head="svc", shots=10, seeds=[0], params=params, backbone="toy",
+                   cache_dir=tmp_path / "cache", results_dir=tmp_path / "results", models_dir=None)
+    assert runs2[0].row["threshold"] == row["threshold"]
+    assert runs2[0].row["accuracy"] == pytest.approx(1 - row["accuracy"])
+
+
+def test_stale_cache_and_leaky_splits_are_refused(tmp_path, capsys):
+    (tmp_path / "none.yaml").write_text("")
+    write_fixture(tmp_path, cache_attrs={"manifest_sha256": "other"})
+    assert fit_cli(tmp_path, "--head", "svc", "--shots", "5") == 1
+    err = capsys.readouterr().err
+    assert "stale cache" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    from featpipe.data.splits import load_splits
+    from featpipe.fit import fit_run, load_cache
+
+    write_fixture(tmp_path)
+    s = json.loads((tmp_path / "data/splits.json").read_text())
+    s["fewshot"]["0"]["5"][0] = s["test"][0]
+    (tmp_path / "data/splits.json").write_text(json.dumps(s))
+    splits = load_splits(tmp_path / "data/splits.json")
+    data = load_cache(tmp_path / "cache", splits, "toy")
+    with pytest.raises(DataError, match="also in val/test"):
+        fit_run(data, splits, head="svc", shots=5, seed=0, params=load_params(None))
+    with pytest.raises(CacheError, match="not found"):
+        load_cache(tmp_path / "cache", splits, "other_backbone")
+
+
+def test_sweep_parallel_equals_serial(tmp_path):
+    from featpipe.fit import sweep
+
+    write_fixture(tmp_path, backbone="toy")
+    fx = write_fixture(tmp_path, backbone="toy2")
+    params = load_params(None, ["fit.save_models=false", "fit.curves=false", "heads.mlp.epochs=30"])
+    kw = dict(params=params, cache_dir=tmp_path / "cache", models_dir=None, backbones=["toy", "toy2"],
+              heads=["svc", "mlp", "prototype"], shots=[2, 10], seeds=[0, 1])
+    serial = sweep(tmp_path / "data/splits.json", results_dir=tmp_path / "r1", n_jobs=1, **kw)
+    parallel = sweep(tmp_path / "data/splits.json", results_dir=tmp_path / "r2", n_jobs=2, **kw)
+    assert len(serial) == len(parallel) == 2 * 3 * 2 * 2
+    a, b = pd.read_csv(tmp_path / "r1/runs.csv"), pd.read_csv(tmp_path / "r2/runs.csv")
+    assert len(a) == 24
+    pd.testing.assert_frame_equal(a, b)
+    assert set(json.loads((tmp_path / "r2/metrics.json").read_text())) >= {"toyset/toy2/mlp/k10", "toyset/toy/svc/k2"}
+    assert fx["splits"]["dataset"] == "toyset"

@@ -1,0 +1,159 @@
+"""featpipe.heads: each head learns a known separation, is at chance on shuffled labels, picks C inside
+the training set only when it can, and is deterministic without touching global random state."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from featpipe.config import HeadsParams, MlpParams, SvcParams
+from featpipe.errors import ConfigError
+from featpipe.heads import HEADS, head_params, make_head, one_blas_thread, span_basis
+
+D = 48
+SEP = 4.0  # distance between the class means in units of the noise sd: Bayes accuracy = Phi(SEP / 2)
+
+
+def gaussian(n_per_class: int, rng, n_classes: int = 2, sep: float = SEP):
+    """Class c ~ N(mu_c, I) in D dims, class means SEP apart (simplex corners for 3 classes)."""
+    basis = np.linalg.qr(np.random.default_rng(123).normal(size=(D, n_classes)))[0].T  # fixed orthonormal directions
+    means = basis * sep / np.sqrt(2)
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    X = rng.normal(size=(y.size, D)) + means[y] + 3.0  # an offset the scaler must handle
+    return X.astype(np.float32), y
+
+
+FAST = HeadsParams(mlp=MlpParams(epochs=150))
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_head_reaches_expected_accuracy_and_is_at_chance_on_shuffled_labels(name):
+    rng = np.random.default_rng(0)
+    X, y = gaussian(40, rng)
+    Xt, yt = gaussian(300, rng)
+    bayes = norm.cdf(SEP / 2)  # 0.977
+    head = make_head(name, FAST, seed=0)
+    assert isinstance(head, Pipeline) and not hasattr(head[-1], "classes_")  # unfitted
+    acc = np.mean(head.fit(X, y).predict(Xt) == yt)
+    assert acc >= bayes - 0.06, f"{name}: {acc:.3f} vs Bayes {bayes:.3f}"
+    proba = head.predict_proba(Xt)
+    assert proba.shape == (600, 2) and np.allclose(proba.sum(1), 1)
+    assert np.array_equal(head.predict(Xt), proba.argmax(1))
+
+    # labels unrelated to the class: exactly half of each true class in each shuffled class
+    shuffled = np.concatenate([rng.permutation(np.repeat([0, 1], 20)) for _ in range(2)])
+    acc0 = np.mean(make_head(name, FAST, seed=0).fit(X, shuffled).predict(Xt) == yt)
+    assert abs(acc0 - 0.5) < 0.1, f"{name} on shuffled labels: {acc0:.3f}"
+
+
+@pytest.mark.parametrize("name", ["logistic", "mlp", "svc"])
+def test_three_classes(name):
+    rng = np.random.default_rng(1)
+    X, y = gaussian(30, rng, n_classes=3)
+    Xt, yt = gaussian(200, rng, n_classes=3)
+    head = make_head(name, FAST, seed=0).fit(X, y)
+    assert head.predict_proba(Xt).shape == (600, 3)
+    assert np.mean(head.predict(Xt) == yt) > 0.85
+
+
+def test_cv_only_when_every_class_has_cv_folds_images():
+    rng = np.random.default_rng(2)
+    params = HeadsParams(cv_folds=5, svc=SvcParams(C=3.0))
+    X, y = gaussian(4, rng)
+    small = make_head("svc", params, seed=0).fit(X, y)[-1]
+    assert not small.cv_used_ and small.best_params_["C"] == 3.0  # the documented default
+    X5, y5 = gaussian(5, rng)
+    X5, y5 = X5[:-1], y5[:-1]  # class 1 has 4 images
+    assert not make_head("logistic", params, seed=0).fit(X5, y5)[-1].cv_used_
+    X, y = gaussian(5, rng)
+    fitted = make_head("svc", params, seed=0).fit(X, y)[-1]
+    assert fitted.cv_used_ and fitted.best_params_["C"] in params.svc.C_grid
+
+
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_svc_cv_on_gram_matrix_equals_plain_gridsearch(kernel):
+    rng = np.random.default_rng(3)
+    X, y = gaussian(15, rng, sep=1.0)
+    params = HeadsParams(svc=SvcParams(kernel=kernel, gamma_grid=(0.002, 0.02)))
+    head = make_head("svc", params, seed=7).fit(X, y)
+    Xs = StandardScaler().fit_transform(X.astype(np.float64))
+    cv = StratifiedKFold(5, shuffle=True, random_state=7)
+    grid = {"C": list(params.svc.C_grid)} | ({"gamma": [0.002, 0.02]} if kernel == "rbf" else {})
+    ref = GridSearchCV(SVC(kernel=kernel, class_weight="balanced"), grid, cv=cv, scoring="balanced_accuracy").fit(Xs, y)
+    assert head[-1].cv_score_ == pytest.approx(ref.best_score_)
+    assert head[-1].best_params_["C"] == ref.best_params_["C"]
+    # same model up to libsvm's stopping tolerance (precomputed vs built-in kernel)
+    np.testing.assert_allclose(head.decision_function(X), ref.best_estimator_.decision_function(Xs), atol=5e-3)
+
+
+@pytest.mark.parametrize("kernel,n_classes", [("rbf", 2), ("linear", 3), ("rbf", 4)])
+def test_svc_blas_decision_function_equals_libsvm(kernel, n_classes):
+    rng = np.random.default_rng(8)
+    X, y = gaussian(12, rng, n_classes=n_classes, sep=1.5)
+    Xt, _ = gaussian(40, rng, n_classes=n_classes)
+    head = make_head("svc", HeadsParams(svc=SvcParams(kernel=kernel)), seed=0).fit(X, y)
+    Xs = head[:-1].transform(Xt)
+    np.testing.assert_allclose(head[-1].decision_function(Xs), head[-1].svc_.decision_function(Xs), atol=1e-8)
+    assert np.array_equal(head.predict(Xt), head[-1].svc_.predict(Xs))
+
+
+def test_logistic_cv_choice_equals_gridsearchcv():
+    rng = np.random.default_rng(9)
+    X, y = gaussian(10, rng, n_classes=3, sep=1.0)
+    head = make_head("logistic", HeadsParams(), seed=2).fit(X, y)
+    Xs = StandardScaler().fit_transform(X.astype(np.float64))
+    with one_blas_thread():
+        ref = GridSearchCV(LogisticRegression(class_weight="balanced", max_iter=2000),
+                           {"C": [0.01, 0.1, 1.0, 10.0, 100.0]}, cv=StratifiedKFold(5, shuffle=True, random_state=2),
+                           scoring="balanced_accuracy").fit(Xs, y)
+    assert head[-1].best_params_["C"] == ref.best_params_["C"]
+    assert head[-1].cv_score_ == pytest.approx(ref.best_score_)
+
+
+def test_logistic_in_the_span_equals_logistic_on_raw_embeddings():
+    rng = np.random.default_rng(4)
+    X, y = gaussian(8, rng, n_classes=3, sep=2.0)  # n = 24 < D = 48
+    Xt, _ = gaussian(50, rng, n_classes=3)
+    params = HeadsParams(cv_folds=50)  # no CV: default C
+    head = make_head("logistic", params, seed=0).fit(X, y)
+    sc = StandardScaler().fit(X.astype(np.float64))
+    ref = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, tol=1e-10).fit(sc.transform(X), y)
+    np.testing.assert_allclose(head.predict_proba(Xt), ref.predict_proba(sc.transform(Xt)), atol=2e-3)
+    Z, V = span_basis(sc.transform(X))
+    assert Z.shape[1] <= 24 and np.allclose(V.T @ V, np.eye(V.shape[1]), atol=1e-8)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_deterministic_and_no_global_random_state(name):
+    rng = np.random.default_rng(5)
+    X, y = gaussian(10, rng, sep=1.5)
+    np_state = np.random.get_state()[1].copy()
+    a = make_head(name, FAST, seed=3).fit(X, y).predict_proba(X)
+    b = make_head(name, FAST, seed=3).fit(X, y).predict_proba(X)
+    assert np.array_equal(a, b)
+    assert np.array_equal(np.random.get_state()[1], np_state)
+    if name == "mlp":
+        c = make_head(name, FAST, seed=4).fit(X, y).predict_proba(X)
+        assert not np.array_equal(a, c)
+
+
+def test_factories_and_registry():
+    assert set(HEADS) == {"svc", "logistic", "mlp", "prototype"}
+    steps = [s for s, _ in make_head("prototype", HeadsParams(l2_normalize=True)).steps]
+    assert steps == ["scale", "l2", "clf"]
+    assert [s for s, _ in make_head("svc", HeadsParams()).steps] == ["scale", "clf"]
+    with pytest.raises(ConfigError, match="unknown head 'knn'"):
+        make_head("knn", HeadsParams())
+    hp = head_params("svc", HeadsParams())
+    assert hp["kernel"] == "rbf" and hp["cv_folds"] == 5 and "hidden" not in hp
+    assert "gamma_grid" not in head_params("svc", dataclasses.replace(HeadsParams(), svc=SvcParams(kernel="linear")))
+    mlp = make_head("mlp", HeadsParams())[-1]
+    assert (mlp.hidden, mlp.dropout) == (512, 0.3)
