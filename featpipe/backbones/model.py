@@ -1,0 +1,97 @@
+"""``FeatureModel``: a frozen network mapping normalised images to embeddings, final or from a cut point."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from featpipe.backbones import weights as weights_mod
+from featpipe.backbones.registry import BackboneSpec, get
+
+
+class _Stop(Exception):
+    """Raised by the cut-point hook to skip the rest of the network."""
+
+
+def pooled_output(out) -> torch.Tensor:
+    """The pooled embedding of a transformers output (transformers 5: an object with ``pooler_output``)."""
+    if torch.is_tensor(out):
+        return out
+    pooled = getattr(out, "pooler_output", None)
+    if pooled is None:
+        raise TypeError(f"{type(out).__name__} has no pooler_output")
+    return pooled
+
+
+def global_pool(x: torch.Tensor, prefix_tokens: int = 0) -> torch.Tensor:
+    """(B, C, H, W) -> mean over H, W; (B, T, D) tokens -> mean over the patch tokens."""
+    if x.ndim == 4:
+        return x.mean(dim=(2, 3))
+    if x.ndim == 3:
+        return x[:, prefix_tokens:].mean(dim=1)
+    return x.flatten(1)
+
+
+class FeatureModel(nn.Module):
+    """Normalised float (B, 3, H, W) -> (B, D) float32 embeddings.
+
+    ``net`` is the underlying network (classifier removed; ``net.get_submodule(spec.gradcam_layer)``
+    is the Grad-CAM target); ``layer`` a registered cut point (globally pooled features taken from that
+    module's output) or None for the final embedding; ``weights`` the resolved
+    :class:`~featpipe.backbones.weights.WeightsRef`. Built in eval mode with gradients off (frozen):
+    call ``requires_grad_(True)`` to fine-tune.
+    """
+
+    def __init__(self, net: nn.Module, spec: BackboneSpec, *, layer: Optional[str] = None,
+                 weights: Optional[weights_mod.WeightsRef] = None):
+        super().__init__()
+        self.net = net
+        self.spec = spec
+        self.layer = spec.resolve_layer(layer)
+        self.weights = weights
+        self.embed_dim = spec.output_dim(self.layer)
+
+    @property
+    def weights_id(self) -> str:
+        return self.weights.identity if self.weights is not None else "unknown"
+
+    @property
+    def gradcam_module(self) -> nn.Module:
+        return self.net.get_submodule(self.spec.gradcam_layer)
+
+    def _run(self, x: torch.Tensor):
+        if self.spec.family == "siglip":
+            return pooled_output(self.net(pixel_values=x))
+        return self.net(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layer is None:
+            return self._run(x).float()
+        got = {}
+
+        def hook(_module, _inputs, output):
+            got["out"] = output[0] if isinstance(output, (tuple, list)) else output
+            raise _Stop
+
+        handle = self.net.get_submodule(self.layer).register_forward_hook(hook)
+        try:
+            self._run(x)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return global_pool(got["out"], self.spec.prefix_tokens).float()
+
+
+def build(spec: BackboneSpec | str, weights: str = "default", layer: Optional[str] = None) -> FeatureModel:
+    """Build ``spec`` (or a registered name) with ``weights`` (see :mod:`featpipe.backbones.weights`)."""
+    spec = get(spec)
+    layer = spec.resolve_layer(layer)
+    ref = weights_mod.resolve(spec, weights)
+    net = weights_mod.load_network(spec, ref)
+    model = FeatureModel(net, spec, layer=layer, weights=ref)
+    model.eval()
+    model.requires_grad_(False)
+    return model

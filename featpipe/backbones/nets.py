@@ -1,0 +1,71 @@
+"""Builders of the bare networks (random weights, classifier removed), one small function per kind.
+
+Each ``make_*`` returns a zero-argument callable so that the registry imports neither torchvision
+nor transformers. The returned network maps normalised (B, 3, H, W) to its (B, D) embedding: the
+torchvision classifier (``fc``, ``classifier``, ``heads``) is replaced by ``nn.Identity``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+# state-dict key prefixes of the classifier each family drops when loading weights
+CLASSIFIER_PREFIXES = {"resnet": ("fc.",), "densenet": ("classifier.",), "efficientnet": ("classifier.",),
+                       "vit": ("heads.",), "siglip": ()}
+
+
+def _headless(net):
+    import torch.nn as nn
+
+    for attr in ("fc", "classifier", "heads"):
+        if hasattr(net, attr):
+            setattr(net, attr, nn.Identity())
+    return net
+
+
+def make_tv(arch: str) -> Callable:
+    """A torchvision architecture by its builder name (``resnet50``), no weights."""
+
+    def make():
+        import torchvision.models as tvm
+
+        return _headless(getattr(tvm, arch)(weights=None))
+
+    make.__name__ = f"make_{arch}"
+    return make
+
+
+def make_tiny_densenet(**kw) -> Callable:
+    def make():
+        from torchvision.models.densenet import DenseNet
+
+        return _headless(DenseNet(**kw))
+
+    return make
+
+
+def make_tiny_vit(**kw) -> Callable:
+    def make():
+        from torchvision.models.vision_transformer import VisionTransformer
+
+        return _headless(VisionTransformer(**kw))
+
+    return make
+
+
+def siglip_config(**kw):
+    from transformers import SiglipVisionConfig
+
+    return SiglipVisionConfig(**kw)
+
+
+def make_siglip(**kw) -> Callable:
+    """A SigLIP vision tower (``SiglipVisionModel``) of the given config, random weights."""
+
+    def make():
+        from transformers import SiglipVisionModel
+
+        return SiglipVisionModel(siglip_config(**kw))
+
+    make.config = kw
+    return make

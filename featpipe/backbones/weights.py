@@ -1,0 +1,269 @@
+"""Weights: resolve what the user asked for, identify it, and load it (never silently random).
+
+``weights`` is one of:
+
+- ``default``: the backbone's registered default (torchvision ImageNet enum for CNNs/ViT, the hub id
+  for MedSigLIP, ``random`` for the tiny test members);
+- ``imagenet``: torchvision's weight enum; the file is looked up in ``$TORCH_HOME/hub/checkpoints``
+  (``torch.hub.get_dir()``) and downloaded there only when online;
+- ``random``: seeded (seed 0) random initialisation, only when asked for;
+- a local file ``.pth`` / ``.pt`` (``torch.load(weights_only=True)``, never unpickling code) or
+  ``.safetensors``: a state dict of the network (``module.``/``net.`` prefixes and a classifier are
+  ignored; any other missing or unexpected key is an error);
+- a local Hugging Face model folder (``config.json`` + ``*.safetensors``), e.g. a downloaded
+  ``google/medsiglip-448``;
+- a hub id (``owner/name``): fetched with ``huggingface_hub`` (honours ``HF_HOME``,
+  ``HF_HUB_OFFLINE``, ``HF_TOKEN``), then loaded as a folder.
+
+Offline: ``FEATPIPE_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1`` / ``TRANSFORMERS_OFFLINE=1``) forbids any
+download attempt. Weights that cannot be had raise :class:`~featpipe.errors.WeightsError` (one line:
+which file is missing and how to provide it).
+
+Identity (recorded in every feature cache as ``weights_id``): ``random:seed0``,
+``torchvision:<Enum>:<file name>``, ``sha256:<hex>`` of a local file, ``hf-folder:sha256:<hex>``
+over a folder's config and weight files, ``hf:<id>@<commit>`` for a hub snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from featpipe.backbones.nets import CLASSIFIER_PREFIXES
+from featpipe.backbones.registry import BackboneSpec
+from featpipe.errors import WeightsError
+
+RANDOM_SEED = 0
+FILE_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class WeightsRef:
+    """Resolved weights: ``kind`` in torchvision | random | file | hf_folder."""
+
+    request: str
+    kind: str
+    source: str  # enum name, "random", or a local path
+    identity: str
+    tag: Optional[str]  # cache file-name tag; None for the backbone's default weights
+
+
+def offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
+               for k in ("FEATPIPE_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve(spec: BackboneSpec, weights: str = "default") -> WeightsRef:
+    """Identify ``weights`` for ``spec`` without building the network (hub ids are fetched/looked up)."""
+    request = str(weights or "default")
+    asked = spec.default_weights if request == "default" else request
+    is_default = asked == spec.default_weights
+    if asked == "random":
+        return WeightsRef(request, "random", "random", f"random:seed{RANDOM_SEED}", None if is_default else "random")
+    if asked == "imagenet":
+        if spec.family == "siglip" or not spec.pretrained or "_Weights." not in spec.pretrained:
+            raise WeightsError(f"backbone '{spec.name}' has no torchvision ImageNet weights; "
+                               f"use --weights default, random, or a local file or folder")
+        return WeightsRef(request, "torchvision", spec.pretrained,
+                          f"torchvision:{spec.pretrained}:{_tv_filename(spec.pretrained)}",
+                          None if is_default else "imagenet")
+    path = Path(asked).expanduser()
+    if path.is_dir():
+        return _folder_ref(spec, request, path, is_default)
+    if path.suffix.lower() in FILE_SUFFIXES or path.exists() or not _HUB_ID.match(asked):
+        if not path.is_file():
+            raise WeightsError(f"weights file {asked} not found; pass --weights with an existing "
+                               ".pth/.pt/.safetensors file or a Hugging Face model folder")
+        sha = file_sha256(path)
+        return WeightsRef(request, "file", str(path.resolve()), f"sha256:{sha}", f"{_slug(path.stem)}-{sha[:8]}")
+    folder, commit = _hub_snapshot(spec, asked)
+    return WeightsRef(request, "hf_folder", str(folder), f"hf:{asked}@{commit}", None if is_default else _slug(asked))
+
+
+def _folder_ref(spec, request, path: Path, is_default: bool) -> WeightsRef:
+    if not (path / "config.json").is_file():
+        raise WeightsError(f"weights folder {path} has no config.json; pass a Hugging Face model folder "
+                           "or the weights file itself")
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
+    lines = "".join(f"{p.name} {file_sha256(p)}\n" for p in files)
+    sha = hashlib.sha256(lines.encode()).hexdigest()
+    return WeightsRef(request, "hf_folder", str(path.resolve()), f"hf-folder:sha256:{sha}",
+                      None if is_default else f"{_slug(path.name)}-{sha[:8]}")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "weights"
+
+
+# --------------------------------------------------------------------------- torchvision
+
+
+def _tv_enum(name: str):
+    import torchvision.models as tvm
+
+    enum_name, member = name.split(".")
+    return getattr(getattr(tvm, enum_name), member)
+
+
+def _tv_filename(name: str) -> str:
+    return os.path.basename(_tv_enum(name).url)
+
+
+def load_torchvision(spec: BackboneSpec, ref: WeightsRef) -> dict:
+    """The state dict of a torchvision weight enum from the hub cache, downloading only when online."""
+    import torch
+
+    url = _tv_enum(ref.source).url
+    target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    how = (f"download {url} into {target.parent} (or set TORCH_HOME to a folder holding hub/checkpoints/"
+           f"{target.name}), or pass --weights PATH")
+    if not target.is_file() and offline():
+        raise WeightsError(f"ImageNet weights for {spec.name} not found at {target} (offline): {how}")
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, check_hash=True,
+                                                  weights_only=True)
+    except Exception as exc:  # network errors, hash mismatch, refused unpickling
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsError(f"ImageNet weights for {spec.name} could not be had ({reason}): {how}") from None
+
+
+# --------------------------------------------------------------------------- hub
+
+
+def _hub_snapshot(spec: BackboneSpec, repo_id: str) -> tuple[Path, str]:
+    if spec.family != "siglip":
+        raise WeightsError(f"hub id '{repo_id}' given for {spec.name}: hub ids are for SigLIP backbones; "
+                           "pass a local .pth/.safetensors file, 'imagenet' or 'random'")
+    try:
+        from huggingface_hub import snapshot_download
+
+        # read the environment now (huggingface_hub reads it once, at import)
+        cache = os.environ.get("HF_HUB_CACHE") or (
+            str(Path(os.environ["HF_HOME"]).expanduser() / "hub") if os.environ.get("HF_HOME") else None)
+        folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"], cache_dir=cache,
+                                        local_files_only=offline(), token=os.environ.get("HF_TOKEN") or None))
+    except Exception as exc:
+        kind = type(exc).__name__
+        hint = ("accept the model's terms on huggingface.co and set HF_TOKEN" if "Gated" in kind
+                else "download it where online (huggingface-cli download " + repo_id + ") into HF_HOME, "
+                "or pass --weights FOLDER with the model folder")
+        raise WeightsError(f"weights '{repo_id}' for {spec.name} could not be had ({kind}; "
+                           f"HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}): {hint}") from None
+    return folder, folder.name
+
+
+# --------------------------------------------------------------------------- loading into a network
+
+
+def read_state_dict(path: str | Path) -> dict:
+    """A state dict from ``.safetensors`` or ``torch.load(weights_only=True)``; wrappers unwrapped."""
+    import torch
+
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path), device="cpu")
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsError(f"cannot read weights file {path} as a plain state dict ({reason[:200]})") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
+        raise WeightsError(f"weights file {path} does not hold a state dict of tensors")
+    return sd
+
+
+_DENSENET_OLD = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+
+
+def fit_state_dict(net, sd: dict, spec: BackboneSpec, source: str) -> None:
+    """Load ``sd`` into ``net`` strictly, after normalising key prefixes; a mismatch is a WeightsError."""
+    want = net.state_dict()
+    out = {}
+    for key, value in sd.items():
+        for prefix in ("module.", "net.", "_orig_mod."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        if spec.family == "densenet":
+            key = _DENSENET_OLD.sub(r"\1\2", key)
+        if spec.family == "siglip":
+            if key.startswith(("text_model.", "logit_")):
+                continue
+            if key.startswith("vision_model.") and key not in want:
+                key = key[len("vision_model."):]
+        if key.startswith(CLASSIFIER_PREFIXES.get(spec.family, ())):
+            continue
+        out[key] = value
+    missing = [k for k in want if k not in out and not k.endswith("num_batches_tracked")]  # old files lack it
+    unexpected = [k for k in out if k not in want]
+    if missing or unexpected:
+        raise WeightsError(
+            f"weights {source} do not fit {spec.name}: {len(missing)} missing keys "
+            f"({', '.join(missing[:3])}), {len(unexpected)} unexpected ({', '.join(unexpected[:3])})"
+        )
+    bad = [k for k in out if tuple(out[k].shape) != tuple(want[k].shape)]
+    if bad:
+        raise WeightsError(f"weights {source} do not fit {spec.name}: shape of {bad[0]} is "
+                           f"{tuple(out[bad[0]].shape)}, expected {tuple(want[bad[0]].shape)}")
+    net.load_state_dict(out, strict=True)
+
+
+def load_hf_folder(spec: BackboneSpec, folder: str | Path):
+    """A ``SiglipVisionModel`` from a local folder (a full SigLIP checkpoint's text tower is ignored)."""
+    if spec.family != "siglip":
+        raise WeightsError(f"{folder} is a Hugging Face folder but {spec.name} is a torchvision network; "
+                           "pass its .pth or .safetensors state dict")
+    import torch
+    from transformers import SiglipVisionModel
+
+    try:
+        net, info = SiglipVisionModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32,
+                                                      output_loading_info=True)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsError(f"cannot load a SigLIP vision model from {folder} ({reason[:200]})") from None
+    missing = list(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
+    if missing:
+        raise WeightsError(f"weights folder {folder} does not fit {spec.name}: {len(missing)} missing or "
+                           f"mismatched keys ({', '.join(map(str, missing[:3]))})")
+    cfg = net.config
+    if cfg.hidden_size != spec.embed_dim or cfg.image_size != spec.preprocess.input_size:
+        raise WeightsError(f"weights folder {folder} holds a SigLIP of width {cfg.hidden_size} at {cfg.image_size}px, "
+                           f"but {spec.name} is {spec.embed_dim}-d at {spec.preprocess.input_size}px")
+    return net
+
+
+def load_network(spec: BackboneSpec, ref: WeightsRef):
+    """The bare network of ``spec`` (classifier removed) carrying the weights ``ref``."""
+    import torch
+
+    if ref.kind == "hf_folder":
+        return load_hf_folder(spec, ref.source)
+    with torch.random.fork_rng(devices=[]):  # random init is reproducible and leaves global RNG alone
+        torch.manual_seed(RANDOM_SEED)
+        net = spec.make()
+    if ref.kind == "random":
+        return net
+    if ref.kind == "torchvision":
+        fit_state_dict(net, load_torchvision(spec, ref), spec, ref.source)
+    else:
+        fit_state_dict(net, read_state_dict(ref.source), spec, ref.source)
+    return net

@@ -1,0 +1,358 @@
+"""Extraction: manifest -> decoded-image cache -> frozen backbone in batches -> HDF5 feature cache.
+
+Valid by content: a cached row is reused only when its (id, sha256) is in the manifest and the file
+was made with the same backbone, weights identity, layer, preprocessing, embedding size and precision;
+anything else is extracted again (a different request for the same file name re-extracts everything,
+and says so). Interruptible: completed batches go to ``<cache>.partial/`` (see
+:class:`featpipe.featcache.PartialRows`) and the cache is written whole and renamed into place at the
+end. ``shard=(i, n)`` extracts a deterministic, batch-aligned slice of the manifest into its own file;
+:func:`merge_shards` joins them into exactly the cache of a single run.
+
+Manifest sha256: of the manifest file's bytes when a path is given (as ``splits.json`` records it); of
+``df.to_csv(index=False, lineterminator="\\n")`` when a DataFrame is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from featpipe import __version__, featcache
+from featpipe.backbones import get
+from featpipe.backbones import weights as weights_mod
+from featpipe.config import DecodeParams, ExtractParams
+from featpipe.errors import CacheError, FeatpipeError
+
+CNN_FAMILIES = ("densenet", "resnet", "efficientnet")
+
+
+@dataclass
+class ExtractResult:
+    path: Path
+    backbone: str
+    images: int  # rows in the cache
+    extracted: int  # computed by this run
+    reused: int  # taken from the previous cache
+    resumed: int  # taken from an interrupted run's completed batches
+    dropped: int  # rows of the previous cache no longer in the manifest
+    seconds: float
+    images_per_s: float  # of the computed rows, model + reading, excluding model loading
+    device: str
+    precision: str
+    embedding_dim: int
+
+    def summary(self) -> str:
+        speed = f", {self.images_per_s:.1f} img/s" if self.extracted else ""
+        return (f"{self.backbone}: {self.images} images -> {self.path} ({self.embedding_dim}-d, {self.precision} on "
+                f"{self.device}): {self.extracted} extracted, {self.reused} reused, {self.resumed} resumed, "
+                f"{self.dropped} dropped in {self.seconds:.1f} s{speed}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def load_manifest(manifest: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The manifest and its sha256 (see the module doc)."""
+    if isinstance(manifest, pd.DataFrame):
+        text = manifest.to_csv(index=False, lineterminator="\n")
+        return manifest.reset_index(drop=True), hashlib.sha256(text.encode()).hexdigest()
+    from featpipe.data.manifest import read_manifest
+
+    df = read_manifest(manifest)
+    return df, weights_mod.file_sha256(manifest)
+
+
+def cpu_has_bf16() -> bool:
+    """AMX or AVX-512 bf16 in /proc/cpuinfo (Linux); False when unknown."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def select_device(device: str = "auto"):
+    import torch
+
+    if device != "auto":
+        try:
+            return torch.device(device)
+        except RuntimeError:
+            raise FeatpipeError(f"unknown device '{device}' (auto, cpu, cuda, cuda:N or mps)") from None
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def select_precision(precision: str, device) -> str:
+    """``bf16`` or ``fp32``: auto = bf16 on CUDA with bf16 and on CPUs with AMX/AVX-512 bf16."""
+    import torch
+
+    if precision in ("bf16", "fp32"):
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_bf16() else "fp32"
+    return "fp32"
+
+
+def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
+    """``"i/n"`` (0-based i) -> ``(i, n)``."""
+    if text in (None, ""):
+        return None
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise FeatpipeError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise FeatpipeError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def shard_bounds(n_rows: int, batch_size: int, index: int, count: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of shard ``index`` of ``count``: whole batches, so shards merged equal one run."""
+    batches = -(-n_rows // batch_size)
+    b0, b1 = index * batches // count, (index + 1) * batches // count
+    return min(b0 * batch_size, n_rows), min(b1 * batch_size, n_rows)
+
+
+def _versions() -> dict:
+    import torch
+
+    out = {"featpipe_version": __version__, "torch_version": torch.__version__}
+    for pkg in ("torchvision", "transformers"):
+        try:
+            out[f"{pkg}_version"] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[f"{pkg}_version"] = ""
+    return out
+
+
+def _say(msg: str, progress: bool) -> None:
+    if progress:
+        print(f"featpipe: {msg}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def extract(manifest: str | Path | pd.DataFrame, *, backbone: str, dataset: str, cache_dir: str | Path = "cache",
+            params: ExtractParams = ExtractParams(), decode: DecodeParams = DecodeParams(),
+            shard: Optional[tuple[int, int]] = None, progress: bool = True) -> ExtractResult:
+    """Bring ``cache/<dataset>/<backbone>[@layer][+weights].h5`` (or its shard file) up to date."""
+    t0 = time.perf_counter()
+    spec = get(backbone)
+    layer = spec.resolve_layer(params.layer)
+    df, msha = load_manifest(manifest)
+    ref = weights_mod.resolve(spec, params.weights)
+    final = featcache.cache_path(cache_dir, dataset, spec.name, layer=layer, weights_tag=ref.tag)
+    out, extra = final, {}
+    if shard is not None:
+        start, stop = shard_bounds(len(df), params.batch_size, *shard)
+        df = df.iloc[start:stop].reset_index(drop=True)
+        out = featcache.shard_path(final, *shard)
+        extra = {"shard": f"{shard[0]}/{shard[1]}", "shard_rows": f"{start}:{stop}"}
+    device = select_device(params.device)
+    precision = select_precision(params.precision, device)
+    dim = spec.output_dim(layer)
+    expected = {"backbone": spec.name, "weights_id": ref.identity, "layer": layer or "",
+                "preprocess": spec.preprocess.to_dict(), "embedding_dim": dim, "precision": precision}
+    ids = df["id"].astype(str).tolist()
+    shas = df["sha256"].astype(str).tolist()
+    old_rows, old_ids = _reusable_rows(out, expected, ids, shas, progress)
+    old_n, dropped = len(old_ids), len(set(old_ids) - set(ids))
+    todo = np.flatnonzero(old_rows < 0)
+    reused = len(ids) - len(todo)
+    if not len(todo) and _up_to_date(out, old_n, old_rows, df, msha, params.feature_dtype):
+        return ExtractResult(out, spec.name, len(ids), 0, reused, 0, 0, time.perf_counter() - t0, 0.0,
+                             str(device), precision, dim)
+    plan = {**expected, "batch_size": params.batch_size, "ids": [ids[i] for i in todo],
+            "sha256": [shas[i] for i in todo]}
+    partial = featcache.PartialRows(out, plan, dim=dim, batch_size=params.batch_size)
+    try:
+        if partial.discarded:
+            _say(f"discarded {partial.discarded} rows of an interrupted extraction made for another request", progress)
+        n_new, loop_s = _run_batches(spec, ref, layer, df, todo, partial, cache_dir=cache_dir, dataset=dataset,
+                             params=params, decode=decode, device=device, precision=precision,
+                             shard=shard, progress=progress)
+        speed = n_new / max(loop_s, 1e-9)
+        attrs = {**expected, "weights": ref.source if ref.kind != "random" else "random",
+                 "manifest_sha256": msha, "device": str(device), "batch_size": params.batch_size,
+                 "dataset": dataset, **_versions(), **extra}
+        _assemble(out, df, old_rows, todo, partial, attrs, dim, params.feature_dtype)
+        resumed = partial.resumed
+        partial.remove()
+    finally:
+        partial.close()
+    return ExtractResult(out, spec.name, len(ids), n_new, reused, resumed, dropped,
+                         time.perf_counter() - t0, speed, str(device), precision, dim)
+
+
+def _reusable_rows(out: Path, expected: dict, ids: list, shas: list, progress: bool) -> tuple[np.ndarray, list]:
+    """For each manifest row, its row in the existing cache (-1 = extract); and the existing cache's ids."""
+    rows = np.full(len(ids), -1, dtype=np.int64)
+    if not out.exists():
+        return rows, []
+    try:
+        attrs = featcache.read_attrs(out)
+        why = featcache.provenance_mismatch(attrs, expected) or (None if attrs.get("complete") else "incomplete")
+        if why is None:
+            with featcache._open(out) as f:
+                old_ids, old_sha = f["ids"].asstr()[()], f["sha256"].asstr()[()]
+    except (CacheError, KeyError, OSError) as exc:
+        why = f"unreadable ({exc})"
+    if why is not None:
+        _say(f"{out} does not match this request ({why}): extracting every image again", progress)
+        return rows, []
+    where = {(i, s): j for j, (i, s) in enumerate(zip(old_ids, old_sha))}
+    rows[:] = [where.get(k, -1) for k in zip(ids, shas)]
+    return rows, old_ids.tolist()
+
+
+def _up_to_date(out: Path, old_n: int, old_rows: np.ndarray, df: pd.DataFrame, msha: str, dtype: str) -> bool:
+    if old_n != len(df) or not np.array_equal(old_rows, np.arange(len(df))):
+        return False
+    attrs = featcache.read_attrs(out)
+    with featcache._open(out) as f:
+        same_labels = np.array_equal(f["labels"][()], df["label"].to_numpy(dtype=np.int64))
+        same_dtype = str(f["features"].dtype) == dtype
+    return same_labels and same_dtype and attrs.get("manifest_sha256") == msha
+
+
+def _decoded_rows(sub: pd.DataFrame, full: pd.DataFrame, *, size: int, cache_dir, dataset: str, decode: DecodeParams,
+                  shard, progress: bool):
+    """A decoded-image reader covering ``sub`` (built for ``full`` when missing or stale) and its rows."""
+    from featpipe.decoded import DecodedImages, build_decoded, decoded_path
+
+    path = decoded_path(cache_dir, dataset, size)
+    if shard is not None and not path.exists():  # shards never race on one shared file
+        path = path.with_name(f"{path.stem}.shard-{shard[0]}-of-{shard[1]}.h5")
+    reader = DecodedImages(path)
+    try:
+        return reader, reader.require(sub)
+    except CacheError:
+        reader.close()
+    build_decoded(full, size=size, path=path, workers=decode.workers, draft=decode.draft, progress=progress)
+    reader = DecodedImages(path)
+    return reader, reader.require(sub)
+
+
+def _run_batches(spec, ref, layer, df: pd.DataFrame, todo: np.ndarray, partial, *, cache_dir, dataset, params, decode, device,
+                 precision, shard, progress) -> tuple[int, float]:
+    """Extract the plan's rows not yet in ``partial``; returns how many were computed and the loop's seconds."""
+    start = partial.done
+    if start >= partial.total:
+        return 0, 0.0
+    import torch
+    from tqdm import tqdm
+
+    from featpipe.backbones.model import FeatureModel
+    from featpipe.decoded import to_tensor_batch
+
+    pre = spec.preprocess
+    reader, drows = _decoded_rows(df.iloc[todo[start:]], df, size=pre.resize_size,
+                                  cache_dir=cache_dir, dataset=dataset, decode=decode, shard=shard, progress=progress)
+    net = weights_mod.load_network(spec, ref)
+    model = FeatureModel(net, spec, layer=layer, weights=ref).eval().requires_grad_(False).to(device)
+    fast = precision == "bf16"
+    if fast and spec.family in CNN_FAMILIES:
+        model = model.to(memory_format=torch.channels_last)
+    off = int(round((pre.resize_size - pre.input_size) / 2.0))
+    crop = slice(off, off + pre.input_size)
+
+    def load(b: int):
+        idx = drows[b - start: b - start + params.batch_size]
+        images = reader.read(idx)[:, crop, crop]
+        return to_tensor_batch(np.ascontiguousarray(images), pre.mean, pre.std, channels=3)
+
+    bar = tqdm(total=partial.total, initial=start, unit="img", desc=f"extract {spec.name}", disable=not progress,
+               dynamic_ncols=True)
+    batches = list(range(start, partial.total, params.batch_size))
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
+        pending = pool.submit(load, batches[0])
+        for k, b in enumerate(batches):
+            x = pending.result()
+            if k + 1 < len(batches):
+                pending = pool.submit(load, batches[k + 1])
+            x = x.to(device, non_blocking=True)
+            if fast and spec.family in CNN_FAMILIES:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
+                y = model(x)
+            partial.append(y.float().cpu().numpy())
+            bar.update(len(x))
+    seconds = time.perf_counter() - t0
+    bar.close()
+    reader.close()
+    return partial.total - start, seconds
+
+
+def _assemble(out: Path, df: pd.DataFrame, old_rows: np.ndarray, todo: np.ndarray, partial, attrs: dict, dim: int,
+              dtype: str) -> None:
+    """Write the cache whole (old rows + new rows, manifest order) and rename it into place."""
+    new_pos = np.full(len(df), -1, dtype=np.int64)
+    new_pos[todo] = np.arange(len(todo))
+    new = partial.rows()
+
+    def blocks(step: int = 4096):
+        f = featcache._open(out) if (old_rows >= 0).any() else None
+        try:
+            for s in range(0, len(df), step):
+                o, p = old_rows[s:s + step], new_pos[s:s + step]
+                block = np.empty((len(o), dim), dtype=np.float32)
+                if (p >= 0).any():
+                    block[p >= 0] = new[p[p >= 0]]
+                if (o >= 0).any():
+                    want = o[o >= 0]
+                    uniq, inverse = np.unique(want, return_inverse=True)
+                    block[o >= 0] = np.asarray(f["features"][uniq], dtype=np.float32)[inverse]
+                yield block
+        finally:
+            if f is not None:
+                f.close()
+
+    featcache.write_features(out, ids=df["id"].astype(str).tolist(), features=blocks(),
+                             labels=df["label"].to_numpy(dtype=np.int64), attrs=attrs,
+                             sha256=df["sha256"].astype(str).tolist(), dim=dim, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def merge_shards(manifest: str | Path | pd.DataFrame, *, backbone: str, dataset: str, cache_dir: str | Path = "cache",
+                 params: ExtractParams = ExtractParams()) -> Path:
+    """Join the shard files of one (backbone, weights, layer) into the cache a single run would write."""
+    df, msha = load_manifest(manifest)
+    spec = get(backbone)
+    layer = spec.resolve_layer(params.layer)
+    ref = weights_mod.resolve(spec, params.weights)
+    final = featcache.cache_path(cache_dir, dataset, spec.name, layer=layer, weights_tag=ref.tag)
+    paths = featcache.shard_files(final)
+    if not paths:
+        raise CacheError(f"no shard files for {final}: run 'featpipe extract --shard i/n' first")
+    counts = {int(p.name.rsplit("-of-", 1)[1][:-3]) for p in paths}
+    if len(counts) != 1 or len(paths) != next(iter(counts)):
+        raise CacheError(f"shard files of {final} are incomplete or mixed ({len(paths)} files for n={sorted(counts)}); "
+                         "run every 'featpipe extract --shard i/n' of one n")
+    for p in paths:
+        if featcache.read_attrs(p).get("manifest_sha256") != msha:
+            raise CacheError(f"shard {p} was extracted from another manifest; re-run its 'featpipe extract --shard'")
+    featcache.merge_files(paths, final)
+    with featcache._open(final) as f:
+        if f["ids"].asstr()[()].tolist() != df["id"].astype(str).tolist():
+            final.unlink()
+            raise CacheError(f"shards of {final} do not cover the manifest in order; re-extract them")
+    return final
