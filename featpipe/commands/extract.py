@@ -16,6 +16,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N | mps (default: extract.device)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
                         help="auto = bf16 where the hardware supports it (default: extract.precision)")
+    parser.add_argument("--stamp", default=None, metavar="FILE",
+                        help="also write a JSON summary of the cache's content (for DVC to depend on)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -35,10 +37,17 @@ def options(args, params):
 def run(args, params) -> int:
     from featpipe.extract import extract, parse_shard
 
+    from featpipe.stamps import features_stamp, write_stamp
+
     opts = options(args, params)
     shard = parse_shard(args.shard)
+    stamps = {}
     for name in args.backbone or params.extract.backbones:
         result = extract(args.manifest, backbone=name, dataset=params.data.name, cache_dir=args.cache_dir,
                          params=opts, decode=params.decode, shard=shard, progress=not args.no_progress)
         print(result.summary())
+        if args.stamp and shard is None:
+            stamps[name] = features_stamp(result.path)
+    if args.stamp:
+        write_stamp(args.stamp, stamps)
     return 0

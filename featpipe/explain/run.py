@@ -195,3 +195,24 @@ def sanity_model(model_path: str | Path, *, out_dir: str | Path = "reports/gradc
     body = {"run": p.ex.run, "model": str(model_path), "ids": [p.data.ids[i] for i in p.pick], **asdict(result)}
     atomic_write(Path(out_dir) / slug(p.ex.run) / "sanity.json", json.dumps(body, indent=1))
     return p.ex.run, result
+
+
+def resolve_models(entries: Sequence[str], models_dir: str | Path = "models") -> list[Path]:
+    """Model files for ``gradcam.runs`` entries: a path, or a run name such as ``tiny_cnn-logistic-k20-s0``
+    (a saved head) or ``tiny_cnn-layerwise-k10-s0`` (a fine-tuned model), found under ``models_dir``."""
+    from featpipe.errors import ConfigError
+
+    out = []
+    root = Path(models_dir)
+    for entry in entries:
+        p = Path(entry)
+        if p.is_file():
+            out.append(p)
+            continue
+        hits = sorted(f for f in root.rglob("*") if f.suffix in (".skops", ".safetensors")
+                      and (f.stem.startswith(f"{entry}-") or f.stem.endswith(f"-{entry}") or f.stem == entry))
+        if len(hits) != 1:
+            found = "no model" if not hits else f"{len(hits)} models ({', '.join(h.name for h in hits[:3])})"
+            raise ConfigError(f"gradcam.runs entry '{entry}': {found} under {root}; give a file path or a unique run name")
+        out.append(hits[0])
+    return out

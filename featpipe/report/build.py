@@ -149,7 +149,7 @@ def _provenance(inp: ReportInputs, params: Params, runs: pd.DataFrame) -> str:
 
 def build_report(inp: ReportInputs, params: Params) -> Path:
     from featpipe.data.splits import load_splits
-    from featpipe.results import config_name, read_runs
+    from featpipe.results import read_runs
 
     s = load_splits(inp.splits)
     inp.splits_sha = s.sha256
@@ -165,12 +165,16 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
     figs = []
     for m in CURVE_METRICS:
         if m in runs.columns and runs[m].notna().any():
-            figs.append(_save(plots.learning_curve(runs, m), plots_dir / f"learning_curve_{m}.png"))
+            fig = plots.learning_curve(runs, m)
+            if m == metric:
+                _save(fig, plots_dir / "learning_curve.png")  # the fixed name dvc.yaml's plots list
+                fig = plots.learning_curve(runs, m)
+            figs.append(_save(fig, plots_dir / f"learning_curve_{m}.png"))
     sections.append(("Learning curves", "".join(_img(f, f.stem.replace("_", " ")) for f in figs)))
 
     spread = _save(plots.lottery_spread(runs, metric), plots_dir / "lottery_spread.png")
-    mid = sorted(runs["shots"].unique(), key=lambda k: abs(math.log(k / 5)))[0]
-    strip = _save(plots.seed_strip(runs, metric, int(mid)), plots_dir / f"seeds_at_{int(mid)}_shots.png")
+    mid = min(runs["shots"].unique(), key=lambda k: abs(math.log(k / 5)))
+    strip = _save(plots.seed_strip(runs, metric, int(mid)), plots_dir / "per_seed.png")
     sections.append(("The seed lottery", "<p>Spread = best seed minus worst seed, in points of the metric. "
                      "A wide spread means the result depends on which images happened to be labelled.</p>"
                      + _img(spread, "lottery spread vs shots") + _img(strip, f"per-seed results at {int(mid)} shots")))
@@ -179,32 +183,8 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
     sections.append(("Best configuration per shot count", best_html + "<p>Clinical-grade: mean accuracy ≥ "
                      f"{params.clinical.min_accuracy_binary:.0%} (binary) or ≥ {params.clinical.min_accuracy_multiclass:.0%} "
                      f"(multi-class), std across seeds < {params.clinical.max_std:.0%}, AUROC ≥ {params.clinical.min_auroc}.</p>"))
-
-    curve_files = _curve_files(inp.results)
-    prevalence = None
-    if n_classes == 2:
-        test_counts = s.raw["counts"]["test"]
-        prevalence = test_counts[s.classes[1]] / max(1, sum(test_counts.values()))
-    rocs = []
-    picks = [b for b in best if b["shots"] in (max(x["shots"] for x in best), int(mid))]
-    for b in picks:
-        name = config_name({"dataset": s.dataset, **b, "shots": b["shots"]})
-        per_seed = [c for c in curve_files if c.get("config") == name]
-        if not per_seed:
-            continue
-        fig = plots.roc_pr([c["curves"] for c in per_seed], title=f"{b['config']}, {b['shots']} shots, {len(per_seed)} seeds",
-                           prevalence=prevalence)
-        rocs.append(_save(fig, plots_dir / f"roc_pr_{b['shots']}_shots.png"))
-        cms = [c["confusion_matrix"] for c in per_seed if c.get("confusion_matrix")]
-        if cms:
-            total = [[sum(cm[i][j] for cm in cms) for j in range(n_classes)] for i in range(n_classes)]
-            rocs.append(_save(plots.confusion(total, s.classes, title=f"{b['config']}, {b['shots']} shots: summed over {len(cms)} seeds"),
-                              plots_dir / f"confusion_{b['shots']}_shots.png"))
-            _write_confusion_csv(cms[0], s.classes, plots_dir / f"confusion_{b['shots']}_shots.csv")
-    sections.append(("ROC and precision-recall curves of the best runs", "".join(_img(f, f.stem.replace("_", " ")) for f in rocs)
-                     or "<p>No per-run curve files found.</p>"))
-
-    training = [c for c in curve_files if c.get("kind") == "training"]
+    sections.append(("ROC and precision-recall curves of the best runs", _roc_section(inp, runs, s, best, int(mid), plots_dir)))
+    training = [c for c in _curve_files(inp.results) if c.get("kind") == "training"]
     if training:
         fig = plots.training_curves([{**c, "label": c.get("config", c["file"].stem)} for c in training[:10]], title="Fine-tuning: loss per epoch")
         sections.append(("Fine-tuning training curves", _img(_save(fig, plots_dir / "training_curves.png"), "training curves")))
@@ -215,6 +195,50 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
     _write_dvc_plot_data(runs, metric, plots_dir)
     atomic_write(inp.out, page(params.report.title, s.dataset, sections))
     return inp.out
+
+
+def _roc_section(inp: ReportInputs, runs: pd.DataFrame, s, best: list[dict], mid: int, plots_dir: Path) -> str:
+    """ROC/PR (one line per seed) and the confusion matrix of the best configuration at the largest shot
+    count (files named ``*_best``, listed in dvc.yaml's plots) and at the middle shot count."""
+    from featpipe.results import config_name
+
+    n_classes = len(s.classes)
+    curve_files = _curve_files(inp.results)
+    prevalence = None
+    if n_classes == 2:
+        test_counts = s.raw["counts"]["test"]
+        prevalence = test_counts[s.classes[1]] / max(1, sum(test_counts.values()))
+    figs = []
+    top = max(b["shots"] for b in best)
+    for b in sorted((b for b in best if b["shots"] in (top, mid)), key=lambda b: -b["shots"]):
+        tag = "best" if b["shots"] == top else f"{b['shots']}_shots"
+        name = config_name({"dataset": s.dataset, **b, "shots": b["shots"]})
+        per_seed = sorted((c for c in curve_files if c.get("config") == name), key=lambda c: c.get("seed", 0))
+        if not per_seed:
+            continue
+        fig = plots.roc_pr([c["curves"] for c in per_seed], title=f"{b['config']}, {b['shots']} shots, {len(per_seed)} seeds",
+                           prevalence=prevalence)
+        figs.append(_save(fig, plots_dir / f"roc_pr_{tag}.png"))
+        if tag == "best":
+            _write_curve_csvs(per_seed[0]["curves"], plots_dir)
+        sel = runs[(runs["backbone"] == b["backbone"]) & (runs["head"] == b["head"]) & (runs["shots"] == b["shots"])
+                   & (runs["layer"].fillna("") == (b["layer"] or ""))]
+        cms = [json.loads(c) for c in sel.get("confusion_matrix", pd.Series(dtype=str)).dropna() if isinstance(c, str)]
+        if cms:
+            total = [[sum(cm[i][j] for cm in cms) for j in range(n_classes)] for i in range(n_classes)]
+            figs.append(_save(plots.confusion(total, s.classes, title=f"{b['config']}, {b['shots']} shots: summed over {len(cms)} seeds"),
+                              plots_dir / f"confusion_{tag}.png"))
+            if tag == "best":
+                _write_confusion_csv(cms[0], s.classes, plots_dir / "confusion_best.csv")
+    return "".join(_img(f, f.stem.replace("_", " ")) for f in figs) or "<p>No per-run curve files found.</p>"
+
+
+def _write_curve_csvs(curves: dict, plots_dir: Path) -> None:
+    cls = next(iter(curves))
+    roc = pd.DataFrame(curves[cls]["roc"], columns=["false_positive_rate", "true_positive_rate"])
+    pr = pd.DataFrame(curves[cls]["pr"], columns=["recall", "precision"])
+    atomic_write(plots_dir / "roc_best.csv", roc.to_csv(index=False, lineterminator="\n"))
+    atomic_write(plots_dir / "pr_best.csv", pr.to_csv(index=False, lineterminator="\n"))
 
 
 def _write_confusion_csv(cm, classes, path: Path) -> None:
