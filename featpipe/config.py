@@ -186,15 +186,21 @@ class FinetuneParams:
     hflip: bool = True
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     device: str = "auto"
+    threads: int = 0  # torch CPU threads while training (0 = torch's default); 1 on a shared or busy CPU
     eval_batch_size: int = 64  # no-grad val/test passes
     save_models: bool = True  # safetensors checkpoint + JSON sidecar under models/finetune/
 
 
 @dataclass(frozen=True)
 class GradcamParams:
-    runs: tuple[str, ...] = ()
-    per_outcome: int = 2  # images per TP / TN / FP / FN cell
-    sanity_threshold: float = 0.5  # rank correlation above this after re-initialisation fails the check
+    """Grad-CAM (featpipe.explain): which saved models ``featpipe gradcam`` renders without --model."""
+
+    runs: tuple[str, ...] = ()  # model files (saved head .skops or fine-tuned .safetensors)
+    per_outcome: int = 2  # images per TP / TN / FP / FN cell (per correct / incorrect class cell if C > 2)
+    seed: int = 0  # which images of a cell are drawn
+    layer: str | None = None  # module in the backbone to take Grad-CAM at; None = the registered gradcam_layer
+    sanity_threshold: float = 0.5  # mean rank correlation at or above this after re-initialisation fails
+    sanity_layers: int = 4  # top parameterised layers re-initialised (cascading, head first)
 
 
 @dataclass(frozen=True)

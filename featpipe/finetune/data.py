@@ -1,0 +1,144 @@
+"""Where fine-tuning images come from, and how a batch of uint8 pixels becomes a model input.
+
+An image source maps manifest ids to uint8 ``(n, H, W, C)`` pixels:
+
+- :class:`CachedImages`: the decoded-image cache (``featpipe.decoded.DecodedImages``); 50 epochs
+  decode nothing. This is what ``featpipe finetune`` uses.
+- :class:`DecodingImages`: decodes every image on every read (``featpipe.imaging.decode``); the
+  benchmark's baseline, and nothing else.
+- :class:`ArrayImages`: pixels already in memory (tests, notebooks).
+
+Model inputs are normalized with the backbone's own mean/std through ``featpipe.decoded.to_tensor_batch``,
+the same function extraction uses, so fine-tuned and frozen pipelines see identical pixels at eval time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from featpipe.errors import DataError
+from featpipe.finetune.augment import Augment, augment_batch
+
+
+class ImageSource(Protocol):
+    def read(self, ids: Sequence[str]) -> np.ndarray:  # uint8 (n, H, W, C)
+        ...
+
+
+class CachedImages:
+    """Pixels from the decoded-image cache at ``path`` (opened lazily by the reader)."""
+
+    def __init__(self, path):
+        from featpipe.decoded import DecodedImages
+
+        self.path = path
+        self.reader = DecodedImages(path)
+
+    def read(self, ids: Sequence[str]) -> np.ndarray:
+        idx = np.asarray(self.reader.index_of(list(ids)))
+        return np.asarray(self.reader.read(idx))
+
+
+class DecodingImages:
+    """Decodes each image from its manifest path on every read (slow on purpose: the baseline)."""
+
+    def __init__(self, refs: Mapping[str, str], *, size: int, channels: int | None = None, draft: bool = True):
+        self.refs, self.size, self.channels, self.draft = dict(refs), int(size), channels, draft
+
+    def read(self, ids: Sequence[str]) -> np.ndarray:
+        from featpipe.imaging import decode
+
+        imgs = [decode(self.refs[i], size=self.size, channels=self.channels, draft=self.draft) for i in ids]
+        return np.stack([im if im.ndim == 3 else im[..., None] for im in imgs])
+
+
+class ArrayImages:
+    """Pixels held in memory: ``images`` uint8 ``(N, H, W, C)`` (or ``(N, H, W)``) in the order of ``ids``."""
+
+    def __init__(self, ids: Sequence[str], images: np.ndarray):
+        images = np.asarray(images)
+        if images.dtype != np.uint8:
+            raise ValueError("ArrayImages needs uint8 pixels")
+        self.images = images[..., None] if images.ndim == 3 else images
+        self.pos = {str(i): n for n, i in enumerate(ids)}
+        if len(self.pos) != len(self.images):
+            raise ValueError("one unique id per image is needed")
+
+    def read(self, ids: Sequence[str]) -> np.ndarray:
+        try:
+            return self.images[[self.pos[str(i)] for i in ids]]
+        except KeyError as exc:
+            raise DataError(f"image id {exc.args[0]!r} is not in the image source") from None
+
+
+@dataclass(frozen=True)
+class Prep:
+    """Model input: ``size x size``, normalized with ``mean``/``std`` (from the backbone's preprocess)."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_preprocess(cls, pre) -> Prep:
+        get = (lambda k: pre[k]) if isinstance(pre, Mapping) else (lambda k: getattr(pre, k))
+        return cls(int(get("input_size")), tuple(map(float, get("mean"))), tuple(map(float, get("std"))))
+
+
+def _nchw(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+
+
+def _fit_size(t: torch.Tensor, size: int) -> torch.Tensor:
+    """Eval geometry: the decoded cache is already ``size``; a larger image is center-cropped (as after
+    a torchvision ``Resize(resize_size)``), a smaller one resized."""
+    h, w = t.shape[-2:]
+    if (h, w) == (size, size):
+        return t
+    if min(h, w) < size:
+        t = TF.resize(t, [size], antialias=True)
+    return TF.center_crop(t, [size, size])
+
+
+def normalize(t: torch.Tensor, prep: Prep) -> torch.Tensor:
+    """uint8 ``(n, C, H, W)`` -> float32 ``(n, 3, H, W)`` through ``featpipe.decoded.to_tensor_batch``."""
+    from featpipe.decoded import to_tensor_batch
+
+    return to_tensor_batch(t.permute(0, 2, 3, 1), prep.mean, prep.std, channels=3)
+
+
+def eval_batch(images: np.ndarray, prep: Prep) -> torch.Tensor:
+    """Validation/test input: no augmentation."""
+    return normalize(_fit_size(_nchw(images), prep.size), prep)
+
+
+def train_batch(images: np.ndarray, prep: Prep, *, aug: Augment | None, g: torch.Generator) -> torch.Tensor:
+    """Training input: augmented (all draws from ``g``) when ``aug`` is given."""
+    t = _nchw(images)
+    t = augment_batch(t, size=prep.size, aug=aug, g=g) if aug is not None else _fit_size(t, prep.size)
+    return normalize(t, prep)
+
+
+@dataclass(frozen=True)
+class Labeled:
+    """Manifest ids with their integer labels."""
+
+    ids: tuple[str, ...]
+    labels: np.ndarray
+
+    @classmethod
+    def of(cls, ids: Sequence[str], label_of: Mapping[str, int]) -> Labeled:
+        missing = [i for i in ids if i not in label_of]
+        if missing:
+            raise DataError(f"{len(missing)} split ids are not in the manifest (first: {missing[0]}); "
+                            "re-run featpipe prepare")
+        return cls(tuple(map(str, ids)), np.asarray([int(label_of[i]) for i in ids], dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.ids)

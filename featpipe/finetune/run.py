@@ -1,0 +1,319 @@
+"""One fine-tuning run, files to files: splits + manifest + decoded cache -> row, curves, checkpoint.
+
+A run uses exactly the splits' ids: the k-shot subset ``fewshot[seed][k]`` to train, ``val`` for early
+stopping and the decision threshold (chosen on val only, as for the frozen heads), ``test`` to score.
+Its row in ``results/runs.csv`` has ``head = "finetune:<strategy>"`` and the same provenance columns
+as the heads' rows (split sha256, k-shot ids sha256, n_train, n_test), so one table and one learning
+curve hold both. Per run it also writes:
+
+- ``<results>/training/<run>.json``: loss and val metrics per epoch, best epoch (the training curve);
+- ``<results>/curves/...json``: test ROC/PR points (:func:`featpipe.results.write_curves`);
+- ``<models>/finetune/<dataset>/<run>.safetensors`` + ``.json`` (when ``save_models``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from featpipe.errors import CacheError, ConfigError, DataError
+from featpipe.fileio import atomic_write
+from featpipe.finetune.data import CachedImages, ImageSource, Labeled, Prep
+from featpipe.finetune.loop import (
+    Runtime,
+    TrainConfig,
+    predict_proba,
+    resolve_runtime,
+    train,
+)
+from featpipe.finetune.strategies import STRATEGIES, describe, param_groups
+
+CNN_FAMILIES = ("densenet", "resnet", "efficientnet")  # channels_last with bf16 (as in featpipe.extract)
+
+TRAINING_DIR = "training"
+
+
+@dataclass(frozen=True)
+class Job:
+    backbone: str
+    strategy: str
+    shots: int
+    seed: int
+    layer: str | None = None
+
+    def name(self, dataset: str) -> str:
+        back = self.backbone + (f"@{self.layer}" if self.layer else "")
+        return f"{dataset}-{back}-{self.strategy}-k{self.shots}-s{self.seed}"
+
+
+@dataclass(frozen=True)
+class Paths:
+    manifest: Path = Path("data/manifest.csv")
+    splits: Path = Path("data/splits.json")
+    cache_dir: Path = Path("cache")
+    results: Path = Path("results")
+    models: Path = Path("models")
+
+
+def grid(p) -> list[Job]:
+    """Every (backbone, strategy, shots, seed) of ``params.finetune``; ``layer`` goes to truncated only."""
+    for s in p.strategies:
+        if s not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {s!r} in finetune.strategies (choose from {', '.join(STRATEGIES)})")
+    if "truncated" in p.strategies and not p.layer:
+        raise ConfigError("finetune.strategies has 'truncated' but finetune.layer is not set")
+    return [Job(b, s, int(k), int(seed), p.layer if s == "truncated" else None)
+            for b in p.backbones for s in p.strategies for k in p.shots for seed in p.seeds]
+
+
+def head_params(job: Job, p) -> dict:
+    """The training settings that define the configuration (the row key's ``head_params``)."""
+    out = {"lr": p.lr, "weight_decay": p.weight_decay, "batch_size": p.batch_size, "epochs": p.epochs,
+           "patience": p.patience, "imbalance": p.imbalance, "augment": p.augment}
+    if p.augment:
+        out.update(crop_scale_min=p.crop_scale_min, rotation_degrees=p.rotation_degrees,
+                   brightness=p.brightness, contrast=p.contrast, hflip=p.hflip)
+    if job.strategy == "truncated":
+        out["truncated_mode"] = p.truncated_mode
+    if job.strategy == "full" or (job.strategy == "truncated" and p.truncated_mode == "full"):
+        out["backbone_lr_factor"] = p.backbone_lr_factor
+    return out
+
+
+def _val_metrics(classes):
+    from featpipe.metrics import score
+
+    def f(y, proba) -> dict:
+        s = score(y, proba, classes=classes, detail=False)
+        return {"val_balanced_accuracy": s["balanced_accuracy"], "val_auroc": s["auroc"], "val_accuracy": s["accuracy"]}
+
+    return f
+
+
+def decode_options(params, manifest_path) -> dict:
+    """Keyword arguments for building a missing decoded-image cache exactly as ``featpipe decode`` does."""
+    from featpipe.data.manifest import file_sha256
+
+    out = {"workers": params.decode.workers, "draft": params.decode.draft, "max_pixels": params.data.max_image_pixels}
+    if Path(manifest_path).is_file():  # a missing manifest is reported by run_job
+        out["manifest_sha256"] = file_sha256(manifest_path)
+    return out
+
+
+def image_source(paths: Paths, dataset: str, size: int, manifest, ids, *, build: dict | None = None,
+                 progress: bool = True) -> ImageSource:
+    """The decoded-image cache at ``size`` for ``dataset``, valid by content for the manifest rows of
+    ``ids`` (id and sha256): when absent or stale it is brought up to date with ``build`` options,
+    as extraction does; stale pixels are never used."""
+    from featpipe.decoded import build_decoded, decoded_path
+
+    path = decoded_path(paths.cache_dir, dataset, size)
+    used = manifest[manifest["id"].astype(str).isin(set(ids))]
+    if path.is_file():
+        src = CachedImages(path)
+        try:
+            src.reader.require(used)
+            return src
+        except CacheError:
+            src.reader.close()  # stale rows: rebuilt below (valid rows are reused, not decoded again)
+    build_decoded(manifest, size=size, path=path, progress=progress, **(build or {}))
+    src = CachedImages(path)
+    src.reader.require(used)
+    return src
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The ids (and labels) one run uses, read from the splits and the manifest."""
+
+    splits: object
+    manifest: object
+    classes: list
+    train: Labeled
+    val: Labeled
+    test: Labeled
+
+
+def load_run_data(job: Job, paths: Paths) -> RunData:
+    """The splits' k-shot, val and test ids with their manifest labels, checked for consistency."""
+    from featpipe.data.manifest import file_sha256, read_manifest
+    from featpipe.data.splits import load_splits
+
+    splits = load_splits(paths.splits)
+    manifest = read_manifest(paths.manifest)
+    if splits.manifest_sha256 and file_sha256(paths.manifest) != splits.manifest_sha256:
+        raise DataError(f"{paths.splits} was made from a different {paths.manifest}: re-run 'featpipe prepare'")
+    label_of = dict(zip(manifest["id"].astype(str), manifest["label"].astype(int)))
+    classes = list(splits.classes)
+    tr = Labeled.of(splits.shots(job.seed, job.shots), label_of)
+    va = Labeled.of(splits.val, label_of)
+    te = Labeled.of(splits.test, label_of)
+    if len(va) == 0:
+        raise DataError("the splits have no val images: fine-tuning needs them for early stopping")
+    leaked = set(tr.ids) & (set(va.ids) | set(te.ids))
+    if leaked:
+        raise DataError(f"{len(leaked)} k-shot training ids are also in val/test (e.g. {min(leaked)!r}): "
+                        "the splits file is corrupt; rerun 'featpipe prepare'")
+    if len(set(tr.labels.tolist())) < len(classes):
+        raise DataError(f"the {job.shots}-shot subset of seed {job.seed} lacks a class; rerun 'featpipe prepare'")
+    return RunData(splits, manifest, classes, tr, va, te)
+
+
+def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: bool = True,
+            source: ImageSource | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """Train, score and record one run; returns its results row (also upserted into runs.csv)."""
+    from featpipe.finetune.checkpoint import build_model, save_finetuned
+    from featpipe.metrics import choose_threshold, curves, score
+    from featpipe.results import RUNS_CSV, upsert_runs, write_curves
+
+    job = resolve_job(job)
+    d = load_run_data(job, paths)
+    tr, va, te = d.train, d.val, d.test
+    model, spec = build_model(job.backbone, job.strategy, len(d.classes), weights=p.weights,
+                              layer=job.layer, truncated_mode=p.truncated_mode, seed=job.seed)
+    prep = Prep.from_preprocess(spec.preprocess)
+    if source is None:
+        source = image_source(paths, d.splits.dataset, int(spec.preprocess.resize_size), d.manifest,
+                              tr.ids + va.ids + te.ids, build=build, progress=progress)
+    rt = resolve_runtime(p.device, p.precision, cnn=spec.family in CNN_FAMILIES)
+    model = _place(model, rt)
+    opt = torch.optim.AdamW(param_groups(model, job.strategy, lr=p.lr, backbone_lr_factor=p.backbone_lr_factor,
+                                         truncated_mode=p.truncated_mode), weight_decay=p.weight_decay)
+    say = log or (print if progress else None)
+    name = job.name(d.splits.dataset)
+    with torch_threads(p.threads):
+        res = train(model, source, tr, va, optimizer=opt, cfg=TrainConfig.from_params(p), prep=prep, rt=rt,
+                    seed=job.seed, n_classes=len(d.classes), val_metrics=_val_metrics(d.classes),
+                    log=(lambda r: say(_epoch_line(name, r))) if say else None)
+        pv = predict_proba(model, source, va.ids, prep=prep, rt=rt, batch_size=p.eval_batch_size)
+        pt = predict_proba(model, source, te.ids, prep=prep, rt=rt, batch_size=p.eval_batch_size)
+    threshold = choose_threshold(va.labels, pv) if len(d.classes) == 2 else None  # val only, as the heads
+    metrics = score(te.labels, pt, classes=d.classes, threshold=threshold)
+
+    row = _row(job, p, d, metrics, model=model, res=res, rt=rt)
+    meta = {"dataset": d.splits.dataset, "backbone": job.backbone, "family": spec.family, "layer": job.layer,
+            "strategy": job.strategy, "classes": d.classes, "preprocess": spec.preprocess.to_dict(),
+            "params": _asdict(p), "head_params": row["head_params"], "shots": job.shots, "seed": job.seed,
+            "split_sha256": d.splits.sha256, "manifest_sha256": d.splits.manifest_sha256,
+            "ids_sha256": row["ids_sha256"], "train_ids": list(tr.ids), "weights": row["weights"],
+            "weights_id": row["weights_id"], "threshold": threshold, "best_epoch": res.best_epoch,
+            "epochs_run": res.epochs_run, "precision": rt.precision, **describe(model), **_versions()}
+    if p.save_models:
+        row["model_path"] = str(save_finetuned(model, meta, Path(paths.models) / "finetune" / d.splits.dataset / name))
+    write_training_curve(Path(paths.results) / TRAINING_DIR / f"{name}.json", meta, res)
+    write_curves(Path(paths.results) / "curves", row, curves(te.labels, pt, classes=d.classes))
+    upsert_runs(Path(paths.results) / RUNS_CSV, [row])
+    return row
+
+
+def _row(job: Job, p, d: RunData, metrics: dict, *, model, res, rt) -> dict:
+    """The results row, with the same provenance columns as :func:`featpipe.fit.fit_run` writes."""
+    from featpipe.data.manifest import ids_sha256
+
+    weights, weights_id = weights_columns(model.features)
+    row = {"dataset": d.splits.dataset, "backbone": job.backbone, "weights": weights, "layer": job.layer or "",
+           "head": f"finetune:{job.strategy}", "head_params": head_params(job, p), "shots": job.shots,
+           "seed": job.seed, "split_sha256": d.splits.sha256, "ids_sha256": ids_sha256(d.train.ids),
+           "n_classes": len(d.classes), "n_train": len(d.train), "n_val": len(d.val), "n_test": len(d.test),
+           **{k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix", "n")},
+           "weights_id": weights_id,
+           "confusion_matrix": json.dumps(metrics["confusion_matrix"], separators=(",", ":")),
+           "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "train_seconds": round(res.seconds, 3),
+           "precision": rt.precision, "device": rt.device.type, "trainable_params": describe(model)["trainable"]}
+    for cname, pc in metrics["per_class"].items():
+        for m in ("precision", "recall", "f1"):
+            row[f"{m}[{cname}]"] = pc[m]
+    row["model_path"] = ""
+    return row
+
+
+@contextmanager
+def torch_threads(n: int):
+    """torch's CPU thread count set to ``n`` (0: unchanged) for the block, then restored."""
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def weights_columns(features) -> tuple[str, str]:
+    """(weights, weights_id) as the frozen heads' rows write them (the feature cache's attributes):
+    the resolved source (torchvision enum, file or folder) or ``random``, and its identity."""
+    ref = getattr(features, "weights", None)
+    if ref is None:
+        return "unknown", "unknown"
+    return (ref.source if ref.kind != "random" else "random"), ref.identity
+
+
+def resolve_job(job: Job) -> Job:
+    """``job`` with its cut point under its full registered name (``denseblock2`` -> ``features.denseblock2``)."""
+    if job.strategy != "truncated" or not job.layer:
+        return job
+    from featpipe import backbones
+
+    return replace(job, layer=backbones.get(job.backbone).resolve_layer(job.layer))
+
+
+def _place(model, rt: Runtime):
+    model = model.to(rt.device)
+    return model.to(memory_format=torch.channels_last) if rt.channels_last else model
+
+
+def _epoch_line(name: str, r: dict) -> str:
+    extra = f" val_auroc={r['val_auroc']:.3f}" if not math.isnan(r.get("val_auroc", math.nan)) else ""
+    return (f"{name} epoch {r['epoch']}: train_loss={r['train_loss']:.4f} val_loss={r['val_loss']:.4f}"
+            f"{extra} ({r['seconds']:.1f}s){' *' if r['best'] else ''}")
+
+
+def _asdict(p) -> dict:
+    from featpipe.config import to_dict
+
+    return to_dict(p)
+
+
+def _versions() -> dict:
+    import torchvision
+
+    from featpipe import __version__
+
+    try:
+        import transformers
+
+        tf = transformers.__version__
+    except ImportError:  # pragma: no cover
+        tf = ""
+    return {"featpipe_version": __version__, "torch_version": torch.__version__,
+            "torchvision_version": torchvision.__version__, "transformers_version": tf}
+
+
+def write_training_curve(path: Path, meta: dict, res) -> Path:
+    """Loss and val metrics per epoch of one run (JSON; NaN written as null)."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return v
+
+    body = {"run": path.stem, "backbone": meta["backbone"], "strategy": meta["strategy"], "shots": meta["shots"],
+            "seed": meta["seed"], "layer": meta["layer"], "best_epoch": res.best_epoch,
+            "best_val_loss": clean(res.best_val_loss), "epochs_run": res.epochs_run,
+            "stopped_early": res.stopped_early, "seconds": round(res.seconds, 3),
+            "epochs": [{k: clean(v) for k, v in r.items()} for r in res.history]}
+    return atomic_write(path, json.dumps(body, indent=1))
+
+
+def run_jobs(jobs: list[Job], p, paths: Paths, **kw) -> list[dict]:
+    rows = []
+    for job in jobs:
+        rows.append(run_job(job, p, paths, **kw))
+    return rows
+
+

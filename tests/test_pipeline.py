@@ -1,0 +1,97 @@
+"""`dvc repro` end to end on a small demo, in a temporary copy of the project (with git, as users run it)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DVC = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+
+# the demo graph, made smaller so that the whole repro takes about a minute on 2 cores
+SMALL = {
+    "split": {"seeds": [0, 1, 2], "shots": [2, 5, 20]},
+    "fit": {"heads": ["svc", "logistic"]},
+    "finetune": {"strategies": ["head", "layerwise"], "shots": [5], "seeds": [0, 1], "epochs": 4, "patience": 2},
+    "gradcam": {"runs": ["tiny_cnn-logistic-k20-s0", "tiny_cnn-layerwise-k5-s0"]},
+}
+
+
+def _run(*cmd, cwd):
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def _ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def _params_keys(node, prefix=""):
+    for k, v in node.items():
+        yield f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from _params_keys(v, f"{prefix}{k}.")
+
+
+def test_every_params_key_dvc_reads_exists_in_both_params_files():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    wanted = set()
+    for st in stages.values():
+        body = st.get("do", st)
+        for p in body.get("params", []):
+            wanted.add(p if isinstance(p, str) else next(iter(p)))
+    for name in ("params.yaml", "params.demo.yaml"):
+        data = yaml.safe_load((ROOT / name).read_text())
+        keys = set(_params_keys(data))
+        heads = data["fit"]["heads"]
+        expanded = {w.replace("${item.head}", h) for w in wanted for h in heads}
+        assert expanded <= keys, f"{name} lacks {sorted(expanded - keys)}"
+        from featpipe.config import load_params
+
+        load_params(ROOT / name)  # and it validates
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end(tmp_path):
+    work = tmp_path / "project"
+    work.mkdir()
+    shutil.copy(ROOT / "dvc.yaml", work / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.demo.yaml").read_text())
+    for section, values in SMALL.items():
+        params[section].update(values)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run("git", "init", "-q", cwd=work)
+    _run(DVC, "init", "-q", cwd=work)
+    _run(DVC, "config", "core.analytics", "false", cwd=work)
+
+    first = _run(DVC, "repro", cwd=work)
+    stages = {"fetch", "prepare", "decode", "extract@tiny_cnn", "fit@tiny_cnn-svc", "fit@tiny_cnn-logistic",
+              "finetune@tiny_cnn-head", "finetune@tiny_cnn-layerwise", "collect", "gradcam", "report"}
+    assert _ran(first) == stages
+
+    metrics = json.loads(_run(DVC, "metrics", "show", "--json", cwd=work))
+    summary = next(iter(metrics.values()))["data"]["results/metrics.json"]["data"]
+    assert "demo/tiny_cnn+random/svc/k20" in summary and "demo/tiny_cnn+random/finetune:layerwise/k5" in summary
+    assert 0.0 <= summary["demo/tiny_cnn+random/logistic/k20"]["macro_f1"]["mean"] <= 1.0
+
+    assert _ran(_run(DVC, "repro", cwd=work)) == {"fetch"}  # fetch only fingerprints the source
+
+    params["heads"]["svc"]["C"] = 3.0
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    again = _ran(_run(DVC, "repro", cwd=work))
+    assert again == {"fetch", "fit@tiny_cnn-svc", "collect", "report"}
+
+    html = (work / "reports/report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 6  # learning curves, lottery, ROC/PR, Grad-CAM embedded
+    assert "src=\"http" not in html and "<script" not in html  # self-contained
+    assert "Grad-CAM" in html and "grid.png" not in html
+    runs = (work / "results/runs.csv").read_text().splitlines()
+    assert len(runs) == 1 + 2 * 3 * 3 + 2 * 1 * 2  # heads x shots x seeds + strategies x shots x seeds
