@@ -90,16 +90,25 @@ def embed(model, spec, refs: Sequence[str], *, precision: str = "fp32", batch_si
 
 def predict(model_path: str | Path, inputs: Sequence[str | Path], *, out_csv: str | Path | None = None,
             device: str = "cpu", batch_size: int = 32) -> Prediction:
-    """Class probabilities for every image in ``inputs`` (files or folders); writes ``out_csv`` when given."""
-    saved = load_head(model_path)
-    meta = saved.meta
+    """Class probabilities for every image in ``inputs`` (files or folders); writes ``out_csv`` when given.
+
+    ``model_path`` is a saved head (``.skops``, applied to the recorded backbone's embeddings) or a fine-tuned
+    model (``.safetensors`` or its ``.json`` sidecar)."""
+    refs = image_files(inputs)
+    if Path(model_path).suffix in (".safetensors", ".json"):
+        from featpipe.finetune.checkpoint import load_finetuned, predict_files
+
+        net, meta = load_finetuned(model_path, device=device)
+        proba = predict_files(net, meta, refs, batch_size=batch_size, device=device)
+    else:
+        saved = load_head(model_path)
+        meta = saved.meta
+        model, spec = load_backbone(meta, device=device)
+        X = embed(model, spec, refs, precision=meta.get("precision") or "fp32", batch_size=batch_size, device=device)
+        proba = saved.pipeline.predict_proba(X)
     classes = list(meta.get("classes") or [])
     if not classes:
-        raise FeatpipeError(f"{model_path}: the sidecar records no class names; refit the head")
-    refs = image_files(inputs)
-    model, spec = load_backbone(meta, device=device)
-    X = embed(model, spec, refs, precision=meta.get("precision") or "fp32", batch_size=batch_size, device=device)
-    proba = saved.pipeline.predict_proba(X)
+        raise FeatpipeError(f"{model_path}: the sidecar records no class names; refit or retrain the model")
     threshold = meta.get("threshold") if len(classes) == 2 else None
     if threshold is not None:
         pred = (proba[:, 1] >= threshold).astype(int)

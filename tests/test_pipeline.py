@@ -93,5 +93,11 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert html.count("data:image/png;base64,") >= 6  # learning curves, lottery, ROC/PR, Grad-CAM embedded
     assert "src=\"http" not in html and "<script" not in html  # self-contained
     assert "Grad-CAM" in html and "grid.png" not in html
+    # predict accepts a fine-tuned model as well as a saved head
+    for model in (next((work / "models/finetune").rglob("*-layerwise-k5-s0.safetensors")),
+                  next((work / "models/fit").rglob("tiny_cnn-svc-k20-s0-*.skops"))):
+        _run(sys.executable, "-m", "featpipe", "predict", "--model", str(model), "--out", "pred.csv", "data/synthetic/normal", cwd=work)
+        pred = (work / "pred.csv").read_text().splitlines()
+        assert pred[0] == "path,predicted,p(normal),p(finding1)" and len(pred) == 151
     runs = (work / "results/runs.csv").read_text().splitlines()
     assert len(runs) == 1 + 2 * 3 * 3 + 2 * 1 * 2  # heads x shots x seeds + strategies x shots x seeds

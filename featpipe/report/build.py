@@ -113,6 +113,23 @@ def _curve_files(results: Path) -> list[dict]:
     return out
 
 
+def _training_curves(results: Path) -> dict[str, list[dict]]:
+    """Fine-tuning loss curves (``<results>/**/training/*.json``), seed-0 runs, grouped by strategy."""
+    out: dict[str, list[dict]] = {}
+    for f in sorted(results.rglob("training/*.json")):
+        try:
+            d = json.loads(f.read_text())
+        except (json.JSONDecodeError, OSError):
+            continue
+        if d.get("seed", 0) != 0 or not d.get("epochs"):
+            continue
+        ep = d["epochs"]
+        out.setdefault(d.get("strategy", "?"), []).append({
+            "label": f"{d.get('backbone')} k={d.get('shots')}", "epoch": [e["epoch"] for e in ep],
+            "train_loss": [e.get("train_loss") for e in ep], "val_loss": [e.get("val_loss") for e in ep]})
+    return out
+
+
 def _provenance(inp: ReportInputs, params: Params, runs: pd.DataFrame) -> str:
     import importlib.metadata as md
 
@@ -184,10 +201,12 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
                      f"{params.clinical.min_accuracy_binary:.0%} (binary) or ≥ {params.clinical.min_accuracy_multiclass:.0%} "
                      f"(multi-class), std across seeds < {params.clinical.max_std:.0%}, AUROC ≥ {params.clinical.min_auroc}.</p>"))
     sections.append(("ROC and precision-recall curves of the best runs", _roc_section(inp, runs, s, best, int(mid), plots_dir)))
-    training = [c for c in _curve_files(inp.results) if c.get("kind") == "training"]
+    training = _training_curves(inp.results)
     if training:
-        fig = plots.training_curves([{**c, "label": c.get("config", c["file"].stem)} for c in training[:10]], title="Fine-tuning: loss per epoch")
-        sections.append(("Fine-tuning training curves", _img(_save(fig, plots_dir / "training_curves.png"), "training curves")))
+        sections.append(("Fine-tuning training curves", "".join(
+            _img(_save(plots.training_curves(curves, title=f"Fine-tuning {strategy}: loss per epoch (seed 0 runs; dashed = val)"),
+                       plots_dir / f"training_{strategy}.png"), f"training curves, {strategy}")
+            for strategy, curves in training.items())))
 
     grids = sorted(inp.gradcam_dir.rglob("grid*.png")) if inp.gradcam_dir and inp.gradcam_dir.is_dir() else []
     sections.append(("Grad-CAM", "".join(_img(g, f"Grad-CAM: {g.parent.name}") for g in grids) or "<p>No Grad-CAM grids were rendered.</p>"))
