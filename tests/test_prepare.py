@@ -19,6 +19,14 @@ from featpipe.data.splits import load_splits
 from tests.conftest import write_image
 
 
+@pytest.fixture
+def defaults(tmp_path):
+    """A parameter file with no keys: every test states what it sets, whatever the repo's params.yaml says."""
+    f = tmp_path / "defaults.yaml"
+    f.write_text("{}\n")
+    return ["--params", str(f)]
+
+
 def run_cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "featpipe", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
@@ -38,8 +46,8 @@ def messy_tree(tmp_path):
     return root
 
 
-def test_prepare_writes_manifest_rejects_duplicates_and_splits(messy_tree, tmp_path):
-    args = ["prepare", "-S", "data.source=folder", "-S", f"data.path={messy_tree}", "-S", "split.shots=[1,2,5]",
+def test_prepare_writes_manifest_rejects_duplicates_and_splits(messy_tree, tmp_path, defaults):
+    args = ["prepare", *defaults, "-S", "data.source=folder", "-S", f"data.path={messy_tree}", "-S", "split.shots=[1,2,5]",
             "-S", "split.seeds=[0,1]", "--manifest", str(tmp_path / "d/manifest.csv"), "--splits", str(tmp_path / "d/splits.json")]
     assert main(args) == 0
     rejects = (tmp_path / "d/rejects.csv").read_text().splitlines()
@@ -60,13 +68,13 @@ def test_prepare_writes_manifest_rejects_duplicates_and_splits(messy_tree, tmp_p
     assert (tmp_path / "d/splits.json").read_bytes() == first  # byte-identical on a rerun
 
 
-def test_unknown_key_and_bad_value_are_one_line_errors_with_exit_2(tmp_path, capsys):
-    assert main(["prepare", "-S", "split.sed=3"]) == 2
+def test_unknown_key_and_bad_value_are_one_line_errors_with_exit_2(tmp_path, capsys, defaults):
+    assert main(["prepare", *defaults, "-S", "split.sed=3"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown parameter 'split.sed'" in err
-    assert main(["prepare", "-S", "split.test_fraction=lots"]) == 2
+    assert main(["prepare", *defaults, "-S", "split.test_fraction=lots"]) == 2
     assert "bad value for 'split.test_fraction'" in capsys.readouterr().err
-    assert main(["prepare", "-S", "data.source=dicomweb"]) == 2
+    assert main(["prepare", *defaults, "-S", "data.source=dicomweb"]) == 2
     assert "choose from folder, csv, npz, synthetic" in capsys.readouterr().err
     assert main(["prepare", "--params", str(tmp_path / "missing.yaml")]) == 2
 
@@ -105,8 +113,8 @@ def test_synthetic_demo_prepare_is_deterministic(tmp_path):
     assert ma["patient_id"].nunique() == len(ma) // 2  # two images per synthetic patient
 
 
-def test_prepare_real_figure1_csv_view(figure1_dir, tmp_path):
-    args = ["prepare", "-S", "data.source=csv", "-S", f"data.path={figure1_dir / 'metadata.csv'}",
+def test_prepare_real_figure1_csv_view(figure1_dir, tmp_path, defaults):
+    args = ["prepare", *defaults, "-S", "data.source=csv", "-S", f"data.path={figure1_dir / 'metadata.csv'}",
             "-S", "data.csv.path_col=patientid", "-S", "data.csv.label_col=finding", "-S", "split.shots=[1]",
             "-S", "split.shots_policy=cap", "--manifest", str(tmp_path / "m.csv"), "--splits", str(tmp_path / "s.json")]
     assert main(args) == 0
@@ -121,13 +129,13 @@ def test_prepare_real_figure1_csv_view(figure1_dir, tmp_path):
     assert pats.max() == 1
 
 
-def test_prepare_real_folder_view_with_multi_image_patients(figure1_dir, tmp_path):
+def test_prepare_real_folder_view_with_multi_image_patients(figure1_dir, tmp_path, defaults):
     view = tmp_path / "fig1"
     for f in sorted((figure1_dir / "images").iterdir()):
         cls = "even" if int(f.stem[6:11]) % 2 == 0 else "odd"
         (view / cls).mkdir(parents=True, exist_ok=True)
         (view / cls / f.name).symlink_to(f)
-    args = ["prepare", "-S", "data.source=folder", "-S", f"data.path={view}", "-S", "split.shots=[1,2]",
+    args = ["prepare", *defaults, "-S", "data.source=folder", "-S", f"data.path={view}", "-S", "split.shots=[1,2]",
             "--manifest", str(tmp_path / "m.csv"), "--splits", str(tmp_path / "s.json")]
     assert main(args) == 0
     m = read_manifest(tmp_path / "m.csv")
@@ -136,8 +144,8 @@ def test_prepare_real_folder_view_with_multi_image_patients(figure1_dir, tmp_pat
     assert multi["COVID-00039"] == 3 and multi["COVID-00003"] == 2
 
 
-def test_prepare_real_npz(pneumoniamnist, tmp_path):
-    args = ["prepare", "-S", "data.source=npz", "-S", f"data.path={pneumoniamnist}", "-S", "data.class_names=[normal,pneumonia]",
+def test_prepare_real_npz(pneumoniamnist, tmp_path, defaults):
+    args = ["prepare", *defaults, "-S", "data.source=npz", "-S", f"data.path={pneumoniamnist}", "-S", "data.class_names=[normal,pneumonia]",
             "--manifest", str(tmp_path / "m.csv"), "--splits", str(tmp_path / "s.json")]
     assert main(args) == 0
     s = load_splits(tmp_path / "s.json")
@@ -147,3 +155,21 @@ def test_prepare_real_npz(pneumoniamnist, tmp_path):
         assert e["reason"].startswith("same patient or identical file")
     assert s.classes == ["normal", "pneumonia"]
     assert len(s.fewshot[0][10]) == 20
+
+
+def test_fetch_fingerprint_changes_with_the_images_not_otherwise(tmp_path):
+    from featpipe.config import DataParams
+    from featpipe.data.fetch import fingerprint
+
+    root = tmp_path / "tree"
+    write_image(root / "a" / "1.png", seed=1)
+    write_image(root / "b" / "2.png", seed=2)
+    data = DataParams(source="folder", path=str(root))
+    first = fingerprint(data)
+    assert fingerprint(data) == first and first["files"] == 2
+    write_image(root / "b" / "3.png", seed=3)
+    assert fingerprint(data)["sha256"] != first["sha256"]
+    from featpipe.errors import DataError
+
+    with pytest.raises(DataError, match="not found"):
+        fingerprint(DataParams(source="npz", path=str(tmp_path / "missing.npz")))
