@@ -16,14 +16,13 @@ import contextlib
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 
+from featpipe.fileio import atomic_write
 from featpipe.metrics import SCALAR_METRICS, SUMMARY_METRICS, clinical_grade, summarize
 
 KEY_COLUMNS = ("dataset", "backbone", "weights", "layer", "head", "head_params", "shots", "seed")
@@ -99,18 +98,6 @@ def _order(columns: Iterable[str]) -> list[str]:
     return first + middle + last
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def upsert_runs(path: str | Path, rows: Iterable[Mapping]) -> pd.DataFrame:
     """Insert ``rows`` into the table at ``path``, replacing rows with the same key; returns the table.
 
@@ -135,7 +122,7 @@ def upsert_runs(path: str | Path, rows: Iterable[Mapping]) -> pd.DataFrame:
         df = df.drop_duplicates(list(KEY_COLUMNS), keep="last")
         df = df.sort_values(list(KEY_COLUMNS), kind="stable").reset_index(drop=True)
         df = df[_order(df.columns)]
-        _write_atomic(path, df.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+        atomic_write(path, df.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
     return df
 
 
@@ -160,7 +147,7 @@ def write_curves(curves_dir: str | Path, row: Mapping, data: Mapping) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     stem = config_name(row, with_seed=True).replace("/", "-").replace(":", "_")
     path = d / f"{stem}-{params_tag(row.get('head_params'))}.json"
-    _write_atomic(path, json.dumps({"config": config_name(row), "seed": int(row["seed"]), "curves": data}))
+    atomic_write(path, json.dumps({"config": config_name(row), "seed": int(row["seed"]), "curves": data}))
     return path
 
 
@@ -203,7 +190,7 @@ def write_metrics_json(results_dir: str | Path, *, clinical) -> Path:
 
     d.mkdir(parents=True, exist_ok=True)
     path = d / METRICS_JSON
-    _write_atomic(path, json.dumps(clean(summary), indent=1, sort_keys=True))
+    atomic_write(path, json.dumps(clean(summary), indent=1, sort_keys=True))
     return path
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from featpipe.fileio import file_sha256  # noqa: F401 - re-exported
 from featpipe.backbones.nets import CLASSIFIER_PREFIXES
 from featpipe.backbones.registry import BackboneSpec
 from featpipe.errors import WeightsError
@@ -56,14 +57,6 @@ class WeightsRef:
 def offline() -> bool:
     return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
                for k in ("FEATPIPE_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve(spec: BackboneSpec, weights: str = "default") -> WeightsRef:

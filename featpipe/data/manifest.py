@@ -22,19 +22,11 @@ import pandas as pd
 
 from featpipe.data.sources import Record
 from featpipe.errors import DataError
-from featpipe.fileio import atomic_write
+from featpipe.fileio import atomic_write, file_sha256  # noqa: F401 - re-exported
 
 COLUMNS = ["id", "path", "label", "label_name", "patient_id", "source_split", "sha256", "width", "height"]
 REJECT_COLUMNS = ["id", "path", "reason"]
 DUPLICATE_COLUMNS = ["sha256", "count", "ids", "labels", "conflicting_labels"]
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_file(args: tuple[str, int, bool]) -> tuple[str | None, int, int, str | None]:
