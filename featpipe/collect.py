@@ -17,7 +17,7 @@ from featpipe.errors import DataError
 
 
 def collect(sources: Sequence[str | Path], out_dir: str | Path, *, clinical) -> pd.DataFrame:
-    from featpipe.results import RUNS_CSV, read_runs, upsert_runs, write_metrics_json
+    from featpipe.results import KEY_COLUMNS, RUNS_CSV, read_runs, upsert_runs, write_metrics_json
 
     files: list[Path] = []
     for src in sources:
@@ -34,10 +34,8 @@ def collect(sources: Sequence[str | Path], out_dir: str | Path, *, clinical) -> 
         raise DataError(f"no {RUNS_CSV} under {', '.join(map(str, sources))}")
     if out.exists():
         out.unlink()
-    table = pd.DataFrame()
-    for f in files:
-        rows = read_runs(f)
-        if len(rows):
-            table = upsert_runs(out, rows.to_dict("records"))
+    rows = pd.concat([read_runs(f) for f in files], ignore_index=True)
+    rows = rows.drop_duplicates(list(KEY_COLUMNS), keep="last")  # as if each file had been upserted in turn
+    table = upsert_runs(out, rows.to_dict("records"))
     write_metrics_json(out_dir, clinical=clinical)
     return table

@@ -5,25 +5,30 @@ from __future__ import annotations
 from featpipe.errors import ConfigError
 
 
-def add_arguments(parser) -> None:
+def add_model_arguments(parser, *, out_help: str) -> None:
+    """Flags shared by ``gradcam`` and ``sanity-check``: which models, which images, where things are."""
     parser.add_argument("--model", action="append", default=[], metavar="FILE",
                         help="saved head (.skops) or fine-tuned model (.safetensors); repeatable "
                              "(default: every model in params gradcam.runs)")
     src = parser.add_mutually_exclusive_group()
-    src.add_argument("--images", nargs="+", metavar="IMAGE", help="explain these image files (no labels)")
+    src.add_argument("--images", nargs="+", metavar="IMAGE", help="use these image files (no labels)")
     src.add_argument("--from-test", type=int, metavar="N", dest="from_test",
                      help="N test images per outcome (TP, TN, FP, FN; or correct/incorrect per class) "
                           "(default: gradcam.per_outcome)")
     parser.add_argument("--manifest", default="data/manifest.csv", metavar="FILE")
     parser.add_argument("--splits", default="data/splits.json", metavar="FILE")
     parser.add_argument("--cache", default="cache", metavar="DIR", help="where the decoded-image cache is")
-    parser.add_argument("--out", default="reports/gradcam", metavar="DIR")
+    parser.add_argument("--out", default="reports/gradcam", metavar="DIR", help=out_help)
     parser.add_argument("--models", default="models", metavar="DIR", help="where gradcam.runs names are looked up")
-    parser.add_argument("--allow-empty", action="store_true",
-                        help="with no model given and gradcam.runs empty, render nothing and exit 0 (for the pipeline)")
     parser.add_argument("--layer", default=None, metavar="MODULE",
                         help="module of the backbone to take Grad-CAM at (default: gradcam.layer, else the "
                              "backbone's registered layer)")
+
+
+def add_arguments(parser) -> None:
+    add_model_arguments(parser, out_help="PNGs, grid.png and index under <out>/<run>/")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="with no model given and gradcam.runs empty, render nothing and exit 0 (for the pipeline)")
 
 
 def run(args, params) -> int:

@@ -11,12 +11,36 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 from featpipe.config import DataParams
 from featpipe.data import synthetic
 from featpipe.errors import DataError
 from featpipe.fileio import atomic_write
+
+
+def fetch_medmnist(flag: str, size: int, dest: Path) -> Path:
+    """Download MedMNIST's ``<flag>[_<size>].npz`` with the medmnist package; a clear error offline."""
+    name = f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
+    try:
+        import medmnist  # optional extra: pip install 'featpipe[medmnist]'
+        from medmnist import INFO
+    except ImportError:
+        raise DataError(f"{dest} not found: download MedMNIST's {name} (zenodo.org/records/10519652) and put it at "
+                        f"{dest}, or pip install 'featpipe[medmnist]' to fetch it") from None
+    if flag not in INFO:
+        raise DataError(f"bad value for 'data.medmnist_flag': {flag!r} (not a MedMNIST data set)")
+    root = dest.parent
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        getattr(medmnist, INFO[flag]["python_class"])(split="train", download=True, size=size, root=str(root))
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types
+        raise DataError(f"could not download {name} ({type(exc).__name__}); without network, put the file at {dest}") from None
+    got = root / name
+    if got != dest and got.is_file():
+        shutil.move(got, dest)
+    return dest
 
 
 def ensure_source(data: DataParams) -> Path:
@@ -26,11 +50,9 @@ def ensure_source(data: DataParams) -> Path:
     if data.source == "npz" and not path.is_file():
         if not data.medmnist_flag:
             raise DataError(f"npz file {path} not found: put the file there or set data.medmnist_flag to download it")
-        from featpipe.data.prepare import fetch_medmnist
-
         fetch_medmnist(data.medmnist_flag, data.medmnist_size, path)
     if not path.exists():
-        raise DataError(f"data {data.source} {path} not found: set data.path (see the README, 'Your own data')")
+        raise DataError(f"data {data.source} {path} not found: set data.path (see the README, 'Your data')")
     return path
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,6 @@ from featpipe.config import DataParams, Params
 from featpipe.data import sources, synthetic
 from featpipe.data.manifest import build_manifest, file_sha256, write_csv_atomic
 from featpipe.data.splits import make_splits, write_splits
-from featpipe.errors import DataError
 
 
 @dataclass
@@ -37,29 +35,6 @@ class PrepareSummary:
             out.append(f"  {self.excluded} images left out of train/val because their patient or file is in test/val")
         out.append(f"  manifest sha256 {self.manifest_sha256[:12]}, splits sha256 {self.splits_sha256[:12]}")
         return out
-
-
-def fetch_medmnist(flag: str, size: int, dest: Path) -> Path:
-    """Download MedMNIST's ``<flag>[_<size>].npz`` with the medmnist package; a clear error offline."""
-    name = f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
-    try:
-        import medmnist  # optional extra: pip install 'featpipe[medmnist]'
-        from medmnist import INFO
-    except ImportError:
-        raise DataError(f"{dest} not found: download MedMNIST's {name} (zenodo.org/records/10519652) and put it at "
-                        f"{dest}, or pip install 'featpipe[medmnist]' to fetch it") from None
-    if flag not in INFO:
-        raise DataError(f"bad value for 'data.medmnist_flag': {flag!r} (not a MedMNIST data set)")
-    root = dest.parent
-    root.mkdir(parents=True, exist_ok=True)
-    try:
-        getattr(medmnist, INFO[flag]["python_class"])(split="train", download=True, size=size, root=str(root))
-    except Exception as exc:  # noqa: BLE001 - network errors come in many types
-        raise DataError(f"could not download {name} ({type(exc).__name__}); without network, put the file at {dest}") from None
-    got = root / name
-    if got != dest and got.is_file():
-        shutil.move(got, dest)
-    return dest
 
 
 def load_records(data: DataParams) -> list[sources.Record]:
