@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gradcam": ("gradcam", "render Grad-CAM heat maps for a saved head or fine-tuned model"),
     "sanity-check": ("sanity_check", "Adebayo et al. model-randomisation check of a model's Grad-CAM maps"),
     "collect": ("collect", "merge the per-stage results tables into results/runs.csv and results/metrics.json"),
+    "compare": ("compare", "paired comparisons of configurations by seed (permutation test, Holm) and patient bootstrap -> results/comparisons.csv"),
     "report": ("report", "write reports/report.html with learning curves, the seed lottery, ROC/PR curves and Grad-CAM"),
 }
 

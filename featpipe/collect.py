@@ -16,8 +16,9 @@ import pandas as pd
 from featpipe.errors import DataError
 
 
-def collect(sources: Sequence[str | Path], out_dir: str | Path, *, clinical) -> pd.DataFrame:
-    from featpipe.results import KEY_COLUMNS, RUNS_CSV, read_runs, upsert_runs, write_metrics_json
+def collect(sources: Sequence[str | Path], out_dir: str | Path, *, clinical, split_sha256: str | None = None,
+            select_metric: str | None = None) -> pd.DataFrame:
+    from featpipe.results import KEY_COLUMNS, RUNS_CSV, _key_frame, read_runs, upsert_runs, write_metrics_json
 
     files: list[Path] = []
     for src in sources:
@@ -35,7 +36,7 @@ def collect(sources: Sequence[str | Path], out_dir: str | Path, *, clinical) -> 
     if out.exists():
         out.unlink()
     rows = pd.concat([read_runs(f) for f in files], ignore_index=True)
-    rows = rows.drop_duplicates(list(KEY_COLUMNS), keep="last")  # as if each file had been upserted in turn
+    rows = _key_frame(rows).drop_duplicates(list(KEY_COLUMNS), keep="last")  # as if each file had been upserted in turn
     table = upsert_runs(out, rows.to_dict("records"))
-    write_metrics_json(out_dir, clinical=clinical)
+    write_metrics_json(out_dir, clinical=clinical, split_sha256=split_sha256, select_metric=select_metric)
     return table

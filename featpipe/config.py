@@ -58,6 +58,7 @@ class DataParams:
     class_names: tuple[str, ...] = ()  # class names in label order (npz: names of labels 0, 1, ...)
     medmnist_flag: str | None = None  # e.g. pneumoniamnist: fetched with the medmnist package if missing
     medmnist_size: int = 28
+    keep_conflicting: bool = False  # keep byte-identical images with conflicting labels (default: excluded)
     csv: CsvParams = field(default_factory=CsvParams)
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
 
@@ -71,6 +72,9 @@ class SplitParams:
     seeds: tuple[int, ...] = tuple(range(10))  # k-shot draws
     shots: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200)
     shots_policy: Literal["error", "cap"] = "error"  # k larger than a class: error, or cap and record
+    # full: thresholds, model selection and early stopping use the whole val split; matched: a val subset of
+    # k per class per (seed, k), nested like the train subsets (the true few-shot setting)
+    val_policy: Literal["full", "matched"] = "full"
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,9 @@ class PrototypeParams:
 
 @dataclass(frozen=True)
 class HeadsParams:
+    # feature standardiser before every head: pool = fitted on the whole train split's features without labels,
+    # kshot = on the k-shot images only, center = pool mean only (with prototype: SimpleShot's CL2N), none
+    scaler: Literal["pool", "kshot", "center", "none"] = "pool"
     l2_normalize: bool = False  # L2-normalise each standardised embedding before the classifier
     cv_folds: int = 5  # C (and gamma) are cross-validated when every class has at least this many images
     cv_scoring: Literal["balanced_accuracy", "accuracy"] = "balanced_accuracy"
@@ -157,6 +164,20 @@ class ClinicalParams:
     min_accuracy_multiclass: float = 0.85
     max_std: float = 0.05  # std of accuracy across seeds, as a fraction (0.05 = 5 points)
     min_auroc: float = 0.95
+    min_seeds: int = 5  # fewer seeds: never clinical-grade
+    min_sensitivity: float = 0.80  # binary tasks: mean sensitivity at least this
+    min_specificity: float = 0.80  # binary tasks: mean specificity at least this
+
+
+@dataclass(frozen=True)
+class CompareParams:
+    """``featpipe compare``: paired comparisons of configurations (featpipe.compare)."""
+
+    metrics: tuple[str, ...] = ("auroc", "macro_f1")
+    reference: str | None = None  # a configuration name: compare every other one with it; None = every pair
+    bootstrap: int = 1000  # patient-level paired bootstrap resamples for the chosen pairs (0 = none)
+    pairs: tuple[str, ...] = ()  # extra "A vs B" pairs for the bootstrap (the val-best vs runner-up always)
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -205,7 +226,7 @@ class GradcamParams:
 
 @dataclass(frozen=True)
 class ReportParams:
-    metric: str = "macro_f1"
+    metric: str = "macro_f1"  # best configurations are chosen on val_<metric> and reported on test
     title: str = "featpipe report"
 
 
@@ -221,6 +242,7 @@ class Params:
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
     gradcam: GradcamParams = field(default_factory=GradcamParams)
     report: ReportParams = field(default_factory=ReportParams)
+    compare: CompareParams = field(default_factory=CompareParams)
 
 
 # --------------------------------------------------------------------------- loading

@@ -2,9 +2,12 @@
 across seeds (:func:`fit`), or the whole grid (:func:`sweep`).
 
 One run = (cache, head, k, seed): the head is fitted on the seed's k-shot ids (drawn from train only,
-see ``splits.json``), a binary decision threshold is chosen on the **val** split, and the test split
-is scored with :func:`featpipe.metrics.score` at that threshold. Test labels are used for scoring and
-nothing else. Every cache is read once and checked against the splits (same manifest, same backbone
+see ``splits.json``) after the ``heads.scaler`` standardiser (:mod:`featpipe.scaling`), a binary decision
+threshold is chosen on the **val** ids of the split's ``val_policy`` (the whole val split, or the matched
+k-per-class val subset), and val and test are scored with :func:`featpipe.metrics.score` at that
+threshold (``val_<metric>`` columns are what model selection uses). Test labels are used for scoring and
+nothing else. Every run's per-image val and test probabilities go to a predictions file, and a run whose
+scores are mostly tied or that predicts one class for >= 95% of images is flagged ``degenerate``. Every cache is read once and checked against the splits (same manifest, same backbone
 and layer); runs are independent and deterministic: same cache + params + seed give the same numbers,
 whatever ``n_jobs`` (BLAS runs single-threaded inside each run).
 """
@@ -27,8 +30,10 @@ from featpipe.data.splits import Splits, load_splits
 from featpipe.errors import CacheError, DataError
 from featpipe.featcache import cache_path, read_features
 from featpipe.heads import head_params, make_head
-from featpipe.metrics import choose_threshold, curves, score
-from featpipe.results import RUNS_CSV, canonical_params, params_tag, upsert_runs, write_curves, write_metrics_json
+from featpipe.metrics import SCALAR_METRICS, choose_threshold, curves, degenerate, score
+from featpipe.results import (RUNS_CSV, canonical_params, params_tag, run_id, upsert_runs, write_curves,
+                              write_metrics_json, write_predictions)
+from featpipe.scaling import fit_pipeline, pool_scaler
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class RunResult:
     proba_test: np.ndarray
     curves: dict | None = None
     model_path: str | None = None
+    predictions: pd.DataFrame | None = None  # per-image val and test outputs (written beside runs.csv)
 
 
 def weights_tag(backbone: str, weights: str = "default") -> str | None:
@@ -123,6 +129,8 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
         raise DataError(f"{len(leaked)} k-shot training ids are also in val/test (e.g. {sorted(leaked)[0]!r}): "
                         "the splits file is corrupt; rerun 'featpipe prepare'")
     tr = np.fromiter((data.row[k] for k in train_ids), np.int64, len(train_ids))
+    val_ids = splits.val_for(seed, shots)
+    va = np.fromiter((data.row[k] for k in val_ids), np.int64, len(val_ids))
     classes = list(splits.classes)
     n_classes = len(classes)
     y_tr = data.y[tr]
@@ -130,31 +138,43 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
         raise DataError(f"the {shots}-shot subset of seed {seed} lacks a class; rerun 'featpipe prepare'")
     hp = head_params(head, params.heads)
     with single_threaded():
-        model = make_head(head, params.heads, seed=seed).fit(data.X[tr], y_tr)
-        proba = model.predict_proba(data.X[np.r_[data.val, data.test]])  # one pass over val + test
-    proba_val = proba[: data.val.size] if data.val.size else None
-    proba_test = proba[data.val.size:]
+        model = fit_pipeline(make_head(head, params.heads, seed=seed), data.X[tr], y_tr, kind=params.heads.scaler,
+                             pool=lambda center: _pool(data, splits, center))
+        proba = model.predict_proba(data.X[np.r_[va, data.test]])  # one pass over val + test
+    proba_val = proba[: va.size] if va.size else None
+    proba_test = proba[va.size:]
     threshold = None
     if n_classes == 2:
-        threshold = choose_threshold(data.y[data.val], proba_val) if proba_val is not None else 0.5
+        threshold = choose_threshold(data.y[va], proba_val) if proba_val is not None else 0.5
     y_test = data.y[data.test]
     s = score(y_test, proba_test, classes=classes, threshold=threshold)
+    sv = score(data.y[va], proba_val, classes=classes, threshold=threshold, detail=False) if va.size else {}
+    why = degenerate(proba_test, n_classes=n_classes, threshold=threshold)
+    why = f"test: {why}" if why else (f"val: {w}" if va.size and (w := degenerate(proba_val, n_classes=n_classes,
+                                                                                       threshold=threshold)) else "")
     clf = model[-1]
     row = {
-        "dataset": splits.dataset, "backbone": data.backbone, "weights": data.weights, "layer": data.layer,
+        "dataset": splits.dataset, "backbone": data.backbone, "weights": data.weights,
+        "weights_id": data.attrs.get("weights_id", ""), "layer": data.layer,
         "head": head, "head_params": canonical_params(hp), "shots": int(shots), "seed": int(seed),
         "split_sha256": splits.sha256, "ids_sha256": ids_sha256(train_ids), "n_classes": n_classes,
-        "n_train": int(tr.size), "n_val": int(data.val.size), "n_test": int(data.test.size),
+        "n_train": int(tr.size), "n_val": int(va.size), "n_test": int(data.test.size),
+        "degenerate": bool(why), "degenerate_reason": why,
         **{k: v for k, v in s.items() if k not in ("per_class", "confusion_matrix", "n")},
-        "weights_id": data.attrs.get("weights_id", ""),
+        **{f"val_{k}": sv.get(k, float("nan")) for k in SCALAR_METRICS if k != "threshold"},
+        "val_policy": splits.val_policy,
+        "scaler_ids_sha256": ids_sha256(splits.train) if params.heads.scaler in ("pool", "center") else "",
         "cv_used": bool(getattr(clf, "cv_used_", False)),
         "chosen_params": canonical_params(getattr(clf, "best_params_", {})),
         "confusion_matrix": json.dumps(s["confusion_matrix"], separators=(",", ":")),
     }
+    row["run_id"] = run_id(row)
     for name, pc in s["per_class"].items():
         for m in ("precision", "recall", "f1"):
             row[f"{m}[{name}]"] = pc[m]
-    result = RunResult(row, classes, list(splits.test), y_test, proba_test)
+    result = RunResult(row, classes, list(splits.test), y_test, proba_test,
+                       predictions=prediction_frame(classes, val=(val_ids, data.y[va], proba_val),
+                                                    test=(list(splits.test), y_test, proba_test)))
     if params.fit.curves:
         result.curves = curves(y_test, proba_test, classes=classes)
     if models_dir is not None and params.fit.save_models:
@@ -166,6 +186,28 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
         result.model_path = str(path)
     row["model_path"] = result.model_path or ""
     return result
+
+
+def _pool(data: CacheData, splits: Splits, center_only: bool):
+    """The standardiser fitted on every train-split row of ``data`` (no labels), memoised per cache."""
+    idx = np.fromiter((data.row[k] for k in splits.train), np.int64, len(splits.train))
+    return pool_scaler((str(data.path), data.X.shape, splits.sha256), lambda: data.X[idx], center_only=center_only)
+
+
+def prediction_frame(classes: Sequence[str], **parts) -> pd.DataFrame:
+    """Per-image outputs: ``split, id, label, p[<class>]...`` for each ``name=(ids, labels, proba)``."""
+    frames = []
+    for name, (ids, y, proba) in parts.items():
+        if proba is None or not len(ids):
+            continue
+        p = np.asarray(proba, dtype=np.float64)
+        if p.ndim == 1:
+            p = np.column_stack([1 - p, p])
+        f = pd.DataFrame({"split": name, "id": list(ids), "label": np.asarray(y, dtype=np.int64)})
+        for j, c in enumerate(classes):
+            f[f"p[{c}]"] = p[:, j]
+        frames.append(f)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["split", "id", "label"])
 
 
 def _meta(data: CacheData, splits: Splits, *, head, hp, shots, seed, threshold, train_ids) -> dict:
@@ -187,14 +229,17 @@ def _meta(data: CacheData, splits: Splits, *, head, hp, shots, seed, threshold, 
 # --------------------------------------------------------------------------- many runs
 
 
-def _write(results: Sequence[RunResult], *, params: Params, results_dir: str | Path) -> pd.DataFrame:
+def _write(results: Sequence[RunResult], *, params: Params, results_dir: str | Path, splits: Splits) -> pd.DataFrame:
     rdir = Path(results_dir)
+    for r in results:
+        if r.predictions is not None:
+            write_predictions(rdir, r.row, r.predictions)
     table = upsert_runs(rdir / RUNS_CSV, [r.row for r in results])
     if params.fit.curves:
         for r in results:
             if r.curves:
                 write_curves(rdir / "curves", r.row, r.curves)
-    write_metrics_json(rdir, clinical=params.clinical)
+    write_metrics_json(rdir, clinical=params.clinical, split_sha256=splits.sha256, select_metric=params.report.metric)
     return table
 
 
@@ -255,7 +300,7 @@ def fit(splits_path: str | Path, *, head: str, shots: int, seeds: Sequence[int] 
                       weights=weights or params.extract.weights)
     runs = run_grid(splits, [data], heads=[head], shots=[shots], seeds=seeds, params=params,
                     models_dir=models_dir, n_jobs=n_jobs)
-    _write(runs, params=params, results_dir=results_dir)
+    _write(runs, params=params, results_dir=results_dir, splits=splits)
     return runs, summarize_results(runs, params=params)
 
 
@@ -277,7 +322,7 @@ def sweep(splits_path: str | Path, *, params: Params, cache_dir: str | Path = "c
     shots = list(shots or f.shots)
     runs = run_grid(splits, caches, heads=list(heads or f.heads), shots=shots, seeds=seeds, params=params,
                     models_dir=models_dir, n_jobs=n_jobs)
-    _write(runs, params=params, results_dir=results_dir)
+    _write(runs, params=params, results_dir=results_dir, splits=splits)
     return runs
 
 
@@ -285,7 +330,8 @@ def summarize_results(runs: Iterable[RunResult], *, params: Params) -> dict:
     """{config name: per-metric summary across seeds + clinical flag} for these runs only."""
     from featpipe.results import summarize_runs
 
-    return summarize_runs(pd.DataFrame([r.row for r in runs]), clinical=params.clinical)
+    return summarize_runs(pd.DataFrame([r.row for r in runs]), clinical=params.clinical,
+                          select_metric=params.report.metric)
 
 
 def bootstrap_table(runs: Sequence[RunResult], *, seed: int, manifest_path: str | Path, n_boot: int) -> str:

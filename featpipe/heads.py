@@ -471,7 +471,7 @@ def head_params(name: str, params: HeadsParams) -> dict:
     if name not in HEADS:
         raise ConfigError(f"unknown head '{name}' (known: {', '.join(HEADS)})")
     own = dataclasses.asdict(getattr(params, name)) if hasattr(params, name) else {}
-    shared = {"l2_normalize": params.l2_normalize}
+    shared = {"scaler": params.scaler, "l2_normalize": params.l2_normalize}
     if name in ("svc", "logistic"):
         shared |= {"cv_folds": params.cv_folds, "cv_scoring": params.cv_scoring}
     if name == "svc" and own.get("kernel") == "linear":

@@ -19,11 +19,18 @@ Conventions
   classes: mean over images of the sum over classes of squared errors against the one-hot label.
 - A metric that is undefined on the data (AUROC when test holds a single class) is NaN, never 0.
 
-Across seeds (:func:`summarize`): mean, sample std (ddof=1), a 95% Student-t interval for the mean
-over seeds (``mean +- t_{0.975, n-1} * std / sqrt(n)``; it treats seeds as independent draws of the
-k-shot subset, so it describes the mean over subsets, not one lucky subset), min, max and spread
-(max - min). For one run (:func:`bootstrap_ci`): percentile intervals from resampling **patients**
-(all their images together) from the test set, with a seeded generator.
+Across seeds (:func:`summarize`): mean, sample std (ddof=1), a 95% interval for the mean over seeds,
+min, max and spread (max - min). Every metric here is bounded (in [0, 1]; a multi-class Brier score in
+[0, 2]), so the interval is a **logit-t interval**: values are mapped to the logit scale (clipped
+half an image inside the bounds, ``0.5 / n`` of the range for n scored images; ``1e-3`` when n is unknown), a Student-t interval for their mean is taken there
+(``m +- t_{0.975, n-1} * s / sqrt(n)``) and mapped back. It never leaves the bounds, and for values far
+from them it equals the plain t-interval. It treats seeds as independent draws of the k-shot subset, so it
+describes the mean over subsets on this one test split; it says nothing about test sampling. For that,
+:func:`bootstrap_ci` gives percentile intervals from resampling **patients** (all their images together)
+from the test set, with a seeded generator.
+
+A run is **degenerate** (:func:`degenerate`) when most of its scores are one tied value or it predicts one
+class for at least 95% of the images: its numbers describe a constant, not a classifier.
 """
 
 from __future__ import annotations
@@ -171,8 +178,13 @@ def _thin(x: np.ndarray, y: np.ndarray, n: int) -> list[list[float]]:
 # --------------------------------------------------------------------------- across seeds
 
 
-def summarize(values: Iterable[float], *, confidence: float = 0.95) -> dict:
-    """mean, std (ddof=1), t-interval for the mean over seeds, min, max, spread, n (NaNs dropped)."""
+def summarize(values: Iterable[float], *, confidence: float = 0.95, bounds: tuple[float, float] | None = (0.0, 1.0),
+              eps: float = 1e-3) -> dict:
+    """mean, std (ddof=1), the interval for the mean over seeds, min, max, spread, n (NaNs dropped).
+
+    With ``bounds`` (default [0, 1]) the interval is the logit-t interval described in the module
+    docstring and stays inside the bounds; ``bounds=None`` gives the plain Student-t interval
+    (for unbounded quantities such as paired differences)."""
     from scipy import stats
 
     v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], dtype=float)
@@ -182,28 +194,105 @@ def summarize(values: Iterable[float], *, confidence: float = 0.95) -> dict:
         return {k: math.nan for k in ("mean", "std", "ci_low", "ci_high", "min", "max", "spread")} | {"n": 0}
     mean = float(v.mean())
     std = float(v.std(ddof=1)) if n > 1 else math.nan
+    lo = hi = math.nan
     if n > 1:
-        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
-        lo, hi = mean - half, mean + half
-    else:
-        lo = hi = math.nan
+        t = float(stats.t.ppf(0.5 + confidence / 2, n - 1))
+        if bounds is None:
+            half = t * std / math.sqrt(n)
+            lo, hi = mean - half, mean + half
+        else:
+            lo, hi = _logit_t(v, t, bounds, eps)
     return {"mean": mean, "std": std, "ci_low": lo, "ci_high": hi, "min": float(v.min()),
             "max": float(v.max()), "spread": float(v.max() - v.min()), "n": n}
 
 
-def clinical_grade(summary: Mapping[str, Mapping[str, float]], *, n_classes: int, params) -> bool:
-    """The study's "clinical-grade" rule on a per-configuration summary ({metric: summarize(...)}).
+def _logit_t(v: np.ndarray, t: float, bounds: tuple[float, float], eps: float) -> tuple[float, float]:
+    """t-interval of the mean on the logit scale of ``(v - a) / (b - a)`` (clipped to [eps, 1 - eps]),
+    mapped back to [a, b]."""
+    from scipy.special import expit, logit
 
-    Mean accuracy >= ``min_accuracy_binary`` (2 classes) or ``min_accuracy_multiclass``, std of
-    accuracy across seeds < ``max_std``, mean AUROC >= ``min_auroc``. A missing/NaN value fails.
+    a, b = float(bounds[0]), float(bounds[1])
+    u = np.clip((v - a) / (b - a), eps, 1 - eps)
+    z = logit(u)
+    m, s = float(z.mean()), float(z.std(ddof=1))
+    half = t * s / math.sqrt(v.size)
+    lo, hi = expit(m - half), expit(m + half)
+    if s == 0.0:  # every seed gave the same value: the interval is that value
+        lo = hi = float(np.clip((v[0] - a) / (b - a), 0, 1))
+    return a + (b - a) * float(lo), a + (b - a) * float(hi)
+
+
+def metric_bounds(metric: str, n_classes: int = 2) -> tuple[float, float]:
+    """The range of ``metric`` (every reported metric is bounded)."""
+    if metric == "brier" and n_classes > 2:
+        return (0.0, 2.0)
+    return (0.0, 1.0)
+
+
+def clinical_check(summary: Mapping[str, Mapping[str, float]], *, n_classes: int, params,
+                   chosen_on_val: bool | None = True) -> list[str]:
+    """The conditions of the "clinical-grade" flag that a configuration FAILS (empty list: it passes).
+
+    Conditions: at least ``params.min_seeds`` seeds; the **lower bound** of the seed interval of
+    accuracy >= ``min_accuracy_binary`` (2 classes) or ``min_accuracy_multiclass`` and of AUROC >=
+    ``min_auroc``; std of accuracy across seeds < ``max_std``; binary tasks: mean sensitivity >=
+    ``min_sensitivity`` and mean specificity >= ``min_specificity``; the configuration was chosen on
+    val (``chosen_on_val``; None = not judged here). A missing/NaN value fails its condition.
     """
-    acc = summary.get("accuracy", {})
-    auc = summary.get("auroc", {})
+    acc, auc = summary.get("accuracy", {}), summary.get("auroc", {})
     need = params.min_accuracy_binary if n_classes == 2 else params.min_accuracy_multiclass
-    m, s, a = acc.get("mean", math.nan), acc.get("std", math.nan), auc.get("mean", math.nan)
-    if any(math.isnan(x) for x in (m, s, a)):
-        return False
-    return bool(m >= need and s < params.max_std and a >= params.min_auroc)
+    nan = math.nan
+    n = int(summary.get("n_seeds", acc.get("n", 0)) or 0)
+    failed = []
+    if n < params.min_seeds:
+        failed.append(f"{n} seeds (needs >= {params.min_seeds})")
+    lo = acc.get("ci_low", nan)
+    if not lo >= need:
+        failed.append(f"accuracy CI lower bound {lo:.3f} < {need:.2f}" if math.isfinite(lo) else "accuracy CI undefined")
+    lo = auc.get("ci_low", nan)
+    if not lo >= params.min_auroc:
+        failed.append(f"AUROC CI lower bound {lo:.3f} < {params.min_auroc:.2f}" if math.isfinite(lo) else "AUROC CI undefined")
+    std = acc.get("std", nan)
+    if not std < params.max_std:
+        failed.append(f"accuracy std {std:.3f} >= {params.max_std:.2f}" if math.isfinite(std) else "accuracy std undefined")
+    if n_classes == 2:
+        for m, floor in (("sensitivity", params.min_sensitivity), ("specificity", params.min_specificity)):
+            v = summary.get(m, {}).get("mean", nan)
+            if not v >= floor:
+                failed.append(f"mean {m} {v:.3f} < {floor:.2f}" if math.isfinite(v) else f"{m} undefined")
+    if chosen_on_val is False:
+        failed.append("not the configuration chosen on val")
+    return failed
+
+
+def clinical_grade(summary: Mapping[str, Mapping[str, float]], *, n_classes: int, params,
+                   chosen_on_val: bool | None = True) -> bool:
+    """True when :func:`clinical_check` finds no failed condition."""
+    return not clinical_check(summary, n_classes=n_classes, params=params, chosen_on_val=chosen_on_val)
+
+
+# --------------------------------------------------------------------------- degenerate runs
+
+DEGENERATE_TIED = 0.5  # share of images with one identical score
+DEGENERATE_ONE_CLASS = 0.95  # share of images predicted as one class
+
+
+def degenerate(proba, *, n_classes: int, threshold: float | None = None) -> str:
+    """Why the scores ``proba`` describe a constant rather than a classifier ("" when they do not):
+    more than half the images share one identical score vector (e.g. an RBF kernel that underflowed
+    to 0.5), or one class is predicted for >= 95% of the images."""
+    p = _as_proba(proba, n_classes)
+    if p.shape[0] == 0:
+        return ""
+    _, counts = np.unique(p, axis=0, return_counts=True)
+    tied = counts.max() / p.shape[0]
+    if tied > DEGENERATE_TIED:
+        return f"{tied:.0%} of scores tied"
+    pred = predict_labels(p, n_classes=n_classes, threshold=threshold if n_classes == 2 else None)
+    share = np.bincount(pred, minlength=n_classes).max() / pred.size
+    if share >= DEGENERATE_ONE_CLASS:
+        return f"one class predicted for {share:.0%}"
+    return ""
 
 
 # --------------------------------------------------------------------------- one run, bootstrap

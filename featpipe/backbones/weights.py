@@ -6,7 +6,8 @@
   for MedSigLIP, ``random`` for the tiny test members);
 - ``imagenet``: torchvision's weight enum; the file is looked up in ``$TORCH_HOME/hub/checkpoints``
   (``torch.hub.get_dir()``) and downloaded there only when online;
-- ``random``: seeded (seed 0) random initialisation, only when asked for;
+- ``random``: seeded (seed 0) random initialisation, only when asked for; ``random:seed<n>`` draws it
+  from seed ``n`` (scratch fine-tuning uses the run's seed, so seeds vary the initialisation too);
 - a local file ``.pth`` / ``.pt`` (``torch.load(weights_only=True)``, never unpickling code) or
   ``.safetensors``: a state dict of the network (``module.``/``net.`` prefixes and a classifier are
   ignored; any other missing or unexpected key is an error);
@@ -41,6 +42,13 @@ from featpipe.errors import WeightsError
 RANDOM_SEED = 0
 FILE_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_RANDOM_SEEDED = re.compile(r"^random:seed(\d+)$")
+
+
+def random_seed(weights: str) -> int:
+    """The initialisation seed of ``random`` (0) or ``random:seed<n>`` (n)."""
+    m = _RANDOM_SEEDED.match(str(weights))
+    return int(m.group(1)) if m else RANDOM_SEED
 
 
 @dataclass(frozen=True)
@@ -64,8 +72,10 @@ def resolve(spec: BackboneSpec, weights: str = "default") -> WeightsRef:
     request = str(weights or "default")
     asked = spec.default_weights if request == "default" else request
     is_default = asked == spec.default_weights
-    if asked == "random":
-        return WeightsRef(request, "random", "random", f"random:seed{RANDOM_SEED}", None if is_default else "random")
+    if asked == "random" or _RANDOM_SEEDED.match(asked):
+        seed = random_seed(asked)
+        tag = None if is_default else ("random" if seed == RANDOM_SEED else f"random-seed{seed}")
+        return WeightsRef(request, "random", "random", f"random:seed{seed}", tag)
     if asked == "imagenet":
         if spec.family == "siglip" or not spec.pretrained or "_Weights." not in spec.pretrained:
             raise WeightsError(f"backbone '{spec.name}' has no torchvision ImageNet weights; "
@@ -251,7 +261,7 @@ def load_network(spec: BackboneSpec, ref: WeightsRef):
     if ref.kind == "hf_folder":
         return load_hf_folder(spec, ref.source)
     with torch.random.fork_rng(devices=[]):  # random init is reproducible and leaves global RNG alone
-        torch.manual_seed(RANDOM_SEED)
+        torch.manual_seed(random_seed(ref.identity) if ref.kind == "random" else RANDOM_SEED)
         net = spec.make()
     if ref.kind == "random":
         return net

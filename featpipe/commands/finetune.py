@@ -32,7 +32,8 @@ def run(args, params) -> int:
         resolve_job,
         run_job,
     )
-    from featpipe.results import write_metrics_json
+    from featpipe.data.splits import load_splits
+    from featpipe.results import degenerate_lines, split_note, write_metrics_json
 
     p = params.finetune
     if args.layer and args.strategy not in (None, "truncated"):
@@ -49,10 +50,17 @@ def run(args, params) -> int:
         jobs = grid(p)
     paths = Paths(Path(args.manifest), Path(args.splits), Path(args.cache_dir), Path(args.results), Path(args.models))
     build = decode_options(params, args.manifest)
+    rows = []
     for job in jobs:
         row = run_job(job, p, paths, build=build, progress=not args.quiet)
+        rows.append(row)
         print(f"{resolve_job(job).name(row['dataset'])}: test balanced_accuracy={row['balanced_accuracy']:.3f} "
               f"auroc={row['auroc']:.3f} (best epoch {row['best_epoch']} of {row['epochs_run']})"
               + (f" -> {row['model_path']}" if row.get("model_path") else ""))
-    write_metrics_json(args.results, clinical=params.clinical)
+    sha = load_splits(args.splits).sha256
+    write_metrics_json(args.results, clinical=params.clinical, split_sha256=sha, select_metric=params.report.metric)
+    for line in degenerate_lines(rows):
+        print(line)
+    if split_note(args.results, sha):
+        print(f"note: {split_note(args.results, sha)}")
     return 0

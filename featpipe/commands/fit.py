@@ -32,6 +32,7 @@ def run(args, params, head: str | None = None) -> int:
                         backbone=args.backbone, cache_dir=args.cache_dir, results_dir=args.results,
                         models_dir=args.models, layer=args.layer, weights=args.weights, n_jobs=args.n_jobs)
     print(format_summary(summary))
+    print_notes(runs, args.results)
     print(f"wrote {len(runs)} rows to {args.results}/runs.csv and {args.results}/metrics.json"
           + (f"; heads in {args.models}/" if params.fit.save_models else ""))
     if args.bootstrap_seed is not None:
@@ -39,3 +40,15 @@ def run(args, params, head: str | None = None) -> int:
 
         print(bootstrap_table(runs, seed=args.bootstrap_seed, manifest_path=args.manifest, n_boot=params.fit.bootstrap))
     return 0
+
+
+def print_notes(runs, results_dir) -> None:
+    """Degenerate-run warnings and the line on rows of another split set aside (shared by fit and sweep)."""
+    from featpipe.results import degenerate_lines, split_note
+
+    for line in degenerate_lines([r.row for r in runs]):
+        print(line)
+    if runs:
+        note = split_note(results_dir, runs[0].row["split_sha256"])
+        if note:
+            print(f"note: {note}")

@@ -22,6 +22,9 @@ def run(args, params) -> int:
     t0 = time.perf_counter()
     runs = sweep(args.splits, params=params, cache_dir=args.cache_dir, results_dir=args.results,
                  models_dir=args.models, backbones=args.backbones, heads=args.heads, n_jobs=args.n_jobs)
+    from featpipe.commands.fit import print_notes
+
     print(format_summary(summarize_results(runs, params=params)))
+    print_notes(runs, args.results)
     print(f"{len(runs)} runs in {time.perf_counter() - t0:.1f} s; wrote {args.results}/runs.csv and {args.results}/metrics.json")
     return 0

@@ -1,7 +1,10 @@
 """The manifest: one row per usable image, plus a rejects report and a duplicates report.
 
 ``data/manifest.csv`` columns: ``id, path, label, label_name, patient_id, source_split, sha256, width,
-height``. Every file is hashed (sha256 of its bytes; npz entries: of the image array's bytes) and fully
+height``. ``path`` is relative to the data root (posix; npz entries ``<file.npz>#<array>/<index>``), and
+the root is recorded once, in ``<manifest stem>.root.json`` beside the manifest: the same data in two
+folders give byte-identical manifests and splits (so the same split hash). :func:`read_manifest` joins
+the root back, so every reader gets paths it can open. Every file is hashed (sha256 of its bytes; npz entries: of the image array's bytes) and fully
 decoded once by :func:`featpipe.imaging.probe`; what cannot be used goes to ``rejects.csv`` with a reason
 and the run goes on.
 """
@@ -15,7 +18,7 @@ import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -144,8 +147,48 @@ def write_csv_atomic(df: pd.DataFrame, path: str | Path) -> Path:
     return atomic_write(path, buf.getvalue())
 
 
+ROOT_SUFFIX = ".root.json"
+
+
+def root_file(manifest_path: str | Path) -> Path:
+    p = Path(manifest_path)
+    return p.with_name(p.stem + ROOT_SUFFIX)
+
+
+def relative_paths(manifest: pd.DataFrame, root: str | Path) -> pd.DataFrame:
+    """``manifest`` with every ``path`` made relative to ``root`` (posix; the ``#array/index`` part kept)."""
+    base = os.path.abspath(str(root))
+
+    def rel(p: str) -> str:
+        file, sep, ref = p.partition("#") if ".npz#" in p else (p, "", "")
+        return Path(os.path.relpath(os.path.abspath(file), base)).as_posix() + sep + ref
+
+    out = manifest.copy()
+    out["path"] = [rel(str(p)) for p in out["path"]]
+    return out
+
+
+def write_root(manifest_path: str | Path, root: str | Path) -> Path:
+    """Record the data root of ``manifest_path`` (as given: relative to the working directory or absolute)."""
+    import json
+
+    return atomic_write(root_file(manifest_path), json.dumps({"root": Path(root).as_posix()}, indent=1) + "\n")
+
+
+def _root_of(manifest_path: Path) -> str | None:
+    import json
+
+    f = root_file(manifest_path)
+    if not f.is_file():
+        return None  # a manifest written before paths were relative: paths as stored
+    try:
+        return str(json.loads(f.read_text())["root"])
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{f} is not a featpipe data-root file: rerun 'featpipe prepare'") from None
+
+
 def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read ``manifest.csv`` with string ids (never numbers) and int labels."""
+    """Read ``manifest.csv`` with string ids (never numbers) and int labels; ``path`` joined to the data root."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"manifest {path} not found: run 'featpipe prepare' first")
@@ -155,6 +198,9 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     if missing:
         raise DataError(f"{path} is not a featpipe manifest (missing columns: {', '.join(missing)})")
     df["label"] = df["label"].astype("int64")
+    root = _root_of(path)
+    if root is not None:
+        df["path"] = [p if os.path.isabs(p) else (PurePosixPath(root) / p).as_posix() for p in df["path"].astype(str)]
     return df
 
 

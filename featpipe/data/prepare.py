@@ -8,7 +8,7 @@ from pathlib import Path
 
 from featpipe.config import DataParams, Params
 from featpipe.data import sources, synthetic
-from featpipe.data.manifest import build_manifest, file_sha256, write_csv_atomic
+from featpipe.data.manifest import build_manifest, file_sha256, relative_paths, write_csv_atomic, write_root
 from featpipe.data.splits import make_splits, write_splits
 
 
@@ -24,6 +24,7 @@ class PrepareSummary:
     seconds: float
     manifest_sha256: str
     splits_sha256: str
+    conflicting: int = 0
 
     def lines(self) -> list[str]:
         out = [f"{self.images} images, {len(self.classes)} classes ({', '.join(self.classes)}), "
@@ -31,16 +32,30 @@ class PrepareSummary:
         for part in ("train", "val", "test"):
             per = ", ".join(f"{c} {n}" for c, n in self.counts[part].items())
             out.append(f"  {part:5s}: {sum(self.counts[part].values())} images ({per}), {self.patients[part]} patients")
-        if self.excluded:
-            out.append(f"  {self.excluded} images left out of train/val because their patient or file is in test/val")
+        if self.conflicting:
+            out.append(f"  {self.conflicting} images excluded from every split: identical files with conflicting labels "
+                       "(data.keep_conflicting: true keeps them)")
+        if self.excluded - self.conflicting:
+            out.append(f"  {self.excluded - self.conflicting} images left out of train/val because their patient or "
+                       "file is in test/val")
         out.append(f"  manifest sha256 {self.manifest_sha256[:12]}, splits sha256 {self.splits_sha256[:12]}")
         return out
 
 
-def load_records(data: DataParams) -> list[sources.Record]:
+def data_root(data: DataParams, path: str | Path) -> Path:
+    """The folder manifest paths are relative to: the image folder, the CSV's image root, the npz's folder."""
+    p = Path(path)
+    if data.source in ("synthetic", "folder"):
+        return p
+    if data.source == "csv":
+        return Path(data.csv.root) if data.csv.root is not None else p.parent
+    return p.parent
+
+
+def load_records(data: DataParams, path: str | Path | None = None) -> list[sources.Record]:
     from featpipe.data.fetch import ensure_source
 
-    path = ensure_source(data)
+    path = ensure_source(data) if path is None else Path(path)
     if data.source in ("synthetic", "folder"):
         return sources.scan_folder(path, patient_regex=data.patient_regex)
     if data.source == "csv":
@@ -54,7 +69,10 @@ def prepare(params: Params, *, manifest_path: str | Path, splits_path: str | Pat
     manifest_path = Path(manifest_path)
     rejects_path = Path(rejects_path or manifest_path.with_name("rejects.csv"))
     duplicates_path = Path(duplicates_path or manifest_path.with_name("duplicates.csv"))
-    records = load_records(params.data)
+    from featpipe.data.fetch import ensure_source
+
+    source_path = ensure_source(params.data)
+    records = load_records(params.data, source_path)
     order = params.data.class_names if params.data.class_names and params.data.source != "npz" else None
     if order is None and params.data.source == "synthetic":
         order = synthetic.class_names(params.data.synthetic.classes)
@@ -62,10 +80,13 @@ def prepare(params: Params, *, manifest_path: str | Path, splits_path: str | Pat
                             workers=params.decode.workers, class_order=order)
     write_csv_atomic(result.rejects, rejects_path)
     write_csv_atomic(result.duplicates, duplicates_path)
-    write_csv_atomic(result.manifest, manifest_path)
+    root = data_root(params.data, source_path)
+    write_csv_atomic(relative_paths(result.manifest, root), manifest_path)
+    write_root(manifest_path, root)
     msha = file_sha256(manifest_path)
-    obj = make_splits(result.manifest, result.classes, params.split, dataset=params.data.name, manifest_sha256=msha)
+    obj = make_splits(result.manifest, result.classes, params.split, dataset=params.data.name, manifest_sha256=msha,
+                      keep_conflicting=params.data.keep_conflicting)
     write_splits(obj, splits_path, result.manifest)
     return PrepareSummary(len(result.manifest), len(result.rejects), len(result.duplicates), result.classes,
                           obj["counts"], obj["patients"], len(obj["excluded"]), time.perf_counter() - t0, msha,
-                          file_sha256(splits_path))
+                          file_sha256(splits_path), sum(e["from"] == "all" for e in obj["excluded"]))

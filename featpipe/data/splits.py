@@ -8,6 +8,13 @@ drawn from train. Draws are stratified by class and grouped, from ``numpy.random
 k-shot subsets: for one seed, each class's train groups are put in a random order and their images dealt
 round-robin (one image per patient while patients last); the k-shot subset is the first k images, so the
 5-shot subset is inside the 10-shot subset (nested), and learning curves compare like with like.
+
+``split.val_policy: matched`` also draws, per seed and k, a val subset of k images per class (``valshot``,
+nested the same way, from val only, with its own random stream): fitting then chooses thresholds, models
+and early-stopping epochs on it (:meth:`Splits.val_for`), as a user with k labelled images per class would.
+
+Byte-identical images (same sha256) carrying different labels are excluded from every split and listed
+under ``excluded`` with the reason, unless ``keep_conflicting`` is set (``data.keep_conflicting``).
 """
 
 from __future__ import annotations
@@ -39,6 +46,21 @@ class Splits:
     fewshot: dict[int, dict[int, list[str]]]
     sha256: str  # of the split file's bytes: the "split hash" in every result row
     raw: dict
+
+    @property
+    def val_policy(self) -> str:
+        return str(self.raw.get("params", {}).get("val_policy", "full"))
+
+    def val_for(self, seed: int, k: int) -> list[str]:
+        """The val ids that thresholds, model selection and early stopping use for (seed, k): the whole
+        val split under ``val_policy: full``, the nested k-per-class val subset under ``matched``."""
+        if self.val_policy != "matched":
+            return self.val
+        try:
+            return list(self.raw["valshot"][str(seed)][str(k)])
+        except KeyError:
+            raise DataError(f"no matched val subset for seed {seed}, k={k} in the splits file: "
+                            "rerun 'featpipe prepare'") from None
 
     def shots(self, seed: int, k: int) -> list[str]:
         try:
@@ -123,23 +145,53 @@ def _fewshot(train_rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, ids
         if short:
             capped[str(k)] = short
     for seed in params.seeds:
-        rng = np.random.default_rng(seed)
-        order: list[list[str]] = []
-        for c in range(len(classes)):
-            rows = train_rows[labels[train_rows] == c]
-            by_group: dict[int, list[int]] = {}
-            for r in rows:
-                by_group.setdefault(int(groups[r]), []).append(int(r))
-            keys = sorted(by_group)
-            decks = [[by_group[keys[j]][i] for i in rng.permutation(len(by_group[keys[j]]))] for j in rng.permutation(len(keys))]
-            dealt = [deck[i] for i in range(max((len(d) for d in decks), default=0)) for deck in decks if i < len(deck)]
-            order.append([str(ids[r]) for r in dealt])
+        order = _deal(train_rows, labels, groups, ids, len(classes), np.random.default_rng(seed))
         fewshot[str(seed)] = {str(k): sorted(x for o in order for x in o[:k]) for k in params.shots}
     return fewshot, capped
 
 
+def _deal(rows_in: np.ndarray, labels: np.ndarray, groups: np.ndarray, ids: np.ndarray, n_classes: int,
+          rng: np.random.Generator) -> list[list[str]]:
+    """Per class, the ids of ``rows_in`` in dealing order: groups shuffled, one image per group per round."""
+    order: list[list[str]] = []
+    for c in range(n_classes):
+        rows = rows_in[labels[rows_in] == c]
+        by_group: dict[int, list[int]] = {}
+        for r in rows:
+            by_group.setdefault(int(groups[r]), []).append(int(r))
+        keys = sorted(by_group)
+        decks = [[by_group[keys[j]][i] for i in rng.permutation(len(by_group[keys[j]]))] for j in rng.permutation(len(keys))]
+        dealt = [deck[i] for i in range(max((len(d) for d in decks), default=0)) for deck in decks if i < len(deck)]
+        order.append([str(ids[r]) for r in dealt])
+    return order
+
+
+VAL_STREAM = 0x76616C  # "val": the matched val subsets draw from default_rng([seed, VAL_STREAM])
+
+
+def _valshot(val_rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, ids: np.ndarray, n_classes: int,
+             params: SplitParams) -> dict:
+    """{seed: {k: ids}}: k val images per class (all of a class when it has fewer), nested in k."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for seed in params.seeds:
+        order = _deal(val_rows, labels, groups, ids, n_classes, np.random.default_rng([seed, VAL_STREAM]))
+        out[str(seed)] = {str(k): sorted(x for o in order for x in o[:k]) for k in params.shots}
+    return out
+
+
+def conflicting_rows(manifest: pd.DataFrame) -> dict[int, str]:
+    """{row: reason} for byte-identical images whose labels disagree (every copy is excluded)."""
+    out = {}
+    for digest, grp in manifest.groupby("sha256", sort=True):
+        names = sorted(set(grp["label_name"].astype(str)))
+        if len(names) > 1:
+            for r in np.flatnonzero(manifest["sha256"].to_numpy() == digest):
+                out[int(r)] = f"identical file with conflicting labels ({', '.join(names)})"
+    return out
+
+
 def make_splits(manifest: pd.DataFrame, classes: Sequence[str], params: SplitParams, *, dataset: str,
-                manifest_sha256: str) -> dict:
+                manifest_sha256: str, keep_conflicting: bool = False) -> dict:
     """The split file's content (a plain dict); a pure function of its inputs."""
     if not 0 <= params.test_fraction < 1 or not 0 <= params.val_fraction < 1:
         raise DataError("split.test_fraction and split.val_fraction must be in [0, 1)")
@@ -149,14 +201,15 @@ def make_splits(manifest: pd.DataFrame, classes: Sequence[str], params: SplitPar
     groups = groups_of(manifest)
     n_classes = len(classes)
     rng = np.random.default_rng(params.seed)
-    everything = np.arange(len(manifest))
+    conflicts = {} if keep_conflicting else conflicting_rows(manifest)
+    everything = np.setdiff1d(np.arange(len(manifest)), np.array(sorted(conflicts), dtype=int))
     how = {}
 
     if (source == "test").any():
-        test_rows, how["test"] = np.flatnonzero(source == "test"), "source"
+        test_rows, how["test"] = np.intersect1d(np.flatnonzero(source == "test"), everything), "source"
     else:
         test_rows, how["test"] = _draw(everything, params.test_fraction, labels, groups, n_classes, rng), "drawn"
-    val_src = np.flatnonzero(source == "val")
+    val_src = np.intersect1d(np.flatnonzero(source == "val"), everything)
     val_counts = np.bincount(labels[val_src], minlength=n_classes)
     if len(val_src) and val_counts.min() >= params.min_source_val_per_class:
         val_rows, how["val"] = val_src, "source"
@@ -166,7 +219,7 @@ def make_splits(manifest: pd.DataFrame, classes: Sequence[str], params: SplitPar
         val_rows = _draw(pool, params.val_fraction, labels, groups, n_classes, rng)
     train_rows = np.setdiff1d(everything, np.union1d(test_rows, val_rows))
 
-    excluded = []
+    excluded = [{"id": str(ids[r]), "from": "all", "reason": why} for r, why in conflicts.items()]
     test_groups, val_groups = set(groups[test_rows].tolist()), set(groups[val_rows].tolist())
     for name, rows, banned, where in (("val", val_rows, test_groups, "test"), ("train", train_rows, test_groups, "test"),
                                       ("train", train_rows, val_groups, "val")):
@@ -180,6 +233,7 @@ def make_splits(manifest: pd.DataFrame, classes: Sequence[str], params: SplitPar
 
     fewshot, capped = _fewshot(train_rows, labels, groups, ids, classes, params)
     parts = {"train": train_rows, "val": val_rows, "test": test_rows}
+    extra = {"valshot": _valshot(val_rows, labels, groups, ids, n_classes, params)} if params.val_policy == "matched" else {}
     return {
         "format": FORMAT, "dataset": dataset, "classes": list(classes), "manifest_sha256": manifest_sha256,
         "params": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(params).items()},
@@ -188,6 +242,7 @@ def make_splits(manifest: pd.DataFrame, classes: Sequence[str], params: SplitPar
         "patients": {p: int(manifest["patient_id"].iloc[r].nunique()) for p, r in parts.items()},
         **{p: sorted(str(i) for i in ids[r]) for p, r in parts.items()},
         "fewshot": fewshot, "capped": capped, "excluded": sorted(excluded, key=lambda e: (e["id"], e["from"])),
+        "keep_conflicting": bool(keep_conflicting), **extra,
     }
 
 
@@ -212,6 +267,14 @@ def check_splits(obj: dict, manifest: pd.DataFrame) -> None:
             cur = set(per_k[k])
             if not cur <= train or not prev <= cur:
                 raise DataError(f"internal error: {k}-shot subset of seed {seed} is not nested inside train")
+            prev = cur
+    val = set(obj["val"])
+    for seed, per_k in obj.get("valshot", {}).items():
+        prev = set()
+        for k in sorted(per_k, key=int):
+            cur = set(per_k[k])
+            if not cur <= val or not prev <= cur:
+                raise DataError(f"internal error: matched val subset k={k} of seed {seed} is not nested inside val")
             prev = cur
 
 

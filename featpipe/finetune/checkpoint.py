@@ -38,8 +38,9 @@ def build_model(backbone: str, strategy: str, n_classes: int, *, weights: str = 
                 layer: str | None = None, truncated_mode: str = "layerwise", seed: int = 0):
     """(FinetuneModel with the strategy's trainable parameters set, BackboneSpec).
 
-    ``scratch`` always builds random weights; ``truncated`` cuts at ``layer``. Random initialisation
-    (scratch weights, the new head) is a function of ``seed`` and leaves the global RNG untouched.
+    ``scratch`` always builds random weights drawn from ``seed`` (weights ``random:seed<seed>``);
+    ``truncated`` cuts at ``layer``. Random initialisation (scratch weights, the new head) is a function
+    of ``seed`` and leaves the global RNG untouched.
     """
     from featpipe import backbones
 
@@ -50,7 +51,8 @@ def build_model(backbone: str, strategy: str, n_classes: int, *, weights: str = 
     cut = layer if strategy == "truncated" else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        features = backbones.build(spec, weights="random" if strategy == "scratch" else weights, layer=cut)
+        features = backbones.build(spec, weights=f"random:seed{int(seed)}" if strategy == "scratch" else weights,
+                                   layer=cut)
     dim = int(spec.output_dim(cut))
     head = new_head(dim, n_classes, generator=torch.Generator().manual_seed(int(seed) + 7919))
     model = FinetuneModel(features, head)

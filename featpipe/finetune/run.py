@@ -1,13 +1,16 @@
 """One fine-tuning run, files to files: splits + manifest + decoded cache -> row, curves, checkpoint.
 
-A run uses exactly the splits' ids: the k-shot subset ``fewshot[seed][k]`` to train, ``val`` for early
-stopping and the decision threshold (chosen on val only, as for the frozen heads), ``test`` to score.
+A run uses exactly the splits' ids: the k-shot subset ``fewshot[seed][k]`` to train, the val ids of the
+split's ``val_policy`` (the whole val split, or the matched k-per-class subset) for early stopping and the
+decision threshold (chosen on val only, as for the frozen heads), ``test`` to score. ``scratch`` starts
+from random weights drawn from the run's seed (``weights_id`` ``random:seed<n>``).
 Its row in ``results/runs.csv`` has ``head = "finetune:<strategy>"`` and the same provenance columns
 as the heads' rows (split sha256, k-shot ids sha256, n_train, n_test), so one table and one learning
 curve hold both. Per run it also writes:
 
 - ``<results>/training/<run>.json``: loss and val metrics per epoch, best epoch (the training curve);
 - ``<results>/curves/...json``: test ROC/PR points (:func:`featpipe.results.write_curves`);
+- ``<results>/predictions/...csv.gz``: per-image val and test probabilities (:func:`featpipe.results.write_predictions`);
 - ``<models>/finetune/<dataset>/<run>.safetensors`` + ``.json`` (when ``save_models``).
 """
 
@@ -152,7 +155,7 @@ def load_run_data(job: Job, paths: Paths) -> RunData:
     label_of = dict(zip(manifest["id"].astype(str), manifest["label"].astype(int)))
     classes = list(splits.classes)
     tr = Labeled.of(splits.shots(job.seed, job.shots), label_of)
-    va = Labeled.of(splits.val, label_of)
+    va = Labeled.of(splits.val_for(job.seed, job.shots), label_of)
     te = Labeled.of(splits.test, label_of)
     if len(va) == 0:
         raise DataError("the splits have no val images: fine-tuning needs them for early stopping")
@@ -169,8 +172,8 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
             source: ImageSource | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Train, score and record one run; returns its results row (also upserted into runs.csv)."""
     from featpipe.finetune.checkpoint import build_model, save_finetuned
-    from featpipe.metrics import choose_threshold, curves, score
-    from featpipe.results import RUNS_CSV, upsert_runs, write_curves
+    from featpipe.metrics import SCALAR_METRICS, choose_threshold, curves, degenerate, score
+    from featpipe.results import RUNS_CSV, run_id, upsert_runs, write_curves, write_predictions
 
     job = resolve_job(job)
     d = load_run_data(job, paths)
@@ -195,8 +198,15 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
         pt = predict_proba(model, source, te.ids, prep=prep, rt=rt, batch_size=p.eval_batch_size)
     threshold = choose_threshold(va.labels, pv) if len(d.classes) == 2 else None  # val only, as the heads
     metrics = score(te.labels, pt, classes=d.classes, threshold=threshold)
+    val = score(va.labels, pv, classes=d.classes, threshold=threshold, detail=False)
 
     row = _row(job, p, d, metrics, model=model, res=res, rt=rt)
+    row |= {f"val_{k}": val[k] for k in SCALAR_METRICS if k != "threshold"}
+    n_cls = len(d.classes)
+    why = degenerate(pt, n_classes=n_cls, threshold=threshold)
+    why = f"test: {why}" if why else (f"val: {w}" if (w := degenerate(pv, n_classes=n_cls, threshold=threshold)) else "")
+    row |= {"degenerate": bool(why), "degenerate_reason": why, "val_policy": d.splits.val_policy}
+    row["run_id"] = run_id(row)
     meta = {"dataset": d.splits.dataset, "backbone": job.backbone, "family": spec.family, "layer": job.layer,
             "strategy": job.strategy, "classes": d.classes, "preprocess": spec.preprocess.to_dict(),
             "params": _asdict(p), "head_params": row["head_params"], "shots": job.shots, "seed": job.seed,
@@ -208,6 +218,10 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
         row["model_path"] = str(save_finetuned(model, meta, Path(paths.models) / "finetune" / d.splits.dataset / name))
     write_training_curve(Path(paths.results) / TRAINING_DIR / f"{name}.json", meta, res)
     write_curves(Path(paths.results) / "curves", row, curves(te.labels, pt, classes=d.classes))
+    from featpipe.fit import prediction_frame
+
+    write_predictions(paths.results, row, prediction_frame(d.classes, val=(va.ids, va.labels, pv),
+                                                           test=(te.ids, te.labels, pt)))
     upsert_runs(Path(paths.results) / RUNS_CSV, [row])
     return row
 
@@ -217,12 +231,12 @@ def _row(job: Job, p, d: RunData, metrics: dict, *, model, res, rt) -> dict:
     from featpipe.data.manifest import ids_sha256
 
     weights, weights_id = weights_columns(model.features)
-    row = {"dataset": d.splits.dataset, "backbone": job.backbone, "weights": weights, "layer": job.layer or "",
+    row = {"dataset": d.splits.dataset, "backbone": job.backbone, "weights": weights, "weights_id": weights_id,
+           "layer": job.layer or "",
            "head": f"finetune:{job.strategy}", "head_params": head_params(job, p), "shots": job.shots,
            "seed": job.seed, "split_sha256": d.splits.sha256, "ids_sha256": ids_sha256(d.train.ids),
            "n_classes": len(d.classes), "n_train": len(d.train), "n_val": len(d.val), "n_test": len(d.test),
            **{k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix", "n")},
-           "weights_id": weights_id,
            "confusion_matrix": json.dumps(metrics["confusion_matrix"], separators=(",", ":")),
            "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "train_seconds": round(res.seconds, 3),
            "precision": rt.precision, "device": rt.device.type, "trainable_params": describe(model)["trainable"]}

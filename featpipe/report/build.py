@@ -23,7 +23,6 @@ from featpipe import __version__
 from featpipe.config import Params, to_dict
 from featpipe.errors import DataError
 from featpipe.fileio import atomic_write
-from featpipe.metrics import clinical_grade
 from featpipe.report import plots
 from featpipe.report.html import page, table
 
@@ -82,37 +81,6 @@ def _dataset_section(inp: ReportInputs, splits: dict) -> str:
     return "".join(out)
 
 
-def _best_table(runs: pd.DataFrame, metric: str, params: Params, n_classes: int) -> tuple[str, list[dict]]:
-    """Best configuration per shot count by mean ``metric``, with intervals and the clinical-grade flag."""
-    best_rows, html_rows = [], []
-    summaries = {m: plots.by_config(runs, m) for m in ("accuracy", "auroc", metric)}
-    main = summaries[metric]
-    for shots, g in main.groupby("shots", sort=True):
-        top = g.sort_values("mean", ascending=False, kind="stable").iloc[0]
-        key = (top["config"], shots)
-        pick = {m: summaries[m].set_index(["config", "shots"]).loc[key] for m in summaries}
-        summary = {m: pick[m].to_dict() for m in pick}
-        flag = clinical_grade(summary, n_classes=n_classes, params=params.clinical)
-        best_rows.append({"shots": int(shots), "config": top["config"], **{k: top[k] for k in ("backbone", "layer", "weights", "head", "head_params")}})
-        html_rows.append([int(shots), top["config"], f"{_fmt(top['mean'])} ± {_fmt(top['std'])}",
-                          f"[{_fmt(top['ci_low'])}, {_fmt(top['ci_high'])}]", _fmt(top["spread"]),
-                          _fmt(pick["accuracy"]["mean"]), _fmt(pick["auroc"]["mean"], pct=False), int(top["n"]),
-                          "yes" if flag else "no"])
-    head = ["shots", "best configuration", f"{plots.METRIC_LABELS.get(metric, metric)} (mean ± std, %)", "95% CI",
-            "spread (pts)", "accuracy (%)", "AUROC", "seeds", "clinical-grade"]
-    return table(head, html_rows), best_rows
-
-
-def _curve_files(results: Path) -> list[dict]:
-    out = []
-    for f in sorted(results.rglob("curves/*.json")):
-        try:
-            out.append({"file": f, **json.loads(f.read_text())})
-        except (json.JSONDecodeError, OSError):
-            continue
-    return out
-
-
 def _training_curves(results: Path) -> dict[str, list[dict]]:
     """Fine-tuning loss curves (``<results>/**/training/*.json``), seed-0 runs, grouped by strategy."""
     out: dict[str, list[dict]] = {}
@@ -168,16 +136,27 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
     from featpipe.data.splits import load_splits
     from featpipe.results import read_runs
 
+    from featpipe.results import current_split
+
     s = load_splits(inp.splits)
     inp.splits_sha = s.sha256
-    runs = read_runs(inp.results / "runs.csv")
+    runs, set_aside = current_split(read_runs(inp.results / "runs.csv"), s.sha256)
     if runs.empty:
-        raise DataError(f"{inp.results / 'runs.csv'} has no results: run 'featpipe sweep' or 'featpipe fit' first")
+        raise DataError(f"{inp.results / 'runs.csv'} has no results of the current split {s.sha256[:12]}: "
+                        "run 'featpipe sweep' or 'featpipe fit' first" + (f" ({set_aside})" if set_aside else ""))
+    runs = runs.reset_index(drop=True)
     runs["layer"] = runs["layer"].fillna("")
     plots_dir = inp.out.parent / "plots"
     metric = params.report.metric
     n_classes = len(s.classes)
-    sections = [("Data set", _dataset_section(inp, s.raw))]
+    policy = s.val_policy
+    scope = (f"<p>Every number below comes from the {len(runs)} runs of the current splits file "
+             f"(<code>{html.escape(s.sha256[:12])}</code>). Thresholds, model selection and early stopping used "
+             + ("<b>the whole val split</b> (<code>split.val_policy: full</code>)" if policy != "matched" else
+                "<b>a val subset of k images per class</b> per seed and k (<code>split.val_policy: matched</code>, the "
+                "true few-shot setting)") + ".</p>"
+             + (f"<p class=\"note\">{html.escape(set_aside)}.</p>" if set_aside else ""))
+    sections = [("Data set", scope + _dataset_section(inp, s.raw))]
 
     figs = []
     for m in CURVE_METRICS:
@@ -196,10 +175,16 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
                      "A wide spread means the result depends on which images happened to be labelled.</p>"
                      + _img(spread, "lottery spread vs shots") + _img(strip, f"per-seed results at {int(mid)} shots")))
 
-    best_html, best = _best_table(runs, metric, params, n_classes)
-    sections.append(("Best configuration per shot count", best_html + "<p>Clinical-grade: mean accuracy ≥ "
-                     f"{params.clinical.min_accuracy_binary:.0%} (binary) or ≥ {params.clinical.min_accuracy_multiclass:.0%} "
-                     f"(multi-class), std across seeds < {params.clinical.max_std:.0%}, AUROC ≥ {params.clinical.min_auroc}.</p>"))
+    from featpipe.compare import TestPredictions
+    from featpipe.data.manifest import read_manifest
+    from featpipe.report import selection
+
+    preds = TestPredictions(inp.results, read_manifest(inp.manifest), s.classes) if inp.manifest.is_file() else None
+    best_html, best = selection.best_configurations(runs, params=params, n_classes=n_classes, preds=preds)
+    sections.append(("Best configuration per shot count (chosen on val, reported on test)", best_html))
+    sections.append(("Is A better than B? Paired comparisons", selection.comparison_section(
+        selection.read_comparisons(inp.results, runs, params), best, metric)))
+    sections.append(("Degenerate runs", selection.degenerate_section(runs)))
     sections.append(("ROC and precision-recall curves of the best runs", _roc_section(inp, runs, s, best, int(mid), plots_dir)))
     training = _training_curves(inp.results)
     if training:
@@ -217,31 +202,36 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
 
 
 def _roc_section(inp: ReportInputs, runs: pd.DataFrame, s, best: list[dict], mid: int, plots_dir: Path) -> str:
-    """ROC/PR (one line per seed) and the confusion matrix of the best configuration at the largest shot
-    count (files named ``*_best``, listed in dvc.yaml's plots) and at the middle shot count."""
-    from featpipe.results import config_name
+    """ROC/PR (one line per seed, from the runs' predictions files) and the confusion matrix of the
+    val-chosen configuration at the largest shot count (files named ``*_best``, listed in dvc.yaml's
+    plots) and at the middle shot count."""
+    from featpipe.metrics import curves
+    from featpipe.results import read_predictions
 
     n_classes = len(s.classes)
-    curve_files = _curve_files(inp.results)
     prevalence = None
     if n_classes == 2:
         test_counts = s.raw["counts"]["test"]
         prevalence = test_counts[s.classes[1]] / max(1, sum(test_counts.values()))
     figs = []
+    if not best:
+        return "<p>No configuration was chosen on val.</p>"
     top = max(b["shots"] for b in best)
     for b in sorted((b for b in best if b["shots"] in (top, mid)), key=lambda b: -b["shots"]):
         tag = "best" if b["shots"] == top else f"{b['shots']}_shots"
-        name = config_name({"dataset": s.dataset, **b, "shots": b["shots"]})
-        per_seed = sorted((c for c in curve_files if c.get("config") == name), key=lambda c: c.get("seed", 0))
+        pred = read_predictions(inp.results, b["run_ids"])
+        pred = pred[pred["split"] == "test"]
+        cols = [f"p[{c}]" for c in s.classes]
+        per_seed = [curves(g["label"].to_numpy(), g[cols].to_numpy(float), classes=s.classes)
+                    for rid in b["run_ids"] for _, g in [(rid, pred[pred["run_id"] == rid])] if len(g)]
         if not per_seed:
             continue
-        fig = plots.roc_pr([c["curves"] for c in per_seed], title=f"{b['config']}, {b['shots']} shots, {len(per_seed)} seeds",
+        fig = plots.roc_pr(per_seed, title=f"{b['config']}, {b['shots']} shots, {len(per_seed)} seeds (test)",
                            prevalence=prevalence)
         figs.append(_save(fig, plots_dir / f"roc_pr_{tag}.png"))
         if tag == "best":
-            _write_curve_csvs(per_seed[0]["curves"], plots_dir)
-        sel = runs[(runs["backbone"] == b["backbone"]) & (runs["head"] == b["head"]) & (runs["shots"] == b["shots"])
-                   & (runs["layer"].fillna("") == (b["layer"] or ""))]
+            _write_curve_csvs(per_seed[0], plots_dir)
+        sel = runs[runs["run_id"].astype(str).isin(b["run_ids"])] if "run_id" in runs.columns else runs.iloc[:0]
         cms = [json.loads(c) for c in sel.get("confusion_matrix", pd.Series(dtype=str)).dropna() if isinstance(c, str)]
         if cms:
             total = [[sum(cm[i][j] for cm in cms) for j in range(n_classes)] for i in range(n_classes)]
@@ -249,7 +239,7 @@ def _roc_section(inp: ReportInputs, runs: pd.DataFrame, s, best: list[dict], mid
                               plots_dir / f"confusion_{tag}.png"))
             if tag == "best":
                 _write_confusion_csv(cms[0], s.classes, plots_dir / "confusion_best.csv")
-    return "".join(_img(f, f.stem.replace("_", " ")) for f in figs) or "<p>No per-run curve files found.</p>"
+    return "".join(_img(f, f.stem.replace("_", " ")) for f in figs) or "<p>No per-run predictions files found.</p>"
 
 
 def _write_curve_csvs(curves: dict, plots_dir: Path) -> None:

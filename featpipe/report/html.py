@@ -18,12 +18,16 @@ th,td{border:1px solid #dde1e7;padding:4px 9px;text-align:left}th{background:#f0
 figure{display:inline-block;margin:8px 12px 8px 0;vertical-align:top}figure img{max-width:100%;border:1px solid #e3e6ea}
 figcaption{font-size:12px;color:#5a6272}pre{background:#f0f3f7;padding:10px;font-size:12px;overflow:auto;max-height:420px}
 code{background:#f0f3f7;padding:1px 4px;border-radius:3px}
+tr.degenerate td{color:#8a8f98;background:#eceef1}.note{color:#5a6272;font-size:13px}
 """
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+def table(header: Sequence[str], rows: Sequence[Sequence], *, row_classes: Sequence[str] | None = None) -> str:
+    """An HTML table (cells escaped); ``row_classes`` gives a CSS class per row (e.g. "degenerate": grey)."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    classes = row_classes or [""] * len(rows)
+    body = "".join((f'<tr class="{html.escape(k)}">' if k else "<tr>")
+                   + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r, k in zip(rows, classes))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

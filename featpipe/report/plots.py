@@ -99,10 +99,19 @@ def seed_strip(runs: pd.DataFrame, metric: str, shots: int) -> plt.Figure:
     names = sorted({config_label(r) for r in sub.to_dict("records")})
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 5))
     rng = np.random.default_rng(0)
+    degen = lambda r: str(r.get("degenerate", "")).lower() in ("true", "1", "1.0")
     for i, name in enumerate(names):
-        vals = [r[metric] for r in sub.to_dict("records") if config_label(r) == name]
-        ax.scatter(i + rng.uniform(-0.12, 0.12, len(vals)), vals, s=18, alpha=0.8, color=f"C{i % 10}")
+        recs = [r for r in sub.to_dict("records") if config_label(r) == name]
+        vals = [r[metric] for r in recs]
+        ok = [r[metric] for r in recs if not degen(r)]
+        bad = [r[metric] for r in recs if degen(r)]
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(ok)), ok, s=18, alpha=0.8, color=f"C{i % 10}")
+        if bad:  # degenerate runs: grey crosses
+            ax.scatter(i + rng.uniform(-0.12, 0.12, len(bad)), bad, s=30, marker="x", color="0.6",
+                       label="degenerate run" if not ax.get_legend_handles_labels()[1] else None)
         ax.hlines(np.nanmean(vals), i - 0.25, i + 0.25, color="k", lw=1.5)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=8)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     label = METRIC_LABELS.get(metric, metric)

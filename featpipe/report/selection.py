@@ -1,0 +1,123 @@
+"""The report's answers: the configuration chosen on val per shot count (reported on test, with the seed
+interval and the test-sampling interval), paired comparisons, and degenerate runs (greyed out)."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from featpipe.report.html import table
+from featpipe.report.plots import METRIC_LABELS
+
+
+def _f(x, pct: bool = True) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{100 * x:.1f}" if pct else f"{x:.3f}"
+
+
+def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=None) -> tuple[str, list[dict]]:
+    """(HTML, [{"shots", "config", "run_ids"}]) of the configuration chosen on ``val_<report.metric>`` per shot
+    count among those without degenerate runs, reported on test."""
+    from featpipe.compare import bootstrap_interval
+    from featpipe.results import config_labels, select_best, summarize_runs
+
+    metric = params.report.metric
+    summary = summarize_runs(runs, clinical=params.clinical, select_metric=metric)
+    chosen = select_best(summary, metric)
+    runs = runs.assign(config=config_labels(runs).to_numpy())
+    label = METRIC_LABELS.get(metric, metric)
+    rows, best = [], []
+    for k in sorted({int(x) for x in runs["shots"]}):
+        name = chosen.get(k)
+        if name is None:
+            rows.append([k, "none: every configuration has a degenerate run or no val metric"] + ["–"] * 9)
+            continue
+        e = summary[name]
+        sel = runs[(runs["config"] == e["config"]) & (runs["shots"].astype(int) == k)].sort_values("seed")
+        ids = sel["run_id"].astype(str).tolist() if "run_id" in sel.columns else []
+        lo, hi = (bootstrap_interval(preds, ids, None, metric=metric, n_boot=params.compare.bootstrap, seed=params.compare.seed)
+                  if preds is not None and ids else (math.nan, math.nan))
+        t, v = e.get(metric, {}), e.get(f"val_{metric}", {})
+        flag = "yes" if e["clinical_grade"] else "no: " + "; ".join(e["clinical_failed"])
+        rows.append([k, e["config"], _f(v.get("mean")), f"{_f(t.get('mean'))} ± {_f(t.get('std'))}",
+                     f"[{_f(t.get('ci_low'))}, {_f(t.get('ci_high'))}]", f"[{_f(lo)}, {_f(hi)}]",
+                     _f(e.get("accuracy", {}).get("mean")), _f(e.get("auroc", {}).get("mean"), pct=False),
+                     e["n_seeds"], _f(e.get("sensitivity", {}).get("mean")) + " / " + _f(e.get("specificity", {}).get("mean")),
+                     flag])
+        best.append({"shots": k, "config": e["config"], "run_ids": ids})
+    head = ["shots", "chosen on val", f"val {label} (%)", f"test {label} (mean ± std, %)", "seed interval (95%)",
+            "test-sampling interval (95%)", "test accuracy (%)", "test AUROC", "seeds", "sens / spec (%)", "clinical-grade"]
+    c = params.clinical
+    text = (f"<p>The configuration of each row is <b>chosen on val</b> (best mean val {html.escape(label)} among "
+            "configurations without a degenerate run) and <b>reported on test</b>; test numbers played no part in "
+            "the choice. The <i>seed interval</i> (logit-t over seeds) says how much the result depends on which "
+            "images were labelled; the <i>test-sampling interval</i> (patients of the test split resampled, "
+            "mean over the same seeds) says how much it depends on which patients happened to be tested.</p>"
+            f"<p class=\"note\">Clinical-grade needs: ≥ {c.min_seeds} seeds; the seed interval's lower bound of accuracy ≥ "
+            f"{c.min_accuracy_binary:.0%} (binary) or ≥ {c.min_accuracy_multiclass:.0%} (multi-class) and of AUROC ≥ "
+            f"{c.min_auroc}; accuracy std across seeds < {c.max_std:.0%}; mean sensitivity ≥ {c.min_sensitivity:.0%} and "
+            f"specificity ≥ {c.min_specificity:.0%} (binary); a configuration chosen on val. A failed row names the "
+            "conditions it failed.</p>")
+    return table(head, rows) + text, best
+
+
+def comparison_section(comparisons: pd.DataFrame, best: list[dict], metric: str) -> str:
+    """Per shot count: the val-chosen configuration against every other, on ``metric``."""
+    from featpipe.compare import verdict
+
+    if comparisons.empty:
+        return "<p>No comparisons (fewer than two configurations per shot count).</p>"
+    c = comparisons[comparisons["metric"] == metric]
+    if c.empty:
+        c = comparisons[comparisons["metric"] == comparisons["metric"].iloc[0]]
+        metric = str(c["metric"].iloc[0])
+    rows, classes = [], []
+    for b in best:
+        a = b["config"]
+        sub = c[(c["shots"] == b["shots"]) & ((c["config_a"] == a) | (c["config_b"] == a))]
+        for r in sub.sort_values("p_holm").to_dict("records"):
+            flip = r["config_b"] == a
+            other = r["config_a"] if flip else r["config_b"]
+            s = -1 if flip else 1
+            d, lo, hi = s * r["mean_diff"], (s * (r["ci_high"] if flip else r["ci_low"])), (s * (r["ci_low"] if flip else r["ci_high"]))
+            blo, bhi = (s * r["boot_ci_high"], s * r["boot_ci_low"]) if flip else (r["boot_ci_low"], r["boot_ci_high"])
+            v = verdict({**r, "mean_diff": d}).replace("A better", "chosen better").replace("B better", f"{other} better")
+            rows.append([b["shots"], a, other, r["n_seeds"], f"{d:+.3f}", f"[{lo:+.3f}, {hi:+.3f}]",
+                         "–" if not math.isfinite(blo) else f"[{blo:+.3f}, {bhi:+.3f}]", f"{r['p_value']:.3g}",
+                         f"{r['p_holm']:.3g}", v])
+            classes.append("degenerate" if (r["degenerate_b"] if not flip else r["degenerate_a"]) else "")
+    label = METRIC_LABELS.get(metric, metric)
+    head = ["shots", "chosen on val (A)", "other (B)", "paired seeds", f"mean {label} A − B", "95% interval (seeds)",
+            "95% interval (test patients)", "p (paired permutation)", "p (Holm)", "answer"]
+    return (f"<p>Is the configuration chosen on val better than each other one at k shots? Differences in {html.escape(label)} "
+            "are paired by seed (every configuration saw the same labelled images for a seed); p-values come from an exact "
+            "paired permutation (sign-flip) test and are Holm-corrected over every comparison of the metric in "
+            "<code>results/comparisons.csv</code>. With 5 seeds the smallest possible p is 1/16: few seeds cannot show "
+            "a difference, whatever its size. Grey rows: B has degenerate runs.</p>" + table(head, rows, row_classes=classes))
+
+
+def degenerate_section(runs: pd.DataFrame) -> str:
+    from featpipe.results import config_name, degenerate_flags
+
+    bad = runs[degenerate_flags(runs).to_numpy()]
+    if bad.empty:
+        return "<p>No run is degenerate (none has mostly tied scores or predicts one class for ≥ 95% of images).</p>"
+    rows = [["⚠", config_name(r, with_seed=True), r.get("degenerate_reason", "")] for r in bad.to_dict("records")]
+    return (f"<p>{len(bad)} run(s) are degenerate: most of their scores are one tied value, or they predict one class for "
+            "≥ 95% of images. Their metrics describe a constant, not a classifier; their configurations are never "
+            "chosen as best (grey crosses in the per-seed plot).</p>"
+            + table(["", "run", "why"], rows, row_classes=["degenerate"] * len(rows)))
+
+
+def read_comparisons(results_dir: Path, runs: pd.DataFrame, params) -> pd.DataFrame:
+    """``<results>/comparisons.csv`` when it was written for these runs, else the seed comparisons computed now."""
+    from featpipe.compare import COMPARISONS_CSV, seed_comparisons
+
+    f = Path(results_dir) / COMPARISONS_CSV
+    if f.is_file():
+        return pd.read_csv(f)
+    return seed_comparisons(runs, metrics=[params.report.metric], reference=params.compare.reference)
