@@ -147,7 +147,9 @@ def test_predict_on_training_images_reproduces_the_scores(tmp_path, monkeypatch,
     model = next(Path("models").glob("tiny_cnn-logistic-k5-s0-*.skops"))
     head = load_head(model)
     ids = head.meta["train_ids"]
-    manifest = pd.read_csv("data/manifest.csv", dtype=str).set_index("id")
+    from featpipe.data.manifest import read_manifest
+
+    manifest = read_manifest("data/manifest.csv").set_index("id")  # paths joined to the recorded data root
     capsys.readouterr()
     assert main(["predict", "--model", str(model), "--out", "pred.csv", *manifest.loc[ids, "path"]]) == 0
     assert "10 images classified" in capsys.readouterr().out

@@ -143,13 +143,16 @@ def test_patient_bootstrap_resamples_patients_not_images():
 
 def test_clinical_grade_flag_uses_params():
     c = ClinicalParams()
-    good = {"accuracy": {"mean": 0.93, "std": 0.02}, "auroc": {"mean": 0.97}}
+    acc = {"mean": 0.93, "std": 0.02, "ci_low": 0.91, "n": 5}
+    good = {"n_seeds": 5, "accuracy": acc, "auroc": {"mean": 0.97, "ci_low": 0.96},
+            "sensitivity": {"mean": 0.9}, "specificity": {"mean": 0.9}}
     assert clinical_grade(good, n_classes=2, params=c)
-    assert not clinical_grade(good | {"accuracy": {"mean": 0.93, "std": 0.06}}, n_classes=2, params=c)
-    assert not clinical_grade(good | {"auroc": {"mean": 0.94}}, n_classes=2, params=c)
-    mid = good | {"accuracy": {"mean": 0.87, "std": 0.01}}
+    assert not clinical_grade(good | {"accuracy": acc | {"std": 0.06}}, n_classes=2, params=c)
+    assert not clinical_grade(good | {"auroc": {"mean": 0.97, "ci_low": 0.94}}, n_classes=2, params=c)  # lower bound, not mean
+    mid = good | {"accuracy": acc | {"mean": 0.88, "ci_low": 0.87}}
     assert not clinical_grade(mid, n_classes=2, params=c) and clinical_grade(mid, n_classes=3, params=c)
     assert not clinical_grade(good | {"auroc": {"mean": float("nan")}}, n_classes=2, params=c)
+    assert not clinical_grade(good | {"n_seeds": 4}, n_classes=2, params=c)
 
 
 def test_brier_binary_matches_sklearn_scaling():
