@@ -21,6 +21,7 @@ SMALL = {
     "fit": {"heads": ["svc", "logistic"]},
     "finetune": {"strategies": ["head", "layerwise"], "shots": [5], "seeds": [0, 1], "epochs": 4, "patience": 2},
     "gradcam": {"runs": ["tiny_cnn-logistic-k20-s0", "tiny_cnn-layerwise-k5-s0"]},
+    "compare": {"bootstrap": 200},
 }
 
 
@@ -74,7 +75,7 @@ def test_dvc_repro_end_to_end(tmp_path):
 
     first = _run(DVC, "repro", cwd=work)
     stages = {"fetch", "prepare", "decode", "extract@tiny_cnn", "fit@tiny_cnn-svc", "fit@tiny_cnn-logistic",
-              "finetune@tiny_cnn-head", "finetune@tiny_cnn-layerwise", "collect", "gradcam", "report"}
+              "finetune@tiny_cnn-head", "finetune@tiny_cnn-layerwise", "collect", "compare", "gradcam", "report"}
     assert _ran(first) == stages
 
     metrics = json.loads(_run(DVC, "metrics", "show", "--json", cwd=work))
@@ -89,12 +90,16 @@ def test_dvc_repro_end_to_end(tmp_path):
     again = _ran(_run(DVC, "repro", cwd=work))
     # that head's stage, the merged table and the report; gradcam too, because it depends on the saved
     # models folder (models/fit), which the svc stage rewrote (its heads are not rendered, the stage reruns)
-    assert again == {"fetch", "fit@tiny_cnn-svc", "collect", "gradcam", "report"}
+    assert again == {"fetch", "fit@tiny_cnn-svc", "collect", "compare", "gradcam", "report"}
 
     html = (work / "reports/report.html").read_text()
     assert html.count("data:image/png;base64,") >= 6  # learning curves, lottery, ROC/PR, Grad-CAM embedded
     assert "src=\"http" not in html and "<script" not in html  # self-contained
     assert "Grad-CAM" in html and "grid.png" not in html
+    assert "chosen on val" in html and "Paired comparisons" in html and "split.val_policy: full" in html
+    comparisons = (work / "results/comparisons.csv").read_text().splitlines()
+    assert comparisons[0].startswith("shots,config_a,config_b,metric,n_seeds,mean_diff,ci_low,ci_high,p_value,p_holm")
+    assert list((work / "results/fit").rglob("predictions/*.csv.gz"))
     # predict accepts a fine-tuned model as well as a saved head
     for model in (next((work / "models/finetune").rglob("*-layerwise-k5-s0.safetensors")),
                   next((work / "models/fit").rglob("tiny_cnn-svc-k20-s0-*.skops"))):
