@@ -91,6 +91,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("featpipe: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `featpipe predict ... | head`: the reader went away
+        _silence_stdout()
+        print("featpipe: error: the output pipe was closed before all output was written", file=sys.stderr)
+        return 141  # 128 + SIGPIPE, as a shell reports a process killed by a closed pipe
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def entry() -> None:  # console script

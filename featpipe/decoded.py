@@ -38,6 +38,7 @@ import pandas as pd
 
 from featpipe import __version__
 from featpipe.errors import CacheError, DataError
+from featpipe.workers import pool_kwargs
 from featpipe.imaging import (
     DECODER_VERSION,
     DEFAULT_MAX_PIXELS,
@@ -192,10 +193,57 @@ def _fit_channels(images: np.ndarray, channels: int) -> np.ndarray:
 # --------------------------------------------------------------------------- build
 
 
-def build_decoded(manifest: pd.DataFrame, *, size: int, path: Path, workers: int = 2, draft: bool = True,
-                  progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
-                  manifest_sha256: str | None = None) -> Path:
-    """Decode every manifest row into ``path`` (see the module doc), reusing valid rows; returns ``path``."""
+def decoder_settings(size: int, draft: bool) -> dict:
+    """What the decoded pixels depend on besides the file bytes (attrs of the cache; in feature caches' provenance)."""
+    return {"format": FORMAT, "size": int(size), "resize_method": RESIZE_METHOD, "draft": bool(draft),
+            "draft_factor": DRAFT_FACTOR, "decoder_version": DECODER_VERSION, **_versions()}
+
+
+def decoder_identity(size: int, draft: bool) -> dict:
+    """The settings that change decoded pixels (recorded in every feature cache: a change re-extracts)."""
+    wanted = decoder_settings(size, draft)
+    return {k: wanted[k] for k in _REUSE_KEYS}
+
+
+def settings_mismatch(attrs: dict, *, size: int, draft: bool) -> str | None:
+    """The first decoder setting of a decoded cache's ``attrs`` that differs from ``(size, draft)``; None if all match."""
+    wanted = decoder_settings(size, draft)
+    for k in _REUSE_KEYS:
+        if not _same(attrs.get(k), wanted[k]):
+            return f"decoded with {k}={attrs.get(k)!r}, requested {wanted[k]!r}"
+    return None
+
+
+def build_decoded(manifest: pd.DataFrame, *, size: int, path: Path, **kw) -> Path:
+    """Decode every manifest row into ``path`` (see the module doc), reusing valid rows; returns ``path``.
+
+    One builder per file at a time (:func:`featpipe.locks.build_lock`): a second process waits, then
+    takes the first one's file as is when it is current. A ``.partial`` left by a killed build is removed.
+    """
+    from featpipe.locks import build_lock, clean_leftovers, remove_stale
+
+    path = Path(path)
+    with build_lock(path, what="the decoded-image cache") as waited:
+        clean_leftovers(path.parent)
+        remove_stale(path.with_name(path.name + ".partial"), why="left by an interrupted decode")
+        if waited and _current(path, manifest, size=size, draft=kw.get("draft", True)):
+            return path
+        return _build_decoded(manifest, size=size, path=path, **kw)
+
+
+def _current(path: Path, manifest: pd.DataFrame, *, size: int, draft: bool) -> bool:
+    """``path`` is complete, made with these settings, and holds exactly the manifest's (id, sha256) rows."""
+    f = _reusable(path, decoder_settings(size, draft))
+    if f is None:
+        return False
+    with f:
+        return (_strings(f["ids"]) == manifest["id"].astype(str).tolist()
+                and _strings(f["sha256"]) == manifest["sha256"].astype(str).tolist())
+
+
+def _build_decoded(manifest: pd.DataFrame, *, size: int, path: Path, workers: int = 2, draft: bool = True,
+                   progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   manifest_sha256: str | None = None) -> Path:
     t0 = time.perf_counter()
     path = Path(path)
     missing = [c for c in ("id", "path", "sha256") if c not in manifest.columns]
@@ -207,15 +255,15 @@ def build_decoded(manifest: pd.DataFrame, *, size: int, path: Path, workers: int
         dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
         raise DataError(f"manifest has duplicate id {dup!r}: re-run 'featpipe prepare'")
     refs = [_absolute_ref(p) for p in manifest["path"].astype(str)]
-    wanted = {"format": FORMAT, "size": int(size), "resize_method": RESIZE_METHOD, "draft": bool(draft),
-              "draft_factor": DRAFT_FACTOR, "decoder_version": DECODER_VERSION, **_versions()}
+    wanted = decoder_settings(size, draft)
     n = len(ids)
     if n == 0:
         raise DataError("the manifest has no images to decode: run 'featpipe prepare' first")
     path.parent.mkdir(parents=True, exist_ok=True)
     old = _reusable(path, wanted)
     tmp = path.with_name(path.name + ".partial")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) if workers > 1 and n > 1 else None
+    pool = (ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), **pool_kwargs())
+            if workers > 1 and n > 1 else None)
     try:
         old_rows = np.full(n, -1, dtype=np.int64)
         if old is not None:

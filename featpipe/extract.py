@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from featpipe import __version__, featcache
+from featpipe import __version__, featcache, locks
 from featpipe.backbones import get
 from featpipe.backbones import weights as weights_mod
 from featpipe.config import DecodeParams, ExtractParams
@@ -49,12 +49,14 @@ class ExtractResult:
     device: str
     precision: str
     embedding_dim: int
+    reextracted: str = ""  # why the previous cache could not be reused ("" = it was, or there was none)
 
     def summary(self) -> str:
         speed = f", {self.images_per_s:.1f} img/s" if self.extracted else ""
+        why = f" (re-extracted: {self.reextracted})" if self.reextracted else ""
         return (f"{self.backbone}: {self.images} images -> {self.path} ({self.embedding_dim}-d, {self.precision} on "
                 f"{self.device}): {self.extracted} extracted, {self.reused} reused, {self.resumed} resumed, "
-                f"{self.dropped} dropped in {self.seconds:.1f} s{speed}")
+                f"{self.dropped} dropped in {self.seconds:.1f} s{speed}{why}")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -85,14 +87,35 @@ def select_device(device: str = "auto"):
 
     if device != "auto":
         try:
-            return torch.device(device)
+            dev = torch.device(device)
         except RuntimeError:
             raise FeatpipeError(f"unknown device '{device}' (auto, cpu, cuda, cuda:N or mps)") from None
+        _check_available(dev, device)
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _check_available(dev, asked: str) -> None:
+    """A device that cannot be used here is a one-line error, before any work."""
+    import torch
+
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise FeatpipeError(f"--device {asked}: no CUDA GPU is usable on this machine (torch "
+                                f"{torch.__version__}, cuda available: False); use --device cpu or auto")
+        if dev.index is not None and dev.index >= n:
+            raise FeatpipeError(f"--device {asked}: this machine has {n} CUDA GPU(s) (cuda:0..cuda:{n - 1})")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise FeatpipeError(f"--device {asked}: Apple MPS is not available here; use --device cpu or auto")
+    elif dev.type != "cpu":
+        raise FeatpipeError(f"--device {asked}: featpipe runs on cpu, cuda or mps")
 
 
 def select_precision(precision: str, device) -> str:
@@ -167,44 +190,79 @@ def extract(manifest: str | Path | pd.DataFrame, *, backbone: str, dataset: str,
     device = select_device(params.device)
     precision = select_precision(params.precision, device)
     dim = spec.output_dim(layer)
+    from featpipe.decoded import decoder_identity
+
     expected = {"backbone": spec.name, "weights_id": ref.identity, "layer": layer or "",
-                "preprocess": spec.preprocess.to_dict(), "embedding_dim": dim, "precision": precision}
+                "preprocess": spec.preprocess.to_dict(), "embedding_dim": dim, "precision": precision,
+                "decoder": decoder_identity(spec.preprocess.resize_size, decode.draft),
+                "feature_dtype": params.feature_dtype}
+    job = _Job(spec, ref, layer, df, msha, out, expected, extra, device, precision, dim)
+    with locks.build_lock(out, what=f"the {spec.name} feature cache"):
+        locks.clean_leftovers(out.parent)
+        res = _update(job, cache_dir=cache_dir, dataset=dataset, params=params, decode=decode, shard=shard,
+                      progress=progress)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+@dataclass
+class _Job:
+    spec: object
+    ref: object
+    layer: Optional[str]
+    df: pd.DataFrame
+    msha: str
+    out: Path
+    expected: dict
+    extra: dict
+    device: object
+    precision: str
+    dim: int
+
+
+def _update(job: _Job, *, cache_dir, dataset, params, decode, shard, progress) -> ExtractResult:
+    """With the cache's build lock held: reuse what is valid, extract the rest, write the cache."""
+    spec, ref, df, out, dim = job.spec, job.ref, job.df, job.out, job.dim
     ids = df["id"].astype(str).tolist()
     shas = df["sha256"].astype(str).tolist()
-    old_rows, old_ids = _reusable_rows(out, expected, ids, shas, progress)
+    old_rows, old_ids, why = _reusable_rows(out, job.expected, ids, shas, progress)
     old_n, dropped = len(old_ids), len(set(old_ids) - set(ids))
     todo = np.flatnonzero(old_rows < 0)
     reused = len(ids) - len(todo)
-    if not len(todo) and _up_to_date(out, old_n, old_rows, df, msha, params.feature_dtype):
-        return ExtractResult(out, spec.name, len(ids), 0, reused, 0, 0, time.perf_counter() - t0, 0.0,
-                             str(device), precision, dim)
-    plan = {**expected, "batch_size": params.batch_size, "ids": [ids[i] for i in todo],
+    if not len(todo) and _up_to_date(out, old_n, old_rows, df, job.msha, params.feature_dtype):
+        locks.remove_stale(out.with_name(out.name + ".partial"),
+                           why="journal of a run killed after its cache was written")
+        return ExtractResult(out, spec.name, len(ids), 0, reused, 0, 0, 0.0, 0.0, str(job.device), job.precision,
+                             dim)
+    plan = {**job.expected, "batch_size": params.batch_size, "ids": [ids[i] for i in todo],
             "sha256": [shas[i] for i in todo]}
     partial = featcache.PartialRows(out, plan, dim=dim, batch_size=params.batch_size)
     try:
         if partial.discarded:
             _say(f"discarded {partial.discarded} rows of an interrupted extraction made for another request", progress)
-        n_new, loop_s = _run_batches(spec, ref, layer, df, todo, partial, cache_dir=cache_dir, dataset=dataset,
-                             params=params, decode=decode, device=device, precision=precision,
-                             shard=shard, progress=progress)
+        n_new, loop_s = _run_batches(spec, ref, job.layer, df, todo, partial, cache_dir=cache_dir, dataset=dataset,
+                                     params=params, decode=decode, device=job.device, precision=job.precision,
+                                     shard=shard, progress=progress)
         speed = n_new / max(loop_s, 1e-9)
-        attrs = {**expected, "weights": ref.source if ref.kind != "random" else "random",
-                 "manifest_sha256": msha, "device": str(device), "batch_size": params.batch_size,
-                 "dataset": dataset, **_versions(), **extra}
+        attrs = {**job.expected, "weights": ref.source if ref.kind != "random" else "random",
+                 "manifest_sha256": job.msha, "device": str(job.device), "batch_size": params.batch_size,
+                 "dataset": dataset, **_versions(), **job.extra}
         _assemble(out, df, old_rows, todo, partial, attrs, dim, params.feature_dtype)
         resumed = partial.resumed
         partial.remove()
     finally:
         partial.close()
-    return ExtractResult(out, spec.name, len(ids), n_new, reused, resumed, dropped,
-                         time.perf_counter() - t0, speed, str(device), precision, dim)
+    return ExtractResult(out, spec.name, len(ids), n_new, reused, resumed, dropped, 0.0, speed, str(job.device),
+                         job.precision, dim, why)
 
 
-def _reusable_rows(out: Path, expected: dict, ids: list, shas: list, progress: bool) -> tuple[np.ndarray, list]:
-    """For each manifest row, its row in the existing cache (-1 = extract); and the existing cache's ids."""
+def _reusable_rows(out: Path, expected: dict, ids: list, shas: list,
+                   progress: bool) -> tuple[np.ndarray, list, str]:
+    """For each manifest row, its row in the existing cache (-1 = extract); the existing cache's ids; and why
+    nothing could be reused ("" when rows were reusable or there was no cache)."""
     rows = np.full(len(ids), -1, dtype=np.int64)
     if not out.exists():
-        return rows, []
+        return rows, [], ""
     try:
         attrs = featcache.read_attrs(out)
         why = featcache.provenance_mismatch(attrs, expected) or (None if attrs.get("complete") else "incomplete")
@@ -215,10 +273,10 @@ def _reusable_rows(out: Path, expected: dict, ids: list, shas: list, progress: b
         why = f"unreadable ({exc})"
     if why is not None:
         _say(f"{out} does not match this request ({why}): extracting every image again", progress)
-        return rows, []
+        return rows, [], why
     where = {(i, s): j for j, (i, s) in enumerate(zip(old_ids, old_sha))}
     rows[:] = [where.get(k, -1) for k in zip(ids, shas)]
-    return rows, old_ids.tolist()
+    return rows, old_ids.tolist(), ""
 
 
 def _up_to_date(out: Path, old_n: int, old_rows: np.ndarray, df: pd.DataFrame, msha: str, dtype: str) -> bool:
@@ -234,14 +292,19 @@ def _up_to_date(out: Path, old_n: int, old_rows: np.ndarray, df: pd.DataFrame, m
 def _decoded_rows(sub: pd.DataFrame, full: pd.DataFrame, *, size: int, cache_dir, dataset: str, decode: DecodeParams,
                   shard, progress: bool):
     """A decoded-image reader covering ``sub`` (built for ``full`` when missing or stale) and its rows."""
-    from featpipe.decoded import DecodedImages, build_decoded, decoded_path
+    from featpipe.decoded import DecodedImages, build_decoded, decoded_path, settings_mismatch
 
     path = decoded_path(cache_dir, dataset, size)
     if shard is not None and not path.exists():  # shards never race on one shared file
         path = path.with_name(f"{path.stem}.shard-{shard[0]}-of-{shard[1]}.h5")
     reader = DecodedImages(path)
     try:
-        return reader, reader.require(sub)
+        rows = reader.require(sub)
+        stale = settings_mismatch(reader.attrs, size=size, draft=decode.draft)
+        if stale is None:
+            return reader, rows
+        _say(f"{path} was {stale}: decoding again", progress)
+        reader.close()
     except CacheError:
         reader.close()
     build_decoded(full, size=size, path=path, workers=decode.workers, draft=decode.draft, progress=progress)
@@ -262,9 +325,9 @@ def _run_batches(spec, ref, layer, df: pd.DataFrame, todo: np.ndarray, partial, 
     from featpipe.decoded import to_tensor_batch
 
     pre = spec.preprocess
+    net = weights_mod.load_network(spec, ref)  # missing weights are reported before any image is decoded
     reader, drows = _decoded_rows(df.iloc[todo[start:]], df, size=pre.resize_size,
                                   cache_dir=cache_dir, dataset=dataset, decode=decode, shard=shard, progress=progress)
-    net = weights_mod.load_network(spec, ref)
     model = FeatureModel(net, spec, layer=layer, weights=ref).eval().requires_grad_(False).to(device)
     fast = precision == "bf16"
     if fast and spec.family in CNN_FAMILIES:

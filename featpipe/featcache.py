@@ -32,7 +32,9 @@ from featpipe.errors import CacheError
 
 STR = h5py.string_dtype("utf-8")
 # Attributes whose values must match the request for a cached row to be reused (besides id + sha256).
-VALIDITY_KEYS = ("backbone", "weights_id", "layer", "preprocess", "embedding_dim", "precision")
+VALIDITY_KEYS = ("backbone", "weights_id", "layer", "preprocess", "embedding_dim", "precision", "decoder",
+                 "feature_dtype")
+_JSON_ATTRS = ("preprocess", "decoder")  # dict-valued attributes, stored as JSON
 _CHUNK_BYTES = 1 << 20
 
 
@@ -187,24 +189,33 @@ def _attrs(f: h5py.File) -> dict:
         elif isinstance(v, np.generic):
             v = v.item()
         out[k] = v
-    if isinstance(out.get("preprocess"), str):
-        try:
-            out["preprocess"] = json.loads(out["preprocess"])
-        except json.JSONDecodeError:
-            pass
+    for key in _JSON_ATTRS:
+        if isinstance(out.get(key), str):
+            try:
+                out[key] = json.loads(out[key])
+            except json.JSONDecodeError:
+                pass
     return out
 
 
 def provenance_mismatch(attrs: Mapping, expected: Mapping) -> Optional[str]:
-    """The first of :data:`VALIDITY_KEYS` whose recorded value differs from ``expected`` (None if all match)."""
+    """The first of :data:`VALIDITY_KEYS` whose recorded value differs from ``expected`` (None if all match),
+    worded for the user, e.g. ``"decoder draft True != requested False"``."""
     for key in VALIDITY_KEYS:
         if key not in expected:
             continue
         have, want = attrs.get(key), expected[key]
-        if key == "preprocess":
+        if key in _JSON_ATTRS:
             have = have if isinstance(have, dict) else _maybe_json(have)
             want = want if isinstance(want, dict) else _maybe_json(want)
+            if have is None:
+                return f"{key} not recorded (cache made by an older featpipe)"
+            if isinstance(have, dict) and isinstance(want, dict) and have != want:
+                sub = next(k for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k))
+                return f"{key} {sub} {have.get(sub)!r} != requested {want.get(sub)!r}"
         if have != want:
+            if have is None:
+                return f"{key} not recorded (cache made by an older featpipe)"
             return f"{key} {have!r} != requested {want!r}"
     return None
 
@@ -259,7 +270,7 @@ def write_features(path: str | Path, *, ids: Sequence[str], features: np.ndarray
             if sha256 is not None:
                 f.create_dataset("sha256", data=np.asarray(list(sha256), dtype=object), dtype=STR)
             for k, v in attrs.items():
-                if k == "preprocess" and isinstance(v, dict):
+                if isinstance(v, dict):
                     v = json.dumps(v, sort_keys=True)
                 elif isinstance(v, str):
                     v = str(v)  # str subclasses (torch's version string) are not storable as is

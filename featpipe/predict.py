@@ -94,6 +94,9 @@ def predict(model_path: str | Path, inputs: Sequence[str | Path], *, out_csv: st
 
     ``model_path`` is a saved head (``.skops``, applied to the recorded backbone's embeddings) or a fine-tuned
     model (``.safetensors`` or its ``.json`` sidecar)."""
+    from featpipe.extract import select_device
+
+    device = str(select_device(device))  # a device that cannot be used: one line, before any work
     refs = image_files(inputs)
     if Path(model_path).suffix in (".safetensors", ".json"):
         from featpipe.finetune.checkpoint import load_finetuned, predict_files

@@ -92,7 +92,7 @@ def build_manifest(records: Sequence[Record], *, max_pixels: int, verify: bool =
     todo = [r for r in files if r.reject is None]
     jobs = [(r.path, max_pixels, verify) for r in todo]
     if workers > 1 and len(jobs) > 8:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, **pool_kwargs()) as pool:
             results = list(pool.map(_check_file, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
     else:
         results = [_check_file(j) for j in jobs]
