@@ -23,3 +23,7 @@ class CacheError(FeatpipeError):
 
 class WeightsError(FeatpipeError):
     """Pretrained weights that cannot be had offline; never silently replaced by random weights."""
+
+
+class IntegrityError(DataError):
+    """A saved file that does not match its recorded hash, or is not what it claims to be."""

@@ -27,12 +27,12 @@ from typing import Mapping
 
 import numpy as np
 
-from featpipe.errors import CacheError, FeatpipeError
-from featpipe.fileio import atomic_write
+from featpipe.errors import CacheError, FeatpipeError, IntegrityError
+from featpipe.fileio import atomic_write, check_seal, seal
 from featpipe.heads import HEAD_CLASSES
 
 
-class UnsafeModelError(FeatpipeError):
+class UnsafeModelError(IntegrityError):
     """A saved head that could run code when loaded, or that was modified after saving."""
 
 
@@ -64,7 +64,7 @@ def save_head(path: str | Path, pipeline, meta: Mapping) -> Path:
     _check_archive(data, path)  # what we write must pass what we read
     atomic_write(path, data)
     side = dict(meta) | {"format": 1, "model_file": path.name, "model_sha256": hashlib.sha256(data).hexdigest()}
-    atomic_write(sidecar(path), json.dumps(side, indent=1, sort_keys=True, default=_json_default))
+    atomic_write(sidecar(path), seal(side, default=_json_default))
     return path
 
 
@@ -81,9 +81,10 @@ def read_meta(path: str | Path) -> dict:
     if not side.is_file():
         raise FeatpipeError(f"{side} not found: a saved head needs its .json sidecar (re-run 'featpipe fit')")
     try:
-        return json.loads(side.read_text())
-    except json.JSONDecodeError:
-        raise FeatpipeError(f"{side} is not valid JSON: re-run 'featpipe fit'") from None
+        meta = json.loads(side.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise IntegrityError(f"{side} is not valid JSON: re-run 'featpipe fit'") from None
+    return check_seal(meta, side)
 
 
 def _check_archive(data: bytes, path: Path) -> None:

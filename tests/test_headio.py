@@ -14,6 +14,7 @@ import pytest
 
 from featpipe.config import HeadsParams, MlpParams
 from featpipe.errors import CacheError
+from featpipe.fileio import seal
 from featpipe.headio import UnsafeModelError, check_compatible, load_head, save_head, sidecar
 from featpipe.heads import HEADS, make_head
 
@@ -33,7 +34,7 @@ def rewrite(path, data: bytes, *, fix_hash: bool = True) -> None:
     if fix_hash:  # an attacker who also edits the sidecar: the content checks alone must refuse it
         side = json.loads(sidecar(path).read_text())
         side["model_sha256"] = hashlib.sha256(data).hexdigest()
-        sidecar(path).write_text(json.dumps(side))
+        sidecar(path).write_text(seal(side))  # ... and recomputes the sidecar's own hash
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))

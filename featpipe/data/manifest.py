@@ -26,6 +26,7 @@ import pandas as pd
 from featpipe.data.sources import Record
 from featpipe.errors import DataError
 from featpipe.fileio import atomic_write, file_sha256  # noqa: F401 - re-exported
+from featpipe.workers import pool_kwargs
 
 COLUMNS = ["id", "path", "label", "label_name", "patient_id", "source_split", "sha256", "width", "height"]
 REJECT_COLUMNS = ["id", "path", "reason"]

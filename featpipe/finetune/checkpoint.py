@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from featpipe.errors import DataError
-from featpipe.fileio import atomic_write
+from featpipe.errors import DataError, IntegrityError
+from featpipe.fileio import atomic_write, check_seal, seal
 from featpipe.finetune.strategies import (
     FinetuneModel,
     apply_strategy,
@@ -69,6 +69,10 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def sidecar_of(path: str | Path) -> Path:
+    return paths_for(path)[1]
+
+
 def paths_for(path: str | Path) -> tuple[Path, Path]:
     """(tensor file, sidecar) for a checkpoint named by either file or by its stem."""
     p = Path(path)
@@ -85,7 +89,7 @@ def save_finetuned(model: FinetuneModel, meta: dict[str, Any], path: str | Path)
     atomic_write(tensors_path, save(state, metadata={"featpipe": f"{KIND}/{FORMAT}"}))
     full = {"kind": KIND, "format": FORMAT, **meta, "tensors": tensors_path.name,
             "tensors_sha256": _sha256(tensors_path)}
-    atomic_write(sidecar, json.dumps(full, indent=1, sort_keys=True, default=_jsonable))
+    atomic_write(sidecar, seal(full, default=_jsonable))
     return tensors_path
 
 
@@ -104,8 +108,12 @@ def read_meta(path: str | Path) -> dict:
         raise DataError(f"{sidecar}: fine-tuned model sidecar not found (expected beside the .safetensors file)")
     try:
         meta = json.loads(sidecar.read_text())
-    except json.JSONDecodeError:
-        raise DataError(f"{sidecar}: not valid JSON; re-run featpipe finetune") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise IntegrityError(f"{sidecar}: not valid JSON; re-run featpipe finetune") from None
+    if not isinstance(meta, dict) or meta.get("kind") != KIND:
+        kind = meta.get("kind") if isinstance(meta, dict) else type(meta).__name__
+        raise IntegrityError(f"{sidecar}: not a featpipe fine-tuned model (kind={kind!r})")
+    check_seal(meta, sidecar)
     if meta.get("kind") != KIND:
         raise DataError(f"{sidecar}: not a featpipe fine-tuned model (kind={meta.get('kind')!r})")
     if int(meta.get("format", 0)) > FORMAT:
@@ -128,15 +136,21 @@ def load_finetuned(path: str | Path, *, device: str | torch.device = "cpu") -> t
     meta = read_meta(path)
     if not tensors_path.exists():
         raise DataError(f"{tensors_path}: fine-tuned weights not found")
-    if meta.get("tensors_sha256") and _sha256(tensors_path) != meta["tensors_sha256"]:
-        raise DataError(f"{tensors_path}: contents do not match its sidecar's sha256 (file changed or mixed up)")
+    if not meta.get("tensors_sha256"):
+        raise IntegrityError(f"{sidecar_of(path)} records no tensors_sha256: refusing to load {tensors_path.name}")
+    if _sha256(tensors_path) != meta["tensors_sha256"]:
+        raise IntegrityError(f"{tensors_path}: contents do not match its sidecar's sha256 (file changed or mixed up)")
     spec = backbones.get(meta["backbone"])
     cut = meta.get("layer") or None
     with torch.random.fork_rng(devices=[]):
         features = backbones.build(spec, weights="random", layer=cut)
     dim = int(spec.output_dim(cut))
     model = FinetuneModel(features, torch.nn.utils.skip_init(torch.nn.Linear, dim, len(meta["classes"])))
-    state = load_file(str(tensors_path))
+    try:
+        state = load_file(str(tensors_path))
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: the file is not what it claims
+        raise IntegrityError(f"{tensors_path}: not a readable safetensors file ({type(exc).__name__}); "
+                             "refusing to load it") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
