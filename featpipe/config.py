@@ -34,6 +34,7 @@ class CsvParams:
     split_col: str | None = None
     task: str | None = None  # CheXpert: the pathology column that is the task (binary)
     uncertain: Literal["ignore", "positive", "negative"] = "ignore"  # CheXpert -1 labels
+    allow_outside_root: bool = False  # paths outside `root` (../, absolute) are rejected unless this is true
 
 
 @dataclass(frozen=True)

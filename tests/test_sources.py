@@ -48,7 +48,8 @@ def test_kaggle_layout_with_split_folders(tmp_path):
     by_id = {r.id: r for r in recs}
     assert by_id["train/PNEUMONIA/person5_virus_1.jpeg"].patient_id == "person5"
     assert by_id["test/NORMAL/IM-0145-0001.jpeg"].patient_id == "IM-0145"
-    assert all(r.reject is None for r in recs)  # hidden files are not images of the set
+    # hidden files are not images of the set, but they are named (rejects.csv), never silently dropped
+    assert {r.id: r.reject for r in recs if r.reject} == {"train/NORMAL/.DS_Store": "hidden file"}
 
 
 def test_covid_radiography_layout_ignores_masks(tmp_path):
@@ -58,6 +59,8 @@ def test_covid_radiography_layout_ignores_masks(tmp_path):
         write_image(root / cls / "masks" / f"{cls}-1.png", value=255)
     (root / "COVID.metadata.xlsx").write_bytes(b"not a folder")
     recs = sources.scan_folder(root)
+    assert {r.id: r.reject for r in recs if r.reject} == {"COVID.metadata.xlsx": "not in a class folder"}
+    recs = [r for r in recs if not r.reject]
     assert sorted(r.label_name for r in recs) == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
     assert all("/masks/" not in r.path for r in recs)
     assert {r.source_split for r in recs} == {""}

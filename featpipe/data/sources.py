@@ -47,36 +47,135 @@ def _visible(name: str) -> bool:
     return not name.startswith(".") and name.lower() not in IGNORED_DIRS
 
 
+DICOM_MAGIC_OFFSET = 128  # "DICM" after a 128-byte preamble (DICOM PS3.10)
+
+
+def _kind(path: Path) -> str | None:
+    """None for a regular file (symlinks followed); else why it is not one."""
+    import stat
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return "missing (broken symbolic link)"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or type(exc).__name__})"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    kind = ("fifo" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode)
+            else "device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "directory"
+            if stat.S_ISDIR(st.st_mode) else "special file")
+    return f"not a regular file ({kind})"
+
+
+def looks_like_dicom(path: str | Path) -> bool:
+    """DICOM by content: the ``DICM`` magic at offset 128 (files without a ``.dcm`` extension)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(DICOM_MAGIC_OFFSET + 4)
+    except OSError:
+        return False
+    return head[DICOM_MAGIC_OFFSET:] == b"DICM"
+
+
+def image_reject(path: Path) -> str | None:
+    """Why ``path`` cannot be an image file before decoding it (None: try it): not a regular file, or neither an
+    image extension nor DICOM content."""
+    why = _kind(path)
+    if why is not None:
+        return why
+    if path.suffix.lower() in IMAGE_EXTENSIONS or looks_like_dicom(path):
+        return None
+    return f"not an image (extension {path.suffix or 'none'})"
+
+
+def _walk(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Files under ``folder`` (sorted) and what was skipped, with why: hidden files and folders, folders that
+    cannot be read, symbolic links to folders (not followed: no loops). ``masks/`` folders and ``Thumbs.db``
+    are left out by rule (see the README)."""
+    files: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+
+    def unreadable(err: OSError) -> None:
+        skipped.append((Path(err.filename), f"unreadable folder ({err.strerror or type(err).__name__})"))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
+        keep = []
+        for d in sorted(dirnames):
+            p = Path(dirpath) / d
+            if d.lower() in IGNORED_DIRS:
+                continue
+            if d.startswith("."):
+                skipped.append((p, "hidden folder (not scanned)"))
+            elif p.is_symlink():
+                skipped.append((p, "symbolic link to a folder (not followed)"))
+            else:
+                keep.append(d)
+        dirnames[:] = keep
+        for f in sorted(filenames):
+            p = Path(dirpath) / f
+            if f.startswith("."):
+                skipped.append((p, "hidden file"))
+            elif f != "Thumbs.db":
+                files.append(p)
+    return files, skipped
+
+
 def _files_under(folder: Path) -> list[Path]:
+    return _walk(folder)[0]
+
+
+def _subdirs(folder: Path, base: Path, records: list[Record], label: str | None, split: str) -> list[Path]:
+    """Visible sub-folders of ``folder``; hidden or unreadable ones and stray files become reject records."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        rel = folder.relative_to(base).as_posix()
+        records.append(Record(rel, str(folder), label, rel, split, f"unreadable folder ({exc.strerror})"))
+        return []
     out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".") and f != "Thumbs.db")
+    for d in entries:
+        rel = d.relative_to(base).as_posix()
+        if d.is_dir() and _visible(d.name):
+            out.append(d)
+        elif d.name.lower() in IGNORED_DIRS or d.name == "Thumbs.db":
+            continue
+        elif d.name.startswith("."):
+            why = "hidden folder (not scanned)" if d.is_dir() else "hidden file"
+            records.append(Record(rel, str(d), label, rel, split, why))
+        else:
+            records.append(Record(rel, str(d), label, rel, split, "not in a class folder"))
     return out
 
 
 def scan_folder(root: str | Path, *, patient_regex: str | None = None) -> list[Record]:
-    """A class-per-folder tree, optionally under split folders (``train/``, ``val/``, ``test/``)."""
+    """A class-per-folder tree, optionally under split folders (``train/``, ``val/``, ``test/``).
+
+    Every file found is a record; those that cannot be images (hidden, special, unreadable, not an image by
+    extension or content) carry their reject reason, so they are listed in ``rejects.csv``."""
     base = Path(root)
     if not base.is_dir():
         raise DataError(f"data folder {base} not found: set data.path to a folder of class folders")
     rules = PatientRules(patient_regex)
-    subdirs = sorted(d for d in base.iterdir() if d.is_dir() and _visible(d.name))
+    records: list[Record] = []
+    subdirs = _subdirs(base, base, records, None, "")
     split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_NAMES]
     if split_dirs and len(split_dirs) != len(subdirs):
         others = ", ".join(d.name for d in subdirs if d not in split_dirs)
         raise DataError(f"{base} mixes split folders ({', '.join(d.name for d in split_dirs)}) with other folders ({others})")
     groups = [(SPLIT_NAMES[d.name.lower()], d) for d in split_dirs] if split_dirs else [("", base)]
-    records: list[Record] = []
     for split, split_dir in groups:
-        class_dirs = sorted(d for d in split_dir.iterdir() if d.is_dir() and _visible(d.name))
+        class_dirs = subdirs if not split_dirs else _subdirs(split_dir, base, records, None, split)
         if not class_dirs:
             raise DataError(f"{split_dir} has no class folders: expected one folder per class (e.g. NORMAL/, PNEUMONIA/)")
         for class_dir in class_dirs:
-            for f in _files_under(class_dir):
+            files, skipped = _walk(class_dir)
+            for f in files:
                 rel = f.relative_to(base).as_posix()
-                reject = None if f.suffix.lower() in IMAGE_EXTENSIONS else f"not an image (extension {f.suffix or 'none'})"
-                records.append(Record(rel, _join(str(root), rel), class_dir.name, rules(rel), split, reject))
+                records.append(Record(rel, _join(str(root), rel), class_dir.name, rules(rel), split, image_reject(f)))
+            for f, why in skipped:
+                rel = f.relative_to(base).as_posix()
+                records.append(Record(rel, _join(str(root), rel), class_dir.name, rules(rel), split, why))
     if not records:
         raise DataError(f"no files found under {base}")
     return records
@@ -120,7 +219,9 @@ def scan_csv(csv_path: str | Path, cfg: CsvParams, *, patient_regex: str | None 
     for row in rows:
         ref = (row[cfg.path_col] or "").strip().replace("\\", "/")
         rel, reject = ref, None
-        if not (root / ref).is_file():
+        if not cfg.allow_outside_root and _outside(ref):
+            reject = "outside data.csv.root (set data.csv.allow_outside_root: true to read it)"
+        elif not (root / ref).is_file():
             if index is None:
                 index = _image_index(root)
             hits = index.get(PurePosixPath(ref).name, []) or index.get(PurePosixPath(ref).stem, [])
@@ -140,6 +241,16 @@ def scan_csv(csv_path: str | Path, cfg: CsvParams, *, patient_regex: str | None 
         dup = next(i for i in ids if ids.count(i) > 1)
         raise DataError(f"{src}: image {dup} is listed more than once")
     return records
+
+
+def _outside(ref: str) -> bool:
+    """A CSV path that leaves the root: absolute (or a drive), or climbing out with ``..``."""
+    import posixpath
+
+    if ref.startswith("/") or (len(ref) > 1 and ref[1] == ":"):
+        return True
+    norm = posixpath.normpath(ref)
+    return norm == ".." or norm.startswith("../")
 
 
 def _label(value: str | None, *, task: str | None, uncertain: str) -> tuple[str | None, str | None]:
