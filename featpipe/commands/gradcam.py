@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from featpipe.errors import ConfigError
 
 
@@ -52,6 +54,8 @@ def run(args, params) -> int:
                               cache_dir=args.cache, images=args.images, per_outcome=per, seed=g.seed,
                               layer=args.layer or g.layer)
         info = index["info"]
+        for r in info.get("rejects", []):
+            print(f"featpipe: skipped {r['path']}: {r['reason']}", file=sys.stderr)
         print(f"{index['run']}: {len(index['images'])} images, Grad-CAM at {info['layer']} "
               f"({info['grid'][0]}x{info['grid'][1]} grid) -> {args.out}/{index['run']}/grid.png")
     return 0

@@ -12,9 +12,15 @@ def add_arguments(parser) -> None:
 
 
 def run(args, params) -> int:
+    import sys
+
     from featpipe.predict import predict
 
     result = predict(args.model, args.inputs, out_csv=args.out, device=args.device, batch_size=args.batch_size)
     print(result.summary())
     print(f"wrote {args.out}")
+    for row in result.rejects.head(10).itertuples():
+        print(f"featpipe: skipped {row.path}: {row.reason}", file=sys.stderr)
+    if len(result.rejects) > 10:
+        print(f"featpipe: ... and {len(result.rejects) - 10} more in {result.rejects_path}", file=sys.stderr)
     return 0

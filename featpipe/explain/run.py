@@ -26,6 +26,7 @@ class ImageSet:
     ids: list[str]
     pixels: np.ndarray  # uint8 (N, S, S, C) at the model's input size
     labels: Optional[np.ndarray]  # int64 (N,) or None (images given by path)
+    rejects: tuple = ()  # ({"path", "reason"}, ...): files that could not be decoded, skipped
 
 
 def _crop(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -47,7 +48,6 @@ def test_images(preprocess: dict, *, manifest: str | Path, splits: str | Path, c
     from featpipe.data.splits import load_splits
     from featpipe.decoded import DecodedImages, decoded_path
     from featpipe.errors import CacheError
-    from featpipe.imaging import decode
 
     for p in (manifest, splits):
         if not Path(p).is_file():
@@ -71,26 +71,36 @@ def test_images(preprocess: dict, *, manifest: str | Path, splits: str | Path, c
                 pixels = np.asarray(reader.read(reader.require(rows)))
         except CacheError:
             pixels = None  # stale: decode the test images afresh below (the cache is left alone)
+    rejects: list = []
     if pixels is None:
-        decoded = [decode(ref, size=resize) for ref in rows["path"].astype(str)]
-        if len({d.shape[-1] for d in decoded}) > 1:  # some colour: all to 3 channels, as the cache does
-            decoded = [np.repeat(d, 3, axis=-1) if d.shape[-1] == 1 else d for d in decoded]
-        pixels = np.stack(decoded)
-    return ImageSet(ids, _crop(pixels, int(preprocess["input_size"])), rows["label"].to_numpy(dtype=np.int64))
+        from featpipe.predict import decode_batch, same_channels
+
+        ok, decoded, rejects = decode_batch(rows["path"].astype(str).tolist(), resize)
+        if not ok:
+            raise DataError(f"none of the {len(ids)} test images could be decoded (first: {rejects[0]['path']}: "
+                            f"{rejects[0]['reason']}); re-run 'featpipe prepare'")
+        rows = rows[rows["path"].astype(str).isin(set(ok))]
+        ids = rows["id"].astype(str).tolist()
+        pixels = same_channels(decoded)  # some colour: all to 3 channels, as the cache does
+    return ImageSet(ids, _crop(pixels, int(preprocess["input_size"])), rows["label"].to_numpy(dtype=np.int64),
+                    tuple(rejects))
 
 
 def path_images(paths: Sequence[str | Path], preprocess: dict) -> ImageSet:
     """Images given by path (no labels), at the model's input size."""
-    from featpipe.imaging import decode
+    from featpipe.predict import decode_batch, image_files
 
-    missing = [str(p) for p in paths if not Path(p).is_file()]
-    if missing:
-        raise DataError(f"image {missing[0]} not found")
+    refs, rejects = image_files(paths)
     resize = int(preprocess.get("resize_size") or preprocess["input_size"])
-    decoded = [decode(str(p), size=resize, channels=3) for p in paths]
+    ok, decoded, bad = decode_batch(refs, resize)
+    rejects += bad
+    if not ok:
+        first = f" (first: {rejects[0]['path']}: {rejects[0]['reason']})" if rejects else ""
+        raise DataError(f"none of the given images could be decoded{first}")
+    decoded = [np.repeat(d, 3, axis=-1) if d.shape[-1] == 1 else d for d in decoded]
     gray = all(np.array_equal(d[..., 0], d[..., 1]) and np.array_equal(d[..., 0], d[..., 2]) for d in decoded)
     pixels = np.stack([d[..., :1] if gray else d for d in decoded])
-    return ImageSet([str(p) for p in paths], _crop(pixels, int(preprocess["input_size"])), None)
+    return ImageSet(ok, _crop(pixels, int(preprocess["input_size"])), None, tuple(rejects))
 
 
 def probabilities(model, x: torch.Tensor, *, batch_size: int = 32) -> np.ndarray:
@@ -170,7 +180,7 @@ def explain_model(model_path: str | Path, *, out_dir: str | Path = "reports/grad
             "layer": layer or fm.spec.gradcam_layer, "grid": list(layer_grid(ex.model, p.x[:1], layer=layer)),
             "input_size": int(ex.preprocess["input_size"]), "classes": cls, "threshold": ex.threshold,
             "per_outcome": per_outcome, "seed": seed, "n_images": int(len(data.ids)),
-            "outcomes": {str(k): int(v) for k, v in cells.items()}}
+            "outcomes": {str(k): int(v) for k, v in cells.items()}, "rejects": list(data.rejects)}
     return write_run(out_dir, ex.run, [data.pixels[i] for i in pick], maps, examples, info=info)
 
 
