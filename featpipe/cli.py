@@ -84,7 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         params = load_params(args.params, args.overrides)
         module = importlib.import_module(f"featpipe.commands.{COMMANDS[args.command][0]}")
-        return int(module.run(args, params) or 0)
+        code = int(module.run(args, params) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
+        return code
     except FeatpipeError as exc:
         print(f"featpipe: error: {exc}", file=sys.stderr)
         return exc.exit_code

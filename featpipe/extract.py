@@ -236,13 +236,14 @@ def _update(job: _Job, *, cache_dir, dataset, params, decode, shard, progress) -
                              dim)
     plan = {**job.expected, "batch_size": params.batch_size, "ids": [ids[i] for i in todo],
             "sha256": [shas[i] for i in todo]}
+    net = weights_mod.load_network(spec, ref)  # missing weights: one line, before any decoding or journal
     partial = featcache.PartialRows(out, plan, dim=dim, batch_size=params.batch_size)
     try:
         if partial.discarded:
             _say(f"discarded {partial.discarded} rows of an interrupted extraction made for another request", progress)
         n_new, loop_s = _run_batches(spec, ref, job.layer, df, todo, partial, cache_dir=cache_dir, dataset=dataset,
                                      params=params, decode=decode, device=job.device, precision=job.precision,
-                                     shard=shard, progress=progress)
+                                     shard=shard, progress=progress, net=net)
         speed = n_new / max(loop_s, 1e-9)
         attrs = {**job.expected, "weights": ref.source if ref.kind != "random" else "random",
                  "manifest_sha256": job.msha, "device": str(job.device), "batch_size": params.batch_size,
@@ -313,7 +314,7 @@ def _decoded_rows(sub: pd.DataFrame, full: pd.DataFrame, *, size: int, cache_dir
 
 
 def _run_batches(spec, ref, layer, df: pd.DataFrame, todo: np.ndarray, partial, *, cache_dir, dataset, params, decode, device,
-                 precision, shard, progress) -> tuple[int, float]:
+                 precision, shard, progress, net=None) -> tuple[int, float]:
     """Extract the plan's rows not yet in ``partial``; returns how many were computed and the loop's seconds."""
     start = partial.done
     if start >= partial.total:
@@ -325,7 +326,8 @@ def _run_batches(spec, ref, layer, df: pd.DataFrame, todo: np.ndarray, partial, 
     from featpipe.decoded import to_tensor_batch
 
     pre = spec.preprocess
-    net = weights_mod.load_network(spec, ref)  # missing weights are reported before any image is decoded
+    if net is None:
+        net = weights_mod.load_network(spec, ref)  # missing weights are reported before any image is decoded
     reader, drows = _decoded_rows(df.iloc[todo[start:]], df, size=pre.resize_size,
                                   cache_dir=cache_dir, dataset=dataset, decode=decode, shard=shard, progress=progress)
     model = FeatureModel(net, spec, layer=layer, weights=ref).eval().requires_grad_(False).to(device)
@@ -413,9 +415,11 @@ def merge_shards(manifest: str | Path | pd.DataFrame, *, backbone: str, dataset:
     for p in paths:
         if featcache.read_attrs(p).get("manifest_sha256") != msha:
             raise CacheError(f"shard {p} was extracted from another manifest; re-run its 'featpipe extract --shard'")
-    featcache.merge_files(paths, final)
-    with featcache._open(final) as f:
-        if f["ids"].asstr()[()].tolist() != df["id"].astype(str).tolist():
-            final.unlink()
-            raise CacheError(f"shards of {final} do not cover the manifest in order; re-extract them")
+    with locks.build_lock(final, what=f"the {spec.name} feature cache"):
+        locks.clean_leftovers(final.parent)
+        featcache.merge_files(paths, final)
+        with featcache._open(final) as f:
+            if f["ids"].asstr()[()].tolist() != df["id"].astype(str).tolist():
+                final.unlink()
+                raise CacheError(f"shards of {final} do not cover the manifest in order; re-extract them")
     return final
