@@ -72,15 +72,16 @@ def image_files(inputs: Sequence[str | Path]) -> tuple[list[str], list[dict]]:
     return list(dict.fromkeys(out)), rejects  # a file named twice is classified once
 
 
-def decode_batch(refs: Sequence[str], size: int) -> tuple[list[str], list[np.ndarray], list[dict]]:
+def decode_batch(refs: Sequence[str], size: int, *, max_pixels: int | None = None
+                 ) -> tuple[list[str], list[np.ndarray], list[dict]]:
     """Decode each reference at ``size`` (as the decoded-image cache does); a file that cannot be decoded is a
-    reject (path, reason), never fatal."""
-    from featpipe.imaging import ImageRejected, decode
+    reject (path, reason), never fatal. ``max_pixels``: larger images are rejected ("too large")."""
+    from featpipe.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode
 
     ok, pixels, rejects = [], [], []
     for r in refs:
         try:
-            pixels.append(decode(r, size=size))
+            pixels.append(decode(r, size=size, max_pixels=max_pixels or DEFAULT_MAX_PIXELS))
             ok.append(r)
         except ImageRejected as exc:
             rejects.append({"path": r, "reason": exc.reason})
@@ -140,7 +141,7 @@ CHUNK = 256  # images decoded and classified at a time (flat memory on large fol
 
 
 def predict(model_path: str | Path, inputs: Sequence[str | Path], *, out_csv: str | Path | None = None,
-            device: str = "cpu", batch_size: int = 32) -> Prediction:
+            device: str = "cpu", batch_size: int = 32, max_pixels: int | None = None) -> Prediction:
     """Class probabilities for every image in ``inputs`` (files or folders); writes ``out_csv`` when given.
 
     ``model_path`` is a saved head (``.skops``, applied to the recorded backbone's embeddings) or a fine-tuned
@@ -157,7 +158,7 @@ def predict(model_path: str | Path, inputs: Sequence[str | Path], *, out_csv: st
     size = int(meta["resize_size"])
     done, probas = [], []
     for s in range(0, len(refs), CHUNK):
-        ok, pixels, bad = decode_batch(refs[s:s + CHUNK], size)
+        ok, pixels, bad = decode_batch(refs[s:s + CHUNK], size, max_pixels=max_pixels)
         rejects += bad
         if ok:
             done += ok

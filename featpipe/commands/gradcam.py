@@ -52,7 +52,7 @@ def run(args, params) -> int:
     for path in models:
         index = explain_model(path, out_dir=args.out, manifest=args.manifest, splits=args.splits,
                               cache_dir=args.cache, images=args.images, per_outcome=per, seed=g.seed,
-                              layer=args.layer or g.layer)
+                              layer=args.layer or g.layer, max_pixels=params.data.max_image_pixels)
         info = index["info"]
         for r in info.get("rejects", []):
             print(f"featpipe: skipped {r['path']}: {r['reason']}", file=sys.stderr)

@@ -16,7 +16,8 @@ def run(args, params) -> int:
 
     from featpipe.predict import predict
 
-    result = predict(args.model, args.inputs, out_csv=args.out, device=args.device, batch_size=args.batch_size)
+    result = predict(args.model, args.inputs, out_csv=args.out, device=args.device, batch_size=args.batch_size,
+                     max_pixels=params.data.max_image_pixels)
     print(result.summary())
     print(f"wrote {args.out}")
     for row in result.rejects.head(10).itertuples():

@@ -86,13 +86,13 @@ def test_images(preprocess: dict, *, manifest: str | Path, splits: str | Path, c
                     tuple(rejects))
 
 
-def path_images(paths: Sequence[str | Path], preprocess: dict) -> ImageSet:
+def path_images(paths: Sequence[str | Path], preprocess: dict, *, max_pixels: int | None = None) -> ImageSet:
     """Images given by path (no labels), at the model's input size."""
     from featpipe.predict import decode_batch, image_files
 
     refs, rejects = image_files(paths)
     resize = int(preprocess.get("resize_size") or preprocess["input_size"])
-    ok, decoded, bad = decode_batch(refs, resize)
+    ok, decoded, bad = decode_batch(refs, resize, max_pixels=max_pixels)
     rejects += bad
     if not ok:
         first = f" (first: {rejects[0]['path']}: {rejects[0]['reason']})" if rejects else ""
@@ -129,14 +129,15 @@ class Prepared:
     outcomes: np.ndarray
 
 
-def prepare(model_path: str | Path, *, manifest, splits, cache_dir, images, per_outcome: int, seed: int) -> Prepared:
+def prepare(model_path: str | Path, *, manifest, splits, cache_dir, images, per_outcome: int, seed: int,
+            max_pixels: int | None = None) -> Prepared:
     """Load the model and its images, classify them and pick the examples to explain."""
     from featpipe.explain.models import load_explainable
     from featpipe.explain.select import outcome_cells, select_examples
 
     ex = load_explainable(model_path)
     if images:
-        data = path_images(images, ex.preprocess)
+        data = path_images(images, ex.preprocess, max_pixels=max_pixels)
     else:
         data = test_images(ex.preprocess, manifest=manifest, splits=splits, cache_dir=cache_dir,
                            dataset=ex.meta.get("dataset"))
@@ -158,13 +159,13 @@ def prepare(model_path: str | Path, *, manifest, splits, cache_dir, images, per_
 def explain_model(model_path: str | Path, *, out_dir: str | Path = "reports/gradcam",
                   manifest: str | Path = "data/manifest.csv", splits: str | Path = "data/splits.json",
                   cache_dir: str | Path = "cache", images: Optional[Sequence[str]] = None, per_outcome: int = 2,
-                  seed: int = 0, layer: Optional[str] = None) -> dict:
+                  seed: int = 0, layer: Optional[str] = None, max_pixels: Optional[int] = None) -> dict:
     """Render Grad-CAM for one saved model; returns the index written to ``<out_dir>/<run>/index.json``."""
     from featpipe.explain.gradcam import feature_model, gradcam, layer_grid
     from featpipe.explain.render import Example, write_run
 
     p = prepare(model_path, manifest=manifest, splits=splits, cache_dir=cache_dir, images=images,
-                per_outcome=per_outcome, seed=seed)
+                per_outcome=per_outcome, seed=seed, max_pixels=max_pixels)
     ex, data, pick, pred, proba = p.ex, p.data, p.pick, p.pred, p.proba
     idx = np.asarray(pick)
     maps = gradcam(ex.model, p.x[idx], pred[idx].tolist(), layer=layer)
