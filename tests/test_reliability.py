@@ -482,7 +482,7 @@ def _corpus(root: Path) -> tuple[set, dict]:
     exif = Image.Exif()
     exif[0x0112] = 6
     img("finding/rotated.jpg", rng.integers(0, 255, (30, 50), dtype=np.uint8), exif=exif)
-    img("finding/ünïcødé 画像.png", rng.integers(0, 255, (40, 40), dtype=np.uint8))
+    img("finding/ünïcødé ñame.png", rng.integers(0, 255, (40, 40), dtype=np.uint8))
     _dicom(root / "normal" / "scan0001", "MONOCHROME1")  # DICOM with no extension: known by content
     _dicom(root / "finding" / "scan0002.dcm", "MONOCHROME2")
     good |= {"normal/scan0001", "finding/scan0002.dcm"}

@@ -114,7 +114,7 @@ def image_source(paths: Paths, dataset: str, size: int, manifest, ids, *, build:
     """The decoded-image cache at ``size`` for ``dataset``, valid by content for the manifest rows of
     ``ids`` (id and sha256): when absent or stale it is brought up to date with ``build`` options,
     as extraction does; stale pixels are never used."""
-    from featpipe.decoded import build_decoded, decoded_path
+    from featpipe.decoded import build_decoded, decoded_path, settings_mismatch
 
     path = decoded_path(paths.cache_dir, dataset, size)
     used = manifest[manifest["id"].astype(str).isin(set(ids))]
@@ -122,7 +122,9 @@ def image_source(paths: Paths, dataset: str, size: int, manifest, ids, *, build:
         src = CachedImages(path)
         try:
             src.reader.require(used)
-            return src
+            if settings_mismatch(src.reader.attrs, size=size, draft=(build or {}).get("draft", True)) is None:
+                return src
+            src.reader.close()  # made with other decoder settings (e.g. decode.draft): rebuilt below
         except CacheError:
             src.reader.close()  # stale rows: rebuilt below (valid rows are reused, not decoded again)
     build_decoded(manifest, size=size, path=path, progress=progress, **(build or {}))
