@@ -151,6 +151,25 @@ def _no_traceback(*errs: str) -> None:
         assert "Traceback" not in err, err[-3000:]
 
 
+def _both_succeed(a: subprocess.Popen, b: subprocess.Popen) -> tuple[str, str, str, str]:
+    """Both processes exit 0 without a traceback; returns (out a, err a, out b, err b)."""
+    (ra, oa, ea), (rb, ob, eb) = _finish(a), _finish(b)
+    assert (ra, rb) == (0, 0), ea + eb
+    _no_traceback(ea, eb)
+    return oa, ea, ob, eb
+
+
+def _as_reference(project: Path, cache: str, *, features: bool = True) -> None:
+    """The cache folder holds exactly what the uninterrupted, unraced reference build holds."""
+    ids, images = _decoded(project / cache / "demo" / "decoded-32.h5")
+    ref_ids, ref_images = _decoded(project / "ref" / "demo" / "decoded-32.h5")
+    assert ids == ref_ids and np.array_equal(images, ref_images)
+    if features:
+        ref = featcache.read_features(project / "ref" / "demo" / "tiny_cnn.h5")
+        got = featcache.read_features(project / cache / "demo" / "tiny_cnn.h5")
+        assert np.array_equal(got.features, ref.features) and np.array_equal(got.ids, ref.ids)
+
+
 DECODE = ("decode", "--no-progress", "--size", "32")
 EXTRACT = ("extract", "--no-progress")
 
@@ -164,13 +183,9 @@ def test_two_decodes_of_one_cache_coordinate(project, trial):
     a = _spawn(project, *DECODE, "--cache-dir", cache, FP_SLOW_DECODE=0.05)
     time.sleep(0.2)
     b = _spawn(project, *DECODE, "--cache-dir", cache, FP_SLOW_DECODE=0.05)
-    (ra, _, ea), (rb, _, eb) = _finish(a), _finish(b)
-    assert (ra, rb) == (0, 0), ea + eb
-    _no_traceback(ea, eb)
+    _, ea, _, eb = _both_succeed(a, b)
     assert "waiting for it to finish" in ea + eb  # one waited, and said so
-    ids, images = _decoded(project / cache / "demo" / "decoded-32.h5")
-    ref_ids, ref_images = _decoded(project / "ref" / "demo" / "decoded-32.h5")
-    assert ids == ref_ids and np.array_equal(images, ref_images)
+    _as_reference(project, cache, features=False)
     assert not list((project / cache / "demo").glob("*.partial"))
 
 
@@ -181,15 +196,9 @@ def test_decode_while_extract_builds_the_decoded_cache(project, trial):
     a = _spawn(project, *EXTRACT, "--cache-dir", cache, FP_SLOW_DECODE=0.05)
     _wait_for(partial.exists, a)  # the extraction is decoding now
     b = _spawn(project, *DECODE, "--cache-dir", cache)
-    (ra, oa, ea), (rb, ob, eb) = _finish(a), _finish(b)
-    assert (ra, rb) == (0, 0), ea + eb
-    _no_traceback(ea, eb)
+    _, _, _, eb = _both_succeed(a, b)
     assert "waiting for it to finish" in eb
-    ref = featcache.read_features(project / "ref" / "demo" / "tiny_cnn.h5")
-    got = featcache.read_features(project / cache / "demo" / "tiny_cnn.h5")
-    assert np.array_equal(got.features, ref.features) and np.array_equal(got.ids, ref.ids)
-    assert np.array_equal(_decoded(project / cache / "demo" / "decoded-32.h5")[1],
-                          _decoded(project / "ref" / "demo" / "decoded-32.h5")[1])
+    _as_reference(project, cache)
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
@@ -198,17 +207,13 @@ def test_two_extracts_of_one_feature_cache_coordinate(project, trial):
     a = _spawn(project, *EXTRACT, "--cache-dir", cache, FP_SLOW_FORWARD=0.2)
     time.sleep(0.2)
     b = _spawn(project, *EXTRACT, "--cache-dir", cache, FP_SLOW_FORWARD=0.2)
-    (ra, oa, ea), (rb, ob, eb) = _finish(a), _finish(b)
-    assert (ra, rb) == (0, 0), ea + eb
-    _no_traceback(ea, eb)
+    oa, ea, ob, eb = _both_succeed(a, b)
     n = 2 * N_IMAGES
     summaries = sorted([oa, ob], key=lambda s: "0 extracted" in s)
     assert f"{n} extracted, 0 reused" in summaries[0]  # one built it ...
     assert f"0 extracted, {n} reused" in summaries[1]  # ... the other waited and reused it whole
     assert "waiting for it to finish" in ea + eb
-    ref = featcache.read_features(project / "ref" / "demo" / "tiny_cnn.h5")
-    got = featcache.read_features(project / cache / "demo" / "tiny_cnn.h5")
-    assert np.array_equal(got.features, ref.features)
+    _as_reference(project, cache)
 
 
 # --------------------------------------------------------------------------- 2. kills: no orphan, resume
@@ -235,8 +240,7 @@ def test_sigkill_of_decode_leaves_no_orphan_worker_and_the_next_run_cleans_up(pr
     assert main([*DECODE, "--cache-dir", cache]) == 0
     assert "decoded-32.h5.partial (left by an interrupted decode)" in capsys.readouterr().err
     assert not partial.exists()
-    assert np.array_equal(_decoded(project / cache / "demo" / "decoded-32.h5")[1],
-                          _decoded(project / "ref" / "demo" / "decoded-32.h5")[1])
+    _as_reference(project, cache, features=False)
 
 
 def test_pool_and_loky_workers_die_with_a_sigkilled_parent(tmp_path):
@@ -286,9 +290,7 @@ def test_sigkill_of_extract_mid_batch_resumes_to_identical_features(project, tri
     line = capsys.readouterr().out
     resumed = int(line.split(" resumed")[0].rsplit(" ", 1)[1])
     assert resumed >= 8 and resumed % 8 == 0, line  # whole batches taken from the journal
-    ref = featcache.read_features(project / "ref" / "demo" / "tiny_cnn.h5")
-    got = featcache.read_features(project / cache / "demo" / "tiny_cnn.h5")
-    assert np.array_equal(got.features, ref.features) and np.array_equal(got.ids, ref.ids)
+    _as_reference(project, cache)
     assert not data.parent.exists()
 
 
@@ -309,8 +311,7 @@ def test_sigkill_around_the_final_write_leaves_leftovers_the_next_run_removes(pr
     assert main([*EXTRACT, "--cache-dir", cache]) == 0
     assert said in capsys.readouterr().err  # cleaned, and reported
     assert not [p for p in os.listdir(folder) if p.startswith(leftover)]
-    ref = featcache.read_features(project / "ref" / "demo" / "tiny_cnn.h5")
-    assert np.array_equal(featcache.read_features(folder / "tiny_cnn.h5").features, ref.features)
+    _as_reference(project, cache)
 
 
 # --------------------------------------------------------------------------- 3. edits: no stale reuse
