@@ -372,7 +372,9 @@ def _edit(side: Path, change) -> None:
 
 
 def _images(project: Path, n: int = 4) -> list[str]:
-    return pd.read_csv(project / "data" / "manifest.csv")["path"].head(n).tolist()
+    from featpipe.data.manifest import read_manifest
+
+    return read_manifest(project / "data" / "manifest.csv")["path"].head(n).tolist()
 
 
 HEAD_EDITS = {
