@@ -193,7 +193,7 @@ def test_two_decodes_of_one_cache_coordinate(project, trial):
 def test_decode_while_extract_builds_the_decoded_cache(project, trial):
     cache = f"race-ed-{trial}"
     partial = project / cache / "demo" / "decoded-32.h5.partial"
-    a = _spawn(project, *EXTRACT, "--cache-dir", cache, FP_SLOW_DECODE=0.05)
+    a = _spawn(project, *EXTRACT, "--cache-dir", cache, FP_SLOW_DECODE=0.1)  # a window of ~5 s for b to start
     _wait_for(partial.exists, a)  # the extraction is decoding now
     b = _spawn(project, *DECODE, "--cache-dir", cache)
     _, _, _, eb = _both_succeed(a, b)
