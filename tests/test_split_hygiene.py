@@ -105,3 +105,23 @@ def test_two_scratch_seeds_start_from_different_weights():
     head_b, _ = build_model("tiny_cnn", "head", 2, seed=1)
     assert torch.equal(torch.cat([p.flatten() for p in head_a.features.parameters()]),
                        torch.cat([p.flatten() for p in head_b.features.parameters()]))
+
+
+def test_finetune_under_matched_val_policy_early_stops_and_thresholds_on_2k_val_images(tmp_path):
+    from featpipe.config import FinetuneParams
+    from featpipe.data.prepare import prepare
+    from featpipe.finetune import run
+    from featpipe.results import read_predictions
+
+    params = load_params(None, [f"data.path={tmp_path / 'synthetic'}", "data.synthetic.images_per_class=30",
+                                "data.synthetic.size=32", "split.seeds=[0]", "split.shots=[2,5]",
+                                "split.val_fraction=0.3", "split.val_policy=matched"])
+    prepare(params, manifest_path=tmp_path / "data/manifest.csv", splits_path=tmp_path / "data/splits.json")
+    paths = run.Paths(tmp_path / "data/manifest.csv", tmp_path / "data/splits.json", tmp_path / "cache",
+                      tmp_path / "results", tmp_path / "models")
+    fast = FinetuneParams(epochs=2, patience=2, lr=1e-3, precision="fp32", device="cpu", save_models=False)
+    row = run.run_job(run.Job("tiny_cnn", "scratch", 2, 0), fast, paths, progress=False)
+    assert row["n_val"] == 4 and row["val_policy"] == "matched" and row["weights_id"] == "random:seed0"
+    assert "val_auroc" in row and isinstance(row["degenerate"], bool)
+    pred = read_predictions(paths.results, [row["run_id"]])
+    assert (pred["split"] == "val").sum() == 4 and (pred["split"] == "test").sum() == row["n_test"]
