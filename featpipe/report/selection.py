@@ -114,10 +114,14 @@ def degenerate_section(runs: pd.DataFrame) -> str:
 
 
 def read_comparisons(results_dir: Path, runs: pd.DataFrame, params) -> pd.DataFrame:
-    """``<results>/comparisons.csv`` when it was written for these runs, else the seed comparisons computed now."""
+    """``<results>/comparisons.csv`` when it was written for these runs (every configuration it names is one of
+    them), else the seed comparisons computed now."""
     from featpipe.compare import COMPARISONS_CSV, seed_comparisons
+    from featpipe.results import config_labels
 
     f = Path(results_dir) / COMPARISONS_CSV
     if f.is_file():
-        return pd.read_csv(f)
+        t = pd.read_csv(f)
+        if set(t["config_a"]) | set(t["config_b"]) <= set(config_labels(runs)):
+            return t
     return seed_comparisons(runs, metrics=[params.report.metric], reference=params.compare.reference)
