@@ -232,6 +232,22 @@ class ReportParams:
 
 
 @dataclass(frozen=True)
+class EngineParams:
+    """Where extract, sweep and finetune run (featpipe.engine): this process, or a Ray cluster."""
+
+    kind: Literal["local", "ray"] = "local"  # --engine local | ray
+    address: str | None = None  # ray: auto | ray://host:10001 | host:6379 | null = start a local cluster here
+    num_cpus: int | None = None  # CPUs of a local cluster featpipe starts (null = all of this machine)
+    decode_cpus: float = 1.0  # per extraction read/crop task (reads the decoded-image cache)
+    embed_cpus: float = 1.0  # per embedding actor (one model per actor)
+    embed_gpus: float = 1.0  # per embedding actor where the cluster has GPUs (0 = CPU actors)
+    actors: int = 0  # embedding actors: 0 = one per embed_gpus of the cluster's GPUs, else one per 2 embed_cpus
+    fit_cpus: float = 1.0  # per sweep task (one head x shots x seed run)
+    finetune_cpus: float = 1.0  # per fine-tuning task (one run)
+    finetune_gpus: float = 1.0  # per fine-tuning task where the cluster has GPUs (0 = CPU)
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     split: SplitParams = field(default_factory=SplitParams)
@@ -244,6 +260,7 @@ class Params:
     gradcam: GradcamParams = field(default_factory=GradcamParams)
     report: ReportParams = field(default_factory=ReportParams)
     compare: CompareParams = field(default_factory=CompareParams)
+    engine: EngineParams = field(default_factory=EngineParams)
 
 
 # --------------------------------------------------------------------------- loading

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -173,8 +173,12 @@ def _say(msg: str, progress: bool) -> None:
 
 def extract(manifest: str | Path | pd.DataFrame, *, backbone: str, dataset: str, cache_dir: str | Path = "cache",
             params: ExtractParams = ExtractParams(), decode: DecodeParams = DecodeParams(),
-            shard: Optional[tuple[int, int]] = None, progress: bool = True) -> ExtractResult:
-    """Bring ``cache/<dataset>/<backbone>[@layer][+weights].h5`` (or its shard file) up to date."""
+            shard: Optional[tuple[int, int]] = None, progress: bool = True, engine=None) -> ExtractResult:
+    """Bring ``cache/<dataset>/<backbone>[@layer][+weights].h5`` (or its shard file) up to date.
+
+    ``engine`` (:class:`featpipe.config.EngineParams`): ``kind="ray"`` computes the batches on a Ray
+    cluster (:mod:`featpipe.engine.ray_extract`); everything else (what to reuse, the journal, the file
+    written) is this function's, so both engines write the same cache."""
     t0 = time.perf_counter()
     spec = get(backbone)
     layer = spec.resolve_layer(params.layer)
@@ -187,8 +191,7 @@ def extract(manifest: str | Path | pd.DataFrame, *, backbone: str, dataset: str,
         df = df.iloc[start:stop].reset_index(drop=True)
         out = featcache.shard_path(final, *shard)
         extra = {"shard": f"{shard[0]}/{shard[1]}", "shard_rows": f"{start}:{stop}"}
-    device = select_device(params.device)
-    precision = select_precision(params.precision, device)
+    device, precision, run_batches = _engine(engine, params)
     dim = spec.output_dim(layer)
     from featpipe.decoded import decoder_identity
 
@@ -196,7 +199,7 @@ def extract(manifest: str | Path | pd.DataFrame, *, backbone: str, dataset: str,
                 "preprocess": spec.preprocess.to_dict(), "embedding_dim": dim, "precision": precision,
                 "decoder": decoder_identity(spec.preprocess.resize_size, decode.draft),
                 "feature_dtype": params.feature_dtype}
-    job = _Job(spec, ref, layer, df, msha, out, expected, extra, device, precision, dim)
+    job = _Job(spec, ref, layer, df, msha, out, expected, extra, device, precision, dim, run_batches)
     with locks.build_lock(out, what=f"the {spec.name} feature cache"):
         locks.clean_leftovers(out.parent)
         res = _update(job, cache_dir=cache_dir, dataset=dataset, params=params, decode=decode, shard=shard,
@@ -218,6 +221,7 @@ class _Job:
     device: object
     precision: str
     dim: int
+    runner: Optional[Callable] = None  # the engine's batch runner (None: _run_batches, this process)
 
 
 def _update(job: _Job, *, cache_dir, dataset, params, decode, shard, progress) -> ExtractResult:
@@ -241,9 +245,9 @@ def _update(job: _Job, *, cache_dir, dataset, params, decode, shard, progress) -
     try:
         if partial.discarded:
             _say(f"discarded {partial.discarded} rows of an interrupted extraction made for another request", progress)
-        n_new, loop_s = _run_batches(spec, ref, job.layer, df, todo, partial, cache_dir=cache_dir, dataset=dataset,
-                                     params=params, decode=decode, device=job.device, precision=job.precision,
-                                     shard=shard, progress=progress, net=net)
+        n_new, loop_s = (job.runner or _run_batches)(
+            spec, ref, job.layer, df, todo, partial, cache_dir=cache_dir, dataset=dataset, params=params,
+            decode=decode, device=job.device, precision=job.precision, shard=shard, progress=progress, net=net)
         speed = n_new / max(loop_s, 1e-9)
         attrs = {**job.expected, "weights": ref.source if ref.kind != "random" else "random",
                  "manifest_sha256": job.msha, "device": str(job.device), "batch_size": params.batch_size,
@@ -255,6 +259,16 @@ def _update(job: _Job, *, cache_dir, dataset, params, decode, shard, progress) -
         partial.close()
     return ExtractResult(out, spec.name, len(ids), n_new, reused, resumed, dropped, 0.0, speed, str(job.device),
                          job.precision, dim, why)
+
+
+def _engine(engine, params: ExtractParams):
+    """(device, precision, batch runner) of the engine: this process, or the embedding actors of a Ray cluster."""
+    if engine is None or engine.kind == "local":
+        device = select_device(params.device)
+        return device, select_precision(params.precision, device), _run_batches
+    from featpipe.engine import ray_extract
+
+    return ray_extract.runner(engine, params)
 
 
 def _reusable_rows(out: Path, expected: dict, ids: list, shas: list,
@@ -313,51 +327,77 @@ def _decoded_rows(sub: pd.DataFrame, full: pd.DataFrame, *, size: int, cache_dir
     return reader, reader.require(sub)
 
 
+def load_model(spec, ref, layer, *, device, precision, net=None):
+    """The frozen feature model on ``device``, laid out for ``precision`` (one per process or Ray actor);
+    ``net``: the backbone network when already loaded."""
+    import torch
+
+    from featpipe.backbones.model import FeatureModel
+
+    if net is None:
+        net = weights_mod.load_network(spec, ref)
+    model = FeatureModel(net, spec, layer=layer, weights=ref).eval().requires_grad_(False).to(device)
+    if precision == "bf16" and spec.family in CNN_FAMILIES:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def read_batch(reader, rows, spec) -> np.ndarray:
+    """uint8 ``(n, input, input, C)``: the decoded-cache ``rows``, centre-cropped to the model's input size."""
+    pre = spec.preprocess
+    off = int(round((pre.resize_size - pre.input_size) / 2.0))
+    crop = slice(off, off + pre.input_size)
+    return np.ascontiguousarray(reader.read(rows)[:, crop, crop])
+
+
+def model_input(images: np.ndarray, spec):
+    """Cropped uint8 images -> the normalised float32 ``(n, 3, H, W)`` batch the model takes."""
+    from featpipe.decoded import to_tensor_batch
+
+    return to_tensor_batch(images, spec.preprocess.mean, spec.preprocess.std, channels=3)
+
+
+def embed_batch(model, x, spec, *, device, precision) -> np.ndarray:
+    """One batch through the model: float32 ``(n, D)``; bf16 autocast and channels_last as decided for the run."""
+    import torch
+
+    fast = precision == "bf16"
+    x = x.to(device, non_blocking=True)
+    if fast and spec.family in CNN_FAMILIES:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
+        y = model(x)
+    return y.float().cpu().numpy()
+
+
 def _run_batches(spec, ref, layer, df: pd.DataFrame, todo: np.ndarray, partial, *, cache_dir, dataset, params, decode, device,
                  precision, shard, progress, net=None) -> tuple[int, float]:
     """Extract the plan's rows not yet in ``partial``; returns how many were computed and the loop's seconds."""
     start = partial.done
     if start >= partial.total:
         return 0, 0.0
-    import torch
     from tqdm import tqdm
 
-    from featpipe.backbones.model import FeatureModel
-    from featpipe.decoded import to_tensor_batch
-
-    pre = spec.preprocess
     if net is None:
         net = weights_mod.load_network(spec, ref)  # missing weights are reported before any image is decoded
-    reader, drows = _decoded_rows(df.iloc[todo[start:]], df, size=pre.resize_size,
+    reader, drows = _decoded_rows(df.iloc[todo[start:]], df, size=spec.preprocess.resize_size,
                                   cache_dir=cache_dir, dataset=dataset, decode=decode, shard=shard, progress=progress)
-    model = FeatureModel(net, spec, layer=layer, weights=ref).eval().requires_grad_(False).to(device)
-    fast = precision == "bf16"
-    if fast and spec.family in CNN_FAMILIES:
-        model = model.to(memory_format=torch.channels_last)
-    off = int(round((pre.resize_size - pre.input_size) / 2.0))
-    crop = slice(off, off + pre.input_size)
+    model = load_model(spec, ref, layer, device=device, precision=precision, net=net)
 
     def load(b: int):
-        idx = drows[b - start: b - start + params.batch_size]
-        images = reader.read(idx)[:, crop, crop]
-        return to_tensor_batch(np.ascontiguousarray(images), pre.mean, pre.std, channels=3)
+        return model_input(read_batch(reader, drows[b - start: b - start + params.batch_size], spec), spec)
 
     bar = tqdm(total=partial.total, initial=start, unit="img", desc=f"extract {spec.name}", disable=not progress,
                dynamic_ncols=True)
     batches = list(range(start, partial.total, params.batch_size))
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
+    with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(load, batches[0])
         for k, b in enumerate(batches):
             x = pending.result()
             if k + 1 < len(batches):
                 pending = pool.submit(load, batches[k + 1])
-            x = x.to(device, non_blocking=True)
-            if fast and spec.family in CNN_FAMILIES:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
-                y = model(x)
-            partial.append(y.float().cpu().numpy())
+            partial.append(embed_batch(model, x, spec, device=device, precision=precision))
             bar.update(len(x))
     seconds = time.perf_counter() - t0
     bar.close()

@@ -255,12 +255,17 @@ def _worker(X_path: str, meta: dict, splits: Splits, tasks: list, params: Params
 
 def run_grid(splits: Splits, caches: Sequence[CacheData], *, heads: Sequence[str], shots: Sequence[int],
              seeds: Sequence[int], params: Params, models_dir: str | Path | None = None,
-             n_jobs: int | None = None) -> list[RunResult]:
-    """Every (cache, head, k, seed) run, in parallel with joblib (features shared as read-only memmaps)."""
+             n_jobs: int | None = None, engine=None) -> list[RunResult]:
+    """Every (cache, head, k, seed) run, in parallel with joblib (features shared as read-only memmaps),
+    or one Ray task per run with ``engine.kind == "ray"`` (:mod:`featpipe.engine.ray_jobs`)."""
     for h in heads:
         head_params(h, params.heads)  # unknown head names fail before any work
     n_jobs = params.fit.n_jobs if n_jobs is None else n_jobs
     grid = [(c, h, k, s) for c in range(len(caches)) for h in heads for k in shots for s in seeds]
+    if engine is not None and engine.kind == "ray":
+        from featpipe.engine.ray_jobs import fit_grid
+
+        return fit_grid(splits, caches, grid, params=params, models_dir=models_dir, engine=engine)
     if n_jobs == 1 or len(grid) <= 1:
         return [fit_run(caches[c], splits, head=h, shots=k, seed=s, params=params, models_dir=models_dir)
                 for c, h, k, s in grid]
@@ -311,7 +316,7 @@ def sweep(splits_path: str | Path, *, params: Params, cache_dir: str | Path = "c
           results_dir: str | Path = "results", models_dir: str | Path | None = "models",
           backbones: Sequence[str] | None = None, heads: Sequence[str] | None = None,
           shots: Sequence[int] | None = None, seeds: Sequence[int] | None = None,
-          n_jobs: int | None = None) -> list[RunResult]:
+          n_jobs: int | None = None, engine=None) -> list[RunResult]:
     """The grid backbones x heads x shots x seeds (defaults: ``fit.*``, else ``extract.backbones`` and the
     seeds and shots present in the splits file)."""
     splits = load_splits(splits_path)
@@ -324,7 +329,7 @@ def sweep(splits_path: str | Path, *, params: Params, cache_dir: str | Path = "c
         shots = sorted(splits.fewshot[seeds[0]])
     shots = list(shots or f.shots)
     runs = run_grid(splits, caches, heads=list(heads or f.heads), shots=shots, seeds=seeds, params=params,
-                    models_dir=models_dir, n_jobs=n_jobs)
+                    models_dir=models_dir, n_jobs=n_jobs, engine=engine)
     _write(runs, params=params, results_dir=results_dir, splits=splits)
     return runs
 

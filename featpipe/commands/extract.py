@@ -19,6 +19,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--stamp", default=None, metavar="FILE",
                         help="also write a JSON summary of the cache's content (for DVC to depend on)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from featpipe.engine import add_argument
+
+    add_argument(parser)
 
 
 def options(args, params):
@@ -35,6 +38,7 @@ def options(args, params):
 
 
 def run(args, params) -> int:
+    from featpipe import engine
     from featpipe.extract import extract, parse_shard
 
     from featpipe.stamps import features_stamp, write_stamp
@@ -42,12 +46,14 @@ def run(args, params) -> int:
     opts = options(args, params)
     shard = parse_shard(args.shard)
     stamps = {}
-    for name in args.backbone or params.extract.backbones:
-        result = extract(args.manifest, backbone=name, dataset=params.data.name, cache_dir=args.cache_dir,
-                         params=opts, decode=params.decode, shard=shard, progress=not args.no_progress)
-        print(result.summary())
-        if args.stamp and shard is None:
-            stamps[name] = features_stamp(result.path)
+    ep = engine.from_args(args, params)
+    with engine.session(ep):
+        for name in args.backbone or params.extract.backbones:
+            result = extract(args.manifest, backbone=name, dataset=params.data.name, cache_dir=args.cache_dir,
+                             params=opts, decode=params.decode, shard=shard, progress=not args.no_progress, engine=ep)
+            print(result.summary())
+            if args.stamp and shard is None:
+                stamps[name] = features_stamp(result.path)
     if args.stamp:
         write_stamp(args.stamp, stamps)
     return 0

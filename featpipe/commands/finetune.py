@@ -17,12 +17,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--results", default="results", help="results folder (default: results)")
     parser.add_argument("--models", default="models", help="models folder (default: models)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    from featpipe.engine import add_argument
+
+    add_argument(parser)
 
 
 def run(args, params) -> int:
     from dataclasses import replace
     from pathlib import Path
 
+    from featpipe import engine
     from featpipe.errors import ConfigError
     from featpipe.finetune.run import (
         Job,
@@ -30,7 +34,7 @@ def run(args, params) -> int:
         decode_options,
         grid,
         resolve_job,
-        run_job,
+        run_jobs,
     )
     from featpipe.data.splits import load_splits
     from featpipe.results import degenerate_lines, split_note, write_metrics_json
@@ -50,13 +54,15 @@ def run(args, params) -> int:
         jobs = grid(p)
     paths = Paths(Path(args.manifest), Path(args.splits), Path(args.cache_dir), Path(args.results), Path(args.models))
     build = decode_options(params, args.manifest)
-    rows = []
-    for job in jobs:
-        row = run_job(job, p, paths, build=build, progress=not args.quiet)
-        rows.append(row)
+    ep = engine.from_args(args, params)
+
+    def say(job, row):
         print(f"{resolve_job(job).name(row['dataset'])}: test balanced_accuracy={row['balanced_accuracy']:.3f} "
               f"auroc={row['auroc']:.3f} (best epoch {row['best_epoch']} of {row['epochs_run']})"
               + (f" -> {row['model_path']}" if row.get("model_path") else ""))
+
+    with engine.session(ep):
+        rows = run_jobs(jobs, p, paths, build=build, progress=not args.quiet, engine=ep, on_row=say)
     sha = load_splits(args.splits).sha256
     write_metrics_json(args.results, clinical=params.clinical, split_sha256=sha, select_metric=params.report.metric)
     for line in degenerate_lines(rows):

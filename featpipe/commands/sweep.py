@@ -11,17 +11,23 @@ def add_arguments(parser) -> None:
     parser.add_argument("--heads", nargs="+", default=None, help="heads (default: fit.heads)")
     parser.add_argument("--backbones", nargs="+", default=None, help="backbones (default: fit.backbones, else extract.backbones)")
     parser.add_argument("--n-jobs", type=int, default=None, help="parallel runs (default: fit.n_jobs)")
+    from featpipe.engine import add_argument
+
+    add_argument(parser)
 
 
 def run(args, params) -> int:
     import time
 
+    from featpipe import engine
     from featpipe.fit import summarize_results, sweep
     from featpipe.results import format_summary
 
     t0 = time.perf_counter()
-    runs = sweep(args.splits, params=params, cache_dir=args.cache_dir, results_dir=args.results,
-                 models_dir=args.models, backbones=args.backbones, heads=args.heads, n_jobs=args.n_jobs)
+    ep = engine.from_args(args, params)
+    with engine.session(ep):
+        runs = sweep(args.splits, params=params, cache_dir=args.cache_dir, results_dir=args.results,
+                     models_dir=args.models, backbones=args.backbones, heads=args.heads, n_jobs=args.n_jobs, engine=ep)
     from featpipe.commands.fit import print_notes
 
     print(format_summary(summarize_results(runs, params=params)))

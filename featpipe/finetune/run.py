@@ -326,10 +326,22 @@ def write_training_curve(path: Path, meta: dict, res) -> Path:
     return atomic_write(path, json.dumps(body, indent=1))
 
 
-def run_jobs(jobs: list[Job], p, paths: Paths, **kw) -> list[dict]:
+def run_jobs(jobs: list[Job], p, paths: Paths, *, engine=None, on_row: Callable | None = None, **kw) -> list[dict]:
+    """Every job's row, in job order: here one after the other, or one Ray task each with ``engine.kind == "ray"``
+    (:mod:`featpipe.engine.ray_jobs`); ``on_row(job, row)`` as each row is known."""
+    if engine is not None and engine.kind == "ray":
+        from featpipe.engine.ray_jobs import finetune_jobs
+
+        rows = finetune_jobs(jobs, p, paths, build=kw.get("build"), engine=engine)
+        for job, row in zip(jobs, rows):
+            if on_row is not None:
+                on_row(job, row)
+        return rows
     rows = []
     for job in jobs:
         rows.append(run_job(job, p, paths, **kw))
+        if on_row is not None:
+            on_row(job, rows[-1])
     return rows
 
 

@@ -1,0 +1,147 @@
+"""The Ray engine's overhead against the local engine on one machine (paired, alternating, one process).
+
+Data: the 3,166 images of ``../shared/data/pneumoniamnist_balanced_28.npz`` (``featpipe prepare`` with
+``data.source=npz`` in a temporary folder; the decoded caches are built once before timing, so both
+engines read the same decoded cache and the figures are extraction only). Backbones ``tiny_cnn`` (32 px)
+and ``resnet18`` (224 px) with random weights (speed only; pretrained weights cannot be downloaded here),
+``precision=auto``, batch 32. Sweep: the 4 heads x the splits' shots x seeds on the resnet18 cache.
+
+One local Ray cluster (``ray.init(num_cpus=<cores>)``) is started once and timed on its own; each
+repetition then runs local and Ray back to back, the order alternating between repetitions, and the
+ratio Ray / local is taken per pair. Ray's figure includes everything a second ``--engine ray`` command
+pays on a running cluster (placement probe, actor start, model load per actor, the pipeline).
+
+    python benchmarks/bench_ray.py [--reps 2] [--backbones tiny_cnn resnet18] [--out benchmarks/results/ray.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NPZ = ROOT.parent / "shared" / "data" / "pneumoniamnist_balanced_28.npz"
+
+
+def prepare(work: Path):
+    from featpipe.config import load_params
+    from featpipe.data.prepare import prepare as run_prepare
+
+    params = load_params(None, ["data.name=pmnist", "data.source=npz", f"data.path={NPZ}",
+                                "data.class_names=[normal,pneumonia]", "split.seeds=[0,1,2,3,4]",
+                                "split.shots=[1,2,5,10,20,50]", "extract.weights=random", "fit.bootstrap=0",
+                                "fit.n_jobs=2", "fit.save_models=false"])
+    run_prepare(params, manifest_path=work / "manifest.csv", splits_path=work / "splits.json")
+    return params
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--backbones", nargs="+", default=["tiny_cnn", "resnet18"])
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ray.md"))
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    import ray
+
+    from featpipe.config import DecodeParams, EngineParams, ExtractParams
+    from featpipe.decoded import build_decoded, decoded_path
+    from featpipe.backbones import get
+    from featpipe.extract import extract, load_manifest
+    from featpipe.fit import sweep
+
+    work = Path(tempfile.mkdtemp(prefix="featpipe-bench-ray-"))
+    lines, rows = [], []
+    try:
+        params = prepare(work)
+        df, _ = load_manifest(work / "manifest.csv")
+        n = len(df)
+        cores = os.cpu_count() or 2
+        load0 = os.getloadavg()[0]
+        t_init = timed(lambda: ray.init(num_cpus=cores, include_dashboard=False, logging_level="WARNING"))
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        ep = EngineParams(kind="ray")
+        xp = ExtractParams(weights="random", batch_size=32, precision="auto")
+        for b in args.backbones:
+            size = get(b).preprocess.resize_size
+            for eng in ("local", "ray"):
+                build_decoded(df, size=size, path=decoded_path(work / eng, "pmnist", size), workers=2, progress=False)
+            pairs = []
+            for rep in range(args.reps):
+                order = ("local", "ray") if rep % 2 == 0 else ("ray", "local")
+                got = {}
+                for eng in order:
+                    def go(eng=eng):
+                        r = extract(work / "manifest.csv", backbone=b, dataset="pmnist", cache_dir=work / eng,
+                                    params=xp, decode=DecodeParams(workers=2), progress=False,
+                                    engine=ep if eng == "ray" else None)
+                        got[eng + "_precision"] = r.precision
+                        r.path.unlink()  # the next run extracts again
+                    got[eng] = timed(go)
+                pairs.append(got)
+                print(f"extract {b} rep {rep}: local {got['local']:.1f} s, ray {got['ray']:.1f} s "
+                      f"(ratio {got['ray'] / got['local']:.2f})", flush=True)
+            rows.append(("extract " + b, n, pairs))
+            # keep the last local cache of resnet18 for the sweep
+        sweep_b = args.backbones[-1]
+        extract(work / "manifest.csv", backbone=sweep_b, dataset="pmnist", cache_dir=work / "local", params=xp,
+                decode=DecodeParams(workers=2), progress=False)
+        pairs = []
+        runs = 0
+        for rep in range(args.reps):
+            order = ("local", "ray") if rep % 2 == 0 else ("ray", "local")
+            got = {}
+            for eng in order:
+                def go(eng=eng):
+                    nonlocal runs
+                    out = sweep(work / "splits.json", params=params, cache_dir=work / "local",
+                                results_dir=work / f"results-{eng}-{rep}", models_dir=None, backbones=[sweep_b],
+                                engine=ep if eng == "ray" else None)
+                    runs = len(out)
+                got[eng] = timed(go)
+            same = (work / f"results-local-{rep}" / "runs.csv").read_bytes() == \
+                (work / f"results-ray-{rep}" / "runs.csv").read_bytes()
+            got["identical"] = same
+            pairs.append(got)
+            print(f"sweep rep {rep}: local {got['local']:.1f} s, ray {got['ray']:.1f} s "
+                  f"(ratio {got['ray'] / got['local']:.2f}, runs.csv identical: {same})", flush=True)
+        rows.append((f"sweep ({sweep_b} cache, 4 heads x 6 shots x 5 seeds)", runs, pairs))
+        load1 = os.getloadavg()[0]
+        ray.shutdown()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    lines += ["# Ray engine overhead vs local (one machine)", "",
+              f"Command: `python benchmarks/bench_ray.py --reps {args.reps} --backbones {' '.join(args.backbones)}`", "",
+              f"Machine: {platform.processor() or platform.machine()}, {cores} cores (shared: load average "
+              f"{load0:.1f} at start, {load1:.1f} at end), no GPU. Ray {ray.__version__}, local cluster started "
+              f"once with `ray.init(num_cpus={cores})` in {t_init:.1f} s (not in the figures below). Ray engine "
+              "defaults: 1 embedding actor x 1 CPU, read tasks 1 CPU; sweep tasks 1 CPU each (local sweep: "
+              "joblib, fit.n_jobs=2). Local extraction: torch's default threads in the driver + 1 loader thread.",
+              "", "| work | items | rep | local s | ray s | ray / local |", "|---|---|---|---|---|---|"]
+    for name, items, pairs in rows:
+        for i, p in enumerate(pairs):
+            lines.append(f"| {name} | {items} | {i} | {p['local']:.1f} | {p['ray']:.1f} | {p['ray'] / p['local']:.2f} |")
+        ratios = [p["ray"] / p["local"] for p in pairs]
+        lines.append(f"| {name} | {items} | median | | | **{statistics.median(ratios):.2f}** |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
