@@ -48,11 +48,40 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def bench_sweep(work: Path, params, xp, ep, *, backbone: str, reps: int) -> tuple:
+    """Local (joblib) vs Ray (one task per run) sweep on one backbone's cache, paired and alternating."""
+    from featpipe.config import DecodeParams
+    from featpipe.extract import extract
+    from featpipe.fit import sweep
+
+    extract(work / "manifest.csv", backbone=backbone, dataset="pmnist", cache_dir=work / "local", params=xp,
+            decode=DecodeParams(workers=2), progress=False)
+    pairs, runs = [], [0]
+    for rep in range(reps):
+        got = {}
+        for eng in ("local", "ray") if rep % 2 == 0 else ("ray", "local"):
+            def go(eng=eng):
+                out = sweep(work / "splits.json", params=params, cache_dir=work / "local",
+                            results_dir=work / f"results-{eng}-{rep}", models_dir=None, backbones=[backbone],
+                            engine=ep if eng == "ray" else None)
+                runs[0] = len(out)
+            got[eng] = timed(go)
+        got["identical"] = ((work / f"results-local-{rep}" / "runs.csv").read_bytes()
+                            == (work / f"results-ray-{rep}" / "runs.csv").read_bytes())
+        pairs.append(got)
+        print(f"sweep rep {rep}: local {got['local']:.1f} s, ray {got['ray']:.1f} s "
+              f"(ratio {got['ray'] / got['local']:.2f}, runs.csv identical: {got['identical']})", flush=True)
+    return f"sweep ({backbone} cache, 4 heads x 6 shots x 5 seeds)", runs[0], pairs
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--backbones", nargs="+", default=["tiny_cnn", "resnet18"])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ray.md"))
+    ap.add_argument("--embed-cpus", type=float, default=1.0, help="engine.embed_cpus (default 1)")
+    ap.add_argument("--decode-cpus", type=float, default=1.0, help="engine.decode_cpus (default 1)")
+    ap.add_argument("--no-sweep", action="store_true", help="extraction only")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     import ray
@@ -61,7 +90,6 @@ def main(argv=None) -> int:
     from featpipe.decoded import build_decoded, decoded_path
     from featpipe.backbones import get
     from featpipe.extract import extract, load_manifest
-    from featpipe.fit import sweep
 
     work = Path(tempfile.mkdtemp(prefix="featpipe-bench-ray-"))
     lines, rows = [], []
@@ -73,7 +101,7 @@ def main(argv=None) -> int:
         load0 = os.getloadavg()[0]
         t_init = timed(lambda: ray.init(num_cpus=cores, include_dashboard=False, logging_level="WARNING"))
         ray.data.DataContext.get_current().enable_progress_bars = False
-        ep = EngineParams(kind="ray")
+        ep = EngineParams(kind="ray", embed_cpus=args.embed_cpus, decode_cpus=args.decode_cpus)
         xp = ExtractParams(weights="random", batch_size=32, precision="auto")
         for b in args.backbones:
             size = get(b).preprocess.resize_size
@@ -95,41 +123,20 @@ def main(argv=None) -> int:
                 print(f"extract {b} rep {rep}: local {got['local']:.1f} s, ray {got['ray']:.1f} s "
                       f"(ratio {got['ray'] / got['local']:.2f})", flush=True)
             rows.append(("extract " + b, n, pairs))
-            # keep the last local cache of resnet18 for the sweep
-        sweep_b = args.backbones[-1]
-        extract(work / "manifest.csv", backbone=sweep_b, dataset="pmnist", cache_dir=work / "local", params=xp,
-                decode=DecodeParams(workers=2), progress=False)
-        pairs = []
-        runs = 0
-        for rep in range(args.reps):
-            order = ("local", "ray") if rep % 2 == 0 else ("ray", "local")
-            got = {}
-            for eng in order:
-                def go(eng=eng):
-                    nonlocal runs
-                    out = sweep(work / "splits.json", params=params, cache_dir=work / "local",
-                                results_dir=work / f"results-{eng}-{rep}", models_dir=None, backbones=[sweep_b],
-                                engine=ep if eng == "ray" else None)
-                    runs = len(out)
-                got[eng] = timed(go)
-            same = (work / f"results-local-{rep}" / "runs.csv").read_bytes() == \
-                (work / f"results-ray-{rep}" / "runs.csv").read_bytes()
-            got["identical"] = same
-            pairs.append(got)
-            print(f"sweep rep {rep}: local {got['local']:.1f} s, ray {got['ray']:.1f} s "
-                  f"(ratio {got['ray'] / got['local']:.2f}, runs.csv identical: {same})", flush=True)
-        rows.append((f"sweep ({sweep_b} cache, 4 heads x 6 shots x 5 seeds)", runs, pairs))
+        if not args.no_sweep:
+            rows.append(bench_sweep(work, params, xp, ep, backbone=args.backbones[-1], reps=args.reps))
         load1 = os.getloadavg()[0]
         ray.shutdown()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     lines += ["# Ray engine overhead vs local (one machine)", "",
-              f"Command: `python benchmarks/bench_ray.py --reps {args.reps} --backbones {' '.join(args.backbones)}`", "",
+              f"Command: `python benchmarks/bench_ray.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
               f"Machine: {platform.processor() or platform.machine()}, {cores} cores (shared: load average "
               f"{load0:.1f} at start, {load1:.1f} at end), no GPU. Ray {ray.__version__}, local cluster started "
               f"once with `ray.init(num_cpus={cores})` in {t_init:.1f} s (not in the figures below). Ray engine "
-              "defaults: 1 embedding actor x 1 CPU, read tasks 1 CPU; sweep tasks 1 CPU each (local sweep: "
+              f"settings: 1 embedding actor x engine.embed_cpus={args.embed_cpus:g} CPU, read tasks "
+              f"engine.decode_cpus={args.decode_cpus:g} CPU; sweep tasks 1 CPU each (local sweep: "
               "joblib, fit.n_jobs=2). Local extraction: torch's default threads in the driver + 1 loader thread.",
               "", "| work | items | rep | local s | ray s | ray / local |", "|---|---|---|---|---|---|"]
     for name, items, pairs in rows:
