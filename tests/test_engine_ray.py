@@ -94,32 +94,77 @@ def test_extract_cli_on_ray_builds_a_missing_decoded_cache_on_the_cluster(cluste
     _same_cache(tmp_path / "a" / "t" / "tiny_cnn.h5", tmp_path / "b" / "t" / "tiny_cnn.h5")
 
 
-def test_killed_ray_extraction_resumes_from_the_journal(cluster, tmp_path):
+def _descendants(pid: int) -> list[int]:
+    """Processes under ``pid`` (this test's own Ray cluster: raylet -> workers)."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+def _kill_embedding_actor() -> bool:
+    for p in _descendants(os.getpid()):
+        try:
+            title = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"Embedder" in title:
+            os.kill(p, signal.SIGKILL)
+            return True
+    return False
+
+
+def test_killed_ray_extraction_resumes_and_a_lost_actor_costs_its_batch_only(cluster, tmp_path):
+    import threading
+
     n, batch = 120, 2
     m = _manifest(tmp_path, n)
     (tmp_path / "p.yaml").write_text(f"data:\n  name: t\ndecode:\n  workers: 1\nengine:\n  address: '{cluster}'\n")
     cache = tmp_path / "cache"
     journal = cache / "t" / "tiny_cnn.h5.partial" / "features.f32"
+
+    def journaled() -> int:
+        return journal.stat().st_size // (4 * 32) if journal.exists() else 0
+
     cmd = [sys.executable, "-m", "featpipe", "extract", "--manifest", str(m), "--backbone", "tiny_cnn",
            "--precision", "fp32", "--batch-size", str(batch), "--cache-dir", str(cache),
            "--params", str(tmp_path / "p.yaml"), "--no-progress", "--engine", "ray"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    rows = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        rows = journal.stat().st_size // (4 * 32) if journal.exists() else 0
-        if rows >= 4 * batch:
-            break
+    while time.monotonic() < deadline and proc.poll() is None and journaled() < 4 * batch:
         time.sleep(0.01)
     assert proc.poll() is None, f"the extraction ended before it could be killed: {proc.stderr.read().decode()[-800:]}"
-    os.kill(proc.pid, signal.SIGKILL)
+    os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-run
     proc.wait()
     proc.stderr.close()
+    rows = journaled()
     assert not (cache / "t" / "tiny_cnn.h5").exists() and 0 < rows < n
-    r = extract(m, backbone="tiny_cnn", dataset="t", cache_dir=cache, params=ExtractParams(batch_size=batch,
-                precision="fp32"), decode=ONE_WORKER, progress=False, engine=RAY)
-    assert r.resumed >= rows and r.resumed % batch == 0 and r.resumed + r.extracted == n, r.summary()
+
+    got = {}
+    params = ExtractParams(batch_size=batch, precision="fp32")
+    run = threading.Thread(target=lambda: got.update(r=extract(m, backbone="tiny_cnn", dataset="t", cache_dir=cache,
+                                                                 params=params, decode=ONE_WORKER, progress=False,
+                                                                 engine=RAY)))
+    run.start()
+    killed = False
+    while run.is_alive() and not killed:
+        if journaled() >= rows + 4 * batch:
+            killed = _kill_embedding_actor()  # a worker dies mid-run: Ray restarts it and retries its batch
+        time.sleep(0.01)
+    run.join()
+    r = got["r"]
+    assert killed and r.resumed >= rows and r.resumed % batch == 0 and r.resumed + r.extracted == n, r.summary()
     ref = extract(m, backbone="tiny_cnn", dataset="t", cache_dir=tmp_path / "ref",  # fp32 rows do not depend on
                   params=ExtractParams(batch_size=40, precision="fp32"), decode=ONE_WORKER, progress=False)  # batching
     fa, fb = featcache.read_features(ref.path), featcache.read_features(r.path)
