@@ -11,7 +11,8 @@ repetition then runs local and Ray back to back, the order alternating between r
 ratio Ray / local is taken per pair. Ray's figure includes everything a second ``--engine ray`` command
 pays on a running cluster (placement probe, actor start, model load per actor, the pipeline).
 
-    python benchmarks/bench_ray.py [--reps 2] [--backbones tiny_cnn resnet18] [--out benchmarks/results/ray.md]
+    python benchmarks/bench_ray.py [--reps 2] [--warmup] [--backbones tiny_cnn resnet18] [--sweep-backbone B]
+        [--no-sweep] [--embed-cpus 1] [--decode-cpus 1] [--out benchmarks/results/ray.md]
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def bench_sweep(work: Path, params, xp, ep, *, backbone: str, reps: int) -> tuple:
+def bench_sweep(work: Path, params, xp, ep, *, backbone: str, reps: int, warmup: bool) -> tuple:
     """Local (joblib) vs Ray (one task per run) sweep on one backbone's cache, paired and alternating."""
     from featpipe.config import DecodeParams
     from featpipe.extract import extract
@@ -57,7 +58,7 @@ def bench_sweep(work: Path, params, xp, ep, *, backbone: str, reps: int) -> tupl
     extract(work / "manifest.csv", backbone=backbone, dataset="pmnist", cache_dir=work / "local", params=xp,
             decode=DecodeParams(workers=2), progress=False)
     pairs, runs = [], [0]
-    for rep in range(reps):
+    for rep in range(-1 if warmup else 0, reps):
         got = {}
         for eng in ("local", "ray") if rep % 2 == 0 else ("ray", "local"):
             def go(eng=eng):
@@ -68,7 +69,8 @@ def bench_sweep(work: Path, params, xp, ep, *, backbone: str, reps: int) -> tupl
             got[eng] = timed(go)
         got["identical"] = ((work / f"results-local-{rep}" / "runs.csv").read_bytes()
                             == (work / f"results-ray-{rep}" / "runs.csv").read_bytes())
-        pairs.append(got)
+        if rep >= 0:
+            pairs.append(got)
         print(f"sweep rep {rep}: local {got['local']:.1f} s, ray {got['ray']:.1f} s "
               f"(ratio {got['ray'] / got['local']:.2f}, runs.csv identical: {got['identical']})", flush=True)
     return f"sweep ({backbone} cache, 4 heads x 6 shots x 5 seeds)", runs[0], pairs
@@ -82,6 +84,8 @@ def main(argv=None) -> int:
     ap.add_argument("--embed-cpus", type=float, default=1.0, help="engine.embed_cpus (default 1)")
     ap.add_argument("--decode-cpus", type=float, default=1.0, help="engine.decode_cpus (default 1)")
     ap.add_argument("--no-sweep", action="store_true", help="extraction only")
+    ap.add_argument("--sweep-backbone", default=None, help="the cache the sweep fits on (default: the last backbone)")
+    ap.add_argument("--warmup", action="store_true", help="one untimed local + ray pair before the timed ones")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     import ray
@@ -108,7 +112,7 @@ def main(argv=None) -> int:
             for eng in ("local", "ray"):
                 build_decoded(df, size=size, path=decoded_path(work / eng, "pmnist", size), workers=2, progress=False)
             pairs = []
-            for rep in range(args.reps):
+            for rep in range(-1 if args.warmup else 0, args.reps):
                 order = ("local", "ray") if rep % 2 == 0 else ("ray", "local")
                 got = {}
                 for eng in order:
@@ -119,12 +123,14 @@ def main(argv=None) -> int:
                         got[eng + "_precision"] = r.precision
                         r.path.unlink()  # the next run extracts again
                     got[eng] = timed(go)
-                pairs.append(got)
+                if rep >= 0:
+                    pairs.append(got)
                 print(f"extract {b} rep {rep}: local {got['local']:.1f} s, ray {got['ray']:.1f} s "
                       f"(ratio {got['ray'] / got['local']:.2f})", flush=True)
             rows.append(("extract " + b, n, pairs))
         if not args.no_sweep:
-            rows.append(bench_sweep(work, params, xp, ep, backbone=args.backbones[-1], reps=args.reps))
+            rows.append(bench_sweep(work, params, xp, ep, backbone=args.sweep_backbone or args.backbones[-1],
+                                    reps=args.reps, warmup=args.warmup))
         load1 = os.getloadavg()[0]
         ray.shutdown()
     finally:
@@ -144,6 +150,9 @@ def main(argv=None) -> int:
             lines.append(f"| {name} | {items} | {i} | {p['local']:.1f} | {p['ray']:.1f} | {p['ray'] / p['local']:.2f} |")
         ratios = [p["ray"] / p["local"] for p in pairs]
         lines.append(f"| {name} | {items} | median | | | **{statistics.median(ratios):.2f}** |")
+        if "identical" in pairs[0]:
+            lines.append(f"\nSweep results tables (runs.csv) byte-identical local vs Ray in every pair: "
+                         f"{all(p['identical'] for p in pairs)}.")
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).write_text(text)

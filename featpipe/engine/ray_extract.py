@@ -180,7 +180,7 @@ def _pipeline(ray, items: list, *, batch_size: int, path, spec, ref, layer, devi
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * actors + 4)))
     # The read tasks' own memory request (the actors have none) also keeps Ray Data from fusing them into the actors.
     side = spec.preprocess.input_size
-    memory = 2 * batch_size * side * side * 3 + (64 << 20)
+    memory = 2 * batch_size * side * side * 3 + (512 << 20)  # a worker with featpipe + torch imported: ~400 MiB
     ds = ds.map_batches(_read, batch_size=1, num_cpus=engine.decode_cpus, memory=memory,
                         fn_kwargs={"path": path, "backbone": spec.name, "cwd": cwd})
     threads = max(1, int(round(engine.embed_cpus))) if engine.embed_cpus >= 1 else 1
