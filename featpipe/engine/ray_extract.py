@@ -181,7 +181,9 @@ def _pipeline(ray, items: list, *, batch_size: int, path, spec, ref, layer, devi
     # The read tasks' own memory request (the actors have none) also keeps Ray Data from fusing them into the actors.
     side = spec.preprocess.input_size
     memory = 2 * batch_size * side * side * 3 + (512 << 20)  # a worker with featpipe + torch imported: ~400 MiB
-    ds = ds.map_batches(_read, batch_size=1, num_cpus=engine.decode_cpus, memory=memory,
+    # At most two reads in flight per actor: enough to keep every actor fed, never a crowd of reader processes
+    # (with engine.decode_cpus=0 nothing else would bound them).
+    ds = ds.map_batches(_read, batch_size=1, num_cpus=engine.decode_cpus, memory=memory, concurrency=2 * actors,
                         fn_kwargs={"path": path, "backbone": spec.name, "cwd": cwd})
     threads = max(1, int(round(engine.embed_cpus))) if engine.embed_cpus >= 1 else 1
     return ds.map_batches(Embedder, batch_size=1, num_cpus=engine.embed_cpus, num_gpus=gpus,
