@@ -233,3 +233,14 @@ def test_finetune_on_ray_gives_the_local_rows(cluster, tmp_path):
     a, b = (pd.read_csv(tmp_path / d / "runs.csv").drop(columns="train_seconds") for d in ("local", "ray"))
     assert len(a) == 2 and list(a["head"]) == ["finetune:head", "finetune:scratch"]
     pd.testing.assert_frame_equal(a, b)  # the same rows: every metric, threshold, best epoch
+
+
+def test_a_task_s_own_error_stays_one_line(cluster, tmp_path, capsys):
+    m = _manifest(tmp_path, 3)
+    (tmp_path / "p.yaml").write_text("data:\n  name: t\n")
+    code = main(["extract", "--manifest", str(m), "--backbone", "tiny_cnn", "--device", "cuda:3", "--no-progress",
+                 "--cache-dir", str(tmp_path / "c"), "--params", str(tmp_path / "p.yaml"), "--engine", "ray"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and "RayTaskError" not in err
+    assert err.strip().splitlines()[-1].startswith("featpipe: error:") and "cuda:3" in err
+    assert not (tmp_path / "c" / "t" / "tiny_cnn.h5").exists()

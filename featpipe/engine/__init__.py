@@ -88,6 +88,31 @@ def session(ep: EngineParams) -> Iterator[None]:
             ray.shutdown()
 
 
+def user_error(exc: BaseException) -> BaseException:
+    """The run's own :class:`FeatpipeError` inside a Ray error (a task's or Ray Data's), else ``exc``."""
+    seen, depth = exc, 0
+    while seen is not None and depth < 10:
+        if isinstance(seen, FeatpipeError) and not type(seen).__name__.startswith("RayTaskError"):
+            return seen
+        seen, depth = getattr(seen, "cause", None) or seen.__cause__, depth + 1
+    return exc
+
+
+def fetch(futures):
+    """``ray.get``: a task that raised a FeatpipeError fails the command with that one-line error."""
+    import ray
+
+    try:
+        return ray.get(futures)
+    except ray.exceptions.RayError as exc:
+        for f in futures if isinstance(futures, list) else [futures]:
+            ray.cancel(f)
+        err = user_error(exc)
+        if err is exc:
+            raise
+        raise err from None
+
+
 def cluster_gpus() -> float:
     import ray
 

@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from featpipe.config import EngineParams, ExtractParams
-from featpipe.engine import EngineError, connect, gpus_per_task, import_ray, in_dir
+from featpipe.engine import EngineError, connect, fetch, gpus_per_task, import_ray, in_dir, user_error
 from featpipe.errors import CacheError
 
 
@@ -40,7 +40,7 @@ def runner(ep: EngineParams, params: ExtractParams):
     gpus = gpus_per_task(ep.embed_gpus)
     actors = _actor_count(ep, gpus)
     probe = ray.remote(num_cpus=ep.embed_cpus, num_gpus=gpus)(_placement)
-    device, precision = ray.get(probe.remote(params.device, params.precision, os.getcwd()))
+    device, precision = fetch(probe.remote(params.device, params.precision, os.getcwd()))
     return torch.device(device), precision, functools.partial(run_batches, engine=ep, gpus=gpus, actors=actors)
 
 
@@ -143,7 +143,7 @@ def run_batches(spec, ref, layer, df, todo: np.ndarray, partial, *, cache_dir, d
     cwd = os.getcwd()
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
     build = ray.remote(num_cpus=max(1.0, min(float(decode.workers), cpus)))(_ensure_decoded)
-    path, drows = ray.get(build.remote(df.iloc[todo[start:]], df, size=spec.preprocess.resize_size,
+    path, drows = fetch(build.remote(df.iloc[todo[start:]], df, size=spec.preprocess.resize_size,
                                        cache_dir=str(cache_dir), dataset=dataset, decode=decode, shard=shard,
                                        cwd=cwd, progress=progress))
     b = params.batch_size
@@ -155,15 +155,22 @@ def run_batches(spec, ref, layer, df, todo: np.ndarray, partial, *, cache_dir, d
     t0 = time.perf_counter()
     waiting: dict[int, np.ndarray] = {}
     nxt = 0
-    for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for k, emb in zip(out["k"], out["emb"]):
-            waiting[int(k)] = np.asarray(emb, dtype=np.float32)
-        while nxt in waiting:  # the journal takes batches in plan order only
-            rows = waiting.pop(nxt)
-            partial.append(rows)
-            bar.update(len(rows))
-            nxt += 1
-    bar.close()
+    try:
+        for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for k, emb in zip(out["k"], out["emb"]):
+                waiting[int(k)] = np.asarray(emb, dtype=np.float32)
+            while nxt in waiting:  # the journal takes batches in plan order only
+                rows = waiting.pop(nxt)
+                partial.append(rows)
+                bar.update(len(rows))
+                nxt += 1
+    except Exception as exc:  # a task's own one-line error (e.g. an unreadable decoded cache) stays one line
+        err = user_error(exc)
+        if err is exc:
+            raise
+        raise err from None
+    finally:
+        bar.close()
     if nxt != len(items):
         raise CacheError(f"the Ray pipeline returned {nxt} of {len(items)} batches for {spec.name}; "
                          "re-run 'featpipe extract --engine ray' to finish (completed batches are kept)")

@@ -18,21 +18,9 @@ import os
 from typing import Sequence
 
 from featpipe.config import EngineParams
-from featpipe.engine import connect, gpus_per_task, import_ray, in_dir
+from featpipe.engine import connect, fetch, gpus_per_task, import_ray, in_dir
 
 RETRIES = 2  # a task whose worker died is run again this many times
-
-
-def _get(ray, futures: list) -> list:
-    """Results in submission order; a run's own error (a FeatpipeError) is re-raised as itself."""
-    try:
-        return ray.get(futures)
-    except ray.exceptions.RayTaskError as exc:
-        for f in futures:
-            ray.cancel(f)
-        cause = exc.as_instanceof_cause()
-        inner = getattr(exc, "cause", None)
-        raise (inner if isinstance(inner, Exception) else cause) from None
 
 
 # --------------------------------------------------------------------------- sweep
@@ -54,7 +42,7 @@ def fit_grid(splits, caches: Sequence, grid: Sequence[tuple], *, params, models_
     splits_ref, params_ref = ray.put(splits), ray.put(params)
     task = ray.remote(num_cpus=engine.fit_cpus, max_retries=RETRIES)(_fit)
     futures = [task.remote(data[c], splits_ref, [(h, k, s)], params_ref, models_dir, cwd) for c, h, k, s in grid]
-    return [r for out in _get(ray, futures) for r in out]
+    return [r for out in fetch(futures) for r in out]
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -93,9 +81,9 @@ def finetune_jobs(jobs: Sequence, p, paths, *, build: dict | None, engine: Engin
     for job in jobs:  # parallel jobs must not race to build the same decoded cache
         sizes.setdefault(int(get(job.backbone).preprocess.resize_size), job.backbone)
     for backbone in sizes.values():
-        _get(ray, [prepare.remote(backbone, paths, build, os.getcwd())])
+        fetch([prepare.remote(backbone, paths, build, os.getcwd())])
     task = ray.remote(num_cpus=engine.finetune_cpus, num_gpus=gpus_per_task(engine.finetune_gpus),
                       max_retries=RETRIES)(_finetune)
     cwd = os.getcwd()
     shared = ray.put(p), ray.put(paths), ray.put(build)
-    return _get(ray, [task.remote(job, *shared, cwd) for job in jobs])
+    return fetch([task.remote(job, *shared, cwd) for job in jobs])
