@@ -40,23 +40,25 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_reliability.py",
                         f"--junitxml={xml}"], cwd=REPO, env=env, check=False)
         seconds = time.perf_counter() - t0
+        load = os.getloadavg()[1]
         cases = ET.parse(xml).getroot().iter("testcase")
         runs, ok = Counter(), Counter()
         for case in cases:
             name = re.sub(r"\[.*\]$", "", case.get("name"))
             params = re.search(r"\[(.*)\]$", case.get("name"))
             if params and not params.group(1).isdigit():
-                name += f"[{params.group(1).split('-')[0]}]"
+                name += f"[{params.group(1).split('-')[0]}-{params.group(1).split('-')[1]}]"
             runs[name] += 1
             ok[name] += not any(child.tag in ("failure", "error", "skipped") for child in case)
     rows = [{"scenario": n, "trials": runs[n], "passed": ok[n]} for n in runs]
     body = {"trials_per_scenario": args.trials, "seconds": round(seconds, 1), "machine": platform.platform(),
-            "cpus": os.cpu_count(), "command": f"python benchmarks/reliability_trials.py --trials {args.trials}",
+            "cpus": os.cpu_count(), "load_average_5min": round(load, 1), "command": f"python benchmarks/reliability_trials.py --trials {args.trials}",
             "scenarios": rows}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "reliability.json").write_text(json.dumps(body, indent=1) + "\n")
     lines = [f"# Reliability trials ({args.trials} per race/kill scenario)", "",
-             f"`{body['command']}` on {body['machine']}, {body['cpus']} CPUs, {seconds:.0f} s.", "",
+             f"`{body['command']}` on {body['machine']}, {body['cpus']} CPUs shared with other jobs (5-minute load "
+             f"average {load:.1f} at the end), {seconds:.0f} s.", "",
              "| scenario | trials | as required |", "|---|---|---|"]
     lines += [f"| {r['scenario']} | {r['trials']} | {r['passed']} |" for r in rows]
     (OUT / "reliability.md").write_text("\n".join(lines) + "\n")

@@ -243,7 +243,8 @@ def test_sigkill_of_decode_leaves_no_orphan_worker_and_the_next_run_cleans_up(pr
     _as_reference(project, cache, features=False)
 
 
-def test_pool_and_loky_workers_die_with_a_sigkilled_parent(tmp_path):
+@pytest.mark.parametrize("trial", range(TRIALS))
+def test_pool_and_loky_workers_die_with_a_sigkilled_parent(tmp_path, trial):
     """The mechanism every pool uses (decode/prepare: ProcessPoolExecutor initializer; sweep: joblib workers)."""
     script = r"""
 import os, sys, time
@@ -294,13 +295,14 @@ def test_sigkill_of_extract_mid_batch_resumes_to_identical_features(project, tri
     assert not data.parent.exists()
 
 
+@pytest.mark.parametrize("trial", range(TRIALS))
 @pytest.mark.parametrize("where, leftover, said", [
     ("final-write", ".tiny_cnn.h5.tmp-", "leftover temporary file"),
     ("after-rename", "tiny_cnn.h5.partial", "journal of a run killed after its cache was written"),
 ])
-def test_sigkill_around_the_final_write_leaves_leftovers_the_next_run_removes(project, where, leftover, said,
+def test_sigkill_around_the_final_write_leaves_leftovers_the_next_run_removes(project, where, leftover, said, trial,
                                                                               capsys, monkeypatch):
-    cache = f"kill-w-{where}"
+    cache = f"kill-w-{where}-{trial}"
     a = _spawn(project, *EXTRACT, "--cache-dir", cache, FP_DIE_AT=where)
     rc, _, err = _finish(a)
     assert rc == -signal.SIGKILL, err[-2000:]
