@@ -73,13 +73,10 @@ class FeatureSet:
 
 
 def cache_name(backbone: str, *, layer: Optional[str] = None, weights_tag: Optional[str] = None) -> str:
-    """``<backbone>[@<layer>][+<weights-tag>].h5``."""
-    name = backbone
-    if layer:
-        name += f"@{layer}"
-    if weights_tag:
-        name += f"+{weights_tag}"
-    return _safe(name) + ".h5"
+    """``<backbone>[@<layer>][+<weights-tag>].h5`` (named by :func:`featpipe.saved.cache_name`)."""
+    from featpipe.saved import cache_name as name
+
+    return name(backbone, layer=layer, weights_tag=weights_tag)
 
 
 def cache_path(cache_dir: str | Path, dataset: str, backbone: str, *, layer: Optional[str] = None,

@@ -31,7 +31,7 @@ from featpipe.errors import CacheError, DataError
 from featpipe.featcache import cache_path, read_features
 from featpipe.heads import head_params, make_head
 from featpipe.metrics import SCALAR_METRICS, choose_threshold, curves, degenerate, score
-from featpipe.results import (RUNS_CSV, canonical_params, params_tag, run_id, upsert_runs, write_curves,
+from featpipe.results import (RUNS_CSV, canonical_params, run_id, upsert_runs, write_curves,
                               write_metrics_json, write_predictions)
 from featpipe.scaling import fit_pipeline, pool_scaler
 
@@ -114,8 +114,10 @@ def single_threaded():
 
 def model_file(models_dir: str | Path, data: CacheData, dataset: str, head: str, shots: int, seed: int,
                hp: dict) -> Path:
-    back = data.backbone + (f"@{data.layer}" if data.layer else "") + (f"+{data.tag}" if data.tag else "")
-    return Path(models_dir) / f"{back}-{head}-k{shots}-s{seed}-{dataset}-{params_tag(hp)}.skops"
+    from featpipe.saved import head_model_path
+
+    return head_model_path(models_dir, backbone=data.backbone, layer=data.layer or None, weights_tag=data.tag or None,
+                           head=head, shots=shots, seed=seed, dataset=dataset, head_params=hp)
 
 
 def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int, params: Params,

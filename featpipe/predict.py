@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from featpipe.errors import DataError, FeatpipeError
-from featpipe.headio import check_compatible, load_head
+from featpipe.headio import load_head
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".webp")
 
@@ -96,16 +96,12 @@ def same_channels(pixels: list[np.ndarray]) -> np.ndarray:
 
 
 def load_backbone(meta: dict, *, device: str = "cpu"):
-    """The recorded backbone, checked against the head; returns (model, spec, layer)."""
-    from featpipe.backbones import build, get
+    """The recorded backbone, rebuilt from the sidecar's weights request and checked against the head
+    (:func:`featpipe.saved.rebuild_backbone`); returns (model, spec)."""
+    from featpipe.saved import rebuild_backbone
 
-    spec = get(meta["backbone"])
-    layer = spec.resolve_layer(meta.get("layer") or None)
-    model = build(spec, weights=meta.get("weights_request") or "default", layer=layer)
-    check_compatible(meta, {"backbone": spec.name, "weights_id": model.weights_id, "layer": layer or "",
-                            "preprocess": spec.preprocess.to_dict(), "embedding_dim": model.embed_dim},
-                     what="the backbone built for prediction")
-    return model.to(device), spec
+    model = rebuild_backbone(meta, device=device)
+    return model, model.spec
 
 
 def embed(model, spec, refs: Sequence[str], *, precision: str = "fp32", batch_size: int = 32,

@@ -32,6 +32,7 @@ import pandas as pd
 
 from featpipe.fileio import atomic_write
 from featpipe.metrics import SCALAR_METRICS, SUMMARY_METRICS, clinical_check, metric_bounds, summarize
+from featpipe.saved import canonical_params, config_name, params_tag  # noqa: F401 - run names live in featpipe.saved
 
 KEY_COLUMNS = ("dataset", "backbone", "weights", "weights_id", "layer", "head", "head_params", "shots", "seed",
                "split_sha256")
@@ -42,25 +43,6 @@ METRICS_JSON = "metrics.json"
 PREDICTIONS_DIR = "predictions"
 LOWER_IS_BETTER = ("brier",)
 VAL_METRICS = tuple(f"val_{m}" for m in SCALAR_METRICS if m != "threshold")
-
-
-def canonical_params(params: Mapping | str | None) -> str:
-    """Head parameters as the canonical JSON string used in the table's key (sorted keys, no spaces)."""
-    if params is None:
-        return "{}"
-    if isinstance(params, str):
-        params = json.loads(params) if params.strip() else {}
-    return json.dumps(params, sort_keys=True, separators=(",", ":"), default=_jsonable)
-
-
-def _jsonable(x):
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, (tuple, set, np.ndarray)):
-        return list(x)
-    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
 
 
 def _key_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -141,21 +123,6 @@ def upsert_runs(path: str | Path, rows: Iterable[Mapping]) -> pd.DataFrame:
         df = df[_order(df.columns)]
         atomic_write(path, df.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
     return df
-
-
-def config_name(row: Mapping, *, with_seed: bool = False) -> str:
-    """Readable, file-name-safe name of a configuration: ``dataset/backbone[@layer][+weights]/head/kK[/sS]``."""
-    back = str(row["backbone"])
-    if row.get("layer"):
-        back += f"@{row['layer']}"
-    if row.get("weights") and row["weights"] not in ("default",):
-        back += f"+{row['weights']}"
-    name = f"{row['dataset']}/{back}/{row['head']}/k{int(row['shots'])}"
-    return name + (f"/s{int(row['seed'])}" if with_seed else "")
-
-
-def params_tag(head_params: Mapping | str | None) -> str:
-    return hashlib.sha256(canonical_params(head_params).encode()).hexdigest()[:8]
 
 
 def write_curves(curves_dir: str | Path, row: Mapping, data: Mapping) -> Path:

@@ -51,8 +51,9 @@ class Job:
     layer: str | None = None
 
     def name(self, dataset: str) -> str:
-        back = self.backbone + (f"@{self.layer}" if self.layer else "")
-        return f"{dataset}-{back}-{self.strategy}-k{self.shots}-s{self.seed}"
+        from featpipe.saved import finetune_run_name
+
+        return finetune_run_name(dataset, self.backbone, self.strategy, self.shots, self.seed, layer=self.layer)
 
 
 @dataclass(frozen=True)
