@@ -89,7 +89,7 @@ def run_one(cfg: dict) -> dict:
 
     from featpipe.backbones import build
     from featpipe.config import ExtractParams
-    from featpipe.extract import CNN_FAMILIES, extract, select_precision
+    from featpipe.extract import extract, select_precision
 
     files = [Path(p) for p in cfg["files"]]
     work = Path(cfg["work"])
@@ -114,9 +114,9 @@ def run_one(cfg: dict) -> dict:
         r.path.unlink()  # the next mode measures extraction again, not a cache hit
     else:  # alone
         model = build(cfg["model"], weights="random")
-        precision = select_precision("auto", torch.device("cpu"))
+        precision = select_precision("auto", torch.device("cpu"), model.spec)
         fast = precision == "bf16"
-        if fast and model.spec.family in CNN_FAMILIES:
+        if fast and model.spec.traits.channels_last:
             model = model.to(memory_format=torch.channels_last)
         gen = torch.Generator().manual_seed(0)
         t1 = time.perf_counter()

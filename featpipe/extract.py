@@ -32,7 +32,6 @@ from featpipe.backbones import weights as weights_mod
 from featpipe.config import DecodeParams, ExtractParams
 from featpipe.errors import CacheError, FeatpipeError
 
-CNN_FAMILIES = ("densenet", "resnet", "efficientnet")
 
 
 @dataclass
@@ -118,17 +117,23 @@ def _check_available(dev, asked: str) -> None:
         raise FeatpipeError(f"--device {asked}: featpipe runs on cpu, cuda or mps")
 
 
-def select_precision(precision: str, device) -> str:
-    """``bf16`` or ``fp32``: auto = bf16 on CUDA with bf16 and on CPUs with AMX/AVX-512 bf16."""
+def select_precision(precision: str, device, spec=None) -> str:
+    """``bf16`` (autocast) or ``fp32``. auto = fp32 where the device lacks bf16 (CUDA without it, CPUs without
+    AMX/AVX-512 bf16, MPS), else the backbone family's faster precision on that device type as measured
+    (``spec.traits.precision``; benchmarks/results/precision.md); bf16 with no backbone named."""
     import torch
 
     if precision in ("bf16", "fp32"):
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_bf16() else "fp32"
-    return "fp32"
+        has = torch.cuda.is_bf16_supported()
+    elif device.type == "cpu":
+        has = cpu_has_bf16()
+    else:
+        return "fp32"
+    if not has:
+        return "fp32"
+    return spec.traits.precision(device.type) if spec is not None else "bf16"
 
 
 def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
@@ -191,7 +196,7 @@ def extract(manifest: str | Path | pd.DataFrame, *, backbone: str, dataset: str,
         df = df.iloc[start:stop].reset_index(drop=True)
         out = featcache.shard_path(final, *shard)
         extra = {"shard": f"{shard[0]}/{shard[1]}", "shard_rows": f"{start}:{stop}"}
-    device, precision, run_batches = _engine(engine, params)
+    device, precision, run_batches = _engine(engine, params, spec)
     dim = spec.output_dim(layer)
     from featpipe.decoded import decoder_identity
 
@@ -261,14 +266,14 @@ def _update(job: _Job, *, cache_dir, dataset, params, decode, shard, progress) -
                          job.precision, dim, why)
 
 
-def _engine(engine, params: ExtractParams):
+def _engine(engine, params: ExtractParams, spec=None):
     """(device, precision, batch runner) of the engine: this process, or the embedding actors of a Ray cluster."""
     if engine is None or engine.kind == "local":
         device = select_device(params.device)
-        return device, select_precision(params.precision, device), _run_batches
+        return device, select_precision(params.precision, device, spec), _run_batches
     from featpipe.engine import ray_extract
 
-    return ray_extract.runner(engine, params)
+    return ray_extract.runner(engine, params, spec=spec)
 
 
 def _reusable_rows(out: Path, expected: dict, ids: list, shas: list,
@@ -337,7 +342,7 @@ def load_model(spec, ref, layer, *, device, precision, net=None):
     if net is None:
         net = weights_mod.load_network(spec, ref)
     model = FeatureModel(net, spec, layer=layer, weights=ref).eval().requires_grad_(False).to(device)
-    if precision == "bf16" and spec.family in CNN_FAMILIES:
+    if precision == "bf16" and spec.traits.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -363,7 +368,7 @@ def embed_batch(model, x, spec, *, device, precision) -> np.ndarray:
 
     fast = precision == "bf16"
     x = x.to(device, non_blocking=True)
-    if fast and spec.family in CNN_FAMILIES:
+    if fast and spec.traits.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
         y = model(x)

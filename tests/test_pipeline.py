@@ -108,3 +108,54 @@ def test_dvc_repro_end_to_end(tmp_path):
         assert pred[0] == "path,predicted,p(normal),p(finding1)" and len(pred) == 151
     runs = (work / "results/runs.csv").read_text().splitlines()
     assert len(runs) == 1 + 2 * 3 * 3 + 2 * 1 * 2  # heads x shots x seeds + strategies x shots x seeds
+
+
+# What the study's own params.yaml may be reduced by for CI: nothing else changes (backbones, weights, heads,
+# strategies, Grad-CAM runs and every setting stay the repository's).
+REDUCED = {("split", "seeds"): [0], ("split", "shots"): [10], ("finetune", "seeds"): [0],
+           ("finetune", "shots"): [10], ("finetune", "epochs"): 1}
+
+
+def reduced_params(data_path: str) -> dict:
+    """The repository's params.yaml with only seeds, shots, epochs and the data file reduced."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for (section, key), value in REDUCED.items():
+        params[section][key] = value
+    params["data"]["path"] = data_path
+    return params
+
+
+@pytest.mark.slow
+def test_dvc_repro_on_the_default_params_with_planted_weights(tmp_path, monkeypatch, pneumoniamnist,
+                                                              tmp_path_factory):
+    """The real study's graph (DenseNet161, ResNet50, MedSigLIP with default weights, four heads, four
+    fine-tuning strategies, Grad-CAM of its named runs) on 44 real chest X-rays, weights planted offline."""
+    import pretrained_fixtures as pf
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    home = pf.plant(tmp_path_factory.mktemp("weights"), set(params["extract"]["backbones"])
+                    | set(params["finetune"]["backbones"]))
+    pf.use_home(monkeypatch, home)
+    work = tmp_path / "project"
+    pf.tiny_npz(pneumoniamnist, work / "data" / "cxr-slice.npz", {"train": 14, "val": 3, "test": 5})
+    shutil.copy(ROOT / "dvc.yaml", work / "dvc.yaml")
+    params = reduced_params("data/cxr-slice.npz")
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run("git", "init", "-q", cwd=work)
+    _run(DVC, "init", "-q", cwd=work)
+    _run(DVC, "config", "core.analytics", "false", cwd=work)
+
+    out = _run(DVC, "repro", cwd=work)
+    backs, heads = params["extract"]["backbones"], params["fit"]["heads"]
+    expected = ({"fetch", "prepare", "decode", "collect", "gradcam", "report"}
+                | {f"extract@{b}" for b in backs} | {f"fit@{b}-{h}" for b in backs for h in heads}
+                | {f"finetune@{b}-{s}" for b in params["finetune"]["backbones"] for s in params["finetune"]["strategies"]})
+    assert _ran(out) == expected
+    html = (work / "reports/report.html").read_text()
+    assert "Grad-CAM" in html and "src=\"http" not in html
+    for run in params["gradcam"]["runs"]:  # densenet161-svc-k10-s0 (a head on ImageNet weights) and a fine-tune
+        index = json.loads(next((work / "reports/gradcam").glob(f"*{run}*/index.json")).read_text())
+        assert index["images"] and index["info"]["backbone"] == run.split("-")[0]
+    runs = (work / "results/runs.csv").read_text().splitlines()
+    assert len(runs) == 1 + len(backs) * len(heads) + 2 * 4  # heads x 1 shot x 1 seed + strategies
+    assert "DenseNet161_Weights.IMAGENET1K_V1" in runs[1] + "".join(runs) and "google/medsiglip-448" in "".join(runs)

@@ -58,13 +58,16 @@ class FeatureModel(nn.Module):
         return self.weights.identity if self.weights is not None else "unknown"
 
     @property
+    def gradcam_layer(self) -> str:
+        """The registered Grad-CAM layer's module name in this network."""
+        return self.spec.module_name(self.spec.gradcam_layer, self.net)
+
+    @property
     def gradcam_module(self) -> nn.Module:
-        return self.net.get_submodule(self.spec.gradcam_layer)
+        return self.net.get_submodule(self.gradcam_layer)
 
     def _run(self, x: torch.Tensor):
-        if self.spec.family == "siglip":
-            return pooled_output(self.net(pixel_values=x))
-        return self.net(x)
+        return self.spec.traits.forward(self.net, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layer is None:

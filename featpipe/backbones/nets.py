@@ -9,11 +9,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-# state-dict key prefixes of the classifier each family drops when loading weights
-CLASSIFIER_PREFIXES = {"resnet": ("fc.",), "densenet": ("classifier.",), "efficientnet": ("classifier.",),
-                       "vit": ("heads.",), "siglip": ()}
-
-
 def _headless(net):
     import torch.nn as nn
 
@@ -32,6 +27,7 @@ def make_tv(arch: str) -> Callable:
         return _headless(getattr(tvm, arch)(weights=None))
 
     make.__name__ = f"make_{arch}"
+    make.arch = arch  # torchvision builder name (tests build the full network, classifier included, from it)
     return make
 
 
@@ -53,6 +49,25 @@ def make_tiny_vit(**kw) -> Callable:
     return make
 
 
+def make_hf(model_class: str, config_class: str, **kw) -> Callable:
+    """A Hugging Face vision model (``SiglipVisionModel``, ``Dinov2Model``) of the given config, random
+    weights. ``make.config`` is the config; ``make.build(**overrides)`` builds another size of it (tests
+    plant one-layer models of the real width as hub snapshots)."""
+
+    def build(**overrides):
+        import transformers
+
+        config = getattr(transformers, config_class)(**(kw | overrides))
+        return getattr(transformers, model_class)(config)
+
+    def make():
+        return build()
+
+    make.config = kw
+    make.build = build
+    return make
+
+
 def siglip_config(**kw):
     from transformers import SiglipVisionConfig
 
@@ -61,11 +76,9 @@ def siglip_config(**kw):
 
 def make_siglip(**kw) -> Callable:
     """A SigLIP vision tower (``SiglipVisionModel``) of the given config, random weights."""
+    return make_hf("SiglipVisionModel", "SiglipVisionConfig", **kw)
 
-    def make():
-        from transformers import SiglipVisionModel
 
-        return SiglipVisionModel(siglip_config(**kw))
-
-    make.config = kw
-    return make
+def make_dinov2(**kw) -> Callable:
+    """A DINOv2 ViT (``Dinov2Model``, CLS + patch tokens, no registers) of the given config, random weights."""
+    return make_hf("Dinov2Model", "Dinov2Config", **kw)

@@ -1,6 +1,8 @@
 """The backbone registry: one frozen :class:`BackboneSpec` per name, preprocessing travelling as data.
 
-Adding a backbone is one ``_register(...)`` call with a small builder in :mod:`featpipe.backbones.nets`.
+Adding a backbone is one ``_register(...)`` call with a small builder in :mod:`featpipe.backbones.nets`;
+its family's behaviour (forward call, weights source and key mapping, freeze rule, precision) is data in
+:mod:`featpipe.backbones.families`, reached as ``spec.traits``.
 Cut points (``layers``) and the Grad-CAM layer are module names in the network (``spec`` ->
 ``build(spec).net.get_submodule(name)``); the dimension recorded for each cut point is that of the
 globally pooled features taken there.
@@ -40,16 +42,30 @@ class BackboneSpec:
     """A registered backbone. ``make`` builds the bare network with random weights (lazy imports)."""
 
     name: str
-    family: str  # densenet | resnet | efficientnet | vit | siglip
+    family: str  # a key of featpipe.backbones.families.FAMILIES (densenet, resnet, efficientnet, vit, siglip, dinov2)
     embed_dim: int
     preprocess: Preprocess
     gradcam_layer: str  # module name in the network
     layers: Mapping[str, int] = field(hash=False)  # cut point (module name) -> pooled feature dim
     default_weights: str  # "imagenet" | a hub id | "random" (tiny members: nothing to download)
     pretrained: Optional[str] = None  # how the default weights are identified: torchvision enum or hub id
-    prefix_tokens: int = 0  # transformer token outputs: leading non-patch tokens (ViT CLS = 1, SigLIP = 0)
+    prefix_tokens: int = 0  # transformer token outputs: leading non-patch tokens (ViT/DINOv2 CLS = 1, SigLIP = 0)
     tiny: bool = False
     make: Callable = field(default=None, repr=False, compare=False, hash=False)
+
+    @property
+    def traits(self):
+        """The family's behaviour (:class:`featpipe.backbones.families.Family`)."""
+        from featpipe.backbones.families import get_family
+
+        return get_family(self.family)
+
+    def module_name(self, name: str, net) -> str:
+        """``name`` with ``{last}`` replaced by the index of the network's last encoder layer (so a Grad-CAM
+        layer can be named for every depth of a family: RAD-DINO's 12 layers, its 1-layer test snapshot)."""
+        if "{last}" not in name:
+            return name
+        return name.replace("{last}", str(int(net.config.num_hidden_layers) - 1))
 
     def resolve_layer(self, layer: Optional[str]) -> Optional[str]:
         """A registered cut point by full name or unique suffix (``denseblock3``); None = final embedding."""
@@ -73,8 +89,11 @@ _REGISTRY: dict[str, BackboneSpec] = {}
 
 
 def _register(**kw) -> BackboneSpec:
+    from featpipe.backbones.families import get_family
+
     kw["layers"] = MappingProxyType(dict(kw.get("layers", {})))
     spec = BackboneSpec(**kw)
+    get_family(spec.family)  # an unknown family is a programming error, caught at import
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -144,6 +163,19 @@ _register(name="medsiglip", family="siglip", embed_dim=1152,
           make=nets.make_siglip(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
                                 num_attention_heads=16, image_size=448, patch_size=14))
 
+# RAD-DINO (Perez-Garcia et al. 2024): DINOv2 ViT-B/14 trained on chest X-rays, a Dinov2Model on the hub; its
+# embedding is the CLS token after the final layer norm (= pooler_output). Preprocessing as its hub processor
+# (BitImageProcessor): shortest edge 518 (bicubic), centre crop 518, ImageNet mean/std; a downloaded snapshot's
+# preprocessor_config.json is checked against this on load (featpipe.backbones.weights.check_preprocessor_config).
+# Grad-CAM at the last layer's first norm: the pooled CLS token attends to every patch there.
+_register(name="rad_dino", family="dinov2", embed_dim=768,
+          preprocess=Preprocess(input_size=518, resize_size=518, interpolation="bicubic"),
+          gradcam_layer="encoder.layer.{last}.norm1",
+          layers={f"encoder.layer.{i}": 768 for i in (3, 5, 7, 9)},
+          default_weights="microsoft/rad-dino", pretrained="microsoft/rad-dino", prefix_tokens=1,
+          make=nets.make_dinov2(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_ratio=4,
+                                image_size=518, patch_size=14, layerscale_value=1.0))
+
 # Tiny members for tests: same families, same code paths, random weights only.
 _register(name="tiny_cnn", family="densenet", embed_dim=32, preprocess=Preprocess(input_size=32, resize_size=32),
           gradcam_layer="features.norm5", layers=_densenet_layers(16, 8, (2, 2, 2, 2)),
@@ -158,3 +190,8 @@ _register(name="tiny_siglip", family="siglip", embed_dim=32,
           gradcam_layer="post_layernorm", layers={"encoder.layers.0": 32}, default_weights="random", tiny=True,
           make=nets.make_siglip(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                 num_attention_heads=4, image_size=28, patch_size=14))
+_register(name="tiny_dino", family="dinov2", embed_dim=16, preprocess=Preprocess(input_size=28, resize_size=28),
+          gradcam_layer="encoder.layer.{last}.norm1", layers={"encoder.layer.0": 16}, default_weights="random",
+          prefix_tokens=1, tiny=True,
+          make=nets.make_dinov2(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+                                image_size=28, patch_size=14))

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Optional
 
 from featpipe.fileio import file_sha256  # noqa: F401 - re-exported
-from featpipe.backbones.nets import CLASSIFIER_PREFIXES
 from featpipe.backbones.registry import BackboneSpec
 from featpipe.errors import WeightsError
 
@@ -77,7 +76,7 @@ def resolve(spec: BackboneSpec, weights: str = "default") -> WeightsRef:
         tag = None if is_default else ("random" if seed == RANDOM_SEED else f"random-seed{seed}")
         return WeightsRef(request, "random", "random", f"random:seed{seed}", tag)
     if asked == "imagenet":
-        if spec.family == "siglip" or not spec.pretrained or "_Weights." not in spec.pretrained:
+        if spec.traits.source != "torchvision" or not spec.pretrained or "_Weights." not in spec.pretrained:
             raise WeightsError(f"backbone '{spec.name}' has no torchvision ImageNet weights; "
                                f"use --weights default, random, or a local file or folder")
         return WeightsRef(request, "torchvision", spec.pretrained,
@@ -147,9 +146,9 @@ def load_torchvision(spec: BackboneSpec, ref: WeightsRef) -> dict:
 
 
 def _hub_snapshot(spec: BackboneSpec, repo_id: str) -> tuple[Path, str]:
-    if spec.family != "siglip":
-        raise WeightsError(f"hub id '{repo_id}' given for {spec.name}: hub ids are for SigLIP backbones; "
-                           "pass a local .pth/.safetensors file, 'imagenet' or 'random'")
+    if spec.traits.hf_class is None:
+        raise WeightsError(f"hub id '{repo_id}' given for {spec.name}: hub ids are for Hugging Face backbones "
+                           f"({', '.join(_hf_members())}); pass a local .pth/.safetensors file, 'imagenet' or 'random'")
     try:
         from huggingface_hub import snapshot_download
 
@@ -194,9 +193,6 @@ def read_state_dict(path: str | Path) -> dict:
     return sd
 
 
-_DENSENET_OLD = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
-
-
 def fit_state_dict(net, sd: dict, spec: BackboneSpec, source: str) -> None:
     """Load ``sd`` into ``net`` strictly, after normalising key prefixes; a mismatch is a WeightsError."""
     want = net.state_dict()
@@ -205,16 +201,9 @@ def fit_state_dict(net, sd: dict, spec: BackboneSpec, source: str) -> None:
         for prefix in ("module.", "net.", "_orig_mod."):
             if key.startswith(prefix):
                 key = key[len(prefix):]
-        if spec.family == "densenet":
-            key = _DENSENET_OLD.sub(r"\1\2", key)
-        if spec.family == "siglip":
-            if key.startswith(("text_model.", "logit_")):
-                continue
-            if key.startswith("vision_model.") and key not in want:
-                key = key[len("vision_model."):]
-        if key.startswith(CLASSIFIER_PREFIXES.get(spec.family, ())):
-            continue
-        out[key] = value
+        key = spec.traits.map_key(key, want)  # the family's renames; None = a classifier or another tower
+        if key is not None:
+            out[key] = value
     missing = [k for k in want if k not in out and not k.endswith("num_batches_tracked")]  # old files lack it
     unexpected = [k for k in out if k not in want]
     if missing or unexpected:
@@ -229,29 +218,68 @@ def fit_state_dict(net, sd: dict, spec: BackboneSpec, source: str) -> None:
     net.load_state_dict(out, strict=True)
 
 
+def _hf_members() -> list[str]:
+    from featpipe.backbones.registry import _REGISTRY
+
+    return [n for n, s in _REGISTRY.items() if s.traits.hf_class and not s.tiny]
+
+
 def load_hf_folder(spec: BackboneSpec, folder: str | Path):
-    """A ``SiglipVisionModel`` from a local folder (a full SigLIP checkpoint's text tower is ignored)."""
-    if spec.family != "siglip":
+    """The family's Hugging Face model (``spec.traits.hf_class``) from a local folder: strictly (every weight
+    present), of the registered width and input size, and (when the folder has a ``preprocessor_config.json``)
+    with the normalisation and crop the spec applies. A full checkpoint's other towers are ignored."""
+    fam = spec.traits
+    if fam.hf_class is None:
         raise WeightsError(f"{folder} is a Hugging Face folder but {spec.name} is a torchvision network; "
                            "pass its .pth or .safetensors state dict")
     import torch
-    from transformers import SiglipVisionModel
+    import transformers
 
     try:
-        net, info = SiglipVisionModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32,
-                                                      output_loading_info=True)
+        net, info = getattr(transformers, fam.hf_class).from_pretrained(
+            str(folder), local_files_only=True, dtype=torch.float32, output_loading_info=True)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WeightsError(f"cannot load a SigLIP vision model from {folder} ({reason[:200]})") from None
+        raise WeightsError(f"cannot load a {fam.hf_class} from {folder} ({reason[:200]})") from None
     missing = list(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
     if missing:
         raise WeightsError(f"weights folder {folder} does not fit {spec.name}: {len(missing)} missing or "
                            f"mismatched keys ({', '.join(map(str, missing[:3]))})")
     cfg = net.config
-    if cfg.hidden_size != spec.embed_dim or cfg.image_size != spec.preprocess.input_size:
-        raise WeightsError(f"weights folder {folder} holds a SigLIP of width {cfg.hidden_size} at {cfg.image_size}px, "
+    size = getattr(cfg, "image_size", None)
+    if cfg.hidden_size != spec.embed_dim or (fam.check_image_size and size != spec.preprocess.input_size):
+        raise WeightsError(f"weights folder {folder} holds a {fam.name} of width {cfg.hidden_size} at {size}px, "
                            f"but {spec.name} is {spec.embed_dim}-d at {spec.preprocess.input_size}px")
+    check_preprocessor_config(spec, Path(folder))
     return net
+
+
+def check_preprocessor_config(spec: BackboneSpec, folder: Path) -> None:
+    """Refuse a model whose ``preprocessor_config.json`` asks for another normalisation or input size than
+    the spec applies (a silently wrong normalisation changes every feature)."""
+    import json
+
+    path = folder / "preprocessor_config.json"
+    if not path.is_file():
+        return
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        raise WeightsError(f"{path} is not valid JSON") from None
+    pre = spec.preprocess
+    crop = cfg.get("crop_size") if cfg.get("do_center_crop") else cfg.get("size")
+    side = crop.get("height", crop.get("shortest_edge")) if isinstance(crop, dict) else crop
+    problems = []
+    for key, mine in (("image_mean", pre.mean), ("image_std", pre.std)):
+        theirs = cfg.get(key)
+        if cfg.get("do_normalize", True) and theirs is not None and (
+                len(theirs) != 3 or any(abs(float(a) - b) > 1e-4 for a, b in zip(theirs, mine))):
+            problems.append(f"{key} {theirs} (featpipe uses {list(mine)})")
+    if side is not None and int(side) != pre.input_size:
+        problems.append(f"input size {side} (featpipe uses {pre.input_size})")
+    if problems:
+        raise WeightsError(f"{path} asks for {'; '.join(problems)}: the backbone '{spec.name}' is registered with "
+                           "other preprocessing; fix its Preprocess in featpipe/backbones/registry.py")
 
 
 def load_network(spec: BackboneSpec, ref: WeightsRef):

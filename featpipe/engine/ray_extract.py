@@ -31,7 +31,7 @@ from featpipe.engine import EngineError, connect, fetch, gpus_per_task, import_r
 from featpipe.errors import CacheError
 
 
-def runner(ep: EngineParams, params: ExtractParams):
+def runner(ep: EngineParams, params: ExtractParams, *, spec=None):
     """(device, precision, batch runner) as the embedding actors will see them (asked of the cluster)."""
     import torch
 
@@ -40,16 +40,18 @@ def runner(ep: EngineParams, params: ExtractParams):
     gpus = gpus_per_task(ep.embed_gpus)
     actors = _actor_count(ep, gpus)
     probe = ray.remote(num_cpus=ep.embed_cpus, num_gpus=gpus)(_placement)
-    device, precision = fetch(probe.remote(params.device, params.precision, os.getcwd()))
+    device, precision = fetch(probe.remote(params.device, params.precision, os.getcwd(),
+                                           spec.name if spec is not None else None))
     return torch.device(device), precision, functools.partial(run_batches, engine=ep, gpus=gpus, actors=actors)
 
 
-def _placement(device: str, precision: str, cwd: str) -> tuple[str, str]:
+def _placement(device: str, precision: str, cwd: str, backbone: str | None = None) -> tuple[str, str]:
+    from featpipe.backbones import get
     from featpipe.extract import select_device, select_precision
 
     in_dir(cwd)
     d = select_device(device)
-    return str(d), select_precision(precision, d)
+    return str(d), select_precision(precision, d, get(backbone) if backbone else None)
 
 
 def _actor_count(ep: EngineParams, gpus: float) -> int:

@@ -49,7 +49,7 @@ def target_layer(model: nn.Module, layer: Optional[str] = None) -> nn.Module:
     """The module Grad-CAM hooks: ``spec.gradcam_layer`` of the backbone in ``model``, or ``layer``
     (a module name in the backbone's network, e.g. ``features.denseblock3``)."""
     fm = feature_model(model)
-    name = layer or fm.spec.gradcam_layer
+    name = layer or fm.gradcam_layer
     try:
         return fm.net.get_submodule(name)
     except AttributeError:

@@ -178,7 +178,7 @@ def explain_model(model_path: str | Path, *, out_dir: str | Path = "reports/grad
     fm = feature_model(ex.model)
     cells = dict(zip(*np.unique(p.outcomes, return_counts=True))) if data.labels is not None else {}
     info = {"model": str(model_path), "kind": ex.kind, "backbone": fm.spec.name,
-            "layer": layer or fm.spec.gradcam_layer, "grid": list(layer_grid(ex.model, p.x[:1], layer=layer)),
+            "layer": layer or fm.gradcam_layer, "grid": list(layer_grid(ex.model, p.x[:1], layer=layer)),
             "input_size": int(ex.preprocess["input_size"]), "classes": cls, "threshold": ex.threshold,
             "per_outcome": per_outcome, "seed": seed, "n_images": int(len(data.ids)),
             "outcomes": {str(k): int(v) for k, v in cells.items()}, "rejects": list(data.rejects)}

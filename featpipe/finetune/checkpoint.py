@@ -26,7 +26,6 @@ from featpipe.finetune.strategies import (
     FinetuneModel,
     apply_strategy,
     check_strategy,
-    family_of,
     new_head,
 )
 
@@ -56,7 +55,7 @@ def build_model(backbone: str, strategy: str, n_classes: int, *, weights: str = 
     dim = int(spec.output_dim(cut))
     head = new_head(dim, n_classes, generator=torch.Generator().manual_seed(int(seed) + 7919))
     model = FinetuneModel(features, head)
-    apply_strategy(model, strategy, family=family_of(spec), truncated_mode=truncated_mode,
+    apply_strategy(model, strategy, family=spec.family, truncated_mode=truncated_mode,
                    input_size=int(spec.preprocess.input_size))
     return model, spec
 
@@ -170,7 +169,9 @@ def predict_files(model: FinetuneModel, meta: dict, refs, *, batch_size: int = 3
 
     refs = [str(r) for r in refs]
     pre = meta["preprocess"]
-    rt = resolve_runtime(device, meta.get("precision", "fp32"), cnn=meta.get("family") in ("densenet", "resnet", "efficientnet"))
+    from featpipe import backbones
+
+    rt = resolve_runtime(device, meta.get("precision", "fp32"), spec=backbones.get(meta["backbone"]))
     model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)

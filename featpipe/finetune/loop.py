@@ -38,17 +38,19 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
 
-def resolve_runtime(device: str = "auto", precision: str = "auto", *, cnn: bool = True) -> Runtime:
+def resolve_runtime(device: str = "auto", precision: str = "auto", *, spec=None) -> Runtime:
     """Device and precision chosen exactly as extraction chooses them (``featpipe.extract``): ``auto``
-    = CUDA, else MPS, else CPU; bf16 on CUDA with bf16 and on CPUs with AMX/AVX-512 bf16;
-    channels_last with bf16 for convolutional networks (``cnn``)."""
+    = CUDA, else MPS, else CPU; precision ``auto`` = the backbone family's faster precision on that device
+    where the hardware has bf16 (``spec.traits.precision``); channels_last with bf16 where the family
+    asks for it (CNNs)."""
     from featpipe.errors import ConfigError
     from featpipe.extract import select_device, select_precision
 
     dev = select_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"finetune.device={device} but no CUDA device is available; use auto or cpu")
-    prec = select_precision(precision, dev)
+    prec = select_precision(precision, dev, spec)
+    cnn = spec.traits.channels_last if spec is not None else False
     return Runtime(dev, prec, channels_last=cnn and prec == "bf16")
 
 

@@ -37,8 +37,6 @@ from featpipe.finetune.loop import (
 )
 from featpipe.finetune.strategies import STRATEGIES, describe, param_groups
 
-CNN_FAMILIES = ("densenet", "resnet", "efficientnet")  # channels_last with bf16 (as in featpipe.extract)
-
 TRAINING_DIR = "training"
 
 
@@ -187,7 +185,7 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
     if source is None:
         source = image_source(paths, d.splits.dataset, int(spec.preprocess.resize_size), d.manifest,
                               tr.ids + va.ids + te.ids, build=build, progress=progress)
-    rt = resolve_runtime(p.device, p.precision, cnn=spec.family in CNN_FAMILIES)
+    rt = resolve_runtime(p.device, p.precision, spec=spec)
     model = _place(model, rt)
     opt = torch.optim.AdamW(param_groups(model, job.strategy, lr=p.lr, backbone_lr_factor=p.backbone_lr_factor,
                                          truncated_mode=p.truncated_mode), weight_decay=p.weight_decay)

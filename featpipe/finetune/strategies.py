@@ -5,7 +5,8 @@ A fine-tuned network is a :class:`FinetuneModel`: the backbone's ``FeatureModel`
 
 - ``scratch``: the architecture with random weights, everything trained.
 - ``head``: backbone frozen (and kept in eval mode, so BatchNorm statistics do not move), head trained.
-- ``layerwise``: the first block frozen, per family (:data:`LAYERWISE_FROZEN`), the rest trained.
+- ``layerwise``: the first block frozen, per family (the family's ``freeze`` rule in
+  :mod:`featpipe.backbones.families`), the rest trained.
 - ``full``: everything trained; the backbone at ``lr * backbone_lr_factor``.
 - ``truncated``: the backbone cut at a registered layer (global pooling is the FeatureModel's),
   new head; trained as ``layerwise`` or ``full`` (``truncated_mode``).
@@ -17,58 +18,15 @@ FeatureModel whatever it is wrapped in), so a truncated graph module keeps the s
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from featpipe.backbones.families import FreezeRule, freeze_rule
 from featpipe.errors import ConfigError
 
 STRATEGIES = ("scratch", "head", "layerwise", "full", "truncated")
 TRUNCATED_MODES = ("layerwise", "full")
-
-
-@dataclass(frozen=True)
-class FreezeRule:
-    """Parameter-name prefixes (relative to the network root) frozen by ``layerwise``.
-
-    ``anchors`` are prefixes that must exist under the root: they locate it inside wrappers.
-    """
-
-    family: str
-    frozen: tuple[str, ...]
-    anchors: tuple[str, ...]
-    note: str
-
-
-LAYERWISE_FROZEN: dict[str, FreezeRule] = {
-    "resnet": FreezeRule("resnet", ("conv1.", "bn1.", "layer1."), ("conv1.weight", "layer1."),
-                         "stem (conv1, bn1) + layer1"),
-    "densenet": FreezeRule("densenet", ("features.conv0.", "features.norm0.", "features.denseblock1."),
-                           ("features.conv0.weight", "features.denseblock1."),
-                           "stem (conv0, norm0) + denseblock1 (transition1 trains)"),
-    # torchvision EfficientNet: features.0 is the stem, features.1.. the MBConv stages
-    "efficientnet": FreezeRule("efficientnet", ("features.0.", "features.1.", "features.2."),
-                               ("features.0.", "features.1.", "features.2."),
-                               "features[0:3] (stem + first two MBConv stages), torchvision indexing"),
-    "vit": FreezeRule("vit", ("conv_proj.", "class_token", "encoder.pos_embedding")
-                      + tuple(f"encoder.layers.encoder_layer_{i}." for i in range(4)),
-                      ("conv_proj.weight", "encoder.layers.encoder_layer_0."),
-                      "patch + position embeddings, class token, encoder layers 0-3"),
-    "siglip": FreezeRule("siglip", ("embeddings.",) + tuple(f"encoder.layers.{i}." for i in range(4)),
-                         ("embeddings.", "encoder.layers.0."),
-                         "embeddings + encoder layers 0-3"),
-}
-
-
-def family_of(spec) -> str | None:
-    """The freeze-rule family of a BackboneSpec (its ``family``, else its name), or None."""
-    texts = [str(getattr(spec, "family", "") or "").lower(), str(getattr(spec, "name", "") or "").lower()]
-    for text in texts:
-        for fam in ("efficientnet", "densenet", "resnet", "siglip", "vit"):
-            if fam in text:
-                return fam
-    return None
 
 
 class FinetuneModel(nn.Module):
@@ -125,8 +83,8 @@ def _first_block(module: nn.Module) -> tuple[str, nn.Module]:
 
 def layerwise_frozen_names(features: nn.Module, family: str | None) -> list[str]:
     """Names (in ``features.named_parameters()``) that ``layerwise`` freezes."""
-    if family in LAYERWISE_FROZEN:
-        rule = LAYERWISE_FROZEN[family]
+    rule = freeze_rule(family)
+    if rule is not None:
         prefix, root = _root_for(features, rule)
         base = prefix + "." if prefix else ""
         return [base + n for n, _ in root.named_parameters() if n.startswith(rule.frozen)]

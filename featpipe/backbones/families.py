@@ -1,0 +1,134 @@
+"""Family behaviour as data: everything that differs between torchvision CNNs, torchvision ViTs and Hugging
+Face vision transformers lives here, on a :class:`Family` that every :class:`~featpipe.backbones.registry.
+BackboneSpec` points to (``spec.traits``). Nothing outside ``featpipe.backbones`` branches on a family name.
+
+A family says:
+
+- how its network is called (``forward``: bare ``net(x)`` or ``net(pixel_values=x).pooler_output``);
+- where its default weights come from (``source``: ``torchvision`` weight enums, a Hugging Face ``hub``
+  id, or ``random`` for test members) and which ``transformers`` class loads a model folder (``hf_class``);
+- how a state dict is mapped onto the network (``classifier_prefixes`` and ``drop_prefixes`` dropped,
+  ``strip_prefixes`` removed when the bare network has no such key, ``key_rewrites`` regexes);
+- which parameters layer-wise fine-tuning freezes (``freeze``, a :class:`FreezeRule`);
+- how it runs fastest (``channels_last`` under bf16, and ``auto_precision`` per device type, measured:
+  ``benchmarks/bench_precision.py`` -> ``benchmarks/results/precision.md``).
+
+Adding a family is one :data:`FAMILIES` entry; adding a member of a known family is one ``_register``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Mapping, Optional
+
+
+@dataclass(frozen=True)
+class FreezeRule:
+    """Parameter-name prefixes (relative to the network root) frozen by ``layerwise`` fine-tuning.
+
+    ``anchors`` are prefixes that must exist under the root: they locate it inside wrappers.
+    """
+
+    family: str
+    frozen: tuple[str, ...]
+    anchors: tuple[str, ...]
+    note: str
+
+
+def _call(net, x):
+    return net(x)
+
+
+def _pooled(net, x):
+    """Hugging Face vision models: the pooled embedding (SigLIP: attention-pooling head; DINOv2: the
+    layer-normed CLS token). transformers 5 returns an output object: ``pooler_output``."""
+    from featpipe.backbones.model import pooled_output
+
+    return pooled_output(net(pixel_values=x))
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    source: str  # torchvision | hub | random: where the default weights come from
+    forward: Callable = field(default=_call, repr=False, compare=False)
+    hf_class: Optional[str] = None  # transformers class that loads a model folder of this family
+    check_image_size: bool = True  # a folder's config.image_size must equal the spec's input size
+    classifier_prefixes: tuple[str, ...] = ()
+    drop_prefixes: tuple[str, ...] = ()  # other towers of a full checkpoint (SigLIP's text model)
+    strip_prefixes: tuple[str, ...] = ()  # removed from a key the bare network does not have
+    key_rewrites: tuple[tuple[str, str], ...] = ()  # (regex, replacement) applied to every key
+    freeze: Optional[FreezeRule] = None
+    channels_last: bool = False  # run channels_last when computing in bf16 (CNNs)
+    auto_precision: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False)
+
+    def map_key(self, key: str, have: Mapping) -> Optional[str]:
+        """A checkpoint key as the bare network names it, or None when it is to be dropped."""
+        for pattern, repl in self.key_rewrites:
+            key = re.sub(pattern, repl, key)
+        if key.startswith(self.drop_prefixes) or key.startswith(self.classifier_prefixes):
+            return None
+        for prefix in self.strip_prefixes:
+            if key.startswith(prefix) and key not in have:
+                key = key[len(prefix):]
+        return key
+
+    def precision(self, device_type: str) -> str:
+        """``bf16`` (autocast) or ``fp32``: the faster on ``device_type`` as measured, fp32 where unmeasured
+        (cuda: bf16 where the device supports it, decided by the caller)."""
+        return self.auto_precision.get(device_type, "fp32")
+
+
+_DENSENET_OLD = (r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|"
+                 r"num_batches_tracked))$", r"\1\2")
+
+# Measured on this project's 2-core CPU (AMX/AVX-512 bf16), batch 8-32: benchmarks/results/precision.md.
+_CNN_CPU = MappingProxyType({"cpu": "bf16", "cuda": "bf16"})
+_TRANSFORMER_CPU = MappingProxyType({"cpu": "fp32", "cuda": "bf16"})
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("resnet", "torchvision", classifier_prefixes=("fc.",), channels_last=True, auto_precision=_CNN_CPU,
+           freeze=FreezeRule("resnet", ("conv1.", "bn1.", "layer1."), ("conv1.weight", "layer1."),
+                             "stem (conv1, bn1) + layer1")),
+    Family("densenet", "torchvision", classifier_prefixes=("classifier.",), key_rewrites=(_DENSENET_OLD,),
+           channels_last=True, auto_precision=_CNN_CPU,
+           freeze=FreezeRule("densenet", ("features.conv0.", "features.norm0.", "features.denseblock1."),
+                             ("features.conv0.weight", "features.denseblock1."),
+                             "stem (conv0, norm0) + denseblock1 (transition1 trains)")),
+    # torchvision EfficientNet: features.0 is the stem, features.1.. the MBConv stages
+    Family("efficientnet", "torchvision", classifier_prefixes=("classifier.",), channels_last=True,
+           auto_precision=_CNN_CPU,
+           freeze=FreezeRule("efficientnet", ("features.0.", "features.1.", "features.2."),
+                             ("features.0.", "features.1.", "features.2."),
+                             "features[0:3] (stem + first two MBConv stages), torchvision indexing")),
+    Family("vit", "torchvision", classifier_prefixes=("heads.",), auto_precision=_TRANSFORMER_CPU,
+           freeze=FreezeRule("vit", ("conv_proj.", "class_token", "encoder.pos_embedding")
+                             + tuple(f"encoder.layers.encoder_layer_{i}." for i in range(4)),
+                             ("conv_proj.weight", "encoder.layers.encoder_layer_0."),
+                             "patch + position embeddings, class token, encoder layers 0-3")),
+    Family("siglip", "hub", forward=_pooled, hf_class="SiglipVisionModel", drop_prefixes=("text_model.", "logit_"),
+           strip_prefixes=("vision_model.",), auto_precision=_TRANSFORMER_CPU,
+           freeze=FreezeRule("siglip", ("embeddings.",) + tuple(f"encoder.layers.{i}." for i in range(4)),
+                             ("embeddings.", "encoder.layers.0."), "embeddings + encoder layers 0-3")),
+    # DINOv2 interpolates its position embeddings to the input size: a checkpoint's config.image_size
+    # need not equal the input size (RAD-DINO's preprocessor_config.json decides that, checked on load).
+    Family("dinov2", "hub", forward=_pooled, hf_class="Dinov2Model", check_image_size=False,
+           auto_precision=_TRANSFORMER_CPU,
+           freeze=FreezeRule("dinov2", ("embeddings.",) + tuple(f"encoder.layer.{i}." for i in range(4)),
+                             ("embeddings.", "encoder.layer.0."), "embeddings + encoder layers 0-3")),
+)}
+
+
+def get_family(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise KeyError(f"unknown backbone family {name!r} (known: {', '.join(FAMILIES)})") from None
+
+
+def freeze_rule(family: Optional[str]) -> Optional[FreezeRule]:
+    """The layer-wise freeze rule of a family name (None: unknown family, first block frozen)."""
+    fam = FAMILIES.get(family or "")
+    return fam.freeze if fam else None

@@ -1,0 +1,122 @@
+"""Planted "pretrained" weights: the default-weights path of every backbone, offline and in a temp dir.
+
+- torchvision members: a random state dict of the full torchvision network (classifier included, as the
+  real files are) saved under torchvision's own checkpoint file name (the basename of the weight enum's
+  URL) in ``$TORCH_HOME/hub/checkpoints``; torchvision loads an existing file there without downloading;
+- Hugging Face members (MedSigLIP, RAD-DINO): a small model of the real width and image size (one
+  layer) saved as a hub cache snapshot ``$HF_HOME/hub/models--<owner>--<name>/snapshots/<commit>/`` with
+  ``refs/main``, read under ``HF_HUB_OFFLINE=1``.
+
+Files are made once per test session (:func:`planted_home`) and reused; :func:`use_home` points the
+environment at them (and forbids any download).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+_SEED = 1234
+
+# The hub repositories' image processors as published (what a real snapshot holds beside the weights).
+PREPROCESSOR_CONFIGS = {
+    "google/medsiglip-448": {"do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5] * 3,
+                             "image_std": [0.5] * 3, "image_processor_type": "SiglipImageProcessor", "resample": 2,
+                             "rescale_factor": 1 / 255, "size": {"height": 448, "width": 448}},
+    "microsoft/rad-dino": {"crop_size": {"height": 518, "width": 518}, "do_center_crop": True, "do_convert_rgb": True,
+                           "do_normalize": True, "do_rescale": True, "do_resize": True,
+                           "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+                           "image_processor_type": "BitImageProcessor", "resample": 3, "rescale_factor": 1 / 255,
+                           "size": {"shortest_edge": 518}},
+}
+
+
+def torchvision_file(spec) -> str:
+    """The checkpoint file name torchvision looks for (``densenet161-8d451a50.pth``)."""
+    from featpipe.backbones.weights import _tv_filename
+
+    return _tv_filename(spec.pretrained)
+
+
+def plant_torchvision(home: Path, spec) -> Path:
+    """A random full state dict of ``spec``'s torchvision network under its real file name."""
+    import torch
+
+    target = home / "torch" / "hub" / "checkpoints" / torchvision_file(spec)
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_SEED)
+            import torchvision.models as tvm
+
+            net = tvm.get_model(spec.make.arch, weights=None)  # the full network, classifier included
+        torch.save(net.state_dict(), target)
+    return target
+
+
+def plant_hub(home: Path, spec) -> Path:
+    """A hub cache snapshot of ``spec``'s default hub id: a one-layer model of the real width."""
+    import torch
+
+    repo = home / "hf" / "hub" / ("models--" + spec.pretrained.replace("/", "--"))
+    snap = repo / "snapshots" / COMMIT
+    if not (snap / "config.json").is_file():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_SEED)
+            net = spec.make.build(num_hidden_layers=1)  # the real width and image size, one layer
+            net.save_pretrained(snap)
+        pre = PREPROCESSOR_CONFIGS.get(spec.pretrained)
+        if pre is not None:
+            (snap / "preprocessor_config.json").write_text(json.dumps(pre, indent=1))
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(COMMIT)
+    return snap
+
+
+def plant(home: Path, names) -> Path:
+    """Default weights of the registered backbones ``names`` under ``home``; returns ``home``."""
+    from featpipe import backbones
+
+    for name in names:
+        spec = backbones.get(name)
+        if spec.traits.source == "torchvision":
+            plant_torchvision(home, spec)
+        elif spec.traits.source == "hub":
+            plant_hub(home, spec)
+    return home
+
+
+def use_home(monkeypatch, home: Path) -> Path:
+    """Point TORCH_HOME / HF_HOME at ``home`` and forbid downloads (for this process and its children)."""
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    for key in ("FEATPIPE_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(key, "1")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    return home
+
+
+def env_for(home: Path) -> dict:
+    """The environment of a subprocess that must find the planted weights offline."""
+    env = dict(os.environ, TORCH_HOME=str(home / "torch"), HF_HOME=str(home / "hf"), FEATPIPE_OFFLINE="1",
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop("HF_HUB_CACHE", None)
+    return env
+
+
+def tiny_npz(src: Path, dest: Path, per_class: dict) -> Path:
+    """A slice of a MedMNIST-style npz (``<split>_images`` / ``<split>_labels``): the first ``per_class[split]``
+    images of each class of each split, in file order (deterministic)."""
+    import numpy as np
+
+    data = np.load(src)
+    out = {}
+    for split, n in per_class.items():
+        y = data[f"{split}_labels"].ravel()
+        idx = np.sort(np.concatenate([np.flatnonzero(y == c)[:n] for c in np.unique(y)]))
+        out[f"{split}_images"], out[f"{split}_labels"] = data[f"{split}_images"][idx], data[f"{split}_labels"][idx]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(dest, **out)
+    return dest
