@@ -96,42 +96,6 @@ class ExtractParams:
 
 
 @dataclass(frozen=True)
-class SvcParams:
-    kernel: Literal["linear", "rbf"] = "rbf"
-    C: float = 1.0  # used when the k-shot set is too small for cross-validation
-    gamma: float | str = "scale"  # likewise; "scale" = 1 / (D * var(X)), "auto" = 1 / D, or a number
-    C_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
-    gamma_grid: tuple[float | str, ...] = ("scale",)  # rbf only
-    class_weight: Literal["balanced"] | None = "balanced"
-
-
-@dataclass(frozen=True)
-class LogisticParams:
-    C: float = 1.0  # used when the k-shot set is too small for cross-validation
-    C_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
-    class_weight: Literal["balanced"] | None = "balanced"
-    max_iter: int = 2000
-
-
-@dataclass(frozen=True)
-class MlpParams:
-    hidden: int = 512
-    dropout: float = 0.3
-    epochs: int = 200  # at most; stops earlier when the training loss stops improving (tol, n_iter_no_change)
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    tol: float = 1e-4
-    n_iter_no_change: int = 10
-    span: bool = True  # train the first layer within the span of the k-shot embeddings (fast); false = full D x hidden
-
-
-@dataclass(frozen=True)
-class PrototypeParams:
-    metric: Literal["cosine"] = "cosine"
-    temperature: float = 0.1  # probabilities = softmax(cosine similarity / temperature)
-
-
-@dataclass(frozen=True)
 class HeadsParams:
     # feature standardiser before every head: pool = fitted on the whole train split's features without labels,
     # kshot = on the k-shot images only, center = pool mean only (with prototype: SimpleShot's CL2N), none
@@ -139,10 +103,20 @@ class HeadsParams:
     l2_normalize: bool = False  # L2-normalise each standardised embedding before the classifier
     cv_folds: int = 5  # C (and gamma) are cross-validated when every class has at least this many images
     cv_scoring: Literal["balanced_accuracy", "accuracy"] = "balanced_accuracy"
-    svc: SvcParams = field(default_factory=SvcParams)
-    logistic: LogisticParams = field(default_factory=LogisticParams)
-    mlp: MlpParams = field(default_factory=MlpParams)
-    prototype: PrototypeParams = field(default_factory=PrototypeParams)
+
+
+def _with_head_sections(shared: type) -> type:
+    """``heads``: the shared settings plus one section per registered head (``heads.svc``, ...), each that
+    head's own params dataclass (:mod:`featpipe.heads`): adding a head adds its section."""
+    from featpipe.heads import sections
+
+    extra = [(name, cls, field(default_factory=cls)) for name, cls in sections().items()]
+    cls = dataclasses.make_dataclass("HeadsParams", extra, bases=(shared,), frozen=True)
+    cls.__module__, cls.__doc__ = __name__, shared.__doc__
+    return cls
+
+
+HeadsParams = _with_head_sections(HeadsParams)
 
 
 @dataclass(frozen=True)

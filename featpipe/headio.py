@@ -36,7 +36,8 @@ class UnsafeModelError(IntegrityError):
     """A saved head that could run code when loaded, or that was modified after saving."""
 
 
-TRUSTED = tuple(f"{c.__module__}.{c.__qualname__}" for c in HEAD_CLASSES)
+TRUSTED = tuple(f"{c.__module__}.{c.__qualname__}" for c in HEAD_CLASSES) + tuple(
+    f"featpipe.heads.{c.__qualname__}" for c in HEAD_CLASSES)  # heads saved when featpipe.heads was one module
 # Keys of the sidecar that features must match for a head to apply to them.
 MATCH_KEYS = ("backbone", "weights_id", "layer", "preprocess", "embedding_dim")
 _PICKLE_MAGIC = (b"\x80", b"(dp", b"(lp", b"ccopy_reg", b"cnumpy", b"cbuiltins", b"c__builtin__")

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featpipe.config import HeadsParams, MlpParams
+from featpipe.config import HeadsParams
+from featpipe.heads.mlp import MlpParams
 from featpipe.errors import CacheError
 from featpipe.fileio import seal
 from featpipe.headio import UnsafeModelError, check_compatible, load_head, save_head, sidecar

@@ -15,7 +15,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from featpipe.config import HeadsParams, MlpParams, SvcParams
+from featpipe.config import HeadsParams
+from featpipe.heads.mlp import MlpParams
+from featpipe.heads.svc import SvcParams
 from featpipe.errors import ConfigError
 from featpipe.heads import HEADS, head_params, make_head, one_blas_thread, span_basis
 
@@ -172,7 +174,7 @@ def test_deterministic_and_no_global_random_state(name):
 
 
 def test_factories_and_registry():
-    assert set(HEADS) == {"svc", "logistic", "mlp", "prototype"}
+    assert set(HEADS) >= {"svc", "logistic", "mlp", "prototype"}
     steps = [s for s, _ in make_head("prototype", HeadsParams(l2_normalize=True)).steps]
     assert steps == ["scale", "l2", "clf"]
     assert [s for s, _ in make_head("svc", HeadsParams()).steps] == ["scale", "clf"]
@@ -183,3 +185,22 @@ def test_factories_and_registry():
     assert "gamma_grid" not in head_params("svc", dataclasses.replace(HeadsParams(), svc=SvcParams(kernel="linear")))
     mlp = make_head("mlp", HeadsParams())[-1]
     assert (mlp.hidden, mlp.dropout) == (512, 0.3)
+
+
+def test_the_head_registry_is_the_one_list_of_heads():
+    """Adding a head is adding its module: params.yaml sections, CLI choices, saved-model trusted types and
+    Grad-CAM all come from the registry."""
+    from featpipe import heads
+    from featpipe.commands.fit import HEAD_CHOICES
+    from featpipe.config import load_params
+    from featpipe.headio import TRUSTED
+
+    for name, spec in heads.REGISTRY.items():
+        assert isinstance(getattr(HeadsParams(), name), spec.params)  # heads.<name> in params.yaml
+        assert name in HEAD_CHOICES
+        assert f"{spec.estimator.__module__}.{spec.estimator.__qualname__}" in TRUSTED
+        assert heads.spec_for(spec.estimator()) is spec  # Grad-CAM finds its torch twin
+    p = load_params(None, ["heads.prototype.temperature=0.5"])
+    assert p.heads.prototype.temperature == 0.5
+    with pytest.raises(ConfigError, match="heads.knn"):
+        load_params(None, ["heads.knn.k=3"])

@@ -8,13 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from featpipe.config import HeadsParams, MlpParams, SvcParams
+from featpipe.config import HeadsParams
+from featpipe.heads.mlp import MlpParams
+from featpipe.heads.svc import SvcParams
 from featpipe.explain.torch_head import FrozenWithHead, torch_head
 from featpipe.heads import make_head
 
 FAST = replace(HeadsParams(), cv_folds=0, mlp=MlpParams(hidden=32, epochs=60))  # no CV: fast, same maths
 LINEAR_SVC = replace(FAST, svc=SvcParams(kernel="linear"))
-HEADS = [("logistic", FAST), ("svc", FAST), ("svc", LINEAR_SVC), ("mlp", FAST), ("prototype", FAST)]
+from featpipe import heads as _heads  # noqa: E402
+
+HEADS = [(name, FAST) for name in _heads.names()] + [("svc", LINEAR_SVC)]  # every registered head, + a linear SVC
 
 
 def _blobs(n_classes: int, seed: int = 0, n: int = 60, d: int = 24):
@@ -26,7 +30,7 @@ def _blobs(n_classes: int, seed: int = 0, n: int = 60, d: int = 24):
 
 @pytest.mark.parametrize("n_classes", [2, 3])
 @pytest.mark.parametrize("l2", [False, True])
-@pytest.mark.parametrize("name,params", HEADS, ids=["logistic", "svc-rbf", "svc-linear", "mlp", "prototype"])
+@pytest.mark.parametrize("name,params", HEADS, ids=_heads.names() + ["svc-linear"])
 def test_torch_head_equals_sklearn(name, params, l2, n_classes):
     X, y, Xt = _blobs(n_classes)
     pipe = make_head(name, replace(params, l2_normalize=l2), seed=0).fit(X, y)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-HEAD_CHOICES = ("svc", "logistic", "mlp", "prototype")
+from featpipe.heads import names as _head_names
+
+HEAD_CHOICES = tuple(_head_names())  # the head registry
 
 
 def add_arguments(parser, *, head_flag: bool = True) -> None:

@@ -1,7 +1,7 @@
 """A fitted head as a differentiable torch module, and a frozen backbone plus that head as one model.
 
 :func:`torch_head` turns a fitted head pipeline (``StandardScaler`` -> optional L2 ``Normalizer`` ->
-one of :data:`featpipe.heads.HEAD_CLASSES`) into a :class:`TorchHead` whose :meth:`TorchHead.decision`
+a registered head, :mod:`featpipe.heads`, each converted by its own ``torch_twin``) into a :class:`TorchHead` whose :meth:`TorchHead.decision`
 equals the pipeline's ``decision_function`` on the same features (float64 inside, so to ~1e-12) and whose
 ``forward`` returns per-class logits whose softmax equals the pipeline's ``predict_proba``:
 
@@ -205,7 +205,7 @@ def _preprocessing(steps) -> tuple[list[nn.Module], tuple[np.ndarray, np.ndarray
     return mods, None
 
 
-def _linear(coef, intercept) -> nn.Linear:
+def linear(coef, intercept) -> nn.Linear:
     coef = np.atleast_2d(np.asarray(coef, dtype=np.float64))
     lin = nn.Linear(coef.shape[1], coef.shape[0], dtype=DTYPE)
     with torch.no_grad():
@@ -215,7 +215,7 @@ def _linear(coef, intercept) -> nn.Linear:
     return lin
 
 
-def _fold(pre: list[nn.Module], lin: nn.Linear) -> tuple[list[nn.Module], nn.Linear]:
+def fold(pre: list[nn.Module], lin: nn.Linear) -> tuple[list[nn.Module], nn.Linear]:
     """Fold a trailing Affine (scaler) into the linear layer: W/s, b - W @ (m/s)."""
     if not pre or not isinstance(pre[-1], Affine):
         return pre, lin
@@ -228,42 +228,18 @@ def _fold(pre: list[nn.Module], lin: nn.Linear) -> tuple[list[nn.Module], nn.Lin
     return pre[:-1], lin
 
 
-def _svc(svc, pre):
-    classes = svc.classes_
-    gamma = float(getattr(svc, "_gamma", svc.gamma))
-    if svc.kernel == "linear" and len(classes) == 2:
-        pre, lin = _fold(pre, _linear(svc.coef_, svc.intercept_))
-        return pre, lin, "svc-linear", "binary"
-    if svc.kernel not in ("linear", "rbf"):
-        raise FeatpipeError(f"cannot explain an SVC with kernel {svc.kernel!r} (linear and rbf are supported)")
-    core = KernelExpansion(svc.support_vectors_, svc.dual_coef_, svc.intercept_, svc.n_support_,
-                           kernel=svc.kernel, gamma=gamma)
-    return pre, core, f"svc-{svc.kernel}", "binary" if len(classes) == 2 else "ovo"
-
-
 def _core(clf, pre: list[nn.Module]):
-    """(pre, core, kind, decision kind, temperature) of a fitted classifier, recognised by its fitted
-    attributes (featpipe's heads, or a bare scikit-learn ``SVC`` / ``LogisticRegression``)."""
-    from sklearn.svm import SVC
+    """(pre, core, kind, decision kind, temperature) of a fitted classifier: the registered head's torch twin
+    (:mod:`featpipe.heads`; a bare scikit-learn ``SVC`` / ``LogisticRegression`` through the head that wraps it)."""
+    from featpipe.errors import ConfigError
+    from featpipe.heads import spec_for
 
-    classes = clf.classes_
-    binary_or = "binary" if len(classes) == 2 else "scores"
-    if isinstance(clf, SVC) or isinstance(getattr(clf, "svc_", None), SVC):
-        pre, core, kind, dk = _svc(clf if isinstance(clf, SVC) else clf.svc_, pre)
-        return pre, core, kind, dk, 1.0
-    if all(hasattr(clf, a) for a in ("w1_", "b1_", "w2_", "b2_")):  # featpipe's MLP head
-        w1 = np.asarray(clf.w1_, dtype=np.float64)
-        if getattr(clf, "proj_", None) is not None:
-            w1 = w1 @ np.asarray(clf.proj_, dtype=np.float64).T
-        pre, first = _fold(pre, _linear(w1, clf.b1_))
-        return pre, nn.Sequential(first, nn.ReLU(), _linear(clf.w2_, clf.b2_)), "mlp", binary_or, 1.0
-    if hasattr(clf, "prototypes_"):  # nearest prototype, cosine
-        return pre, Prototypes(clf.prototypes_), "prototype", "similarity", float(clf.temperature)
-    est = getattr(clf, "estimator_", clf)  # featpipe's logistic head holds a LogisticRegression
-    if hasattr(est, "coef_") and hasattr(est, "intercept_") and type(est).__name__ == "LogisticRegression":
-        pre, core = _fold(pre, _linear(est.coef_, est.intercept_))
-        return pre, core, "logistic", binary_or, 1.0
-    raise FeatpipeError(f"cannot explain a head of type {type(clf).__name__} (known: logistic, svc, mlp, prototype)")
+    try:
+        spec = spec_for(clf)
+    except ConfigError:
+        raise FeatpipeError(f"cannot explain a head of type {type(clf).__name__} (known: logistic, svc, mlp, "
+                            "prototype)") from None
+    return spec.torch_twin(clf, pre)
 
 
 def torch_head(pipeline) -> TorchHead:

@@ -1,0 +1,108 @@
+"""Classification heads on frozen embeddings: a registry of head modules, each one file.
+
+A head is one module of this package (``svc.py``, ``logistic.py``, ``mlp.py``, ``prototype.py``) that holds
+its scikit-learn estimator, its parameters dataclass (the ``heads.<name>`` section of ``params.yaml``), which
+of those settings name a configuration, and its torch twin for Grad-CAM, and ends with ``HEAD = dict(...)``
+(the fields of :class:`HeadSpec`). Every module here except ``base`` is registered when the package is
+imported: adding a head is adding its file. The parameter file, the CLI's choices, the factories, the saved
+models' trusted types, Grad-CAM and the tests read :data:`REGISTRY`.
+
+Every head is an UNFITTED ``Pipeline``: ``StandardScaler`` -> optional L2 ``Normalizer`` -> classifier
+(:func:`featpipe.heads.base.build_pipeline`). Every classifier follows scikit-learn conventions (no logic in
+``__init__``, ``fit`` returns ``self``, fitted attributes end in ``_``, no global random state) and has
+``predict_proba`` (columns in ``classes_`` order) and ``decision_function``.
+
+Hyper-parameter choice happens inside ``fit``, on the k-shot training set only: when every class has at
+least ``heads.cv_folds`` images, C (and gamma for an RBF SVC) is chosen by grid search over a seeded
+``StratifiedKFold`` (scoring ``heads.cv_scoring``; ties go to the first candidate in grid order, i.e. the
+smaller C): :func:`~featpipe.heads.base.grid_cv` makes exactly ``GridSearchCV``'s choice without its per-fit
+overhead; otherwise the documented default ``heads.<head>.C`` (and ``gamma``) is used. The scaler sees the
+whole k-shot set before the CV (an unsupervised step; the test and val splits are never seen).
+
+Speed without changing the answer: with n k-shot images of dimension D >> n, the CV runs on the n x n Gram
+matrix (SVC, ``kernel="precomputed"``) or on the n-dimensional coordinates of the images in the span of the
+training embeddings (logistic). An L2-penalised linear model's weights lie in that span (representer
+theorem), so these give the same solution as fitting on the raw D-dim vectors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from featpipe.errors import ConfigError
+from featpipe.heads.base import build_pipeline, grid_cv, one_blas_thread, span_basis  # noqa: F401
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    name: str
+    params: type  # frozen dataclass: the heads.<name> section of params.yaml
+    estimator: type  # the classifier class (a skops-trusted type of saved heads)
+    factory: Callable  # (HeadsParams, *, seed) -> unfitted Pipeline
+    torch_twin: Callable  # (fitted classifier, preprocessing modules) -> (pre, core, kind, decision kind, temperature)
+    naming: Optional[Callable[[dict], dict]] = None  # own settings -> those that name a configuration
+    cross_validated: bool = False  # heads.cv_folds / heads.cv_scoring name its configurations too
+    also_explains: tuple = ()  # bare scikit-learn classes its torch twin also converts
+
+
+def _discover() -> dict[str, HeadSpec]:
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_") or info.name == "base":
+            continue
+        spec = HeadSpec(**importlib.import_module(f"{__name__}.{info.name}").HEAD)
+        found[spec.name] = spec
+    return dict(sorted(found.items()))
+
+
+REGISTRY: dict[str, HeadSpec] = _discover()
+HEADS: dict[str, Callable] = {name: spec.factory for name, spec in REGISTRY.items()}
+# Every class a saved head may contain beyond scikit-learn/numpy (the skops trusted-types list).
+HEAD_CLASSES = tuple(spec.estimator for spec in REGISTRY.values())
+globals().update({cls.__name__: cls for cls in HEAD_CLASSES})  # featpipe.heads.FewShotSVC, ... (older saved heads)
+from featpipe.heads.logistic import SOLVER_TOL  # noqa: E402,F401
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def get(name: str) -> HeadSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown head '{name}' (known: {', '.join(REGISTRY)})") from None
+
+
+def make_head(name: str, params, *, seed: int = 0):
+    """The unfitted pipeline of head ``name`` (``seed`` drives its CV folds / initialisation)."""
+    return get(name).factory(params, seed=seed)
+
+
+def head_params(name: str, params) -> dict:
+    """The settings that define head ``name`` (its results-table key): shared ones plus its own section."""
+    spec = get(name)
+    own = dataclasses.asdict(getattr(params, name))
+    if spec.naming is not None:
+        own = spec.naming(own)
+    shared = {"scaler": params.scaler, "l2_normalize": params.l2_normalize}
+    if spec.cross_validated:
+        shared |= {"cv_folds": params.cv_folds, "cv_scoring": params.cv_scoring}
+    return shared | own
+
+
+def spec_for(clf) -> HeadSpec:
+    """The head whose estimator (or bare scikit-learn class it explains) ``clf`` is."""
+    for spec in REGISTRY.values():
+        if isinstance(clf, (spec.estimator, *spec.also_explains)):
+            return spec
+    raise ConfigError(f"no registered head for a {type(clf).__name__} (known: {', '.join(REGISTRY)})")
+
+
+def sections() -> dict[str, type]:
+    """``{head name: its params dataclass}``: the per-head sections of ``heads`` in params.yaml."""
+    return {name: spec.params for name, spec in REGISTRY.items()}

@@ -1,0 +1,140 @@
+"""The MLP head: embedding -> hidden -> ReLU -> dropout -> classes, trained full-batch in numpy; its torch
+twin is the same two layers (the span projection folded into the first)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from featpipe.heads.base import _Head, _proba_from_decision, _softmax, build_pipeline, span_basis
+
+
+@dataclass(frozen=True)
+class MlpParams:
+    hidden: int = 512
+    dropout: float = 0.3
+    epochs: int = 200  # at most; stops earlier when the training loss stops improving (tol, n_iter_no_change)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    tol: float = 1e-4
+    n_iter_no_change: int = 10
+    span: bool = True  # train the first layer within the span of the k-shot embeddings (fast); false = full D x hidden
+
+
+class MLPHead(_Head):
+    """embedding -> hidden -> ReLU -> dropout -> classes, trained full-batch with AdamW (PyTorch's update
+    rule, betas 0.9/0.999, eps 1e-8) on a class-balanced cross-entropy. Written in numpy (forward and
+    backward are two matrix products each): no framework start-up per run, all randomness (init,
+    dropout) from ``numpy.random.default_rng(random_state)``, never global state.
+
+    Training stops after ``epochs`` or earlier when the training loss has not improved by ``tol`` for
+    ``n_iter_no_change`` epochs (scikit-learn's MLP rule). With ``span=True`` the first layer is
+    parametrised as ``W1 = A @ V.T`` with ``V`` an orthonormal basis of the span of the training
+    embeddings (r <= n dims, see :func:`span_basis`): the first layer never sees directions no
+    training image has, and an epoch costs n*r*hidden instead of n*D*hidden. Initialisation is
+    PyTorch's ``nn.Linear`` default (uniform, bound 1/sqrt(fan_in)) with the full model's fan-in D.
+    """
+
+    def __init__(self, hidden=512, dropout=0.3, epochs=200, lr=1e-3, weight_decay=1e-4, tol=1e-4,
+                 n_iter_no_change=10, span=True, random_state=0):
+        self.hidden = hidden
+        self.dropout = dropout
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.span = span
+        self.random_state = random_state
+
+    def _fit(self, X, y):
+        rng = np.random.default_rng(self.random_state)
+        D, C, H = X.shape[1], self.classes_.size, self.hidden
+        if self.span:
+            Z, V = span_basis(X)
+            self.proj_ = V.astype(np.float32)
+        else:
+            Z, self.proj_ = X, None
+        Z = np.ascontiguousarray(Z, dtype=np.float32)
+        n, r = Z.shape
+        f32 = np.float32
+        u = lambda shape, bound: ((rng.random(shape, dtype=f32) * 2 - 1) * bound).astype(f32)
+        params = [u((H, r), 1 / np.sqrt(D)), u((H,), 1 / np.sqrt(D)), u((C, H), 1 / np.sqrt(H)), u((C,), 1 / np.sqrt(H))]
+        m = [np.zeros_like(p) for p in params]
+        v = [np.zeros_like(p) for p in params]
+        counts = np.bincount(y, minlength=C)
+        w = (n / (C * np.maximum(counts, 1))).astype(f32)[y]  # balanced class weights, per image
+        onehot = np.eye(C, dtype=f32)[y]
+        keep = 1.0 - self.dropout
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        best, stale, loss = np.inf, 0, np.nan
+        self.n_iter_ = 0
+        for t in range(1, self.epochs + 1):
+            W1, c1, W2, c2 = params
+            pre = Z @ W1.T + c1
+            h = np.maximum(pre, 0)
+            mask = (rng.random(h.shape, dtype=f32) < keep) / f32(keep) if self.dropout > 0 else f32(1)
+            hd = h * mask
+            logits = hd @ W2.T + c2
+            logits -= logits.max(axis=1, keepdims=True)
+            logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+            loss = float(-(w * (logp * onehot).sum(1)).sum() / w.sum())
+            dlog = (np.exp(logp) - onehot) * (w / w.sum())[:, None]
+            dh = (dlog @ W2) * mask * (pre > 0)
+            grads = [dh.T @ Z, dh.sum(0), dlog.T @ hd, dlog.sum(0)]
+            for p, g, mi, vi in zip(params, grads, m, v):
+                p *= 1 - self.lr * self.weight_decay
+                mi *= b1
+                mi += (1 - b1) * g
+                vi *= b2
+                vi += (1 - b2) * g * g
+                p -= self.lr * (mi / (1 - b1 ** t)) / (np.sqrt(vi / (1 - b2 ** t)) + eps)
+            self.n_iter_ = t
+            if loss > best - self.tol:
+                stale += 1
+                if stale >= self.n_iter_no_change:
+                    break
+            else:
+                stale = 0
+            best = min(best, loss)
+        self.loss_ = loss
+        self.w1_, self.b1_, self.w2_, self.b2_ = params
+
+    def decision_function(self, X):
+        X = self._check(X)
+        if self.proj_ is not None:
+            X = X @ self.proj_.astype(np.float64)
+        h = np.maximum(X @ self.w1_.T.astype(np.float64) + self.b1_, 0.0)
+        logits = h @ self.w2_.T.astype(np.float64) + self.b2_
+        return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
+
+    def predict_proba(self, X):
+        d = self.decision_function(X)
+        if d.ndim == 1:  # softmax over two logits == sigmoid of their difference
+            return _proba_from_decision(d)
+        return _softmax(d)
+
+
+
+def factory(params, *, seed: int = 0):
+    p = params.mlp
+    return build_pipeline(MLPHead(hidden=p.hidden, dropout=p.dropout, epochs=p.epochs, lr=p.lr,
+                                  weight_decay=p.weight_decay, tol=p.tol, n_iter_no_change=p.n_iter_no_change,
+                                  span=p.span, random_state=seed), params)
+
+
+def torch_twin(clf, pre):
+    from torch import nn
+
+    from featpipe.explain.torch_head import fold, linear
+
+    w1 = np.asarray(clf.w1_, dtype=np.float64)
+    if getattr(clf, "proj_", None) is not None:
+        w1 = w1 @ np.asarray(clf.proj_, dtype=np.float64).T
+    pre, first = fold(pre, linear(w1, clf.b1_))
+    kind = "binary" if len(clf.classes_) == 2 else "scores"
+    return pre, nn.Sequential(first, nn.ReLU(), linear(clf.w2_, clf.b2_)), "mlp", kind, 1.0
+
+
+HEAD = dict(name="mlp", params=MlpParams, estimator=MLPHead, factory=factory, torch_twin=torch_twin)
