@@ -147,7 +147,7 @@ def test_dvc_repro_on_the_default_params_with_planted_weights(tmp_path, monkeypa
 
     out = _run(DVC, "repro", cwd=work)
     backs, heads = params["extract"]["backbones"], params["fit"]["heads"]
-    expected = ({"fetch", "prepare", "decode", "collect", "gradcam", "report"}
+    expected = ({"fetch", "prepare", "decode", "collect", "compare", "gradcam", "report"}
                 | {f"extract@{b}" for b in backs} | {f"fit@{b}-{h}" for b in backs for h in heads}
                 | {f"finetune@{b}-{s}" for b in params["finetune"]["backbones"] for s in params["finetune"]["strategies"]})
     assert _ran(out) == expected
