@@ -199,10 +199,11 @@ def extract(manifest: str | Path | pd.DataFrame, *, backbone: str, dataset: str,
     device, precision, run_batches = _engine(engine, params, spec)
     dim = spec.output_dim(layer)
     from featpipe.decoded import decoder_identity
+    from featpipe.modelinput import decode_size
 
     expected = {"backbone": spec.name, "weights_id": ref.identity, "layer": layer or "",
                 "preprocess": spec.preprocess.to_dict(), "embedding_dim": dim, "precision": precision,
-                "decoder": decoder_identity(spec.preprocess.resize_size, decode.draft),
+                "decoder": decoder_identity(decode_size(spec.preprocess), decode.draft),
                 "feature_dtype": params.feature_dtype}
     job = _Job(spec, ref, layer, df, msha, out, expected, extra, device, precision, dim, run_batches)
     with locks.build_lock(out, what=f"the {spec.name} feature cache"):
@@ -309,25 +310,21 @@ def _up_to_date(out: Path, old_n: int, old_rows: np.ndarray, df: pd.DataFrame, m
     return same_labels and same_dtype and attrs.get("manifest_sha256") == msha
 
 
-def _decoded_rows(sub: pd.DataFrame, full: pd.DataFrame, *, size: int, cache_dir, dataset: str, decode: DecodeParams,
-                  shard, progress: bool):
-    """A decoded-image reader covering ``sub`` (built for ``full`` when missing or stale) and its rows."""
-    from featpipe.decoded import DecodedImages, build_decoded, decoded_path, settings_mismatch
+def _decoded_rows(sub: pd.DataFrame, full: pd.DataFrame, *, size: int, cache_dir, dataset: str, decode, shard,
+                  progress: bool):
+    """A decoded-image reader covering ``sub`` (the ``size`` cache made current for ``full`` first, through
+    :func:`featpipe.modelinput.ensure_decoded`) and its rows. ``decode``: ``params.decode`` or a
+    :class:`featpipe.decoded.DecodeOptions` (with ``max_pixels``)."""
+    from featpipe.decoded import DecodedImages, DecodeOptions, decoded_path
+    from featpipe.modelinput import ensure_decoded
 
     path = decoded_path(cache_dir, dataset, size)
     if shard is not None and not path.exists():  # shards never race on one shared file
         path = path.with_name(f"{path.stem}.shard-{shard[0]}-of-{shard[1]}.h5")
-    reader = DecodedImages(path)
-    try:
-        rows = reader.require(sub)
-        stale = settings_mismatch(reader.attrs, size=size, draft=decode.draft)
-        if stale is None:
-            return reader, rows
-        _say(f"{path} was {stale}: decoding again", progress)
-        reader.close()
-    except CacheError:
-        reader.close()
-    build_decoded(full, size=size, path=path, workers=decode.workers, draft=decode.draft, progress=progress)
+    opts = decode if isinstance(decode, DecodeOptions) else DecodeOptions(decode.workers, decode.draft)
+    opts = DecodeOptions(opts.workers, opts.draft, opts.max_pixels, progress)
+    ensure_decoded(full, [{"input_size": size}], cache_dir=cache_dir, dataset=dataset, options=opts,
+                   paths={size: path})
     reader = DecodedImages(path)
     return reader, reader.require(sub)
 
@@ -349,17 +346,16 @@ def load_model(spec, ref, layer, *, device, precision, net=None):
 
 def read_batch(reader, rows, spec) -> np.ndarray:
     """uint8 ``(n, input, input, C)``: the decoded-cache ``rows``, centre-cropped to the model's input size."""
-    pre = spec.preprocess
-    off = int(round((pre.resize_size - pre.input_size) / 2.0))
-    crop = slice(off, off + pre.input_size)
-    return np.ascontiguousarray(reader.read(rows)[:, crop, crop])
+    from featpipe.modelinput import centre_crop
+
+    return centre_crop(reader.read(rows), spec.preprocess)
 
 
 def model_input(images: np.ndarray, spec):
     """Cropped uint8 images -> the normalised float32 ``(n, 3, H, W)`` batch the model takes."""
-    from featpipe.decoded import to_tensor_batch
+    from featpipe.modelinput import normalise
 
-    return to_tensor_batch(images, spec.preprocess.mean, spec.preprocess.std, channels=3)
+    return normalise(images, spec.preprocess)
 
 
 def embed_batch(model, x, spec, *, device, precision) -> np.ndarray:
@@ -385,7 +381,9 @@ def _run_batches(spec, ref, layer, df: pd.DataFrame, todo: np.ndarray, partial, 
 
     if net is None:
         net = weights_mod.load_network(spec, ref)  # missing weights are reported before any image is decoded
-    reader, drows = _decoded_rows(df.iloc[todo[start:]], df, size=spec.preprocess.resize_size,
+    from featpipe.modelinput import decode_size
+
+    reader, drows = _decoded_rows(df.iloc[todo[start:]], df, size=decode_size(spec.preprocess),
                                   cache_dir=cache_dir, dataset=dataset, decode=decode, shard=shard, progress=progress)
     model = load_model(spec, ref, layer, device=device, precision=precision, net=net)
 

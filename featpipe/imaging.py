@@ -196,8 +196,13 @@ def _refuse_truncated_loading() -> None:
 _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
-def _orientation(im: Image.Image) -> int:
+def _orientation(im: Image.Image, *, header: bool = False) -> int:
+    """EXIF orientation; ``header``: from what was read so far (Pillow's PNG ``getexif`` decodes the image)."""
     try:
+        if header and im.format == "PNG":
+            exif = Image.Exif()
+            exif.load(im.info.get("exif") or b"")
+            return int(exif.get(0x0112, 1) or 1)
         return int(im.getexif().get(0x0112, 1) or 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block is not a broken image
         return 1
@@ -208,24 +213,18 @@ def _orientation(im: Image.Image) -> int:
 
 def probe(path: str, *, max_pixels: int) -> tuple[int, int]:
     """(width, height), upright (after EXIF orientation), of a fully decoded image; else :class:`ImageRejected`."""
+    return decode_sizes(path, (), draft=False, max_pixels=max_pixels)[1]
+
+
+def image_size(path: str, *, max_pixels: int) -> tuple[int, int]:
+    """(width, height), upright, from the header alone (files already known to decode); npz/DICOM: :func:`probe`."""
     ref = str(path)
-    file, array, index = split_ref(ref)
-    if array is not None:
-        img = _npz_slice(ref, file, array, index)
-        h, w = img.shape[:2]
-        if w * h > max_pixels:
-            raise ImageRejected("too large", ref)
-        return int(w), int(h)
+    if split_ref(ref)[1] is not None or _is_dicom(ref):
+        return probe(ref, max_pixels=max_pixels)
     _check_file(ref)
-    if _is_dicom(ref):
-        arr = _dicom_to_uint8(ref, max_pixels)
-        return int(arr.shape[1]), int(arr.shape[0])
     with _open_pil(ref, max_pixels) as im:
-        _load(im, ref)
         w, h = im.size
-        if _orientation(im) in _ROTATED:
-            w, h = h, w
-        return int(w), int(h)
+        return (h, w) if _orientation(im, header=True) in _ROTATED else (w, h)
 
 
 # --------------------------------------------------------------------------- to 8 bits
@@ -256,13 +255,11 @@ def _composite_black(arr: np.ndarray) -> np.ndarray:
     return ((color * alpha + 127) // 255).astype(np.uint8)
 
 
-def _pil_to_uint8(im: Image.Image, ref: str) -> np.ndarray:
-    """Loaded PIL image -> (H, W) or (H, W, 3) uint8."""
+def _pil_to_uint8(im: Image.Image, ref: str) -> Image.Image | np.ndarray:
+    """Loaded PIL image -> (H, W) or (H, W, 3) uint8; an L or RGB image is returned as is (no copy)."""
     mode = im.mode
-    if mode == "L":
-        return np.asarray(im)
-    if mode == "RGB":
-        return np.asarray(im)
+    if mode in ("L", "RGB"):
+        return im
     if mode == "1":
         return np.asarray(im.convert("L"))
     if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
@@ -284,70 +281,6 @@ def _array_to_uint8(img: np.ndarray) -> np.ndarray:
     return out
 
 
-def _dicom_to_uint8(ref: str, max_pixels: int) -> np.ndarray:
-    try:
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
-    except ImportError:
-        raise ImageRejected("unreadable", ref) from None
-    try:
-        ds = pydicom.dcmread(ref)
-    except InvalidDicomError:
-        raise ImageRejected("not an image", ref) from None
-    except (OSError, EOFError, ValueError, KeyError) as exc:
-        raise ImageRejected("truncated" if isinstance(exc, EOFError) else "unreadable", ref) from None
-    if "PixelData" not in ds:
-        raise ImageRejected("not an image", ref)
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    if rows * cols > max_pixels:
-        raise ImageRejected("too large", ref)
-    if int(ds.get("NumberOfFrames", 1) or 1) != 1:
-        raise ImageRejected("unsupported mode", ref)
-    try:
-        arr = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - codec errors vary
-        text = str(exc).lower()
-        short = any(s in text for s in ("length", "expected", "short", "truncat", "end of"))
-        raise ImageRejected("truncated" if short else "unreadable", ref) from None
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        if arr.ndim == 3 and arr.shape[-1] == 3:
-            return scale_to_uint8(arr)  # pydicom converts YBR to RGB
-        raise ImageRejected("unsupported mode", ref)
-    # 1. modality LUT (rescale slope/intercept), 2. VOI LUT / window, 3. MONOCHROME1 inverted.
-    arr = apply_modality_lut(arr, ds)
-    lo = hi = None
-    if "VOILUTSequence" in ds:
-        arr = apply_voi_lut(arr, ds, prefer_lut=True)
-        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        lo, hi = 0.0, float(2**bits - 1)
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
-        arr = apply_voi_lut(arr, ds, prefer_lut=False)
-        lo, hi = _window_range(ds)
-    arr = np.asarray(arr, dtype=np.float64)
-    if lo is None:
-        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
-    if photometric == "MONOCHROME1":
-        arr = (lo + hi) - arr
-    scale = 255.0 / (hi - lo) if hi > lo else 0.0
-    return np.clip(np.rint((arr - lo) * scale), 0, 255).astype(np.uint8)
-
-
-def _window_range(ds) -> tuple[float, float]:
-    """The output range pydicom's windowing maps into (PS3.3 C.11.2.1.2)."""
-    if ds.get("ModalityLUTSequence"):
-        lo, hi = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
-    elif int(ds.get("PixelRepresentation", 0)) == 0:
-        lo, hi = 0.0, float(2 ** int(ds.BitsStored) - 1)
-    else:
-        lo, hi = -float(2 ** (int(ds.BitsStored) - 1)), float(2 ** (int(ds.BitsStored) - 1) - 1)
-    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    if slope is not None and intercept is not None and not ds.get("ModalityLUTSequence"):
-        lo, hi = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
-    return min(lo, hi), max(lo, hi)
-
-
 # --------------------------------------------------------------------------- decode
 
 
@@ -367,21 +300,73 @@ def resize_crop(im: Image.Image, size: int) -> Image.Image:
     return im
 
 
-def _to_pixels(ref: str, *, size: int, draft: bool, max_pixels: int) -> np.ndarray:
-    """Decode, orient and convert to (H, W) or (H, W, 3) uint8 at the source resolution (or draft)."""
+def _pil_pixels(ref: str, sizes, *, draft: bool, max_pixels: int, channels) -> tuple[dict, tuple[int, int]]:
+    """Each size's pixels (sizes whose JPEG draft scale is the same share one decode; other formats: one
+    decode for all) and the upright (width, height) of the file."""
+    with _open_pil(ref, max_pixels) as im:  # header only (no EXIF here: Pillow loads a PNG to find it)
+        w, h = im.size
+        jpeg = draft and im.format == "JPEG"
+        mode = im.mode if im.mode in ("L", "RGB") else None
+    dims = (w, h)
+    requests: dict[int, list[int]] = {}
+    for s in sizes or (0,):
+        requests.setdefault(DRAFT_FACTOR * s if jpeg and s and min(w, h) >= 2 * DRAFT_FACTOR * s else 0, []).append(s)
+    by_scale: dict[tuple[int, int], dict] = {}
+    out = {}
+    for req, group in requests.items():
+        with _open_pil(ref, max_pixels) as im:
+            if req:
+                im.draft(mode, (req, req))
+            if im.size not in by_scale:
+                _load(im, ref)
+                turn = _orientation(im)
+                dims = (h, w) if turn in _ROTATED else (w, h)
+                source = _pil_to_uint8(ImageOps.exif_transpose(im) if turn != 1 else im, ref)  # finished while the file is open (no copy of L/RGB)
+                by_scale[im.size] = {s: _finish(source, s, channels) for s in sizes if s}
+            out.update({s: by_scale[im.size][s] for s in group if s})
+    return out, dims
+
+
+def _decoded(ref: str, sizes, *, draft: bool, max_pixels: int, channels=None) -> tuple[dict, tuple[int, int]]:
+    """Decode (once per JPEG draft scale), orient, convert to 8 bits, then :func:`_finish` for each size."""
     file, array, index = split_ref(ref)
     if array is not None:
-        return _array_to_uint8(_npz_slice(ref, file, array, index))
-    _check_file(ref)
-    if _is_dicom(ref):
-        return _dicom_to_uint8(ref, max_pixels)
-    with _open_pil(ref, max_pixels) as im:
-        if draft and im.format == "JPEG" and min(im.size) >= 2 * DRAFT_FACTOR * size:
-            target = DRAFT_FACTOR * size
-            im.draft(im.mode if im.mode in ("L", "RGB") else None, (target, target))
-        _load(im, ref)
-        oriented = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
-        return _pil_to_uint8(oriented, ref)
+        px = _array_to_uint8(_npz_slice(ref, file, array, index))
+    else:
+        _check_file(ref)
+        if not _is_dicom(ref):
+            return _pil_pixels(ref, sizes, draft=draft, max_pixels=max_pixels, channels=channels)
+        from featpipe.dicom import dicom_to_uint8
+
+        px = dicom_to_uint8(ref, max_pixels)
+    if px.shape[0] * px.shape[1] > max_pixels:
+        raise ImageRejected("too large", ref)
+    return {s: _finish(px, s, channels) for s in sizes}, (int(px.shape[1]), int(px.shape[0]))
+
+
+def _finish(pixels: Image.Image | np.ndarray, size: int, channels: int | None) -> np.ndarray:
+    """Source pixels -> uint8 ``(size, size, C)`` (resize, centre crop, channels: see the module doc)."""
+    im = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB")
+    if im.mode == "RGB" and channels == 1:
+        im = im.convert("L")
+    out = np.asarray(resize_crop(im, size))
+    if out.ndim == 2:
+        out = out[..., None]
+    elif channels is None and np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 0], out[..., 2]):
+        out = out[..., :1]
+    if channels == 3 and out.shape[-1] == 1:
+        out = np.repeat(out, 3, axis=-1)
+    return np.ascontiguousarray(out)
+
+
+def decode_sizes(ref: str, sizes, *, draft: bool = True,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict[int, np.ndarray], tuple[int, int]]:
+    """One image decoded once for several sizes: ``({size: uint8 (size, size, C)}, upright (width, height))``
+    with natural channels (as :func:`decode` with ``channels=None``). With ``draft``, JPEG sizes that need
+    different DCT scales get one decode each; a truncated file is still an error."""
+    if any(int(s) < 1 for s in sizes):
+        raise ValueError(f"sizes must be positive, got {list(sizes)}")
+    return _decoded(str(ref), tuple(sorted({int(s) for s in sizes})), draft=draft, max_pixels=max_pixels)
 
 
 def decode(
@@ -397,46 +382,7 @@ def decode(
         raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
     if size < 1:
         raise ValueError(f"size must be positive, got {size!r}")
-    ref = str(ref)
-    pixels = _to_pixels(ref, size=size, draft=draft, max_pixels=max_pixels)
-    if pixels.ndim == 3 and channels == 1:
-        pixels = np.asarray(Image.fromarray(pixels, "RGB").convert("L"))
-    im = Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB")
-    out = np.asarray(resize_crop(im, size))
-    if out.ndim == 2:
-        out = out[..., None]
-    elif channels is None and np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 0], out[..., 2]):
-        out = out[..., :1]
-    if channels == 3 and out.shape[-1] == 1:
-        out = np.repeat(out, 3, axis=-1)
-    return np.ascontiguousarray(out)
-
-
-def is_gray_source(ref: str) -> bool:
-    """True when the reference is grayscale by its header alone (no decoding); False means maybe colour."""
-    ref = str(ref)
-    file, array, index = split_ref(ref)
-    try:
-        if array is not None:
-            return _npz_slice(ref, file, array, index).ndim == 2
-        if _is_dicom(ref):
-            import pydicom
-
-            ds = pydicom.dcmread(ref, stop_before_pixels=True)
-            return str(ds.get("PhotometricInterpretation", "")).upper() in ("MONOCHROME1", "MONOCHROME2")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(ref) as im:
-                return im.mode in _GRAY_MODES
-    except Exception:  # noqa: BLE001 - unknown from the header: decode to find out
-        return False
-
-
-def is_colour(ref: str, *, size: int, draft: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:
-    """Whether ``decode(ref, size=size)`` has 3 channels (cheap for grayscale files: header only)."""
-    if is_gray_source(ref):
-        return False
-    return decode(ref, size=size, draft=draft, max_pixels=max_pixels).shape[-1] == 3
+    return _decoded(str(ref), (int(size),), draft=draft, max_pixels=max_pixels, channels=channels)[0][int(size)]
 
 
 __all__ = [
@@ -447,11 +393,10 @@ __all__ = [
     "RESIZE_METHOD",
     "ImageRejected",
     "decode",
-    "is_colour",
-    "is_gray_source",
+    "decode_sizes",
+    "image_size",
     "probe",
     "resize_crop",
     "scale_to_uint8",
     "split_ref",
 ]
-

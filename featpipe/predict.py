@@ -19,6 +19,7 @@ import pandas as pd
 
 from featpipe.errors import DataError, FeatpipeError
 from featpipe.headio import load_head
+from featpipe.modelinput import decode_size, same_channels  # noqa: F401 - same_channels re-exported
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".webp")
 
@@ -88,13 +89,6 @@ def decode_batch(refs: Sequence[str], size: int, *, max_pixels: int | None = Non
     return ok, pixels, rejects
 
 
-def same_channels(pixels: list[np.ndarray]) -> np.ndarray:
-    """Stack decoded images; a mixed gray/colour batch has its gray images replicated (lossless), as extraction."""
-    if len({im.shape[-1] for im in pixels}) > 1:
-        pixels = [np.repeat(im, 3, axis=-1) if im.shape[-1] == 1 else im for im in pixels]
-    return np.ascontiguousarray(np.stack(pixels))
-
-
 def load_backbone(meta: dict, *, device: str = "cpu"):
     """The recorded backbone, rebuilt from the sidecar's weights request and checked against the head
     (:func:`featpipe.saved.rebuild_backbone`); returns (model, spec)."""
@@ -106,28 +100,27 @@ def load_backbone(meta: dict, *, device: str = "cpu"):
 
 def embed(model, spec, refs: Sequence[str], *, precision: str = "fp32", batch_size: int = 32,
           device: str = "cpu") -> np.ndarray:
-    """Embeddings of image references, decoded and cropped exactly as extraction does."""
+    """Embeddings of image references, decoded and prepared exactly as extraction does
+    (:mod:`featpipe.modelinput`)."""
     from featpipe.imaging import decode
 
-    pixels = [decode(r, size=spec.preprocess.resize_size) for r in refs]
+    pixels = [decode(r, size=decode_size(spec.preprocess)) for r in refs]
     return embed_pixels(model, spec, pixels, precision=precision, batch_size=batch_size, device=device)
 
 
 def embed_pixels(model, spec, pixels: Sequence[np.ndarray], *, precision: str = "fp32", batch_size: int = 32,
                  device: str = "cpu") -> np.ndarray:
-    """Embeddings of decoded images (uint8 at the backbone's resize size), centre-cropped as extraction does."""
+    """Embeddings of decoded images (uint8 at the backbone's decode size), prepared by
+    :func:`featpipe.modelinput.model_input` as extraction prepares them."""
     import torch
 
-    from featpipe.decoded import to_tensor_batch
+    from featpipe.modelinput import model_input
 
     pre = spec.preprocess
-    off = int(round((pre.resize_size - pre.input_size) / 2.0))
-    crop = slice(off, off + pre.input_size)
     feats = []
     with torch.inference_mode():
         for s in range(0, len(pixels), batch_size):
-            imgs = same_channels([im[crop, crop] for im in pixels[s:s + batch_size]])
-            x = to_tensor_batch(imgs, pre.mean, pre.std, channels=3).to(device)
+            x = model_input(same_channels(pixels[s:s + batch_size]), pre).to(device)
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 feats.append(model(x).float().cpu().numpy())
     return np.concatenate(feats).astype(np.float32)
@@ -198,7 +191,7 @@ def _classifier(model_path: str | Path, *, device: str, batch_size: int):
             return predict_files(net, meta, refs, batch_size=batch_size, device=device,
                                  images=ArrayImages(refs, same_channels(pixels)))
 
-        return classify, {**meta, "resize_size": int(meta["preprocess"]["resize_size"])}
+        return classify, {**meta, "resize_size": decode_size(meta["preprocess"])}
     saved = load_head(model_path)
     meta = saved.meta
     model, spec = load_backbone(meta, device=device)
@@ -208,4 +201,4 @@ def _classifier(model_path: str | Path, *, device: str, batch_size: int):
                          device=device)
         return saved.pipeline.predict_proba(X)
 
-    return classify, {**meta, "resize_size": int(spec.preprocess.resize_size)}
+    return classify, {**meta, "resize_size": decode_size(spec.preprocess)}

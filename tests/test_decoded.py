@@ -13,13 +13,15 @@ from PIL import Image
 
 from featpipe.decoded import (
     DecodedImages,
+    DecodeOptions,
+    build,
     build_decoded,
     build_stats,
     decoded_path,
-    to_tensor_batch,
 )
 from featpipe.errors import CacheError, DataError
 from featpipe.imaging import RESIZE_METHOD, decode
+from featpipe.modelinput import to_tensor_batch
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CXR = DATA / "figure1-covid-cxr" / "images"
@@ -67,7 +69,7 @@ def test_round_trip_and_attrs(tmp_path, images):
         np.testing.assert_array_equal(reader[i], decode(str(p), size=SIZE))
     attrs = reader.attrs
     assert attrs["size"] == SIZE and attrs["resize_method"] == RESIZE_METHOD and attrs["complete"]
-    assert attrs["draft"] and len(attrs["manifest_sha256"]) == 64 and attrs["featpipe_version"]
+    assert attrs["draft"] and len(attrs["rows_sha256"]) == 64 and attrs["featpipe_version"]
     with h5py.File(path, "r") as f:  # readable without featpipe
         assert f["images"].dtype == np.uint8 and f["images"].chunks == (1, SIZE, SIZE, 1)
         assert [s.decode() for s in f["sha256"][()]] == manifest["sha256"].tolist()
@@ -83,27 +85,31 @@ def test_round_trip_and_attrs(tmp_path, images):
     reader.close()
 
 
+def _stats(manifest, path, **kw):
+    kw.setdefault("workers", 1)
+    opts = DecodeOptions(kw.pop("workers"), kw.pop("draft", True), progress=False)
+    return build(manifest, {kw.pop("size", SIZE): path}, options=opts, **kw)
+
+
 def test_incremental_reuse_by_content(tmp_path, images):
     path = tmp_path / "decoded.h5"
-    _build(_rows(images[:5]), path)
-    assert build_stats(path)["decoded"] == 5
-    _build(_rows(images[:5]), path)
-    assert (build_stats(path)["decoded"], build_stats(path)["reused"]) == (0, 5)
+    assert _stats(_rows(images[:5]), path).stats[SIZE]["decoded"] == 5
+    s = _stats(_rows(images[:5]), path).stats[SIZE]  # exactly these rows: the file is not even rewritten
+    assert (s["decoded"], s["reused"], s["rewritten"]) == (0, 5, False)
 
-    _build(_rows(images), path)  # one added
-    assert (build_stats(path)["decoded"], build_stats(path)["reused"]) == (1, 5)
+    s = _stats(_rows(images), path).stats[SIZE]  # one added
+    assert (s["decoded"], s["reused"]) == (1, 5) and build_stats(path)["decoded"] == 1
 
-    _build(_rows(images[1:]), path)  # one removed
-    assert (build_stats(path)["decoded"], build_stats(path)["reused"]) == (0, 5)
+    s = _stats(_rows(images[1:]), path).stats[SIZE]  # one removed
+    assert (s["decoded"], s["reused"]) == (0, 5)
     assert list(DecodedImages(path).ids) == [p.name for p in images[1:]]
 
     _gray(images[2], seed=99)  # content changed: new sha256
-    _build(_rows(images[1:]), path)
-    assert (build_stats(path)["decoded"], build_stats(path)["reused"]) == (1, 4)
+    s = _stats(_rows(images[1:]), path).stats[SIZE]
+    assert (s["decoded"], s["reused"]) == (1, 4)
     np.testing.assert_array_equal(DecodedImages(path)[1], decode(str(images[2]), size=SIZE))
 
-    _build(_rows(images[1:]), path, draft=False)  # another decoding setting: nothing reused
-    assert build_stats(path)["decoded"] == 5
+    assert _stats(_rows(images[1:]), path, draft=False).stats[SIZE]["decoded"] == 5  # another setting
     build_decoded(_rows(images[1:]), size=SIZE + 8, path=path, workers=1, progress=False)  # another size
     assert build_stats(path)["decoded"] == 5 and DecodedImages(path).size == SIZE + 8
 
@@ -129,6 +135,33 @@ def test_channels_follow_content(tmp_path, images):
     s = build_stats(path)
     assert (s["channels"], s["decoded"]) == (1, 0)
     np.testing.assert_array_equal(DecodedImages(path)[0], decode(str(images[0]), size=SIZE))
+
+
+def test_one_pass_two_sizes_widens_after_grey_rejects_and_copies_duplicates(tmp_path, images, monkeypatch):
+    import featpipe.imaging as imaging
+
+    colour = tmp_path / "img" / "c.png"
+    Image.new("RGB", (20, 20), (200, 30, 10)).save(colour)
+    dup = tmp_path / "img" / "dup.png"
+    dup.write_bytes(images[0].read_bytes())  # same bytes, another id: copied, not decoded
+    broken = tmp_path / "img" / "broken.png"
+    broken.write_bytes(images[1].read_bytes()[:60])
+    loads = []
+    real = imaging._load
+    monkeypatch.setattr(imaging, "_load", lambda im, ref: (loads.append(ref), real(im, ref))[1])
+    targets = {SIZE: tmp_path / "a.h5", SIZE + 8: tmp_path / "b.h5"}
+    res = build(_rows(images + [colour, dup, broken]), targets, options=DecodeOptions(1, progress=False), rejects=True)
+    assert res.rejects == {"broken.png": "truncated"}
+    assert sorted(loads) == sorted(str(p) for p in images + [colour, broken])  # once each, for both sizes
+    assert res.dims["c.png"] == (20, 20) and res.dims["dup.png"] == res.dims["g0.png"] == (30, 24)
+    for size, path in targets.items():
+        r = DecodedImages(path)
+        assert list(r.ids) == [p.name for p in images + [colour, dup]] and r.channels == 3 and r.size == size
+        np.testing.assert_array_equal(r[0], np.repeat(decode(str(images[0]), size=size), 3, axis=-1))
+        assert (r[6] == [200, 30, 10]).all()
+        np.testing.assert_array_equal(r[7], r[0])
+        assert res.stats[size] == {"images": 8, "decoded": 8, "reused": 0, "rewritten": True, "channels": 3}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["a.h5", "b.h5"]  # no partial left
 
 
 def test_parallel_build_equals_serial_and_bad_image_keeps_old_cache(tmp_path, images):
@@ -212,7 +245,7 @@ def test_decode_command(tmp_path, images, monkeypatch, capsys):
     line = capsys.readouterr().out.strip()
     assert "6 images" in line and "decoded 6 new" in line and "reused 0" in line and "images/s" in line
     assert main(argv) == 0
-    assert "decoded 0 new, reused 6" in capsys.readouterr().out
+    assert "6 images (1 channel), already current (not rewritten)" in capsys.readouterr().out
     assert DecodedImages(tmp_path / "cache" / "demo" / "decoded-12.h5").size == 12
     assert main(["decode", "--size", "12", "--manifest", "missing.csv"]) != 0
 

@@ -57,7 +57,7 @@ def _run(manifest, cache, params=FP32, **kw):
 
 
 def test_features_equal_the_model_on_decoded_images(tmp_path):
-    from featpipe.decoded import to_tensor_batch
+    from featpipe.modelinput import to_tensor_batch
     from featpipe.imaging import decode
 
     m = _manifest(tmp_path, range(10))

@@ -12,7 +12,7 @@ from PIL import Image
 
 from featpipe import backbones
 from featpipe.config import HeadsParams, SyntheticParams
-from featpipe.decoded import to_tensor_batch
+from featpipe.modelinput import to_tensor_batch
 from featpipe.explain.gradcam import gradcam, grid_shape, layer_grid, token_grid
 from featpipe.explain.sanity import edge_map, sanity_check, spearman
 from featpipe.explain.select import select_examples

@@ -9,10 +9,11 @@ import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
 from featpipe.errors import DataError
+import featpipe.imaging as imaging
 from featpipe.imaging import (
     ImageRejected,
     decode,
-    is_gray_source,
+    decode_sizes,
     probe,
     scale_to_uint8,
 )
@@ -156,6 +157,28 @@ def test_draft_decoding_of_large_jpeg_stays_close(tmp_path, monkeypatch):
     assert np.percentile(np.abs(drafted - full), 99) < 12
 
 
+def test_decode_sizes_drafts_per_scale_and_still_detects_truncation(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    arr = np.clip(rng.normal(128, 40, (1200, 1600)), 0, 255).astype(np.uint8)
+    path = _save(tmp_path, "big.jpg", Image.fromarray(arr), quality=90)
+    loads = []
+    real = imaging._load
+    monkeypatch.setattr(imaging, "_load", lambda im, ref: (loads.append(im.size), real(im, ref))[1])
+    pixels, dims = decode_sizes(path, (64, 128, 600))
+    assert dims == (1600, 1200)
+    assert loads == [(200, 150), (400, 300), (1600, 1200)]  # 1/8 and 1/4 DCT scales, 600 px needs the full image
+    for size in (64, 128, 600):
+        np.testing.assert_array_equal(pixels[size], decode(path, size=size))
+    loads.clear()
+    decode_sizes(path, (64, 70))  # both drafted to the same 1/8 scale: one decode
+    assert loads == [(200, 150)]
+    data = Path(path).read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(ImageRejected) as err:
+        decode_sizes(str(tmp_path / "cut.jpg"), (64,))  # drafted decoding still reads the whole stream
+    assert err.value.reason == "truncated"
+
+
 # --------------------------------------------------------------------------- probe / rejects
 
 
@@ -284,7 +307,8 @@ def test_dicom_monochrome2_without_window_uses_actual_range(tmp_path):
     raw = np.array([[0, 1000], [2000, 4000]], np.uint16)
     path = _dicom(tmp_path / "y.dcm", raw, PhotometricInterpretation="MONOCHROME2")
     np.testing.assert_array_equal(decode(path, size=2)[..., 0], [[0, 64], [128, 255]])
-    assert is_gray_source(path)  # known from the header: no second decode when building the cache
+    pixels, dims = decode_sizes(path, (2, 4))  # one decode, several sizes
+    assert dims == (2, 2) and pixels[2].shape == (2, 2, 1) and pixels[4].shape == (4, 4, 1)
     (tmp_path / "bad.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
     assert _reason(str(tmp_path / "bad.dcm")) in ("not an image", "unreadable", "truncated")
 

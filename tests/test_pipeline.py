@@ -77,6 +77,8 @@ def test_dvc_repro_end_to_end(tmp_path):
     stages = {"fetch", "prepare", "decode", "extract@tiny_cnn", "fit@tiny_cnn-svc", "fit@tiny_cnn-logistic",
               "finetune@tiny_cnn-head", "finetune@tiny_cnn-layerwise", "collect", "compare", "gradcam", "report"}
     assert _ran(first) == stages
+    # one decode per image: prepare's verification filled the decoded cache, the decode stage found it current
+    assert "decoded-32.h5: 300 images (1 channel), already current (not rewritten)" in first
 
     metrics = json.loads(_run(DVC, "metrics", "show", "--json", cwd=work))
     summary = next(iter(metrics.values()))["data"]["results/metrics.json"]["data"]
@@ -106,6 +108,12 @@ def test_dvc_repro_end_to_end(tmp_path):
         _run(sys.executable, "-m", "featpipe", "predict", "--model", str(model), "--out", "pred.csv", "data/synthetic/normal", cwd=work)
         pred = (work / "pred.csv").read_text().splitlines()
         assert pred[0] == "path,predicted,p(normal),p(finding1)" and len(pred) == 151
+    # the decode stage built exactly the cache every later stage read (tiny_cnn: decode size 32) and no
+    # decoded cache was written after it finished (no later stage decoded)
+    stamp = work / "cache/demo/decoded.json"
+    decoded = sorted((work / "cache/demo").glob("decoded*"))
+    assert [p.name for p in decoded] == ["decoded-32.h5", "decoded.json"] and set(json.loads(stamp.read_text())) == {"32"}
+    assert decoded[0].stat().st_mtime_ns <= stamp.stat().st_mtime_ns
     runs = (work / "results/runs.csv").read_text().splitlines()
     assert len(runs) == 1 + 2 * 3 * 3 + 2 * 1 * 2  # heads x shots x seeds + strategies x shots x seeds
 

@@ -38,12 +38,12 @@ RUNNER = r"""
 import os, sys, time, signal
 slow = float(os.environ.get("FP_SLOW_DECODE", "0"))
 if slow:
-    import featpipe.decoded as d
-    _decode = d.decode
+    import featpipe.decodedbuild as d  # where the decoding pass calls the decoder
+    _decode = d.decode_sizes
     def slow_decode(*a, **k):
         time.sleep(slow)
         return _decode(*a, **k)
-    d.decode = slow_decode
+    d.decode_sizes = slow_decode
 fwd = float(os.environ.get("FP_SLOW_FORWARD", "0"))
 if fwd:
     from featpipe.backbones.model import FeatureModel

@@ -61,7 +61,7 @@ def test_rbf_svc_kernel_expansion_matches_decision_function(n_classes):
 def test_frozen_backbone_plus_head_matches_head_on_real_features(pneumoniamnist, name):
     """tiny_cnn features of real PneumoniaMNIST images: images -> FrozenWithHead == head(features)."""
     from featpipe import backbones
-    from featpipe.decoded import to_tensor_batch
+    from featpipe.modelinput import to_tensor_batch
     from featpipe.imaging import decode
 
     spec = backbones.get("tiny_cnn")

@@ -39,6 +39,7 @@ def options(args, params):
 
 def run(args, params) -> int:
     from featpipe import engine
+    from featpipe.decoded import DecodeOptions
     from featpipe.extract import extract, parse_shard
 
     from featpipe.stamps import features_stamp, write_stamp
@@ -50,7 +51,7 @@ def run(args, params) -> int:
     with engine.session(ep):
         for name in args.backbone or params.extract.backbones:
             result = extract(args.manifest, backbone=name, dataset=params.data.name, cache_dir=args.cache_dir,
-                             params=opts, decode=params.decode, shard=shard, progress=not args.no_progress, engine=ep)
+                             params=opts, decode=DecodeOptions.from_params(params), shard=shard, progress=not args.no_progress, engine=ep)
             print(result.summary())
             if args.stamp and shard is None:
                 stamps[name] = features_stamp(result.path)

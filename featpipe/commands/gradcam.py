@@ -34,6 +34,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args, params) -> int:
+    from featpipe.decoded import DecodeOptions
     from featpipe.explain.run import explain_model, resolve_models
 
     g = params.gradcam
@@ -52,7 +53,8 @@ def run(args, params) -> int:
     for path in models:
         index = explain_model(path, out_dir=args.out, manifest=args.manifest, splits=args.splits,
                               cache_dir=args.cache, images=args.images, per_outcome=per, seed=g.seed,
-                              layer=args.layer or g.layer, max_pixels=params.data.max_image_pixels)
+                              layer=args.layer or g.layer, max_pixels=params.data.max_image_pixels,
+                              decode=DecodeOptions.from_params(params, progress=False))
         info = index["info"]
         for r in info.get("rejects", []):
             print(f"featpipe: skipped {r['path']}: {r['reason']}", file=sys.stderr)

@@ -13,6 +13,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args, params) -> int:
+    from featpipe.decoded import DecodeOptions
     from featpipe.explain.run import resolve_models, sanity_model
 
     g = params.gradcam
@@ -25,7 +26,8 @@ def run(args, params) -> int:
         run_name, result = sanity_model(path, out_dir=args.out, manifest=args.manifest, splits=args.splits,
                                         cache_dir=args.cache, images=args.images, per_outcome=per, seed=g.seed,
                                         layer=args.layer or g.layer, layers=g.sanity_layers,
-                                        threshold=g.sanity_threshold)
+                                        threshold=g.sanity_threshold,
+                                        decode=DecodeOptions.from_params(params, progress=False))
         failed += not result.passed
         print(f"{run_name}: {result.summary()}")
     return 1 if (failed and args.strict) else 0

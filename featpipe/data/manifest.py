@@ -4,9 +4,10 @@
 height``. ``path`` is relative to the data root (posix; npz entries ``<file.npz>#<array>/<index>``), and
 the root is recorded once, in ``<manifest stem>.root.json`` beside the manifest: the same data in two
 folders give byte-identical manifests and splits (so the same split hash). :func:`read_manifest` joins
-the root back, so every reader gets paths it can open. Every file is hashed (sha256 of its bytes; npz entries: of the image array's bytes) and fully
-decoded once by :func:`featpipe.imaging.probe`; what cannot be used goes to ``rejects.csv`` with a reason
-and the run goes on.
+the root back, so every reader gets paths it can open. Every file is hashed (sha256 of its bytes; npz
+entries: of the image array's bytes) and fully decoded once: by the ``decode`` hook when one is given
+(``prepare`` passes the decoded-cache build, so the check and the cache come from the same decode), else by
+:func:`featpipe.imaging.probe`. What cannot be used goes to ``rejects.csv`` with a reason and the run goes on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import csv
 import hashlib
 import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -81,9 +82,16 @@ class ManifestResult:
     classes: list[str] = field(default_factory=list)
 
 
+DecodeHook = Callable[[pd.DataFrame], tuple[dict, dict]]  # (id, path, sha256) rows -> (rejects, (w, h) by id)
+
+
 def build_manifest(records: Sequence[Record], *, max_pixels: int, verify: bool = True, workers: int = 2,
-                   class_order: Sequence[str] | None = None) -> ManifestResult:
-    """Hash and check every record; classes are sorted by name unless ``class_order`` is given."""
+                   class_order: Sequence[str] | None = None, decode: DecodeHook | None = None) -> ManifestResult:
+    """Hash and check every record; classes are sorted by name unless ``class_order`` is given.
+
+    ``decode`` (with ``verify``): called once with the hashed candidates; returns the ids that do not
+    decode with their reason, and the upright (width, height) of those it decoded (the others, already
+    known to decode, are read from their header)."""
     npz = [r for r in records if "#" in r.path and r.path.split("#", 1)[0].endswith(".npz")]
     npz_keys = {id(r) for r in npz}
     files = [r for r in records if id(r) not in npz_keys]
@@ -91,7 +99,7 @@ def build_manifest(records: Sequence[Record], *, max_pixels: int, verify: bool =
     for r, res in zip(npz, _check_npz(npz)):
         checked[id(r)] = res
     todo = [r for r in files if r.reject is None]
-    jobs = [(r.path, max_pixels, verify) for r in todo]
+    jobs = [(r.path, max_pixels, verify and decode is None) for r in todo]
     if workers > 1 and len(jobs) > 8:
         with ProcessPoolExecutor(max_workers=workers, **pool_kwargs()) as pool:
             results = list(pool.map(_check_file, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
@@ -99,6 +107,8 @@ def build_manifest(records: Sequence[Record], *, max_pixels: int, verify: bool =
         results = [_check_file(j) for j in jobs]
     for r, res in zip(todo, results):
         checked[id(r)] = res
+    if verify and decode is not None:
+        _decode_candidates(records, checked, decode, max_pixels=max_pixels, npz_keys=npz_keys)
 
     rows, rejects = [], []
     for r in records:
@@ -128,6 +138,28 @@ def build_manifest(records: Sequence[Record], *, max_pixels: int, verify: bool =
         row.pop("_index")
     manifest = pd.DataFrame(rows, columns=COLUMNS)
     return ManifestResult(manifest, pd.DataFrame(rejects, columns=REJECT_COLUMNS), find_duplicates(manifest), names)
+
+
+def _decode_candidates(records, checked: dict, decode: DecodeHook, *, max_pixels: int, npz_keys: set) -> None:
+    """Run the decode hook on every hashed, not yet rejected record; fold its verdicts into ``checked``."""
+    from featpipe.imaging import ImageRejected, image_size
+
+    cand = [r for r in records if r.reject is None and checked.get(id(r), (None, 0, 0, "x"))[3] is None]
+    if not cand:
+        return
+    bad, dims = decode(pd.DataFrame({"id": [r.id for r in cand], "path": [r.path for r in cand],
+                                     "sha256": [checked[id(r)][0] for r in cand]}))
+    for r in cand:
+        digest, w, h, _ = checked[id(r)]
+        if r.id in bad:
+            checked[id(r)] = (digest, 0, 0, bad[r.id])
+        elif r.id in dims:
+            checked[id(r)] = (digest, *map(int, dims[r.id]), None)
+        elif id(r) not in npz_keys:  # reused from a cache: known to decode; its size from the header
+            try:
+                checked[id(r)] = (digest, *image_size(r.path, max_pixels=max_pixels), None)
+            except ImageRejected as exc:
+                checked[id(r)] = (digest, 0, 0, exc.reason)
 
 
 def find_duplicates(manifest: pd.DataFrame) -> pd.DataFrame:

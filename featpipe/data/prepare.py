@@ -1,4 +1,9 @@
-"""``featpipe prepare``: a data source -> manifest, rejects, duplicates and splits files."""
+"""``featpipe prepare``: a data source -> manifest, rejects, duplicates and splits files.
+
+With ``data.verify_images`` (the default) every image is decoded once here, and that decode both verifies
+the file (undecodable ones land in ``rejects.csv`` before any split is drawn) and fills the decoded caches
+the configured backbones read (:func:`featpipe.modelinput.ensure_decoded`), so ``featpipe decode`` and
+every later stage find them current and decode nothing."""
 
 from __future__ import annotations
 
@@ -25,10 +30,15 @@ class PrepareSummary:
     manifest_sha256: str
     splits_sha256: str
     conflicting: int = 0
+    decode: dict | None = None  # the first pass: decoded, sizes, seconds (None when prepare wrote no cache)
 
     def lines(self) -> list[str]:
         out = [f"{self.images} images, {len(self.classes)} classes ({', '.join(self.classes)}), "
                f"{self.rejected} rejected, {self.duplicate_groups} groups of identical files, in {self.seconds:.1f} s"]
+        if self.decode:
+            d = self.decode
+            out.append(f"  verified by decoding {d['decoded']} image(s) once into the decoded cache(s) "
+                       f"{', '.join(map(str, d['sizes']))} px in {d['seconds']:.1f} s")
         for part in ("train", "val", "test"):
             per = ", ".join(f"{c} {n}" for c, n in self.counts[part].items())
             out.append(f"  {part:5s}: {sum(self.counts[part].values())} images ({per}), {self.patients[part]} patients")
@@ -63,8 +73,30 @@ def load_records(data: DataParams, path: str | Path | None = None) -> list[sourc
     return sources.scan_npz(path, class_names=data.class_names)
 
 
+def _decode_hook(params: Params, cache_dir: str | Path, progress: bool):
+    """The first pass: verification and the decoded caches from one decode per image (per size)."""
+    from featpipe.commands.decode import configured_backbones
+    from featpipe.decoded import DecodeOptions
+    from featpipe.modelinput import ensure_decoded
+
+    backbones = configured_backbones(params)
+    if not backbones:
+        return None  # nothing to cache: verified by a plain decode
+
+    def hook(candidates):
+        res = ensure_decoded(candidates, backbones, cache_dir=cache_dir, dataset=params.data.name,
+                             options=DecodeOptions.from_params(params, progress=progress), rejects=True)
+        hook.figures = {"decoded": res.decoded, "sizes": sorted(res.paths), "seconds": res.seconds}
+        return res.rejects, res.dims
+
+    hook.figures = None
+    return hook
+
+
 def prepare(params: Params, *, manifest_path: str | Path, splits_path: str | Path,
-            rejects_path: str | Path | None = None, duplicates_path: str | Path | None = None) -> PrepareSummary:
+            rejects_path: str | Path | None = None, duplicates_path: str | Path | None = None,
+            cache_dir: str | Path | None = None, progress: bool = False) -> PrepareSummary:
+    """``cache_dir``: where the first pass writes the decoded caches (None: verify only, write none)."""
     t0 = time.perf_counter()
     manifest_path = Path(manifest_path)
     rejects_path = Path(rejects_path or manifest_path.with_name("rejects.csv"))
@@ -76,8 +108,9 @@ def prepare(params: Params, *, manifest_path: str | Path, splits_path: str | Pat
     order = params.data.class_names if params.data.class_names and params.data.source != "npz" else None
     if order is None and params.data.source == "synthetic":
         order = synthetic.class_names(params.data.synthetic.classes)
+    hook = _decode_hook(params, cache_dir, progress) if cache_dir is not None else None
     result = build_manifest(records, max_pixels=params.data.max_image_pixels, verify=params.data.verify_images,
-                            workers=params.decode.workers, class_order=order)
+                            workers=params.decode.workers, class_order=order, decode=hook)
     write_csv_atomic(result.rejects, rejects_path)
     write_csv_atomic(result.duplicates, duplicates_path)
     root = data_root(params.data, source_path)
@@ -89,4 +122,5 @@ def prepare(params: Params, *, manifest_path: str | Path, splits_path: str | Pat
     write_splits(obj, splits_path, result.manifest)
     return PrepareSummary(len(result.manifest), len(result.rejects), len(result.duplicates), result.classes,
                           obj["counts"], obj["patients"], len(obj["excluded"]), time.perf_counter() - t0, msha,
-                          file_sha256(splits_path), sum(e["from"] == "all" for e in obj["excluded"]))
+                          file_sha256(splits_path), sum(e["from"] == "all" for e in obj["excluded"]),
+                          getattr(hook, "figures", None))

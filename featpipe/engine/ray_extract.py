@@ -145,7 +145,9 @@ def run_batches(spec, ref, layer, df, todo: np.ndarray, partial, *, cache_dir, d
     cwd = os.getcwd()
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
     build = ray.remote(num_cpus=max(1.0, min(float(decode.workers), cpus)))(_ensure_decoded)
-    path, drows = fetch(build.remote(df.iloc[todo[start:]], df, size=spec.preprocess.resize_size,
+    from featpipe.modelinput import decode_size
+
+    path, drows = fetch(build.remote(df.iloc[todo[start:]], df, size=decode_size(spec.preprocess),
                                        cache_dir=str(cache_dir), dataset=dataset, decode=decode, shard=shard,
                                        cwd=cwd, progress=progress))
     b = params.batch_size

@@ -64,7 +64,7 @@ def _decoded(backbone: str, paths, build, cwd: str) -> None:
 
     in_dir(cwd)
     splits = load_splits(paths.splits)
-    src = image_source(paths, splits.dataset, int(get(backbone).preprocess.resize_size), read_manifest(paths.manifest),
+    src = image_source(paths, splits.dataset, get(backbone), read_manifest(paths.manifest),
                        [*splits.train, *splits.val, *splits.test], build=build, progress=False)
     src.reader.close()
 
@@ -72,14 +72,15 @@ def _decoded(backbone: str, paths, build, cwd: str) -> None:
 def finetune_jobs(jobs: Sequence, p, paths, *, build: dict | None, engine: EngineParams) -> list[dict]:
     """Every fine-tuning job as a Ray task; their rows, in job order."""
     from featpipe.backbones import get
+    from featpipe.modelinput import decode_size
 
     connect(engine)
     ray = import_ray()
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    prepare = ray.remote(num_cpus=max(1.0, min(float((build or {}).get("workers", 1)), cpus)))(_decoded)
+    prepare = ray.remote(num_cpus=max(1.0, min(float(getattr(build, "workers", 1)), cpus)))(_decoded)
     sizes = {}
     for job in jobs:  # parallel jobs must not race to build the same decoded cache
-        sizes.setdefault(int(get(job.backbone).preprocess.resize_size), job.backbone)
+        sizes.setdefault(decode_size(get(job.backbone).preprocess), job.backbone)
     for backbone in sizes.values():
         fetch([prepare.remote(backbone, paths, build, os.getcwd())])
     task = ray.remote(num_cpus=engine.finetune_cpus, num_gpus=gpus_per_task(engine.finetune_gpus),

@@ -5,8 +5,8 @@ the splits (or the images given by path) with the run's own decision rule (binar
 the threshold chosen on val and stored with the model), picks a balanced set of outcomes
 (:mod:`featpipe.explain.select`), computes Grad-CAM for each picked image's predicted class and renders
 them (:mod:`featpipe.explain.render`). Pixels are prepared as extraction prepares them: the decoded
-image at the backbone's resize size (from the decoded-image cache when it is there and current, else
-decoded now), centre-cropped to the input size, normalised with the backbone's mean and std.
+image at the backbone's decode size (from the decoded-image cache, made current through
+:func:`featpipe.modelinput.ensure_decoded`), centre-cropped to the input size, normalised with the backbone's mean and std.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from featpipe.errors import DataError
+from featpipe.modelinput import centre_crop
 
 
 @dataclass(frozen=True)
@@ -29,25 +30,19 @@ class ImageSet:
     rejects: tuple = ()  # ({"path", "reason"}, ...): files that could not be decoded, skipped
 
 
-def _crop(pixels: np.ndarray, size: int) -> np.ndarray:
-    off = int(round((pixels.shape[1] - size) / 2.0))
-    return np.ascontiguousarray(pixels[:, off:off + size, off:off + size])
-
-
 def to_input(pixels: np.ndarray, preprocess: dict) -> torch.Tensor:
-    """uint8 (N, S, S, C) at input size -> normalised float (N, 3, S, S)."""
-    from featpipe.decoded import to_tensor_batch
+    """uint8 (N, S, S, C) at input size (already cropped) -> normalised float (N, 3, S, S)."""
+    from featpipe.modelinput import normalise
 
-    return to_tensor_batch(pixels, preprocess["mean"], preprocess["std"], channels=3)
+    return normalise(pixels, preprocess)
 
 
 def test_images(preprocess: dict, *, manifest: str | Path, splits: str | Path, cache_dir: str | Path = "cache",
-                dataset: Optional[str] = None) -> ImageSet:
+                dataset: Optional[str] = None, options=None) -> ImageSet:
     """Every test image of ``splits`` with its label, at the model's input size."""
     from featpipe.data.manifest import read_manifest
     from featpipe.data.splits import load_splits
-    from featpipe.decoded import DecodedImages, decoded_path
-    from featpipe.errors import CacheError
+    from featpipe.decoded import DecodedImages
 
     for p in (manifest, splits):
         if not Path(p).is_file():
@@ -62,45 +57,48 @@ def test_images(preprocess: dict, *, manifest: str | Path, splits: str | Path, c
     if not ids:
         raise DataError(f"{splits} has no test images")
     rows = m.loc[ids]
-    resize = int(preprocess.get("resize_size") or preprocess["input_size"])
-    path = decoded_path(cache_dir, sp.dataset, resize)
-    pixels = None
-    if path.is_file():
-        try:
-            with DecodedImages(path) as reader:
-                pixels = np.asarray(reader.read(reader.require(rows)))
-        except CacheError:
-            pixels = None  # stale: decode the test images afresh below (the cache is left alone)
     rejects: list = []
-    if pixels is None:
-        from featpipe.predict import decode_batch, same_channels
+    try:
+        with DecodedImages(_decoded_cache(m, preprocess, cache_dir=cache_dir, dataset=sp.dataset,
+                                          options=options)) as r:
+            pixels = np.asarray(r.read(r.require(rows)))
+    except DataError:  # a test image no longer decodes (changed since prepare): skipped and named, cache untouched
+        from featpipe.modelinput import decode_size, same_channels
+        from featpipe.predict import decode_batch
 
-        ok, decoded, rejects = decode_batch(rows["path"].astype(str).tolist(), resize)
+        ok, decoded, rejects = decode_batch(rows["path"].astype(str).tolist(), decode_size(preprocess))
         if not ok:
             raise DataError(f"none of the {len(ids)} test images could be decoded (first: {rejects[0]['path']}: "
-                            f"{rejects[0]['reason']}); re-run 'featpipe prepare'")
+                            f"{rejects[0]['reason']}); re-run 'featpipe prepare'") from None
         rows = rows[rows["path"].astype(str).isin(set(ok))]
         ids = rows["id"].astype(str).tolist()
-        pixels = same_channels(decoded)  # some colour: all to 3 channels, as the cache does
-    return ImageSet(ids, _crop(pixels, int(preprocess["input_size"])), rows["label"].to_numpy(dtype=np.int64),
-                    tuple(rejects))
+        pixels = same_channels(decoded)
+    return ImageSet(ids, centre_crop(pixels, preprocess), rows["label"].to_numpy(dtype=np.int64), tuple(rejects))
+
+
+def _decoded_cache(manifest, preprocess: dict, *, cache_dir, dataset: str, options) -> Path:
+    """The decoded cache at the model's decode size, made current for the manifest (decoding only what
+    it lacks, as every stage does through :func:`featpipe.modelinput.ensure_decoded`)."""
+    from featpipe.decoded import DecodeOptions
+    from featpipe.modelinput import decode_size, ensure_decoded
+
+    res = ensure_decoded(manifest.reset_index(drop=True), [preprocess], cache_dir=cache_dir, dataset=dataset,
+                         options=options or DecodeOptions(progress=False))
+    return res.paths[decode_size(preprocess)]
 
 
 def path_images(paths: Sequence[str | Path], preprocess: dict, *, max_pixels: int | None = None) -> ImageSet:
     """Images given by path (no labels), at the model's input size."""
+    from featpipe.modelinput import decode_size, same_channels
     from featpipe.predict import decode_batch, image_files
 
     refs, rejects = image_files(paths)
-    resize = int(preprocess.get("resize_size") or preprocess["input_size"])
-    ok, decoded, bad = decode_batch(refs, resize, max_pixels=max_pixels)
+    ok, decoded, bad = decode_batch(refs, decode_size(preprocess), max_pixels=max_pixels)
     rejects += bad
     if not ok:
         first = f" (first: {rejects[0]['path']}: {rejects[0]['reason']})" if rejects else ""
         raise DataError(f"none of the given images could be decoded{first}")
-    decoded = [np.repeat(d, 3, axis=-1) if d.shape[-1] == 1 else d for d in decoded]
-    gray = all(np.array_equal(d[..., 0], d[..., 1]) and np.array_equal(d[..., 0], d[..., 2]) for d in decoded)
-    pixels = np.stack([d[..., :1] if gray else d for d in decoded])
-    return ImageSet(ok, _crop(pixels, int(preprocess["input_size"])), None, tuple(rejects))
+    return ImageSet(ok, centre_crop(same_channels(decoded), preprocess), None, tuple(rejects))
 
 
 def probabilities(model, x: torch.Tensor, *, batch_size: int = 32) -> np.ndarray:
@@ -130,7 +128,7 @@ class Prepared:
 
 
 def prepare(model_path: str | Path, *, manifest, splits, cache_dir, images, per_outcome: int, seed: int,
-            max_pixels: int | None = None) -> Prepared:
+            max_pixels: int | None = None, decode=None) -> Prepared:
     """Load the model and its images, classify them and pick the examples to explain."""
     from featpipe.explain.models import load_explainable
     from featpipe.explain.select import outcome_cells, select_examples
@@ -140,7 +138,7 @@ def prepare(model_path: str | Path, *, manifest, splits, cache_dir, images, per_
         data = path_images(images, ex.preprocess, max_pixels=max_pixels)
     else:
         data = test_images(ex.preprocess, manifest=manifest, splits=splits, cache_dir=cache_dir,
-                           dataset=ex.meta.get("dataset"))
+                           dataset=ex.meta.get("dataset"), options=decode)
     x = to_input(data.pixels, ex.preprocess)
     proba = probabilities(ex.model, x)
     if proba.shape[1] != len(ex.classes):
@@ -159,13 +157,14 @@ def prepare(model_path: str | Path, *, manifest, splits, cache_dir, images, per_
 def explain_model(model_path: str | Path, *, out_dir: str | Path = "reports/gradcam",
                   manifest: str | Path = "data/manifest.csv", splits: str | Path = "data/splits.json",
                   cache_dir: str | Path = "cache", images: Optional[Sequence[str]] = None, per_outcome: int = 2,
-                  seed: int = 0, layer: Optional[str] = None, max_pixels: Optional[int] = None) -> dict:
+                  seed: int = 0, layer: Optional[str] = None, max_pixels: Optional[int] = None,
+                  decode=None) -> dict:
     """Render Grad-CAM for one saved model; returns the index written to ``<out_dir>/<run>/index.json``."""
     from featpipe.explain.gradcam import feature_model, gradcam, layer_grid
     from featpipe.explain.render import Example, write_run
 
     p = prepare(model_path, manifest=manifest, splits=splits, cache_dir=cache_dir, images=images,
-                per_outcome=per_outcome, seed=seed, max_pixels=max_pixels)
+                per_outcome=per_outcome, seed=seed, max_pixels=max_pixels, decode=decode)
     ex, data, pick, pred, proba = p.ex, p.data, p.pick, p.pred, p.proba
     idx = np.asarray(pick)
     maps = gradcam(ex.model, p.x[idx], pred[idx].tolist(), layer=layer)
@@ -188,7 +187,7 @@ def explain_model(model_path: str | Path, *, out_dir: str | Path = "reports/grad
 def sanity_model(model_path: str | Path, *, out_dir: str | Path = "reports/gradcam",
                  manifest: str | Path = "data/manifest.csv", splits: str | Path = "data/splits.json",
                  cache_dir: str | Path = "cache", images: Optional[Sequence[str]] = None, per_outcome: int = 2,
-                 seed: int = 0, layer: Optional[str] = None, layers: int = 4, threshold: float = 0.5):
+                 seed: int = 0, layer: Optional[str] = None, layers: int = 4, threshold: float = 0.5, decode=None):
     """The model-randomisation check on the picked images; writes ``<out_dir>/<run>/sanity.json``.
     Returns ``(run, SanityResult)``."""
     import json
@@ -199,7 +198,7 @@ def sanity_model(model_path: str | Path, *, out_dir: str | Path = "reports/gradc
     from featpipe.fileio import atomic_write
 
     p = prepare(model_path, manifest=manifest, splits=splits, cache_dir=cache_dir, images=images,
-                per_outcome=per_outcome, seed=seed)
+                per_outcome=per_outcome, seed=seed, decode=decode)
     idx = np.asarray(p.pick)
     result = sanity_check(p.ex.model, p.x[idx], targets=p.pred[idx].tolist(), layers=layers,
                           threshold=threshold, seed=seed, gradcam_layer=layer)

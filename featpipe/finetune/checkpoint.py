@@ -161,9 +161,10 @@ def load_finetuned(path: str | Path, *, device: str | torch.device = "cpu") -> t
 def predict_files(model: FinetuneModel, meta: dict, refs, *, batch_size: int = 32, device: str = "cpu",
                   images=None):
     """Class probabilities ``(n, C)`` for image files (or npz references) with a loaded fine-tuned model:
-    decoded as the decoded-image cache decodes (``resize_size``), centre-cropped to ``input_size`` and
+    decoded as the decoded-image cache decodes (:func:`featpipe.modelinput.decode_size`), centre-cropped and
     normalised as in training's val/test passes, at the precision it was trained in (``images``: an image
-    source holding them already decoded, keyed by ``refs``). Apply ``meta["threshold"]`` (chosen on val) to ``p(classes[1])`` for binary labels."""
+    source holding them already decoded, keyed by ``refs``). Apply ``meta["threshold"]`` (chosen on val) to
+    ``p(classes[1])`` for binary labels."""
     from featpipe.finetune.data import DecodingImages, Prep
     from featpipe.finetune.loop import predict_proba, resolve_runtime
 
@@ -175,5 +176,7 @@ def predict_files(model: FinetuneModel, meta: dict, refs, *, batch_size: int = 3
     model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    src = images if images is not None else DecodingImages({r: r for r in refs}, size=int(pre["resize_size"]))
+    from featpipe.modelinput import decode_size
+
+    src = images if images is not None else DecodingImages({r: r for r in refs}, size=decode_size(pre))
     return predict_proba(model, src, refs, prep=Prep.from_preprocess(pre), rt=rt, batch_size=batch_size)

@@ -8,8 +8,8 @@ An image source maps manifest ids to uint8 ``(n, H, W, C)`` pixels:
   benchmark's baseline, and nothing else.
 - :class:`ArrayImages`: pixels already in memory (tests, notebooks).
 
-Model inputs are normalized with the backbone's own mean/std through ``featpipe.decoded.to_tensor_batch``,
-the same function extraction uses, so fine-tuned and frozen pipelines see identical pixels at eval time.
+Model inputs come from :mod:`featpipe.modelinput` (centre crop, channels, the backbone's own mean/std), the
+owner extraction uses too, so fine-tuned and frozen pipelines see identical pixels at eval time.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from featpipe.errors import DataError
 from featpipe.finetune.augment import Augment, augment_batch
@@ -55,7 +54,9 @@ class DecodingImages:
         from featpipe.imaging import decode
 
         imgs = [decode(self.refs[i], size=self.size, channels=self.channels, draft=self.draft) for i in ids]
-        return np.stack([im if im.ndim == 3 else im[..., None] for im in imgs])
+        if len({im.shape[-1] for im in imgs}) > 1:  # grey and colour in one batch: grey replicated
+            imgs = [np.repeat(im, 3, axis=-1) if im.shape[-1] == 1 else im for im in imgs]
+        return np.stack(imgs)
 
 
 class ArrayImages:
@@ -95,34 +96,25 @@ def _nchw(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
 
 
-def _fit_size(t: torch.Tensor, size: int) -> torch.Tensor:
-    """Eval geometry: the decoded cache is already ``size``; a larger image is center-cropped (as after
-    a torchvision ``Resize(resize_size)``), a smaller one resized."""
-    h, w = t.shape[-2:]
-    if (h, w) == (size, size):
-        return t
-    if min(h, w) < size:
-        t = TF.resize(t, [size], antialias=True)
-    return TF.center_crop(t, [size, size])
-
-
 def normalize(t: torch.Tensor, prep: Prep) -> torch.Tensor:
-    """uint8 ``(n, C, H, W)`` -> float32 ``(n, 3, H, W)`` through ``featpipe.decoded.to_tensor_batch``."""
-    from featpipe.decoded import to_tensor_batch
+    """uint8 ``(n, C, H, W)`` -> float32 ``(n, 3, H, W)`` through :func:`featpipe.modelinput.normalise`."""
+    from featpipe.modelinput import normalise
 
-    return to_tensor_batch(t.permute(0, 2, 3, 1), prep.mean, prep.std, channels=3)
+    return normalise(t.permute(0, 2, 3, 1), {"mean": prep.mean, "std": prep.std})
 
 
 def eval_batch(images: np.ndarray, prep: Prep) -> torch.Tensor:
-    """Validation/test input: no augmentation."""
-    return normalize(_fit_size(_nchw(images), prep.size), prep)
+    """Validation/test input: no augmentation; the decoded image centre-cropped as extraction does."""
+    from featpipe.modelinput import model_input
+
+    return model_input(images, {"input_size": prep.size, "mean": prep.mean, "std": prep.std})
 
 
 def train_batch(images: np.ndarray, prep: Prep, *, aug: Augment | None, g: torch.Generator) -> torch.Tensor:
     """Training input: augmented (all draws from ``g``) when ``aug`` is given."""
-    t = _nchw(images)
-    t = augment_batch(t, size=prep.size, aug=aug, g=g) if aug is not None else _fit_size(t, prep.size)
-    return normalize(t, prep)
+    if aug is None:
+        return eval_batch(images, prep)
+    return normalize(augment_batch(_nchw(images), size=prep.size, aug=aug, g=g), prep)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from featpipe.errors import CacheError, ConfigError, DataError
+from featpipe.errors import ConfigError, DataError
 from featpipe.fileio import atomic_write
 from featpipe.finetune.data import CachedImages, ImageSource, Labeled, Prep
 from featpipe.finetune.loop import (
@@ -98,37 +98,26 @@ def _val_metrics(classes):
     return f
 
 
-def decode_options(params, manifest_path) -> dict:
-    """Keyword arguments for building a missing decoded-image cache exactly as ``featpipe decode`` does."""
-    from featpipe.data.manifest import file_sha256
+def decode_options(params, manifest_path=None):
+    """How a missing decoded-image cache is built: exactly as ``featpipe decode`` does."""
+    from featpipe.decoded import DecodeOptions
 
-    out = {"workers": params.decode.workers, "draft": params.decode.draft, "max_pixels": params.data.max_image_pixels}
-    if Path(manifest_path).is_file():  # a missing manifest is reported by run_job
-        out["manifest_sha256"] = file_sha256(manifest_path)
-    return out
+    return DecodeOptions.from_params(params)
 
 
-def image_source(paths: Paths, dataset: str, size: int, manifest, ids, *, build: dict | None = None,
+def image_source(paths: Paths, dataset: str, spec, manifest, ids, *, build=None,
                  progress: bool = True) -> ImageSource:
-    """The decoded-image cache at ``size`` for ``dataset``, valid by content for the manifest rows of
-    ``ids`` (id and sha256): when absent or stale it is brought up to date with ``build`` options,
-    as extraction does; stale pixels are never used."""
-    from featpipe.decoded import build_decoded, decoded_path, settings_mismatch
+    """The decoded-image cache ``spec`` reads for ``dataset``, made current for the manifest through
+    :func:`featpipe.modelinput.ensure_decoded` (valid rows reused; stale pixels are never used)."""
+    import dataclasses
 
-    path = decoded_path(paths.cache_dir, dataset, size)
-    used = manifest[manifest["id"].astype(str).isin(set(ids))]
-    if path.is_file():
-        src = CachedImages(path)
-        try:
-            src.reader.require(used)
-            if settings_mismatch(src.reader.attrs, size=size, draft=(build or {}).get("draft", True)) is None:
-                return src
-            src.reader.close()  # made with other decoder settings (e.g. decode.draft): rebuilt below
-        except CacheError:
-            src.reader.close()  # stale rows: rebuilt below (valid rows are reused, not decoded again)
-    build_decoded(manifest, size=size, path=path, progress=progress, **(build or {}))
-    src = CachedImages(path)
-    src.reader.require(used)
+    from featpipe.decoded import DecodeOptions
+    from featpipe.modelinput import decode_size, ensure_decoded
+
+    opts = dataclasses.replace(build or DecodeOptions(), progress=progress)
+    res = ensure_decoded(manifest, [spec], cache_dir=paths.cache_dir, dataset=dataset, options=opts)
+    src = CachedImages(res.paths[decode_size(spec.preprocess)])
+    src.reader.require(manifest[manifest["id"].astype(str).isin(set(ids))])
     return src
 
 
@@ -183,8 +172,8 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
                               layer=job.layer, truncated_mode=p.truncated_mode, seed=job.seed)
     prep = Prep.from_preprocess(spec.preprocess)
     if source is None:
-        source = image_source(paths, d.splits.dataset, int(spec.preprocess.resize_size), d.manifest,
-                              tr.ids + va.ids + te.ids, build=build, progress=progress)
+        source = image_source(paths, d.splits.dataset, spec, d.manifest, tr.ids + va.ids + te.ids, build=build,
+                              progress=progress)
     rt = resolve_runtime(p.device, p.precision, spec=spec)
     model = _place(model, rt)
     opt = torch.optim.AdamW(param_groups(model, job.strategy, lr=p.lr, backbone_lr_factor=p.backbone_lr_factor,
