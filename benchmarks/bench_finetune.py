@@ -86,7 +86,9 @@ def main(argv=None) -> int:
         print(f"real images not found at {FIGURE1}", file=sys.stderr)
         return 1
     man = manifest_of(FIGURE1)
-    size = 256  # resnet50's resize_size: what the decoded cache holds, random-resized-cropped to 224
+    from featpipe.modelinput import decode_size
+
+    size = decode_size("resnet50")  # what the decoded cache holds (256), random-resized-cropped to 224
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         path = build_decoded(man, size=size, path=Path(tmp) / f"decoded-{size}.h5", workers=2, progress=False)
