@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from featpipe.config import ExtractParams, FinetuneParams, load_params
+from featpipe.data.manifest import read_manifest
 from featpipe.decoded import DecodedImages, DecodeOptions
 
 from tests.conftest import write_image
@@ -72,7 +73,7 @@ def test_first_pass_decodes_each_image_once(tmp_path, folder, monkeypatch):
     opts = DecodeOptions.from_params(params, progress=False)
 
     prepare(params, manifest_path=data / "manifest.csv", splits_path=data / "splits.json", cache_dir=cache)
-    manifest = pd.read_csv(data / "manifest.csv", dtype=str)
+    manifest = read_manifest(data / "manifest.csv")  # paths joined to the data root
     rejects = pd.read_csv(data / "rejects.csv", dtype=str)
     assert rejects[["id", "reason"]].values.tolist() == [["finding/finding50_cut.png", "truncated"]]
     sp = load_splits(data / "splits.json")
@@ -81,7 +82,7 @@ def test_first_pass_decodes_each_image_once(tmp_path, folder, monkeypatch):
     copy = str(folder / "normal" / "normal99_copy.png")
     expected = {str(Path(p).resolve()) for p in manifest["path"] if p != copy} | {str(folder / "finding" / "finding50_cut.png")}
     assert set(first) == expected and set(first.values()) == {1}  # each once; the byte-identical copy not at all
-    assert manifest.loc[manifest["id"] == "normal/normal99_copy.png", ["width", "height"]].values.tolist() == [["40", "40"]]
+    assert manifest.loc[manifest["id"] == "normal/normal99_copy.png", ["width", "height"]].values.tolist() == [[40, 40]]
 
     decode_cmd.run(argparse.Namespace(size=None, manifest=str(data / "manifest.csv"), cache_dir=str(cache), stamp=None,
                                       no_progress=True), params)
