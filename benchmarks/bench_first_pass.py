@@ -187,6 +187,16 @@ def measure(name: str, files: list[Path], work: Path, repeats: int) -> dict:
     return {"sizes": sizes, "runs": runs, "unit": unit_costs(files)}
 
 
+def from_log(files: list[Path], work: Path) -> dict:
+    """The measurement kept in ``<work>/runs.jsonl`` (e.g. of a run stopped early), unit costs measured now."""
+    runs: dict = {}
+    for line in (work / "runs.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        runs.setdefault((r["mode"], r["n"]), []).append(r)
+    sizes = tuple(sorted({n for _, n in runs}))
+    return {"sizes": sizes, "runs": runs, "unit": unit_costs(files)}
+
+
 def report(name: str, m: dict) -> list[str]:
     n1, n2 = m["sizes"]
     reps = len(m["runs"][("naive", n2)])
@@ -239,6 +249,7 @@ def main() -> int:
     ap.add_argument("--jpeg", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", help="also write the results (markdown) here")
+    ap.add_argument("--report-only", action="store_true", help="report the runs kept in <images>/work-<set>/runs.jsonl")
     a = ap.parse_args()
     base = Path(a.images)
     made = {"png": lambda: first_pass_images.make_png(base / "png", a.png),
@@ -247,7 +258,8 @@ def main() -> int:
     lines = []
     for name in a.sets:
         files = made[name]()
-        lines += report(name, measure(name, files, base / f"work-{name}", a.repeats))
+        work = base / f"work-{name}"
+        lines += report(name, from_log(files, work) if a.report_only else measure(name, files, work, a.repeats))
     text = "\n".join(lines)
     print(text)
     print(f"benchmark wall time {time.time() - t0:.0f} s", file=sys.stderr)
