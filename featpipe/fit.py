@@ -245,10 +245,14 @@ def _write(results: Sequence[RunResult], *, params: Params, results_dir: str | P
     return table
 
 
-def _worker(X_path: str, meta: dict, splits: Splits, tasks: list, params: Params, models_dir, parent: int):
+def _worker(X_path: str, meta: dict, splits: Splits, tasks: list, params: Params, models_dir, parent: int,
+            cwd: str):
     from featpipe.workers import die_with_parent
 
     die_with_parent(parent, pdeathsig=False)  # loky workers: never outlive the main process
+    # loky reuses worker processes across calls: relative paths (models/...) must mean what they mean in the
+    # caller's working directory now, not in the one the worker was started in
+    os.chdir(cwd)
     X = np.load(X_path, mmap_mode="r")
     data = CacheData(X=X, **meta)
     return [fit_run(data, splits, head=h, shots=k, seed=s, params=params, models_dir=models_dir)
@@ -293,7 +297,8 @@ def run_grid(splits: Splits, caches: Sequence[CacheData], *, heads: Sequence[str
                 chunks.append([i])
         outs = Parallel(n_jobs=n_jobs)(
             delayed(_worker)(paths[grid[ch[0]][0]], metas[grid[ch[0]][0]], splits,
-                             [grid[i][1:] for i in ch], params, models_dir, os.getpid()) for ch in chunks)
+                             [grid[i][1:] for i in ch], params, models_dir, os.getpid(), os.getcwd())
+            for ch in chunks)
     by_index = {i: r for ch, out in zip(chunks, outs) for i, r in zip(ch, out)}
     return [by_index[i] for i in range(len(grid))]
 

@@ -178,3 +178,20 @@ def test_sweep_parallel_equals_serial(tmp_path):
     pd.testing.assert_frame_equal(a, b)
     assert set(json.loads((tmp_path / "r2/metrics.json").read_text())) >= {"toyset/toy2/mlp/k10", "toyset/toy/svc/k2"}
     assert fx["splits"]["dataset"] == "toyset"
+
+
+def test_parallel_sweep_saves_heads_under_the_callers_relative_models_dir(tmp_path, monkeypatch):
+    """joblib/loky reuses its worker processes across calls: a second sweep from another working directory must
+    still save its heads under *this* directory's ``models/`` (found by running the CLI's default paths in-process)."""
+    from featpipe.fit import sweep
+
+    params = load_params(None, ["fit.curves=false"])
+    kw = dict(params=params, backbones=["toy"], heads=["svc", "prototype"], shots=[2], seeds=[0, 1], n_jobs=2)
+    for name in ("first", "second"):
+        root = tmp_path / name
+        write_fixture(root, backbone="toy", seeds=(0, 1), shots=(2,))
+        monkeypatch.chdir(root)
+        runs = sweep("data/splits.json", cache_dir="cache", results_dir="results", models_dir="models", **kw)
+        saved = sorted(p.name for p in (root / "models").rglob("*.skops"))
+        assert len(saved) == len(runs) == 4, (name, saved)
+        assert all((root / r.model_path).is_file() for r in runs)
