@@ -98,12 +98,21 @@ def to_tensor_batch(images_uint8, mean: Sequence[float], std: Sequence[float], c
     return ((x - m) / s).contiguous()
 
 
-def decode_files(refs: Sequence[str], pre, *, draft: bool = True) -> np.ndarray:
-    """Images that are not in a manifest (``predict``, ``gradcam --images``), decoded as the cache decodes
-    them: uint8 ``(n, S, S, C)`` at :func:`decode_size`; C = 3 when any is colour (grey replicated)."""
-    from featpipe.imaging import decode
+def decode_files(refs: Sequence[str], size: int, *, max_pixels: int | None = None
+                 ) -> tuple[list[str], list[np.ndarray], list[dict]]:
+    """Images that are not in a manifest (``predict``, ``gradcam --images``), decoded at ``size`` as the cache
+    decodes them; a file that cannot be decoded is a reject (path, reason), never fatal. ``max_pixels``: larger
+    images are rejected ("too large"). Returns (decoded refs, their pixels, rejects)."""
+    from featpipe.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode
 
-    return same_channels([decode(str(r), size=decode_size(pre), draft=draft) for r in refs])
+    ok, pixels, rejects = [], [], []
+    for r in refs:
+        try:
+            pixels.append(decode(r, size=size, max_pixels=max_pixels or DEFAULT_MAX_PIXELS))
+            ok.append(r)
+        except ImageRejected as exc:
+            rejects.append({"path": r, "reason": exc.reason})
+    return ok, pixels, rejects
 
 
 def same_channels(pixels: Sequence[np.ndarray]) -> np.ndarray:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from featpipe.errors import DataError, FeatpipeError
 from featpipe.headio import load_head
-from featpipe.modelinput import decode_size, same_channels  # noqa: F401 - same_channels re-exported
+from featpipe.modelinput import decode_files, decode_size, same_channels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".webp")
 
@@ -73,22 +73,6 @@ def image_files(inputs: Sequence[str | Path]) -> tuple[list[str], list[dict]]:
     return list(dict.fromkeys(out)), rejects  # a file named twice is classified once
 
 
-def decode_batch(refs: Sequence[str], size: int, *, max_pixels: int | None = None
-                 ) -> tuple[list[str], list[np.ndarray], list[dict]]:
-    """Decode each reference at ``size`` (as the decoded-image cache does); a file that cannot be decoded is a
-    reject (path, reason), never fatal. ``max_pixels``: larger images are rejected ("too large")."""
-    from featpipe.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode
-
-    ok, pixels, rejects = [], [], []
-    for r in refs:
-        try:
-            pixels.append(decode(r, size=size, max_pixels=max_pixels or DEFAULT_MAX_PIXELS))
-            ok.append(r)
-        except ImageRejected as exc:
-            rejects.append({"path": r, "reason": exc.reason})
-    return ok, pixels, rejects
-
-
 def load_backbone(meta: dict, *, device: str = "cpu"):
     """The recorded backbone, rebuilt from the sidecar's weights request and checked against the head
     (:func:`featpipe.saved.rebuild_backbone`); returns (model, spec)."""
@@ -96,16 +80,6 @@ def load_backbone(meta: dict, *, device: str = "cpu"):
 
     model = rebuild_backbone(meta, device=device)
     return model, model.spec
-
-
-def embed(model, spec, refs: Sequence[str], *, precision: str = "fp32", batch_size: int = 32,
-          device: str = "cpu") -> np.ndarray:
-    """Embeddings of image references, decoded and prepared exactly as extraction does
-    (:mod:`featpipe.modelinput`)."""
-    from featpipe.imaging import decode
-
-    pixels = [decode(r, size=decode_size(spec.preprocess)) for r in refs]
-    return embed_pixels(model, spec, pixels, precision=precision, batch_size=batch_size, device=device)
 
 
 def embed_pixels(model, spec, pixels: Sequence[np.ndarray], *, precision: str = "fp32", batch_size: int = 32,
@@ -147,7 +121,7 @@ def predict(model_path: str | Path, inputs: Sequence[str | Path], *, out_csv: st
     size = int(meta["resize_size"])
     done, probas = [], []
     for s in range(0, len(refs), CHUNK):
-        ok, pixels, bad = decode_batch(refs[s:s + CHUNK], size, max_pixels=max_pixels)
+        ok, pixels, bad = decode_files(refs[s:s + CHUNK], size, max_pixels=max_pixels)
         rejects += bad
         if ok:
             done += ok

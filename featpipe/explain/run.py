@@ -63,10 +63,9 @@ def test_images(preprocess: dict, *, manifest: str | Path, splits: str | Path, c
                                           options=options)) as r:
             pixels = np.asarray(r.read(r.require(rows)))
     except DataError:  # a test image no longer decodes (changed since prepare): skipped and named, cache untouched
-        from featpipe.modelinput import decode_size, same_channels
-        from featpipe.predict import decode_batch
+        from featpipe.modelinput import decode_files, decode_size, same_channels
 
-        ok, decoded, rejects = decode_batch(rows["path"].astype(str).tolist(), decode_size(preprocess))
+        ok, decoded, rejects = decode_files(rows["path"].astype(str).tolist(), decode_size(preprocess))
         if not ok:
             raise DataError(f"none of the {len(ids)} test images could be decoded (first: {rejects[0]['path']}: "
                             f"{rejects[0]['reason']}); re-run 'featpipe prepare'") from None
@@ -89,11 +88,11 @@ def _decoded_cache(manifest, preprocess: dict, *, cache_dir, dataset: str, optio
 
 def path_images(paths: Sequence[str | Path], preprocess: dict, *, max_pixels: int | None = None) -> ImageSet:
     """Images given by path (no labels), at the model's input size."""
-    from featpipe.modelinput import decode_size, same_channels
-    from featpipe.predict import decode_batch, image_files
+    from featpipe.modelinput import decode_files, decode_size, same_channels
+    from featpipe.predict import image_files
 
     refs, rejects = image_files(paths)
-    ok, decoded, bad = decode_batch(refs, decode_size(preprocess), max_pixels=max_pixels)
+    ok, decoded, bad = decode_files(refs, decode_size(preprocess), max_pixels=max_pixels)
     rejects += bad
     if not ok:
         first = f" (first: {rejects[0]['path']}: {rejects[0]['reason']})" if rejects else ""
