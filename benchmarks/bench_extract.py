@@ -4,7 +4,7 @@ Modes, each measured in its own fresh process (so peak memory is that mode's own
 
 - ``naive``: the loop the studies use: torchvision ``ImageFolder`` (PIL decode + ``convert("RGB")``),
   Resize 256 + CenterCrop 224, fp32, NCHW, DataLoader batch 32, no workers, ``torch.no_grad``;
-- ``first``: ``featpipe.extract.extract`` from nothing (decode once into the decoded cache with the
+- ``first``: ``featpipe.features.extract.extract`` from nothing (decode once into the decoded cache with the
   configured workers, then extraction, precision auto);
 - ``warm``: ``extract`` again for a backbone with the decoded cache already built (features not cached);
 - ``alone``: the model alone on random tensors, same batch size, precision and memory format as
@@ -88,8 +88,8 @@ def run_one(cfg: dict) -> dict:
     from torchvision import transforms
 
     from featpipe.backbones import build
-    from featpipe.config import ExtractParams
-    from featpipe.extract import extract, select_precision
+    from featpipe.params.config import ExtractParams
+    from featpipe.features.extract import extract, select_precision
 
     files = [Path(p) for p in cfg["files"]]
     work = Path(cfg["work"])

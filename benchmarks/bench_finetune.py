@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from featpipe.data.manifest import file_sha256
-from featpipe.decoded import build_decoded
+from featpipe.decoded.cache import build_decoded
 from featpipe.finetune.checkpoint import build_model
 from featpipe.finetune.data import CachedImages, DecodingImages, Labeled, Prep
 from featpipe.finetune.loop import Runtime, TrainConfig, train
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         print(f"real images not found at {FIGURE1}", file=sys.stderr)
         return 1
     man = manifest_of(FIGURE1)
-    from featpipe.modelinput import decode_size
+    from featpipe.backbones.modelinput import decode_size
 
     size = decode_size("resnet50")  # what the decoded cache holds (256), random-resized-cropped to 224
     with tempfile.TemporaryDirectory() as tmp:

@@ -147,7 +147,7 @@ def unit_costs(files: list[Path], k: int = 12) -> dict:
     best of 3 batches of 32: the work itself, robust to other load on a shared machine)."""
     code = r"""
 import json, sys, time, torch, torchvision
-from featpipe.imaging import decode_sizes
+from featpipe.imaging.decode import decode_sizes
 files = sys.argv[1:]
 t = time.process_time()
 for f in files:

@@ -32,7 +32,7 @@ NPZ = ROOT.parent / "shared" / "data" / "pneumoniamnist_balanced_28.npz"
 
 
 def prepare(work: Path):
-    from featpipe.config import load_params
+    from featpipe.params.config import load_params
     from featpipe.data.prepare import prepare as run_prepare
 
     params = load_params(None, ["data.name=pmnist", "data.source=npz", f"data.path={NPZ}",
@@ -51,9 +51,9 @@ def timed(fn) -> float:
 
 def bench_sweep(work: Path, params, xp, ep, *, backbone: str, reps: int, warmup: bool) -> tuple:
     """Local (joblib) vs Ray (one task per run) sweep on one backbone's cache, paired and alternating."""
-    from featpipe.config import DecodeParams
-    from featpipe.extract import extract
-    from featpipe.fit import sweep
+    from featpipe.params.config import DecodeParams
+    from featpipe.features.extract import extract
+    from featpipe.fewshot.fit import sweep
 
     extract(work / "manifest.csv", backbone=backbone, dataset="pmnist", cache_dir=work / "local", params=xp,
             decode=DecodeParams(workers=2), progress=False)
@@ -90,10 +90,10 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     import ray
 
-    from featpipe.config import DecodeParams, EngineParams, ExtractParams
-    from featpipe.decoded import build_decoded, decoded_path
+    from featpipe.params.config import DecodeParams, EngineParams, ExtractParams
+    from featpipe.decoded.cache import build_decoded, decoded_path
     from featpipe.backbones import get
-    from featpipe.extract import extract, load_manifest
+    from featpipe.features.extract import extract, load_manifest
 
     work = Path(tempfile.mkdtemp(prefix="featpipe-bench-ray-"))
     lines, rows = [], []

@@ -13,7 +13,7 @@ Numbers on these features say which scaler behaves better for few-shot heads; th
 of pretrained embeddings.
 
 Every run goes through featpipe's own code: prepare (splits, k-shot subsets), decode, extract, and
-``featpipe.fit.run_grid`` with ``heads.scaler`` set; AUROC on val (the split's val, threshold-free) and
+``featpipe.fewshot.fit.run_grid`` with ``heads.scaler`` set; AUROC on val (the split's val, threshold-free) and
 test. Writes ``<out>/scaler.md`` (summary + per-k table) and ``<out>/scaler.csv`` (every run).
 
     python benchmarks/bench_scaler.py [--out benchmarks/results] [--seeds 5] [--heads svc logistic prototype mlp]
@@ -55,7 +55,7 @@ def figure1_csv(work: Path) -> Path:
 
 
 def dataset_params(name: str, work: Path, seeds: int):
-    from featpipe.config import load_params
+    from featpipe.params.config import load_params
 
     common = [f"split.seeds={list(range(seeds))}", "decode.workers=2", "fit.save_models=false", "fit.curves=false",
               "fit.n_jobs=2", f"data.name={name}"]
@@ -70,8 +70,8 @@ def dataset_params(name: str, work: Path, seeds: int):
 
 
 def pixel_cache(splits, manifest, cache_dir: Path, name: str):
-    from featpipe.decoded import DecodedImages, build_decoded, decoded_path
-    from featpipe.fit import CacheData
+    from featpipe.decoded.cache import DecodedImages, build_decoded, decoded_path
+    from featpipe.fewshot.fit import CacheData
 
     path = decoded_path(cache_dir, name, 28)
     build_decoded(manifest, size=28, path=path, workers=2, progress=False)
@@ -90,8 +90,8 @@ def run_dataset(name: str, work: Path, *, seeds: int, heads: list[str]) -> pd.Da
     from featpipe.data.manifest import read_manifest
     from featpipe.data.prepare import prepare
     from featpipe.data.splits import load_splits
-    from featpipe.extract import extract
-    from featpipe.fit import load_cache, run_grid
+    from featpipe.features.extract import extract
+    from featpipe.fewshot.fit import load_cache, run_grid
 
     params = dataset_params(name, work, seeds)
     d = work / name

@@ -5,7 +5,7 @@ MedSigLIP) x 4 heads (svc, logistic, mlp, prototype) x shots (1, 2, 5, 10, 20, 5
 = 960 runs, on a binary data set with 2,000 train, 200 val and a 624-image test split (234/390 like
 the Kaggle chest X-ray test set).
 
-featpipe: ``featpipe.fit.sweep`` (each cache read once, runs in parallel with joblib, CV on Gram /
+featpipe: ``featpipe.fewshot.fit.sweep`` (each cache read once, runs in parallel with joblib, CV on Gram /
 span coordinates, numpy MLP in the span of the training embeddings).
 Naive: per run, reload the HDF5 cache, select rows, fit ``GridSearchCV(Pipeline(StandardScaler, SVC or
 LogisticRegression))`` on the raw embeddings, a full-width torch MLP (D x 512, 200 epochs of Adam),
@@ -85,8 +85,8 @@ def naive_run(cache: Path, splits: dict, head: str, k: int, seed: int) -> None:
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    from featpipe.featcache import read_features
-    from featpipe.metrics import choose_threshold, score
+    from featpipe.features.cache import read_features
+    from featpipe.evaluation.metrics import choose_threshold, score
 
     fs = read_features(cache)
     tr, va, te = (fs.select(splits["fewshot"][str(seed)][str(k)]), fs.select(splits["val"]), fs.select(splits["test"]))
@@ -140,8 +140,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-models", action="store_true", help="do not save model files in the featpipe sweep")
     ap.add_argument("--skip-naive", action="store_true")
     args = ap.parse_args(argv)
-    from featpipe.config import load_params
-    from featpipe.fit import sweep
+    from featpipe.params.config import load_params
+    from featpipe.fewshot.fit import sweep
 
     root = Path(args.out or tempfile.mkdtemp(prefix="bench-sweep-"))
     t = time.perf_counter()

@@ -24,7 +24,7 @@ PROJECT = HERE.parent
 
 
 def cli(*args: str) -> None:
-    from featpipe.cli import main
+    from featpipe.cli.main import main
 
     rc = main(list(args))
     if rc != 0:

@@ -1,3 +1,3 @@
-from featpipe.cli import entry
+from featpipe.cli.main import entry
 
 entry()

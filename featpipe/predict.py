@@ -17,9 +17,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from featpipe.errors import DataError, FeatpipeError
-from featpipe.headio import load_head
-from featpipe.modelinput import decode_files, decode_size, same_channels
+from featpipe.core.errors import DataError, FeatpipeError
+from featpipe.heads.io import load_head
+from featpipe.backbones.modelinput import decode_files, decode_size, same_channels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".webp")
 
@@ -75,8 +75,8 @@ def image_files(inputs: Sequence[str | Path]) -> tuple[list[str], list[dict]]:
 
 def load_backbone(meta: dict, *, device: str = "cpu"):
     """The recorded backbone, rebuilt from the sidecar's weights request and checked against the head
-    (:func:`featpipe.saved.rebuild_backbone`); returns (model, spec)."""
-    from featpipe.saved import rebuild_backbone
+    (:func:`featpipe.saved.models.rebuild_backbone`); returns (model, spec)."""
+    from featpipe.saved.models import rebuild_backbone
 
     model = rebuild_backbone(meta, device=device)
     return model, model.spec
@@ -85,10 +85,10 @@ def load_backbone(meta: dict, *, device: str = "cpu"):
 def embed_pixels(model, spec, pixels: Sequence[np.ndarray], *, precision: str = "fp32", batch_size: int = 32,
                  device: str = "cpu") -> np.ndarray:
     """Embeddings of decoded images (uint8 at the backbone's decode size), prepared by
-    :func:`featpipe.modelinput.model_input` as extraction prepares them."""
+    :func:`featpipe.backbones.modelinput.model_input` as extraction prepares them."""
     import torch
 
-    from featpipe.modelinput import model_input
+    from featpipe.backbones.modelinput import model_input
 
     pre = spec.preprocess
     feats = []
@@ -110,7 +110,7 @@ def predict(model_path: str | Path, inputs: Sequence[str | Path], *, out_csv: st
     ``model_path`` is a saved head (``.skops``, applied to the recorded backbone's embeddings) or a fine-tuned
     model (``.safetensors`` or its ``.json`` sidecar). Files that cannot be read as images are skipped and listed,
     with the reason, in ``<out_csv stem>.rejects.csv``; the others are classified."""
-    from featpipe.extract import select_device
+    from featpipe.features.extract import select_device
 
     device = str(select_device(device))  # a device that cannot be used: one line, before any work
     refs, rejects = image_files(inputs)
@@ -129,7 +129,7 @@ def predict(model_path: str | Path, inputs: Sequence[str | Path], *, out_csv: st
     rej = pd.DataFrame(rejects, columns=["path", "reason"])
     rej_path = None
     if out_csv is not None and len(rej):
-        from featpipe.fileio import atomic_write
+        from featpipe.core.fileio import atomic_write
 
         rej_path = Path(out_csv).with_name(Path(out_csv).stem + ".rejects.csv")
         atomic_write(rej_path, rej.to_csv(index=False, lineterminator="\n"))
@@ -146,7 +146,7 @@ def predict(model_path: str | Path, inputs: Sequence[str | Path], *, out_csv: st
     for i, c in enumerate(classes):
         table[f"p({c})"] = proba[:, i]
     if out_csv is not None:
-        from featpipe.fileio import atomic_write
+        from featpipe.core.fileio import atomic_write
 
         atomic_write(out_csv, table.to_csv(index=False, float_format="%.6f", lineterminator="\n"))
     return Prediction(table, classes, threshold, rej, rej_path)

@@ -12,7 +12,7 @@ import torch
 from featpipe import backbones
 from featpipe.backbones import weights as W
 from featpipe.backbones.model import FeatureModel, pooled_output
-from featpipe.errors import FeatpipeError, WeightsError
+from featpipe.core.errors import FeatpipeError, WeightsError
 
 FULL = backbones.names(tiny=False)  # the whole registry: adding a member adds it to every test below
 TINY = backbones.names(tiny=True)
@@ -265,7 +265,7 @@ def test_bf16_autocast_agrees_with_fp32(name):
 def test_precision_auto_is_the_familys_measured_choice(monkeypatch):
     """auto = bf16 autocast, except fp32 for SigLIP (slower in bf16 here), on a bf16 CPU (measured:
     benchmarks/results/precision.md), fp32 on a CPU without bf16; an explicit precision is kept."""
-    from featpipe import extract
+    from featpipe.features import extract
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(extract, "cpu_has_bf16", lambda: True)

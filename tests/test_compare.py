@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from test_fit import write_fixture
 
-from featpipe.cli import main
-from featpipe.compare import holm, permutation_p, seed_comparisons
+from featpipe.cli.main import main
+from featpipe.results.compare import holm, permutation_p, seed_comparisons
 
 
 def test_permutation_p_and_holm_hand_made():

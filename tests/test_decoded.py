@@ -1,4 +1,4 @@
-"""featpipe.decoded: the decoded-image cache (build, reuse by content, reader, DataLoader workers, CLI)."""
+"""featpipe.decoded.cache: the decoded-image cache (build, reuse by content, reader, DataLoader workers, CLI)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from featpipe.decoded import (
+from featpipe.decoded.cache import (
     DecodedImages,
     DecodeOptions,
     build,
@@ -19,9 +19,9 @@ from featpipe.decoded import (
     build_stats,
     decoded_path,
 )
-from featpipe.errors import CacheError, DataError
-from featpipe.imaging import RESIZE_METHOD, decode
-from featpipe.modelinput import to_tensor_batch
+from featpipe.core.errors import CacheError, DataError
+from featpipe.imaging.decode import RESIZE_METHOD, decode
+from featpipe.backbones.modelinput import to_tensor_batch
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CXR = DATA / "figure1-covid-cxr" / "images"
@@ -138,7 +138,7 @@ def test_channels_follow_content(tmp_path, images):
 
 
 def test_one_pass_two_sizes_widens_after_grey_rejects_and_copies_duplicates(tmp_path, images, monkeypatch):
-    import featpipe.imaging as imaging
+    from featpipe.imaging import decode as imaging
 
     colour = tmp_path / "img" / "c.png"
     Image.new("RGB", (20, 20), (200, 30, 10)).save(colour)
@@ -234,7 +234,7 @@ def test_missing_cache_is_a_one_line_error(tmp_path):
 
 
 def test_decode_command(tmp_path, images, monkeypatch, capsys):
-    from featpipe.cli import main
+    from featpipe.cli.main import main
     from featpipe.data.manifest import COLUMNS
 
     manifest = _rows(images).assign(label=0, label_name="a", patient_id=lambda d: d["id"], source_split="",

@@ -19,10 +19,10 @@ import pytest
 import ray
 from PIL import Image
 
-from featpipe import featcache
-from featpipe.cli import main
-from featpipe.config import DecodeParams, EngineParams, ExtractParams
-from featpipe.extract import extract
+from featpipe.features import cache as featcache
+from featpipe.cli.main import main
+from featpipe.params.config import DecodeParams, EngineParams, ExtractParams
+from featpipe.features.extract import extract
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = EngineParams(kind="ray")
@@ -203,8 +203,8 @@ def test_engine_ray_without_ray_is_a_one_line_error(tmp_path, monkeypatch, capsy
 
 
 def test_engine_params_are_validated_and_named(tmp_path):
-    from featpipe.config import load_params
-    from featpipe.errors import ConfigError
+    from featpipe.params.config import load_params
+    from featpipe.core.errors import ConfigError
 
     p = load_params(REPO / "params.yaml", ["engine.kind=ray", "engine.address=auto", "engine.embed_gpus=0.5"])
     assert (p.engine.kind, p.engine.address, p.engine.embed_gpus) == ("ray", "auto", 0.5)
@@ -215,7 +215,7 @@ def test_engine_params_are_validated_and_named(tmp_path):
 
 
 def test_finetune_on_ray_gives_the_local_rows(cluster, tmp_path):
-    from featpipe.config import load_params
+    from featpipe.params.config import load_params
     from featpipe.data.prepare import prepare
 
     sets = [f"data.path={tmp_path / 'synthetic'}", "data.synthetic.images_per_class=20", "data.synthetic.size=32",

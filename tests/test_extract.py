@@ -15,11 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from featpipe import backbones, featcache
-from featpipe.cli import main
-from featpipe.config import DecodeParams, ExtractParams
-from featpipe.errors import CacheError
-from featpipe.extract import extract, merge_shards, parse_shard, shard_bounds
+from featpipe import backbones
+from featpipe.features import cache as featcache
+from featpipe.cli.main import main
+from featpipe.params.config import DecodeParams, ExtractParams
+from featpipe.core.errors import CacheError
+from featpipe.features.extract import extract, merge_shards, parse_shard, shard_bounds
 
 FIGURE1 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "figure1-covid-cxr"
 FP32 = ExtractParams(batch_size=4, precision="fp32")
@@ -57,8 +58,8 @@ def _run(manifest, cache, params=FP32, **kw):
 
 
 def test_features_equal_the_model_on_decoded_images(tmp_path):
-    from featpipe.modelinput import to_tensor_batch
-    from featpipe.imaging import decode
+    from featpipe.backbones.modelinput import to_tensor_batch
+    from featpipe.imaging.decode import decode
 
     m = _manifest(tmp_path, range(10))
     r = _run(m, tmp_path / "cache")
@@ -140,8 +141,8 @@ def test_other_weights_and_layers_get_their_own_files(tmp_path):
 KILL_AFTER_TWO_BATCHES = """
 import os, signal, sys
 from featpipe.backbones.model import FeatureModel
-from featpipe.config import DecodeParams, ExtractParams
-from featpipe.extract import extract
+from featpipe.params.config import DecodeParams, ExtractParams
+from featpipe.features.extract import extract
 calls = [0]
 forward = FeatureModel.forward
 def dying_forward(self, x):

@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from featpipe import featcache
-from featpipe.errors import CacheError
+from featpipe.features import cache as featcache
+from featpipe.core.errors import CacheError
 
 ATTRS = {"backbone": "tiny_cnn", "weights": "random", "weights_id": "random:seed0", "layer": "",
          "preprocess": {"input_size": 32, "resize_size": 32}, "manifest_sha256": "ab" * 32, "precision": "fp32"}

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from featpipe import backbones
-from featpipe.config import FinetuneParams, load_params
-from featpipe.errors import ConfigError, DataError
+from featpipe.params.config import FinetuneParams, load_params
+from featpipe.core.errors import ConfigError, DataError
 from featpipe.finetune import checkpoint, run, strategies
 from featpipe.finetune.augment import Augment, augment_batch
 from featpipe.finetune.data import ArrayImages, Labeled, Prep
@@ -237,11 +237,11 @@ FAST = FinetuneParams(epochs=2, patience=2, lr=1e-3, precision="fp32", device="c
 
 
 def test_rows_use_the_same_test_ids_as_the_frozen_heads(project, monkeypatch):
-    from featpipe.config import DecodeParams, ExtractParams
+    from featpipe.params.config import DecodeParams, ExtractParams
     from featpipe.data.splits import load_splits
-    from featpipe.extract import extract
-    from featpipe.fit import fit
-    from featpipe.results import read_runs
+    from featpipe.features.extract import extract
+    from featpipe.fewshot.fit import fit
+    from featpipe.results.table import read_runs
 
     params, paths = project
     seen = []
@@ -277,7 +277,7 @@ def test_two_runs_with_the_same_seed_give_identical_metrics(project):
     keys = ("accuracy", "balanced_accuracy", "auroc", "brier", "threshold", "best_epoch")
     assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
     assert Path(b["model_path"]).read_bytes() == first  # byte-identical weights (stable for DVC too)
-    from featpipe.results import read_runs
+    from featpipe.results.table import read_runs
 
     t = read_runs(paths.results / "runs.csv")
     assert (t["head"] == "finetune:layerwise").sum() == 1  # a re-run replaces its row
@@ -334,7 +334,7 @@ def test_save_load_keeps_every_tensor(tmp_path):
 
 
 def test_cli_runs_one_job_and_speaks_to_the_user(project, capsys, monkeypatch):
-    from featpipe.cli import main
+    from featpipe.cli.main import main
 
     params, paths = project
     monkeypatch.chdir(paths.manifest.parent.parent)

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from featpipe.config import ExtractParams, FinetuneParams, load_params
+from featpipe.params.config import ExtractParams, FinetuneParams, load_params
 from featpipe.data.manifest import read_manifest
-from featpipe.decoded import DecodedImages, DecodeOptions
+from featpipe.decoded.cache import DecodedImages, DecodeOptions
 
 from tests.conftest import write_image
 
@@ -56,10 +56,10 @@ def _decodes(log: Path) -> collections.Counter:
 
 
 def test_first_pass_decodes_each_image_once(tmp_path, folder, monkeypatch):
-    from featpipe.commands import decode as decode_cmd
+    from featpipe.cli.commands import decode as decode_cmd
     from featpipe.data.prepare import prepare
     from featpipe.data.splits import load_splits
-    from featpipe.extract import extract
+    from featpipe.features.extract import extract
     from featpipe.finetune import run
 
     log = tmp_path / "decodes.log"

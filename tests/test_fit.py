@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from featpipe.cli import main
-from featpipe.config import load_params
-from featpipe.errors import CacheError, DataError
-from featpipe.metrics import choose_threshold
+from featpipe.cli.main import main
+from featpipe.params.config import load_params
+from featpipe.core.errors import CacheError, DataError
+from featpipe.evaluation.metrics import choose_threshold
 
 D = 16
 MANIFEST_SHA = "m" * 64
@@ -118,8 +118,8 @@ def test_rerun_replaces_rows_and_reproduces_numbers(project):
 
 
 def test_threshold_comes_from_val_never_test(tmp_path):
-    from featpipe.fit import fit
-    from featpipe.headio import load_head
+    from featpipe.fewshot.fit import fit
+    from featpipe.heads.io import load_head
 
     params = load_params(None, ["fit.n_jobs=1"])
     fx = write_fixture(tmp_path, sep=1.5)
@@ -148,7 +148,7 @@ def test_stale_cache_and_leaky_splits_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "stale cache" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     from featpipe.data.splits import load_splits
-    from featpipe.fit import fit_run, load_cache
+    from featpipe.fewshot.fit import fit_run, load_cache
 
     write_fixture(tmp_path)
     s = json.loads((tmp_path / "data/splits.json").read_text())
@@ -163,7 +163,7 @@ def test_stale_cache_and_leaky_splits_are_refused(tmp_path, capsys):
 
 
 def test_sweep_parallel_equals_serial(tmp_path):
-    from featpipe.fit import sweep
+    from featpipe.fewshot.fit import sweep
 
     write_fixture(tmp_path, backbone="toy")
     fx = write_fixture(tmp_path, backbone="toy2")
@@ -183,7 +183,7 @@ def test_sweep_parallel_equals_serial(tmp_path):
 def test_parallel_sweep_saves_heads_under_the_callers_relative_models_dir(tmp_path, monkeypatch):
     """joblib/loky reuses its worker processes across calls: a second sweep from another working directory must
     still save its heads under *this* directory's ``models/`` (found by running the CLI's default paths in-process)."""
-    from featpipe.fit import sweep
+    from featpipe.fewshot.fit import sweep
 
     params = load_params(None, ["fit.curves=false"])
     kw = dict(params=params, backbones=["toy"], heads=["svc", "prototype"], shots=[2], seeds=[0, 1], n_jobs=2)

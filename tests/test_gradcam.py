@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 from featpipe import backbones
-from featpipe.config import HeadsParams, SyntheticParams
-from featpipe.modelinput import to_tensor_batch
+from featpipe.params.config import HeadsParams, SyntheticParams
+from featpipe.backbones.modelinput import to_tensor_batch
 from featpipe.explain.gradcam import gradcam, grid_shape, layer_grid, token_grid
 from featpipe.explain.sanity import edge_map, sanity_check, spearman
 from featpipe.explain.select import select_examples
-from featpipe.explain.torch_head import FrozenWithHead, torch_head
+from featpipe.heads.torch_twin import FrozenWithHead, torch_head
 from featpipe.heads import make_head
 
 SIZE = 64  # tiny_cnn at 64 px: norm5 is 2 x 2, denseblock3 4 x 4
@@ -128,8 +128,8 @@ def test_balanced_selection():
 
 def test_gradcam_command_renders_grid_and_index(synthetic, tmp_path):
     """A saved head through `featpipe gradcam --images`: PNGs, grid.png, index.csv/json."""
-    from featpipe.cli import main
-    from featpipe.headio import save_head
+    from featpipe.cli.main import main
+    from featpipe.heads.io import save_head
 
     fm = synthetic["model"].features
     with torch.no_grad():

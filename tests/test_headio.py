@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featpipe.config import HeadsParams
+from featpipe.params.config import HeadsParams
 from featpipe.heads.mlp import MlpParams
-from featpipe.errors import CacheError
-from featpipe.fileio import seal
-from featpipe.headio import UnsafeModelError, check_compatible, load_head, save_head, sidecar
+from featpipe.core.errors import CacheError
+from featpipe.core.fileio import seal
+from featpipe.heads.io import UnsafeModelError, check_compatible, load_head, save_head, sidecar
 from featpipe.heads import HEADS, make_head
 
 META = {"backbone": "toy", "weights_id": "random:seed0", "layer": "", "embedding_dim": 12,
@@ -133,8 +133,8 @@ def test_predict_on_training_images_reproduces_the_scores(tmp_path, monkeypatch,
     """prepare -> extract (tiny_cnn) -> fit -> predict on the k-shot training image files."""
     import pandas as pd
 
-    from featpipe.cli import main
-    from featpipe.featcache import read_features
+    from featpipe.cli.main import main
+    from featpipe.features.cache import read_features
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FEATPIPE_OFFLINE", "1")

@@ -15,10 +15,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from featpipe.config import HeadsParams
+from featpipe.params.config import HeadsParams
 from featpipe.heads.mlp import MlpParams
 from featpipe.heads.svc import SvcParams
-from featpipe.errors import ConfigError
+from featpipe.core.errors import ConfigError
 from featpipe.heads import HEADS, head_params, make_head, one_blas_thread, span_basis
 
 D = 48
@@ -191,9 +191,9 @@ def test_the_head_registry_is_the_one_list_of_heads():
     """Adding a head is adding its module: params.yaml sections, CLI choices, saved-model trusted types and
     Grad-CAM all come from the registry."""
     from featpipe import heads
-    from featpipe.commands.fit import HEAD_CHOICES
-    from featpipe.config import load_params
-    from featpipe.headio import TRUSTED
+    from featpipe.cli.commands.fit import HEAD_CHOICES
+    from featpipe.params.config import load_params
+    from featpipe.heads.io import TRUSTED
 
     for name, spec in heads.REGISTRY.items():
         assert isinstance(getattr(HeadsParams(), name), spec.params)  # heads.<name> in params.yaml

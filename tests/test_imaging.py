@@ -1,4 +1,4 @@
-"""featpipe.imaging: probe (rejects) and decode (pixels) on synthetic files and the real radiographs."""
+"""featpipe.imaging.decode: probe (rejects) and decode (pixels) on synthetic files and the real radiographs."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
-from featpipe.errors import DataError
-import featpipe.imaging as imaging
-from featpipe.imaging import (
+from featpipe.core.errors import DataError
+from featpipe.imaging import decode as imaging
+from featpipe.imaging.decode import (
     ImageRejected,
     decode,
     decode_sizes,

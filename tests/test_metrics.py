@@ -1,4 +1,4 @@
-"""featpipe.metrics: equal to scikit-learn on hand-made cases, thresholds from val, honest intervals."""
+"""featpipe.evaluation.metrics: equal to scikit-learn on hand-made cases, thresholds from val, honest intervals."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
-from featpipe.config import ClinicalParams
-from featpipe.metrics import (bootstrap_ci, brier, choose_threshold, clinical_grade, curves, predict_labels, score,
+from featpipe.params.config import ClinicalParams
+from featpipe.evaluation.metrics import (bootstrap_ci, brier, choose_threshold, clinical_grade, curves, predict_labels, score,
                               summarize)
 
 
@@ -162,7 +162,7 @@ def test_brier_binary_matches_sklearn_scaling():
 
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_fast_scores_used_by_bootstrap_equal_score(n_classes):
-    from featpipe.metrics import SUMMARY_METRICS, fast_scores
+    from featpipe.evaluation.metrics import SUMMARY_METRICS, fast_scores
 
     rng = np.random.default_rng(6)
     y = rng.integers(0, n_classes, 150)

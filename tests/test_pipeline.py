@@ -55,7 +55,7 @@ def test_every_params_key_dvc_reads_exists_in_both_params_files():
         heads = data["fit"]["heads"]
         expanded = {w.replace("${item.head}", h) for w in wanted for h in heads}
         assert expanded <= keys, f"{name} lacks {sorted(expanded - keys)}"
-        from featpipe.config import load_params
+        from featpipe.params.config import load_params
 
         load_params(ROOT / name)  # and it validates
 

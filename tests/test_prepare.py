@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featpipe.cli import main
-from featpipe.config import load_params
+from featpipe.cli.main import main
+from featpipe.params.config import load_params
 from featpipe.data.manifest import read_manifest
 from featpipe.data.splits import load_splits
 from tests.conftest import write_image
@@ -85,14 +85,14 @@ def test_overrides_go_through_the_same_validation_as_the_file(tmp_path):
     p = load_params(f, ["split.shots=[2,4]", "data.csv.task=Edema", "data.patient_regex=null"])
     assert p.split.seeds == (0, 1) and p.split.shots == (2, 4) and p.data.csv.task == "Edema"
     f.write_text("split:\n  sedes: [0]\n")
-    from featpipe.errors import ConfigError
+    from featpipe.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown parameter 'split.sedes'"):
         load_params(f)
 
 
 def test_help_lists_every_command_with_a_description():
-    from featpipe.cli import COMMANDS, _available
+    from featpipe.cli.main import COMMANDS, _available
 
     out = run_cli("--help", cwd=".").stdout
     assert "prepare" in _available()
@@ -158,7 +158,7 @@ def test_prepare_real_npz(pneumoniamnist, tmp_path, defaults):
 
 
 def test_fetch_fingerprint_changes_with_the_images_not_otherwise(tmp_path):
-    from featpipe.config import DataParams
+    from featpipe.params.config import DataParams
     from featpipe.data.fetch import fingerprint
 
     root = tmp_path / "tree"
@@ -169,7 +169,7 @@ def test_fetch_fingerprint_changes_with_the_images_not_otherwise(tmp_path):
     assert fingerprint(data) == first and first["files"] == 2
     write_image(root / "b" / "3.png", seed=3)
     assert fingerprint(data)["sha256"] != first["sha256"]
-    from featpipe.errors import DataError
+    from featpipe.core.errors import DataError
 
     with pytest.raises(DataError, match="not found"):
         fingerprint(DataParams(source="npz", path=str(tmp_path / "missing.npz")))

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import pretrained_fixtures as pf
-from featpipe.cli import main
+from featpipe.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def test_default_weights_through_every_command(project, capsys):
     default (ImageNet) weights, read offline from $TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth."""
     _cli("extract", "--backbone", "resnet18")
     cache = Path("cache/cxr/resnet18.h5")  # default weights: no tag in the name
-    from featpipe.featcache import read_features
+    from featpipe.features.cache import read_features
 
     attrs = read_features(cache).attrs
     assert attrs["weights_id"] == "torchvision:ResNet18_Weights.IMAGENET1K_V1:resnet18-f37072fd.pth"
@@ -155,8 +155,8 @@ def test_a_head_refuses_other_weights_than_it_was_fitted_on(project, planted):
     sd["conv1.weight"] = sd["conv1.weight"] * 2
     torch.save(sd, request)
     assert main(["gradcam", "--model", str(head)]) != 0
-    from featpipe.errors import CacheError
-    from featpipe.saved import load_model
+    from featpipe.core.errors import CacheError
+    from featpipe.saved.models import load_model
 
     with pytest.raises(CacheError, match="weights_id"):
         load_model(head)

@@ -4,7 +4,7 @@ Real processes, real signals: two builders of one cache run at once; a main proc
 its pool workers decode; extraction is SIGKILLed mid-batch, in its final write and after its rename;
 the next run must finish to the same bytes as an uninterrupted one and say what it cleaned. Only the
 timing is injected (a sleep per decoded image or per batch, so the race windows are wide enough on a
-loaded 2-core runner); everything else is the shipped code path (``featpipe.cli.main``).
+loaded 2-core runner); everything else is the shipped code path (``featpipe.cli.main.main``).
 
 ``FEATPIPE_RELIABILITY_TRIALS=N`` repeats every race and kill scenario N times (default 1; the
 figures in the README come from ``benchmarks/reliability_trials.py``, which runs them with more).
@@ -26,8 +26,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from featpipe import featcache
-from featpipe.cli import main
+from featpipe.features import cache as featcache
+from featpipe.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 TRIALS = int(os.environ.get("FEATPIPE_RELIABILITY_TRIALS", "1"))
@@ -38,7 +38,7 @@ RUNNER = r"""
 import os, sys, time, signal
 slow = float(os.environ.get("FP_SLOW_DECODE", "0"))
 if slow:
-    import featpipe.decodedbuild as d  # where the decoding pass calls the decoder
+    from featpipe.decoded import build as d  # where the decoding pass calls the decoder
     _decode = d.decode_sizes
     def slow_decode(*a, **k):
         time.sleep(slow)
@@ -61,9 +61,9 @@ if die == "final-write":  # SIGKILL after the cache's temporary file is written,
         return _replace(src, dst, *a, **k)
     os.replace = dying_replace
 elif die == "after-rename":  # SIGKILL after the rename, before the journal is removed
-    from featpipe import featcache
+    from featpipe.features import cache as featcache
     featcache.PartialRows.remove = lambda self: os.kill(os.getpid(), signal.SIGKILL)
-from featpipe.cli import main
+from featpipe.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -250,7 +250,7 @@ def test_pool_and_loky_workers_die_with_a_sigkilled_parent(tmp_path, trial):
 import os, sys, time
 from concurrent.futures import ProcessPoolExecutor
 from joblib import Parallel, delayed
-from featpipe.workers import die_with_parent, pool_kwargs
+from featpipe.core.workers import die_with_parent, pool_kwargs
 out = sys.argv[1]
 def park(tag, parent=None):
     if parent is not None:
@@ -427,7 +427,7 @@ def test_edited_saved_models_are_refused_in_one_line(project, tmp_path, capsys, 
         _edit(copy.with_suffix(".json"), change)
         _refused(capsys, ["predict", "--model", str(copy), *imgs], names=copy.stem)
     # a file that is not what it claims (a re-sealed sidecar that matches it): one line, no traceback
-    from featpipe.fileio import file_sha256, seal
+    from featpipe.core.fileio import file_sha256, seal
 
     fake = tmp_path / "fake" / ft.name
     fake.parent.mkdir()
@@ -568,7 +568,7 @@ def test_bad_files_are_named_never_fatal_in_prepare_predict_and_gradcam(project,
 
 
 def test_csv_paths_outside_the_root_are_rejected_unless_allowed(tmp_path):
-    from featpipe.config import CsvParams
+    from featpipe.params.config import CsvParams
     from featpipe.data.sources import scan_csv
 
     root = tmp_path / "root"

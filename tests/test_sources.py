@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from featpipe.config import CsvParams
+from featpipe.params.config import CsvParams
 from featpipe.data import sources
 from featpipe.data.patients import patient_of
-from featpipe.errors import DataError
+from featpipe.core.errors import DataError
 from tests.conftest import write_image
 
 
@@ -31,7 +31,7 @@ def test_patient_rules(name, patient):
 
 def test_user_regex_wins_and_bad_regex_is_a_config_error():
     assert patient_of("a/case12_slice3.png", r"(case\d+)_") == "case12"
-    from featpipe.errors import ConfigError
+    from featpipe.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="data.patient_regex"):
         patient_of("x.png", "(unclosed")

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from featpipe.config import SplitParams
+from featpipe.params.config import SplitParams
 from featpipe.data.splits import check_splits, make_splits
-from featpipe.errors import DataError
+from featpipe.core.errors import DataError
 
 
 def fake_manifest(n_patients=60, per_patient=3, n_classes=2, dup_every=0, source=None, seed=0) -> pd.DataFrame:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from featpipe.config import HeadsParams
+from featpipe.params.config import HeadsParams
 from featpipe.heads.mlp import MlpParams
 from featpipe.heads.svc import SvcParams
-from featpipe.explain.torch_head import FrozenWithHead, torch_head
+from featpipe.heads.torch_twin import FrozenWithHead, torch_head
 from featpipe.heads import make_head
 
 FAST = replace(HeadsParams(), cv_folds=0, mlp=MlpParams(hidden=32, epochs=60))  # no CV: fast, same maths
@@ -61,8 +61,8 @@ def test_rbf_svc_kernel_expansion_matches_decision_function(n_classes):
 def test_frozen_backbone_plus_head_matches_head_on_real_features(pneumoniamnist, name):
     """tiny_cnn features of real PneumoniaMNIST images: images -> FrozenWithHead == head(features)."""
     from featpipe import backbones
-    from featpipe.modelinput import to_tensor_batch
-    from featpipe.imaging import decode
+    from featpipe.backbones.modelinput import to_tensor_batch
+    from featpipe.imaging.decode import decode
 
     spec = backbones.get("tiny_cnn")
     pre = spec.preprocess

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Callable, Mapping, Optional
 
-from featpipe.errors import FeatpipeError
+from featpipe.core.errors import FeatpipeError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

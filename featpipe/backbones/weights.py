@@ -17,7 +17,7 @@
   ``HF_HUB_OFFLINE``, ``HF_TOKEN``), then loaded as a folder.
 
 Offline: ``FEATPIPE_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1`` / ``TRANSFORMERS_OFFLINE=1``) forbids any
-download attempt. Weights that cannot be had raise :class:`~featpipe.errors.WeightsError` (one line:
+download attempt. Weights that cannot be had raise :class:`~featpipe.core.errors.WeightsError` (one line:
 which file is missing and how to provide it).
 
 Identity (recorded in every feature cache as ``weights_id``): ``random:seed0``,
@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from featpipe.fileio import file_sha256  # noqa: F401 - re-exported
+from featpipe.core.fileio import file_sha256  # noqa: F401 - re-exported
 from featpipe.backbones.registry import BackboneSpec
-from featpipe.errors import WeightsError
+from featpipe.core.errors import WeightsError
 
 RANDOM_SEED = 0
 FILE_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")

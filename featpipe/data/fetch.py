@@ -14,10 +14,10 @@ import os
 import shutil
 from pathlib import Path
 
-from featpipe.config import DataParams
+from featpipe.params.config import DataParams
 from featpipe.data import synthetic
-from featpipe.errors import DataError
-from featpipe.fileio import atomic_write
+from featpipe.core.errors import DataError
+from featpipe.core.fileio import atomic_write
 
 
 def fetch_medmnist(flag: str, size: int, dest: Path) -> Path:

@@ -7,7 +7,7 @@ folders give byte-identical manifests and splits (so the same split hash). :func
 the root back, so every reader gets paths it can open. Every file is hashed (sha256 of its bytes; npz
 entries: of the image array's bytes) and fully decoded once: by the ``decode`` hook when one is given
 (``prepare`` passes the decoded-cache build, so the check and the cache come from the same decode), else by
-:func:`featpipe.imaging.probe`. What cannot be used goes to ``rejects.csv`` with a reason and the run goes on.
+:func:`featpipe.imaging.decode.probe`. What cannot be used goes to ``rejects.csv`` with a reason and the run goes on.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 
 from featpipe.data.sources import Record
-from featpipe.errors import DataError
-from featpipe.fileio import atomic_write, file_sha256  # noqa: F401 - re-exported
-from featpipe.workers import pool_kwargs
+from featpipe.core.errors import DataError
+from featpipe.core.fileio import atomic_write, file_sha256  # noqa: F401 - re-exported
+from featpipe.core.workers import pool_kwargs
 
 COLUMNS = ["id", "path", "label", "label_name", "patient_id", "source_split", "sha256", "width", "height"]
 REJECT_COLUMNS = ["id", "path", "reason"]
@@ -36,7 +36,7 @@ DUPLICATE_COLUMNS = ["sha256", "count", "ids", "labels", "conflicting_labels"]
 
 def _check_file(args: tuple[str, int, bool]) -> tuple[str | None, int, int, str | None]:
     """(sha256, width, height, reject reason) of one file; runs in a worker process."""
-    from featpipe.imaging import ImageRejected, probe
+    from featpipe.imaging.decode import ImageRejected, probe
 
     path, max_pixels, verify = args
     try:
@@ -142,7 +142,7 @@ def build_manifest(records: Sequence[Record], *, max_pixels: int, verify: bool =
 
 def _decode_candidates(records, checked: dict, decode: DecodeHook, *, max_pixels: int, npz_keys: set) -> None:
     """Run the decode hook on every hashed, not yet rejected record; fold its verdicts into ``checked``."""
-    from featpipe.imaging import ImageRejected, image_size
+    from featpipe.imaging.decode import ImageRejected, image_size
 
     cand = [r for r in records if r.reject is None and checked.get(id(r), (None, 0, 0, "x"))[3] is None]
     if not cand:

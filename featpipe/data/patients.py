@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-from featpipe.errors import ConfigError
+from featpipe.core.errors import ConfigError
 
 # (name, pattern on the file stem). The first group is the patient id.
 STEM_RULES: tuple[tuple[str, re.Pattern], ...] = (

@@ -2,7 +2,7 @@
 
 With ``data.verify_images`` (the default) every image is decoded once here, and that decode both verifies
 the file (undecodable ones land in ``rejects.csv`` before any split is drawn) and fills the decoded caches
-the configured backbones read (:func:`featpipe.modelinput.ensure_decoded`), so ``featpipe decode`` and
+the configured backbones read (:func:`featpipe.backbones.modelinput.ensure_decoded`), so ``featpipe decode`` and
 every later stage find them current and decode nothing."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from featpipe.config import DataParams, Params
+from featpipe.params.config import DataParams, Params
 from featpipe.data import sources, synthetic
 from featpipe.data.manifest import build_manifest, file_sha256, relative_paths, write_csv_atomic, write_root
 from featpipe.data.splits import make_splits, write_splits
@@ -75,9 +75,9 @@ def load_records(data: DataParams, path: str | Path | None = None) -> list[sourc
 
 def _decode_hook(params: Params, cache_dir: str | Path, progress: bool):
     """The first pass: verification and the decoded caches from one decode per image (per size)."""
-    from featpipe.commands.decode import configured_backbones
-    from featpipe.decoded import DecodeOptions
-    from featpipe.modelinput import ensure_decoded
+    from featpipe.cli.commands.decode import configured_backbones
+    from featpipe.decoded.cache import DecodeOptions
+    from featpipe.backbones.modelinput import ensure_decoded
 
     backbones = configured_backbones(params)
     if not backbones:

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from featpipe.config import SyntheticParams
-from featpipe.errors import DataError
+from featpipe.params.config import SyntheticParams
+from featpipe.core.errors import DataError
 
 FORMAT = 1
 

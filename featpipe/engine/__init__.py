@@ -1,7 +1,7 @@
 """Where extract, sweep and finetune run: ``local`` (this process) or ``ray`` (a Ray cluster).
 
 The engine only decides *where* work runs. What is computed, what is reused and what is written
-stay with the owners (:mod:`featpipe.extract`, :mod:`featpipe.fit`, :mod:`featpipe.finetune.run`), so
+stay with the owners (:mod:`featpipe.features.extract`, :mod:`featpipe.fewshot.fit`, :mod:`featpipe.finetune.run`), so
 a Ray run writes the same feature cache and the same results rows as a local run.
 
 ``engine.address`` (params) or ``RAY_ADDRESS``: ``auto`` (the cluster this node belongs to, started
@@ -18,8 +18,8 @@ import dataclasses
 import os
 from typing import Iterator, Optional
 
-from featpipe.config import EngineParams
-from featpipe.errors import FeatpipeError
+from featpipe.params.config import EngineParams
+from featpipe.core.errors import FeatpipeError
 
 INSTALL_HINT = "pip install 'featpipe[ray]'"
 

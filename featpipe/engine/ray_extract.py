@@ -1,4 +1,4 @@
-"""Extraction on a Ray cluster: the batches :func:`featpipe.extract.extract` plans, as a Ray Data pipeline.
+"""Extraction on a Ray cluster: the batches :func:`featpipe.features.extract.extract` plans, as a Ray Data pipeline.
 
 ``extract`` decides everything that makes a cache (rows to reuse, the plan, the journal, the file and
 its attributes); this module only computes the plan's batches elsewhere::
@@ -9,8 +9,8 @@ its attributes); this module only computes the plan's batches elsewhere::
       -> driver, in batch order -> featcache.PartialRows journal -> the same HDF5 cache as a local run
 
 The decoded-image cache is checked (and built when missing or stale) by one CPU task on the cluster,
-with the same code as a local run. The per-batch steps are :func:`featpipe.extract.read_batch`,
-:func:`~featpipe.extract.model_input` and :func:`~featpipe.extract.embed_batch`, shared with the local
+with the same code as a local run. The per-batch steps are :func:`featpipe.features.extract.read_batch`,
+:func:`~featpipe.features.extract.model_input` and :func:`~featpipe.features.extract.embed_batch`, shared with the local
 engine, so precision, channels_last and batching cannot drift between them.
 
 Resumable: the driver journals each batch (in order) as it arrives, so a killed driver restarts from
@@ -26,9 +26,9 @@ import time
 
 import numpy as np
 
-from featpipe.config import EngineParams, ExtractParams
+from featpipe.params.config import EngineParams, ExtractParams
 from featpipe.engine import EngineError, connect, fetch, gpus_per_task, import_ray, in_dir, user_error
-from featpipe.errors import CacheError
+from featpipe.core.errors import CacheError
 
 
 def runner(ep: EngineParams, params: ExtractParams, *, spec=None):
@@ -47,7 +47,7 @@ def runner(ep: EngineParams, params: ExtractParams, *, spec=None):
 
 def _placement(device: str, precision: str, cwd: str, backbone: str | None = None) -> tuple[str, str]:
     from featpipe.backbones import get
-    from featpipe.extract import select_device, select_precision
+    from featpipe.features.extract import select_device, select_precision
 
     in_dir(cwd)
     d = select_device(device)
@@ -78,7 +78,7 @@ def _actor_count(ep: EngineParams, gpus: float) -> int:
 
 def _ensure_decoded(sub, df, *, size: int, cache_dir: str, dataset: str, decode, shard, cwd: str, progress: bool):
     """On a worker: the decoded-image cache covering ``sub`` (built for ``df`` when missing/stale) and its rows."""
-    from featpipe.extract import _decoded_rows
+    from featpipe.features.extract import _decoded_rows
 
     in_dir(cwd)
     reader, rows = _decoded_rows(sub, df, size=size, cache_dir=cache_dir, dataset=dataset, decode=decode,
@@ -94,8 +94,8 @@ _READERS: dict = {}
 def _read(batch: dict, *, path: str, backbone: str, cwd: str) -> dict:
     """CPU task: one planned batch's decoded images, centre-cropped to the model input (uint8)."""
     from featpipe.backbones import get
-    from featpipe.decoded import DecodedImages
-    from featpipe.extract import read_batch
+    from featpipe.decoded.cache import DecodedImages
+    from featpipe.features.extract import read_batch
 
     in_dir(cwd)
     reader = _READERS.get(path) or _READERS.setdefault(path, DecodedImages(path))
@@ -111,7 +111,7 @@ class Embedder:
         import torch
 
         from featpipe.backbones import get
-        from featpipe.extract import load_model
+        from featpipe.features.extract import load_model
 
         in_dir(cwd)
         if threads > 0:
@@ -121,7 +121,7 @@ class Embedder:
         self.model = load_model(self.spec, ref, layer, device=self.device, precision=precision)
 
     def __call__(self, batch: dict) -> dict:
-        from featpipe.extract import embed_batch, model_input
+        from featpipe.features.extract import embed_batch, model_input
 
         x = model_input(np.array(batch["x"][0]), self.spec)  # a writable copy of the object-store batch
         y = embed_batch(self.model, x, self.spec, device=self.device, precision=self.precision)
@@ -145,7 +145,7 @@ def run_batches(spec, ref, layer, df, todo: np.ndarray, partial, *, cache_dir, d
     cwd = os.getcwd()
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
     build = ray.remote(num_cpus=max(1.0, min(float(decode.workers), cpus)))(_ensure_decoded)
-    from featpipe.modelinput import decode_size
+    from featpipe.backbones.modelinput import decode_size
 
     path, drows = fetch(build.remote(df.iloc[todo[start:]], df, size=decode_size(spec.preprocess),
                                        cache_dir=str(cache_dir), dataset=dataset, decode=decode, shard=shard,

@@ -1,6 +1,6 @@
 """Sweeps and fine-tuning on a Ray cluster: one Ray task per run, with its resource request.
 
-Each (backbone, head, shots, seed) fit runs :func:`featpipe.fit.fit_run` in a task of
+Each (backbone, head, shots, seed) fit runs :func:`featpipe.fewshot.fit.fit_run` in a task of
 ``engine.fit_cpus`` CPUs; the feature matrices and the splits go to the object store once and are read
 zero-copy by every task. Results come back to the driver, which writes the results table exactly as a
 local sweep does, so the metrics are byte-identical (``fit_run`` is deterministic and single-threaded
@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from featpipe.config import EngineParams
+from featpipe.params.config import EngineParams
 from featpipe.engine import connect, fetch, gpus_per_task, import_ray, in_dir
 
 RETRIES = 2  # a task whose worker died is run again this many times
@@ -27,7 +27,7 @@ RETRIES = 2  # a task whose worker died is run again this many times
 
 
 def _fit(data, splits, tasks: list, params, models_dir, cwd: str) -> list:
-    from featpipe.fit import fit_run
+    from featpipe.fewshot.fit import fit_run
 
     in_dir(cwd)
     return [fit_run(data, splits, head=h, shots=k, seed=s, params=params, models_dir=models_dir) for h, k, s in tasks]
@@ -72,7 +72,7 @@ def _decoded(backbone: str, paths, build, cwd: str) -> None:
 def finetune_jobs(jobs: Sequence, p, paths, *, build: dict | None, engine: EngineParams) -> list[dict]:
     """Every fine-tuning job as a Ray task; their rows, in job order."""
     from featpipe.backbones import get
-    from featpipe.modelinput import decode_size
+    from featpipe.backbones.modelinput import decode_size
 
     connect(engine)
     ray = import_ray()

@@ -1,6 +1,6 @@
 """Explanations: Grad-CAM of fine-tuned models and of frozen backbones with fitted heads.
 
-- :mod:`~featpipe.explain.torch_head`: a fitted head as a torch module; ``FrozenWithHead``;
+- :mod:`~featpipe.heads.torch_twin`: a fitted head as a torch module; ``FrozenWithHead``;
 - :mod:`~featpipe.explain.gradcam`: Grad-CAM on the backbone's registered layer (token grids reshaped);
 - :mod:`~featpipe.explain.sanity`: the Adebayo et al. model-randomisation check;
 - :mod:`~featpipe.explain.select`: a balanced choice of test outcomes (TP/TN/FP/FN);

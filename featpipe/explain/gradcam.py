@@ -12,7 +12,7 @@ What is explained, exactly:
 - transformer token outputs (B, T, D) are reshaped to a (B, D, h, w) grid after dropping the
   ``spec.prefix_tokens`` leading tokens (ViT's CLS token; SigLIP has none), see :func:`token_grid`;
 - the class score is the model's logit for the target class (by default the predicted one); for a
-  binary frozen head, logits are ``[-d/2, d/2]`` (see :mod:`featpipe.explain.torch_head`).
+  binary frozen head, logits are ``[-d/2, d/2]`` (see :mod:`featpipe.heads.torch_twin`).
 
 Gradients must reach the target layer although the backbone is frozen: the input is made to require
 grad, and the call runs with grad enabled and outside ``inference_mode`` whatever the caller's mode.
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from featpipe.errors import FeatpipeError
+from featpipe.core.errors import FeatpipeError
 
 
 def feature_model(model: nn.Module) -> nn.Module:

@@ -1,8 +1,8 @@
-"""Any model featpipe saved, loaded (by :func:`featpipe.saved.load_model`) as one torch model Grad-CAM can explain.
+"""Any model featpipe saved, loaded (by :func:`featpipe.saved.models.load_model`) as one torch model Grad-CAM can explain.
 
 - a saved head (``.skops`` + ``.json``): its backbone is rebuilt from the weights request in the sidecar,
   and must have the same weights identity (never another network's weights); the head becomes a
-  :class:`~featpipe.explain.torch_head.TorchHead` after it;
+  :class:`~featpipe.heads.torch_twin.TorchHead` after it;
 - a fine-tuned model (``.safetensors`` + ``.json``).
 """
 
@@ -31,9 +31,9 @@ class Explainable:
 
 
 def load_explainable(path: str | Path) -> Explainable:
-    """Load ``path`` (a saved head or a fine-tuned model) through :func:`featpipe.saved.load_model`, which
+    """Load ``path`` (a saved head or a fine-tuned model) through :func:`featpipe.saved.models.load_model`, which
     rebuilds a head's backbone from the weights the user asked for (never from a resolved source)."""
-    from featpipe.saved import load_model
+    from featpipe.saved.models import load_model
 
     m = load_model(path)
     return Explainable(m.model, m.meta, m.kind, m.path, m.classes, m.preprocess, m.meta.get("threshold"))

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from featpipe.fileio import atomic_write
+from featpipe.core.fileio import atomic_write
 
 ALPHA = 0.45  # overlay opacity of the heat map
 CMAP = "jet"

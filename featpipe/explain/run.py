@@ -6,7 +6,7 @@ the threshold chosen on val and stored with the model), picks a balanced set of 
 (:mod:`featpipe.explain.select`), computes Grad-CAM for each picked image's predicted class and renders
 them (:mod:`featpipe.explain.render`). Pixels are prepared as extraction prepares them: the decoded
 image at the backbone's decode size (from the decoded-image cache, made current through
-:func:`featpipe.modelinput.ensure_decoded`), centre-cropped to the input size, normalised with the backbone's mean and std.
+:func:`featpipe.backbones.modelinput.ensure_decoded`), centre-cropped to the input size, normalised with the backbone's mean and std.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from featpipe.errors import DataError
-from featpipe.modelinput import centre_crop
+from featpipe.core.errors import DataError
+from featpipe.backbones.modelinput import centre_crop
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class ImageSet:
 
 def to_input(pixels: np.ndarray, preprocess: dict) -> torch.Tensor:
     """uint8 (N, S, S, C) at input size (already cropped) -> normalised float (N, 3, S, S)."""
-    from featpipe.modelinput import normalise
+    from featpipe.backbones.modelinput import normalise
 
     return normalise(pixels, preprocess)
 
@@ -42,7 +42,7 @@ def test_images(preprocess: dict, *, manifest: str | Path, splits: str | Path, c
     """Every test image of ``splits`` with its label, at the model's input size."""
     from featpipe.data.manifest import read_manifest
     from featpipe.data.splits import load_splits
-    from featpipe.decoded import DecodedImages
+    from featpipe.decoded.cache import DecodedImages
 
     for p in (manifest, splits):
         if not Path(p).is_file():
@@ -63,7 +63,7 @@ def test_images(preprocess: dict, *, manifest: str | Path, splits: str | Path, c
                                           options=options)) as r:
             pixels = np.asarray(r.read(r.require(rows)))
     except DataError:  # a test image no longer decodes (changed since prepare): skipped and named, cache untouched
-        from featpipe.modelinput import decode_files, decode_size, same_channels
+        from featpipe.backbones.modelinput import decode_files, decode_size, same_channels
 
         ok, decoded, rejects = decode_files(rows["path"].astype(str).tolist(), decode_size(preprocess))
         if not ok:
@@ -77,9 +77,9 @@ def test_images(preprocess: dict, *, manifest: str | Path, splits: str | Path, c
 
 def _decoded_cache(manifest, preprocess: dict, *, cache_dir, dataset: str, options) -> Path:
     """The decoded cache at the model's decode size, made current for the manifest (decoding only what
-    it lacks, as every stage does through :func:`featpipe.modelinput.ensure_decoded`)."""
-    from featpipe.decoded import DecodeOptions
-    from featpipe.modelinput import decode_size, ensure_decoded
+    it lacks, as every stage does through :func:`featpipe.backbones.modelinput.ensure_decoded`)."""
+    from featpipe.decoded.cache import DecodeOptions
+    from featpipe.backbones.modelinput import decode_size, ensure_decoded
 
     res = ensure_decoded(manifest.reset_index(drop=True), [preprocess], cache_dir=cache_dir, dataset=dataset,
                          options=options or DecodeOptions(progress=False))
@@ -88,7 +88,7 @@ def _decoded_cache(manifest, preprocess: dict, *, cache_dir, dataset: str, optio
 
 def path_images(paths: Sequence[str | Path], preprocess: dict, *, max_pixels: int | None = None) -> ImageSet:
     """Images given by path (no labels), at the model's input size."""
-    from featpipe.modelinput import decode_files, decode_size, same_channels
+    from featpipe.backbones.modelinput import decode_files, decode_size, same_channels
     from featpipe.predict import image_files
 
     refs, rejects = image_files(paths)
@@ -107,7 +107,7 @@ def probabilities(model, x: torch.Tensor, *, batch_size: int = 32) -> np.ndarray
 
 
 def predicted(proba: np.ndarray, threshold: Optional[float]) -> np.ndarray:
-    from featpipe.metrics import predict_labels
+    from featpipe.evaluation.metrics import predict_labels
 
     n = proba.shape[1]
     return predict_labels(proba, n_classes=n, threshold=threshold if n == 2 else None)
@@ -194,7 +194,7 @@ def sanity_model(model_path: str | Path, *, out_dir: str | Path = "reports/gradc
 
     from featpipe.explain.render import slug
     from featpipe.explain.sanity import sanity_check
-    from featpipe.fileio import atomic_write
+    from featpipe.core.fileio import atomic_write
 
     p = prepare(model_path, manifest=manifest, splits=splits, cache_dir=cache_dir, images=images,
                 per_outcome=per_outcome, seed=seed, decode=decode)
@@ -209,7 +209,7 @@ def sanity_model(model_path: str | Path, *, out_dir: str | Path = "reports/gradc
 def resolve_models(entries: Sequence[str], models_dir: str | Path = "models") -> list[Path]:
     """Model files for ``gradcam.runs`` entries: a path, or a run name such as ``tiny_cnn-logistic-k20-s0``
     (a saved head) or ``tiny_cnn-layerwise-k10-s0`` (a fine-tuned model), found under ``models_dir``."""
-    from featpipe.errors import ConfigError
+    from featpipe.core.errors import ConfigError
 
     out = []
     root = Path(models_dir)

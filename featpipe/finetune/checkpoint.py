@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from featpipe.errors import DataError, IntegrityError
-from featpipe.fileio import atomic_write, check_seal, seal
+from featpipe.core.errors import DataError, IntegrityError
+from featpipe.core.fileio import atomic_write, check_seal, seal
 from featpipe.finetune.strategies import (
     FinetuneModel,
     apply_strategy,
@@ -161,7 +161,7 @@ def load_finetuned(path: str | Path, *, device: str | torch.device = "cpu") -> t
 def predict_files(model: FinetuneModel, meta: dict, refs, *, batch_size: int = 32, device: str = "cpu",
                   images=None):
     """Class probabilities ``(n, C)`` for image files (or npz references) with a loaded fine-tuned model:
-    decoded as the decoded-image cache decodes (:func:`featpipe.modelinput.decode_size`), centre-cropped and
+    decoded as the decoded-image cache decodes (:func:`featpipe.backbones.modelinput.decode_size`), centre-cropped and
     normalised as in training's val/test passes, at the precision it was trained in (``images``: an image
     source holding them already decoded, keyed by ``refs``). Apply ``meta["threshold"]`` (chosen on val) to
     ``p(classes[1])`` for binary labels."""
@@ -176,7 +176,7 @@ def predict_files(model: FinetuneModel, meta: dict, refs, *, batch_size: int = 3
     model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    from featpipe.modelinput import decode_size
+    from featpipe.backbones.modelinput import decode_size
 
     src = images if images is not None else DecodingImages({r: r for r in refs}, size=decode_size(pre))
     return predict_proba(model, src, refs, prep=Prep.from_preprocess(pre), rt=rt, batch_size=batch_size)

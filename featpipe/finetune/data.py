@@ -2,13 +2,13 @@
 
 An image source maps manifest ids to uint8 ``(n, H, W, C)`` pixels:
 
-- :class:`CachedImages`: the decoded-image cache (``featpipe.decoded.DecodedImages``); 50 epochs
+- :class:`CachedImages`: the decoded-image cache (``featpipe.decoded.cache.DecodedImages``); 50 epochs
   decode nothing. This is what ``featpipe finetune`` uses.
-- :class:`DecodingImages`: decodes every image on every read (``featpipe.imaging.decode``); the
+- :class:`DecodingImages`: decodes every image on every read (``featpipe.imaging.decode.decode``); the
   benchmark's baseline, and nothing else.
 - :class:`ArrayImages`: pixels already in memory (tests, notebooks).
 
-Model inputs come from :mod:`featpipe.modelinput` (centre crop, channels, the backbone's own mean/std), the
+Model inputs come from :mod:`featpipe.backbones.modelinput` (centre crop, channels, the backbone's own mean/std), the
 owner extraction uses too, so fine-tuned and frozen pipelines see identical pixels at eval time.
 """
 
@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from featpipe.errors import DataError
+from featpipe.core.errors import DataError
 from featpipe.finetune.augment import Augment, augment_batch
 
 
@@ -34,7 +34,7 @@ class CachedImages:
     """Pixels from the decoded-image cache at ``path`` (opened lazily by the reader)."""
 
     def __init__(self, path):
-        from featpipe.decoded import DecodedImages
+        from featpipe.decoded.cache import DecodedImages
 
         self.path = path
         self.reader = DecodedImages(path)
@@ -51,7 +51,7 @@ class DecodingImages:
         self.refs, self.size, self.channels, self.draft = dict(refs), int(size), channels, draft
 
     def read(self, ids: Sequence[str]) -> np.ndarray:
-        from featpipe.imaging import decode
+        from featpipe.imaging.decode import decode
 
         imgs = [decode(self.refs[i], size=self.size, channels=self.channels, draft=self.draft) for i in ids]
         if len({im.shape[-1] for im in imgs}) > 1:  # grey and colour in one batch: grey replicated
@@ -97,15 +97,15 @@ def _nchw(images: np.ndarray) -> torch.Tensor:
 
 
 def normalize(t: torch.Tensor, prep: Prep) -> torch.Tensor:
-    """uint8 ``(n, C, H, W)`` -> float32 ``(n, 3, H, W)`` through :func:`featpipe.modelinput.normalise`."""
-    from featpipe.modelinput import normalise
+    """uint8 ``(n, C, H, W)`` -> float32 ``(n, 3, H, W)`` through :func:`featpipe.backbones.modelinput.normalise`."""
+    from featpipe.backbones.modelinput import normalise
 
     return normalise(t.permute(0, 2, 3, 1), {"mean": prep.mean, "std": prep.std})
 
 
 def eval_batch(images: np.ndarray, prep: Prep) -> torch.Tensor:
     """Validation/test input: no augmentation; the decoded image centre-cropped as extraction does."""
-    from featpipe.modelinput import model_input
+    from featpipe.backbones.modelinput import model_input
 
     return model_input(images, {"input_size": prep.size, "mean": prep.mean, "std": prep.std})
 

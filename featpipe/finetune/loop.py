@@ -39,12 +39,12 @@ class Runtime:
 
 
 def resolve_runtime(device: str = "auto", precision: str = "auto", *, spec=None) -> Runtime:
-    """Device and precision chosen exactly as extraction chooses them (``featpipe.extract``): ``auto``
+    """Device and precision chosen exactly as extraction chooses them (``featpipe.features.extract``): ``auto``
     = CUDA, else MPS, else CPU; precision ``auto`` = the backbone family's faster precision on that device
     where the hardware has bf16 (``spec.traits.precision``); channels_last with bf16 where the family
     asks for it (CNNs)."""
-    from featpipe.errors import ConfigError
-    from featpipe.extract import select_device, select_precision
+    from featpipe.core.errors import ConfigError
+    from featpipe.features.extract import select_device, select_precision
 
     dev = select_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():

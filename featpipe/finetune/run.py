@@ -9,8 +9,8 @@ as the heads' rows (split sha256, k-shot ids sha256, n_train, n_test), so one ta
 curve hold both. Per run it also writes:
 
 - ``<results>/training/<run>.json``: loss and val metrics per epoch, best epoch (the training curve);
-- ``<results>/curves/...json``: test ROC/PR points (:func:`featpipe.results.write_curves`);
-- ``<results>/predictions/...csv.gz``: per-image val and test probabilities (:func:`featpipe.results.write_predictions`);
+- ``<results>/curves/...json``: test ROC/PR points (:func:`featpipe.results.table.write_curves`);
+- ``<results>/predictions/...csv.gz``: per-image val and test probabilities (:func:`featpipe.results.table.write_predictions`);
 - ``<models>/finetune/<dataset>/<run>.safetensors`` + ``.json`` (when ``save_models``).
 """
 
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from featpipe.errors import ConfigError, DataError
-from featpipe.fileio import atomic_write
+from featpipe.core.errors import ConfigError, DataError
+from featpipe.core.fileio import atomic_write
 from featpipe.finetune.data import CachedImages, ImageSource, Labeled, Prep
 from featpipe.finetune.loop import (
     Runtime,
@@ -49,7 +49,7 @@ class Job:
     layer: str | None = None
 
     def name(self, dataset: str) -> str:
-        from featpipe.saved import finetune_run_name
+        from featpipe.saved.models import finetune_run_name
 
         return finetune_run_name(dataset, self.backbone, self.strategy, self.shots, self.seed, layer=self.layer)
 
@@ -89,7 +89,7 @@ def head_params(job: Job, p) -> dict:
 
 
 def _val_metrics(classes):
-    from featpipe.metrics import score
+    from featpipe.evaluation.metrics import score
 
     def f(y, proba) -> dict:
         s = score(y, proba, classes=classes, detail=False)
@@ -100,7 +100,7 @@ def _val_metrics(classes):
 
 def decode_options(params, manifest_path=None):
     """How a missing decoded-image cache is built: exactly as ``featpipe decode`` does."""
-    from featpipe.decoded import DecodeOptions
+    from featpipe.decoded.cache import DecodeOptions
 
     return DecodeOptions.from_params(params)
 
@@ -108,11 +108,11 @@ def decode_options(params, manifest_path=None):
 def image_source(paths: Paths, dataset: str, spec, manifest, ids, *, build=None,
                  progress: bool = True) -> ImageSource:
     """The decoded-image cache ``spec`` reads for ``dataset``, made current for the manifest through
-    :func:`featpipe.modelinput.ensure_decoded` (valid rows reused; stale pixels are never used)."""
+    :func:`featpipe.backbones.modelinput.ensure_decoded` (valid rows reused; stale pixels are never used)."""
     import dataclasses
 
-    from featpipe.decoded import DecodeOptions
-    from featpipe.modelinput import decode_size, ensure_decoded
+    from featpipe.decoded.cache import DecodeOptions
+    from featpipe.backbones.modelinput import decode_size, ensure_decoded
 
     opts = dataclasses.replace(build or DecodeOptions(), progress=progress)
     res = ensure_decoded(manifest, [spec], cache_dir=paths.cache_dir, dataset=dataset, options=opts)
@@ -162,8 +162,8 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
             source: ImageSource | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Train, score and record one run; returns its results row (also upserted into runs.csv)."""
     from featpipe.finetune.checkpoint import build_model, save_finetuned
-    from featpipe.metrics import SCALAR_METRICS, choose_threshold, curves, degenerate, score
-    from featpipe.results import RUNS_CSV, run_id, upsert_runs, write_curves, write_predictions
+    from featpipe.evaluation.metrics import SCALAR_METRICS, choose_threshold, curves, degenerate, score
+    from featpipe.results.table import RUNS_CSV, run_id, upsert_runs, write_curves, write_predictions
 
     job = resolve_job(job)
     d = load_run_data(job, paths)
@@ -208,7 +208,7 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
         row["model_path"] = str(save_finetuned(model, meta, Path(paths.models) / "finetune" / d.splits.dataset / name))
     write_training_curve(Path(paths.results) / TRAINING_DIR / f"{name}.json", meta, res)
     write_curves(Path(paths.results) / "curves", row, curves(te.labels, pt, classes=d.classes))
-    from featpipe.fit import prediction_frame
+    from featpipe.fewshot.fit import prediction_frame
 
     write_predictions(paths.results, row, prediction_frame(d.classes, val=(va.ids, va.labels, pv),
                                                            test=(te.ids, te.labels, pt)))
@@ -217,7 +217,7 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
 
 
 def _row(job: Job, p, d: RunData, metrics: dict, *, model, res, rt) -> dict:
-    """The results row, with the same provenance columns as :func:`featpipe.fit.fit_run` writes."""
+    """The results row, with the same provenance columns as :func:`featpipe.fewshot.fit.fit_run` writes."""
     from featpipe.data.manifest import ids_sha256
 
     weights, weights_id = weights_columns(model.features)
@@ -279,7 +279,7 @@ def _epoch_line(name: str, r: dict) -> str:
 
 
 def _asdict(p) -> dict:
-    from featpipe.config import to_dict
+    from featpipe.params.config import to_dict
 
     return to_dict(p)
 

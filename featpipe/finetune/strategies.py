@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from featpipe.backbones.families import FreezeRule, freeze_rule
-from featpipe.errors import ConfigError
+from featpipe.core.errors import ConfigError
 
 STRATEGIES = ("scratch", "head", "layerwise", "full", "truncated")
 TRUNCATED_MODES = ("layerwise", "full")

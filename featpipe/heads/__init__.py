@@ -33,7 +33,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from featpipe.errors import ConfigError
+from featpipe.core.errors import ConfigError
 from featpipe.heads.base import build_pipeline, grid_cv, one_blas_thread, span_basis  # noqa: F401
 
 
@@ -49,10 +49,13 @@ class HeadSpec:
     also_explains: tuple = ()  # bare scikit-learn classes its torch twin also converts
 
 
+_NOT_HEADS = {"base", "io", "scaling", "torch_twin"}  # the package's shared modules, not heads
+
+
 def _discover() -> dict[str, HeadSpec]:
     found = {}
     for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_") or info.name == "base":
+        if info.name.startswith("_") or info.name in _NOT_HEADS:
             continue
         spec = HeadSpec(**importlib.import_module(f"{__name__}.{info.name}").HEAD)
         found[spec.name] = spec

@@ -88,7 +88,7 @@ def factory(params, *, seed: int = 0):
 
 def torch_twin(clf, pre):
     """(pre, core, kind, decision kind, temperature) of a fitted FewShotLogistic or bare LogisticRegression."""
-    from featpipe.explain.torch_head import fold, linear
+    from featpipe.heads.torch_twin import fold, linear
 
     est = getattr(clf, "estimator_", clf)
     pre, core = fold(pre, linear(est.coef_, est.intercept_))

@@ -127,7 +127,7 @@ def factory(params, *, seed: int = 0):
 def torch_twin(clf, pre):
     from torch import nn
 
-    from featpipe.explain.torch_head import fold, linear
+    from featpipe.heads.torch_twin import fold, linear
 
     w1 = np.asarray(clf.w1_, dtype=np.float64)
     if getattr(clf, "proj_", None) is not None:

@@ -54,7 +54,7 @@ def factory(params, *, seed: int = 0):
 
 
 def torch_twin(clf, pre):
-    from featpipe.explain.torch_head import Prototypes
+    from featpipe.heads.torch_twin import Prototypes
 
     return pre, Prototypes(clf.prototypes_), "prototype", "similarity", float(clf.temperature)
 

@@ -134,8 +134,8 @@ def naming_params(own: dict) -> dict:
 
 def torch_twin(clf, pre):
     """(pre, core, kind, decision kind, temperature) of a fitted FewShotSVC or bare ``sklearn.svm.SVC``."""
-    from featpipe.errors import FeatpipeError
-    from featpipe.explain.torch_head import KernelExpansion, fold, linear
+    from featpipe.core.errors import FeatpipeError
+    from featpipe.heads.torch_twin import KernelExpansion, fold, linear
 
     svc = clf if isinstance(clf, SVC) else clf.svc_
     classes = svc.classes_

@@ -20,9 +20,9 @@ import pandas as pd
 import yaml
 
 from featpipe import __version__
-from featpipe.config import Params, to_dict
-from featpipe.errors import DataError
-from featpipe.fileio import atomic_write
+from featpipe.params.config import Params, to_dict
+from featpipe.core.errors import DataError
+from featpipe.core.fileio import atomic_write
 from featpipe.report import plots
 from featpipe.report.html import page, table
 
@@ -134,9 +134,9 @@ def _provenance(inp: ReportInputs, params: Params, runs: pd.DataFrame) -> str:
 
 def build_report(inp: ReportInputs, params: Params) -> Path:
     from featpipe.data.splits import load_splits
-    from featpipe.results import read_runs
+    from featpipe.results.table import read_runs
 
-    from featpipe.results import current_split
+    from featpipe.results.table import current_split
 
     s = load_splits(inp.splits)
     inp.splits_sha = s.sha256
@@ -175,7 +175,7 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
                      "A wide spread means the result depends on which images happened to be labelled.</p>"
                      + _img(spread, "lottery spread vs shots") + _img(strip, f"per-seed results at {int(mid)} shots")))
 
-    from featpipe.compare import TestPredictions
+    from featpipe.results.compare import TestPredictions
     from featpipe.data.manifest import read_manifest
     from featpipe.report import selection
 
@@ -205,8 +205,8 @@ def _roc_section(inp: ReportInputs, runs: pd.DataFrame, s, best: list[dict], mid
     """ROC/PR (one line per seed, from the runs' predictions files) and the confusion matrix of the
     val-chosen configuration at the largest shot count (files named ``*_best``, listed in dvc.yaml's
     plots) and at the middle shot count."""
-    from featpipe.metrics import curves
-    from featpipe.results import read_predictions
+    from featpipe.evaluation.metrics import curves
+    from featpipe.results.table import read_predictions
 
     n_classes = len(s.classes)
     prevalence = None

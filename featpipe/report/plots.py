@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from featpipe.metrics import summarize  # noqa: E402
+from featpipe.evaluation.metrics import summarize  # noqa: E402
 
 METRIC_LABELS = {
     "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1", "auroc": "AUROC",

@@ -22,8 +22,8 @@ def _f(x, pct: bool = True) -> str:
 def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=None) -> tuple[str, list[dict]]:
     """(HTML, [{"shots", "config", "run_ids"}]) of the configuration chosen on ``val_<report.metric>`` per shot
     count among those without degenerate runs, reported on test."""
-    from featpipe.compare import bootstrap_interval
-    from featpipe.results import config_labels, select_best, summarize_runs
+    from featpipe.results.compare import bootstrap_interval
+    from featpipe.results.table import config_labels, select_best, summarize_runs
 
     metric = params.report.metric
     summary = summarize_runs(runs, clinical=params.clinical, select_metric=metric)
@@ -67,7 +67,7 @@ def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=Non
 
 def comparison_section(comparisons: pd.DataFrame, best: list[dict], metric: str) -> str:
     """Per shot count: the val-chosen configuration against every other, on ``metric``."""
-    from featpipe.compare import verdict
+    from featpipe.results.compare import verdict
 
     if comparisons.empty:
         return "<p>No comparisons (fewer than two configurations per shot count).</p>"
@@ -101,7 +101,7 @@ def comparison_section(comparisons: pd.DataFrame, best: list[dict], metric: str)
 
 
 def degenerate_section(runs: pd.DataFrame) -> str:
-    from featpipe.results import config_name, degenerate_flags
+    from featpipe.results.table import config_name, degenerate_flags
 
     bad = runs[degenerate_flags(runs).to_numpy()]
     if bad.empty:
@@ -116,8 +116,8 @@ def degenerate_section(runs: pd.DataFrame) -> str:
 def read_comparisons(results_dir: Path, runs: pd.DataFrame, params) -> pd.DataFrame:
     """``<results>/comparisons.csv`` when it was written for these runs (every configuration it names is one of
     them), else the seed comparisons computed now."""
-    from featpipe.compare import COMPARISONS_CSV, seed_comparisons
-    from featpipe.results import config_labels
+    from featpipe.results.compare import COMPARISONS_CSV, seed_comparisons
+    from featpipe.results.table import config_labels
 
     f = Path(results_dir) / COMPARISONS_CSV
     if f.is_file():

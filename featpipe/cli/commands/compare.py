@@ -1,0 +1,26 @@
+"""featpipe compare: paired comparisons of configurations (by seed, plus a patient bootstrap) -> comparisons.csv."""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--results", default="results", help="folder with runs.csv and the predictions (default: results)")
+    parser.add_argument("--splits", default="data/splits.json", help="the current splits file (default: data/splits.json)")
+    parser.add_argument("--manifest", default="data/manifest.csv", help="manifest, for patient ids (default: data/manifest.csv)")
+    parser.add_argument("--out", default=None, help="output CSV (default: <results>/comparisons.csv)")
+
+
+def run(args, params) -> int:
+    from pathlib import Path
+
+    from featpipe.results.compare import compare, verdict
+
+    table = compare(args.results, splits_path=args.splits, manifest_path=args.manifest, params=params, out=args.out)
+    out = args.out or str(Path(args.results) / "comparisons.csv")
+    sig = table[table["p_holm"] < 0.05]
+    print(f"{len(table)} paired comparisons ({table['metric'].nunique()} metric(s), "
+          f"{table['shots'].nunique()} shot count(s)) -> {out}; {len(sig)} with Holm p < 0.05")
+    for r in sig.sort_values(["metric", "shots"]).head(20).to_dict("records"):
+        print(f"  k={r['shots']} {r['metric']}: {r['config_a']} - {r['config_b']} = {r['mean_diff']:+.3f} "
+              f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] over {r['n_seeds']} seeds: {verdict(r)}")
+    return 0

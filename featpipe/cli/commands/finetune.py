@@ -1,0 +1,72 @@
+"""featpipe finetune: fine-tune a backbone on the same splits and k-shot subsets as the frozen heads."""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--backbone", help="registered backbone (default: every one in finetune.backbones)")
+    parser.add_argument("--strategy", choices=("scratch", "head", "layerwise", "full", "truncated"),
+                        help="what trains (default: every one in finetune.strategies)")
+    parser.add_argument("--shots", type=int, help="k-shot subset size per class (default: finetune.shots)")
+    parser.add_argument("--seed", type=int, help="k-shot draw and training seed (default: finetune.seeds)")
+    parser.add_argument("--layer", help="cut point for --strategy truncated (default: finetune.layer)")
+    parser.add_argument("--weights", help="pretrained weights (default: finetune.weights; scratch is always random)")
+    parser.add_argument("--manifest", default="data/manifest.csv", help="manifest (default: data/manifest.csv)")
+    parser.add_argument("--splits", default="data/splits.json", help="splits (default: data/splits.json)")
+    parser.add_argument("--cache-dir", default="cache", help="cache folder holding decoded-<size>.h5 (default: cache)")
+    parser.add_argument("--results", default="results", help="results folder (default: results)")
+    parser.add_argument("--models", default="models", help="models folder (default: models)")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    from featpipe.engine import add_argument
+
+    add_argument(parser)
+
+
+def run(args, params) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from featpipe import engine
+    from featpipe.core.errors import ConfigError
+    from featpipe.finetune.run import (
+        Job,
+        Paths,
+        decode_options,
+        grid,
+        resolve_job,
+        run_jobs,
+    )
+    from featpipe.data.splits import load_splits
+    from featpipe.results.table import degenerate_lines, split_note, write_metrics_json
+
+    p = params.finetune
+    if args.layer and args.strategy not in (None, "truncated"):
+        raise ConfigError(f"--layer applies to the truncated strategy only, not {args.strategy!r}")
+    if args.weights:
+        p = replace(p, weights=args.weights)
+    if args.layer:
+        p = replace(p, layer=args.layer)
+    one = (args.backbone, args.strategy, args.shots, args.seed)
+    if all(v is not None for v in one):
+        jobs = [Job(args.backbone, args.strategy, args.shots, args.seed, p.layer if args.strategy == "truncated" else None)]
+    else:
+        p = replace(p, **{k: (v,) for k, v in zip(("backbones", "strategies", "shots", "seeds"), one) if v is not None})
+        jobs = grid(p)
+    paths = Paths(Path(args.manifest), Path(args.splits), Path(args.cache_dir), Path(args.results), Path(args.models))
+    build = decode_options(params, args.manifest)
+    ep = engine.from_args(args, params)
+
+    def say(job, row):
+        print(f"{resolve_job(job).name(row['dataset'])}: test balanced_accuracy={row['balanced_accuracy']:.3f} "
+              f"auroc={row['auroc']:.3f} (best epoch {row['best_epoch']} of {row['epochs_run']})"
+              + (f" -> {row['model_path']}" if row.get("model_path") else ""))
+
+    with engine.session(ep):
+        rows = run_jobs(jobs, p, paths, build=build, progress=not args.quiet, engine=ep, on_row=say)
+    sha = load_splits(args.splits).sha256
+    write_metrics_json(args.results, clinical=params.clinical, split_sha256=sha, select_metric=params.report.metric)
+    for line in degenerate_lines(rows):
+        print(line)
+    if split_note(args.results, sha):
+        print(f"note: {split_note(args.results, sha)}")
+    return 0

@@ -1,0 +1,139 @@
+"""Coordination between processes that build the same file, and cleaning up after dead ones.
+
+- :func:`build_lock`: an exclusive ``flock`` on ``<dir>/.<name>.lock`` held while one process builds
+  ``<dir>/<name>`` (decoded-image cache, feature cache). A second process asking for the same file
+  waits, saying which process it waits for, and then re-checks what the first one left (usually it
+  reuses it whole). The kernel releases the lock when its holder dies, whatever kills it (SIGKILL
+  included), so a dead builder never blocks anyone. The lock files stay (empty but for the holder's pid):
+  deleting a lock file while another process waits on it would let two builders in.
+- :func:`clean_leftovers`: temporary files ``.<name>.tmp-<pid>...`` whose process is dead (a run killed
+  between writing and renaming) are removed, and returned so the caller reports them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from featpipe.core.errors import FeatpipeError
+
+_TMP = re.compile(r"^\..+\.tmp-(\d+)(?:-.*)?$")
+
+
+def say(msg: str) -> None:
+    """One line on stderr, as every featpipe notice."""
+    print(f"featpipe: {msg}", file=sys.stderr, flush=True)
+
+
+def lock_path(target: str | Path) -> Path:
+    target = Path(target)
+    return target.with_name(f".{target.name}.lock")
+
+
+def _holder(fh) -> str:
+    try:
+        fh.seek(0)
+        pid = fh.read().strip()
+    except OSError:
+        pid = ""
+    return f"process {pid}" if pid.isdigit() else "another process"
+
+
+class LockTimeout(FeatpipeError):
+    """Waited longer than ``FEATPIPE_LOCK_TIMEOUT`` seconds for another builder."""
+
+
+@contextmanager
+def build_lock(target: str | Path, *, what: str, timeout: float | None = None,
+               poll: float = 0.2) -> Iterator[float]:
+    """Hold the exclusive build lock of ``target``; yields the seconds spent waiting for another builder.
+
+    ``timeout`` (default: ``$FEATPIPE_LOCK_TIMEOUT``, else wait as long as the other builder runs) turns a
+    wait that is too long into a one-line :class:`LockTimeout`.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if timeout is None and os.environ.get("FEATPIPE_LOCK_TIMEOUT"):
+        timeout = float(os.environ["FEATPIPE_LOCK_TIMEOUT"])
+    fh = open(lock_path(target), "a+")
+    waited = 0.0
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"{_holder(fh)} is building {what} {target}: waiting for it to finish")
+            t0 = time.monotonic()
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if timeout is not None and time.monotonic() - t0 > timeout:
+                        raise LockTimeout(f"{_holder(fh)} has been building {target} for more than {timeout:g} s; "
+                                          "wait for it, stop it, or raise FEATPIPE_LOCK_TIMEOUT") from None
+                    time.sleep(poll)
+            waited = time.monotonic() - t0
+            say(f"the other build of {target} ended after {waited:.1f} s; checking what it left")
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield waited
+    finally:
+        fh.close()  # closing the descriptor releases the lock
+
+
+def pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def clean_leftovers(folder: str | Path, *, report: bool = True) -> list[Path]:
+    """Remove hidden temporary files ``.<name>.tmp-<pid>[-...]`` of dead processes in ``folder``."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in sorted(folder.iterdir()):
+        m = _TMP.match(entry.name)
+        if m is None or pid_alive(int(m.group(1))):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except FileNotFoundError:
+            continue  # another cleaner was first
+        removed.append(entry)
+    if removed and report:
+        say(f"removed {len(removed)} leftover temporary file(s) of interrupted runs in {folder}: "
+            + ", ".join(p.name for p in removed))
+    return removed
+
+
+def remove_stale(path: str | Path, *, why: str) -> bool:
+    """Remove a file or folder a dead run left (call with the build lock held); report it."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return False
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+    say(f"removed {path} ({why})")
+    return True

@@ -1,0 +1,386 @@
+"""The decoded-image cache: every manifest image decoded once per input resolution, in HDF5.
+
+Layout of ``cache/<dataset>/decoded-<size>.h5`` (readable with plain h5py / h5dump):
+
+- ``images``: uint8 ``(N, size, size, C)``, chunked one image per chunk; C = 1 when every image is
+  grayscale, else 3 (grayscale images replicated);
+- ``ids``: utf-8 strings, the manifest ids in manifest order; ``sha256``: the manifest's sha256 per row;
+- attrs: ``format, size, channels, resize_method, draft, draft_factor, decoder_version, rows_sha256``
+  (a hash of the (id, sha256) rows), ``featpipe_version, pillow_version, pydicom_version, numpy_version,
+  complete`` and the last build's ``n_decoded, n_reused, seconds``.
+
+Valid by content: a build reuses the rows whose (id, sha256) are in the previous file, when that file
+was made with the same size, resize method, draft setting, decoder version and Pillow and pydicom
+versions; anything else is decoded. A file that already holds exactly the manifest's rows is left
+untouched (not rewritten). Otherwise the new file is written beside the old one (``*.partial``) and
+renamed into place.
+
+One pass (:func:`build`): every image that any requested size lacks is decoded once for all those sizes
+(:func:`featpipe.imaging.decode.decode_sizes`; byte-identical files, same sha256, are decoded once), in a pool
+of worker processes, streamed in order into the files (flat memory). Channels are decided in that same
+pass: each row is stored with its natural channels (:func:`featpipe.imaging.decode.decode`); the file holds one
+channel until the first colour row arrives, and is then widened (rows written so far replicated) instead
+of decoding anything twice. With ``rejects=True`` (``featpipe prepare``) an image that cannot be decoded
+is reported and left out instead of stopping the build: that is how ``prepare`` verifies the files and
+fills the caches from the same decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from featpipe import __version__
+from featpipe.core.errors import CacheError
+from featpipe.imaging.decode import (
+    DECODER_VERSION,
+    DEFAULT_MAX_PIXELS,
+    DRAFT_FACTOR,
+    RESIZE_METHOD,
+    split_ref,
+)
+
+FORMAT = 2
+_REUSE_KEYS = ("format", "size", "resize_method", "draft", "draft_factor", "decoder_version", "pillow_version",
+               "pydicom_version")
+_BLOCK = 64  # rows per copy block (flat memory)
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How images are decoded into the cache (``params.decode`` and ``data.max_image_pixels``)."""
+
+    workers: int = 2
+    draft: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    progress: bool = True
+
+    @classmethod
+    def from_params(cls, params, *, progress: bool = True) -> DecodeOptions:
+        return cls(params.decode.workers, params.decode.draft, params.data.max_image_pixels, progress)
+
+
+@dataclass
+class BuildResult:
+    """What one :func:`build` did: per size the file and (images, decoded, reused, channels, rewritten);
+    the ids it rejected with their reason (``rejects=True`` only); the upright source (width, height) of
+    each image it decoded; images decoded (once for all sizes) and seconds."""
+
+    paths: dict[int, Path]
+    stats: dict[int, dict]
+    rejects: dict[str, str] = field(default_factory=dict)
+    dims: dict[str, tuple[int, int]] = field(default_factory=dict)
+    decoded: int = 0
+    seconds: float = 0.0
+
+
+def decoded_path(cache_dir: str | Path, dataset: str, size: int) -> Path:
+    """``<cache_dir>/<dataset>/decoded-<size>.h5``."""
+    return Path(cache_dir) / dataset / f"decoded-{int(size)}.h5"
+
+
+def content_sha256(ids: Sequence[str], shas: Sequence[str]) -> str:
+    """A hash of the (id, sha256) rows in order: what the decoded pixels depend on."""
+    h = hashlib.sha256()
+    for i, s in zip(ids, shas):
+        h.update(f"{i}\t{s}\n".encode())
+    return h.hexdigest()
+
+
+def image_refs(manifest: pd.DataFrame) -> list[str]:
+    """Each manifest row's image reference, resolved (the one place manifest paths become files)."""
+    out = []
+    for ref in manifest["path"].astype(str):
+        file, array, index = split_ref(ref)
+        out.append(f"{os.path.abspath(file)}#{array}/{index}" if array is not None else os.path.abspath(file))
+    return out
+
+
+def _versions() -> dict:
+    import PIL
+
+    try:
+        import pydicom
+
+        pyd = pydicom.__version__
+    except ImportError:  # pragma: no cover - optional extra
+        pyd = ""
+    return {"pillow_version": PIL.__version__, "pydicom_version": pyd, "numpy_version": np.__version__}
+
+
+def decoder_settings(size: int, draft: bool) -> dict:
+    """What the decoded pixels depend on besides the file bytes (attrs of the cache; in feature caches' provenance)."""
+    return {"format": FORMAT, "size": int(size), "resize_method": RESIZE_METHOD, "draft": bool(draft),
+            "draft_factor": DRAFT_FACTOR, "decoder_version": DECODER_VERSION, **_versions()}
+
+
+def decoder_identity(size: int, draft: bool) -> dict:
+    """The settings that change decoded pixels (recorded in every feature cache: a change re-extracts)."""
+    wanted = decoder_settings(size, draft)
+    return {k: wanted[k] for k in _REUSE_KEYS}
+
+
+def settings_mismatch(attrs: dict, *, size: int, draft: bool) -> str | None:
+    """The first decoder setting of a decoded cache's ``attrs`` that differs from ``(size, draft)``; None if all match."""
+    wanted = decoder_settings(size, draft)
+    for k in _REUSE_KEYS:
+        if not _same(attrs.get(k), wanted[k]):
+            return f"decoded with {k}={attrs.get(k)!r}, requested {wanted[k]!r}"
+    return None
+
+
+# --------------------------------------------------------------------------- previous cache
+
+
+def _open_valid(path: Path, wanted: dict) -> h5py.File | None:
+    """The previous file, opened, when its rows may be reused for ``wanted``; else None."""
+    if not path.is_file():
+        return None
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        return None  # unreadable (e.g. not HDF5): rebuilt from scratch
+    attrs = dict(f.attrs)
+    if not bool(attrs.get("complete")) or "images" not in f or not all(_same(attrs.get(k), wanted[k])
+                                                                       for k in _REUSE_KEYS):
+        f.close()
+        return None
+    return f
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, bytes):
+        a = a.decode()
+    if isinstance(a, np.generic):
+        a = a.item()
+    return a == b
+
+
+def _strings(ds: h5py.Dataset) -> list[str]:
+    return [s.decode() if isinstance(s, bytes) else str(s) for s in ds[()]]
+
+
+def _read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """``ds[rows]`` for any int rows (duplicates, any order), reading contiguous runs as slices."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(rows),) + ds.shape[1:], dtype=ds.dtype)
+    if len(rows) == 0:
+        return out
+    order = np.argsort(rows, kind="stable")
+    uniq, inverse = np.unique(rows[order], return_inverse=True)
+    buf = np.empty((len(uniq),) + ds.shape[1:], dtype=ds.dtype)
+    start = 0
+    for run in np.split(uniq, np.flatnonzero(np.diff(uniq) != 1) + 1):
+        buf[start:start + len(run)] = ds[int(run[0]):int(run[-1]) + 1]
+        start += len(run)
+    out[order] = buf[inverse]
+    return out
+
+
+# --------------------------------------------------------------------------- build
+
+
+def build(manifest: pd.DataFrame, targets: dict[int, Path], *, options: DecodeOptions = DecodeOptions(),
+          rejects: bool = False) -> BuildResult:
+    """Bring the file of every ``size -> path`` in ``targets`` up to date for ``manifest`` in one pass.
+
+    One builder per file at a time (:func:`featpipe.core.locks.build_lock`, taken in size order): a second
+    process waits, then finds the first one's file current and leaves it as is. A ``.partial`` left by a
+    killed build is removed."""
+    from contextlib import ExitStack
+
+    from featpipe.decoded.build import checked_rows
+    from featpipe.core.locks import build_lock, clean_leftovers, remove_stale
+
+    ids, shas, refs = checked_rows(manifest)
+    with ExitStack() as stack:
+        for size, path in sorted((int(s), Path(p)) for s, p in targets.items()):
+            stack.enter_context(build_lock(path, what="the decoded-image cache"))
+            clean_leftovers(path.parent)
+            for leftover in (".partial", ".partial3"):
+                remove_stale(path.with_name(path.name + leftover), why="left by an interrupted decode")
+        return _build(ids, shas, refs, targets, options=options, rejects=rejects)
+
+
+def _build(ids: list[str], shas: list[str], refs: list[str], targets: dict[int, Path], *, options: DecodeOptions,
+           rejects: bool) -> BuildResult:
+    from featpipe.decoded.build import Writer, copy_reused, decode_into, jobs_for, mp_context
+    from featpipe.core.workers import pool_kwargs
+
+    t0 = time.perf_counter()
+    n = len(ids)
+    plans: dict[int, tuple[h5py.File | None, np.ndarray]] = {}
+    result = BuildResult({int(s): Path(p) for s, p in targets.items()}, {})
+    for size, path in result.paths.items():
+        old = _open_valid(path, decoder_settings(size, options.draft))
+        rows = np.full(n, -1, dtype=np.int64)
+        if old is not None:
+            old_ids, old_shas = _strings(old["ids"]), _strings(old["sha256"])
+            if old_ids == ids and old_shas == shas:  # exactly these rows: nothing to write
+                result.stats[size] = {"images": n, "decoded": 0, "reused": n, "rewritten": False,
+                                      "channels": int(old["images"].shape[-1])}
+                old.close()
+                continue
+            where = {k: j for j, k in enumerate(zip(old_ids, old_shas))}
+            rows[:] = [where.get(k, -1) for k in zip(ids, shas)]
+        plans[size] = (old, rows)
+    writers: dict[int, Writer] = {}
+    pool = None
+    try:
+        for size, (old, rows) in plans.items():
+            writers[size] = Writer(result.paths[size], size=size, n=n, attrs=decoder_settings(size, options.draft))
+            if old is not None:
+                copy_reused(old, rows, writers[size])
+        jobs = jobs_for(writers, shas, refs)
+        if jobs:
+            workers = min(options.workers, len(jobs))
+            pool = (ProcessPoolExecutor(max_workers=workers, mp_context=mp_context(), **pool_kwargs())
+                    if workers > 1 else None)
+            decode_into(jobs, writers, shas, ids, refs, options=options, pool=pool, result=result,
+                         rejects=rejects)
+        keep = np.array([i not in result.rejects for i in ids], dtype=bool)
+        for size, w in writers.items() if keep.any() else ():  # nothing usable: no file (prepare says why)
+            kept_ids = [i for i, k in zip(ids, keep) if k]
+            kept_shas = [s for s, k in zip(shas, keep) if k]
+            reused = int(((plans[size][1] >= 0) & keep).sum())
+            w.finish(keep, kept_ids, kept_shas, {
+                "rows_sha256": content_sha256(kept_ids, kept_shas), "featpipe_version": __version__,
+                "n_decoded": len(kept_ids) - reused, "n_reused": reused,
+                "seconds": round(time.perf_counter() - t0, 3)})
+            result.stats[size] = {"images": len(kept_ids), "decoded": len(kept_ids) - reused, "reused": reused,
+                                  "rewritten": True, "channels": w.channels}
+    finally:
+        for old, _ in plans.values():
+            if old is not None:
+                old.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        for w in writers.values():
+            w.discard()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def build_decoded(manifest: pd.DataFrame, *, size: int, path: Path, workers: int = 2, draft: bool = True,
+                  progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
+    """One size: :func:`build` for ``{size: path}``; returns ``path``."""
+    build(manifest, {int(size): Path(path)}, options=DecodeOptions(workers, draft, max_pixels, progress))
+    return Path(path)
+
+
+def build_stats(path: str | Path) -> dict:
+    """The figures recorded in the file by the build that wrote it: images, decoded, reused, seconds, channels."""
+    with h5py.File(path, "r") as f:
+        a = f.attrs
+        return {"images": int(f["images"].shape[0]), "decoded": int(a["n_decoded"]), "reused": int(a["n_reused"]),
+                "seconds": float(a["seconds"]), "channels": int(a["channels"])}
+
+
+# --------------------------------------------------------------------------- reader
+
+
+class DecodedImages:
+    """Lazy reader: the HDF5 file is opened on first access in each process (safe for DataLoader workers)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._h5: h5py.File | None = None
+        self._pid: int | None = None
+        self._ids: np.ndarray | None = None
+        self._index: dict | None = None
+
+    def _file(self) -> h5py.File:
+        if self._h5 is None or self._pid != os.getpid():
+            if not self.path.is_file():
+                raise CacheError(f"decoded-image cache {self.path} not found: run 'featpipe decode'")
+            f = h5py.File(self.path, "r")
+            if not bool(f.attrs.get("complete", False)) or "images" not in f:
+                f.close()
+                raise CacheError(f"decoded-image cache {self.path} is incomplete: run 'featpipe decode' again")
+            self._h5, self._pid = f, os.getpid()
+        return self._h5
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.update(_h5=None, _pid=None)
+        return state
+
+    @property
+    def attrs(self) -> dict:
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self._file().attrs.items()}
+
+    @property
+    def size(self) -> int:
+        return int(self._file()["images"].shape[1])
+
+    @property
+    def channels(self) -> int:
+        return int(self._file()["images"].shape[-1])
+
+    @property
+    def ids(self) -> np.ndarray:
+        if self._ids is None:
+            self._ids = np.array(_strings(self._file()["ids"]), dtype=str)
+        return self._ids
+
+    @property
+    def sha256(self) -> np.ndarray:
+        return np.array(_strings(self._file()["sha256"]), dtype=str)
+
+    def index_of(self, ids: Iterable[str]) -> np.ndarray:
+        if self._index is None:
+            self._index = {s: i for i, s in enumerate(self.ids.tolist())}
+        ids = [str(i) for i in ids]
+        missing = [i for i in ids if i not in self._index]
+        if missing:
+            raise CacheError(f"{len(missing)} id(s) not in decoded-image cache {self.path} (first: {missing[0]}): "
+                             "run 'featpipe decode' for the current manifest")
+        return np.array([self._index[i] for i in ids], dtype=np.int64)
+
+    def require(self, manifest: pd.DataFrame) -> np.ndarray:
+        """Rows of the manifest's ids, checking each sha256 matches (a stale cache is an error)."""
+        rows = self.index_of(manifest["id"].astype(str))
+        stale = np.flatnonzero(self.sha256[rows] != manifest["sha256"].astype(str).to_numpy())
+        if len(stale):
+            raise CacheError(f"decoded-image cache {self.path} is stale for {len(stale)} image(s) (first: "
+                             f"{manifest['id'].iloc[stale[0]]}): run 'featpipe decode' again")
+        return rows
+
+    def __len__(self) -> int:
+        return int(self._file()["images"].shape[0])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        n = len(self)
+        i = int(i)
+        if not -n <= i < n:
+            raise IndexError(f"row {i} out of range for {n} images")
+        return self._file()["images"][i % n]
+
+    def read(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """uint8 ``(n, H, W, C)`` in the order asked (any order, duplicates allowed)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if len(idx) and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"rows out of range for {n} images")
+        return _read_rows(self._file()["images"], idx % n if n else idx)
+
+    def close(self) -> None:
+        if self._h5 is not None and self._pid == os.getpid():
+            self._h5.close()
+        self._h5 = self._pid = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

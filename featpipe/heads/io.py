@@ -1,0 +1,172 @@
+"""Saved heads that cannot run code when loaded.
+
+A saved head is two files:
+
+- ``<name>.skops``: the fitted pipeline in skops.io format (a zip of ``schema.json`` + ``.npy`` arrays);
+- ``<name>.json``: what ``predict`` needs and what a cache must match (dataset, classes, backbone,
+  weights and weights identity, layer, preprocessing, embedding size, threshold, head parameters,
+  k, seed, train ids) plus the sha256 of the ``.skops`` file.
+
+Loading (:func:`load_head`) refuses, with a one-line error, before anything is built:
+a ``.skops`` file whose hash differs from the sidecar; anything that is not a zip of ``schema.json``
+and plain ``.npy`` arrays (a pickle, a joblib file, an object-dtype array, an extra member); and any
+type outside scikit-learn/numpy's skops-trusted set and :data:`TRUSTED` (this package's head
+classes), which is passed to ``skops.io.load`` explicitly. :func:`check_compatible` refuses features
+from another backbone, weights, layer, preprocessing or embedding size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from featpipe.core.errors import CacheError, FeatpipeError, IntegrityError
+from featpipe.core.fileio import atomic_write, check_seal, seal
+from featpipe.heads import HEAD_CLASSES
+
+
+class UnsafeModelError(IntegrityError):
+    """A saved head that could run code when loaded, or that was modified after saving."""
+
+
+TRUSTED = tuple(f"{c.__module__}.{c.__qualname__}" for c in HEAD_CLASSES) + tuple(
+    f"featpipe.heads.{c.__qualname__}" for c in HEAD_CLASSES)  # heads saved when featpipe.heads was one module
+# Keys of the sidecar that features must match for a head to apply to them.
+MATCH_KEYS = ("backbone", "weights_id", "layer", "preprocess", "embedding_dim")
+_PICKLE_MAGIC = (b"\x80", b"(dp", b"(lp", b"ccopy_reg", b"cnumpy", b"cbuiltins", b"c__builtin__")
+
+
+@dataclass(frozen=True)
+class SavedHead:
+    pipeline: object  # a fitted sklearn Pipeline (predict_proba columns in ``meta["classes"]`` order)
+    meta: dict
+    path: Path
+
+
+def sidecar(path: str | Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def save_head(path: str | Path, pipeline, meta: Mapping) -> Path:
+    """Write ``path`` (.skops) and its JSON sidecar atomically; returns the .skops path."""
+    import skops.io as sio
+
+    path = Path(path)
+    if path.suffix != ".skops":
+        raise ValueError("a saved head's file name must end in .skops")
+    data = sio.dumps(pipeline)
+    _check_archive(data, path)  # what we write must pass what we read
+    atomic_write(path, data)
+    side = dict(meta) | {"format": 1, "model_file": path.name, "model_sha256": hashlib.sha256(data).hexdigest()}
+    atomic_write(sidecar(path), seal(side, default=_json_default))
+    return path
+
+
+def _json_default(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, (tuple, np.ndarray)):
+        return list(x)
+    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
+
+
+def read_meta(path: str | Path) -> dict:
+    side = sidecar(path)
+    if not side.is_file():
+        raise FeatpipeError(f"{side} not found: a saved head needs its .json sidecar (re-run 'featpipe fit')")
+    try:
+        meta = json.loads(side.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise IntegrityError(f"{side} is not valid JSON: re-run 'featpipe fit'") from None
+    return check_seal(meta, side)
+
+
+def _check_archive(data: bytes, path: Path) -> None:
+    """Only ``schema.json`` and non-object ``.npy`` members; no pickle anywhere."""
+    if data[:2] != b"PK":
+        kind = "a pickle" if data[:1] == b"\x80" or data[:3] in _PICKLE_MAGIC else "not a skops archive"
+        raise UnsafeModelError(f"{path} is {kind}: refusing to load it (saved heads are skops archives)")
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise UnsafeModelError(f"{path} is not a valid skops archive: refusing to load it") from None
+    with zf:
+        names = zf.namelist()
+        if "schema.json" not in names:
+            raise UnsafeModelError(f"{path} has no schema.json: not a skops archive, refusing to load it")
+        for name in names:
+            blob = zf.read(name)
+            if name == "schema.json":
+                continue
+            if not name.endswith(".npy"):
+                raise UnsafeModelError(f"{path} holds an unexpected member {name!r}: refusing to load it")
+            buf = io.BytesIO(blob)
+            try:
+                version = np.lib.format.read_magic(buf)
+                reader = {(1, 0): np.lib.format.read_array_header_1_0}.get(version, np.lib.format.read_array_header_2_0)
+                header = reader(buf)
+            except (ValueError, OSError):
+                raise UnsafeModelError(f"{path}: member {name!r} is not a plain numpy array; refusing to load it") from None
+            if header[2].hasobject:
+                raise UnsafeModelError(f"{path}: member {name!r} holds Python objects (a pickle); refusing to load it")
+
+
+def load_head(path: str | Path) -> SavedHead:
+    """Load a saved head safely (see the module docstring); no code in the file can run."""
+    import skops.io as sio
+
+    path = Path(path)
+    if not path.is_file():
+        raise FeatpipeError(f"saved head {path} not found")
+    meta = read_meta(path)
+    data = path.read_bytes()
+    _check_archive(data, path)
+    if hashlib.sha256(data).hexdigest() != meta.get("model_sha256"):
+        raise UnsafeModelError(f"{path} does not match the hash in {sidecar(path).name}: it was modified after "
+                               "saving; refusing to load it")
+    try:
+        untrusted = sio.get_untrusted_types(data=data)
+    except Exception as exc:  # malformed schema
+        raise UnsafeModelError(f"{path}: unreadable skops schema ({exc}); refusing to load it") from None
+    bad = [t for t in untrusted if t not in TRUSTED]
+    if bad:
+        raise UnsafeModelError(f"{path} contains types that are not trusted ({', '.join(bad)}); refusing to load it")
+    try:
+        pipeline = sio.loads(data, trusted=[t for t in untrusted if t in TRUSTED])
+    except Exception as exc:
+        raise UnsafeModelError(f"{path} could not be loaded safely ({type(exc).__name__}: {exc})") from None
+    return SavedHead(pipeline, meta, path)
+
+
+def check_compatible(meta: Mapping, attrs: Mapping, *, what: str = "the features") -> None:
+    """Raise :class:`CacheError` unless ``attrs`` (feature-cache or model attributes) match the head."""
+    for key in MATCH_KEYS:
+        want = meta.get(key)
+        if key not in attrs or want is None:
+            continue
+        have = attrs[key]
+        if key == "preprocess":
+            have, want = _norm_json(have), _norm_json(want)
+        if key == "layer":
+            have, want = have or "", want or ""
+        if key == "embedding_dim":
+            have, want = int(have), int(want)
+        if have != want:
+            raise CacheError(f"this head was fitted on {meta.get('backbone')} features with {key} {want!r}, but "
+                             f"{what} have {key} {have!r}: use the matching backbone/cache or refit the head")
+
+
+def _norm_json(v):
+    if isinstance(v, str):
+        try:
+            v = json.loads(v)
+        except json.JSONDecodeError:
+            return v
+    return json.loads(json.dumps(v, sort_keys=True))

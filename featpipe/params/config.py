@@ -1,0 +1,372 @@
+"""Parameters: ``params.yaml`` read once into frozen dataclasses, with ``-S section.key=value`` overrides.
+
+Every command goes through :func:`load_params`. Unknown keys and values of the wrong type are a
+:class:`~featpipe.core.errors.ConfigError` whose one-line message names the key (exit code 2).
+
+Each section below is owned by the module that reads it; add a field with its default here and
+the key becomes valid in ``params.yaml`` and on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from featpipe.core.errors import ConfigError
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class CsvParams:
+    """How to read a CSV manifest (HAM10000, CheXpert, your own)."""
+
+    root: str | None = None  # folder the CSV's paths are relative to (default: the CSV's folder)
+    path_col: str = "path"
+    label_col: str | None = "label"  # None with `task` set: CheXpert-style one column per pathology
+    patient_col: str | None = None  # e.g. lesion_id (HAM10000); CheXpert: parsed from the path
+    split_col: str | None = None
+    task: str | None = None  # CheXpert: the pathology column that is the task (binary)
+    uncertain: Literal["ignore", "positive", "negative"] = "ignore"  # CheXpert -1 labels
+    allow_outside_root: bool = False  # paths outside `root` (../, absolute) are rejected unless this is true
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    """The offline demo set: small grayscale images whose class signal sits in a known region."""
+
+    classes: int = 2
+    images_per_class: int = 150
+    size: int = 64
+    images_per_patient: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataParams:
+    name: str = "demo"  # names the cache folder: cache/<name>/...
+    source: Literal["folder", "csv", "npz", "synthetic"] = "synthetic"
+    path: str = "data/synthetic"  # folder, CSV file, npz file, or where to write the synthetic set
+    patient_regex: str | None = None  # first group (or whole match) of the file stem is the patient
+    max_image_pixels: int = 100_000_000  # larger images are rejected ("too large")
+    verify_images: bool = True  # fully decode every file in prepare to reject unreadable ones
+    class_names: tuple[str, ...] = ()  # class names in label order (npz: names of labels 0, 1, ...)
+    medmnist_flag: str | None = None  # e.g. pneumoniamnist: fetched with the medmnist package if missing
+    medmnist_size: int = 28
+    keep_conflicting: bool = False  # keep byte-identical images with conflicting labels (default: excluded)
+    csv: CsvParams = field(default_factory=CsvParams)
+    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    seed: int = 0  # seed of the train/val/test draw
+    test_fraction: float = 0.2  # used when the data set has no test split of its own
+    val_fraction: float = 0.1
+    min_source_val_per_class: int = 50  # a smaller source val split (Kaggle's 16 images) is merged into train
+    seeds: tuple[int, ...] = tuple(range(10))  # k-shot draws
+    shots: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200)
+    shots_policy: Literal["error", "cap"] = "error"  # k larger than a class: error, or cap and record
+    # full: thresholds, model selection and early stopping use the whole val split; matched: a val subset of
+    # k per class per (seed, k), nested like the train subsets (the true few-shot setting)
+    val_policy: Literal["full", "matched"] = "full"
+
+
+@dataclass(frozen=True)
+class DecodeParams:
+    workers: int = 2  # decoding processes
+    draft: bool = True  # reduced-scale JPEG decoding when the target is small
+
+
+@dataclass(frozen=True)
+class ExtractParams:
+    backbones: tuple[str, ...] = ("tiny_cnn",)
+    weights: str = "default"  # default | imagenet | random | a local file/folder | a hub id
+    layer: str | None = None  # a registered cut point (truncated network); None = final embedding
+    batch_size: int = 32
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    feature_dtype: Literal["float32", "float16"] = "float32"
+
+
+@dataclass(frozen=True)
+class HeadsParams:
+    # feature standardiser before every head: pool = fitted on the whole train split's features without labels,
+    # kshot = on the k-shot images only, center = pool mean only (with prototype: SimpleShot's CL2N), none
+    scaler: Literal["pool", "kshot", "center", "none"] = "pool"
+    l2_normalize: bool = False  # L2-normalise each standardised embedding before the classifier
+    cv_folds: int = 5  # C (and gamma) are cross-validated when every class has at least this many images
+    cv_scoring: Literal["balanced_accuracy", "accuracy"] = "balanced_accuracy"
+
+
+def _with_head_sections(shared: type) -> type:
+    """``heads``: the shared settings plus one section per registered head (``heads.svc``, ...), each that
+    head's own params dataclass (:mod:`featpipe.heads`): adding a head adds its section."""
+    from featpipe.heads import sections
+
+    extra = [(name, cls, field(default_factory=cls)) for name, cls in sections().items()]
+    cls = dataclasses.make_dataclass("HeadsParams", extra, bases=(shared,), frozen=True)
+    cls.__module__, cls.__doc__ = __name__, shared.__doc__
+    return cls
+
+
+HeadsParams = _with_head_sections(HeadsParams)
+
+
+@dataclass(frozen=True)
+class FitParams:
+    heads: tuple[str, ...] = ("svc", "logistic", "mlp", "prototype")  # what `sweep` fits
+    backbones: tuple[str, ...] = ()  # what `sweep` fits; empty = extract.backbones
+    shots: tuple[int, ...] = ()  # empty = split.shots
+    seeds: tuple[int, ...] = ()  # empty = split.seeds
+    n_jobs: int = 2
+    bootstrap: int = 1000  # patient-level bootstrap resamples for a single run's intervals (0 = none)
+    save_models: bool = True
+    curves: bool = True  # write ROC/PR points per run to results/curves/
+
+
+@dataclass(frozen=True)
+class ClinicalParams:
+    """The "clinical-grade" flag per configuration (defaults from the published study)."""
+
+    min_accuracy_binary: float = 0.90
+    min_accuracy_multiclass: float = 0.85
+    max_std: float = 0.05  # std of accuracy across seeds, as a fraction (0.05 = 5 points)
+    min_auroc: float = 0.95
+    min_seeds: int = 5  # fewer seeds: never clinical-grade
+    min_sensitivity: float = 0.80  # binary tasks: mean sensitivity at least this
+    min_specificity: float = 0.80  # binary tasks: mean specificity at least this
+
+
+@dataclass(frozen=True)
+class CompareParams:
+    """``featpipe compare``: paired comparisons of configurations (featpipe.results.compare)."""
+
+    metrics: tuple[str, ...] = ("auroc", "macro_f1")
+    reference: str | None = None  # a configuration name: compare every other one with it; None = every pair
+    bootstrap: int = 1000  # patient-level paired bootstrap resamples for the chosen pairs (0 = none)
+    pairs: tuple[str, ...] = ()  # extra "A vs B" pairs for the bootstrap (the val-best vs runner-up always)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    """Fine-tuning (featpipe.finetune): defaults from the published study."""
+
+    backbones: tuple[str, ...] = ("tiny_cnn",)
+    strategies: tuple[str, ...] = ("scratch", "head", "layerwise", "full")  # + "truncated" (needs layer)
+    shots: tuple[int, ...] = (5, 10)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    weights: str = "default"  # pretrained weights for head/layerwise/full/truncated; scratch is always random
+    layer: str | None = None  # cut point for the truncated strategy
+    truncated_mode: Literal["layerwise", "full"] = "layerwise"
+    optimizer: Literal["adamw"] = "adamw"
+    lr: float = 1e-4
+    backbone_lr_factor: float = 0.1  # full fine-tuning: backbone lr = lr * factor
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    epochs: int = 50
+    patience: int = 10  # early stopping on val loss; the best-val epoch's weights are restored
+    imbalance: Literal["weighted_loss", "balanced_sampler", "none"] = "weighted_loss"
+    augment: bool = True  # train only: random resized crop, hflip, rotation, brightness/contrast
+    crop_scale_min: float = 0.8  # random resized crop keeps this fraction of the area or more
+    rotation_degrees: float = 10.0
+    brightness: float = 0.2
+    contrast: float = 0.2
+    hflip: bool = True
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads while training (0 = torch's default); 1 on a shared or busy CPU
+    eval_batch_size: int = 64  # no-grad val/test passes
+    save_models: bool = True  # safetensors checkpoint + JSON sidecar under models/finetune/
+
+
+@dataclass(frozen=True)
+class GradcamParams:
+    """Grad-CAM (featpipe.explain): which saved models ``featpipe gradcam`` renders without --model."""
+
+    runs: tuple[str, ...] = ()  # model files (saved head .skops or fine-tuned .safetensors)
+    per_outcome: int = 2  # images per TP / TN / FP / FN cell (per correct / incorrect class cell if C > 2)
+    seed: int = 0  # which images of a cell are drawn
+    layer: str | None = None  # module in the backbone to take Grad-CAM at; None = the registered gradcam_layer
+    sanity_threshold: float = 0.5  # mean rank correlation at or above this after re-initialisation fails
+    sanity_layers: int = 4  # top parameterised layers re-initialised (cascading, head first)
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    metric: str = "macro_f1"  # best configurations are chosen on val_<metric> and reported on test
+    title: str = "featpipe report"
+
+
+@dataclass(frozen=True)
+class EngineParams:
+    """Where extract, sweep and finetune run (featpipe.engine): this process, or a Ray cluster."""
+
+    kind: Literal["local", "ray"] = "local"  # --engine local | ray
+    address: str | None = None  # ray: auto | ray://host:10001 | host:6379 | null = start a local cluster here
+    num_cpus: int | None = None  # CPUs of a local cluster featpipe starts (null = all of this machine)
+    decode_cpus: float = 1.0  # per extraction read/crop task (reads the decoded-image cache)
+    embed_cpus: float = 1.0  # per embedding actor (one model per actor)
+    embed_gpus: float = 1.0  # per embedding actor where the cluster has GPUs (0 = CPU actors)
+    actors: int = 0  # embedding actors: 0 = one per embed_gpus of the cluster's GPUs, else one per 2 embed_cpus
+    fit_cpus: float = 1.0  # per sweep task (one head x shots x seed run)
+    finetune_cpus: float = 1.0  # per fine-tuning task (one run)
+    finetune_gpus: float = 1.0  # per fine-tuning task where the cluster has GPUs (0 = CPU)
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    split: SplitParams = field(default_factory=SplitParams)
+    decode: DecodeParams = field(default_factory=DecodeParams)
+    extract: ExtractParams = field(default_factory=ExtractParams)
+    heads: HeadsParams = field(default_factory=HeadsParams)
+    fit: FitParams = field(default_factory=FitParams)
+    clinical: ClinicalParams = field(default_factory=ClinicalParams)
+    finetune: FinetuneParams = field(default_factory=FinetuneParams)
+    gradcam: GradcamParams = field(default_factory=GradcamParams)
+    report: ReportParams = field(default_factory=ReportParams)
+    compare: CompareParams = field(default_factory=CompareParams)
+    engine: EngineParams = field(default_factory=EngineParams)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_params(path: str | Path | None = "params.yaml", overrides: typing.Sequence[str] = ()) -> Params:
+    """Read ``path`` (missing file = all defaults), apply ``section.key=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if p.exists():
+            try:
+                loaded = yaml.safe_load(p.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{p}: expected a mapping of sections at the top level")
+            raw = loaded
+        elif str(path) != "params.yaml":
+            raise ConfigError(f"parameter file {p} not found")
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return build(Params, raw, "")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"split.shots=[1,5]"`` -> ``("split.shots", [1, 5])`` (the value is read as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has no key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"unknown parameter '{key}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def build(cls: type, raw: Any, prefix: str):
+    """Build dataclass ``cls`` from a mapping, naming the dotted key of anything wrong."""
+    where = prefix or "params"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{where}' must be a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ConfigError(f"unknown parameter '{key}' (known{' in ' + prefix if prefix else ''}: {', '.join(names)})")
+    values = {}
+    for name in names:
+        if name in raw:
+            key = f"{prefix}.{name}" if prefix else name
+            values[name] = _coerce(hints[name], raw[name], key)
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for a in inner:
+            try:
+                return _coerce(a, value, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"bad value for '{key}': {value!r} (choose from {', '.join(map(str, args))})")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        inner = args[0]
+        return tuple(_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"bad value for '{key}': {value!r} (expected true or false)")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"bad value for '{key}': {value!r} (expected an integer)")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"bad value for '{key}': {value!r} (expected a number)")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"bad value for '{key}': {value!r} (expected a string)")
+    raise ConfigError(f"'{key}': unsupported parameter type {tp!r}")  # pragma: no cover - schema bug
+
+
+def to_dict(params: Any) -> dict:
+    """Plain nested dict (tuples as lists) of a params dataclass, for provenance and JSON."""
+
+    def conv(v):
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return conv(dataclasses.asdict(params))

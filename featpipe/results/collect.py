@@ -1,0 +1,42 @@
+"""``featpipe collect``: merge the results of the per-stage folders into one table and its summary.
+
+Under DVC every fit and fine-tuning stage writes its own ``runs.csv`` (two stages may not share an
+output); ``collect`` upserts them, in a fixed order, into ``results/runs.csv`` and recomputes
+``results/metrics.json`` from it. Rows keep their key, so the merged table is the same as if every run
+had written to one table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from featpipe.core.errors import DataError
+
+
+def collect(sources: Sequence[str | Path], out_dir: str | Path, *, clinical, split_sha256: str | None = None,
+            select_metric: str | None = None) -> pd.DataFrame:
+    from featpipe.results.table import KEY_COLUMNS, RUNS_CSV, _key_frame, read_runs, upsert_runs, write_metrics_json
+
+    files: list[Path] = []
+    for src in sources:
+        p = Path(src)
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            files.extend(sorted(p.rglob(RUNS_CSV)))
+        else:
+            raise DataError(f"results {p} not found: run the fit and fine-tuning stages first")
+    out = Path(out_dir) / RUNS_CSV
+    files = [f for f in files if f.resolve() != out.resolve()]
+    if not files:
+        raise DataError(f"no {RUNS_CSV} under {', '.join(map(str, sources))}")
+    if out.exists():
+        out.unlink()
+    rows = pd.concat([read_runs(f) for f in files], ignore_index=True)
+    rows = _key_frame(rows).drop_duplicates(list(KEY_COLUMNS), keep="last")  # as if each file had been upserted in turn
+    table = upsert_runs(out, rows.to_dict("records"))
+    write_metrics_json(out_dir, clinical=clinical, split_sha256=split_sha256, select_metric=select_metric)
+    return table

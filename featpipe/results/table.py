@@ -1,0 +1,360 @@
+"""The results table ``results/runs.csv`` and what is derived from it.
+
+One row per (dataset, backbone, weights, weights_id, layer, head, head_params, shots, seed,
+split_sha256): writing a row whose key is already there **replaces** it (a re-run never duplicates);
+a run on another split or other weights is another row, never a replacement. Writes take a lock file beside the
+table, go to a temporary file and are renamed into place, so a crash or a concurrent writer (the
+fine-tuning stage writes rows with ``head = "finetune:<strategy>"``) never leaves a half-written table.
+
+``results/metrics.json`` (for ``dvc metrics show``) is always recomputed from the table's rows **of the
+current splits file** (its sha256): rows of another split are set aside, counted under ``_provenance``,
+never pooled. Per configuration: each metric's mean/std/interval/min/max/spread across seeds (test and
+``val_``), the number of degenerate runs, whether it is the configuration chosen on val at its shot
+count, and the clinical-grade flag with the conditions it failed.
+
+Per run, :func:`write_predictions` writes ``<results>/predictions/<run>-<run_id>.csv.gz`` beside the
+table: one line per val and test image (``run_id, split, id, label, p[<class>]..., threshold``); ROC/PR,
+bootstrap intervals, comparisons and the report read these (:func:`read_predictions`). Per-run ROC/PR
+points (thinned) also go to ``results/curves/<run>.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+import numpy as np
+import pandas as pd
+
+from featpipe.core.fileio import atomic_write
+from featpipe.evaluation.metrics import SCALAR_METRICS, SUMMARY_METRICS, clinical_check, metric_bounds, summarize
+from featpipe.saved.models import canonical_params, config_name, params_tag  # noqa: F401 - run names live in featpipe.saved.models
+
+KEY_COLUMNS = ("dataset", "backbone", "weights", "weights_id", "layer", "head", "head_params", "shots", "seed",
+               "split_sha256")
+_STR_KEYS = ("dataset", "backbone", "weights", "weights_id", "layer", "head", "split_sha256")
+PROVENANCE_COLUMNS = ("run_id", "ids_sha256", "n_classes", "n_train", "n_test", "degenerate", "degenerate_reason")
+RUNS_CSV = "runs.csv"
+METRICS_JSON = "metrics.json"
+PREDICTIONS_DIR = "predictions"
+LOWER_IS_BETTER = ("brier",)
+VAL_METRICS = tuple(f"val_{m}" for m in SCALAR_METRICS if m != "threshold")
+
+
+def _key_frame(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    for k in ("weights_id", "split_sha256"):  # tables written before these were key columns
+        if k not in df.columns:
+            df[k] = ""
+    for k in KEY_COLUMNS:
+        if k not in df.columns:
+            raise ValueError(f"a results row needs the key column '{k}'")
+    df = df.copy()
+    for k in _STR_KEYS:
+        df[k] = df[k].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)).astype(object)
+    df["head_params"] = df["head_params"].map(canonical_params).astype(object)
+    df["shots"] = df["shots"].astype(np.int64)
+    df["seed"] = df["seed"].astype(np.int64)
+    return df
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(path.name + ".lock")
+    with open(lock, "a+") as fh:
+        try:
+            import fcntl
+
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - non-POSIX
+            pass
+        yield
+
+
+def read_runs(path: str | Path) -> pd.DataFrame:
+    """The table (empty frame with the key columns when it does not exist yet)."""
+    path = Path(path)
+    if not path.exists():
+        return pd.DataFrame(columns=list(KEY_COLUMNS))
+    df = pd.read_csv(path, dtype={k: str for k in (*_STR_KEYS, "head_params", "run_id", "degenerate_reason")},
+                     keep_default_na=True)
+    for k in _STR_KEYS:
+        if k in df.columns:
+            df[k] = df[k].fillna("").astype(object)
+    return df
+
+
+def _order(columns: Iterable[str]) -> list[str]:
+    cols = list(dict.fromkeys(columns))
+    first = [c for c in (*KEY_COLUMNS, *PROVENANCE_COLUMNS, *SCALAR_METRICS, *VAL_METRICS) if c in cols]
+    last = [c for c in ("model_path",) if c in cols]
+    middle = [c for c in cols if c not in first and c not in last]
+    return first + middle + last
+
+
+def upsert_runs(path: str | Path, rows: Iterable[Mapping]) -> pd.DataFrame:
+    """Insert ``rows`` into the table at ``path``, replacing rows with the same key; returns the table.
+
+    A row is a mapping with at least :data:`KEY_COLUMNS` (``layer`` may be None/"" and
+    ``head_params`` a dict), usually also :data:`PROVENANCE_COLUMNS`, the metrics of
+    :func:`featpipe.evaluation.metrics.score` (scalars only) and ``model_path``.
+    """
+    path = Path(path)
+    new = pd.DataFrame([dict(r) for r in rows])
+    if new.empty:
+        return read_runs(path)
+    new = _key_frame(new)
+    if new.duplicated(list(KEY_COLUMNS)).any():
+        raise ValueError("two rows with the same key in one write")
+    with _locked(path):
+        old = read_runs(path)
+        if len(old):
+            old = _key_frame(old)
+            df = pd.concat([old, new], ignore_index=True)
+        else:
+            df = new
+        df = df.drop_duplicates(list(KEY_COLUMNS), keep="last")
+        df = df.sort_values(list(KEY_COLUMNS), kind="stable").reset_index(drop=True)
+        df = df[_order(df.columns)]
+        atomic_write(path, df.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+    return df
+
+
+def write_curves(curves_dir: str | Path, row: Mapping, data: Mapping) -> Path:
+    """ROC/PR points of one run as ``<curves_dir>/<config>-s<seed>-<paramshash>.json``."""
+    d = Path(curves_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    stem = config_name(row, with_seed=True).replace("/", "-").replace(":", "_")
+    path = d / f"{stem}-{params_tag(row.get('head_params'))}.json"
+    atomic_write(path, json.dumps({"config": config_name(row), "seed": int(row["seed"]), "curves": data}))
+    return path
+
+
+def run_id(row: Mapping) -> str:
+    """12 hex digits naming one run: a hash of its key (split and weights identity included)."""
+    key = _key_frame(pd.DataFrame([dict(row)])).iloc[0]
+    text = json.dumps([str(key[k]) for k in KEY_COLUMNS], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def write_predictions(results_dir: str | Path, row: Mapping, frame: pd.DataFrame) -> Path:
+    """Per-image outputs of one run as ``<results_dir>/predictions/<config>-s<seed>-<run_id>.csv.gz``.
+
+    ``frame`` has ``split`` (val | test), ``id``, ``label`` and ``p[<class>]`` columns; ``run_id`` and
+    ``threshold`` are added. gzip with a fixed mtime: the same predictions give the same bytes."""
+    import gzip
+
+    rid = run_id(row)
+    d = Path(results_dir) / PREDICTIONS_DIR
+    stem = config_name(row, with_seed=True).replace("/", "-").replace(":", "_")
+    thr = row.get("threshold")
+    out = frame.copy()
+    out.insert(0, "run_id", rid)
+    out["threshold"] = thr if thr is not None else math.nan
+    text = out.to_csv(index=False, float_format="%.8g", lineterminator="\n").encode()
+    d.mkdir(parents=True, exist_ok=True)
+    return atomic_write(d / f"{stem}-{rid}.csv.gz", gzip.compress(text, mtime=0))
+
+
+def prediction_files(results_dir: str | Path) -> dict[str, Path]:
+    """{run_id: file} of every predictions file under ``results_dir`` (any depth)."""
+    out = {}
+    for f in sorted(Path(results_dir).rglob(f"{PREDICTIONS_DIR}/*.csv.gz")):
+        out[f.name[: -len(".csv.gz")].rsplit("-", 1)[-1]] = f
+    return out
+
+
+def read_predictions(results_dir: str | Path, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+    """The per-image predictions of ``run_ids`` (default: every run) found under ``results_dir``."""
+    files = prediction_files(results_dir)
+    want = list(files) if run_ids is None else [r for r in run_ids if r in files]
+    if not want:
+        return pd.DataFrame(columns=["run_id", "split", "id", "label", "threshold"])
+    return pd.concat([pd.read_csv(files[r], dtype={"run_id": str, "id": str, "split": str}) for r in want],
+                     ignore_index=True)
+
+
+def current_split(df: pd.DataFrame, split_sha256: str | None) -> tuple[pd.DataFrame, str]:
+    """(rows of the split ``split_sha256``, a one-line note on the rows set aside, "" when none).
+
+    ``split_sha256=None`` keeps every row (callers that know only their own fresh runs)."""
+    if df.empty or not split_sha256 or "split_sha256" not in df.columns:
+        return df, ""
+    same = df["split_sha256"].fillna("").astype(str) == split_sha256
+    n_other = int((~same).sum())
+    if not n_other:
+        return df[same], ""
+    others = sorted(set(df.loc[~same, "split_sha256"].fillna("").astype(str)))
+    names = ", ".join((o[:12] or "none recorded") for o in others[:3]) + (" ..." if len(others) > 3 else "")
+    note = (f"{n_other} run(s) of another split set aside (split sha256 {names}; current {split_sha256[:12]}): "
+            f"not pooled; re-run them or delete them from runs.csv")
+    return df[same], note
+
+
+def split_note(results_dir: str | Path, split_sha256: str) -> str:
+    """The one line saying how many rows of ``<results_dir>/runs.csv`` belong to another split ("" if none)."""
+    return current_split(read_runs(Path(results_dir) / RUNS_CSV), split_sha256)[1]
+
+
+def _better(metric: str, a: float, b: float) -> bool:
+    return a < b if metric in LOWER_IS_BETTER else a > b
+
+
+def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = None, select_metric: str | None = None,
+                   metrics: Iterable[str] = SUMMARY_METRICS) -> dict:
+    """{config name: {metric: summarize(...), "val_<metric>": ..., "n_seeds", "n_degenerate", "chosen_on_val",
+    "clinical_grade", "clinical_failed", "head_params", "shots"}} from the rows of ``split_sha256``.
+
+    ``chosen_on_val``: the configuration with the best mean ``val_<select_metric>`` among those with no
+    degenerate run, per (dataset, shots); only that one can be clinical-grade."""
+    df, _ = current_split(df, split_sha256)
+    if df.empty:
+        return {}
+    labels = config_labels(df).to_numpy()
+    df = config_frame(df).assign(_label=labels)
+    group_cols = [c for c in KEY_COLUMNS if c != "seed"]
+    out: dict = {}
+    groups = list(df.groupby(group_cols, sort=True, dropna=False))
+    names = [config_name(dict(zip(group_cols, key))) for key, _ in groups]
+    metrics = list(metrics)
+    for (key, g), name in zip(groups, names):
+        row = dict(zip(group_cols, key))
+        if names.count(name) > 1:
+            name += f"#{params_tag([row['head_params'], row['weights_id'], row['split_sha256']])}"
+        if "n_classes" in g.columns and g["n_classes"].notna().any():
+            n_classes = int(g["n_classes"].dropna().iloc[0])
+        else:
+            n_classes = 2 if ("sensitivity" in g.columns and g["sensitivity"].notna().any()) else 3
+        eps_t, eps_v = _half_image(g, "n_test"), _half_image(g, "n_val")
+        entry = {m: summarize(g[m].astype(float), bounds=metric_bounds(m, n_classes), eps=eps_t)
+                 for m in metrics if m in g.columns}
+        entry |= {f"val_{m}": summarize(g[f"val_{m}"].astype(float), bounds=metric_bounds(m, n_classes), eps=eps_v)
+                  for m in metrics if f"val_{m}" in g.columns}
+        entry["n_seeds"] = int(g["seed"].nunique())
+        entry["n_degenerate"] = int(_flags(g).sum())
+        entry["n_classes"] = n_classes
+        entry["config"] = str(g["_label"].iloc[0])
+        entry["shots"] = int(row["shots"])
+        entry["head_params"] = row["head_params"]
+        out[name] = entry
+    chosen = select_best(out, select_metric) if select_metric else {}
+    for name, entry in out.items():
+        entry["chosen_on_val"] = name in chosen.values() if select_metric else None
+        failed = clinical_check(entry, n_classes=entry["n_classes"], params=clinical, chosen_on_val=entry["chosen_on_val"])
+        entry["clinical_grade"] = not failed
+        entry["clinical_failed"] = failed
+    return out
+
+
+def _half_image(g: pd.DataFrame, col: str) -> float:
+    """0.5 / (images scored): how far inside [0, 1] the logit-t interval clips values at a bound."""
+    n = pd.to_numeric(g[col], errors="coerce").median() if col in g.columns else math.nan
+    return 0.5 / float(n) if np.isfinite(n) and n > 0 else 1e-3
+
+
+def config_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The table with key columns normalised for grouping runs into configurations: scratch fine-tuning's
+    per-seed initialisation (``random:seed<n>``) is one configuration across seeds."""
+    df = _key_frame(df)
+    df["weights_id"] = df["weights_id"].str.replace(r"^random:seed\d+$", "random:seed<run>", regex=True)
+    return df
+
+
+def config_labels(df: pd.DataFrame) -> pd.Series:
+    """A configuration name per row, without dataset and shots: ``backbone[@layer][+weights]/head``, plus
+    ``#<hash>`` of head params and weights identity where two configurations of the table would collide."""
+    f = config_frame(df)
+    base = [config_name(r).split("/", 1)[1].rsplit("/k", 1)[0] for r in f.to_dict("records")]
+    ident = [params_tag([hp, w]) for hp, w in zip(f["head_params"], f["weights_id"])]
+    seen: dict[str, set] = {}
+    for b, i in zip(base, ident):
+        seen.setdefault(b, set()).add(i)
+    return pd.Series([b + (f"#{i}" if len(seen[b]) > 1 else "") for b, i in zip(base, ident)], index=df.index)
+
+
+def degenerate_flags(g: pd.DataFrame) -> pd.Series:
+    """The ``degenerate`` column as booleans (False where absent)."""
+    return _flags(g)
+
+
+def _flags(g: pd.DataFrame) -> pd.Series:
+    if "degenerate" not in g.columns:
+        return pd.Series(False, index=g.index)
+    return g["degenerate"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0")).astype(bool)
+
+
+def select_best(summary: Mapping[str, Mapping], metric: str) -> dict[int, str]:
+    """{shots: config name} chosen on **val**: best mean ``val_<metric>`` among configurations with no
+    degenerate run (ties: first name). Shots where no configuration qualifies are left out."""
+    best: dict[int, tuple[float, str]] = {}
+    for name in sorted(summary):
+        e = summary[name]
+        v = e.get(f"val_{metric}", {}).get("mean", math.nan)
+        if e.get("n_degenerate", 0) or not isinstance(v, float) or not math.isfinite(v):
+            continue
+        k = int(e["shots"])
+        if k not in best or _better(metric, v, best[k][0]):
+            best[k] = (v, name)
+    return {k: n for k, (_, n) in sorted(best.items())}
+
+
+def write_metrics_json(results_dir: str | Path, *, clinical, split_sha256: str | None = None,
+                       select_metric: str | None = None) -> Path:
+    """Recompute ``<results_dir>/metrics.json`` from ``<results_dir>/runs.csv`` (rows of ``split_sha256``
+    only; NaN written as null). ``_provenance`` records the split, the selection rule and what was set aside."""
+    d = Path(results_dir)
+    table = read_runs(d / RUNS_CSV)
+    kept, note = current_split(table, split_sha256)
+    summary = summarize_runs(kept, clinical=clinical, select_metric=select_metric)
+    summary["_provenance"] = {"split_sha256": split_sha256, "runs": int(len(kept)),
+                              "set_aside": int(len(table) - len(kept)), "note": note,
+                              "selection": f"best mean val_{select_metric}, reported on test" if select_metric else None}
+
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return v
+
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / METRICS_JSON
+    atomic_write(path, json.dumps(clean(summary), indent=1, sort_keys=True))
+    return path
+
+
+def degenerate_lines(rows: Iterable[Mapping], limit: int = 10) -> list[str]:
+    """CLI warning lines for degenerate runs (at most ``limit``, then a count)."""
+    bad = [r for r in rows if str(r.get("degenerate", "")).lower() in ("true", "1", "1.0")]
+    lines = [f"warning: {config_name(r, with_seed=True)} is degenerate ({r.get('degenerate_reason', '')}): "
+             "its numbers describe a constant; never chosen as best" for r in bad[:limit]]
+    if len(bad) > limit:
+        lines.append(f"warning: {len(bad) - limit} more degenerate runs (column 'degenerate' in runs.csv)")
+    return lines
+
+
+def format_summary(summary: Mapping[str, Mapping]) -> str:
+    """Plain-text tables (one per configuration): metric, mean, std, 95% CI, min, max, spread."""
+    lines = []
+    for name, entry in summary.items():
+        if name.startswith("_"):
+            continue
+        flag = "yes" if entry.get("clinical_grade") else "no"
+        if entry.get("clinical_failed"):
+            flag += " (" + "; ".join(entry["clinical_failed"]) + ")"
+        degen = f"; {entry['n_degenerate']} degenerate run(s)" if entry.get("n_degenerate") else ""
+        lines.append(f"{name}  ({entry.get('n_seeds', '?')} seeds{degen}; clinical-grade: {flag})")
+        lines.append(f"  {'metric':<22}{'mean':>8}{'std':>8}   {'95% CI':<17}{'min':>8}{'max':>8}{'spread':>8}")
+        for metric, s in entry.items():
+            if not isinstance(s, Mapping) or "mean" not in s or s.get("n", 0) == 0:
+                continue
+            ci = "-" if not math.isfinite(s["ci_low"]) else f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+            std = "-" if not math.isfinite(s["std"]) else f"{s['std']:.3f}"
+            lines.append(f"  {metric:<22}{s['mean']:>8.3f}{std:>8}   {ci:<17}{s['min']:>8.3f}{s['max']:>8.3f}"
+                         f"{s['spread']:>8.3f}")
+    return "\n".join(lines)
