@@ -60,18 +60,19 @@ def test_rbf_svc_kernel_expansion_matches_decision_function(n_classes):
 @pytest.mark.parametrize("name", ["logistic", "svc", "mlp", "prototype"])
 def test_frozen_backbone_plus_head_matches_head_on_real_features(pneumoniamnist, name):
     """tiny_cnn features of real PneumoniaMNIST images: images -> FrozenWithHead == head(features)."""
-    from featpipe import backbones
+    from featpipe.backbones import registry
+    from featpipe.backbones.model import build
     from featpipe.backbones.modelinput import to_tensor_batch
     from featpipe.imaging.decode import decode
 
-    spec = backbones.get("tiny_cnn")
+    spec = registry.get("tiny_cnn")
     pre = spec.preprocess
     idx = list(range(0, 2400, 40))  # 60 training images, both classes
     data = np.load(pneumoniamnist)
     y = data["train_labels"][idx, 0].astype(int)
     px = np.stack([decode(f"{pneumoniamnist}#train_images/{i}", size=pre.input_size) for i in idx])
     x = to_tensor_batch(px, pre.mean, pre.std)
-    fm = backbones.build(spec)
+    fm = build(spec)
     with torch.inference_mode():  # as the feature cache is made
         feats = fm(x).numpy()
     assert np.unique(y).size == 2

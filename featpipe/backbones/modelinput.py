@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from featpipe.backbones.registry import get
 from featpipe.decoded.cache import BuildResult, DecodeOptions, build, decoded_path
 
 
@@ -37,8 +38,6 @@ def _get(pre, key: str):
 def preprocess_of(backbone) -> object:
     """The preprocessing spec of a backbone (name or spec); a Preprocess or a sidecar dict is returned as is."""
     if isinstance(backbone, (str,)) or hasattr(backbone, "preprocess"):
-        from featpipe.backbones import get
-
         return get(backbone).preprocess
     return backbone
 

@@ -70,7 +70,7 @@ def weights_tag(backbone: str, weights: str = "default") -> str | None:
     """The cache-name tag of ``weights`` for ``backbone`` (None for the backbone's default weights)."""
     if weights in (None, "", "default"):
         return None
-    from featpipe.backbones import get
+    from featpipe.backbones.registry import get
     from featpipe.backbones.weights import resolve
 
     return resolve(get(backbone), weights).tag
