@@ -18,7 +18,7 @@ from featpipe.explain.gradcam import gradcam, grid_shape, layer_grid, token_grid
 from featpipe.explain.sanity import edge_map, sanity_check, spearman
 from featpipe.explain.select import select_examples
 from featpipe.heads.torch_twin import FrozenWithHead, torch_head
-from featpipe.heads import make_head
+from featpipe.heads.registry import make_head
 
 SIZE = 64  # tiny_cnn at 64 px: norm5 is 2 x 2, denseblock3 4 x 4
 

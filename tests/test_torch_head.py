@@ -9,14 +9,13 @@ import pytest
 import torch
 
 from featpipe.params.config import HeadsParams
-from featpipe.heads.mlp import MlpParams
-from featpipe.heads.svc import SvcParams
+from featpipe.params.heads import MlpParams, SvcParams
 from featpipe.heads.torch_twin import FrozenWithHead, torch_head
-from featpipe.heads import make_head
+from featpipe.heads.registry import make_head
 
 FAST = replace(HeadsParams(), cv_folds=0, mlp=MlpParams(hidden=32, epochs=60))  # no CV: fast, same maths
 LINEAR_SVC = replace(FAST, svc=SvcParams(kernel="linear"))
-from featpipe import heads as _heads  # noqa: E402
+from featpipe.heads import registry as _heads  # noqa: E402
 
 HEADS = [(name, FAST) for name in _heads.names()] + [("svc", LINEAR_SVC)]  # every registered head, + a linear SVC
 
@@ -83,3 +82,10 @@ def test_frozen_backbone_plus_head_matches_head_on_real_features(pneumoniamnist,
         proba = torch.softmax(model(x[40:]), dim=1).numpy()
     np.testing.assert_allclose(got, pipe.decision_function(feats[40:]), atol=1e-5, rtol=0)
     np.testing.assert_allclose(proba, pipe.predict_proba(feats[40:]), atol=1e-5, rtol=0)
+
+
+def test_every_registered_head_has_a_torch_twin():
+    """Grad-CAM can explain every registered head: each has its converter in torch_twin.TWINS, and nothing else does."""
+    from featpipe.heads.torch_twin import TWINS
+
+    assert set(TWINS) == set(_heads.names())
