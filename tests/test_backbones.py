@@ -277,3 +277,21 @@ def test_precision_auto_is_the_familys_measured_choice(monkeypatch):
     assert extract.select_precision("bf16", cpu, registry.get("medsiglip")) == "bf16"
     monkeypatch.setattr(extract, "cpu_has_bf16", lambda: False)
     assert extract.select_precision("auto", cpu, registry.get("densenet161")) == "fp32"
+
+
+def test_preprocess_round_trips_through_its_recorded_forms():
+    """A sidecar's dict and a cache's JSON attribute parse back to the same Preprocess; older records without
+    resize_size/interpolation get input_size and bilinear; an unknown key is an error, not silently dropped."""
+    import json
+
+    from featpipe.backbones.spec import Preprocess
+    from featpipe.core.errors import FeatpipeError
+
+    for name in FULL + TINY:
+        pre = registry.get(name).preprocess
+        assert Preprocess.from_dict(pre.to_dict()) == pre
+        assert Preprocess.from_dict(json.dumps(pre.to_dict())) == pre
+    old = Preprocess.from_dict({"input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
+    assert (old.resize_size, old.interpolation) == (32, "bilinear")
+    with pytest.raises(FeatpipeError, match="interp"):
+        Preprocess.from_dict({"input_size": 32, "interp": "bicubic"})

@@ -7,7 +7,8 @@ family's behaviour is reached as ``spec.traits`` (:mod:`featpipe.backbones.famil
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Mapping, Optional
 
 from featpipe.backbones.families import Family, get_family
@@ -29,9 +30,25 @@ class Preprocess:
     interpolation: str = "bilinear"
 
     def to_dict(self) -> dict:
+        """Plain JSON-able dict (mean/std as lists): what sidecars and cache attributes record."""
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping | str) -> Preprocess:
+        """The Preprocess a sidecar or cache attribute recorded (a dict, or its JSON text); a record without
+        ``resize_size`` or ``interpolation`` (older files) gets ``input_size`` and bilinear."""
+        if isinstance(data, str):
+            data = json.loads(data)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise FeatpipeError(f"unknown preprocessing keys {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(input_size=int(data["input_size"]), resize_size=int(data.get("resize_size") or data["input_size"]),
+                   mean=tuple(float(v) for v in data.get("mean", IMAGENET_MEAN)),
+                   std=tuple(float(v) for v in data.get("std", IMAGENET_STD)),
+                   interpolation=str(data.get("interpolation") or "bilinear"))
 
 
 @dataclass(frozen=True)
