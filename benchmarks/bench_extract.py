@@ -87,7 +87,7 @@ def run_one(cfg: dict) -> dict:
     import torchvision
     from torchvision import transforms
 
-    from featpipe.backbones import build
+    from featpipe.backbones.model import build
     from featpipe.params.config import ExtractParams
     from featpipe.features.extract import extract, select_precision
 

@@ -57,10 +57,10 @@ def images(spec, n: int):
 def build(name: str, hf_layers: int):
     import torch
 
-    from featpipe import backbones
+    from featpipe.backbones import registry
     from featpipe.backbones.model import FeatureModel
 
-    spec = backbones.get(name)
+    spec = registry.get(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         net = spec.make.build(num_hidden_layers=hf_layers) if hasattr(spec.make, "build") else spec.make()

@@ -92,7 +92,7 @@ def main(argv=None) -> int:
 
     from featpipe.params.config import DecodeParams, EngineParams, ExtractParams
     from featpipe.decoded.cache import build_decoded, decoded_path
-    from featpipe.backbones import get
+    from featpipe.backbones.registry import get
     from featpipe.features.extract import extract, load_manifest
 
     work = Path(tempfile.mkdtemp(prefix="featpipe-bench-ray-"))

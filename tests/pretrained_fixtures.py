@@ -77,10 +77,10 @@ def plant_hub(home: Path, spec) -> Path:
 
 def plant(home: Path, names) -> Path:
     """Default weights of the registered backbones ``names`` under ``home``; returns ``home``."""
-    from featpipe import backbones
+    from featpipe.backbones import registry
 
     for name in names:
-        spec = backbones.get(name)
+        spec = registry.get(name)
         if spec.traits.source == "torchvision":
             plant_torchvision(home, spec)
         elif spec.traits.source == "hub":

@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from featpipe import backbones
+from featpipe.backbones import registry
+from featpipe.backbones.model import build
 from featpipe.features import cache as featcache
 from featpipe.cli.main import main
 from featpipe.params.config import DecodeParams, ExtractParams
@@ -72,10 +73,10 @@ def test_features_equal_the_model_on_decoded_images(tmp_path):
         "tiny_cnn", "random:seed0", "", "fp32", 32)
     assert a["manifest_sha256"] == hashlib.sha256(m.read_bytes()).hexdigest() and a["preprocess"]["input_size"] == 32
     assert a["torch_version"] == torch.__version__ and a["torchvision_version"] and a["transformers_version"]
-    spec = backbones.get("tiny_cnn")
+    spec = registry.get("tiny_cnn")
     images = np.stack([decode(p, size=32, channels=3) for p in df["path"]])
     with torch.inference_mode():
-        direct = backbones.build(spec)(to_tensor_batch(images, spec.preprocess.mean, spec.preprocess.std)).numpy()
+        direct = build(spec)(to_tensor_batch(images, spec.preprocess.mean, spec.preprocess.std)).numpy()
     np.testing.assert_allclose(fs.features, direct, atol=1e-5)
     assert not list((tmp_path / "cache" / "t").glob("*.partial"))
 
@@ -128,7 +129,7 @@ def test_other_weights_and_layers_get_their_own_files(tmp_path):
     base = _run(m, tmp_path / "cache")
     torch.manual_seed(1)
     wfile = tmp_path / "w.pt"
-    torch.save(backbones.get("tiny_cnn").make().state_dict(), wfile)
+    torch.save(registry.get("tiny_cnn").make().state_dict(), wfile)
     other = _run(m, tmp_path / "cache", params=ExtractParams(batch_size=4, precision="fp32", weights=str(wfile)))
     assert other.path != base.path and other.path.name.startswith("tiny_cnn+w-") and other.extracted == 6
     assert featcache.read_attrs(other.path)["weights_id"].startswith("sha256:")

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from featpipe import backbones
+from featpipe.backbones.model import build
 from featpipe.params.config import FinetuneParams, load_params
 from featpipe.core.errors import ConfigError, DataError
 from featpipe.finetune import checkpoint, run, strategies
@@ -58,12 +58,12 @@ def _n(module) -> int:
 
 @pytest.fixture(scope="module")
 def resnet50():
-    return FinetuneModel(backbones.build("resnet50", weights="random"), new_head(2048, 2))
+    return FinetuneModel(build("resnet50", weights="random"), new_head(2048, 2))
 
 
 @pytest.fixture(scope="module")
 def densenet161():
-    return FinetuneModel(backbones.build("densenet161", weights="random"), new_head(2208, 2))
+    return FinetuneModel(build("densenet161", weights="random"), new_head(2208, 2))
 
 
 def test_resnet50_trainable_parameters_per_strategy(resnet50):

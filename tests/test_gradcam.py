@@ -10,14 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from featpipe import backbones
+from featpipe.backbones import registry
+from featpipe.backbones.model import build
 from featpipe.params.config import HeadsParams, SyntheticParams
 from featpipe.backbones.modelinput import to_tensor_batch
 from featpipe.explain.gradcam import gradcam, grid_shape, layer_grid, token_grid
 from featpipe.explain.sanity import edge_map, sanity_check, spearman
 from featpipe.explain.select import select_examples
 from featpipe.heads.torch_twin import FrozenWithHead, torch_head
-from featpipe.heads import make_head
+from featpipe.heads.registry import make_head
 
 SIZE = 64  # tiny_cnn at 64 px: norm5 is 2 x 2, denseblock3 4 x 4
 
@@ -32,7 +33,7 @@ def synthetic(tmp_path_factory):
     files = sorted(out.glob("*/*.png"))
     y = np.array([0 if f.parent.name == "normal" else 1 for f in files])
     px = np.stack([np.asarray(Image.open(f))[..., None] for f in files])
-    fm = backbones.build("tiny_cnn")
+    fm = build("tiny_cnn")
     x = to_tensor_batch(px, fm.spec.preprocess.mean, fm.spec.preprocess.std)
     with torch.no_grad():
         feats = fm(x).numpy()
@@ -82,14 +83,14 @@ def test_no_hooks_left_and_model_untouched_even_under_inference_mode(synthetic):
 def test_siglip_token_grid_448_patch_14_and_tiny():
     from featpipe.backbones.nets import siglip_config
 
-    cfg = siglip_config(**backbones.get("medsiglip").make.config)
+    cfg = siglip_config(**registry.get("medsiglip").make.config)
     side = cfg.image_size // cfg.patch_size
     assert (side, side) == (32, 32)
     tokens = torch.randn(1, side * side, 8)
-    grid = token_grid(tokens, backbones.get("medsiglip").prefix_tokens)  # SigLIP: no CLS token
+    grid = token_grid(tokens, registry.get("medsiglip").prefix_tokens)  # SigLIP: no CLS token
     assert grid.shape == (1, 8, 32, 32)
     assert torch.equal(grid[0, :, 0, 0], tokens[0, 0]) and torch.equal(grid[0, :, 0, 1], tokens[0, 1])
-    vit = token_grid(torch.randn(1, 197, 4), backbones.get("vit_b_16").prefix_tokens)  # CLS dropped
+    vit = token_grid(torch.randn(1, 197, 4), registry.get("vit_b_16").prefix_tokens)  # CLS dropped
     assert vit.shape == (1, 4, 14, 14)
     with pytest.raises(Exception):
         grid_shape(197, 0)  # keeping ViT's CLS token is not a grid

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from featpipe.params.config import HeadsParams
-from featpipe.heads.mlp import MlpParams
+from featpipe.params.heads import MlpParams
 from featpipe.core.errors import CacheError
 from featpipe.core.fileio import seal
 from featpipe.heads.io import UnsafeModelError, check_compatible, load_head, save_head, sidecar
-from featpipe.heads import HEADS, make_head
+from featpipe.heads.registry import HEADS, make_head
 
 META = {"backbone": "toy", "weights_id": "random:seed0", "layer": "", "embedding_dim": 12,
         "preprocess": {"input_size": 28, "mean": [0.5, 0.5, 0.5]}, "classes": ["a", "b", "c"]}

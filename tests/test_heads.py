@@ -16,10 +16,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from featpipe.params.config import HeadsParams
-from featpipe.heads.mlp import MlpParams
-from featpipe.heads.svc import SvcParams
+from featpipe.params.heads import MlpParams, SvcParams
 from featpipe.core.errors import ConfigError
-from featpipe.heads import HEADS, head_params, make_head, one_blas_thread, span_basis
+from featpipe.heads.base import one_blas_thread, span_basis
+from featpipe.heads.registry import HEADS, head_params, make_head
 
 D = 48
 SEP = 4.0  # distance between the class means in units of the noise sd: Bayes accuracy = Phi(SEP / 2)
@@ -134,7 +134,7 @@ def test_logistic_in_the_span_equals_logistic_on_raw_embeddings():
     """What the solver guarantees: the head's solution, mapped back to the D raw dimensions, has the gradient
     of the raw-space objective at the solver tolerance (the optimum lies in the span), and so agrees with a
     raw-space fit solved to the same gradient within a tolerance derived from both gradients."""
-    from featpipe.heads import SOLVER_TOL
+    from featpipe.heads.logistic import SOLVER_TOL
 
     rng = np.random.default_rng(4)
     X, y = gaussian(8, rng, n_classes=3, sep=2.0)  # n = 24 < D = 48
@@ -190,7 +190,7 @@ def test_factories_and_registry():
 def test_the_head_registry_is_the_one_list_of_heads():
     """Adding a head is adding its module: params.yaml sections, CLI choices, saved-model trusted types and
     Grad-CAM all come from the registry."""
-    from featpipe import heads
+    from featpipe.heads import registry as heads
     from featpipe.cli.commands.fit import HEAD_CHOICES
     from featpipe.params.config import load_params
     from featpipe.heads.io import TRUSTED
@@ -204,3 +204,15 @@ def test_the_head_registry_is_the_one_list_of_heads():
     assert p.heads.prototype.temperature == 0.5
     with pytest.raises(ConfigError, match="heads.knn"):
         load_params(None, ["heads.knn.k=3"])
+
+
+def test_every_registered_head_has_its_params_section_and_every_section_a_head():
+    """The head registry and params.yaml's per-head sections (featpipe.params.heads) are the same set of heads,
+    and each head module's params class is its section's class."""
+    from featpipe.heads import registry
+    from featpipe.params.heads import SECTIONS
+
+    assert set(registry.names()) == set(SECTIONS)
+    for name in registry.names():
+        assert registry.get(name).params is SECTIONS[name]
+        assert type(getattr(HeadsParams(), name)) is SECTIONS[name]

@@ -357,13 +357,13 @@ def _head(project: Path) -> Path:
 
 
 def _finetuned(project: Path, tmp_path: Path) -> Path:
-    from featpipe import backbones
+    from featpipe.backbones.model import build
     from featpipe.finetune.checkpoint import build_model, save_finetuned
 
     model, spec = build_model("tiny_cnn", "head", 2, weights="random", seed=0)
     meta = {"backbone": "tiny_cnn", "layer": None, "strategy": "head", "classes": ["normal", "finding1"],
             "preprocess": spec.preprocess.to_dict(), "threshold": 0.5, "precision": "fp32", "family": spec.family,
-            "weights_id": backbones.build(spec, weights="random").weights_id}
+            "weights_id": build(spec, weights="random").weights_id}
     return save_finetuned(model, meta, tmp_path / "ft" / "tiny_cnn-head-k5-s0")
 
 

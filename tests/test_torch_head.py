@@ -9,14 +9,13 @@ import pytest
 import torch
 
 from featpipe.params.config import HeadsParams
-from featpipe.heads.mlp import MlpParams
-from featpipe.heads.svc import SvcParams
+from featpipe.params.heads import MlpParams, SvcParams
 from featpipe.heads.torch_twin import FrozenWithHead, torch_head
-from featpipe.heads import make_head
+from featpipe.heads.registry import make_head
 
 FAST = replace(HeadsParams(), cv_folds=0, mlp=MlpParams(hidden=32, epochs=60))  # no CV: fast, same maths
 LINEAR_SVC = replace(FAST, svc=SvcParams(kernel="linear"))
-from featpipe import heads as _heads  # noqa: E402
+from featpipe.heads import registry as _heads  # noqa: E402
 
 HEADS = [(name, FAST) for name in _heads.names()] + [("svc", LINEAR_SVC)]  # every registered head, + a linear SVC
 
@@ -60,18 +59,19 @@ def test_rbf_svc_kernel_expansion_matches_decision_function(n_classes):
 @pytest.mark.parametrize("name", ["logistic", "svc", "mlp", "prototype"])
 def test_frozen_backbone_plus_head_matches_head_on_real_features(pneumoniamnist, name):
     """tiny_cnn features of real PneumoniaMNIST images: images -> FrozenWithHead == head(features)."""
-    from featpipe import backbones
+    from featpipe.backbones import registry
+    from featpipe.backbones.model import build
     from featpipe.backbones.modelinput import to_tensor_batch
     from featpipe.imaging.decode import decode
 
-    spec = backbones.get("tiny_cnn")
+    spec = registry.get("tiny_cnn")
     pre = spec.preprocess
     idx = list(range(0, 2400, 40))  # 60 training images, both classes
     data = np.load(pneumoniamnist)
     y = data["train_labels"][idx, 0].astype(int)
     px = np.stack([decode(f"{pneumoniamnist}#train_images/{i}", size=pre.input_size) for i in idx])
     x = to_tensor_batch(px, pre.mean, pre.std)
-    fm = backbones.build(spec)
+    fm = build(spec)
     with torch.inference_mode():  # as the feature cache is made
         feats = fm(x).numpy()
     assert np.unique(y).size == 2
@@ -82,3 +82,10 @@ def test_frozen_backbone_plus_head_matches_head_on_real_features(pneumoniamnist,
         proba = torch.softmax(model(x[40:]), dim=1).numpy()
     np.testing.assert_allclose(got, pipe.decision_function(feats[40:]), atol=1e-5, rtol=0)
     np.testing.assert_allclose(proba, pipe.predict_proba(feats[40:]), atol=1e-5, rtol=0)
+
+
+def test_every_registered_head_has_a_torch_twin():
+    """Grad-CAM can explain every registered head: each has its converter in torch_twin.TWINS, and nothing else does."""
+    from featpipe.heads.torch_twin import TWINS
+
+    assert set(TWINS) == set(_heads.names())

@@ -1,24 +1,11 @@
 """Frozen backbones: a registry of small frozen specs and one builder per network.
 
-``get(name) -> BackboneSpec``, ``names()``, ``build(spec, weights="default", layer=None) -> FeatureModel``.
+- :mod:`~featpipe.backbones.spec`: ``Preprocess`` and ``BackboneSpec``, the data a backbone is;
+- :mod:`~featpipe.backbones.families`: what differs between network families, as data;
+- :mod:`~featpipe.backbones.registry`: ``get(name) -> BackboneSpec``, ``names()``, the members;
+- :mod:`~featpipe.backbones.weights`: resolving and loading weights, their identity;
+- :mod:`~featpipe.backbones.model`: ``build(spec, weights="default", layer=None) -> FeatureModel``;
+- :mod:`~featpipe.backbones.modelinput`: decoded pixels -> network input, and the decoded sizes a backbone reads.
+
 torch, torchvision and transformers are imported only when a network is built.
 """
-
-from featpipe.backbones.registry import BackboneSpec, Preprocess, get, names
-
-__all__ = ["BackboneSpec", "Preprocess", "get", "names", "build", "FeatureModel"]
-
-
-def build(spec, weights: str = "default", layer=None):
-    """Build ``spec`` (a :class:`BackboneSpec` or a registered name); see :func:`featpipe.backbones.model.build`."""
-    from featpipe.backbones.model import build as _build
-
-    return _build(spec, weights=weights, layer=layer)
-
-
-def __getattr__(name):
-    if name == "FeatureModel":
-        from featpipe.backbones.model import FeatureModel
-
-        return FeatureModel
-    raise AttributeError(name)

@@ -1,5 +1,5 @@
 """Family behaviour as data: everything that differs between torchvision CNNs, torchvision ViTs and Hugging
-Face vision transformers lives here, on a :class:`Family` that every :class:`~featpipe.backbones.registry.
+Face vision transformers lives here, on a :class:`Family` that every :class:`~featpipe.backbones.spec.
 BackboneSpec` points to (``spec.traits``). Nothing outside ``featpipe.backbones`` branches on a family name.
 
 A family says:
@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Mapping, Optional
 
+from featpipe.backbones.forward import pooled_output
+
 
 @dataclass(frozen=True)
 class FreezeRule:
@@ -44,8 +46,6 @@ def _call(net, x):
 def _pooled(net, x):
     """Hugging Face vision models: the pooled embedding (SigLIP: attention-pooling head; DINOv2: the
     layer-normed CLS token). transformers 5 returns an output object: ``pooler_output``."""
-    from featpipe.backbones.model import pooled_output
-
     return pooled_output(net(pixel_values=x))
 
 

@@ -8,30 +8,13 @@ import torch
 import torch.nn as nn
 
 from featpipe.backbones import weights as weights_mod
-from featpipe.backbones.registry import BackboneSpec, get
+from featpipe.backbones.forward import global_pool
+from featpipe.backbones.registry import get
+from featpipe.backbones.spec import BackboneSpec
 
 
 class _Stop(Exception):
     """Raised by the cut-point hook to skip the rest of the network."""
-
-
-def pooled_output(out) -> torch.Tensor:
-    """The pooled embedding of a transformers output (transformers 5: an object with ``pooler_output``)."""
-    if torch.is_tensor(out):
-        return out
-    pooled = getattr(out, "pooler_output", None)
-    if pooled is None:
-        raise TypeError(f"{type(out).__name__} has no pooler_output")
-    return pooled
-
-
-def global_pool(x: torch.Tensor, prefix_tokens: int = 0) -> torch.Tensor:
-    """(B, C, H, W) -> mean over H, W; (B, T, D) tokens -> mean over the patch tokens."""
-    if x.ndim == 4:
-        return x.mean(dim=(2, 3))
-    if x.ndim == 3:
-        return x[:, prefix_tokens:].mean(dim=1)
-    return x.flatten(1)
 
 
 class FeatureModel(nn.Module):

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from featpipe.backbones.registry import get
 from featpipe.decoded.cache import BuildResult, DecodeOptions, build, decoded_path
+from featpipe.imaging.decode import DEFAULT_MAX_PIXELS, ImageRejected, decode
 
 
 def _get(pre, key: str):
@@ -37,8 +39,6 @@ def _get(pre, key: str):
 def preprocess_of(backbone) -> object:
     """The preprocessing spec of a backbone (name or spec); a Preprocess or a sidecar dict is returned as is."""
     if isinstance(backbone, (str,)) or hasattr(backbone, "preprocess"):
-        from featpipe.backbones import get
-
         return get(backbone).preprocess
     return backbone
 
@@ -103,8 +103,6 @@ def decode_files(refs: Sequence[str], size: int, *, max_pixels: int | None = Non
     """Images that are not in a manifest (``predict``, ``gradcam --images``), decoded at ``size`` as the cache
     decodes them; a file that cannot be decoded is a reject (path, reason), never fatal. ``max_pixels``: larger
     images are rejected ("too large"). Returns (decoded refs, their pixels, rejects)."""
-    from featpipe.imaging.decode import DEFAULT_MAX_PIXELS, ImageRejected, decode
-
     ok, pixels, rejects = [], [], []
     for r in refs:
         try:

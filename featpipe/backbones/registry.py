@@ -10,87 +10,18 @@ globally pooled features taken there.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
-from typing import Callable, Mapping, Optional
+from typing import Optional
 
+from featpipe.backbones import nets
+from featpipe.backbones.families import get_family
+from featpipe.backbones.spec import BackboneSpec, Preprocess
 from featpipe.core.errors import FeatpipeError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How images must be prepared for a backbone: decode to ``resize_size`` square, centre-crop
-    ``input_size``, scale to [0, 1], normalise with ``mean``/``std`` (3 channels)."""
-
-    input_size: int
-    resize_size: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bilinear"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A registered backbone. ``make`` builds the bare network with random weights (lazy imports)."""
-
-    name: str
-    family: str  # a key of featpipe.backbones.families.FAMILIES (densenet, resnet, efficientnet, vit, siglip, dinov2)
-    embed_dim: int
-    preprocess: Preprocess
-    gradcam_layer: str  # module name in the network
-    layers: Mapping[str, int] = field(hash=False)  # cut point (module name) -> pooled feature dim
-    default_weights: str  # "imagenet" | a hub id | "random" (tiny members: nothing to download)
-    pretrained: Optional[str] = None  # how the default weights are identified: torchvision enum or hub id
-    prefix_tokens: int = 0  # transformer token outputs: leading non-patch tokens (ViT/DINOv2 CLS = 1, SigLIP = 0)
-    tiny: bool = False
-    make: Callable = field(default=None, repr=False, compare=False, hash=False)
-
-    @property
-    def traits(self):
-        """The family's behaviour (:class:`featpipe.backbones.families.Family`)."""
-        from featpipe.backbones.families import get_family
-
-        return get_family(self.family)
-
-    def module_name(self, name: str, net) -> str:
-        """``name`` with ``{last}`` replaced by the index of the network's last encoder layer (so a Grad-CAM
-        layer can be named for every depth of a family: RAD-DINO's 12 layers, its 1-layer test snapshot)."""
-        if "{last}" not in name:
-            return name
-        return name.replace("{last}", str(int(net.config.num_hidden_layers) - 1))
-
-    def resolve_layer(self, layer: Optional[str]) -> Optional[str]:
-        """A registered cut point by full name or unique suffix (``denseblock3``); None = final embedding."""
-        if layer in (None, "", "final", "none"):
-            return None
-        if layer in self.layers:
-            return layer
-        hits = [k for k in self.layers if k.endswith("." + layer)]
-        if len(hits) == 1:
-            return hits[0]
-        raise FeatpipeError(
-            f"backbone '{self.name}' has no cut point '{layer}' (choose from: {', '.join(self.layers)})"
-        )
-
-    def output_dim(self, layer: Optional[str] = None) -> int:
-        layer = self.resolve_layer(layer)
-        return self.embed_dim if layer is None else self.layers[layer]
-
 
 _REGISTRY: dict[str, BackboneSpec] = {}
 
 
 def _register(**kw) -> BackboneSpec:
-    from featpipe.backbones.families import get_family
-
     kw["layers"] = MappingProxyType(dict(kw.get("layers", {})))
     spec = BackboneSpec(**kw)
     get_family(spec.family)  # an unknown family is a programming error, caught at import
@@ -113,10 +44,12 @@ def names(*, tiny: Optional[bool] = None) -> list[str]:
     return [n for n, s in _REGISTRY.items() if tiny is None or s.tiny == tiny]
 
 
+def hf_names() -> list[str]:
+    """The real (not tiny) members whose weights come as Hugging Face models (a hub id or a model folder)."""
+    return [n for n, s in _REGISTRY.items() if s.traits.hf_class and not s.tiny]
+
+
 # --------------------------------------------------------------------------- the members
-
-from featpipe.backbones import nets  # noqa: E402  (builders import torch lazily)
-
 
 def _densenet_layers(init: int, growth: int, blocks: tuple[int, ...]) -> dict[str, int]:
     out, c = {}, init

@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from featpipe.core.fileio import file_sha256  # noqa: F401 - re-exported
-from featpipe.backbones.registry import BackboneSpec
+from featpipe.backbones.registry import hf_names
+from featpipe.backbones.spec import BackboneSpec
 from featpipe.core.errors import WeightsError
+from featpipe.core.fileio import file_sha256
 
 RANDOM_SEED = 0
 FILE_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
@@ -148,7 +149,7 @@ def load_torchvision(spec: BackboneSpec, ref: WeightsRef) -> dict:
 def _hub_snapshot(spec: BackboneSpec, repo_id: str) -> tuple[Path, str]:
     if spec.traits.hf_class is None:
         raise WeightsError(f"hub id '{repo_id}' given for {spec.name}: hub ids are for Hugging Face backbones "
-                           f"({', '.join(_hf_members())}); pass a local .pth/.safetensors file, 'imagenet' or 'random'")
+                           f"({', '.join(hf_names())}); pass a local .pth/.safetensors file, 'imagenet' or 'random'")
     try:
         from huggingface_hub import snapshot_download
 
@@ -216,12 +217,6 @@ def fit_state_dict(net, sd: dict, spec: BackboneSpec, source: str) -> None:
         raise WeightsError(f"weights {source} do not fit {spec.name}: shape of {bad[0]} is "
                            f"{tuple(out[bad[0]].shape)}, expected {tuple(want[bad[0]].shape)}")
     net.load_state_dict(out, strict=True)
-
-
-def _hf_members() -> list[str]:
-    from featpipe.backbones.registry import _REGISTRY
-
-    return [n for n, s in _REGISTRY.items() if s.traits.hf_class and not s.tiny]
 
 
 def load_hf_folder(spec: BackboneSpec, folder: str | Path):

@@ -46,7 +46,7 @@ def runner(ep: EngineParams, params: ExtractParams, *, spec=None):
 
 
 def _placement(device: str, precision: str, cwd: str, backbone: str | None = None) -> tuple[str, str]:
-    from featpipe.backbones import get
+    from featpipe.backbones.registry import get
     from featpipe.features.extract import select_device, select_precision
 
     in_dir(cwd)
@@ -93,7 +93,7 @@ _READERS: dict = {}
 
 def _read(batch: dict, *, path: str, backbone: str, cwd: str) -> dict:
     """CPU task: one planned batch's decoded images, centre-cropped to the model input (uint8)."""
-    from featpipe.backbones import get
+    from featpipe.backbones.registry import get
     from featpipe.decoded.cache import DecodedImages
     from featpipe.features.extract import read_batch
 
@@ -110,7 +110,7 @@ class Embedder:
     def __init__(self, backbone: str, ref, layer, *, device: str, precision: str, threads: int, cwd: str):
         import torch
 
-        from featpipe.backbones import get
+        from featpipe.backbones.registry import get
         from featpipe.features.extract import load_model
 
         in_dir(cwd)

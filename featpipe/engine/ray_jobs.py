@@ -57,7 +57,7 @@ def _finetune(job, p, paths, build, cwd: str) -> dict:
 
 def _decoded(backbone: str, paths, build, cwd: str) -> None:
     """Bring the decoded-image cache a backbone's jobs read up to date (once, before its jobs run in parallel)."""
-    from featpipe.backbones import get
+    from featpipe.backbones.registry import get
     from featpipe.data.manifest import read_manifest
     from featpipe.data.splits import load_splits
     from featpipe.finetune.run import image_source
@@ -71,7 +71,7 @@ def _decoded(backbone: str, paths, build, cwd: str) -> None:
 
 def finetune_jobs(jobs: Sequence, p, paths, *, build: dict | None, engine: EngineParams) -> list[dict]:
     """Every fine-tuning job as a Ray task; their rows, in job order."""
-    from featpipe.backbones import get
+    from featpipe.backbones.registry import get
     from featpipe.backbones.modelinput import decode_size
 
     connect(engine)

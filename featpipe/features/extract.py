@@ -29,7 +29,7 @@ import pandas as pd
 from featpipe import __version__
 from featpipe.features import cache as featcache
 from featpipe.core import locks
-from featpipe.backbones import get
+from featpipe.backbones.registry import get
 from featpipe.backbones import weights as weights_mod
 from featpipe.params.config import DecodeParams, ExtractParams
 from featpipe.core.errors import CacheError, FeatpipeError

@@ -29,7 +29,8 @@ from featpipe.params.config import Params
 from featpipe.data.splits import Splits, load_splits
 from featpipe.core.errors import CacheError, DataError
 from featpipe.features.cache import cache_path, read_features
-from featpipe.heads import head_params, make_head
+from featpipe.heads.base import one_blas_thread
+from featpipe.heads.registry import head_params, make_head
 from featpipe.evaluation.metrics import SCALAR_METRICS, choose_threshold, curves, degenerate, score
 from featpipe.results.table import (RUNS_CSV, canonical_params, run_id, upsert_runs, write_curves,
                               write_metrics_json, write_predictions)
@@ -70,7 +71,7 @@ def weights_tag(backbone: str, weights: str = "default") -> str | None:
     """The cache-name tag of ``weights`` for ``backbone`` (None for the backbone's default weights)."""
     if weights in (None, "", "default"):
         return None
-    from featpipe.backbones import get
+    from featpipe.backbones.registry import get
     from featpipe.backbones.weights import resolve
 
     return resolve(get(backbone), weights).tag
@@ -107,8 +108,6 @@ def load_cache(cache_dir: str | Path, splits: Splits, backbone: str, *, layer: s
 
 def single_threaded():
     """BLAS limited to one thread inside a run: reproducible sums whatever n_jobs, no oversubscription."""
-    from featpipe.heads import one_blas_thread
-
     return one_blas_thread()
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from featpipe.backbones import registry
+from featpipe.backbones.model import build
 from featpipe.core.errors import DataError, IntegrityError
 from featpipe.core.fileio import atomic_write, check_seal, seal
 from featpipe.finetune.strategies import (
@@ -41,16 +43,15 @@ def build_model(backbone: str, strategy: str, n_classes: int, *, weights: str = 
     ``truncated`` cuts at ``layer``. Random initialisation (scratch weights, the new head) is a function
     of ``seed`` and leaves the global RNG untouched.
     """
-    from featpipe import backbones
 
-    spec = backbones.get(backbone)
+    spec = registry.get(backbone)
     if strategy == "truncated" and layer:
         layer = spec.resolve_layer(layer)
     check_strategy(strategy, layer, list(spec.layers))
     cut = layer if strategy == "truncated" else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        features = backbones.build(spec, weights=f"random:seed{int(seed)}" if strategy == "scratch" else weights,
+        features = build(spec, weights=f"random:seed{int(seed)}" if strategy == "scratch" else weights,
                                    layer=cut)
     dim = int(spec.output_dim(cut))
     head = new_head(dim, n_classes, generator=torch.Generator().manual_seed(int(seed) + 7919))
@@ -129,7 +130,6 @@ def load_finetuned(path: str | Path, *, device: str | torch.device = "cpu") -> t
     """
     from safetensors.torch import load_file
 
-    from featpipe import backbones
 
     tensors_path, _ = paths_for(path)
     meta = read_meta(path)
@@ -139,10 +139,10 @@ def load_finetuned(path: str | Path, *, device: str | torch.device = "cpu") -> t
         raise IntegrityError(f"{sidecar_of(path)} records no tensors_sha256: refusing to load {tensors_path.name}")
     if _sha256(tensors_path) != meta["tensors_sha256"]:
         raise IntegrityError(f"{tensors_path}: contents do not match its sidecar's sha256 (file changed or mixed up)")
-    spec = backbones.get(meta["backbone"])
+    spec = registry.get(meta["backbone"])
     cut = meta.get("layer") or None
     with torch.random.fork_rng(devices=[]):
-        features = backbones.build(spec, weights="random", layer=cut)
+        features = build(spec, weights="random", layer=cut)
     dim = int(spec.output_dim(cut))
     model = FinetuneModel(features, torch.nn.utils.skip_init(torch.nn.Linear, dim, len(meta["classes"])))
     try:
@@ -170,9 +170,8 @@ def predict_files(model: FinetuneModel, meta: dict, refs, *, batch_size: int = 3
 
     refs = [str(r) for r in refs]
     pre = meta["preprocess"]
-    from featpipe import backbones
 
-    rt = resolve_runtime(device, meta.get("precision", "fp32"), spec=backbones.get(meta["backbone"]))
+    rt = resolve_runtime(device, meta.get("precision", "fp32"), spec=registry.get(meta["backbone"]))
     model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from featpipe.backbones import registry
 from featpipe.core.errors import ConfigError, DataError
 from featpipe.core.fileio import atomic_write
 from featpipe.finetune.data import CachedImages, ImageSource, Labeled, Prep
@@ -262,9 +263,8 @@ def resolve_job(job: Job) -> Job:
     """``job`` with its cut point under its full registered name (``denseblock2`` -> ``features.denseblock2``)."""
     if job.strategy != "truncated" or not job.layer:
         return job
-    from featpipe import backbones
 
-    return replace(job, layer=backbones.get(job.backbone).resolve_layer(job.layer))
+    return replace(job, layer=registry.get(job.backbone).resolve_layer(job.layer))
 
 
 def _place(model, rt: Runtime):

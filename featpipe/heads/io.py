@@ -29,7 +29,7 @@ import numpy as np
 
 from featpipe.core.errors import CacheError, FeatpipeError, IntegrityError
 from featpipe.core.fileio import atomic_write, check_seal, seal
-from featpipe.heads import HEAD_CLASSES
+from featpipe.heads.registry import HEAD_CLASSES
 
 
 class UnsafeModelError(IntegrityError):

@@ -3,23 +3,13 @@ as on the raw embeddings), C cross-validated inside the k-shot set; its torch tw
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-from typing import Literal
 
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 
 from featpipe.heads.base import _can_cv, _Head, build_pipeline, grid_cv, span_basis
-
-
-@dataclass(frozen=True)
-class LogisticParams:
-    C: float = 1.0  # used when the k-shot set is too small for cross-validation
-    C_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
-    class_weight: Literal["balanced"] | None = "balanced"
-    max_iter: int = 2000
+from featpipe.params.heads import LogisticParams
 
 
 # lbfgs stops when the largest gradient component of its objective (mean loss + ||w||^2 / (2 C n)) is below
@@ -78,7 +68,6 @@ class FewShotLogistic(_Head):
         return self.estimator_.predict_proba(self._check(X))
 
 
-
 def factory(params, *, seed: int = 0):
     p = params.logistic
     return build_pipeline(FewShotLogistic(C=p.C, C_grid=tuple(p.C_grid), class_weight=p.class_weight,
@@ -86,14 +75,5 @@ def factory(params, *, seed: int = 0):
                                           random_state=seed), params)
 
 
-def torch_twin(clf, pre):
-    """(pre, core, kind, decision kind, temperature) of a fitted FewShotLogistic or bare LogisticRegression."""
-    from featpipe.heads.torch_twin import fold, linear
-
-    est = getattr(clf, "estimator_", clf)
-    pre, core = fold(pre, linear(est.coef_, est.intercept_))
-    return pre, core, "logistic", "binary" if len(est.classes_) == 2 else "scores", 1.0
-
-
 HEAD = dict(name="logistic", params=LogisticParams, estimator=FewShotLogistic, factory=factory,
-            torch_twin=torch_twin, cross_validated=True, also_explains=(LogisticRegression,))
+            cross_validated=True, also_explains=(LogisticRegression,))

@@ -3,23 +3,10 @@ twin is the same two layers (the span projection folded into the first)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from featpipe.heads.base import _Head, _proba_from_decision, _softmax, build_pipeline, span_basis
-
-
-@dataclass(frozen=True)
-class MlpParams:
-    hidden: int = 512
-    dropout: float = 0.3
-    epochs: int = 200  # at most; stops earlier when the training loss stops improving (tol, n_iter_no_change)
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    tol: float = 1e-4
-    n_iter_no_change: int = 10
-    span: bool = True  # train the first layer within the span of the k-shot embeddings (fast); false = full D x hidden
+from featpipe.params.heads import MlpParams
 
 
 class MLPHead(_Head):
@@ -116,7 +103,6 @@ class MLPHead(_Head):
         return _softmax(d)
 
 
-
 def factory(params, *, seed: int = 0):
     p = params.mlp
     return build_pipeline(MLPHead(hidden=p.hidden, dropout=p.dropout, epochs=p.epochs, lr=p.lr,
@@ -124,17 +110,4 @@ def factory(params, *, seed: int = 0):
                                   span=p.span, random_state=seed), params)
 
 
-def torch_twin(clf, pre):
-    from torch import nn
-
-    from featpipe.heads.torch_twin import fold, linear
-
-    w1 = np.asarray(clf.w1_, dtype=np.float64)
-    if getattr(clf, "proj_", None) is not None:
-        w1 = w1 @ np.asarray(clf.proj_, dtype=np.float64).T
-    pre, first = fold(pre, linear(w1, clf.b1_))
-    kind = "binary" if len(clf.classes_) == 2 else "scores"
-    return pre, nn.Sequential(first, nn.ReLU(), linear(clf.w2_, clf.b2_)), "mlp", kind, 1.0
-
-
-HEAD = dict(name="mlp", params=MlpParams, estimator=MLPHead, factory=factory, torch_twin=torch_twin)
+HEAD = dict(name="mlp", params=MlpParams, estimator=MLPHead, factory=factory)

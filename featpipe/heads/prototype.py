@@ -3,18 +3,10 @@ twin is the same similarity (logits = similarity / temperature)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-from typing import Literal
 
 from featpipe.heads.base import _Head, _softmax, build_pipeline
-
-
-@dataclass(frozen=True)
-class PrototypeParams:
-    metric: Literal["cosine"] = "cosine"
-    temperature: float = 0.1  # probabilities = softmax(cosine similarity / temperature)
+from featpipe.params.heads import PrototypeParams
 
 
 class NearestPrototype(_Head):
@@ -47,17 +39,9 @@ class NearestPrototype(_Head):
         return _softmax(self._similarity(X) / self.temperature)
 
 
-
 def factory(params, *, seed: int = 0):
     p = params.prototype
     return build_pipeline(NearestPrototype(metric=p.metric, temperature=p.temperature), params)
 
 
-def torch_twin(clf, pre):
-    from featpipe.heads.torch_twin import Prototypes
-
-    return pre, Prototypes(clf.prototypes_), "prototype", "similarity", float(clf.temperature)
-
-
-HEAD = dict(name="prototype", params=PrototypeParams, estimator=NearestPrototype, factory=factory,
-            torch_twin=torch_twin)
+HEAD = dict(name="prototype", params=PrototypeParams, estimator=NearestPrototype, factory=factory)

@@ -1,26 +1,14 @@
-"""The SVC head (linear or RBF), C and gamma cross-validated inside the k-shot set; its torch twin for
-Grad-CAM is a kernel expansion over the support vectors (a linear binary SVC: one ``nn.Linear``)."""
+"""The SVC head (linear or RBF), C and gamma cross-validated inside the k-shot set (its torch twin for Grad-CAM,
+:func:`featpipe.heads.torch_twin.svc_twin`, is a kernel expansion over the support vectors)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-from typing import Literal
 
 from sklearn.svm import SVC
 
 from featpipe.heads.base import _can_cv, _Head, build_pipeline, grid_cv
-
-
-@dataclass(frozen=True)
-class SvcParams:
-    kernel: Literal["linear", "rbf"] = "rbf"
-    C: float = 1.0  # used when the k-shot set is too small for cross-validation
-    gamma: float | str = "scale"  # likewise; "scale" = 1 / (D * var(X)), "auto" = 1 / D, or a number
-    C_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
-    gamma_grid: tuple[float | str, ...] = ("scale",)  # rbf only
-    class_weight: Literal["balanced"] | None = "balanced"
+from featpipe.params.heads import SvcParams
 
 
 class FewShotSVC(_Head):
@@ -117,7 +105,6 @@ class FewShotSVC(_Head):
         return votes + conf / (3 * (np.abs(conf) + 1))
 
 
-
 def factory(params, *, seed: int = 0):
     p = params.svc
     return build_pipeline(FewShotSVC(kernel=p.kernel, C=p.C, gamma=p.gamma, C_grid=tuple(p.C_grid),
@@ -132,23 +119,5 @@ def naming_params(own: dict) -> dict:
     return own
 
 
-def torch_twin(clf, pre):
-    """(pre, core, kind, decision kind, temperature) of a fitted FewShotSVC or bare ``sklearn.svm.SVC``."""
-    from featpipe.core.errors import FeatpipeError
-    from featpipe.heads.torch_twin import KernelExpansion, fold, linear
-
-    svc = clf if isinstance(clf, SVC) else clf.svc_
-    classes = svc.classes_
-    gamma = float(getattr(svc, "_gamma", svc.gamma))
-    if svc.kernel == "linear" and len(classes) == 2:
-        pre, lin = fold(pre, linear(svc.coef_, svc.intercept_))
-        return pre, lin, "svc-linear", "binary", 1.0
-    if svc.kernel not in ("linear", "rbf"):
-        raise FeatpipeError(f"cannot explain an SVC with kernel {svc.kernel!r} (linear and rbf are supported)")
-    core = KernelExpansion(svc.support_vectors_, svc.dual_coef_, svc.intercept_, svc.n_support_,
-                           kernel=svc.kernel, gamma=gamma)
-    return pre, core, f"svc-{svc.kernel}", "binary" if len(classes) == 2 else "ovo", 1.0
-
-
-HEAD = dict(name="svc", params=SvcParams, estimator=FewShotSVC, factory=factory, torch_twin=torch_twin,
-            naming=naming_params, cross_validated=True, also_explains=(SVC,))
+HEAD = dict(name="svc", params=SvcParams, estimator=FewShotSVC, factory=factory, naming=naming_params,
+            cross_validated=True, also_explains=(SVC,))

@@ -1,7 +1,7 @@
 """A fitted head as a differentiable torch module, and a frozen backbone plus that head as one model.
 
 :func:`torch_head` turns a fitted head pipeline (``StandardScaler`` -> optional L2 ``Normalizer`` ->
-a registered head, :mod:`featpipe.heads`, each converted by its own ``torch_twin``) into a :class:`TorchHead` whose :meth:`TorchHead.decision`
+a registered head, :mod:`featpipe.heads.registry`, each converted by its twin in :data:`TWINS`) into a :class:`TorchHead` whose :meth:`TorchHead.decision`
 equals the pipeline's ``decision_function`` on the same features (float64 inside, so to ~1e-12) and whose
 ``forward`` returns per-class logits whose softmax equals the pipeline's ``predict_proba``:
 
@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.svm import SVC
 from torch import nn
 
-from featpipe.core.errors import FeatpipeError
+from featpipe.core.errors import ConfigError, FeatpipeError
+from featpipe.heads.registry import spec_for
 
 DTYPE = torch.float64
 
@@ -187,8 +190,6 @@ class FrozenWithHead(nn.Module):
 
 
 def _preprocessing(steps) -> tuple[list[nn.Module], tuple[np.ndarray, np.ndarray] | None]:
-    from sklearn.preprocessing import Normalizer, StandardScaler
-
     mods: list[nn.Module] = []
     for name, step in steps:
         if step is None or step == "passthrough":
@@ -228,18 +229,59 @@ def fold(pre: list[nn.Module], lin: nn.Linear) -> tuple[list[nn.Module], nn.Line
     return pre[:-1], lin
 
 
-def _core(clf, pre: list[nn.Module]):
-    """(pre, core, kind, decision kind, temperature) of a fitted classifier: the registered head's torch twin
-    (:mod:`featpipe.heads`; a bare scikit-learn ``SVC`` / ``LogisticRegression`` through the head that wraps it)."""
-    from featpipe.core.errors import ConfigError
-    from featpipe.heads import spec_for
+# --------------------------------------------------------------------------- one twin per registered head
+# Each: (fitted classifier, preprocessing modules) -> (pre, core, kind, decision kind, temperature).
 
+
+def svc_twin(clf, pre):
+    """A fitted FewShotSVC or bare ``sklearn.svm.SVC``: a kernel expansion (a linear binary SVC: one Linear)."""
+    svc = clf if isinstance(clf, SVC) else clf.svc_
+    classes = svc.classes_
+    gamma = float(getattr(svc, "_gamma", svc.gamma))
+    if svc.kernel == "linear" and len(classes) == 2:
+        pre, lin = fold(pre, linear(svc.coef_, svc.intercept_))
+        return pre, lin, "svc-linear", "binary", 1.0
+    if svc.kernel not in ("linear", "rbf"):
+        raise FeatpipeError(f"cannot explain an SVC with kernel {svc.kernel!r} (linear and rbf are supported)")
+    core = KernelExpansion(svc.support_vectors_, svc.dual_coef_, svc.intercept_, svc.n_support_,
+                           kernel=svc.kernel, gamma=gamma)
+    return pre, core, f"svc-{svc.kernel}", "binary" if len(classes) == 2 else "ovo", 1.0
+
+
+def logistic_twin(clf, pre):
+    """A fitted FewShotLogistic or bare LogisticRegression: one Linear, the scaler folded in."""
+    est = getattr(clf, "estimator_", clf)
+    pre, core = fold(pre, linear(est.coef_, est.intercept_))
+    return pre, core, "logistic", "binary" if len(est.classes_) == 2 else "scores", 1.0
+
+
+def mlp_twin(clf, pre):
+    """A fitted MLPHead: its two layers, the span projection folded into the first."""
+    w1 = np.asarray(clf.w1_, dtype=np.float64)
+    if getattr(clf, "proj_", None) is not None:
+        w1 = w1 @ np.asarray(clf.proj_, dtype=np.float64).T
+    pre, first = fold(pre, linear(w1, clf.b1_))
+    kind = "binary" if len(clf.classes_) == 2 else "scores"
+    return pre, nn.Sequential(first, nn.ReLU(), linear(clf.w2_, clf.b2_)), "mlp", kind, 1.0
+
+
+def prototype_twin(clf, pre):
+    """A fitted NearestPrototype: cosine similarity to the class prototypes."""
+    return pre, Prototypes(clf.prototypes_), "prototype", "similarity", float(clf.temperature)
+
+
+TWINS = {"logistic": logistic_twin, "mlp": mlp_twin, "prototype": prototype_twin, "svc": svc_twin}
+
+
+def _core(clf, pre: list[nn.Module]):
+    """(pre, core, kind, decision kind, temperature) of a fitted classifier: the registered head's twin
+    (a bare scikit-learn ``SVC`` / ``LogisticRegression`` through the head that wraps it)."""
     try:
         spec = spec_for(clf)
     except ConfigError:
-        raise FeatpipeError(f"cannot explain a head of type {type(clf).__name__} (known: logistic, svc, mlp, "
-                            "prototype)") from None
-    return spec.torch_twin(clf, pre)
+        raise FeatpipeError(f"cannot explain a head of type {type(clf).__name__} (known: {', '.join(TWINS)})"
+                            ) from None
+    return TWINS[spec.name](clf, pre)
 
 
 def torch_head(pipeline) -> TorchHead:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from featpipe.core.errors import ConfigError
+from featpipe.params.heads import SECTIONS as HEAD_SECTIONS
 
 # --------------------------------------------------------------------------- sections
 
@@ -106,11 +107,9 @@ class HeadsParams:
 
 
 def _with_head_sections(shared: type) -> type:
-    """``heads``: the shared settings plus one section per registered head (``heads.svc``, ...), each that
-    head's own params dataclass (:mod:`featpipe.heads`): adding a head adds its section."""
-    from featpipe.heads import sections
-
-    extra = [(name, cls, field(default_factory=cls)) for name, cls in sections().items()]
+    """``heads``: the shared settings plus one section per head (``heads.svc``, ...), each that head's own
+    params dataclass (:data:`featpipe.params.heads.SECTIONS`): adding a head adds its section there."""
+    extra = [(name, cls, field(default_factory=cls)) for name, cls in HEAD_SECTIONS.items()]
     cls = dataclasses.make_dataclass("HeadsParams", extra, bases=(shared,), frozen=True)
     cls.__module__, cls.__doc__ = __name__, shared.__doc__
     return cls

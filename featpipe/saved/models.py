@@ -164,7 +164,8 @@ def weights_request(meta: Mapping) -> str:
 def rebuild_backbone(meta: Mapping, *, device: str = "cpu"):
     """The backbone a saved head was fitted on, rebuilt from the sidecar's weights request and checked
     against it (weights identity, layer, preprocessing, embedding size) before any image is read."""
-    from featpipe.backbones import build, get
+    from featpipe.backbones.model import build
+    from featpipe.backbones.registry import get
     from featpipe.heads.io import check_compatible
 
     spec = get(meta["backbone"])
@@ -205,7 +206,7 @@ class LoadedModel:
         if isinstance(pre, str):
             pre = json.loads(pre)
         if not pre:
-            from featpipe.backbones import get
+            from featpipe.backbones.registry import get
 
             pre = get(self.meta["backbone"]).preprocess.to_dict()
         return dict(pre)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from featpipe.backbones.registry import get, names
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--all", action="store_true", help="also list the tiny test backbones")
 
 
 def run(args, params) -> int:
-    from featpipe.backbones import get, names
-
     rows = [("name", "family", "dim", "input", "default weights", "grad-cam layer", "cut points (dim)")]
     for name in names(tiny=None if args.all else False):
         s = get(name)

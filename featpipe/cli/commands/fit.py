@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from featpipe.heads import names as _head_names
+from featpipe.heads.registry import names as _head_names
 
 HEAD_CHOICES = tuple(_head_names())  # the head registry
 
