@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-naive", action="store_true")
     args = ap.parse_args(argv)
     from featpipe.params.config import load_params
-    from featpipe.fewshot.fit import sweep
+    from featpipe.results.stages import sweep
 
     root = Path(args.out or tempfile.mkdtemp(prefix="bench-sweep-"))
     t = time.perf_counter()
