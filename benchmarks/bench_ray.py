@@ -53,7 +53,7 @@ def bench_sweep(work: Path, params, xp, ep, *, backbone: str, reps: int, warmup:
     """Local (joblib) vs Ray (one task per run) sweep on one backbone's cache, paired and alternating."""
     from featpipe.params.config import DecodeParams
     from featpipe.features.extract import extract
-    from featpipe.fewshot.fit import sweep
+    from featpipe.results.stages import sweep
 
     extract(work / "manifest.csv", backbone=backbone, dataset="pmnist", cache_dir=work / "local", params=xp,
             decode=DecodeParams(workers=2), progress=False)

@@ -5,7 +5,7 @@ MedSigLIP) x 4 heads (svc, logistic, mlp, prototype) x shots (1, 2, 5, 10, 20, 5
 = 960 runs, on a binary data set with 2,000 train, 200 val and a 624-image test split (234/390 like
 the Kaggle chest X-ray test set).
 
-featpipe: ``featpipe.fewshot.fit.sweep`` (each cache read once, runs in parallel with joblib, CV on Gram /
+featpipe: ``featpipe.results.stages.sweep`` (each cache read once, runs in parallel with joblib, CV on Gram /
 span coordinates, numpy MLP in the span of the training embeddings).
 Naive: per run, reload the HDF5 cache, select rows, fit ``GridSearchCV(Pipeline(StandardScaler, SVC or
 LogisticRegression))`` on the raw embeddings, a full-width torch MLP (D x 512, 200 epochs of Adam),
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-naive", action="store_true")
     args = ap.parse_args(argv)
     from featpipe.params.config import load_params
-    from featpipe.fewshot.fit import sweep
+    from featpipe.results.stages import sweep
 
     root = Path(args.out or tempfile.mkdtemp(prefix="bench-sweep-"))
     t = time.perf_counter()

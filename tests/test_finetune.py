@@ -240,8 +240,8 @@ def test_rows_use_the_same_test_ids_as_the_frozen_heads(project, monkeypatch):
     from featpipe.params.config import DecodeParams, ExtractParams
     from featpipe.data.splits import load_splits
     from featpipe.features.extract import extract
-    from featpipe.fewshot.fit import fit
-    from featpipe.results.table import read_runs
+    from featpipe.results.stages import fit
+    from featpipe.evaluation.table import read_runs
 
     params, paths = project
     seen = []
@@ -277,7 +277,7 @@ def test_two_runs_with_the_same_seed_give_identical_metrics(project):
     keys = ("accuracy", "balanced_accuracy", "auroc", "brier", "threshold", "best_epoch")
     assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
     assert Path(b["model_path"]).read_bytes() == first  # byte-identical weights (stable for DVC too)
-    from featpipe.results.table import read_runs
+    from featpipe.evaluation.table import read_runs
 
     t = read_runs(paths.results / "runs.csv")
     assert (t["head"] == "finetune:layerwise").sum() == 1  # a re-run replaces its row

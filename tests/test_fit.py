@@ -118,7 +118,7 @@ def test_rerun_replaces_rows_and_reproduces_numbers(project):
 
 
 def test_threshold_comes_from_val_never_test(tmp_path):
-    from featpipe.fewshot.fit import fit
+    from featpipe.results.stages import fit
     from featpipe.heads.io import load_head
 
     params = load_params(None, ["fit.n_jobs=1"])
@@ -163,7 +163,7 @@ def test_stale_cache_and_leaky_splits_are_refused(tmp_path, capsys):
 
 
 def test_sweep_parallel_equals_serial(tmp_path):
-    from featpipe.fewshot.fit import sweep
+    from featpipe.results.stages import sweep
 
     write_fixture(tmp_path, backbone="toy")
     fx = write_fixture(tmp_path, backbone="toy2")
@@ -183,7 +183,7 @@ def test_sweep_parallel_equals_serial(tmp_path):
 def test_parallel_sweep_saves_heads_under_the_callers_relative_models_dir(tmp_path, monkeypatch):
     """joblib/loky reuses its worker processes across calls: a second sweep from another working directory must
     still save its heads under *this* directory's ``models/`` (found by running the CLI's default paths in-process)."""
-    from featpipe.fewshot.fit import sweep
+    from featpipe.results.stages import sweep
 
     params = load_params(None, ["fit.curves=false"])
     kw = dict(params=params, backbones=["toy"], heads=["svc", "prototype"], shots=[2], seeds=[0, 1], n_jobs=2)

@@ -10,8 +10,8 @@ from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
 from featpipe.params.config import ClinicalParams
-from featpipe.evaluation.metrics import (bootstrap_ci, brier, choose_threshold, clinical_grade, curves, predict_labels, score,
-                              summarize)
+from featpipe.evaluation.metrics import brier, choose_threshold, curves, predict_labels, score
+from featpipe.results.stats import bootstrap_ci, clinical_grade, summarize
 
 
 def test_binary_hand_made_numbers():

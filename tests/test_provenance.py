@@ -14,7 +14,8 @@ from sklearn import metrics as skm
 from test_fit import fit_cli, write_cache, write_fixture
 
 from featpipe.params.config import ClinicalParams, load_params
-from featpipe.evaluation.metrics import SCALAR_METRICS, clinical_check, degenerate, summarize
+from featpipe.evaluation.metrics import SCALAR_METRICS, degenerate
+from featpipe.results.stats import clinical_check, summarize
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def test_rows_of_an_old_split_are_set_aside_never_pooled(project, capsys):
 
 
 def test_predictions_files_hold_every_val_and_test_image_and_reproduce_the_row(project):
-    from featpipe.results.table import read_predictions
+    from featpipe.evaluation.table import read_predictions
 
     assert fit_cli(project, "--head", "svc", "--shots", "10", "--seeds", "0", "1") == 0
     table = pd.read_csv(project / "results/runs.csv", dtype={"run_id": str})
@@ -76,7 +77,7 @@ def test_predictions_files_hold_every_val_and_test_image_and_reproduce_the_row(p
 
 
 def test_best_configuration_is_chosen_on_val_not_test():
-    from featpipe.results.table import select_best, summarize_runs
+    from featpipe.results.summary import select_best, summarize_runs
 
     rows = []
     for seed in range(5):
@@ -152,7 +153,7 @@ def test_k1_rbf_svc_is_flagged_with_a_kshot_scaler_and_fixed_by_the_pool_scaler(
 
 
 def test_pool_scaler_is_fitted_on_the_train_split_without_labels(project):
-    from featpipe.fewshot.fit import fit
+    from featpipe.results.stages import fit
     from featpipe.heads.io import load_head
 
     fx = write_fixture(project, seeds=(0,))

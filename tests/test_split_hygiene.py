@@ -74,7 +74,7 @@ def test_fit_under_matched_val_policy_uses_2k_val_images(tmp_path):
     from test_fit import write_fixture
 
     from featpipe.data.splits import load_splits
-    from featpipe.fewshot.fit import fit
+    from featpipe.results.stages import fit
 
     fx = write_fixture(tmp_path, seeds=(0,), shots=(2, 5))
     splits = fx["splits"] | {"params": {"val_policy": "matched"},
@@ -111,7 +111,7 @@ def test_finetune_under_matched_val_policy_early_stops_and_thresholds_on_2k_val_
     from featpipe.params.config import FinetuneParams
     from featpipe.data.prepare import prepare
     from featpipe.finetune import run
-    from featpipe.results.table import read_predictions
+    from featpipe.evaluation.table import read_predictions
 
     params = load_params(None, [f"data.path={tmp_path / 'synthetic'}", "data.synthetic.images_per_class=30",
                                 "data.synthetic.size=32", "split.seeds=[0]", "split.shots=[2,5]",

@@ -1,7 +1,8 @@
 """Scoring: the one function that turns (labels, class probabilities) into every reported number.
 
-Used by the classical heads (:mod:`featpipe.fewshot.fit`) and by fine-tuning alike, so both report the same
-metrics computed the same way.
+Used, through :func:`featpipe.evaluation.record.record_run`, by the classical heads and by fine-tuning alike,
+so both report the same metrics computed the same way. Statistics over runs (seed intervals, the patient
+bootstrap) are in :mod:`featpipe.results.stats`.
 
 Conventions
 -----------
@@ -19,16 +20,6 @@ Conventions
   classes: mean over images of the sum over classes of squared errors against the one-hot label.
 - A metric that is undefined on the data (AUROC when test holds a single class) is NaN, never 0.
 
-Across seeds (:func:`summarize`): mean, sample std (ddof=1), a 95% interval for the mean over seeds,
-min, max and spread (max - min). Every metric here is bounded (in [0, 1]; a multi-class Brier score in
-[0, 2]), so the interval is a **logit-t interval**: values are mapped to the logit scale (clipped
-half an image inside the bounds, ``0.5 / n`` of the range for n scored images; ``1e-3`` when n is unknown), a Student-t interval for their mean is taken there
-(``m +- t_{0.975, n-1} * s / sqrt(n)``) and mapped back. It never leaves the bounds, and for values far
-from them it equals the plain t-interval. It treats seeds as independent draws of the k-shot subset, so it
-describes the mean over subsets on this one test split; it says nothing about test sampling. For that,
-:func:`bootstrap_ci` gives percentile intervals from resampling **patients** (all their images together)
-from the test set, with a seeded generator.
-
 A run is **degenerate** (:func:`degenerate`) when most of its scores are one tied value or it predicts one
 class for at least 95% of the images: its numbers describe a constant, not a classifier.
 """
@@ -36,7 +27,7 @@ class for at least 95% of the images: its numbers describe a constant, not a cla
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -47,7 +38,8 @@ SCALAR_METRICS = (
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "auprc", "sensitivity", "specificity", "brier")
 
 
-def _as_proba(proba, n_classes: int) -> np.ndarray:
+def as_proba(proba, n_classes: int) -> np.ndarray:
+    """``proba`` as a finite (N, n_classes) float64 array (a 1-D binary score becomes two columns)."""
     p = np.asarray(proba, dtype=np.float64)
     if p.ndim == 1:
         if n_classes != 2:
@@ -62,7 +54,7 @@ def _as_proba(proba, n_classes: int) -> np.ndarray:
 
 def predict_labels(proba, *, n_classes: int, threshold: float | None = None) -> np.ndarray:
     """Labels from probabilities: binary ``p1 >= threshold`` (0.5 when None), else arg-max."""
-    p = _as_proba(proba, n_classes)
+    p = as_proba(proba, n_classes)
     if n_classes == 2:
         return (p[:, 1] >= (0.5 if threshold is None else float(threshold))).astype(np.int64)
     if threshold is not None:
@@ -78,7 +70,7 @@ def choose_threshold(y_val, proba_val) -> float:
     A val set with a single class gives no information: 0.5 is returned.
     """
     y = np.asarray(y_val).astype(np.int64)
-    s = _as_proba(proba_val, 2)[:, 1]
+    s = as_proba(proba_val, 2)[:, 1]
     if y.size == 0 or np.unique(y).size < 2:
         return 0.5
     u = np.unique(s)
@@ -96,7 +88,7 @@ def choose_threshold(y_val, proba_val) -> float:
 
 def brier(y_true, proba, *, n_classes: int) -> float:
     y = np.asarray(y_true).astype(np.int64)
-    p = _as_proba(proba, n_classes)
+    p = as_proba(proba, n_classes)
     if n_classes == 2:
         return float(np.mean((p[:, 1] - (y == 1)) ** 2))
     onehot = np.eye(n_classes)[y]
@@ -117,7 +109,7 @@ def score(y_true, proba, *, classes: Sequence[str], threshold: float | None = No
     if n_classes < 2:
         raise ValueError("scoring needs at least two classes")
     y = np.asarray(y_true).astype(np.int64)
-    p = _as_proba(proba, n_classes)
+    p = as_proba(proba, n_classes)
     if y.shape[0] != p.shape[0]:
         raise ValueError(f"{y.shape[0]} labels but {p.shape[0]} rows of probabilities")
     if y.size == 0:
@@ -151,7 +143,7 @@ def curves(y_true, proba, *, classes: Sequence[str], max_points: int = 200) -> d
     """ROC and PR curve points (binary: positive class; else one-vs-rest per class), thinned for reports."""
     classes = list(classes)
     y = np.asarray(y_true).astype(np.int64)
-    p = _as_proba(proba, len(classes))
+    p = as_proba(proba, len(classes))
     cols = [1] if len(classes) == 2 else range(len(classes))
     out = {}
     for c in cols:
@@ -175,102 +167,6 @@ def _thin(x: np.ndarray, y: np.ndarray, n: int) -> list[list[float]]:
     return [[round(float(x[i]), 5), round(float(y[i]), 5)] for i in idx]
 
 
-# --------------------------------------------------------------------------- across seeds
-
-
-def summarize(values: Iterable[float], *, confidence: float = 0.95, bounds: tuple[float, float] | None = (0.0, 1.0),
-              eps: float = 1e-3) -> dict:
-    """mean, std (ddof=1), the interval for the mean over seeds, min, max, spread, n (NaNs dropped).
-
-    With ``bounds`` (default [0, 1]) the interval is the logit-t interval described in the module
-    docstring and stays inside the bounds; ``bounds=None`` gives the plain Student-t interval
-    (for unbounded quantities such as paired differences)."""
-    from scipy import stats
-
-    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], dtype=float)
-    v = v[np.isfinite(v)]
-    n = int(v.size)
-    if n == 0:
-        return {k: math.nan for k in ("mean", "std", "ci_low", "ci_high", "min", "max", "spread")} | {"n": 0}
-    mean = float(v.mean())
-    std = float(v.std(ddof=1)) if n > 1 else math.nan
-    lo = hi = math.nan
-    if n > 1:
-        t = float(stats.t.ppf(0.5 + confidence / 2, n - 1))
-        if bounds is None:
-            half = t * std / math.sqrt(n)
-            lo, hi = mean - half, mean + half
-        else:
-            lo, hi = _logit_t(v, t, bounds, eps)
-    return {"mean": mean, "std": std, "ci_low": lo, "ci_high": hi, "min": float(v.min()),
-            "max": float(v.max()), "spread": float(v.max() - v.min()), "n": n}
-
-
-def _logit_t(v: np.ndarray, t: float, bounds: tuple[float, float], eps: float) -> tuple[float, float]:
-    """t-interval of the mean on the logit scale of ``(v - a) / (b - a)`` (clipped to [eps, 1 - eps]),
-    mapped back to [a, b]."""
-    from scipy.special import expit, logit
-
-    a, b = float(bounds[0]), float(bounds[1])
-    u = np.clip((v - a) / (b - a), eps, 1 - eps)
-    z = logit(u)
-    m, s = float(z.mean()), float(z.std(ddof=1))
-    half = t * s / math.sqrt(v.size)
-    lo, hi = expit(m - half), expit(m + half)
-    if s == 0.0:  # every seed gave the same value: the interval is that value
-        lo = hi = float(np.clip((v[0] - a) / (b - a), 0, 1))
-    return a + (b - a) * float(lo), a + (b - a) * float(hi)
-
-
-def metric_bounds(metric: str, n_classes: int = 2) -> tuple[float, float]:
-    """The range of ``metric`` (every reported metric is bounded)."""
-    if metric == "brier" and n_classes > 2:
-        return (0.0, 2.0)
-    return (0.0, 1.0)
-
-
-def clinical_check(summary: Mapping[str, Mapping[str, float]], *, n_classes: int, params,
-                   chosen_on_val: bool | None = True) -> list[str]:
-    """The conditions of the "clinical-grade" flag that a configuration FAILS (empty list: it passes).
-
-    Conditions: at least ``params.min_seeds`` seeds; the **lower bound** of the seed interval of
-    accuracy >= ``min_accuracy_binary`` (2 classes) or ``min_accuracy_multiclass`` and of AUROC >=
-    ``min_auroc``; std of accuracy across seeds < ``max_std``; binary tasks: mean sensitivity >=
-    ``min_sensitivity`` and mean specificity >= ``min_specificity``; the configuration was chosen on
-    val (``chosen_on_val``; None = not judged here). A missing/NaN value fails its condition.
-    """
-    acc, auc = summary.get("accuracy", {}), summary.get("auroc", {})
-    need = params.min_accuracy_binary if n_classes == 2 else params.min_accuracy_multiclass
-    nan = math.nan
-    n = int(summary.get("n_seeds", acc.get("n", 0)) or 0)
-    failed = []
-    if n < params.min_seeds:
-        failed.append(f"{n} seeds (needs >= {params.min_seeds})")
-    lo = acc.get("ci_low", nan)
-    if not lo >= need:
-        failed.append(f"accuracy CI lower bound {lo:.3f} < {need:.2f}" if math.isfinite(lo) else "accuracy CI undefined")
-    lo = auc.get("ci_low", nan)
-    if not lo >= params.min_auroc:
-        failed.append(f"AUROC CI lower bound {lo:.3f} < {params.min_auroc:.2f}" if math.isfinite(lo) else "AUROC CI undefined")
-    std = acc.get("std", nan)
-    if not std < params.max_std:
-        failed.append(f"accuracy std {std:.3f} >= {params.max_std:.2f}" if math.isfinite(std) else "accuracy std undefined")
-    if n_classes == 2:
-        for m, floor in (("sensitivity", params.min_sensitivity), ("specificity", params.min_specificity)):
-            v = summary.get(m, {}).get("mean", nan)
-            if not v >= floor:
-                failed.append(f"mean {m} {v:.3f} < {floor:.2f}" if math.isfinite(v) else f"{m} undefined")
-    if chosen_on_val is False:
-        failed.append("not the configuration chosen on val")
-    return failed
-
-
-def clinical_grade(summary: Mapping[str, Mapping[str, float]], *, n_classes: int, params,
-                   chosen_on_val: bool | None = True) -> bool:
-    """True when :func:`clinical_check` finds no failed condition."""
-    return not clinical_check(summary, n_classes=n_classes, params=params, chosen_on_val=chosen_on_val)
-
-
 # --------------------------------------------------------------------------- degenerate runs
 
 DEGENERATE_TIED = 0.5  # share of images with one identical score
@@ -281,7 +177,7 @@ def degenerate(proba, *, n_classes: int, threshold: float | None = None) -> str:
     """Why the scores ``proba`` describe a constant rather than a classifier ("" when they do not):
     more than half the images share one identical score vector (e.g. an RBF kernel that underflowed
     to 0.5), or one class is predicted for >= 95% of the images."""
-    p = _as_proba(proba, n_classes)
+    p = as_proba(proba, n_classes)
     if p.shape[0] == 0:
         return ""
     _, counts = np.unique(p, axis=0, return_counts=True)
@@ -295,7 +191,7 @@ def degenerate(proba, *, n_classes: int, threshold: float | None = None) -> str:
     return ""
 
 
-# --------------------------------------------------------------------------- one run, bootstrap
+# --------------------------------------------------------------------------- fast scores (the bootstrap's)
 
 
 def _auc(pos: np.ndarray, s: np.ndarray) -> float:
@@ -355,39 +251,4 @@ def fast_scores(y: np.ndarray, p: np.ndarray, *, n_classes: int, threshold: floa
             out[m] = brier(y, p, n_classes=n_classes)
         else:
             raise ValueError(f"unknown metric {m!r} for the bootstrap")
-    return out
-
-
-
-def bootstrap_ci(
-    y_true, proba, *, classes: Sequence[str], patients: Sequence[str], threshold: float | None = None,
-    n_boot: int = 1000, seed: int = 0, metrics: Sequence[str] = SUMMARY_METRICS, confidence: float = 0.95,
-) -> dict:
-    """Percentile intervals from resampling test **patients** with replacement (all their images go
-    together), using ``numpy.random.default_rng(seed)``. Returns {metric: {"low", "high", "n_valid"}}.
-    Resamples where a metric is undefined (e.g. one class only) are left out of that metric."""
-    y = np.asarray(y_true).astype(np.int64)
-    p = _as_proba(proba, len(classes))
-    pats = np.asarray(patients).astype(str)
-    if pats.shape[0] != y.shape[0]:
-        raise ValueError("one patient id per test image is needed")
-    uniq, inv = np.unique(pats, return_inverse=True)
-    groups = [np.flatnonzero(inv == g) for g in range(uniq.size)]
-    rng = np.random.default_rng(seed)
-    draws = {m: [] for m in metrics}
-    for _ in range(n_boot):
-        pick = rng.integers(0, uniq.size, uniq.size)
-        idx = np.concatenate([groups[g] for g in pick])
-        s = fast_scores(y[idx], p[idx], n_classes=len(classes), threshold=threshold, metrics=metrics)
-        for m in metrics:
-            if not math.isnan(s[m]):
-                draws[m].append(s[m])
-    a = (1 - confidence) / 2
-    out = {}
-    for m, vals in draws.items():
-        if vals:
-            lo, hi = np.quantile(vals, [a, 1 - a])
-            out[m] = {"low": float(lo), "high": float(hi), "n_valid": len(vals)}
-        else:
-            out[m] = {"low": math.nan, "high": math.nan, "n_valid": 0}
     return out

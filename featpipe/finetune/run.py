@@ -4,18 +4,19 @@ A run uses exactly the splits' ids: the k-shot subset ``fewshot[seed][k]`` to tr
 split's ``val_policy`` (the whole val split, or the matched k-per-class subset) for early stopping and the
 decision threshold (chosen on val only, as for the frozen heads), ``test`` to score. ``scratch`` starts
 from random weights drawn from the run's seed (``weights_id`` ``random:seed<n>``).
-Its row in ``results/runs.csv`` has ``head = "finetune:<strategy>"`` and the same provenance columns
-as the heads' rows (split sha256, k-shot ids sha256, n_train, n_test), so one table and one learning
+Its row in ``results/runs.csv`` is made by :func:`featpipe.evaluation.record.record_run`, as the heads'
+rows are: ``head = "finetune:<strategy>"`` and the same provenance columns (split sha256, k-shot ids sha256, n_train, n_test), so one table and one learning
 curve hold both. Per run it also writes:
 
 - ``<results>/training/<run>.json``: loss and val metrics per epoch, best epoch (the training curve);
-- ``<results>/curves/...json``: test ROC/PR points (:func:`featpipe.results.table.write_curves`);
-- ``<results>/predictions/...csv.gz``: per-image val and test probabilities (:func:`featpipe.results.table.write_predictions`);
+- ``<results>/curves/...json``: test ROC/PR points (:func:`featpipe.evaluation.table.write_curves`);
+- ``<results>/predictions/...csv.gz``: per-image val and test probabilities (:func:`featpipe.evaluation.table.write_predictions`);
 - ``<models>/finetune/<dataset>/<run>.safetensors`` + ``.json`` (when ``save_models``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -26,8 +27,16 @@ from pathlib import Path
 import torch
 
 from featpipe.backbones import registry
+from featpipe.backbones.modelinput import decode_size, ensure_decoded
 from featpipe.core.errors import ConfigError, DataError
 from featpipe.core.fileio import atomic_write
+from featpipe.data.manifest import file_sha256, read_manifest
+from featpipe.data.splits import load_splits
+from featpipe.decoded.cache import DecodeOptions
+from featpipe.evaluation.metrics import score
+from featpipe.evaluation.record import Outputs, check_disjoint, record_run
+from featpipe.evaluation.table import write_records
+from featpipe.finetune.checkpoint import build_model, save_finetuned
 from featpipe.finetune.data import CachedImages, ImageSource, Labeled, Prep
 from featpipe.finetune.loop import (
     Runtime,
@@ -37,6 +46,8 @@ from featpipe.finetune.loop import (
     train,
 )
 from featpipe.finetune.strategies import STRATEGIES, describe, param_groups
+from featpipe.params.config import to_dict
+from featpipe.saved.models import finetune_run_name
 
 TRAINING_DIR = "training"
 
@@ -50,8 +61,6 @@ class Job:
     layer: str | None = None
 
     def name(self, dataset: str) -> str:
-        from featpipe.saved.models import finetune_run_name
-
         return finetune_run_name(dataset, self.backbone, self.strategy, self.shots, self.seed, layer=self.layer)
 
 
@@ -90,8 +99,6 @@ def head_params(job: Job, p) -> dict:
 
 
 def _val_metrics(classes):
-    from featpipe.evaluation.metrics import score
-
     def f(y, proba) -> dict:
         s = score(y, proba, classes=classes, detail=False)
         return {"val_balanced_accuracy": s["balanced_accuracy"], "val_auroc": s["auroc"], "val_accuracy": s["accuracy"]}
@@ -101,8 +108,6 @@ def _val_metrics(classes):
 
 def decode_options(params, manifest_path=None):
     """How a missing decoded-image cache is built: exactly as ``featpipe decode`` does."""
-    from featpipe.decoded.cache import DecodeOptions
-
     return DecodeOptions.from_params(params)
 
 
@@ -110,11 +115,6 @@ def image_source(paths: Paths, dataset: str, spec, manifest, ids, *, build=None,
                  progress: bool = True) -> ImageSource:
     """The decoded-image cache ``spec`` reads for ``dataset``, made current for the manifest through
     :func:`featpipe.backbones.modelinput.ensure_decoded` (valid rows reused; stale pixels are never used)."""
-    import dataclasses
-
-    from featpipe.decoded.cache import DecodeOptions
-    from featpipe.backbones.modelinput import decode_size, ensure_decoded
-
     opts = dataclasses.replace(build or DecodeOptions(), progress=progress)
     res = ensure_decoded(manifest, [spec], cache_dir=paths.cache_dir, dataset=dataset, options=opts)
     src = CachedImages(res.paths[decode_size(spec.preprocess)])
@@ -136,9 +136,6 @@ class RunData:
 
 def load_run_data(job: Job, paths: Paths) -> RunData:
     """The splits' k-shot, val and test ids with their manifest labels, checked for consistency."""
-    from featpipe.data.manifest import file_sha256, read_manifest
-    from featpipe.data.splits import load_splits
-
     splits = load_splits(paths.splits)
     manifest = read_manifest(paths.manifest)
     if splits.manifest_sha256 and file_sha256(paths.manifest) != splits.manifest_sha256:
@@ -150,10 +147,7 @@ def load_run_data(job: Job, paths: Paths) -> RunData:
     te = Labeled.of(splits.test, label_of)
     if len(va) == 0:
         raise DataError("the splits have no val images: fine-tuning needs them for early stopping")
-    leaked = set(tr.ids) & (set(va.ids) | set(te.ids))
-    if leaked:
-        raise DataError(f"{len(leaked)} k-shot training ids are also in val/test (e.g. {min(leaked)!r}): "
-                        "the splits file is corrupt; rerun 'featpipe prepare'")
+    check_disjoint(tr.ids, va.ids, te.ids)
     if len(set(tr.labels.tolist())) < len(classes):
         raise DataError(f"the {job.shots}-shot subset of seed {job.seed} lacks a class; rerun 'featpipe prepare'")
     return RunData(splits, manifest, classes, tr, va, te)
@@ -162,10 +156,6 @@ def load_run_data(job: Job, paths: Paths) -> RunData:
 def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: bool = True,
             source: ImageSource | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Train, score and record one run; returns its results row (also upserted into runs.csv)."""
-    from featpipe.finetune.checkpoint import build_model, save_finetuned
-    from featpipe.evaluation.metrics import SCALAR_METRICS, choose_threshold, curves, degenerate, score
-    from featpipe.results.table import RUNS_CSV, run_id, upsert_runs, write_curves, write_predictions
-
     job = resolve_job(job)
     d = load_run_data(job, paths)
     tr, va, te = d.train, d.val, d.test
@@ -187,54 +177,24 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
                     log=(lambda r: say(_epoch_line(name, r))) if say else None)
         pv = predict_proba(model, source, va.ids, prep=prep, rt=rt, batch_size=p.eval_batch_size)
         pt = predict_proba(model, source, te.ids, prep=prep, rt=rt, batch_size=p.eval_batch_size)
-    threshold = choose_threshold(va.labels, pv) if len(d.classes) == 2 else None  # val only, as the heads
-    metrics = score(te.labels, pt, classes=d.classes, threshold=threshold)
-    val = score(va.labels, pv, classes=d.classes, threshold=threshold, detail=False)
-
-    row = _row(job, p, d, metrics, model=model, res=res, rt=rt)
-    row |= {f"val_{k}": val[k] for k in SCALAR_METRICS if k != "threshold"}
-    n_cls = len(d.classes)
-    why = degenerate(pt, n_classes=n_cls, threshold=threshold)
-    why = f"test: {why}" if why else (f"val: {w}" if (w := degenerate(pv, n_classes=n_cls, threshold=threshold)) else "")
-    row |= {"degenerate": bool(why), "degenerate_reason": why, "val_policy": d.splits.val_policy}
-    row["run_id"] = run_id(row)
-    meta = {"dataset": d.splits.dataset, "backbone": job.backbone, "family": spec.family, "layer": job.layer,
-            "strategy": job.strategy, "classes": d.classes, "preprocess": spec.preprocess.to_dict(),
-            "params": _asdict(p), "head_params": row["head_params"], "shots": job.shots, "seed": job.seed,
-            "split_sha256": d.splits.sha256, "manifest_sha256": d.splits.manifest_sha256,
-            "ids_sha256": row["ids_sha256"], "train_ids": list(tr.ids), "weights": row["weights"],
-            "weights_id": row["weights_id"], "threshold": threshold, "best_epoch": res.best_epoch,
-            "epochs_run": res.epochs_run, "precision": rt.precision, **describe(model), **_versions()}
+    weights, weights_id = weights_columns(model.features)
+    key = {"dataset": d.splits.dataset, "backbone": job.backbone, "weights": weights, "weights_id": weights_id,
+           "layer": job.layer or "", "head": f"finetune:{job.strategy}", "head_params": head_params(job, p),
+           "shots": job.shots, "seed": job.seed, "split_sha256": d.splits.sha256}
+    own = {"best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "train_seconds": round(res.seconds, 3),
+           "precision": rt.precision, "device": rt.device.type, "trainable_params": describe(model)["trainable"]}
+    rec = record_run(key, classes=d.classes, train_ids=tr.ids, val=Outputs(va.ids, va.labels, pv),
+                     test=Outputs(te.ids, te.labels, pt), val_policy=d.splits.val_policy,
+                     manifest_sha256=d.splits.manifest_sha256, columns=own)
+    row = rec.row
+    meta = {**rec.sidecar, "family": spec.family, "layer": job.layer, "strategy": job.strategy,
+            "preprocess": spec.preprocess.to_dict(), "params": to_dict(p), "head_params": row["head_params"],
+            "ids_sha256": row["ids_sha256"], "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
+            "precision": rt.precision, **describe(model), **_versions()}
     if p.save_models:
         row["model_path"] = str(save_finetuned(model, meta, Path(paths.models) / "finetune" / d.splits.dataset / name))
     write_training_curve(Path(paths.results) / TRAINING_DIR / f"{name}.json", meta, res)
-    write_curves(Path(paths.results) / "curves", row, curves(te.labels, pt, classes=d.classes))
-    from featpipe.fewshot.fit import prediction_frame
-
-    write_predictions(paths.results, row, prediction_frame(d.classes, val=(va.ids, va.labels, pv),
-                                                           test=(te.ids, te.labels, pt)))
-    upsert_runs(Path(paths.results) / RUNS_CSV, [row])
-    return row
-
-
-def _row(job: Job, p, d: RunData, metrics: dict, *, model, res, rt) -> dict:
-    """The results row, with the same provenance columns as :func:`featpipe.fewshot.fit.fit_run` writes."""
-    from featpipe.data.manifest import ids_sha256
-
-    weights, weights_id = weights_columns(model.features)
-    row = {"dataset": d.splits.dataset, "backbone": job.backbone, "weights": weights, "weights_id": weights_id,
-           "layer": job.layer or "",
-           "head": f"finetune:{job.strategy}", "head_params": head_params(job, p), "shots": job.shots,
-           "seed": job.seed, "split_sha256": d.splits.sha256, "ids_sha256": ids_sha256(d.train.ids),
-           "n_classes": len(d.classes), "n_train": len(d.train), "n_val": len(d.val), "n_test": len(d.test),
-           **{k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix", "n")},
-           "confusion_matrix": json.dumps(metrics["confusion_matrix"], separators=(",", ":")),
-           "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "train_seconds": round(res.seconds, 3),
-           "precision": rt.precision, "device": rt.device.type, "trainable_params": describe(model)["trainable"]}
-    for cname, pc in metrics["per_class"].items():
-        for m in ("precision", "recall", "f1"):
-            row[f"{m}[{cname}]"] = pc[m]
-    row["model_path"] = ""
+    write_records(paths.results, [rec])
     return row
 
 
@@ -263,7 +223,6 @@ def resolve_job(job: Job) -> Job:
     """``job`` with its cut point under its full registered name (``denseblock2`` -> ``features.denseblock2``)."""
     if job.strategy != "truncated" or not job.layer:
         return job
-
     return replace(job, layer=registry.get(job.backbone).resolve_layer(job.layer))
 
 
@@ -278,16 +237,9 @@ def _epoch_line(name: str, r: dict) -> str:
             f"{extra} ({r['seconds']:.1f}s){' *' if r['best'] else ''}")
 
 
-def _asdict(p) -> dict:
-    from featpipe.params.config import to_dict
-
-    return to_dict(p)
-
-
 def _versions() -> dict:
+    """The versions of the libraries a fine-tuned model was trained with (featpipe's is in the run's sidecar)."""
     import torchvision
-
-    from featpipe import __version__
 
     try:
         import transformers
@@ -295,7 +247,7 @@ def _versions() -> dict:
         tf = transformers.__version__
     except ImportError:  # pragma: no cover
         tf = ""
-    return {"featpipe_version": __version__, "torch_version": torch.__version__,
+    return {"torch_version": torch.__version__,
             "torchvision_version": torchvision.__version__, "transformers_version": tf}
 
 

@@ -134,9 +134,8 @@ def _provenance(inp: ReportInputs, params: Params, runs: pd.DataFrame) -> str:
 
 def build_report(inp: ReportInputs, params: Params) -> Path:
     from featpipe.data.splits import load_splits
-    from featpipe.results.table import read_runs
-
-    from featpipe.results.table import current_split
+    from featpipe.evaluation.table import read_runs
+    from featpipe.results.summary import current_split
 
     s = load_splits(inp.splits)
     inp.splits_sha = s.sha256
@@ -206,7 +205,7 @@ def _roc_section(inp: ReportInputs, runs: pd.DataFrame, s, best: list[dict], mid
     val-chosen configuration at the largest shot count (files named ``*_best``, listed in dvc.yaml's
     plots) and at the middle shot count."""
     from featpipe.evaluation.metrics import curves
-    from featpipe.results.table import read_predictions
+    from featpipe.evaluation.table import read_predictions
 
     n_classes = len(s.classes)
     prevalence = None

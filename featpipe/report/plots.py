@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from featpipe.evaluation.metrics import summarize  # noqa: E402
+from featpipe.results.stats import seed_summary  # noqa: E402
 
 METRIC_LABELS = {
     "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1", "auroc": "AUROC",
@@ -31,14 +31,15 @@ def config_label(row: Mapping) -> str:
 
 
 def by_config(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per (config, shots): mean, std, 95% interval, min, max, spread of ``metric`` across seeds."""
+    """One row per (config, shots): mean, std, 95% interval, min, max, spread of ``metric`` across seeds
+    (:func:`featpipe.results.stats.seed_summary`, the interval of the table's summaries and metrics.json)."""
     if metric not in runs.columns or runs.empty:
         return pd.DataFrame(columns=["config", "shots", "mean", "std", "ci_low", "ci_high", "min", "max", "spread", "n"])
     rows = []
     keys = ["backbone", "layer", "weights", "head", "head_params", "shots"]
     for key, g in runs.groupby(keys, sort=True, dropna=False):
         row = dict(zip(keys, key))
-        s = summarize(g[metric].astype(float))
+        s = seed_summary(g, metric)
         rows.append({"config": config_label(row), **row, **s})
     return pd.DataFrame(rows)
 

@@ -23,7 +23,7 @@ def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=Non
     """(HTML, [{"shots", "config", "run_ids"}]) of the configuration chosen on ``val_<report.metric>`` per shot
     count among those without degenerate runs, reported on test."""
     from featpipe.results.compare import bootstrap_interval
-    from featpipe.results.table import config_labels, select_best, summarize_runs
+    from featpipe.results.summary import config_labels, select_best, summarize_runs
 
     metric = params.report.metric
     summary = summarize_runs(runs, clinical=params.clinical, select_metric=metric)
@@ -101,7 +101,8 @@ def comparison_section(comparisons: pd.DataFrame, best: list[dict], metric: str)
 
 
 def degenerate_section(runs: pd.DataFrame) -> str:
-    from featpipe.results.table import config_name, degenerate_flags
+    from featpipe.results.summary import degenerate_flags
+    from featpipe.saved.models import config_name
 
     bad = runs[degenerate_flags(runs).to_numpy()]
     if bad.empty:
@@ -117,7 +118,7 @@ def read_comparisons(results_dir: Path, runs: pd.DataFrame, params) -> pd.DataFr
     """``<results>/comparisons.csv`` when it was written for these runs (every configuration it names is one of
     them), else the seed comparisons computed now."""
     from featpipe.results.compare import COMPARISONS_CSV, seed_comparisons
-    from featpipe.results.table import config_labels
+    from featpipe.results.summary import config_labels
 
     f = Path(results_dir) / COMPARISONS_CSV
     if f.is_file():

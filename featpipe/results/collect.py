@@ -14,12 +14,14 @@ from typing import Sequence
 import pandas as pd
 
 from featpipe.core.errors import DataError
+from featpipe.evaluation.table import KEY_COLUMNS, RUNS_CSV, key_frame, read_runs, upsert_runs
+from featpipe.results.summary import write_metrics_json
 
 
 def collect(sources: Sequence[str | Path], out_dir: str | Path, *, clinical, split_sha256: str | None = None,
             select_metric: str | None = None) -> pd.DataFrame:
-    from featpipe.results.table import KEY_COLUMNS, RUNS_CSV, _key_frame, read_runs, upsert_runs, write_metrics_json
-
+    """Upsert the ``runs.csv`` files of ``sources`` (files, or folders searched recursively) into
+    ``<out_dir>/runs.csv`` (rebuilt from scratch), then recompute ``<out_dir>/metrics.json``; returns the table."""
     files: list[Path] = []
     for src in sources:
         p = Path(src)
@@ -36,7 +38,7 @@ def collect(sources: Sequence[str | Path], out_dir: str | Path, *, clinical, spl
     if out.exists():
         out.unlink()
     rows = pd.concat([read_runs(f) for f in files], ignore_index=True)
-    rows = _key_frame(rows).drop_duplicates(list(KEY_COLUMNS), keep="last")  # as if each file had been upserted in turn
+    rows = key_frame(rows).drop_duplicates(list(KEY_COLUMNS), keep="last")  # as if each file had been upserted in turn
     table = upsert_runs(out, rows.to_dict("records"))
     write_metrics_json(out_dir, clinical=clinical, split_sha256=split_sha256, select_metric=select_metric)
     return table

@@ -17,7 +17,7 @@ replacement (all their images together) and both configurations are re-scored on
 from their saved predictions. The seed interval says how much the answer depends on which images were
 labelled; the bootstrap interval how much on which patients happened to be in the test split.
 
-Rows come from the current split only (:func:`featpipe.results.table.current_split`); rows of degenerate runs
+Rows come from the current split only (:func:`featpipe.results.summary.current_split`); rows of degenerate runs
 are compared like any other but flagged (``degenerate_a``, ``degenerate_b``).
 """
 
@@ -33,7 +33,13 @@ import pandas as pd
 
 from featpipe.core.errors import DataError
 from featpipe.core.fileio import atomic_write
-from featpipe.evaluation.metrics import fast_scores, summarize
+from featpipe.data.manifest import read_manifest
+from featpipe.data.splits import load_splits
+from featpipe.evaluation.metrics import fast_scores
+from featpipe.evaluation.table import RUNS_CSV, read_predictions, read_runs
+from featpipe.results.stats import PatientResampler, summarize
+from featpipe.results.summary import (LOWER_IS_BETTER, config_labels, current_split, degenerate_flags,
+                                      select_best)
 
 COLUMNS = ["shots", "config_a", "config_b", "metric", "n_seeds", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm",
            "boot_ci_low", "boot_ci_high", "degenerate_a", "degenerate_b"]
@@ -69,8 +75,6 @@ def holm(p: Sequence[float]) -> np.ndarray:
 
 
 def _table(runs: pd.DataFrame) -> pd.DataFrame:
-    from featpipe.results.table import config_labels, degenerate_flags
-
     t = runs.copy()
     t["config"] = config_labels(t).to_numpy()
     t["degenerate_flag"] = degenerate_flags(t).to_numpy()
@@ -124,8 +128,6 @@ class TestPredictions:
 
     def load(self, run_ids: Iterable[str]) -> dict[str, tuple[np.ndarray, np.ndarray, float | None, np.ndarray]]:
         """{run_id: (ids, labels, proba (N, C), threshold)} of the test rows; runs without a file are left out."""
-        from featpipe.results.table import read_predictions
-
         df = read_predictions(self.results_dir, list(run_ids))
         out = {}
         cols = [f"p[{c}]" for c in self.classes]
@@ -136,13 +138,9 @@ class TestPredictions:
             out[str(rid)] = (g["id"].to_numpy(str), g["label"].to_numpy(np.int64), g[cols].to_numpy(float), thr)
         return out
 
-    def draws(self, ids: np.ndarray, n_boot: int, seed: int) -> list[np.ndarray]:
-        """``n_boot`` patient resamples of the images ``ids`` (index arrays), from default_rng(seed)."""
-        pats = np.array([self.patient.get(i, i) for i in ids])
-        uniq, inv = np.unique(pats, return_inverse=True)
-        groups = [np.flatnonzero(inv == g) for g in range(uniq.size)]
-        rng = np.random.default_rng(seed)
-        return [np.concatenate([groups[g] for g in rng.integers(0, uniq.size, uniq.size)]) for _ in range(n_boot)]
+    def resampler(self, ids: np.ndarray) -> PatientResampler:
+        """The patient resampler of the images ``ids`` (an id missing from the manifest is its own patient)."""
+        return PatientResampler([self.patient.get(i, i) for i in ids])
 
 
 def _mean_metric(runs: list, idx: np.ndarray, metric: str, n_classes: int) -> float:
@@ -166,7 +164,7 @@ def bootstrap_interval(preds: TestPredictions, runs_a: list[str], runs_b: list[s
         raise DataError("runs compared on different test images: are they of the same split?")
     n_classes = len(preds.classes)
     stats = []
-    for idx in preds.draws(ids, n_boot, seed):
+    for idx in preds.resampler(ids).draws(n_boot, seed):
         v = _mean_metric(a, idx, metric, n_classes)
         if runs_b is not None:
             v -= _mean_metric(b, idx, metric, n_classes)
@@ -180,9 +178,7 @@ def bootstrap_interval(preds: TestPredictions, runs_a: list[str], runs_b: list[s
 
 def config_entries(runs: pd.DataFrame, metric: str) -> dict[str, dict]:
     """{"<config>|k<shots>": {"config", "shots", "n_degenerate", "val_<metric>": {"mean"}}} for
-    :func:`featpipe.results.table.select_best` (``runs`` has a ``config`` column)."""
-    from featpipe.results.table import degenerate_flags
-
+    :func:`featpipe.results.summary.select_best` (``runs`` has a ``config`` column)."""
     out = {}
     col = f"val_{metric}"
     for (cfg, k), g in runs.groupby(["config", "shots"], sort=True):
@@ -195,8 +191,6 @@ def config_entries(runs: pd.DataFrame, metric: str) -> dict[str, dict]:
 def chosen_pairs(entries: Mapping[str, Mapping], metric: str, extra: Sequence[str] = ()) -> set[tuple[int, str, str]]:
     """(shots, A, B): per shot count the configuration chosen on val against the runner-up on val, plus
     ``extra`` pairs ("A vs B", at every shot count)."""
-    from featpipe.results.table import select_best
-
     out = set()
     for k, name in select_best(entries, metric).items():
         rest = {n: e for n, e in entries.items() if e["shots"] == k and n != name}
@@ -220,10 +214,6 @@ def run_ids(runs: pd.DataFrame, config: str, shots: int, seeds: Sequence[int]) -
 def compare(results_dir: str | Path, *, splits_path: str | Path, manifest_path: str | Path, params,
             out: str | Path | None = None) -> pd.DataFrame:
     """Write ``<results_dir>/comparisons.csv`` (or ``out``) for the current split's rows; returns it."""
-    from featpipe.data.manifest import read_manifest
-    from featpipe.data.splits import load_splits
-    from featpipe.results.table import RUNS_CSV, config_labels, current_split, read_runs
-
     splits = load_splits(splits_path)
     runs, _ = current_split(read_runs(Path(results_dir) / RUNS_CSV), splits.sha256)
     if runs.empty:
@@ -251,8 +241,6 @@ def compare(results_dir: str | Path, *, splits_path: str | Path, manifest_path: 
 
 def verdict(row: Mapping, alpha: float = 0.05) -> str:
     """One phrase answering "is A better than B?" for a comparisons row."""
-    from featpipe.results.table import LOWER_IS_BETTER
-
     p = row.get("p_holm", math.nan)
     d = row.get("mean_diff", math.nan)
     if not np.isfinite(d) or not np.isfinite(p):

@@ -14,7 +14,7 @@ def run(args, params) -> int:
     from featpipe.results.collect import collect
 
     from featpipe.data.splits import load_splits
-    from featpipe.results.table import degenerate_lines, split_note
+    from featpipe.results.summary import degenerate_lines, split_note
 
     sha = load_splits(args.splits).sha256
     table = collect(args.sources, args.out, clinical=params.clinical, split_sha256=sha, select_metric=params.report.metric)

@@ -37,7 +37,7 @@ def run(args, params) -> int:
         run_jobs,
     )
     from featpipe.data.splits import load_splits
-    from featpipe.results.table import degenerate_lines, split_note, write_metrics_json
+    from featpipe.results.summary import degenerate_lines, split_note, write_metrics_json
 
     p = params.finetune
     if args.layer and args.strategy not in (None, "truncated"):

@@ -20,8 +20,8 @@ def run(args, params) -> int:
     import time
 
     from featpipe import engine
-    from featpipe.fewshot.fit import summarize_results, sweep
-    from featpipe.results.table import format_summary
+    from featpipe.results.stages import summarize_results, sweep
+    from featpipe.results.summary import format_summary
 
     t0 = time.perf_counter()
     ep = engine.from_args(args, params)

@@ -1,182 +1,32 @@
-"""The results table ``results/runs.csv`` and what is derived from it.
+"""Summaries of the results table: configurations across seeds, selection on val, ``metrics.json``.
 
-One row per (dataset, backbone, weights, weights_id, layer, head, head_params, shots, seed,
-split_sha256): writing a row whose key is already there **replaces** it (a re-run never duplicates);
-a run on another split or other weights is another row, never a replacement. Writes take a lock file beside the
-table, go to a temporary file and are renamed into place, so a crash or a concurrent writer (the
-fine-tuning stage writes rows with ``head = "finetune:<strategy>"``) never leaves a half-written table.
+The table itself (``runs.csv``, its key, the per-run predictions and curves files) is written by
+:mod:`featpipe.evaluation.table`; everything here is derived from its rows.
 
 ``results/metrics.json`` (for ``dvc metrics show``) is always recomputed from the table's rows **of the
 current splits file** (its sha256): rows of another split are set aside, counted under ``_provenance``,
 never pooled. Per configuration: each metric's mean/std/interval/min/max/spread across seeds (test and
-``val_``), the number of degenerate runs, whether it is the configuration chosen on val at its shot
-count, and the clinical-grade flag with the conditions it failed.
-
-Per run, :func:`write_predictions` writes ``<results>/predictions/<run>-<run_id>.csv.gz`` beside the
-table: one line per val and test image (``run_id, split, id, label, p[<class>]..., threshold``); ROC/PR,
-bootstrap intervals, comparisons and the report read these (:func:`read_predictions`). Per-run ROC/PR
-points (thinned) also go to ``results/curves/<run>.json``.
+``val_``; :func:`featpipe.results.stats.seed_summary`), the number of degenerate runs, whether it is the
+configuration chosen on val at its shot count, and the clinical-grade flag with the conditions it failed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Mapping
 
-import numpy as np
 import pandas as pd
 
 from featpipe.core.fileio import atomic_write
-from featpipe.evaluation.metrics import SCALAR_METRICS, SUMMARY_METRICS, clinical_check, metric_bounds, summarize
-from featpipe.saved.models import canonical_params, config_name, params_tag  # noqa: F401 - run names live in featpipe.saved.models
+from featpipe.evaluation.metrics import SUMMARY_METRICS
+from featpipe.evaluation.table import KEY_COLUMNS, RUNS_CSV, key_frame, read_runs
+from featpipe.results.stats import clinical_check, n_classes_of, seed_summary
+from featpipe.saved.models import config_name, params_tag
 
-KEY_COLUMNS = ("dataset", "backbone", "weights", "weights_id", "layer", "head", "head_params", "shots", "seed",
-               "split_sha256")
-_STR_KEYS = ("dataset", "backbone", "weights", "weights_id", "layer", "head", "split_sha256")
-PROVENANCE_COLUMNS = ("run_id", "ids_sha256", "n_classes", "n_train", "n_test", "degenerate", "degenerate_reason")
-RUNS_CSV = "runs.csv"
 METRICS_JSON = "metrics.json"
-PREDICTIONS_DIR = "predictions"
 LOWER_IS_BETTER = ("brier",)
-VAL_METRICS = tuple(f"val_{m}" for m in SCALAR_METRICS if m != "threshold")
-
-
-def _key_frame(df: pd.DataFrame) -> pd.DataFrame:
-    df = df.copy()
-    for k in ("weights_id", "split_sha256"):  # tables written before these were key columns
-        if k not in df.columns:
-            df[k] = ""
-    for k in KEY_COLUMNS:
-        if k not in df.columns:
-            raise ValueError(f"a results row needs the key column '{k}'")
-    df = df.copy()
-    for k in _STR_KEYS:
-        df[k] = df[k].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)).astype(object)
-    df["head_params"] = df["head_params"].map(canonical_params).astype(object)
-    df["shots"] = df["shots"].astype(np.int64)
-    df["seed"] = df["seed"].astype(np.int64)
-    return df
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.with_name(path.name + ".lock")
-    with open(lock, "a+") as fh:
-        try:
-            import fcntl
-
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - non-POSIX
-            pass
-        yield
-
-
-def read_runs(path: str | Path) -> pd.DataFrame:
-    """The table (empty frame with the key columns when it does not exist yet)."""
-    path = Path(path)
-    if not path.exists():
-        return pd.DataFrame(columns=list(KEY_COLUMNS))
-    df = pd.read_csv(path, dtype={k: str for k in (*_STR_KEYS, "head_params", "run_id", "degenerate_reason")},
-                     keep_default_na=True)
-    for k in _STR_KEYS:
-        if k in df.columns:
-            df[k] = df[k].fillna("").astype(object)
-    return df
-
-
-def _order(columns: Iterable[str]) -> list[str]:
-    cols = list(dict.fromkeys(columns))
-    first = [c for c in (*KEY_COLUMNS, *PROVENANCE_COLUMNS, *SCALAR_METRICS, *VAL_METRICS) if c in cols]
-    last = [c for c in ("model_path",) if c in cols]
-    middle = [c for c in cols if c not in first and c not in last]
-    return first + middle + last
-
-
-def upsert_runs(path: str | Path, rows: Iterable[Mapping]) -> pd.DataFrame:
-    """Insert ``rows`` into the table at ``path``, replacing rows with the same key; returns the table.
-
-    A row is a mapping with at least :data:`KEY_COLUMNS` (``layer`` may be None/"" and
-    ``head_params`` a dict), usually also :data:`PROVENANCE_COLUMNS`, the metrics of
-    :func:`featpipe.evaluation.metrics.score` (scalars only) and ``model_path``.
-    """
-    path = Path(path)
-    new = pd.DataFrame([dict(r) for r in rows])
-    if new.empty:
-        return read_runs(path)
-    new = _key_frame(new)
-    if new.duplicated(list(KEY_COLUMNS)).any():
-        raise ValueError("two rows with the same key in one write")
-    with _locked(path):
-        old = read_runs(path)
-        if len(old):
-            old = _key_frame(old)
-            df = pd.concat([old, new], ignore_index=True)
-        else:
-            df = new
-        df = df.drop_duplicates(list(KEY_COLUMNS), keep="last")
-        df = df.sort_values(list(KEY_COLUMNS), kind="stable").reset_index(drop=True)
-        df = df[_order(df.columns)]
-        atomic_write(path, df.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
-    return df
-
-
-def write_curves(curves_dir: str | Path, row: Mapping, data: Mapping) -> Path:
-    """ROC/PR points of one run as ``<curves_dir>/<config>-s<seed>-<paramshash>.json``."""
-    d = Path(curves_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    stem = config_name(row, with_seed=True).replace("/", "-").replace(":", "_")
-    path = d / f"{stem}-{params_tag(row.get('head_params'))}.json"
-    atomic_write(path, json.dumps({"config": config_name(row), "seed": int(row["seed"]), "curves": data}))
-    return path
-
-
-def run_id(row: Mapping) -> str:
-    """12 hex digits naming one run: a hash of its key (split and weights identity included)."""
-    key = _key_frame(pd.DataFrame([dict(row)])).iloc[0]
-    text = json.dumps([str(key[k]) for k in KEY_COLUMNS], separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def write_predictions(results_dir: str | Path, row: Mapping, frame: pd.DataFrame) -> Path:
-    """Per-image outputs of one run as ``<results_dir>/predictions/<config>-s<seed>-<run_id>.csv.gz``.
-
-    ``frame`` has ``split`` (val | test), ``id``, ``label`` and ``p[<class>]`` columns; ``run_id`` and
-    ``threshold`` are added. gzip with a fixed mtime: the same predictions give the same bytes."""
-    import gzip
-
-    rid = run_id(row)
-    d = Path(results_dir) / PREDICTIONS_DIR
-    stem = config_name(row, with_seed=True).replace("/", "-").replace(":", "_")
-    thr = row.get("threshold")
-    out = frame.copy()
-    out.insert(0, "run_id", rid)
-    out["threshold"] = thr if thr is not None else math.nan
-    text = out.to_csv(index=False, float_format="%.8g", lineterminator="\n").encode()
-    d.mkdir(parents=True, exist_ok=True)
-    return atomic_write(d / f"{stem}-{rid}.csv.gz", gzip.compress(text, mtime=0))
-
-
-def prediction_files(results_dir: str | Path) -> dict[str, Path]:
-    """{run_id: file} of every predictions file under ``results_dir`` (any depth)."""
-    out = {}
-    for f in sorted(Path(results_dir).rglob(f"{PREDICTIONS_DIR}/*.csv.gz")):
-        out[f.name[: -len(".csv.gz")].rsplit("-", 1)[-1]] = f
-    return out
-
-
-def read_predictions(results_dir: str | Path, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
-    """The per-image predictions of ``run_ids`` (default: every run) found under ``results_dir``."""
-    files = prediction_files(results_dir)
-    want = list(files) if run_ids is None else [r for r in run_ids if r in files]
-    if not want:
-        return pd.DataFrame(columns=["run_id", "split", "id", "label", "threshold"])
-    return pd.concat([pd.read_csv(files[r], dtype={"run_id": str, "id": str, "split": str}) for r in want],
-                     ignore_index=True)
 
 
 def current_split(df: pd.DataFrame, split_sha256: str | None) -> tuple[pd.DataFrame, str]:
@@ -207,7 +57,7 @@ def _better(metric: str, a: float, b: float) -> bool:
 
 def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = None, select_metric: str | None = None,
                    metrics: Iterable[str] = SUMMARY_METRICS) -> dict:
-    """{config name: {metric: summarize(...), "val_<metric>": ..., "n_seeds", "n_degenerate", "chosen_on_val",
+    """{config name: {metric: seed_summary(...), "val_<metric>": ..., "n_seeds", "n_degenerate", "chosen_on_val",
     "clinical_grade", "clinical_failed", "head_params", "shots"}} from the rows of ``split_sha256``.
 
     ``chosen_on_val``: the configuration with the best mean ``val_<select_metric>`` among those with no
@@ -226,14 +76,9 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
         row = dict(zip(group_cols, key))
         if names.count(name) > 1:
             name += f"#{params_tag([row['head_params'], row['weights_id'], row['split_sha256']])}"
-        if "n_classes" in g.columns and g["n_classes"].notna().any():
-            n_classes = int(g["n_classes"].dropna().iloc[0])
-        else:
-            n_classes = 2 if ("sensitivity" in g.columns and g["sensitivity"].notna().any()) else 3
-        eps_t, eps_v = _half_image(g, "n_test"), _half_image(g, "n_val")
-        entry = {m: summarize(g[m].astype(float), bounds=metric_bounds(m, n_classes), eps=eps_t)
-                 for m in metrics if m in g.columns}
-        entry |= {f"val_{m}": summarize(g[f"val_{m}"].astype(float), bounds=metric_bounds(m, n_classes), eps=eps_v)
+        n_classes = n_classes_of(g)
+        entry = {m: seed_summary(g, m, n_classes=n_classes) for m in metrics if m in g.columns}
+        entry |= {f"val_{m}": seed_summary(g, f"val_{m}", n_classes=n_classes)
                   for m in metrics if f"val_{m}" in g.columns}
         entry["n_seeds"] = int(g["seed"].nunique())
         entry["n_degenerate"] = int(_flags(g).sum())
@@ -251,16 +96,10 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
     return out
 
 
-def _half_image(g: pd.DataFrame, col: str) -> float:
-    """0.5 / (images scored): how far inside [0, 1] the logit-t interval clips values at a bound."""
-    n = pd.to_numeric(g[col], errors="coerce").median() if col in g.columns else math.nan
-    return 0.5 / float(n) if np.isfinite(n) and n > 0 else 1e-3
-
-
 def config_frame(df: pd.DataFrame) -> pd.DataFrame:
     """The table with key columns normalised for grouping runs into configurations: scratch fine-tuning's
     per-seed initialisation (``random:seed<n>``) is one configuration across seeds."""
-    df = _key_frame(df)
+    df = key_frame(df)
     df["weights_id"] = df["weights_id"].str.replace(r"^random:seed\d+$", "random:seed<run>", regex=True)
     return df
 

@@ -1,0 +1,193 @@
+"""The results table ``results/runs.csv`` and the per-run files beside it: what every run writes.
+
+One row per (dataset, backbone, weights, weights_id, layer, head, head_params, shots, seed,
+split_sha256): writing a row whose key is already there **replaces** it (a re-run never duplicates);
+a run on another split or other weights is another row, never a replacement. Writes take a lock file beside the
+table, go to a temporary file and are renamed into place, so a crash or a concurrent writer (the
+fine-tuning stage writes rows with ``head = "finetune:<strategy>"``) never leaves a half-written table.
+
+Per run, :func:`write_predictions` writes ``<results>/predictions/<run>-<run_id>.csv.gz`` beside the
+table: one line per val and test image (``run_id, split, id, label, p[<class>]..., threshold``); ROC/PR,
+bootstrap intervals, comparisons and the report read these (:func:`read_predictions`). Per-run ROC/PR
+points (thinned) also go to ``results/curves/<run>.json`` (:func:`write_curves`). :func:`write_records`
+writes all three for records made by :func:`featpipe.evaluation.record.record_run`.
+
+What is derived from the table (summaries, ``metrics.json``, statistics, comparisons) lives in
+:mod:`featpipe.results`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from featpipe.core.fileio import atomic_write
+from featpipe.evaluation.metrics import SCALAR_METRICS
+from featpipe.saved.models import canonical_params, config_name, params_tag
+
+KEY_COLUMNS = ("dataset", "backbone", "weights", "weights_id", "layer", "head", "head_params", "shots", "seed",
+               "split_sha256")
+STR_KEYS = ("dataset", "backbone", "weights", "weights_id", "layer", "head", "split_sha256")
+PROVENANCE_COLUMNS = ("run_id", "ids_sha256", "n_classes", "n_train", "n_test", "degenerate", "degenerate_reason")
+RUNS_CSV = "runs.csv"
+PREDICTIONS_DIR = "predictions"
+CURVES_DIR = "curves"
+VAL_METRICS = tuple(f"val_{m}" for m in SCALAR_METRICS if m != "threshold")
+
+
+def key_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` with its key columns normalised (strings, canonical head params, integer shots/seed)."""
+    df = df.copy()
+    for k in ("weights_id", "split_sha256"):  # tables written before these were key columns
+        if k not in df.columns:
+            df[k] = ""
+    for k in KEY_COLUMNS:
+        if k not in df.columns:
+            raise ValueError(f"a results row needs the key column '{k}'")
+    df = df.copy()
+    for k in STR_KEYS:
+        df[k] = df[k].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)).astype(object)
+    df["head_params"] = df["head_params"].map(canonical_params).astype(object)
+    df["shots"] = df["shots"].astype(np.int64)
+    df["seed"] = df["seed"].astype(np.int64)
+    return df
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(path.name + ".lock")
+    with open(lock, "a+") as fh:
+        try:
+            import fcntl
+
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - non-POSIX
+            pass
+        yield
+
+
+def read_runs(path: str | Path) -> pd.DataFrame:
+    """The table (empty frame with the key columns when it does not exist yet)."""
+    path = Path(path)
+    if not path.exists():
+        return pd.DataFrame(columns=list(KEY_COLUMNS))
+    df = pd.read_csv(path, dtype={k: str for k in (*STR_KEYS, "head_params", "run_id", "degenerate_reason")},
+                     keep_default_na=True)
+    for k in STR_KEYS:
+        if k in df.columns:
+            df[k] = df[k].fillna("").astype(object)
+    return df
+
+
+def _order(columns: Iterable[str]) -> list[str]:
+    cols = list(dict.fromkeys(columns))
+    first = [c for c in (*KEY_COLUMNS, *PROVENANCE_COLUMNS, *SCALAR_METRICS, *VAL_METRICS) if c in cols]
+    last = [c for c in ("model_path",) if c in cols]
+    middle = [c for c in cols if c not in first and c not in last]
+    return first + middle + last
+
+
+def upsert_runs(path: str | Path, rows: Iterable[Mapping]) -> pd.DataFrame:
+    """Insert ``rows`` into the table at ``path``, replacing rows with the same key; returns the table.
+
+    A row is a mapping with at least :data:`KEY_COLUMNS` (``layer`` may be None/"" and
+    ``head_params`` a dict), usually also :data:`PROVENANCE_COLUMNS`, the metrics of
+    :func:`featpipe.evaluation.metrics.score` (scalars only) and ``model_path``.
+    """
+    path = Path(path)
+    new = pd.DataFrame([dict(r) for r in rows])
+    if new.empty:
+        return read_runs(path)
+    new = key_frame(new)
+    if new.duplicated(list(KEY_COLUMNS)).any():
+        raise ValueError("two rows with the same key in one write")
+    with _locked(path):
+        old = read_runs(path)
+        if len(old):
+            old = key_frame(old)
+            df = pd.concat([old, new], ignore_index=True)
+        else:
+            df = new
+        df = df.drop_duplicates(list(KEY_COLUMNS), keep="last")
+        df = df.sort_values(list(KEY_COLUMNS), kind="stable").reset_index(drop=True)
+        df = df[_order(df.columns)]
+        atomic_write(path, df.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+    return df
+
+
+def run_id(row: Mapping) -> str:
+    """12 hex digits naming one run: a hash of its key (split and weights identity included)."""
+    key = key_frame(pd.DataFrame([dict(row)])).iloc[0]
+    text = json.dumps([str(key[k]) for k in KEY_COLUMNS], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _stem(row: Mapping) -> str:
+    return config_name(row, with_seed=True).replace("/", "-").replace(":", "_")
+
+
+def write_curves(curves_dir: str | Path, row: Mapping, data: Mapping) -> Path:
+    """ROC/PR points of one run as ``<curves_dir>/<config>-s<seed>-<paramshash>.json``."""
+    d = Path(curves_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{_stem(row)}-{params_tag(row.get('head_params'))}.json"
+    atomic_write(path, json.dumps({"config": config_name(row), "seed": int(row["seed"]), "curves": data}))
+    return path
+
+
+def write_predictions(results_dir: str | Path, row: Mapping, frame: pd.DataFrame) -> Path:
+    """Per-image outputs of one run as ``<results_dir>/predictions/<config>-s<seed>-<run_id>.csv.gz``.
+
+    ``frame`` has ``split`` (val | test), ``id``, ``label`` and ``p[<class>]`` columns; ``run_id`` and
+    ``threshold`` are added. gzip with a fixed mtime: the same predictions give the same bytes."""
+    rid = run_id(row)
+    d = Path(results_dir) / PREDICTIONS_DIR
+    thr = row.get("threshold")
+    out = frame.copy()
+    out.insert(0, "run_id", rid)
+    out["threshold"] = thr if thr is not None else math.nan
+    text = out.to_csv(index=False, float_format="%.8g", lineterminator="\n").encode()
+    d.mkdir(parents=True, exist_ok=True)
+    return atomic_write(d / f"{_stem(row)}-{rid}.csv.gz", gzip.compress(text, mtime=0))
+
+
+def write_records(results_dir: str | Path, records: Sequence) -> pd.DataFrame:
+    """Every record's predictions file, its row upserted into ``<results_dir>/runs.csv`` (one write) and its
+    curves file (records with ``curves``); returns the table. A record has ``row``, ``predictions`` and
+    ``curves`` (:class:`featpipe.evaluation.record.RunRecord`, or a run result that carries them)."""
+    rdir = Path(results_dir)
+    for r in records:
+        if r.predictions is not None:
+            write_predictions(rdir, r.row, r.predictions)
+    table = upsert_runs(rdir / RUNS_CSV, [r.row for r in records])
+    for r in records:
+        if r.curves:
+            write_curves(rdir / CURVES_DIR, r.row, r.curves)
+    return table
+
+
+def prediction_files(results_dir: str | Path) -> dict[str, Path]:
+    """{run_id: file} of every predictions file under ``results_dir`` (any depth)."""
+    out = {}
+    for f in sorted(Path(results_dir).rglob(f"{PREDICTIONS_DIR}/*.csv.gz")):
+        out[f.name[: -len(".csv.gz")].rsplit("-", 1)[-1]] = f
+    return out
+
+
+def read_predictions(results_dir: str | Path, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+    """The per-image predictions of ``run_ids`` (default: every run) found under ``results_dir``."""
+    files = prediction_files(results_dir)
+    want = list(files) if run_ids is None else [r for r in run_ids if r in files]
+    if not want:
+        return pd.DataFrame(columns=["run_id", "split", "id", "label", "threshold"])
+    return pd.concat([pd.read_csv(files[r], dtype={"run_id": str, "id": str, "split": str}) for r in want],
+                     ignore_index=True)
