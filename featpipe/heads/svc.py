@@ -60,7 +60,8 @@ class FewShotSVC(_Head):
             def fit_predict(i, tr, te):
                 c, g = grid[i]
                 K = kernels[g]
-                svc = SVC(kernel="precomputed", C=c, class_weight=self.class_weight).fit(K[np.ix_(tr, tr)], y[tr])
+                svc = SVC(kernel="precomputed", C=c, class_weight=self.class_weight, random_state=self.random_state)
+                svc.fit(K[np.ix_(tr, tr)], y[tr])
                 return svc.predict(K[np.ix_(te, tr)])
 
             best, self.cv_score_ = grid_cv(fit_predict, len(grid), y, folds=self.cv_folds, seed=self.random_state,
@@ -68,7 +69,10 @@ class FewShotSVC(_Head):
             C, g = grid[best]
             gamma = gamma if g is None else g
         self.best_params_ = {"C": float(C)} | ({"gamma": float(gamma)} if self.kernel == "rbf" else {})
-        self.svc_ = SVC(kernel=self.kernel, C=C, gamma=gamma, class_weight=self.class_weight).fit(X, y)
+        # random_state: libsvm draws a seed from numpy's global generator when none is given (unused without
+        # probability=True, but it moves the caller's global random state)
+        self.svc_ = SVC(kernel=self.kernel, C=C, gamma=gamma, class_weight=self.class_weight,
+                        random_state=self.random_state).fit(X, y)
 
     def decision_function(self, X):
         """= ``svc_.decision_function`` (ovr shape for > 2 classes), with the kernel computed by BLAS
