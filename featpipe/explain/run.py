@@ -1,7 +1,7 @@
 """Files to files: a saved model + test images -> Grad-CAM PNGs, grid and index under ``<out>/<run>/``.
 
-:func:`explain_model` loads the model (:func:`featpipe.saved.load.load_model`, in fp32 on the CPU), classifies every test image of
-the splits (or the images given by path) with the run's own decision rule (binary: ``p(classes[1]) >=``
+:func:`explain_model` loads the model (:func:`featpipe.saved.load.load_model`, in fp32 on the CPU), classifies
+every test image of the splits (or the images given by path) with the run's own decision rule (binary: ``p(classes[1]) >=``
 the threshold chosen on val and stored with the model), picks a balanced set of outcomes
 (:mod:`featpipe.explain.select`), computes Grad-CAM for each picked image's predicted class and renders
 them (:mod:`featpipe.explain.render`). Pixels are prepared as extraction prepares them: the decoded
