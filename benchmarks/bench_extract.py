@@ -89,7 +89,8 @@ def run_one(cfg: dict) -> dict:
 
     from featpipe.backbones.model import build
     from featpipe.params.config import ExtractParams
-    from featpipe.features.extract import extract, select_precision
+    from featpipe.core.runtime import select_precision
+    from featpipe.features.extract import extract
 
     files = [Path(p) for p in cfg["files"]]
     work = Path(cfg["work"])
@@ -114,7 +115,7 @@ def run_one(cfg: dict) -> dict:
         r.path.unlink()  # the next mode measures extraction again, not a cache hit
     else:  # alone
         model = build(cfg["model"], weights="random")
-        precision = select_precision("auto", torch.device("cpu"), model.spec)
+        precision = select_precision("auto", torch.device("cpu"), model.spec.traits)
         fast = precision == "bf16"
         if fast and model.spec.traits.channels_last:
             model = model.to(memory_format=torch.channels_last)

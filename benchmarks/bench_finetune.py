@@ -32,7 +32,8 @@ from featpipe.data.manifest import file_sha256
 from featpipe.decoded.cache import build_decoded
 from featpipe.finetune.checkpoint import build_model
 from featpipe.finetune.data import CachedImages, DecodingImages, Labeled, Prep
-from featpipe.finetune.loop import Runtime, TrainConfig, train
+from featpipe.core.runtime import Runtime
+from featpipe.finetune.loop import TrainConfig, train
 from featpipe.finetune.strategies import param_groups
 
 FIGURE1 = ROOT.parent / "shared" / "data" / "figure1-covid-cxr" / "images"

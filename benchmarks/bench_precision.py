@@ -10,7 +10,7 @@ alternating (mode order rotated every round, so load on a shared machine hits ev
 - ``bf16 weights``: weights and inputs cast to bfloat16.
 
 It prints and writes (``--out``) a markdown table: median img/s per mode, which mode ``precision: auto``
-picks for the family on this device (``featpipe.features.extract.select_precision``), whether that is the slowest,
+picks for the family on this device (``featpipe.core.runtime.select_precision``), whether that is the slowest,
 and the per-image cosine similarity (min / mean) of each bf16 mode's features to fp32's, raw and after
 subtracting the fp32 features' mean over the batch (random networks' features share a large common
 direction that makes raw cosines near 1 whatever the precision). Hugging Face
@@ -95,7 +95,7 @@ def cosine(a, b) -> np.ndarray:
 def measure(name: str, *, batch: int, rounds: int, hf_layers: int) -> dict:
     import torch
 
-    from featpipe.features.extract import select_precision
+    from featpipe.core.runtime import select_precision
 
     model = build(name, hf_layers)
     x = images(model.spec, batch)
@@ -111,7 +111,7 @@ def measure(name: str, *, batch: int, rounds: int, hf_layers: int) -> dict:
                 runs[m](x)
                 speeds[m].append(batch / (time.perf_counter() - t0))
     med = {m: statistics.median(v) for m, v in speeds.items()}
-    auto = select_precision("auto", torch.device("cpu"), model.spec)
+    auto = select_precision("auto", torch.device("cpu"), model.spec.traits)
     auto_mode = {"bf16": "bf16 autocast", "fp32": "fp32"}[auto]
     mu = feats["fp32"].mean(0)  # centred: random networks' features share a large common direction
     cos = {m: (cosine(feats["fp32"], feats[m]), cosine(feats["fp32"] - mu, feats[m] - mu)) for m in MODES[1:]}
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from featpipe.features.extract import cpu_has_bf16
+    from featpipe.core.runtime import cpu_has_bf16
 
     rows = []
     for name in args.members:

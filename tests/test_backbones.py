@@ -266,17 +266,17 @@ def test_bf16_autocast_agrees_with_fp32(name):
 def test_precision_auto_is_the_familys_measured_choice(monkeypatch):
     """auto = bf16 autocast, except fp32 for SigLIP (slower in bf16 here), on a bf16 CPU (measured:
     benchmarks/results/precision.md), fp32 on a CPU without bf16; an explicit precision is kept."""
-    from featpipe.features import extract
+    from featpipe.core import runtime
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(extract, "cpu_has_bf16", lambda: True)
-    got = {n: extract.select_precision("auto", cpu, registry.get(n)) for n in FULL}
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    got = {n: runtime.select_precision("auto", cpu, registry.get(n).traits) for n in FULL}
     assert {got[n] for n in ("densenet161", "resnet50", "efficientnet_b4", "vit_b_16", "rad_dino")} == {"bf16"}
     assert got["medsiglip"] == "fp32"
     assert all(got[n] == registry.get(n).traits.precision("cpu") for n in FULL)
-    assert extract.select_precision("bf16", cpu, registry.get("medsiglip")) == "bf16"
-    monkeypatch.setattr(extract, "cpu_has_bf16", lambda: False)
-    assert extract.select_precision("auto", cpu, registry.get("densenet161")) == "fp32"
+    assert runtime.select_precision("bf16", cpu, registry.get("medsiglip").traits) == "bf16"
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    assert runtime.select_precision("auto", cpu, registry.get("densenet161").traits) == "fp32"
 
 
 def test_preprocess_round_trips_through_its_recorded_forms():

@@ -18,8 +18,8 @@ from featpipe.core.errors import ConfigError, DataError
 from featpipe.finetune import checkpoint, run, strategies
 from featpipe.finetune.augment import Augment, augment_batch
 from featpipe.finetune.data import ArrayImages, Labeled, Prep
+from featpipe.core.runtime import Runtime
 from featpipe.finetune.loop import (
-    Runtime,
     TrainConfig,
     batches,
     class_weights,

@@ -156,7 +156,7 @@ def test_a_head_refuses_other_weights_than_it_was_fitted_on(project, planted):
     torch.save(sd, request)
     assert main(["gradcam", "--model", str(head)]) != 0
     from featpipe.core.errors import CacheError
-    from featpipe.saved.models import load_model
+    from featpipe.saved.load import load_model
 
     with pytest.raises(CacheError, match="weights_id"):
         load_model(head)

@@ -29,6 +29,7 @@ import numpy as np
 from featpipe.params.config import EngineParams, ExtractParams
 from featpipe.engine import EngineError, connect, fetch, gpus_per_task, import_ray, in_dir, user_error
 from featpipe.core.errors import CacheError
+from featpipe.core.runtime import Runtime
 
 
 def runner(ep: EngineParams, params: ExtractParams, *, spec=None):
@@ -47,11 +48,10 @@ def runner(ep: EngineParams, params: ExtractParams, *, spec=None):
 
 def _placement(device: str, precision: str, cwd: str, backbone: str | None = None) -> tuple[str, str]:
     from featpipe.backbones.registry import get
-    from featpipe.features.extract import select_device, select_precision
 
     in_dir(cwd)
-    d = select_device(device)
-    return str(d), select_precision(precision, d, get(backbone) if backbone else None)
+    rt = Runtime.resolve(device, precision, traits=get(backbone).traits if backbone else None)
+    return str(rt.device), rt.precision
 
 
 def _actor_count(ep: EngineParams, gpus: float) -> int:
@@ -117,14 +117,14 @@ class Embedder:
         if threads > 0:
             torch.set_num_threads(threads)
         self.spec = get(backbone)
-        self.device, self.precision = torch.device(device), precision
-        self.model = load_model(self.spec, ref, layer, device=self.device, precision=precision)
+        self.runtime = Runtime.of(device, precision, traits=self.spec.traits)
+        self.model = load_model(self.spec, ref, layer, runtime=self.runtime)
 
     def __call__(self, batch: dict) -> dict:
         from featpipe.features.extract import embed_batch, model_input
 
         x = model_input(np.array(batch["x"][0]), self.spec)  # a writable copy of the object-store batch
-        y = embed_batch(self.model, x, self.spec, device=self.device, precision=self.precision)
+        y = embed_batch(self.model, x, runtime=self.runtime)
         return {"k": np.asarray(batch["k"], dtype=np.int64), "emb": y[None]}
 
 

@@ -5,7 +5,7 @@
 - :mod:`~featpipe.explain.sanity`: the Adebayo et al. model-randomisation check;
 - :mod:`~featpipe.explain.select`: a balanced choice of test outcomes (TP/TN/FP/FN);
 - :mod:`~featpipe.explain.render`: PNGs, grid and index;
-- :mod:`~featpipe.explain.models` and :mod:`~featpipe.explain.run`: saved model -> files.
+- :mod:`~featpipe.explain.run`: saved model (loaded by :func:`featpipe.saved.load.load_model`) -> files.
 
 Submodules import torch; this package file imports nothing heavy.
 """

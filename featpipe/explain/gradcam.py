@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from featpipe.backbones.model import FeatureModel
 from featpipe.core.errors import FeatpipeError
+from featpipe.core.runtime import Runtime
 
 
 def feature_model(model: nn.Module) -> nn.Module:
     """The backbone :class:`~featpipe.backbones.model.FeatureModel` inside ``model`` (or ``model`` itself)."""
-    from featpipe.backbones.model import FeatureModel
-
     if isinstance(model, FeatureModel):
         return model
     for m in model.modules():
@@ -105,24 +105,27 @@ def _grad_ready(model: nn.Module):
         model.train(was_training)
 
 
-def logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 32) -> torch.Tensor:
-    """The model's class logits (B, C), no grad (for choosing targets and reporting probabilities)."""
+def logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 32,
+           runtime: Optional[Runtime] = None) -> torch.Tensor:
+    """The model's class logits (B, C) on the CPU, no grad (for choosing targets and reporting probabilities)."""
     model.eval()
-    dev = _device(model)
-    with torch.no_grad():
-        return torch.cat([model(images[i:i + batch_size].to(dev)).detach().cpu()
+    rt = runtime or _runtime(model)
+    with torch.no_grad(), rt.autocast():
+        return torch.cat([model(rt.inputs(images[i:i + batch_size])).detach().cpu()
                           for i in range(0, len(images), batch_size)])
 
 
-def _device(model: nn.Module) -> torch.device:
+def _runtime(model: nn.Module) -> Runtime:
+    """fp32 on the device ``model``'s parameters are on (a model given without its runtime)."""
     p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+    return Runtime.of(p.device if p is not None else "cpu", "fp32")
 
 
 def gradcam(model: nn.Module, images: torch.Tensor, targets: Optional[Sequence[int]] = None, *,
-            layer: Optional[str] = None, batch_size: int = 16) -> np.ndarray:
+            layer: Optional[str] = None, batch_size: int = 16, runtime: Optional[Runtime] = None) -> np.ndarray:
     """Grad-CAM maps, float32 (N, H, W) in [0, 1], of ``model`` (normalised images (N, 3, H, W) -> class
-    logits) for class ``targets[i]`` of image i (default: the predicted class)."""
+    logits) for class ``targets[i]`` of image i (default: the predicted class), run on ``runtime`` (default:
+    fp32 on the device of the model's parameters)."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -130,16 +133,16 @@ def gradcam(model: nn.Module, images: torch.Tensor, targets: Optional[Sequence[i
         raise ValueError(f"expected images (N, 3, H, W), got shape {tuple(images.shape)}")
     spec = feature_model(model).spec
     module = target_layer(model, layer)
+    rt = runtime or _runtime(model)
     if targets is None:
-        targets = logits(model, images).argmax(dim=1).tolist()
+        targets = logits(model, images, runtime=rt).argmax(dim=1).tolist()
     targets = [int(t) for t in targets]
     if len(targets) != len(images):
         raise ValueError(f"{len(targets)} targets for {len(images)} images")
-    dev = _device(model)
     out = []
-    with _grad_ready(model):
+    with _grad_ready(model), rt.autocast():
         for i in range(0, len(images), batch_size):
-            x = images[i:i + batch_size].detach().clone().to(dev).requires_grad_(True)
+            x = rt.inputs(images[i:i + batch_size].detach().clone()).requires_grad_(True)
             tg = [ClassifierOutputTarget(t) for t in targets[i:i + batch_size]]
             maps = None
             with GradCAM(model=model, target_layers=[module], reshape_transform=reshape_transform(spec)) as cam:
@@ -156,7 +159,8 @@ def gradcam(model: nn.Module, images: torch.Tensor, targets: Optional[Sequence[i
     return np.clip(np.concatenate(out), 0.0, 1.0)
 
 
-def layer_grid(model: nn.Module, images: torch.Tensor, *, layer: Optional[str] = None) -> tuple[int, int]:
+def layer_grid(model: nn.Module, images: torch.Tensor, *, layer: Optional[str] = None,
+               runtime: Optional[Runtime] = None) -> tuple[int, int]:
     """(h, w) of the Grad-CAM layer's map for inputs like ``images`` (one image run, no grad)."""
     fm = feature_model(model)
     module = target_layer(model, layer)
@@ -167,7 +171,7 @@ def layer_grid(model: nn.Module, images: torch.Tensor, *, layer: Optional[str] =
 
     h = module.register_forward_hook(hook)
     try:
-        logits(model, images[:1])
+        logits(model, images[:1], runtime=runtime)
     finally:
         h.remove()
     return got["shape"]

@@ -1,7 +1,7 @@
 """Files to files: a saved model + test images -> Grad-CAM PNGs, grid and index under ``<out>/<run>/``.
 
-:func:`explain_model` loads the model (:mod:`featpipe.explain.models`), classifies every test image of
-the splits (or the images given by path) with the run's own decision rule (binary: ``p(classes[1]) >=``
+:func:`explain_model` loads the model (:func:`featpipe.saved.load.load_model`, in fp32 on the CPU), classifies
+every test image of the splits (or the images given by path) with the run's own decision rule (binary: ``p(classes[1]) >=``
 the threshold chosen on val and stored with the model), picks a balanced set of outcomes
 (:mod:`featpipe.explain.select`), computes Grad-CAM for each picked image's predicted class and renders
 them (:mod:`featpipe.explain.render`). Pixels are prepared as extraction prepares them: the decoded
@@ -11,15 +11,34 @@ image at the backbone's decode size (from the decoded-image cache, made current 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from featpipe.core.errors import DataError
-from featpipe.backbones.modelinput import centre_crop
+from featpipe.backbones.modelinput import (
+    centre_crop,
+    decode_files,
+    decode_size,
+    ensure_decoded,
+    normalise,
+    same_channels,
+)
+from featpipe.core.errors import ConfigError, DataError
+from featpipe.core.fileio import atomic_write
+from featpipe.data.manifest import read_manifest
+from featpipe.data.splits import load_splits
+from featpipe.decoded.cache import DecodedImages, DecodeOptions
+from featpipe.evaluation.metrics import predict_labels
+from featpipe.explain.gradcam import feature_model, gradcam, layer_grid, logits
+from featpipe.explain.render import Example, slug, write_run
+from featpipe.explain.sanity import sanity_check
+from featpipe.explain.select import outcome_cells, select_examples
+from featpipe.predict import image_files
+from featpipe.saved.load import LoadedModel, load_model
 
 
 @dataclass(frozen=True)
@@ -32,18 +51,12 @@ class ImageSet:
 
 def to_input(pixels: np.ndarray, preprocess: dict) -> torch.Tensor:
     """uint8 (N, S, S, C) at input size (already cropped) -> normalised float (N, 3, S, S)."""
-    from featpipe.backbones.modelinput import normalise
-
     return normalise(pixels, preprocess)
 
 
 def test_images(preprocess: dict, *, manifest: str | Path, splits: str | Path, cache_dir: str | Path = "cache",
                 dataset: Optional[str] = None, options=None) -> ImageSet:
     """Every test image of ``splits`` with its label, at the model's input size."""
-    from featpipe.data.manifest import read_manifest
-    from featpipe.data.splits import load_splits
-    from featpipe.decoded.cache import DecodedImages
-
     for p in (manifest, splits):
         if not Path(p).is_file():
             raise DataError(f"{p} not found: run 'featpipe prepare' first (or pass --images)")
@@ -63,8 +76,6 @@ def test_images(preprocess: dict, *, manifest: str | Path, splits: str | Path, c
                                           options=options)) as r:
             pixels = np.asarray(r.read(r.require(rows)))
     except DataError:  # a test image no longer decodes (changed since prepare): skipped and named, cache untouched
-        from featpipe.backbones.modelinput import decode_files, decode_size, same_channels
-
         ok, decoded, rejects = decode_files(rows["path"].astype(str).tolist(), decode_size(preprocess))
         if not ok:
             raise DataError(f"none of the {len(ids)} test images could be decoded (first: {rejects[0]['path']}: "
@@ -78,9 +89,6 @@ def test_images(preprocess: dict, *, manifest: str | Path, splits: str | Path, c
 def _decoded_cache(manifest, preprocess: dict, *, cache_dir, dataset: str, options) -> Path:
     """The decoded cache at the model's decode size, made current for the manifest (decoding only what
     it lacks, as every stage does through :func:`featpipe.backbones.modelinput.ensure_decoded`)."""
-    from featpipe.decoded.cache import DecodeOptions
-    from featpipe.backbones.modelinput import decode_size, ensure_decoded
-
     res = ensure_decoded(manifest.reset_index(drop=True), [preprocess], cache_dir=cache_dir, dataset=dataset,
                          options=options or DecodeOptions(progress=False))
     return res.paths[decode_size(preprocess)]
@@ -88,9 +96,6 @@ def _decoded_cache(manifest, preprocess: dict, *, cache_dir, dataset: str, optio
 
 def path_images(paths: Sequence[str | Path], preprocess: dict, *, max_pixels: int | None = None) -> ImageSet:
     """Images given by path (no labels), at the model's input size."""
-    from featpipe.backbones.modelinput import decode_files, decode_size, same_channels
-    from featpipe.predict import image_files
-
     refs, rejects = image_files(paths)
     ok, decoded, bad = decode_files(refs, decode_size(preprocess), max_pixels=max_pixels)
     rejects += bad
@@ -100,15 +105,11 @@ def path_images(paths: Sequence[str | Path], preprocess: dict, *, max_pixels: in
     return ImageSet(ok, centre_crop(same_channels(decoded), preprocess), None, tuple(rejects))
 
 
-def probabilities(model, x: torch.Tensor, *, batch_size: int = 32) -> np.ndarray:
-    from featpipe.explain.gradcam import logits
-
-    return torch.softmax(logits(model, x, batch_size=batch_size).double(), dim=1).numpy()
+def probabilities(model, x: torch.Tensor, *, batch_size: int = 32, runtime=None) -> np.ndarray:
+    return torch.softmax(logits(model, x, batch_size=batch_size, runtime=runtime).double(), dim=1).numpy()
 
 
 def predicted(proba: np.ndarray, threshold: Optional[float]) -> np.ndarray:
-    from featpipe.evaluation.metrics import predict_labels
-
     n = proba.shape[1]
     return predict_labels(proba, n_classes=n, threshold=threshold if n == 2 else None)
 
@@ -117,7 +118,7 @@ def predicted(proba: np.ndarray, threshold: Optional[float]) -> np.ndarray:
 class Prepared:
     """A loaded model, its images, the run's predictions and the picked examples."""
 
-    ex: object  # featpipe.explain.models.Explainable
+    ex: LoadedModel  # the model (fp32, on the CPU); ex.torch_module() is what Grad-CAM explains
     data: ImageSet
     x: torch.Tensor
     proba: np.ndarray
@@ -129,17 +130,14 @@ class Prepared:
 def prepare(model_path: str | Path, *, manifest, splits, cache_dir, images, per_outcome: int, seed: int,
             max_pixels: int | None = None, decode=None) -> Prepared:
     """Load the model and its images, classify them and pick the examples to explain."""
-    from featpipe.explain.models import load_explainable
-    from featpipe.explain.select import outcome_cells, select_examples
-
-    ex = load_explainable(model_path)
+    ex = load_model(model_path, precision="fp32")
     if images:
         data = path_images(images, ex.preprocess, max_pixels=max_pixels)
     else:
         data = test_images(ex.preprocess, manifest=manifest, splits=splits, cache_dir=cache_dir,
                            dataset=ex.meta.get("dataset"), options=decode)
     x = to_input(data.pixels, ex.preprocess)
-    proba = probabilities(ex.model, x)
+    proba = probabilities(ex.torch_module(), x, runtime=ex.runtime)
     if proba.shape[1] != len(ex.classes):
         raise DataError(f"{model_path} gives {proba.shape[1]} scores for {len(ex.classes)} classes")
     pred = predicted(proba, ex.threshold)
@@ -159,24 +157,23 @@ def explain_model(model_path: str | Path, *, out_dir: str | Path = "reports/grad
                   seed: int = 0, layer: Optional[str] = None, max_pixels: Optional[int] = None,
                   decode=None) -> dict:
     """Render Grad-CAM for one saved model; returns the index written to ``<out_dir>/<run>/index.json``."""
-    from featpipe.explain.gradcam import feature_model, gradcam, layer_grid
-    from featpipe.explain.render import Example, write_run
-
     p = prepare(model_path, manifest=manifest, splits=splits, cache_dir=cache_dir, images=images,
                 per_outcome=per_outcome, seed=seed, max_pixels=max_pixels, decode=decode)
     ex, data, pick, pred, proba = p.ex, p.data, p.pick, p.pred, p.proba
     idx = np.asarray(pick)
-    maps = gradcam(ex.model, p.x[idx], pred[idx].tolist(), layer=layer)
+    model = ex.torch_module()
+    maps = gradcam(model, p.x[idx], pred[idx].tolist(), layer=layer, runtime=ex.runtime)
     cls = ex.classes
     examples = [Example(id=data.ids[i], outcome=str(p.outcomes[i]),
                         true=cls[data.labels[i]] if data.labels is not None else "", pred=cls[pred[i]],
                         p_pred=float(proba[i, pred[i]]),
                         p_true=float(proba[i, data.labels[i]]) if data.labels is not None else float("nan"),
                         target=cls[pred[i]]) for i in pick]
-    fm = feature_model(ex.model)
+    fm = feature_model(model)
     cells = dict(zip(*np.unique(p.outcomes, return_counts=True))) if data.labels is not None else {}
+    grid = layer_grid(model, p.x[:1], layer=layer, runtime=ex.runtime)
     info = {"model": str(model_path), "kind": ex.kind, "backbone": fm.spec.name,
-            "layer": layer or fm.gradcam_layer, "grid": list(layer_grid(ex.model, p.x[:1], layer=layer)),
+            "layer": layer or fm.gradcam_layer, "grid": list(grid),
             "input_size": int(ex.preprocess["input_size"]), "classes": cls, "threshold": ex.threshold,
             "per_outcome": per_outcome, "seed": seed, "n_images": int(len(data.ids)),
             "outcomes": {str(k): int(v) for k, v in cells.items()}, "rejects": list(data.rejects)}
@@ -189,18 +186,11 @@ def sanity_model(model_path: str | Path, *, out_dir: str | Path = "reports/gradc
                  seed: int = 0, layer: Optional[str] = None, layers: int = 4, threshold: float = 0.5, decode=None):
     """The model-randomisation check on the picked images; writes ``<out_dir>/<run>/sanity.json``.
     Returns ``(run, SanityResult)``."""
-    import json
-    from dataclasses import asdict
-
-    from featpipe.explain.render import slug
-    from featpipe.explain.sanity import sanity_check
-    from featpipe.core.fileio import atomic_write
-
     p = prepare(model_path, manifest=manifest, splits=splits, cache_dir=cache_dir, images=images,
                 per_outcome=per_outcome, seed=seed, decode=decode)
     idx = np.asarray(p.pick)
-    result = sanity_check(p.ex.model, p.x[idx], targets=p.pred[idx].tolist(), layers=layers,
-                          threshold=threshold, seed=seed, gradcam_layer=layer)
+    result = sanity_check(p.ex.torch_module(), p.x[idx], targets=p.pred[idx].tolist(), layers=layers,
+                          threshold=threshold, seed=seed, gradcam_layer=layer, runtime=p.ex.runtime)
     body = {"run": p.ex.run, "model": str(model_path), "ids": [p.data.ids[i] for i in p.pick], **asdict(result)}
     atomic_write(Path(out_dir) / slug(p.ex.run) / "sanity.json", json.dumps(body, indent=1))
     return p.ex.run, result
@@ -209,8 +199,6 @@ def sanity_model(model_path: str | Path, *, out_dir: str | Path = "reports/gradc
 def resolve_models(entries: Sequence[str], models_dir: str | Path = "models") -> list[Path]:
     """Model files for ``gradcam.runs`` entries: a path, or a run name such as ``tiny_cnn-logistic-k20-s0``
     (a saved head) or ``tiny_cnn-layerwise-k10-s0`` (a fine-tuned model), found under ``models_dir``."""
-    from featpipe.core.errors import ConfigError
-
     out = []
     root = Path(models_dir)
     for entry in entries:

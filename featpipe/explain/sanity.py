@@ -19,6 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from featpipe.core.runtime import Runtime
+from featpipe.explain.gradcam import gradcam, logits
+
 Explainer = Callable[[nn.Module, torch.Tensor, Sequence[int]], np.ndarray]
 
 
@@ -86,16 +89,15 @@ def edge_map(model: nn.Module, images: torch.Tensor, targets: Optional[Sequence[
 
 def sanity_check(model: nn.Module, images: torch.Tensor, *, explain: Optional[Explainer] = None,
                  targets: Optional[Sequence[int]] = None, layers: int = 4, threshold: float = 0.5,
-                 seed: int = 0, gradcam_layer: Optional[str] = None) -> SanityResult:
+                 seed: int = 0, gradcam_layer: Optional[str] = None, runtime: Optional[Runtime] = None) -> SanityResult:
     """Model-randomisation check of ``explain`` (default: :func:`featpipe.explain.gradcam.gradcam`) on
-    ``images``; targets default to the unmodified model's predicted classes (kept for every step)."""
-    from featpipe.explain.gradcam import gradcam, logits
-
+    ``images``; targets default to the unmodified model's predicted classes (kept for every step). ``runtime``:
+    where the default explainer runs (:func:`~featpipe.explain.gradcam.gradcam`'s default when None)."""
     if explain is None:
         def explain(m, x, t):
-            return gradcam(m, x, t, layer=gradcam_layer)
+            return gradcam(m, x, t, layer=gradcam_layer, runtime=runtime)
     if targets is None:
-        targets = logits(model, images).argmax(dim=1).tolist()
+        targets = logits(model, images, runtime=runtime).argmax(dim=1).tolist()
     chosen = top_layers(model, layers)
     if not chosen:
         raise ValueError("the model has no parameterised layers to re-initialise")

@@ -31,8 +31,10 @@ from featpipe.features import cache as featcache
 from featpipe.core import locks
 from featpipe.backbones.registry import get
 from featpipe.backbones import weights as weights_mod
+from featpipe.backbones.model import FeatureModel
 from featpipe.params.config import DecodeParams, ExtractParams
 from featpipe.core.errors import CacheError, FeatpipeError
+from featpipe.core.runtime import Runtime
 
 
 
@@ -72,70 +74,6 @@ def load_manifest(manifest: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, st
 
     df = read_manifest(manifest)
     return df, weights_mod.file_sha256(manifest)
-
-
-def cpu_has_bf16() -> bool:
-    """AMX or AVX-512 bf16 in /proc/cpuinfo (Linux); False when unknown."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def select_device(device: str = "auto"):
-    import torch
-
-    if device != "auto":
-        try:
-            dev = torch.device(device)
-        except RuntimeError:
-            raise FeatpipeError(f"unknown device '{device}' (auto, cpu, cuda, cuda:N or mps)") from None
-        _check_available(dev, device)
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def _check_available(dev, asked: str) -> None:
-    """A device that cannot be used here is a one-line error, before any work."""
-    import torch
-
-    if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise FeatpipeError(f"--device {asked}: no CUDA GPU is usable on this machine (torch "
-                                f"{torch.__version__}, cuda available: False); use --device cpu or auto")
-        if dev.index is not None and dev.index >= n:
-            raise FeatpipeError(f"--device {asked}: this machine has {n} CUDA GPU(s) (cuda:0..cuda:{n - 1})")
-    elif dev.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise FeatpipeError(f"--device {asked}: Apple MPS is not available here; use --device cpu or auto")
-    elif dev.type != "cpu":
-        raise FeatpipeError(f"--device {asked}: featpipe runs on cpu, cuda or mps")
-
-
-def select_precision(precision: str, device, spec=None) -> str:
-    """``bf16`` (autocast) or ``fp32``. auto = fp32 where the device lacks bf16 (CUDA without it, CPUs without
-    AMX/AVX-512 bf16, MPS), else the backbone family's faster precision on that device type as measured
-    (``spec.traits.precision``; benchmarks/results/precision.md); bf16 with no backbone named."""
-    import torch
-
-    if precision in ("bf16", "fp32"):
-        return precision
-    if device.type == "cuda":
-        has = torch.cuda.is_bf16_supported()
-    elif device.type == "cpu":
-        has = cpu_has_bf16()
-    else:
-        return "fp32"
-    if not has:
-        return "fp32"
-    return spec.traits.precision(device.type) if spec is not None else "bf16"
 
 
 def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
@@ -272,8 +210,8 @@ def _update(job: _Job, *, cache_dir, dataset, params, decode, shard, progress) -
 def _engine(engine, params: ExtractParams, spec=None):
     """(device, precision, batch runner) of the engine: this process, or the embedding actors of a Ray cluster."""
     if engine is None or engine.kind == "local":
-        device = select_device(params.device)
-        return device, select_precision(params.precision, device, spec), _run_batches
+        rt = Runtime.resolve(params.device, params.precision, traits=spec.traits if spec is not None else None)
+        return rt.device, rt.precision, _run_batches
     from featpipe.engine import ray_extract
 
     return ray_extract.runner(engine, params, spec=spec)
@@ -331,19 +269,12 @@ def _decoded_rows(sub: pd.DataFrame, full: pd.DataFrame, *, size: int, cache_dir
     return reader, reader.require(sub)
 
 
-def load_model(spec, ref, layer, *, device, precision, net=None):
-    """The frozen feature model on ``device``, laid out for ``precision`` (one per process or Ray actor);
-    ``net``: the backbone network when already loaded."""
-    import torch
-
-    from featpipe.backbones.model import FeatureModel
-
+def load_model(spec, ref, layer, *, runtime: Runtime, net=None):
+    """The frozen feature model prepared for ``runtime`` (device, memory format; one per process or Ray
+    actor); ``net``: the backbone network when already loaded."""
     if net is None:
         net = weights_mod.load_network(spec, ref)
-    model = FeatureModel(net, spec, layer=layer, weights=ref).eval().requires_grad_(False).to(device)
-    if precision == "bf16" and spec.traits.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return runtime.prepare(FeatureModel(net, spec, layer=layer, weights=ref).eval().requires_grad_(False))
 
 
 def read_batch(reader, rows, spec) -> np.ndarray:
@@ -360,17 +291,9 @@ def model_input(images: np.ndarray, spec):
     return normalise(images, spec.preprocess)
 
 
-def embed_batch(model, x, spec, *, device, precision) -> np.ndarray:
-    """One batch through the model: float32 ``(n, D)``; bf16 autocast and channels_last as decided for the run."""
-    import torch
-
-    fast = precision == "bf16"
-    x = x.to(device, non_blocking=True)
-    if fast and spec.traits.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
-        y = model(x)
-    return y.float().cpu().numpy()
+def embed_batch(model, x, *, runtime: Runtime) -> np.ndarray:
+    """One batch through the model: float32 ``(n, D)``, run as ``runtime`` runs it (:meth:`Runtime.forward`)."""
+    return runtime.forward(model, x).numpy()
 
 
 def _run_batches(spec, ref, layer, df: pd.DataFrame, todo: np.ndarray, partial, *, cache_dir, dataset, params, decode, device,
@@ -387,7 +310,8 @@ def _run_batches(spec, ref, layer, df: pd.DataFrame, todo: np.ndarray, partial, 
 
     reader, drows = _decoded_rows(df.iloc[todo[start:]], df, size=decode_size(spec.preprocess),
                                   cache_dir=cache_dir, dataset=dataset, decode=decode, shard=shard, progress=progress)
-    model = load_model(spec, ref, layer, device=device, precision=precision, net=net)
+    rt = Runtime.of(device, precision, traits=spec.traits)
+    model = load_model(spec, ref, layer, runtime=rt, net=net)
 
     def load(b: int):
         return model_input(read_batch(reader, drows[b - start: b - start + params.batch_size], spec), spec)
@@ -402,7 +326,7 @@ def _run_batches(spec, ref, layer, df: pd.DataFrame, todo: np.ndarray, partial, 
             x = pending.result()
             if k + 1 < len(batches):
                 pending = pool.submit(load, batches[k + 1])
-            partial.append(embed_batch(model, x, spec, device=device, precision=precision))
+            partial.append(embed_batch(model, x, runtime=rt))
             bar.update(len(x))
     seconds = time.perf_counter() - t0
     bar.close()

@@ -3,13 +3,14 @@
 Modules: :mod:`~featpipe.finetune.strategies` (what trains), :mod:`~featpipe.finetune.augment`
 (seeded train-time augmentation), :mod:`~featpipe.finetune.data` (image sources, batches),
 :mod:`~featpipe.finetune.loop` (training loop, early stopping, no-grad passes),
-:mod:`~featpipe.finetune.checkpoint` (safetensors + JSON sidecar; :func:`load_finetuned` for
-``featpipe predict`` and Grad-CAM) and :mod:`~featpipe.finetune.run` (one run, files to files).
+:mod:`~featpipe.finetune.checkpoint` (safetensors + JSON sidecar; :func:`load_finetuned`, read by
+:func:`featpipe.saved.load.load_model` for ``featpipe predict`` and Grad-CAM) and :mod:`~featpipe.finetune.run` (one run, files to files).
 """
 
 from featpipe.finetune.checkpoint import (
            build_model,
            load_finetuned,
+           predict_files,
            read_meta,
            save_finetuned,
 )

@@ -21,9 +21,12 @@ from typing import Any
 import torch
 
 from featpipe.backbones import registry
-from featpipe.backbones.model import build
+from featpipe.backbones.modelinput import decode_size
 from featpipe.core.errors import DataError, IntegrityError
 from featpipe.core.fileio import atomic_write, check_seal, seal
+from featpipe.core.runtime import Runtime
+from featpipe.finetune.data import DecodingImages, Prep
+from featpipe.finetune.loop import predict_proba
 from featpipe.finetune.strategies import (
     FinetuneModel,
     apply_strategy,
@@ -43,7 +46,6 @@ def build_model(backbone: str, strategy: str, n_classes: int, *, weights: str = 
     ``truncated`` cuts at ``layer``. Random initialisation (scratch weights, the new head) is a function
     of ``seed`` and leaves the global RNG untouched.
     """
-
     spec = registry.get(backbone)
     if strategy == "truncated" and layer:
         layer = spec.resolve_layer(layer)
@@ -51,7 +53,7 @@ def build_model(backbone: str, strategy: str, n_classes: int, *, weights: str = 
     cut = layer if strategy == "truncated" else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        features = build(spec, weights=f"random:seed{int(seed)}" if strategy == "scratch" else weights,
+        features = backbones.build(spec, weights=f"random:seed{int(seed)}" if strategy == "scratch" else weights,
                                    layer=cut)
     dim = int(spec.output_dim(cut))
     head = new_head(dim, n_classes, generator=torch.Generator().manual_seed(int(seed) + 7919))
@@ -130,7 +132,6 @@ def load_finetuned(path: str | Path, *, device: str | torch.device = "cpu") -> t
     """
     from safetensors.torch import load_file
 
-
     tensors_path, _ = paths_for(path)
     meta = read_meta(path)
     if not tensors_path.exists():
@@ -142,7 +143,7 @@ def load_finetuned(path: str | Path, *, device: str | torch.device = "cpu") -> t
     spec = registry.get(meta["backbone"])
     cut = meta.get("layer") or None
     with torch.random.fork_rng(devices=[]):
-        features = build(spec, weights="random", layer=cut)
+        features = backbones.build(spec, weights="random", layer=cut)
     dim = int(spec.output_dim(cut))
     model = FinetuneModel(features, torch.nn.utils.skip_init(torch.nn.Linear, dim, len(meta["classes"])))
     try:
@@ -158,24 +159,14 @@ def load_finetuned(path: str | Path, *, device: str | torch.device = "cpu") -> t
     return model.to(device).eval(), meta
 
 
-def predict_files(model: FinetuneModel, meta: dict, refs, *, batch_size: int = 32, device: str = "cpu",
-                  images=None):
+def predict_files(model: FinetuneModel, meta: dict, refs, *, batch_size: int = 32, device: str = "cpu"):
     """Class probabilities ``(n, C)`` for image files (or npz references) with a loaded fine-tuned model:
     decoded as the decoded-image cache decodes (:func:`featpipe.backbones.modelinput.decode_size`), centre-cropped and
-    normalised as in training's val/test passes, at the precision it was trained in (``images``: an image
-    source holding them already decoded, keyed by ``refs``). Apply ``meta["threshold"]`` (chosen on val) to
-    ``p(classes[1])`` for binary labels."""
-    from featpipe.finetune.data import DecodingImages, Prep
-    from featpipe.finetune.loop import predict_proba, resolve_runtime
-
+    normalised as in training's val/test passes, on the :class:`~featpipe.core.runtime.Runtime` of ``device``
+    at the precision it was trained in. Apply ``meta["threshold"]`` (chosen on val) to ``p(classes[1])`` for
+    binary labels."""
     refs = [str(r) for r in refs]
     pre = meta["preprocess"]
-
-    rt = resolve_runtime(device, meta.get("precision", "fp32"), spec=registry.get(meta["backbone"]))
-    model = model.to(rt.device)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    from featpipe.backbones.modelinput import decode_size
-
-    src = images if images is not None else DecodingImages({r: r for r in refs}, size=decode_size(pre))
-    return predict_proba(model, src, refs, prep=Prep.from_preprocess(pre), rt=rt, batch_size=batch_size)
+    rt = Runtime.resolve(device, meta.get("precision", "fp32"), traits=registry.get(meta["backbone"]).traits)
+    src = DecodingImages({r: r for r in refs}, size=decode_size(pre))
+    return predict_proba(rt.prepare(model), src, refs, prep=Prep.from_preprocess(pre), rt=rt, batch_size=batch_size)

@@ -21,8 +21,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from featpipe.backbones.modelinput import model_input, normalise
 from featpipe.core.errors import DataError
+from featpipe.decoded.cache import DecodedImages
 from featpipe.finetune.augment import Augment, augment_batch
+from featpipe.imaging.decode import decode
 
 
 class ImageSource(Protocol):
@@ -34,8 +37,6 @@ class CachedImages:
     """Pixels from the decoded-image cache at ``path`` (opened lazily by the reader)."""
 
     def __init__(self, path):
-        from featpipe.decoded.cache import DecodedImages
-
         self.path = path
         self.reader = DecodedImages(path)
 
@@ -51,8 +52,6 @@ class DecodingImages:
         self.refs, self.size, self.channels, self.draft = dict(refs), int(size), channels, draft
 
     def read(self, ids: Sequence[str]) -> np.ndarray:
-        from featpipe.imaging.decode import decode
-
         imgs = [decode(self.refs[i], size=self.size, channels=self.channels, draft=self.draft) for i in ids]
         if len({im.shape[-1] for im in imgs}) > 1:  # grey and colour in one batch: grey replicated
             imgs = [np.repeat(im, 3, axis=-1) if im.shape[-1] == 1 else im for im in imgs]
@@ -98,15 +97,11 @@ def _nchw(images: np.ndarray) -> torch.Tensor:
 
 def normalize(t: torch.Tensor, prep: Prep) -> torch.Tensor:
     """uint8 ``(n, C, H, W)`` -> float32 ``(n, 3, H, W)`` through :func:`featpipe.backbones.modelinput.normalise`."""
-    from featpipe.backbones.modelinput import normalise
-
     return normalise(t.permute(0, 2, 3, 1), {"mean": prep.mean, "std": prep.std})
 
 
 def eval_batch(images: np.ndarray, prep: Prep) -> torch.Tensor:
     """Validation/test input: no augmentation; the decoded image centre-cropped as extraction does."""
-    from featpipe.backbones.modelinput import model_input
-
     return model_input(images, {"input_size": prep.size, "mean": prep.mean, "std": prep.std})
 
 

@@ -1,5 +1,6 @@
 """The training loop: AdamW, class-weighted loss or balanced sampling, train-only augmentation,
-bf16 autocast and channels_last where supported, early stopping on val loss with the best epoch's
+bf16 autocast and channels_last where supported (the run's :class:`~featpipe.core.runtime.Runtime`, as
+extraction decides it), early stopping on val loss with the best epoch's
 weights restored, and batched no-grad val/test passes.
 
 Randomness: data order, sampling and augmentation draw from one ``torch.Generator`` seeded with the
@@ -14,44 +15,16 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
+from featpipe.core.runtime import Runtime
 from featpipe.finetune.augment import Augment
 from featpipe.finetune.data import ImageSource, Labeled, Prep, eval_batch, train_batch
 from featpipe.finetune.strategies import set_train_mode
-
-
-@dataclass(frozen=True)
-class Runtime:
-    device: torch.device
-    precision: str  # "bf16" | "fp32"
-    channels_last: bool = True
-
-    def autocast(self):
-        if self.precision != "bf16":
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
-
-def resolve_runtime(device: str = "auto", precision: str = "auto", *, spec=None) -> Runtime:
-    """Device and precision chosen exactly as extraction chooses them (``featpipe.features.extract``): ``auto``
-    = CUDA, else MPS, else CPU; precision ``auto`` = the backbone family's faster precision on that device
-    where the hardware has bf16 (``spec.traits.precision``); channels_last with bf16 where the family
-    asks for it (CNNs)."""
-    from featpipe.core.errors import ConfigError
-    from featpipe.features.extract import select_device, select_precision
-
-    dev = select_device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"finetune.device={device} but no CUDA device is available; use auto or cpu")
-    prec = select_precision(precision, dev, spec)
-    cnn = spec.traits.channels_last if spec is not None else False
-    return Runtime(dev, prec, channels_last=cnn and prec == "bf16")
 
 
 @dataclass(frozen=True)
@@ -110,11 +83,6 @@ def batches(order: np.ndarray, size: int) -> list[np.ndarray]:
     return chunks
 
 
-def _to_input(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    x = x.to(rt.device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
-
-
 @torch.no_grad()
 def embed_or_logits(model: nn.Module, source: ImageSource, ids, *, prep: Prep, rt: Runtime,
                     batch_size: int, part: nn.Module | None = None) -> torch.Tensor:
@@ -125,9 +93,7 @@ def embed_or_logits(model: nn.Module, source: ImageSource, ids, *, prep: Prep, r
     out = []
     try:
         for i in range(0, len(ids), batch_size):
-            x = _to_input(eval_batch(source.read(ids[i:i + batch_size]), prep), rt)
-            with rt.autocast():
-                out.append(part(x).float().cpu())
+            out.append(rt.forward(part, eval_batch(source.read(ids[i:i + batch_size]), prep)))
     finally:
         model.train(was)
     return torch.cat(out) if out else torch.empty(0)
@@ -177,7 +143,7 @@ def train(model: nn.Module, source: ImageSource, train_set: Labeled, val_set: La
             total, seen = 0.0, 0
             for idx in batches(order, cfg.batch_size):
                 ids = [train_set.ids[i] for i in idx]
-                x = _to_input(train_batch(source.read(ids), prep, aug=cfg.augment, g=g), rt)
+                x = rt.inputs(train_batch(source.read(ids), prep, aug=cfg.augment, g=g))
                 y = ytr[idx].to(rt.device)
                 with rt.autocast():
                     logits = model(x)

@@ -38,13 +38,8 @@ from featpipe.evaluation.record import Outputs, check_disjoint, record_run
 from featpipe.evaluation.table import write_records
 from featpipe.finetune.checkpoint import build_model, save_finetuned
 from featpipe.finetune.data import CachedImages, ImageSource, Labeled, Prep
-from featpipe.finetune.loop import (
-    Runtime,
-    TrainConfig,
-    predict_proba,
-    resolve_runtime,
-    train,
-)
+from featpipe.core.runtime import Runtime
+from featpipe.finetune.loop import TrainConfig, predict_proba, train
 from featpipe.finetune.strategies import STRATEGIES, describe, param_groups
 from featpipe.params.config import to_dict
 from featpipe.saved.models import finetune_run_name
@@ -165,8 +160,8 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
     if source is None:
         source = image_source(paths, d.splits.dataset, spec, d.manifest, tr.ids + va.ids + te.ids, build=build,
                               progress=progress)
-    rt = resolve_runtime(p.device, p.precision, spec=spec)
-    model = _place(model, rt)
+    rt = Runtime.resolve(p.device, p.precision, traits=spec.traits)
+    model = rt.prepare(model, eval=False)
     opt = torch.optim.AdamW(param_groups(model, job.strategy, lr=p.lr, backbone_lr_factor=p.backbone_lr_factor,
                                          truncated_mode=p.truncated_mode), weight_decay=p.weight_decay)
     say = log or (print if progress else None)
@@ -224,11 +219,6 @@ def resolve_job(job: Job) -> Job:
     if job.strategy != "truncated" or not job.layer:
         return job
     return replace(job, layer=registry.get(job.backbone).resolve_layer(job.layer))
-
-
-def _place(model, rt: Runtime):
-    model = model.to(rt.device)
-    return model.to(memory_format=torch.channels_last) if rt.channels_last else model
 
 
 def _epoch_line(name: str, r: dict) -> str:
