@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 
 from featpipe.core.errors import CacheError
+from featpipe.core.names import cache_name
 
 STR = h5py.string_dtype("utf-8")
 # Attributes whose values must match the request for a cached row to be reused (besides id + sha256).
@@ -70,13 +71,6 @@ class FeatureSet:
             self.ids[idx], self.features[idx], self.labels[idx], dict(self.attrs),
             None if self.sha256 is None else self.sha256[idx],
         )
-
-
-def cache_name(backbone: str, *, layer: Optional[str] = None, weights_tag: Optional[str] = None) -> str:
-    """``<backbone>[@<layer>][+<weights-tag>].h5`` (named by :func:`featpipe.saved.models.cache_name`)."""
-    from featpipe.saved.models import cache_name as name
-
-    return name(backbone, layer=layer, weights_tag=weights_tag)
 
 
 def cache_path(cache_dir: str | Path, dataset: str, backbone: str, *, layer: Optional[str] = None,

@@ -19,21 +19,19 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
 
-from featpipe import __version__
 from featpipe.features import cache as featcache
 from featpipe.core import locks
 from featpipe.backbones import get
 from featpipe.backbones import weights as weights_mod
 from featpipe.params.config import DecodeParams, ExtractParams
 from featpipe.core.errors import CacheError, FeatpipeError
-
+from featpipe.core.versions import versions
 
 
 @dataclass
@@ -158,18 +156,6 @@ def shard_bounds(n_rows: int, batch_size: int, index: int, count: int) -> tuple[
     return min(b0 * batch_size, n_rows), min(b1 * batch_size, n_rows)
 
 
-def _versions() -> dict:
-    import torch
-
-    out = {"featpipe_version": __version__, "torch_version": torch.__version__}
-    for pkg in ("torchvision", "transformers"):
-        try:
-            out[f"{pkg}_version"] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[f"{pkg}_version"] = ""
-    return out
-
-
 def _say(msg: str, progress: bool) -> None:
     if progress:
         print(f"featpipe: {msg}", file=sys.stderr)
@@ -259,7 +245,7 @@ def _update(job: _Job, *, cache_dir, dataset, params, decode, shard, progress) -
         speed = n_new / max(loop_s, 1e-9)
         attrs = {**job.expected, "weights": ref.source if ref.kind != "random" else "random",
                  "manifest_sha256": job.msha, "device": str(job.device), "batch_size": params.batch_size,
-                 "dataset": dataset, **_versions(), **job.extra}
+                 "dataset": dataset, **versions("torch", "torchvision", "transformers"), **job.extra}
         _assemble(out, df, old_rows, todo, partial, attrs, dim, params.feature_dtype)
         resumed = partial.resumed
         partial.remove()

@@ -24,14 +24,15 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from featpipe import __version__
 from featpipe.params.config import Params
 from featpipe.data.splits import Splits, load_splits
 from featpipe.core.errors import CacheError, DataError
 from featpipe.features.cache import cache_path, read_features
 from featpipe.heads import head_params, make_head
 from featpipe.evaluation.metrics import SCALAR_METRICS, choose_threshold, curves, degenerate, score
-from featpipe.results.table import (RUNS_CSV, canonical_params, run_id, upsert_runs, write_curves,
+from featpipe.core.names import canonical_params, head_model_path
+from featpipe.core.versions import versions
+from featpipe.results.table import (RUNS_CSV, run_id, upsert_runs, write_curves,
                               write_metrics_json, write_predictions)
 from featpipe.heads.scaling import fit_pipeline, pool_scaler
 
@@ -114,8 +115,6 @@ def single_threaded():
 
 def model_file(models_dir: str | Path, data: CacheData, dataset: str, head: str, shots: int, seed: int,
                hp: dict) -> Path:
-    from featpipe.saved.models import head_model_path
-
     return head_model_path(models_dir, backbone=data.backbone, layer=data.layer or None, weights_tag=data.tag or None,
                            head=head, shots=shots, seed=seed, dataset=dataset, head_params=hp)
 
@@ -213,8 +212,6 @@ def prediction_frame(classes: Sequence[str], **parts) -> pd.DataFrame:
 
 
 def _meta(data: CacheData, splits: Splits, *, head, hp, shots, seed, threshold, train_ids) -> dict:
-    import sklearn
-
     a = data.attrs
     return {
         "dataset": splits.dataset, "classes": list(splits.classes), "backbone": data.backbone,
@@ -223,8 +220,7 @@ def _meta(data: CacheData, splits: Splits, *, head, hp, shots, seed, threshold, 
         "preprocess": a.get("preprocess"), "embedding_dim": int(data.X.shape[1]),
         "precision": a.get("precision"), "manifest_sha256": splits.manifest_sha256,
         "split_sha256": splits.sha256, "head": head, "head_params": hp, "shots": int(shots), "seed": int(seed),
-        "threshold": threshold, "train_ids": list(train_ids), "featpipe_version": __version__,
-        "sklearn_version": sklearn.__version__,
+        "threshold": threshold, "train_ids": list(train_ids), **versions("sklearn"),
     }
 
 

@@ -27,6 +27,8 @@ import torch
 
 from featpipe.core.errors import ConfigError, DataError
 from featpipe.core.fileio import atomic_write
+from featpipe.core.names import finetune_run_name
+from featpipe.core.versions import versions
 from featpipe.finetune.data import CachedImages, ImageSource, Labeled, Prep
 from featpipe.finetune.loop import (
     Runtime,
@@ -49,8 +51,6 @@ class Job:
     layer: str | None = None
 
     def name(self, dataset: str) -> str:
-        from featpipe.saved.models import finetune_run_name
-
         return finetune_run_name(dataset, self.backbone, self.strategy, self.shots, self.seed, layer=self.layer)
 
 
@@ -203,7 +203,8 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
             "split_sha256": d.splits.sha256, "manifest_sha256": d.splits.manifest_sha256,
             "ids_sha256": row["ids_sha256"], "train_ids": list(tr.ids), "weights": row["weights"],
             "weights_id": row["weights_id"], "threshold": threshold, "best_epoch": res.best_epoch,
-            "epochs_run": res.epochs_run, "precision": rt.precision, **describe(model), **_versions()}
+            "epochs_run": res.epochs_run, "precision": rt.precision, **describe(model),
+            **versions("torch", "torchvision", "transformers")}
     if p.save_models:
         row["model_path"] = str(save_finetuned(model, meta, Path(paths.models) / "finetune" / d.splits.dataset / name))
     write_training_curve(Path(paths.results) / TRAINING_DIR / f"{name}.json", meta, res)
@@ -284,19 +285,6 @@ def _asdict(p) -> dict:
     return to_dict(p)
 
 
-def _versions() -> dict:
-    import torchvision
-
-    from featpipe import __version__
-
-    try:
-        import transformers
-
-        tf = transformers.__version__
-    except ImportError:  # pragma: no cover
-        tf = ""
-    return {"featpipe_version": __version__, "torch_version": torch.__version__,
-            "torchvision_version": torchvision.__version__, "transformers_version": tf}
 
 
 def write_training_curve(path: Path, meta: dict, res) -> Path:
@@ -331,5 +319,3 @@ def run_jobs(jobs: list[Job], p, paths: Paths, *, engine=None, on_row: Callable 
         if on_row is not None:
             on_row(job, rows[-1])
     return rows
-
-

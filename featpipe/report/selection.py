@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from featpipe.core.names import config_name
 from featpipe.report.html import table
 from featpipe.report.plots import METRIC_LABELS
 
@@ -101,7 +102,7 @@ def comparison_section(comparisons: pd.DataFrame, best: list[dict], metric: str)
 
 
 def degenerate_section(runs: pd.DataFrame) -> str:
-    from featpipe.results.table import config_name, degenerate_flags
+    from featpipe.results.table import degenerate_flags
 
     bad = runs[degenerate_flags(runs).to_numpy()]
     if bad.empty:

@@ -32,7 +32,7 @@ import pandas as pd
 
 from featpipe.core.fileio import atomic_write
 from featpipe.evaluation.metrics import SCALAR_METRICS, SUMMARY_METRICS, clinical_check, metric_bounds, summarize
-from featpipe.saved.models import canonical_params, config_name, params_tag  # noqa: F401 - run names live in featpipe.saved.models
+from featpipe.core.names import canonical_params, config_name, params_tag
 
 KEY_COLUMNS = ("dataset", "backbone", "weights", "weights_id", "layer", "head", "head_params", "shots", "seed",
                "split_sha256")
