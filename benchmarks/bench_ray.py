@@ -91,7 +91,8 @@ def main(argv=None) -> int:
     import ray
 
     from featpipe.params.config import DecodeParams, EngineParams, ExtractParams
-    from featpipe.decoded.cache import build_decoded, decoded_path
+    from featpipe.decoded.build import build_decoded
+    from featpipe.decoded.cache import decoded_path
     from featpipe.backbones import get
     from featpipe.features.extract import extract, load_manifest
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from featpipe.core.errors import ConfigError, DataError
-from featpipe.core.fileio import atomic_write
+from featpipe.core.fileio import atomic_write, file_sha256
 from featpipe.core.names import finetune_run_name
 from featpipe.core.versions import versions
 from featpipe.finetune.data import CachedImages, ImageSource, Labeled, Prep
@@ -135,7 +135,7 @@ class RunData:
 
 def load_run_data(job: Job, paths: Paths) -> RunData:
     """The splits' k-shot, val and test ids with their manifest labels, checked for consistency."""
-    from featpipe.data.manifest import file_sha256, read_manifest
+    from featpipe.data.manifest import read_manifest
     from featpipe.data.splits import load_splits
 
     splits = load_splits(paths.splits)
