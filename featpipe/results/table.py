@@ -20,17 +20,17 @@ points (thinned) also go to ``results/curves/<run>.json``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
 from featpipe.core.fileio import atomic_write
+from featpipe.core.locks import build_lock
 from featpipe.evaluation.metrics import SCALAR_METRICS, SUMMARY_METRICS, clinical_check, metric_bounds, summarize
 from featpipe.core.names import canonical_params, config_name, params_tag
 
@@ -60,20 +60,6 @@ def _key_frame(df: pd.DataFrame) -> pd.DataFrame:
     df["shots"] = df["shots"].astype(np.int64)
     df["seed"] = df["seed"].astype(np.int64)
     return df
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.with_name(path.name + ".lock")
-    with open(lock, "a+") as fh:
-        try:
-            import fcntl
-
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - non-POSIX
-            pass
-        yield
 
 
 def read_runs(path: str | Path) -> pd.DataFrame:
@@ -111,7 +97,7 @@ def upsert_runs(path: str | Path, rows: Iterable[Mapping]) -> pd.DataFrame:
     new = _key_frame(new)
     if new.duplicated(list(KEY_COLUMNS)).any():
         raise ValueError("two rows with the same key in one write")
-    with _locked(path):
+    with build_lock(path, what="the results table"):
         old = read_runs(path)
         if len(old):
             old = _key_frame(old)
