@@ -28,8 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from featpipe.data.manifest import file_sha256
-from featpipe.decoded.cache import build_decoded
+from featpipe.core.fileio import file_sha256
+from featpipe.decoded.build import build_decoded
 from featpipe.finetune.checkpoint import build_model
 from featpipe.finetune.data import CachedImages, DecodingImages, Labeled, Prep
 from featpipe.core.runtime import Runtime

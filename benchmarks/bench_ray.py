@@ -53,7 +53,7 @@ def bench_sweep(work: Path, params, xp, ep, *, backbone: str, reps: int, warmup:
     """Local (joblib) vs Ray (one task per run) sweep on one backbone's cache, paired and alternating."""
     from featpipe.params.config import DecodeParams
     from featpipe.features.extract import extract
-    from featpipe.results.stages import sweep
+    from featpipe.fewshot.fit import sweep
 
     extract(work / "manifest.csv", backbone=backbone, dataset="pmnist", cache_dir=work / "local", params=xp,
             decode=DecodeParams(workers=2), progress=False)
@@ -91,7 +91,8 @@ def main(argv=None) -> int:
     import ray
 
     from featpipe.params.config import DecodeParams, EngineParams, ExtractParams
-    from featpipe.decoded.cache import build_decoded, decoded_path
+    from featpipe.decoded.build import build_decoded
+    from featpipe.decoded.cache import decoded_path
     from featpipe.backbones.registry import get
     from featpipe.features.extract import extract, load_manifest
 

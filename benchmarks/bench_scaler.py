@@ -70,7 +70,8 @@ def dataset_params(name: str, work: Path, seeds: int):
 
 
 def pixel_cache(splits, manifest, cache_dir: Path, name: str):
-    from featpipe.decoded.cache import DecodedImages, build_decoded, decoded_path
+    from featpipe.decoded.build import build_decoded
+    from featpipe.decoded.cache import DecodedImages, decoded_path
     from featpipe.fewshot.fit import CacheData
 
     path = decoded_path(cache_dir, name, 28)

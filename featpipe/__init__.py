@@ -1,3 +1,3 @@
 """featpipe: frozen-feature extraction plus classical few-shot heads for medical images."""
 
-__version__ = "0.1.0"
+from featpipe.core.versions import __version__  # noqa: F401

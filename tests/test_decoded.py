@@ -11,16 +11,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from featpipe.decoded.build import build, build_decoded
 from featpipe.decoded.cache import (
     DecodedImages,
     DecodeOptions,
-    build,
-    build_decoded,
     build_stats,
     decoded_path,
 )
 from featpipe.core.errors import CacheError, DataError
-from featpipe.imaging.decode import RESIZE_METHOD, decode
+from featpipe.imaging.base import RESIZE_METHOD
+from featpipe.imaging.decode import decode
 from featpipe.backbones.modelinput import to_tensor_batch
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -138,7 +138,7 @@ def test_channels_follow_content(tmp_path, images):
 
 
 def test_one_pass_two_sizes_widens_after_grey_rejects_and_copies_duplicates(tmp_path, images, monkeypatch):
-    from featpipe.imaging import decode as imaging
+    from featpipe.imaging import pil as imaging
 
     colour = tmp_path / "img" / "c.png"
     Image.new("RGB", (20, 20), (200, 30, 10)).save(colour)

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from featpipe.params.config import ExtractParams, FinetuneParams, load_params
+from featpipe.backbones.modelinput import first_pass
 from featpipe.data.manifest import read_manifest
 from featpipe.decoded.cache import DecodedImages, DecodeOptions
 
@@ -72,7 +73,8 @@ def test_first_pass_decodes_each_image_once(tmp_path, folder, monkeypatch):
     data, cache = tmp_path / "data", tmp_path / "cache"
     opts = DecodeOptions.from_params(params, progress=False)
 
-    prepare(params, manifest_path=data / "manifest.csv", splits_path=data / "splits.json", cache_dir=cache)
+    prepare(params, manifest_path=data / "manifest.csv", splits_path=data / "splits.json",
+            decode=first_pass(params, cache_dir=cache, progress=False))
     manifest = read_manifest(data / "manifest.csv")  # paths joined to the data root
     rejects = pd.read_csv(data / "rejects.csv", dtype=str)
     assert rejects[["id", "reason"]].values.tolist() == [["finding/finding50_cut.png", "truncated"]]

@@ -9,13 +9,12 @@ import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
 from featpipe.core.errors import DataError
-from featpipe.imaging import decode as imaging
+from featpipe.imaging import pil as imaging
+from featpipe.imaging.base import ImageRejected, scale_to_uint8
 from featpipe.imaging.decode import (
-    ImageRejected,
     decode,
     decode_sizes,
     probe,
-    scale_to_uint8,
 )
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -13,6 +13,7 @@ dict a saved model's sidecar records) decides everything; nothing here knows a b
 :func:`ensure_decoded` is the one function that makes sure the decoded caches exist for a set of
 backbones (used by ``prepare``, ``decode``, ``extract``, ``finetune`` and ``gradcam``): missing or stale
 rows are decoded, valid ones reused, and a cache that is already current is not touched.
+:func:`first_pass` is ``prepare``'s hook that verifies the images and fills those caches in one decode.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ import numpy as np
 import pandas as pd
 
 from featpipe.backbones.registry import get
-from featpipe.decoded.cache import BuildResult, DecodeOptions, build, decoded_path
-from featpipe.imaging.decode import DEFAULT_MAX_PIXELS, ImageRejected, decode
+from featpipe.decoded.build import BuildResult, build
+from featpipe.decoded.cache import DecodeOptions, decoded_path
+from featpipe.imaging.base import DEFAULT_MAX_PIXELS, ImageRejected
+from featpipe.imaging.decode import decode
+from featpipe.params.config import Params, configured_backbones
 
 
 def _get(pre, key: str):
@@ -131,3 +135,32 @@ def ensure_decoded(manifest: pd.DataFrame, backbones: Iterable, *, cache_dir: st
     targets = {s: decoded_path(cache_dir, dataset, s) for s in decode_sizes(backbones)}
     targets.update({int(s): Path(p) for s, p in (paths or {}).items() if int(s) in targets})
     return build(manifest, targets, options=options, rejects=rejects)
+
+
+class FirstPass:
+    """``prepare``'s first pass, the ``decode`` hook of :func:`featpipe.data.manifest.build_manifest`: the
+    candidate rows (id, path, sha256) are verified and the decoded caches of ``backbones`` filled by one
+    decode per image (:func:`ensure_decoded` with ``rejects=True``). Called with the candidates, returns
+    (rejects: reason by id, upright (width, height) by id); then ``figures`` holds what it did
+    (decoded, sizes, seconds)."""
+
+    def __init__(self, backbones: Sequence, *, cache_dir: str | Path, dataset: str, options: DecodeOptions):
+        self.backbones, self.cache_dir, self.dataset, self.options = list(backbones), cache_dir, dataset, options
+        self.figures: dict | None = None
+
+    def __call__(self, candidates: pd.DataFrame) -> tuple[dict, dict]:
+        res = ensure_decoded(candidates, self.backbones, cache_dir=self.cache_dir, dataset=self.dataset,
+                             options=self.options, rejects=True)
+        self.figures = {"decoded": res.decoded, "sizes": sorted(res.paths), "seconds": res.seconds}
+        return res.rejects, res.dims
+
+
+def first_pass(params: Params, *, cache_dir: str | Path, progress: bool = True) -> FirstPass | None:
+    """The first pass for the configured backbones (:func:`featpipe.params.config.configured_backbones`)
+    writing their decoded caches under ``cache_dir``; None when no backbone is configured (nothing to cache:
+    ``prepare`` verifies by a plain decode)."""
+    backbones = configured_backbones(params)
+    if not backbones:
+        return None
+    return FirstPass(backbones, cache_dir=cache_dir, dataset=params.data.name,
+                     options=DecodeOptions.from_params(params, progress=progress))

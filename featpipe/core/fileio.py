@@ -1,10 +1,23 @@
-"""Atomic file writes: a temporary file in the target folder, renamed into place."""
+"""Atomic file writes (the one helper: :func:`atomic_path`, and :func:`atomic_write` for bytes or text),
+file hashes, and sealed sidecars.
+
+A file is written under a temporary name in its own folder, ``.<name>.tmp-<pid>-<random>``, and renamed
+into place only when complete, so readers see the old file or the new one, never half of one; a temporary
+file left by a process that died is removed by :func:`featpipe.core.locks.clean_leftovers`.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from featpipe.core.errors import IntegrityError
 
 
 def _umask() -> int:
@@ -13,28 +26,40 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half of one."""
+@contextmanager
+def atomic_path(path: str | Path, *, folder: bool = False) -> Iterator[Path]:
+    """A temporary path beside ``path`` (an empty file, or with ``folder`` an empty folder) to write by any
+    means (h5py, PIL, ...): renamed onto ``path`` when the block ends without an error, removed when it
+    raises. A folder replaces only a ``path`` that does not exist (or is an empty folder) by then."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # ".<name>.tmp-<pid>-...": featpipe.core.locks.clean_leftovers removes it if this process dies before the rename
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
+    prefix = f".{path.name}.tmp-{os.getpid()}-"
+    if folder:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(tmp, 0o666 & ~_umask())
+        yield tmp
+        os.chmod(tmp, (0o777 if folder else 0o666) & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    finally:
+        if folder and tmp.is_dir():
+            shutil.rmtree(tmp)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> Path:
+    """Write ``data`` (text as utf-8) to ``path`` through :func:`atomic_path`; returns ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     """sha256 hex digest of a file's bytes, read in chunks."""
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
@@ -46,8 +71,6 @@ SEAL_KEY = "sidecar_sha256"
 
 
 def _canonical(meta: dict) -> bytes:
-    import json
-
     return json.dumps({k: v for k, v in meta.items() if k != SEAL_KEY}, sort_keys=True, separators=(",", ":"),
                       ensure_ascii=True).encode()
 
@@ -56,9 +79,6 @@ def seal(meta: dict, *, default=None) -> str:
     """The sidecar's JSON text with ``sidecar_sha256``: a hash of every other field (canonical JSON), so an
     edit to any of them (preprocessing, input size, layer, classes, threshold, backbone, weights identity,
     the model file's hash, ...) is detected on load by :func:`check_seal`."""
-    import hashlib
-    import json
-
     plain = json.loads(json.dumps(meta, default=default))  # exactly what a reader will get back
     plain[SEAL_KEY] = hashlib.sha256(_canonical(plain)).hexdigest()
     return json.dumps(plain, indent=1, sort_keys=True)
@@ -66,10 +86,6 @@ def seal(meta: dict, *, default=None) -> str:
 
 def check_seal(meta: object, where: str | Path) -> dict:
     """``meta`` (a parsed sidecar) when its ``sidecar_sha256`` matches its fields; else one-line IntegrityError."""
-    import hashlib
-
-    from featpipe.core.errors import IntegrityError
-
     if not isinstance(meta, dict):
         raise IntegrityError(f"{where} is not a featpipe sidecar (a JSON object was expected)")
     recorded = meta.get(SEAL_KEY)

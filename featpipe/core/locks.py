@@ -1,9 +1,10 @@
 """Coordination between processes that build the same file, and cleaning up after dead ones.
 
-- :func:`build_lock`: an exclusive ``flock`` on ``<dir>/.<name>.lock`` held while one process builds
-  ``<dir>/<name>`` (decoded-image cache, feature cache). A second process asking for the same file
-  waits, saying which process it waits for, and then re-checks what the first one left (usually it
-  reuses it whole). The kernel releases the lock when its holder dies, whatever kills it (SIGKILL
+- :func:`build_lock`: featpipe's one lock, an exclusive ``flock`` on ``<dir>/.<name>.lock`` held while one
+  process builds or rewrites ``<dir>/<name>`` (decoded-image cache, feature cache, its extraction journal,
+  the results table). A second process asking for the same file waits, saying which process it waits for,
+  and then re-checks what the first one left (usually it reuses it whole); with ``wait=False`` it is told
+  at once instead. The kernel releases the lock when its holder dies, whatever kills it (SIGKILL
   included), so a dead builder never blocks anyone. The lock files stay (empty but for the holder's pid):
   deleting a lock file while another process waits on it would let two builders in.
 - :func:`clean_leftovers`: temporary files ``.<name>.tmp-<pid>...`` whose process is dead (a run killed
@@ -47,16 +48,39 @@ def _holder(fh) -> str:
 
 
 class LockTimeout(FeatpipeError):
-    """Waited longer than ``FEATPIPE_LOCK_TIMEOUT`` seconds for another builder."""
+    """Waited longer than ``FEATPIPE_LOCK_TIMEOUT`` seconds for another builder (``wait=False``: found one)."""
+
+
+def _try(fh) -> bool:
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _wait_for(fh, target: Path, *, what: str, timeout: float | None, poll: float) -> float:
+    """Block until ``fh`` is locked, saying so; the seconds waited."""
+    say(f"{_holder(fh)} is building {what} {target}: waiting for it to finish")
+    t0 = time.monotonic()
+    while not _try(fh):
+        if timeout is not None and time.monotonic() - t0 > timeout:
+            raise LockTimeout(f"{_holder(fh)} has been building {target} for more than {timeout:g} s; "
+                              "wait for it, stop it, or raise FEATPIPE_LOCK_TIMEOUT")
+        time.sleep(poll)
+    waited = time.monotonic() - t0
+    say(f"the other build of {target} ended after {waited:.1f} s; checking what it left")
+    return waited
 
 
 @contextmanager
-def build_lock(target: str | Path, *, what: str, timeout: float | None = None,
-               poll: float = 0.2) -> Iterator[float]:
+def build_lock(target: str | Path, *, what: str, timeout: float | None = None, poll: float = 0.2,
+               wait: bool = True) -> Iterator[float]:
     """Hold the exclusive build lock of ``target``; yields the seconds spent waiting for another builder.
 
     ``timeout`` (default: ``$FEATPIPE_LOCK_TIMEOUT``, else wait as long as the other builder runs) turns a
-    wait that is too long into a one-line :class:`LockTimeout`.
+    wait that is too long into a one-line :class:`LockTimeout`; ``wait=False`` raises it at once, silently,
+    when another process holds the lock.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -65,22 +89,10 @@ def build_lock(target: str | Path, *, what: str, timeout: float | None = None,
     fh = open(lock_path(target), "a+")
     waited = 0.0
     try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say(f"{_holder(fh)} is building {what} {target}: waiting for it to finish")
-            t0 = time.monotonic()
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if timeout is not None and time.monotonic() - t0 > timeout:
-                        raise LockTimeout(f"{_holder(fh)} has been building {target} for more than {timeout:g} s; "
-                                          "wait for it, stop it, or raise FEATPIPE_LOCK_TIMEOUT") from None
-                    time.sleep(poll)
-            waited = time.monotonic() - t0
-            say(f"the other build of {target} ended after {waited:.1f} s; checking what it left")
+        if not _try(fh):
+            if not wait:
+                raise LockTimeout(f"{_holder(fh)} is building {what} {target}")
+            waited = _wait_for(fh, target, what=what, timeout=timeout, poll=poll)
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")

@@ -12,9 +12,8 @@ entries: of the image array's bytes) and fully decoded once: by the ``decode`` h
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
+import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -24,10 +23,12 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from featpipe.data.sources import Record
 from featpipe.core.errors import DataError
-from featpipe.core.fileio import atomic_write, file_sha256  # noqa: F401 - re-exported
+from featpipe.core.fileio import atomic_write, file_sha256
 from featpipe.core.workers import pool_kwargs
+from featpipe.data.sources import Record
+from featpipe.imaging.base import ImageRejected
+from featpipe.imaging.decode import image_size, probe
 
 COLUMNS = ["id", "path", "label", "label_name", "patient_id", "source_split", "sha256", "width", "height"]
 REJECT_COLUMNS = ["id", "path", "reason"]
@@ -36,8 +37,6 @@ DUPLICATE_COLUMNS = ["sha256", "count", "ids", "labels", "conflicting_labels"]
 
 def _check_file(args: tuple[str, int, bool]) -> tuple[str | None, int, int, str | None]:
     """(sha256, width, height, reject reason) of one file; runs in a worker process."""
-    from featpipe.imaging.decode import ImageRejected, probe
-
     path, max_pixels, verify = args
     try:
         if not os.path.isfile(path):
@@ -142,8 +141,6 @@ def build_manifest(records: Sequence[Record], *, max_pixels: int, verify: bool =
 
 def _decode_candidates(records, checked: dict, decode: DecodeHook, *, max_pixels: int, npz_keys: set) -> None:
     """Run the decode hook on every hashed, not yet rejected record; fold its verdicts into ``checked``."""
-    from featpipe.imaging.decode import ImageRejected, image_size
-
     cand = [r for r in records if r.reject is None and checked.get(id(r), (None, 0, 0, "x"))[3] is None]
     if not cand:
         return
@@ -173,13 +170,6 @@ def find_duplicates(manifest: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=DUPLICATE_COLUMNS)
 
 
-def write_csv_atomic(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write ``df`` as CSV (LF line ends, no index) through a temporary file renamed into place."""
-    buf = io.StringIO()
-    df.to_csv(buf, index=False, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-    return atomic_write(path, buf.getvalue())
-
-
 ROOT_SUFFIX = ".root.json"
 
 
@@ -203,14 +193,10 @@ def relative_paths(manifest: pd.DataFrame, root: str | Path) -> pd.DataFrame:
 
 def write_root(manifest_path: str | Path, root: str | Path) -> Path:
     """Record the data root of ``manifest_path`` (as given: relative to the working directory or absolute)."""
-    import json
-
     return atomic_write(root_file(manifest_path), json.dumps({"root": Path(root).as_posix()}, indent=1) + "\n")
 
 
 def _root_of(manifest_path: Path) -> str | None:
-    import json
-
     f = root_file(manifest_path)
     if not f.is_file():
         return None  # a manifest written before paths were relative: paths as stored

@@ -1,9 +1,10 @@
 """``featpipe prepare``: a data source -> manifest, rejects, duplicates and splits files.
 
-With ``data.verify_images`` (the default) every image is decoded once here, and that decode both verifies
-the file (undecodable ones land in ``rejects.csv`` before any split is drawn) and fills the decoded caches
-the configured backbones read (:func:`featpipe.backbones.modelinput.ensure_decoded`), so ``featpipe decode`` and
-every later stage find them current and decode nothing."""
+With ``data.verify_images`` (the default) every image is decoded once here. Given a first-pass ``decode``
+hook (the ``prepare`` command passes :func:`featpipe.backbones.modelinput.first_pass`), that decode both
+verifies the file (undecodable ones land in ``rejects.csv`` before any split is drawn) and fills the decoded
+caches the configured backbones read, so ``featpipe decode`` and every later stage find them current and
+decode nothing; without one, each file is verified by a plain decode."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from featpipe.params.config import DataParams, Params
+from featpipe.core.fileio import atomic_write, file_sha256
 from featpipe.data import sources, synthetic
-from featpipe.data.manifest import build_manifest, file_sha256, relative_paths, write_csv_atomic, write_root
+from featpipe.data.fetch import ensure_source
+from featpipe.data.manifest import DecodeHook, build_manifest, relative_paths, write_root
 from featpipe.data.splits import make_splits, write_splits
+from featpipe.params.config import DataParams, Params
 
 
 @dataclass
@@ -63,8 +66,6 @@ def data_root(data: DataParams, path: str | Path) -> Path:
 
 
 def load_records(data: DataParams, path: str | Path | None = None) -> list[sources.Record]:
-    from featpipe.data.fetch import ensure_source
-
     path = ensure_source(data) if path is None else Path(path)
     if data.source in ("synthetic", "folder"):
         return sources.scan_folder(path, patient_regex=data.patient_regex)
@@ -73,48 +74,31 @@ def load_records(data: DataParams, path: str | Path | None = None) -> list[sourc
     return sources.scan_npz(path, class_names=data.class_names)
 
 
-def _decode_hook(params: Params, cache_dir: str | Path, progress: bool):
-    """The first pass: verification and the decoded caches from one decode per image (per size)."""
-    from featpipe.cli.commands.decode import configured_backbones
-    from featpipe.decoded.cache import DecodeOptions
-    from featpipe.backbones.modelinput import ensure_decoded
-
-    backbones = configured_backbones(params)
-    if not backbones:
-        return None  # nothing to cache: verified by a plain decode
-
-    def hook(candidates):
-        res = ensure_decoded(candidates, backbones, cache_dir=cache_dir, dataset=params.data.name,
-                             options=DecodeOptions.from_params(params, progress=progress), rejects=True)
-        hook.figures = {"decoded": res.decoded, "sizes": sorted(res.paths), "seconds": res.seconds}
-        return res.rejects, res.dims
-
-    hook.figures = None
-    return hook
+def _write_csv(df, path: Path) -> None:
+    atomic_write(path, df.to_csv(index=False, lineterminator="\n"))
 
 
 def prepare(params: Params, *, manifest_path: str | Path, splits_path: str | Path,
             rejects_path: str | Path | None = None, duplicates_path: str | Path | None = None,
-            cache_dir: str | Path | None = None, progress: bool = False) -> PrepareSummary:
-    """``cache_dir``: where the first pass writes the decoded caches (None: verify only, write none)."""
+            decode: DecodeHook | None = None) -> PrepareSummary:
+    """``decode``: the first pass (a :data:`~featpipe.data.manifest.DecodeHook`, e.g.
+    :func:`featpipe.backbones.modelinput.first_pass`), called once with the candidate rows; its ``figures``
+    attribute, when it has one, goes into the summary. None: each image verified by a plain decode."""
     t0 = time.perf_counter()
     manifest_path = Path(manifest_path)
     rejects_path = Path(rejects_path or manifest_path.with_name("rejects.csv"))
     duplicates_path = Path(duplicates_path or manifest_path.with_name("duplicates.csv"))
-    from featpipe.data.fetch import ensure_source
-
     source_path = ensure_source(params.data)
     records = load_records(params.data, source_path)
     order = params.data.class_names if params.data.class_names and params.data.source != "npz" else None
     if order is None and params.data.source == "synthetic":
         order = synthetic.class_names(params.data.synthetic.classes)
-    hook = _decode_hook(params, cache_dir, progress) if cache_dir is not None else None
     result = build_manifest(records, max_pixels=params.data.max_image_pixels, verify=params.data.verify_images,
-                            workers=params.decode.workers, class_order=order, decode=hook)
-    write_csv_atomic(result.rejects, rejects_path)
-    write_csv_atomic(result.duplicates, duplicates_path)
+                            workers=params.decode.workers, class_order=order, decode=decode)
+    _write_csv(result.rejects, rejects_path)
+    _write_csv(result.duplicates, duplicates_path)
     root = data_root(params.data, source_path)
-    write_csv_atomic(relative_paths(result.manifest, root), manifest_path)
+    _write_csv(relative_paths(result.manifest, root), manifest_path)
     write_root(manifest_path, root)
     msha = file_sha256(manifest_path)
     obj = make_splits(result.manifest, result.classes, params.split, dataset=params.data.name, manifest_sha256=msha,
@@ -123,4 +107,4 @@ def prepare(params: Params, *, manifest_path: str | Path, splits_path: str | Pat
     return PrepareSummary(len(result.manifest), len(result.rejects), len(result.duplicates), result.classes,
                           obj["counts"], obj["patients"], len(obj["excluded"]), time.perf_counter() - t0, msha,
                           file_sha256(splits_path), sum(e["from"] == "all" for e in obj["excluded"]),
-                          getattr(hook, "figures", None))
+                          getattr(decode, "figures", None))

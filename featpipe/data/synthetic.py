@@ -9,17 +9,16 @@ it). Each patient contributes ``images_per_patient`` images of one class that sh
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from featpipe.params.config import SyntheticParams
 from featpipe.core.errors import DataError
+from featpipe.core.fileio import atomic_path
+from featpipe.params.config import SyntheticParams
 
 FORMAT = 1
 
@@ -87,26 +86,27 @@ def generate(out_dir: str | Path, cfg: SyntheticParams) -> Path:
                 return out
         except json.JSONDecodeError:
             pass
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    os.chmod(tmp, 0o755)
+    with atomic_path(out, folder=True) as tmp:
+        _draw(tmp, cfg, meta)
+        if out.exists():
+            if not meta_file.is_file():
+                raise DataError(f"{out} exists and is not a featpipe synthetic set; choose another data.path")
+            shutil.rmtree(out)
+    return out
+
+
+def _draw(folder: Path, cfg: SyntheticParams, meta: dict) -> None:
+    """The images and ``synthetic.json`` of the set into ``folder``."""
     rng = np.random.default_rng(cfg.seed)
     patient = 0
     for c, name in enumerate(meta["classes"]):
-        (tmp / name).mkdir()
+        (folder / name).mkdir()
         box = meta["regions"].get(name)
         made = 0
         while made < cfg.images_per_class:
             anatomy = _anatomy(rng, cfg.size)
             for j in range(min(cfg.images_per_patient, cfg.images_per_class - made)):
-                Image.fromarray(make_image(rng, anatomy, box)).save(tmp / name / f"synth-p{patient:04d}-{j}.png")
+                Image.fromarray(make_image(rng, anatomy, box)).save(folder / name / f"synth-p{patient:04d}-{j}.png")
                 made += 1
             patient += 1
-    (tmp / "synthetic.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    if out.exists():
-        if not meta_file.is_file():
-            shutil.rmtree(tmp)
-            raise DataError(f"{out} exists and is not a featpipe synthetic set; choose another data.path")
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    (folder / "synthetic.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")

@@ -1,105 +1,157 @@
-"""The decoding pass of :func:`featpipe.decoded.cache.build`: jobs, workers, and the file :class:`Writer`.
+"""Building the decoded-image cache (:mod:`featpipe.decoded.cache`): :func:`build` and its decoding pass.
 
-Rows arrive in any order with their natural channels (1 for grey content, 3 for colour). The file is
-written as ``<path>.partial`` with one channel until the first colour row arrives; it is then widened:
-a 3-channel file is started (``<path>.partial3``), the rows written so far are copied into it with their
-grey channel replicated, and the one-channel file is removed. Nothing is decoded twice. Rows left out
-at the end (rejected images) are compacted away before the file is renamed into place.
+One pass (:func:`build`): every image that any requested size lacks is decoded once for all those sizes
+(:func:`featpipe.imaging.decode.decode_sizes`; byte-identical files, same sha256, are decoded once), in a pool
+of worker processes, streamed in order into the files (flat memory). Channels are decided in that same
+pass: each row is stored with its natural channels (:func:`featpipe.imaging.decode.decode`); the file holds one
+channel until the first colour row arrives, and is then widened (rows written so far replicated) instead
+of decoding anything twice. With ``rejects=True`` (``featpipe prepare``) an image that cannot be decoded
+is reported and left out instead of stopping the build: that is how ``prepare`` verifies the files and
+fills the caches from the same decode.
+
+Each file being built is a :class:`featpipe.decoded.writer.Writer`.
 """
 
 from __future__ import annotations
 
 import math
-import os
+import multiprocessing
+import sys
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 
-from featpipe.core.errors import CacheError, DataError
-from featpipe.imaging.decode import ImageRejected, decode_sizes
+from featpipe.core.errors import DataError
+from featpipe.core.locks import build_lock, clean_leftovers, remove_stale
+from featpipe.core.workers import pool_kwargs
+from featpipe.decoded.cache import (
+    DecodeOptions,
+    content_sha256,
+    decoder_settings,
+    image_refs,
+    open_reusable,
+    read_rows,
+    strings,
+)
+from featpipe.decoded.writer import Writer
+from featpipe.imaging.base import DEFAULT_MAX_PIXELS, ImageRejected
+from featpipe.imaging.decode import decode_sizes
 
-_BLOCK = 64
+_BLOCK = 64  # rows per copy block (flat memory)
 
 
-class Writer:
-    """A decoded-cache file being written for ``n`` manifest rows at ``size``."""
+@dataclass
+class BuildResult:
+    """What one :func:`build` did: per size the file and (images, decoded, reused, channels, rewritten);
+    the ids it rejected with their reason (``rejects=True`` only); the upright source (width, height) of
+    each image it decoded; images decoded (once for all sizes) and seconds."""
 
-    def __init__(self, path: Path, *, size: int, n: int, attrs: dict):
-        self.path, self.size, self.n, self.attrs = Path(path), int(size), int(n), dict(attrs)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.channels = 1
-        self.done = np.zeros(self.n, dtype=bool)
-        self.tmp = self.path.with_name(self.path.name + ".partial")
-        self.f: h5py.File | None = self._create(self.tmp, 1)
+    paths: dict[int, Path]
+    stats: dict[int, dict]
+    rejects: dict[str, str] = field(default_factory=dict)
+    dims: dict[str, tuple[int, int]] = field(default_factory=dict)
+    decoded: int = 0
+    seconds: float = 0.0
 
-    def _create(self, tmp: Path, channels: int) -> h5py.File:
-        f = h5py.File(tmp, "w")
-        s = self.size
-        f.create_dataset("images", shape=(self.n, s, s, channels), maxshape=(None, s, s, channels), dtype=np.uint8,
-                         chunks=(1, s, s, channels))
-        return f
 
-    def has(self, row: int) -> bool:
-        return bool(self.done[row])
+# --------------------------------------------------------------------------- build
 
-    def put(self, row: int, img: np.ndarray) -> None:
-        """Row ``row`` := ``img`` uint8 ``(size, size, 1 | 3)``."""
-        if img.shape != (self.size, self.size, img.shape[-1]) or img.shape[-1] not in (1, 3):
-            raise CacheError(f"decoded image of shape {img.shape} does not fit a {self.size}-px cache")
-        if img.shape[-1] == 3 and self.channels == 1:
-            self._widen()
-        if img.shape[-1] == 1 and self.channels == 3:
-            img = np.repeat(img, 3, axis=-1)
-        self.f["images"][row] = img
-        self.done[row] = True
 
-    def get(self, row: int) -> np.ndarray:
-        img = self.f["images"][row]
-        return img[..., :1] if self.channels == 3 and np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(
-            img[..., 0], img[..., 2]) else img
+def build(manifest: pd.DataFrame, targets: dict[int, Path], *, options: DecodeOptions = DecodeOptions(),
+          rejects: bool = False) -> BuildResult:
+    """Bring the file of every ``size -> path`` in ``targets`` up to date for ``manifest`` in one pass.
 
-    def _widen(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".partial3")
-        new = self._create(tmp, 3)
-        old, dst = self.f["images"], new["images"]
-        rows = np.flatnonzero(self.done)
-        for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1) if len(rows) else []:
-            for b in range(int(run[0]), int(run[-1]) + 1, _BLOCK):
-                e = min(b + _BLOCK, int(run[-1]) + 1)
-                dst[b:e] = np.repeat(old[b:e], 3, axis=-1)
-        self.f.close()
-        os.unlink(self.tmp)
-        self.f, self.tmp, self.channels = new, tmp, 3
+    One builder per file at a time (:func:`featpipe.core.locks.build_lock`, taken in size order): a second
+    process waits, then finds the first one's file current and leaves it as is. A ``.partial`` left by a
+    killed build is removed."""
+    ids, shas, refs = checked_rows(manifest)
+    with ExitStack() as stack:
+        for size, path in sorted((int(s), Path(p)) for s, p in targets.items()):
+            stack.enter_context(build_lock(path, what="the decoded-image cache"))
+            clean_leftovers(path.parent)
+            for leftover in (".partial", ".partial3"):
+                remove_stale(path.with_name(path.name + leftover), why="left by an interrupted decode")
+        return _build(ids, shas, refs, targets, options=options, rejects=rejects)
 
-    def finish(self, keep: np.ndarray, ids: list[str], shas: list[str], attrs: dict) -> None:
-        """Keep the rows where ``keep``, in order, record ids/sha256/attrs and rename into place."""
-        kept = np.flatnonzero(keep)
-        if not self.done[kept].all():
-            raise CacheError(f"internal error: {int((~self.done[kept]).sum())} rows of {self.path} were never written")
-        ds = self.f["images"]
-        if len(kept) < self.n:
-            for j, r in enumerate(kept):  # j <= r: moving rows down in order never overwrites one still needed
-                if j != r:
-                    ds[j] = ds[r]
-            ds.resize(len(kept), axis=0)
-        self.f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
-        self.f.create_dataset("sha256", data=np.array(shas, dtype=object), dtype=h5py.string_dtype("utf-8"))
-        self.f.attrs.update({**self.attrs, **attrs, "channels": self.channels, "complete": True})
-        self.f.close()
-        self.f = None
-        os.replace(self.tmp, self.path)
 
-    def discard(self) -> None:
-        """Close and remove an unfinished file (no-op after :meth:`finish`)."""
-        if self.f is not None:
-            self.f.close()
-            self.f = None
-            if self.tmp.exists():
-                self.tmp.unlink()
+def _build(ids: list[str], shas: list[str], refs: list[str], targets: dict[int, Path], *, options: DecodeOptions,
+           rejects: bool) -> BuildResult:
+    t0 = time.perf_counter()
+    result = BuildResult({int(s): Path(p) for s, p in targets.items()}, {})
+    plans = _plans(ids, shas, result, draft=options.draft)
+    writers: dict[int, Writer] = {}
+    pool = None
+    try:
+        for size, (old, rows) in plans.items():
+            writers[size] = Writer(result.paths[size], size=size, n=len(ids),
+                                   attrs=decoder_settings(size, options.draft))
+            if old is not None:
+                copy_reused(old, rows, writers[size])
+        jobs = jobs_for(writers, shas, refs)
+        if jobs:
+            workers = min(options.workers, len(jobs))
+            pool = (ProcessPoolExecutor(max_workers=workers, mp_context=mp_context(), **pool_kwargs())
+                    if workers > 1 else None)
+            decode_into(jobs, writers, shas, ids, refs, options=options, pool=pool, result=result,
+                         rejects=rejects)
+        keep = np.array([i not in result.rejects for i in ids], dtype=bool)
+        for size, w in writers.items() if keep.any() else ():  # nothing usable: no file (prepare says why)
+            kept_ids = [i for i, k in zip(ids, keep) if k]
+            kept_shas = [s for s, k in zip(shas, keep) if k]
+            reused = int(((plans[size][1] >= 0) & keep).sum())
+            w.finish(keep, kept_ids, kept_shas, {
+                "rows_sha256": content_sha256(kept_ids, kept_shas),
+                "n_decoded": len(kept_ids) - reused, "n_reused": reused,
+                "seconds": round(time.perf_counter() - t0, 3)})
+            result.stats[size] = {"images": len(kept_ids), "decoded": len(kept_ids) - reused, "reused": reused,
+                                  "rewritten": True, "channels": w.channels}
+    finally:
+        for old, _ in plans.values():
+            if old is not None:
+                old.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        for w in writers.values():
+            w.discard()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _plans(ids: list[str], shas: list[str], result: BuildResult, *, draft: bool
+           ) -> dict[int, tuple[h5py.File | None, np.ndarray]]:
+    """Per size to write: the previous file when its rows may be reused (else None) and, per manifest row,
+    its row there (-1: none). A size whose file holds exactly these rows gets its stats and no plan."""
+    n = len(ids)
+    plans: dict[int, tuple[h5py.File | None, np.ndarray]] = {}
+    for size, path in result.paths.items():
+        old = open_reusable(path, decoder_settings(size, draft))
+        rows = np.full(n, -1, dtype=np.int64)
+        if old is not None:
+            old_ids, old_shas = strings(old["ids"]), strings(old["sha256"])
+            if old_ids == ids and old_shas == shas:  # exactly these rows: nothing to write
+                result.stats[size] = {"images": n, "decoded": 0, "reused": n, "rewritten": False,
+                                      "channels": int(old["images"].shape[-1])}
+                old.close()
+                continue
+            where = {k: j for j, k in enumerate(zip(old_ids, old_shas))}
+            rows[:] = [where.get(k, -1) for k in zip(ids, shas)]
+        plans[size] = (old, rows)
+    return plans
+
+
+def build_decoded(manifest: pd.DataFrame, *, size: int, path: Path, workers: int = 2, draft: bool = True,
+                  progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
+    """One size: :func:`build` for ``{size: path}``; returns ``path``."""
+    build(manifest, {int(size): Path(path)}, options=DecodeOptions(workers, draft, max_pixels, progress))
+    return Path(path)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -150,9 +202,6 @@ def _stream(jobs: Sequence[tuple[int, str, tuple[int, ...]]], *, draft: bool, ma
 def mp_context():
     """fork on Linux (fast; no ``if __name__ == "__main__"`` guard needed; the workers run Pillow and
     numpy only, as torch's DataLoader workers do), spawn elsewhere."""
-    import multiprocessing
-    import sys
-
     return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
@@ -209,10 +258,6 @@ def _progress(total: int, enabled: bool):
 
 def checked_rows(manifest: pd.DataFrame) -> tuple[list[str], list[str], list[str]]:
     """ids, sha256s and resolved image references of the manifest rows (one line errors for a bad manifest)."""
-    import pandas as pd
-
-    from featpipe.decoded.cache import image_refs
-
     missing = [c for c in ("id", "path", "sha256") if c not in manifest.columns]
     if missing:
         raise DataError(f"manifest lacks column(s) {', '.join(missing)}")
@@ -234,10 +279,8 @@ def _natural(img: np.ndarray) -> np.ndarray:
 
 def copy_reused(old: h5py.File, rows: np.ndarray, writer) -> None:
     """Copy the rows reused from the previous file (``rows[i]``: its row there, -1 = none) into ``writer``."""
-    from featpipe.decoded.cache import _read_rows
-
     reused = np.flatnonzero(rows >= 0)
     for b in range(0, len(reused), _BLOCK):
         dst = reused[b:b + _BLOCK]
-        for r, img in zip(dst, _read_rows(old["images"], rows[dst])):
+        for r, img in zip(dst, read_rows(old["images"], rows[dst])):
             writer.put(int(r), _natural(img))

@@ -15,24 +15,16 @@ versions; anything else is decoded. A file that already holds exactly the manife
 untouched (not rewritten). Otherwise the new file is written beside the old one (``*.partial``) and
 renamed into place.
 
-One pass (:func:`build`): every image that any requested size lacks is decoded once for all those sizes
-(:func:`featpipe.imaging.decode.decode_sizes`; byte-identical files, same sha256, are decoded once), in a pool
-of worker processes, streamed in order into the files (flat memory). Channels are decided in that same
-pass: each row is stored with its natural channels (:func:`featpipe.imaging.decode.decode`); the file holds one
-channel until the first colour row arrives, and is then widened (rows written so far replicated) instead
-of decoding anything twice. With ``rejects=True`` (``featpipe prepare``) an image that cannot be decoded
-is reported and left out instead of stopping the build: that is how ``prepare`` verifies the files and
-fills the caches from the same decode.
+This module is the file's layout, its identity and its reader (:class:`DecodedImages`); writing it
+is :func:`featpipe.decoded.build.build`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
@@ -40,20 +32,15 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from featpipe import __version__
 from featpipe.core.errors import CacheError
-from featpipe.imaging.decode import (
-    DECODER_VERSION,
-    DEFAULT_MAX_PIXELS,
-    DRAFT_FACTOR,
-    RESIZE_METHOD,
-    split_ref,
-)
+from featpipe.core.versions import versions
+from featpipe.imaging.base import DECODER_VERSION, DEFAULT_MAX_PIXELS, RESIZE_METHOD
+from featpipe.imaging.npz import split_ref
+from featpipe.imaging.pil import DRAFT_FACTOR
 
 FORMAT = 2
 _REUSE_KEYS = ("format", "size", "resize_method", "draft", "draft_factor", "decoder_version", "pillow_version",
                "pydicom_version")
-_BLOCK = 64  # rows per copy block (flat memory)
 
 
 @dataclass(frozen=True)
@@ -68,20 +55,6 @@ class DecodeOptions:
     @classmethod
     def from_params(cls, params, *, progress: bool = True) -> DecodeOptions:
         return cls(params.decode.workers, params.decode.draft, params.data.max_image_pixels, progress)
-
-
-@dataclass
-class BuildResult:
-    """What one :func:`build` did: per size the file and (images, decoded, reused, channels, rewritten);
-    the ids it rejected with their reason (``rejects=True`` only); the upright source (width, height) of
-    each image it decoded; images decoded (once for all sizes) and seconds."""
-
-    paths: dict[int, Path]
-    stats: dict[int, dict]
-    rejects: dict[str, str] = field(default_factory=dict)
-    dims: dict[str, tuple[int, int]] = field(default_factory=dict)
-    decoded: int = 0
-    seconds: float = 0.0
 
 
 def decoded_path(cache_dir: str | Path, dataset: str, size: int) -> Path:
@@ -106,22 +79,11 @@ def image_refs(manifest: pd.DataFrame) -> list[str]:
     return out
 
 
-def _versions() -> dict:
-    import PIL
-
-    try:
-        import pydicom
-
-        pyd = pydicom.__version__
-    except ImportError:  # pragma: no cover - optional extra
-        pyd = ""
-    return {"pillow_version": PIL.__version__, "pydicom_version": pyd, "numpy_version": np.__version__}
-
-
 def decoder_settings(size: int, draft: bool) -> dict:
     """What the decoded pixels depend on besides the file bytes (attrs of the cache; in feature caches' provenance)."""
     return {"format": FORMAT, "size": int(size), "resize_method": RESIZE_METHOD, "draft": bool(draft),
-            "draft_factor": DRAFT_FACTOR, "decoder_version": DECODER_VERSION, **_versions()}
+            "draft_factor": DRAFT_FACTOR, "decoder_version": DECODER_VERSION,
+            **versions("PIL", "pydicom", "numpy")}
 
 
 def decoder_identity(size: int, draft: bool) -> dict:
@@ -142,7 +104,7 @@ def settings_mismatch(attrs: dict, *, size: int, draft: bool) -> str | None:
 # --------------------------------------------------------------------------- previous cache
 
 
-def _open_valid(path: Path, wanted: dict) -> h5py.File | None:
+def open_reusable(path: Path, wanted: dict) -> h5py.File | None:
     """The previous file, opened, when its rows may be reused for ``wanted``; else None."""
     if not path.is_file():
         return None
@@ -166,11 +128,11 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def _strings(ds: h5py.Dataset) -> list[str]:
+def strings(ds: h5py.Dataset) -> list[str]:
     return [s.decode() if isinstance(s, bytes) else str(s) for s in ds[()]]
 
 
-def _read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+def read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     """``ds[rows]`` for any int rows (duplicates, any order), reading contiguous runs as slices."""
     rows = np.asarray(rows, dtype=np.int64)
     out = np.empty((len(rows),) + ds.shape[1:], dtype=ds.dtype)
@@ -185,97 +147,6 @@ def _read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
         start += len(run)
     out[order] = buf[inverse]
     return out
-
-
-# --------------------------------------------------------------------------- build
-
-
-def build(manifest: pd.DataFrame, targets: dict[int, Path], *, options: DecodeOptions = DecodeOptions(),
-          rejects: bool = False) -> BuildResult:
-    """Bring the file of every ``size -> path`` in ``targets`` up to date for ``manifest`` in one pass.
-
-    One builder per file at a time (:func:`featpipe.core.locks.build_lock`, taken in size order): a second
-    process waits, then finds the first one's file current and leaves it as is. A ``.partial`` left by a
-    killed build is removed."""
-    from contextlib import ExitStack
-
-    from featpipe.decoded.build import checked_rows
-    from featpipe.core.locks import build_lock, clean_leftovers, remove_stale
-
-    ids, shas, refs = checked_rows(manifest)
-    with ExitStack() as stack:
-        for size, path in sorted((int(s), Path(p)) for s, p in targets.items()):
-            stack.enter_context(build_lock(path, what="the decoded-image cache"))
-            clean_leftovers(path.parent)
-            for leftover in (".partial", ".partial3"):
-                remove_stale(path.with_name(path.name + leftover), why="left by an interrupted decode")
-        return _build(ids, shas, refs, targets, options=options, rejects=rejects)
-
-
-def _build(ids: list[str], shas: list[str], refs: list[str], targets: dict[int, Path], *, options: DecodeOptions,
-           rejects: bool) -> BuildResult:
-    from featpipe.decoded.build import Writer, copy_reused, decode_into, jobs_for, mp_context
-    from featpipe.core.workers import pool_kwargs
-
-    t0 = time.perf_counter()
-    n = len(ids)
-    plans: dict[int, tuple[h5py.File | None, np.ndarray]] = {}
-    result = BuildResult({int(s): Path(p) for s, p in targets.items()}, {})
-    for size, path in result.paths.items():
-        old = _open_valid(path, decoder_settings(size, options.draft))
-        rows = np.full(n, -1, dtype=np.int64)
-        if old is not None:
-            old_ids, old_shas = _strings(old["ids"]), _strings(old["sha256"])
-            if old_ids == ids and old_shas == shas:  # exactly these rows: nothing to write
-                result.stats[size] = {"images": n, "decoded": 0, "reused": n, "rewritten": False,
-                                      "channels": int(old["images"].shape[-1])}
-                old.close()
-                continue
-            where = {k: j for j, k in enumerate(zip(old_ids, old_shas))}
-            rows[:] = [where.get(k, -1) for k in zip(ids, shas)]
-        plans[size] = (old, rows)
-    writers: dict[int, Writer] = {}
-    pool = None
-    try:
-        for size, (old, rows) in plans.items():
-            writers[size] = Writer(result.paths[size], size=size, n=n, attrs=decoder_settings(size, options.draft))
-            if old is not None:
-                copy_reused(old, rows, writers[size])
-        jobs = jobs_for(writers, shas, refs)
-        if jobs:
-            workers = min(options.workers, len(jobs))
-            pool = (ProcessPoolExecutor(max_workers=workers, mp_context=mp_context(), **pool_kwargs())
-                    if workers > 1 else None)
-            decode_into(jobs, writers, shas, ids, refs, options=options, pool=pool, result=result,
-                         rejects=rejects)
-        keep = np.array([i not in result.rejects for i in ids], dtype=bool)
-        for size, w in writers.items() if keep.any() else ():  # nothing usable: no file (prepare says why)
-            kept_ids = [i for i, k in zip(ids, keep) if k]
-            kept_shas = [s for s, k in zip(shas, keep) if k]
-            reused = int(((plans[size][1] >= 0) & keep).sum())
-            w.finish(keep, kept_ids, kept_shas, {
-                "rows_sha256": content_sha256(kept_ids, kept_shas), "featpipe_version": __version__,
-                "n_decoded": len(kept_ids) - reused, "n_reused": reused,
-                "seconds": round(time.perf_counter() - t0, 3)})
-            result.stats[size] = {"images": len(kept_ids), "decoded": len(kept_ids) - reused, "reused": reused,
-                                  "rewritten": True, "channels": w.channels}
-    finally:
-        for old, _ in plans.values():
-            if old is not None:
-                old.close()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        for w in writers.values():
-            w.discard()
-    result.seconds = time.perf_counter() - t0
-    return result
-
-
-def build_decoded(manifest: pd.DataFrame, *, size: int, path: Path, workers: int = 2, draft: bool = True,
-                  progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
-    """One size: :func:`build` for ``{size: path}``; returns ``path``."""
-    build(manifest, {int(size): Path(path)}, options=DecodeOptions(workers, draft, max_pixels, progress))
-    return Path(path)
 
 
 def build_stats(path: str | Path) -> dict:
@@ -330,12 +201,12 @@ class DecodedImages:
     @property
     def ids(self) -> np.ndarray:
         if self._ids is None:
-            self._ids = np.array(_strings(self._file()["ids"]), dtype=str)
+            self._ids = np.array(strings(self._file()["ids"]), dtype=str)
         return self._ids
 
     @property
     def sha256(self) -> np.ndarray:
-        return np.array(_strings(self._file()["sha256"]), dtype=str)
+        return np.array(strings(self._file()["sha256"]), dtype=str)
 
     def index_of(self, ids: Iterable[str]) -> np.ndarray:
         if self._index is None:
@@ -372,7 +243,7 @@ class DecodedImages:
         n = len(self)
         if len(idx) and (idx.min() < -n or idx.max() >= n):
             raise IndexError(f"rows out of range for {n} images")
-        return _read_rows(self._file()["images"], idx % n if n else idx)
+        return read_rows(self._file()["images"], idx % n if n else idx)
 
     def close(self) -> None:
         if self._h5 is not None and self._pid == os.getpid():

@@ -18,20 +18,20 @@ What is derived from the table (summaries, ``metrics.json``, statistics, compari
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from featpipe.core.fileio import atomic_write
 from featpipe.evaluation.metrics import SCALAR_METRICS
-from featpipe.saved.models import canonical_params, config_name, params_tag
+from featpipe.core.locks import build_lock
+from featpipe.core.names import canonical_params, config_name, params_tag
 
 KEY_COLUMNS = ("dataset", "backbone", "weights", "weights_id", "layer", "head", "head_params", "shots", "seed",
                "split_sha256")
@@ -59,20 +59,6 @@ def key_frame(df: pd.DataFrame) -> pd.DataFrame:
     df["shots"] = df["shots"].astype(np.int64)
     df["seed"] = df["seed"].astype(np.int64)
     return df
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.with_name(path.name + ".lock")
-    with open(lock, "a+") as fh:
-        try:
-            import fcntl
-
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - non-POSIX
-            pass
-        yield
 
 
 def read_runs(path: str | Path) -> pd.DataFrame:
@@ -110,7 +96,8 @@ def upsert_runs(path: str | Path, rows: Iterable[Mapping]) -> pd.DataFrame:
     new = key_frame(new)
     if new.duplicated(list(KEY_COLUMNS)).any():
         raise ValueError("two rows with the same key in one write")
-    with _locked(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with build_lock(path, what="the results table"):
         old = read_runs(path)
         if len(old):
             old = key_frame(old)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
@@ -29,6 +30,9 @@ import h5py
 import numpy as np
 
 from featpipe.core.errors import CacheError
+from featpipe.core.fileio import atomic_path, atomic_write
+from featpipe.core.locks import LockTimeout, build_lock
+from featpipe.core.names import cache_name
 
 STR = h5py.string_dtype("utf-8")
 # Attributes whose values must match the request for a cached row to be reused (besides id + sha256).
@@ -70,13 +74,6 @@ class FeatureSet:
             self.ids[idx], self.features[idx], self.labels[idx], dict(self.attrs),
             None if self.sha256 is None else self.sha256[idx],
         )
-
-
-def cache_name(backbone: str, *, layer: Optional[str] = None, weights_tag: Optional[str] = None) -> str:
-    """``<backbone>[@<layer>][+<weights-tag>].h5`` (named by :func:`featpipe.saved.models.cache_name`)."""
-    from featpipe.saved.models import cache_name as name
-
-    return name(backbone, layer=layer, weights_tag=weights_tag)
 
 
 def cache_path(cache_dir: str | Path, dataset: str, backbone: str, *, layer: Optional[str] = None,
@@ -237,7 +234,6 @@ def write_features(path: str | Path, *, ids: Sequence[str], features: np.ndarray
     ``embedding_dim``; a dict ``preprocess`` is stored as JSON.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     n = len(ids)
     if isinstance(features, np.ndarray):
         if features.ndim != 2 or features.shape[0] != n:
@@ -250,8 +246,7 @@ def write_features(path: str | Path, *, ids: Sequence[str], features: np.ndarray
         blocks = features
     if len(labels) != n or (sha256 is not None and len(sha256) != n):
         raise ValueError("ids, labels and sha256 must have the same length")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             rows = max(1, min(n, _CHUNK_BYTES // max(1, dim * np.dtype(dtype).itemsize)))
             ds = f.create_dataset("features", shape=(n, dim), dtype=dtype, chunks=(rows, dim) if n else None)
@@ -274,10 +269,6 @@ def write_features(path: str | Path, *, ids: Sequence[str], features: np.ndarray
                 f.attrs[k] = "" if v is None else v
             f.attrs["embedding_dim"] = int(dim)
             f.attrs["complete"] = True
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -338,25 +329,22 @@ class PartialRows:
     sha256 to extract, in order); ``features.f32`` holds their rows, appended one batch at a time
     (flushed and fsynced). A torn last write is cut back to the last whole batch, so a resumed run
     recomputes exactly the batches an uninterrupted run computes, with the same batch composition.
-    A different plan (other weights, ids, batch size, ...) discards the old rows. ``lock`` holds an
-    exclusive ``flock`` so two processes never append to the same file.
+    A different plan (other weights, ids, batch size, ...) discards the old rows. The journal's
+    :func:`~featpipe.core.locks.build_lock` (not waited for) keeps two processes from appending to the same file.
     """
 
     def __init__(self, final: str | Path, plan: Mapping, *, dim: int, batch_size: int):
-        import fcntl
-
         self.dir = Path(final).with_name(Path(final).name + ".partial")
         self.dim, self.batch_size = int(dim), int(batch_size)
         self.plan = json.loads(json.dumps(dict(plan), sort_keys=True, default=str))
         self.total = len(self.plan["ids"])
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.dir / "lock", "w")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock.close()
-            raise CacheError(f"another process is extracting into {final}; wait for it or stop it") from None
         self.data = self.dir / "features.f32"
+        self._lock = ExitStack()
+        try:
+            self._lock.enter_context(build_lock(self.data, what="the extraction journal", wait=False))
+        except LockTimeout:
+            raise CacheError(f"another process is extracting into {final}; wait for it or stop it") from None
         plan_file = self.dir / "plan.json"
         old = None
         if plan_file.is_file():
@@ -369,9 +357,7 @@ class PartialRows:
             if self.data.exists():
                 self.discarded = self.data.stat().st_size // (4 * self.dim)
                 self.data.unlink()
-            tmp = self.dir / "plan.json.tmp"
-            tmp.write_text(json.dumps(self.plan, sort_keys=True))
-            os.replace(tmp, plan_file)
+            atomic_write(plan_file, json.dumps(self.plan, sort_keys=True))
         row_bytes = 4 * self.dim
         have = self.data.stat().st_size // row_bytes if self.data.exists() else 0
         done = have if have >= self.total else (have // self.batch_size) * self.batch_size
@@ -400,8 +386,7 @@ class PartialRows:
     def close(self) -> None:
         if not self._out.closed:
             self._out.close()
-        if not self._lock.closed:
-            self._lock.close()
+        self._lock.close()
 
     def remove(self) -> None:
         import shutil

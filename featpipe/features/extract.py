@@ -26,7 +26,6 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
-from featpipe import __version__
 from featpipe.features import cache as featcache
 from featpipe.core import locks
 from featpipe.backbones.registry import get
@@ -35,6 +34,7 @@ from featpipe.backbones.model import FeatureModel
 from featpipe.params.config import DecodeParams, ExtractParams
 from featpipe.core.errors import CacheError, FeatpipeError
 from featpipe.core.runtime import Runtime
+from featpipe.core.versions import versions
 
 
 
@@ -95,17 +95,6 @@ def shard_bounds(n_rows: int, batch_size: int, index: int, count: int) -> tuple[
     b0, b1 = index * batches // count, (index + 1) * batches // count
     return min(b0 * batch_size, n_rows), min(b1 * batch_size, n_rows)
 
-
-def _versions() -> dict:
-    import torch
-
-    out = {"featpipe_version": __version__, "torch_version": torch.__version__}
-    for pkg in ("torchvision", "transformers"):
-        try:
-            out[f"{pkg}_version"] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[f"{pkg}_version"] = ""
-    return out
 
 
 def _say(msg: str, progress: bool) -> None:
@@ -197,7 +186,7 @@ def _update(job: _Job, *, cache_dir, dataset, params, decode, shard, progress) -
         speed = n_new / max(loop_s, 1e-9)
         attrs = {**job.expected, "weights": ref.source if ref.kind != "random" else "random",
                  "manifest_sha256": job.msha, "device": str(job.device), "batch_size": params.batch_size,
-                 "dataset": dataset, **_versions(), **job.extra}
+                 "dataset": dataset, **versions("torch", "torchvision", "transformers"), **job.extra}
         _assemble(out, df, old_rows, todo, partial, attrs, dim, params.feature_dtype)
         resumed = partial.resumed
         partial.remove()

@@ -26,6 +26,7 @@ import sklearn
 from featpipe.backbones.registry import get as get_backbone
 from featpipe.backbones.weights import resolve
 from featpipe.core.errors import CacheError, DataError
+from featpipe.core.names import canonical_params, head_model_path
 from featpipe.core.workers import die_with_parent
 from featpipe.data.manifest import ids_sha256
 from featpipe.data.splits import Splits
@@ -36,7 +37,6 @@ from featpipe.heads.io import save_head
 from featpipe.heads.registry import head_params, make_head
 from featpipe.heads.scaling import fit_pipeline, pool_scaler
 from featpipe.params.config import Params
-from featpipe.saved.models import canonical_params, head_model_path
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def single_threaded():
 
 def model_file(models_dir: str | Path, data: CacheData, dataset: str, head: str, shots: int, seed: int,
                hp: dict) -> Path:
-    """Where the head of this run is saved (name from :func:`featpipe.saved.models.head_model_path`)."""
+    """Where the head of this run is saved (name from :func:`featpipe.core.names.head_model_path`)."""
     return head_model_path(models_dir, backbone=data.backbone, layer=data.layer or None, weights_tag=data.tag or None,
                            head=head, shots=shots, seed=seed, dataset=dataset, head_params=hp)
 

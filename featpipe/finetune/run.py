@@ -29,8 +29,11 @@ import torch
 from featpipe.backbones import registry
 from featpipe.backbones.modelinput import decode_size, ensure_decoded
 from featpipe.core.errors import ConfigError, DataError
+from featpipe.core.names import finetune_run_name
+from featpipe.core.versions import versions
 from featpipe.core.fileio import atomic_write
-from featpipe.data.manifest import file_sha256, read_manifest
+from featpipe.core.fileio import file_sha256
+from featpipe.data.manifest import read_manifest
 from featpipe.data.splits import load_splits
 from featpipe.decoded.cache import DecodeOptions
 from featpipe.evaluation.metrics import score
@@ -42,7 +45,6 @@ from featpipe.core.runtime import Runtime
 from featpipe.finetune.loop import TrainConfig, predict_proba, train
 from featpipe.finetune.strategies import STRATEGIES, describe, param_groups
 from featpipe.params.config import to_dict
-from featpipe.saved.models import finetune_run_name
 
 TRAINING_DIR = "training"
 
@@ -185,7 +187,7 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
     meta = {**rec.sidecar, "family": spec.family, "layer": job.layer, "strategy": job.strategy,
             "preprocess": spec.preprocess.to_dict(), "params": to_dict(p), "head_params": row["head_params"],
             "ids_sha256": row["ids_sha256"], "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
-            "precision": rt.precision, **describe(model), **_versions()}
+            "precision": rt.precision, **describe(model), **versions("torch", "torchvision", "transformers")}
     if p.save_models:
         row["model_path"] = str(save_finetuned(model, meta, Path(paths.models) / "finetune" / d.splits.dataset / name))
     write_training_curve(Path(paths.results) / TRAINING_DIR / f"{name}.json", meta, res)
@@ -227,18 +229,6 @@ def _epoch_line(name: str, r: dict) -> str:
             f"{extra} ({r['seconds']:.1f}s){' *' if r['best'] else ''}")
 
 
-def _versions() -> dict:
-    """The versions of the libraries a fine-tuned model was trained with (featpipe's is in the run's sidecar)."""
-    import torchvision
-
-    try:
-        import transformers
-
-        tf = transformers.__version__
-    except ImportError:  # pragma: no cover
-        tf = ""
-    return {"torch_version": torch.__version__,
-            "torchvision_version": torchvision.__version__, "transformers_version": tf}
 
 
 def write_training_curve(path: Path, meta: dict, res) -> Path:

@@ -1,12 +1,24 @@
-"""DICOM to 8 bits for :mod:`featpipe.imaging.decode`: modality LUT (rescale slope/intercept), then VOI LUT or
-window, then MONOCHROME1 inverted, then scaled by the output range of the window (or the LUT's bit depth,
-or the actual range)."""
+"""The DICOM backend of :mod:`featpipe.imaging.decode`, DICOM to 8 bits: modality LUT (rescale
+slope/intercept), then VOI LUT or window, then MONOCHROME1 inverted, then scaled by the output range of the
+window (or the LUT's bit depth, or the actual range)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from featpipe.imaging.decode import ImageRejected, scale_to_uint8
+from featpipe.imaging.base import ImageRejected, scale_to_uint8
+
+
+def is_dicom(ref: str) -> bool:
+    """A ``.dcm``/``.dicom`` name, or the ``DICM`` marker at byte 128."""
+    if ref.lower().endswith((".dcm", ".dicom")):
+        return True
+    try:
+        with open(ref, "rb") as fh:
+            head = fh.read(132)
+        return head[128:132] == b"DICM"
+    except OSError:
+        return False
 
 
 def dicom_to_uint8(ref: str, max_pixels: int) -> np.ndarray:

@@ -236,6 +236,11 @@ class Params:
     engine: EngineParams = field(default_factory=EngineParams)
 
 
+def configured_backbones(params: Params) -> list[str]:
+    """The backbones whose decoded caches the pipeline reads: extract.backbones + finetune.backbones."""
+    return list(dict.fromkeys(list(params.extract.backbones) + list(params.finetune.backbones)))
+
+
 # --------------------------------------------------------------------------- loading
 
 

@@ -19,10 +19,10 @@ from typing import Optional
 import pandas as pd
 import yaml
 
-from featpipe import __version__
 from featpipe.params.config import Params, to_dict
 from featpipe.core.errors import DataError
 from featpipe.core.fileio import atomic_write
+from featpipe.core.versions import versions as core_versions
 from featpipe.report import plots
 from featpipe.report.html import page, table
 
@@ -99,14 +99,11 @@ def _training_curves(results: Path) -> dict[str, list[dict]]:
 
 
 def _provenance(inp: ReportInputs, params: Params, runs: pd.DataFrame) -> str:
-    import importlib.metadata as md
-
-    versions = [["featpipe", __version__], ["python", platform.python_version()]]
-    for pkg in ("torch", "torchvision", "transformers", "scikit-learn", "numpy", "h5py", "grad-cam", "dvc"):
-        try:
-            versions.append([pkg, md.version(pkg)])
-        except md.PackageNotFoundError:
-            versions.append([pkg, "not installed"])
+    libs = {"torch": "torch", "torchvision": "torchvision", "transformers": "transformers", "scikit-learn": "sklearn",
+            "numpy": "numpy", "h5py": "h5py", "grad-cam": "pytorch_grad_cam", "dvc": "dvc"}  # shown name: module
+    found = core_versions(*libs.values())
+    versions = [["featpipe", found["featpipe_version"]], ["python", platform.python_version()]]
+    versions += [[pkg, found[f"{mod}_version"] or "not installed"] for pkg, mod in libs.items()]
     out = ["<h3>Software</h3>", table(["package", "version"], versions)]
     caches = sorted(inp.cache_dir.rglob("*.h5")) if inp.cache_dir and inp.cache_dir.is_dir() else []
     rows = []

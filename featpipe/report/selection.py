@@ -102,7 +102,7 @@ def comparison_section(comparisons: pd.DataFrame, best: list[dict], metric: str)
 
 def degenerate_section(runs: pd.DataFrame) -> str:
     from featpipe.results.summary import degenerate_flags
-    from featpipe.saved.models import config_name
+    from featpipe.core.names import config_name
 
     bad = runs[degenerate_flags(runs).to_numpy()]
     if bad.empty:

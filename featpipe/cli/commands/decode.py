@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from featpipe.params.config import configured_backbones
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--size", type=int, action="append", default=None,
@@ -11,11 +13,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cache-dir", default="cache", help="cache folder (default: cache); writes <cache-dir>/<data.name>/decoded-<size>.h5")
     parser.add_argument("--stamp", default=None, metavar="FILE", help="also write a JSON summary of the caches (for DVC)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def configured_backbones(params) -> list[str]:
-    """The backbones whose decoded caches the pipeline reads: extract.backbones + finetune.backbones."""
-    return list(dict.fromkeys(list(params.extract.backbones) + list(params.finetune.backbones)))
 
 
 def needed_sizes(params) -> list[int]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from featpipe.backbones.modelinput import first_pass
+from featpipe.data.prepare import prepare
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--manifest", default="data/manifest.csv", help="manifest to write (default: data/manifest.csv)")
@@ -16,11 +19,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args, params) -> int:
-    from featpipe.data.prepare import prepare
-
+    decode = None if args.no_cache else first_pass(params, cache_dir=args.cache_dir, progress=not args.no_progress)
     summary = prepare(params, manifest_path=args.manifest, splits_path=args.splits, rejects_path=args.rejects,
-                      duplicates_path=args.duplicates, cache_dir=None if args.no_cache else args.cache_dir,
-                      progress=not args.no_progress)
+                      duplicates_path=args.duplicates, decode=decode)
     for line in summary.lines():
         print(line)
     return 0

@@ -1,0 +1,97 @@
+"""The file a decoded-cache build writes (:class:`Writer`), for :mod:`featpipe.decoded.build`.
+
+Rows arrive in any order with their natural channels (1 for grey content, 3 for colour). The file is
+written as ``<path>.partial`` with one channel until the first colour row arrives; it is then widened:
+a 3-channel file is started (``<path>.partial3``), the rows written so far are copied into it with their
+grey channel replicated, and the one-channel file is removed. Nothing is decoded twice. Rows left out
+at the end (rejected images) are compacted away before the file is renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from featpipe.core.errors import CacheError
+
+_BLOCK = 64  # rows per copy block (flat memory)
+
+
+class Writer:
+    """A decoded-cache file being written for ``n`` manifest rows at ``size``."""
+
+    def __init__(self, path: Path, *, size: int, n: int, attrs: dict):
+        self.path, self.size, self.n, self.attrs = Path(path), int(size), int(n), dict(attrs)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.channels = 1
+        self.done = np.zeros(self.n, dtype=bool)
+        self.tmp = self.path.with_name(self.path.name + ".partial")
+        self.f: h5py.File | None = self._create(self.tmp, 1)
+
+    def _create(self, tmp: Path, channels: int) -> h5py.File:
+        f = h5py.File(tmp, "w")
+        s = self.size
+        f.create_dataset("images", shape=(self.n, s, s, channels), maxshape=(None, s, s, channels), dtype=np.uint8,
+                         chunks=(1, s, s, channels))
+        return f
+
+    def has(self, row: int) -> bool:
+        return bool(self.done[row])
+
+    def put(self, row: int, img: np.ndarray) -> None:
+        """Row ``row`` := ``img`` uint8 ``(size, size, 1 | 3)``."""
+        if img.shape != (self.size, self.size, img.shape[-1]) or img.shape[-1] not in (1, 3):
+            raise CacheError(f"decoded image of shape {img.shape} does not fit a {self.size}-px cache")
+        if img.shape[-1] == 3 and self.channels == 1:
+            self._widen()
+        if img.shape[-1] == 1 and self.channels == 3:
+            img = np.repeat(img, 3, axis=-1)
+        self.f["images"][row] = img
+        self.done[row] = True
+
+    def get(self, row: int) -> np.ndarray:
+        img = self.f["images"][row]
+        return img[..., :1] if self.channels == 3 and np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(
+            img[..., 0], img[..., 2]) else img
+
+    def _widen(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".partial3")
+        new = self._create(tmp, 3)
+        old, dst = self.f["images"], new["images"]
+        rows = np.flatnonzero(self.done)
+        for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1) if len(rows) else []:
+            for b in range(int(run[0]), int(run[-1]) + 1, _BLOCK):
+                e = min(b + _BLOCK, int(run[-1]) + 1)
+                dst[b:e] = np.repeat(old[b:e], 3, axis=-1)
+        self.f.close()
+        os.unlink(self.tmp)
+        self.f, self.tmp, self.channels = new, tmp, 3
+
+    def finish(self, keep: np.ndarray, ids: list[str], shas: list[str], attrs: dict) -> None:
+        """Keep the rows where ``keep``, in order, record ids/sha256/attrs and rename into place."""
+        kept = np.flatnonzero(keep)
+        if not self.done[kept].all():
+            raise CacheError(f"internal error: {int((~self.done[kept]).sum())} rows of {self.path} were never written")
+        ds = self.f["images"]
+        if len(kept) < self.n:
+            for j, r in enumerate(kept):  # j <= r: moving rows down in order never overwrites one still needed
+                if j != r:
+                    ds[j] = ds[r]
+            ds.resize(len(kept), axis=0)
+        self.f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        self.f.create_dataset("sha256", data=np.array(shas, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        self.f.attrs.update({**self.attrs, **attrs, "channels": self.channels, "complete": True})
+        self.f.close()
+        self.f = None
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        """Close and remove an unfinished file (no-op after :meth:`finish`)."""
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+            if self.tmp.exists():
+                self.tmp.unlink()

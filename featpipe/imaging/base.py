@@ -1,0 +1,108 @@
+"""What every imaging backend shares: the reject reasons (:class:`ImageRejected`), the decoder's identity,
+the conversion of any numeric pixels to 8 bits, and the finishing steps (resize, centre crop, channels)
+that turn a backend's 8-bit pixels into the decoded image (see :mod:`featpipe.imaging.decode`)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from featpipe.core.errors import DataError
+
+RESIZE_METHOD = "shorter-side:pil-bilinear-antialias;center-crop"  # recorded in the decoded cache
+DECODER_VERSION = "1"  # bump when decoding semantics change
+DEFAULT_MAX_PIXELS = 100_000_000
+
+REASONS = ("zero bytes", "not an image", "truncated", "unreadable", "unsupported mode", "too large", "missing")
+
+
+class ImageRejected(DataError):
+    """An image that cannot be used; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, ref: str = ""):
+        if reason not in REASONS:  # pragma: no cover - programming error
+            raise ValueError(f"unknown reject reason {reason!r}")
+        self.reason = reason
+        self.ref = ref
+        super().__init__(f"{ref}: {reason}" if ref else reason)
+
+    def __reduce__(self):  # survives the trip back from a worker process
+        return (type(self), (self.reason, self.ref))
+
+
+def check_file(ref: str) -> None:
+    """A regular, non-empty file; else :class:`ImageRejected` (missing, unreadable, not an image, zero bytes)."""
+    try:
+        st = os.stat(ref)
+    except FileNotFoundError:
+        raise ImageRejected("missing", ref) from None
+    except OSError:
+        raise ImageRejected("unreadable", ref) from None
+    if not os.path.isfile(ref):
+        raise ImageRejected("not an image", ref)
+    if st.st_size == 0:
+        raise ImageRejected("zero bytes", ref)
+
+
+# --------------------------------------------------------------------------- to 8 bits
+
+
+def scale_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Integer data by bit depth (8..16 bits, from the maximum), other data by its actual range."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    a = arr.astype(np.float64)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if arr.dtype.kind in "ui" and lo >= 0 and hi <= 65535:
+        bits = 8 if hi <= 255 else min(b for b in (10, 12, 14, 16) if hi <= 2**b - 1)
+        out = a * (255.0 / (2**bits - 1))
+    elif hi > lo:
+        out = (a - lo) * (255.0 / (hi - lo))
+    else:
+        out = np.zeros_like(a)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def composite_black(arr: np.ndarray) -> np.ndarray:
+    """(H, W, C+1) uint8 with alpha last -> (H, W, C) composited on black."""
+    color = arr[..., :-1].astype(np.uint16)
+    alpha = arr[..., -1:].astype(np.uint16)
+    return ((color * alpha + 127) // 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- finishing
+
+
+def resize_crop(im: Image.Image, size: int) -> Image.Image:
+    """Shorter side to ``size`` (antialiased bilinear), then center crop ``size x size``."""
+    w, h = im.size
+    if w <= h:
+        ow, oh = size, max(size, int(size * h / w))
+    else:
+        ow, oh = max(size, int(size * w / h)), size
+    if (ow, oh) != (w, h):
+        im = im.resize((ow, oh), Image.Resampling.BILINEAR)
+    top = round((oh - size) / 2.0)
+    left = round((ow - size) / 2.0)
+    if (ow, oh) != (size, size):
+        im = im.crop((left, top, left + size, top + size))
+    return im
+
+
+def finish(pixels: Image.Image | np.ndarray, size: int, channels: int | None) -> np.ndarray:
+    """Source pixels -> uint8 ``(size, size, C)`` (resize, centre crop, channels: see :mod:`featpipe.imaging.decode`)."""
+    im = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB")
+    if im.mode == "RGB" and channels == 1:
+        im = im.convert("L")
+    out = np.asarray(resize_crop(im, size))
+    if out.ndim == 2:
+        out = out[..., None]
+    elif channels is None and np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 0], out[..., 2]):
+        out = out[..., :1]
+    if channels == 3 and out.shape[-1] == 1:
+        out = np.repeat(out, 3, axis=-1)
+    return np.ascontiguousarray(out)
