@@ -49,7 +49,7 @@ class HeadSpec:
     also_explains: tuple = ()  # bare scikit-learn classes its torch twin also converts
 
 
-_NOT_HEADS = {"base", "io", "scaling", "torch_twin"}  # the package's shared modules, not heads
+_NOT_HEADS = {"base", "io", "make", "scaling", "torch_twin"}  # the package's shared modules, not heads
 
 
 def _discover() -> dict[str, HeadSpec]:

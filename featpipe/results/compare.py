@@ -33,7 +33,11 @@ import pandas as pd
 
 from featpipe.core.errors import DataError
 from featpipe.core.fileio import atomic_write
+from featpipe.data.manifest import read_manifest
+from featpipe.data.splits import load_splits
 from featpipe.evaluation.metrics import fast_scores, summarize
+from featpipe.results.table import (LOWER_IS_BETTER, RUNS_CSV, config_labels, current_split, degenerate_flags,
+                                    read_predictions, read_runs, select_best)
 
 COLUMNS = ["shots", "config_a", "config_b", "metric", "n_seeds", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm",
            "boot_ci_low", "boot_ci_high", "degenerate_a", "degenerate_b"]
@@ -69,8 +73,6 @@ def holm(p: Sequence[float]) -> np.ndarray:
 
 
 def _table(runs: pd.DataFrame) -> pd.DataFrame:
-    from featpipe.results.table import config_labels, degenerate_flags
-
     t = runs.copy()
     t["config"] = config_labels(t).to_numpy()
     t["degenerate_flag"] = degenerate_flags(t).to_numpy()
@@ -117,16 +119,17 @@ def seed_comparisons(runs: pd.DataFrame, *, metrics: Sequence[str], reference: s
 class TestPredictions:
     """Test-split predictions of runs, aligned on one id order, with patient groups for resampling."""
 
-    def __init__(self, results_dir: str | Path, manifest: pd.DataFrame, classes: Sequence[str]):
-        self.results_dir = Path(results_dir)
+    def __init__(self, results_dir: str | Path | pd.DataFrame, manifest: pd.DataFrame, classes: Sequence[str]):
+        self.frame = results_dir if isinstance(results_dir, pd.DataFrame) else None  # predictions held in memory
+        self.results_dir = None if self.frame is not None else Path(results_dir)
         self.classes = list(classes)
         self.patient = dict(zip(manifest["id"].astype(str), manifest["patient_id"].astype(str)))
 
     def load(self, run_ids: Iterable[str]) -> dict[str, tuple[np.ndarray, np.ndarray, float | None, np.ndarray]]:
         """{run_id: (ids, labels, proba (N, C), threshold)} of the test rows; runs without a file are left out."""
-        from featpipe.results.table import read_predictions
-
-        df = read_predictions(self.results_dir, list(run_ids))
+        run_ids = [str(r) for r in run_ids]
+        df = (self.frame[self.frame["run_id"].astype(str).isin(run_ids)] if self.frame is not None
+              else read_predictions(self.results_dir, run_ids))
         out = {}
         cols = [f"p[{c}]" for c in self.classes]
         for rid, g in df[df["split"] == "test"].groupby("run_id", sort=False):
@@ -181,8 +184,6 @@ def bootstrap_interval(preds: TestPredictions, runs_a: list[str], runs_b: list[s
 def config_entries(runs: pd.DataFrame, metric: str) -> dict[str, dict]:
     """{"<config>|k<shots>": {"config", "shots", "n_degenerate", "val_<metric>": {"mean"}}} for
     :func:`featpipe.results.table.select_best` (``runs`` has a ``config`` column)."""
-    from featpipe.results.table import degenerate_flags
-
     out = {}
     col = f"val_{metric}"
     for (cfg, k), g in runs.groupby(["config", "shots"], sort=True):
@@ -195,8 +196,6 @@ def config_entries(runs: pd.DataFrame, metric: str) -> dict[str, dict]:
 def chosen_pairs(entries: Mapping[str, Mapping], metric: str, extra: Sequence[str] = ()) -> set[tuple[int, str, str]]:
     """(shots, A, B): per shot count the configuration chosen on val against the runner-up on val, plus
     ``extra`` pairs ("A vs B", at every shot count)."""
-    from featpipe.results.table import select_best
-
     out = set()
     for k, name in select_best(entries, metric).items():
         rest = {n: e for n, e in entries.items() if e["shots"] == k and n != name}
@@ -217,23 +216,15 @@ def run_ids(runs: pd.DataFrame, config: str, shots: int, seeds: Sequence[int]) -
     return [str(g.loc[s, "run_id"]) for s in seeds if s in g.index]
 
 
-def compare(results_dir: str | Path, *, splits_path: str | Path, manifest_path: str | Path, params,
-            out: str | Path | None = None) -> pd.DataFrame:
-    """Write ``<results_dir>/comparisons.csv`` (or ``out``) for the current split's rows; returns it."""
-    from featpipe.data.manifest import read_manifest
-    from featpipe.data.splits import load_splits
-    from featpipe.results.table import RUNS_CSV, config_labels, current_split, read_runs
-
-    splits = load_splits(splits_path)
-    runs, _ = current_split(read_runs(Path(results_dir) / RUNS_CSV), splits.sha256)
-    if runs.empty:
-        raise DataError(f"{Path(results_dir) / RUNS_CSV} has no runs of the current split: run fit/sweep first")
-    c = params.compare
+def compare_runs(runs: pd.DataFrame, preds: TestPredictions | None, *, settings, select_metric: str) -> pd.DataFrame:
+    """The comparisons table of ``runs`` (one split's rows): paired seed comparisons, plus the patient
+    bootstrap of the chosen pairs from ``preds`` when ``settings.bootstrap > 0`` (``settings``: the
+    ``compare`` parameters; ``select_metric``: ``report.metric``, what "chosen on val" means)."""
+    c = settings
     table = seed_comparisons(runs, metrics=list(c.metrics), reference=c.reference, seed=c.seed)
     runs = runs.assign(config=config_labels(runs).to_numpy(), seed=runs["seed"].astype(int))
-    if c.bootstrap > 0 and "run_id" in runs.columns:
-        preds = TestPredictions(results_dir, read_manifest(manifest_path), splits.classes)
-        for k, a, b in sorted(chosen_pairs(config_entries(runs, params.report.metric), params.report.metric, c.pairs)):
+    if c.bootstrap > 0 and "run_id" in runs.columns and preds is not None:
+        for k, a, b in sorted(chosen_pairs(config_entries(runs, select_metric), select_metric, c.pairs)):
             seeds = sorted(set(runs.loc[(runs["config"] == a) & (runs["shots"] == k), "seed"])
                            & set(runs.loc[(runs["config"] == b) & (runs["shots"] == k), "seed"]))
             for metric in c.metrics:
@@ -244,6 +235,19 @@ def compare(results_dir: str | Path, *, splits_path: str | Path, manifest_path: 
                 rev = sel & (table["config_a"] == b) & (table["config_b"] == a)
                 table.loc[fwd, ["boot_ci_low", "boot_ci_high"]] = [lo, hi]
                 table.loc[rev, ["boot_ci_low", "boot_ci_high"]] = [-hi, -lo]
+    return table
+
+
+def compare(results_dir: str | Path, *, splits_path: str | Path, manifest_path: str | Path, params,
+            out: str | Path | None = None) -> pd.DataFrame:
+    """Write ``<results_dir>/comparisons.csv`` (or ``out``) for the current split's rows; returns it."""
+    splits = load_splits(splits_path)
+    runs, _ = current_split(read_runs(Path(results_dir) / RUNS_CSV), splits.sha256)
+    if runs.empty:
+        raise DataError(f"{Path(results_dir) / RUNS_CSV} has no runs of the current split: run fit/sweep first")
+    preds = (TestPredictions(results_dir, read_manifest(manifest_path), splits.classes)
+             if params.compare.bootstrap > 0 else None)
+    table = compare_runs(runs, preds, settings=params.compare, select_metric=params.report.metric)
     path = Path(out) if out else Path(results_dir) / COMPARISONS_CSV
     atomic_write(path, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
     return table
@@ -251,8 +255,6 @@ def compare(results_dir: str | Path, *, splits_path: str | Path, manifest_path: 
 
 def verdict(row: Mapping, alpha: float = 0.05) -> str:
     """One phrase answering "is A better than B?" for a comparisons row."""
-    from featpipe.results.table import LOWER_IS_BETTER
-
     p = row.get("p_holm", math.nan)
     d = row.get("mean_diff", math.nan)
     if not np.isfinite(d) or not np.isfinite(p):
