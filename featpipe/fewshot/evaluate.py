@@ -121,6 +121,9 @@ def evaluate_fewshot(features, labels=None, ids=None, *, splits: Splits | str | 
     ``runs``: one row per run, the columns of ``results/runs.csv``; ``predictions``: ``run_id, split, id,
     label, p[<class>]..., threshold`` (+ ``patient_id`` when ``patients`` is given)."""
     X, labels, ids, attrs = _frame(features, labels, ids, attrs)
+    if models_dir is not None and not attrs.get("weights_id"):
+        raise DataError("models_dir needs the features' provenance to save loadable heads: pass a FeatureSet "
+                        "(load_features) or attrs=backbone.provenance()")
     if splits is not None:
         splits = splits if isinstance(splits, Splits) else load_splits(splits)
         y, _ = _labels(labels, splits.classes)
