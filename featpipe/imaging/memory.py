@@ -11,7 +11,8 @@ the embedding its file gets in the feature cache.
   alpha composited on black).
 
 Then, for all of them, the shorter side is resized to ``size`` and centre-cropped; channels are natural
-(1 for grey, 3 for colour), as in the cache.
+(1 for grey, 3 for colour), as in the cache. A large JPEG given by path may be decoded at a reduced DCT
+scale (``draft``, as the cache does); the same JPEG passed as an opened PIL image is decoded whole.
 """
 
 from __future__ import annotations
