@@ -77,6 +77,14 @@ def composite_black(arr: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- finishing
 
 
+def array_to_uint8(img: np.ndarray) -> np.ndarray:
+    """An array image (H, W) / (H, W, 3|4) of any numeric dtype -> uint8, alpha composited on black."""
+    out = scale_to_uint8(img)
+    if out.ndim == 3 and out.shape[-1] == 4:
+        out = composite_black(out)
+    return out
+
+
 def resize_crop(im: Image.Image, size: int) -> Image.Image:
     """Shorter side to ``size`` (antialiased bilinear), then center crop ``size x size``."""
     w, h = im.size

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from featpipe.imaging.base import ImageRejected, composite_black, scale_to_uint8
+from featpipe.imaging.base import ImageRejected, array_to_uint8
 
 
 def split_ref(ref: str) -> tuple[str, str | None, int | None]:
@@ -60,7 +60,4 @@ def _npz_slice(ref: str, file: str, array: str, index: int) -> np.ndarray:
 
 def npz_to_uint8(ref: str, file: str, array: str, index: int) -> np.ndarray:
     """An npz slice (H, W) / (H, W, 3|4) of any numeric dtype -> uint8, alpha composited on black."""
-    out = scale_to_uint8(_npz_slice(ref, file, array, index))
-    if out.ndim == 3 and out.shape[-1] == 4:
-        out = composite_black(out)
-    return out
+    return array_to_uint8(_npz_slice(ref, file, array, index))

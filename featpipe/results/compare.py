@@ -121,14 +121,17 @@ def seed_comparisons(runs: pd.DataFrame, *, metrics: Sequence[str], reference: s
 class TestPredictions:
     """Test-split predictions of runs, aligned on one id order, with patient groups for resampling."""
 
-    def __init__(self, results_dir: str | Path, manifest: pd.DataFrame, classes: Sequence[str]):
-        self.results_dir = Path(results_dir)
+    def __init__(self, results_dir: str | Path | pd.DataFrame, manifest: pd.DataFrame, classes: Sequence[str]):
+        self.frame = results_dir if isinstance(results_dir, pd.DataFrame) else None  # predictions held in memory
+        self.results_dir = None if self.frame is not None else Path(results_dir)
         self.classes = list(classes)
         self.patient = dict(zip(manifest["id"].astype(str), manifest["patient_id"].astype(str)))
 
     def load(self, run_ids: Iterable[str]) -> dict[str, tuple[np.ndarray, np.ndarray, float | None, np.ndarray]]:
         """{run_id: (ids, labels, proba (N, C), threshold)} of the test rows; runs without a file are left out."""
-        df = read_predictions(self.results_dir, list(run_ids))
+        run_ids = [str(r) for r in run_ids]
+        df = (self.frame[self.frame["run_id"].astype(str).isin(run_ids)] if self.frame is not None
+              else read_predictions(self.results_dir, run_ids))
         out = {}
         cols = [f"p[{c}]" for c in self.classes]
         for rid, g in df[df["split"] == "test"].groupby("run_id", sort=False):
@@ -211,19 +214,15 @@ def run_ids(runs: pd.DataFrame, config: str, shots: int, seeds: Sequence[int]) -
     return [str(g.loc[s, "run_id"]) for s in seeds if s in g.index]
 
 
-def compare(results_dir: str | Path, *, splits_path: str | Path, manifest_path: str | Path, params,
-            out: str | Path | None = None) -> pd.DataFrame:
-    """Write ``<results_dir>/comparisons.csv`` (or ``out``) for the current split's rows; returns it."""
-    splits = load_splits(splits_path)
-    runs, _ = current_split(read_runs(Path(results_dir) / RUNS_CSV), splits.sha256)
-    if runs.empty:
-        raise DataError(f"{Path(results_dir) / RUNS_CSV} has no runs of the current split: run fit/sweep first")
-    c = params.compare
+def compare_runs(runs: pd.DataFrame, preds: TestPredictions | None, *, settings, select_metric: str) -> pd.DataFrame:
+    """The comparisons table of ``runs`` (one split's rows): paired seed comparisons, plus the patient
+    bootstrap of the chosen pairs from ``preds`` when ``settings.bootstrap > 0`` (``settings``: the
+    ``compare`` parameters; ``select_metric``: ``report.metric``, what "chosen on val" means)."""
+    c = settings
     table = seed_comparisons(runs, metrics=list(c.metrics), reference=c.reference, seed=c.seed)
     runs = runs.assign(config=config_labels(runs).to_numpy(), seed=runs["seed"].astype(int))
-    if c.bootstrap > 0 and "run_id" in runs.columns:
-        preds = TestPredictions(results_dir, read_manifest(manifest_path), splits.classes)
-        for k, a, b in sorted(chosen_pairs(config_entries(runs, params.report.metric), params.report.metric, c.pairs)):
+    if c.bootstrap > 0 and "run_id" in runs.columns and preds is not None:
+        for k, a, b in sorted(chosen_pairs(config_entries(runs, select_metric), select_metric, c.pairs)):
             seeds = sorted(set(runs.loc[(runs["config"] == a) & (runs["shots"] == k), "seed"])
                            & set(runs.loc[(runs["config"] == b) & (runs["shots"] == k), "seed"]))
             for metric in c.metrics:
@@ -234,6 +233,19 @@ def compare(results_dir: str | Path, *, splits_path: str | Path, manifest_path: 
                 rev = sel & (table["config_a"] == b) & (table["config_b"] == a)
                 table.loc[fwd, ["boot_ci_low", "boot_ci_high"]] = [lo, hi]
                 table.loc[rev, ["boot_ci_low", "boot_ci_high"]] = [-hi, -lo]
+    return table
+
+
+def compare(results_dir: str | Path, *, splits_path: str | Path, manifest_path: str | Path, params,
+            out: str | Path | None = None) -> pd.DataFrame:
+    """Write ``<results_dir>/comparisons.csv`` (or ``out``) for the current split's rows; returns it."""
+    splits = load_splits(splits_path)
+    runs, _ = current_split(read_runs(Path(results_dir) / RUNS_CSV), splits.sha256)
+    if runs.empty:
+        raise DataError(f"{Path(results_dir) / RUNS_CSV} has no runs of the current split: run fit/sweep first")
+    preds = (TestPredictions(results_dir, read_manifest(manifest_path), splits.classes)
+             if params.compare.bootstrap > 0 else None)
+    table = compare_runs(runs, preds, settings=params.compare, select_metric=params.report.metric)
     path = Path(out) if out else Path(results_dir) / COMPARISONS_CSV
     atomic_write(path, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
     return table
