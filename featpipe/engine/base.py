@@ -38,14 +38,15 @@ def plan(items: Sequence, cost: Optional[Callable[[Any], float]] = None, *, chun
     """Item indices grouped into chunks, in the order every executor starts them.
 
     Costliest items first (ties keep item order); consecutive items share a chunk of at most ``chunk`` items
-    while the chunk's total cost stays within the costliest item's cost, so that many light items travel
-    together and the workers finish together. Without ``cost`` every item costs the same: one item per chunk,
-    in item order."""
+    while the chunk's total cost stays within a budget: the costliest item's cost, or an even share of the
+    total over ``ceil(len(items) / chunk)`` chunks when that is larger. Light items travel together (fewer
+    calls), heavy ones alone (the workers finish together). Without ``cost`` every item costs the same: one
+    item per chunk, in item order."""
     if cost is None:
         return [[i] for i in range(len(items))]
     costs = [float(cost(it)) for it in items]
     order = sorted(range(len(items)), key=lambda i: -costs[i])
-    budget = costs[order[0]] if order else 0.0
+    budget = max(costs[order[0]], sum(costs) / -(-len(costs) // chunk)) if order else 0.0
     chunks: list[list[int]] = []
     total = 0.0
     for i in order:
