@@ -50,7 +50,7 @@ def timed(fn) -> float:
 
 
 def bench_sweep(work: Path, params, xp, ep, *, backbone: str, reps: int, warmup: bool) -> tuple:
-    """Local (joblib) vs Ray (one task per run) sweep on one backbone's cache, paired and alternating."""
+    """Local (joblib) vs Ray (tasks of the same plan) sweep on one backbone's cache, paired and alternating."""
     from featpipe.params.config import DecodeParams
     from featpipe.features.extract import extract
     from featpipe.fewshot.fit import sweep
@@ -90,7 +90,8 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     import ray
 
-    from featpipe.params.config import DecodeParams, EngineParams, ExtractParams
+    from featpipe.engine.ray import RayExecutor, RayOptions
+    from featpipe.params.config import DecodeParams, ExtractParams
     from featpipe.decoded.build import build_decoded
     from featpipe.decoded.cache import decoded_path
     from featpipe.backbones.registry import get
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
         load0 = os.getloadavg()[0]
         t_init = timed(lambda: ray.init(num_cpus=cores, include_dashboard=False, logging_level="WARNING"))
         ray.data.DataContext.get_current().enable_progress_bars = False
-        ep = EngineParams(kind="ray", embed_cpus=args.embed_cpus, decode_cpus=args.decode_cpus)
+        ep = RayExecutor(RayOptions(embed_cpus=args.embed_cpus, decode_cpus=args.decode_cpus))
         xp = ExtractParams(weights="random", batch_size=32, precision="auto")
         for b in args.backbones:
             size = get(b).preprocess.resize_size

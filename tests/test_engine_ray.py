@@ -21,11 +21,12 @@ from PIL import Image
 
 from featpipe.features import cache as featcache
 from featpipe.cli.main import main
-from featpipe.params.config import DecodeParams, EngineParams, ExtractParams
+from featpipe.engine.ray import RayExecutor
+from featpipe.params.config import DecodeParams, ExtractParams
 from featpipe.features.extract import extract
 
 REPO = Path(__file__).resolve().parents[1]
-RAY = EngineParams(kind="ray")
+RAY = RayExecutor()
 ONE_WORKER = DecodeParams(workers=1)
 
 

@@ -14,28 +14,33 @@ Manifest sha256: of the manifest file's bytes when a path is given (as ``splits.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 
-from featpipe.features import cache as featcache
-from featpipe.core import locks
 from featpipe.backbones.registry import get
 from featpipe.backbones import weights as weights_mod
 from featpipe.backbones.model import FeatureModel
-from featpipe.params.config import DecodeParams, ExtractParams
+from featpipe.backbones.modelinput import centre_crop, decode_size, ensure_decoded, normalise
+from featpipe.core import locks
 from featpipe.core.errors import CacheError, FeatpipeError
 from featpipe.core.runtime import Runtime
 from featpipe.core.versions import versions
-
+from featpipe.data.manifest import read_manifest
+from featpipe.decoded.cache import DecodedImages, DecodeOptions, decoded_path, decoder_identity
+from featpipe.engine.base import Executor
+from featpipe.engine.local import LocalExecutor
+from featpipe.features import cache as featcache
+from featpipe.params.config import DecodeParams, ExtractParams
 
 
 @dataclass
@@ -70,8 +75,6 @@ def load_manifest(manifest: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, st
     if isinstance(manifest, pd.DataFrame):
         text = manifest.to_csv(index=False, lineterminator="\n")
         return manifest.reset_index(drop=True), hashlib.sha256(text.encode()).hexdigest()
-    from featpipe.data.manifest import read_manifest
-
     df = read_manifest(manifest)
     return df, weights_mod.file_sha256(manifest)
 
@@ -96,7 +99,6 @@ def shard_bounds(n_rows: int, batch_size: int, index: int, count: int) -> tuple[
     return min(b0 * batch_size, n_rows), min(b1 * batch_size, n_rows)
 
 
-
 def _say(msg: str, progress: bool) -> None:
     if progress:
         print(f"featpipe: {msg}", file=sys.stderr)
@@ -107,12 +109,13 @@ def _say(msg: str, progress: bool) -> None:
 
 def extract(manifest: str | Path | pd.DataFrame, *, backbone: str, dataset: str, cache_dir: str | Path = "cache",
             params: ExtractParams = ExtractParams(), decode: DecodeParams = DecodeParams(),
-            shard: Optional[tuple[int, int]] = None, progress: bool = True, engine=None) -> ExtractResult:
+            shard: Optional[tuple[int, int]] = None, progress: bool = True,
+            engine: Optional[Executor] = None) -> ExtractResult:
     """Bring ``cache/<dataset>/<backbone>[@layer][+weights].h5`` (or its shard file) up to date.
 
-    ``engine`` (:class:`featpipe.params.config.EngineParams`): ``kind="ray"`` computes the batches on a Ray
-    cluster (:mod:`featpipe.engine.ray_extract`); everything else (what to reuse, the journal, the file
-    written) is this function's, so both engines write the same cache."""
+    ``engine``: the executor that computes the plan's batches (default: this process, see :mod:`featpipe.engine`);
+    everything else (what to reuse, the plan, the journal, the file written) is this function's, so every
+    engine writes the same cache."""
     t0 = time.perf_counter()
     spec = get(backbone)
     layer = spec.resolve_layer(params.layer)
@@ -125,16 +128,14 @@ def extract(manifest: str | Path | pd.DataFrame, *, backbone: str, dataset: str,
         df = df.iloc[start:stop].reset_index(drop=True)
         out = featcache.shard_path(final, *shard)
         extra = {"shard": f"{shard[0]}/{shard[1]}", "shard_rows": f"{start}:{stop}"}
-    device, precision, run_batches = _engine(engine, params, spec)
+    engine = engine or LocalExecutor()
+    device, precision = _placement(engine, params, spec)
     dim = spec.output_dim(layer)
-    from featpipe.decoded.cache import decoder_identity
-    from featpipe.backbones.modelinput import decode_size
-
     expected = {"backbone": spec.name, "weights_id": ref.identity, "layer": layer or "",
                 "preprocess": spec.preprocess.to_dict(), "embedding_dim": dim, "precision": precision,
                 "decoder": decoder_identity(decode_size(spec.preprocess), decode.draft),
                 "feature_dtype": params.feature_dtype}
-    job = _Job(spec, ref, layer, df, msha, out, expected, extra, device, precision, dim, run_batches)
+    job = _Job(spec, ref, layer, df, msha, out, expected, extra, device, precision, dim, engine)
     with locks.build_lock(out, what=f"the {spec.name} feature cache"):
         locks.clean_leftovers(out.parent)
         res = _update(job, cache_dir=cache_dir, dataset=dataset, params=params, decode=decode, shard=shard,
@@ -156,7 +157,7 @@ class _Job:
     device: object
     precision: str
     dim: int
-    runner: Optional[Callable] = None  # the engine's batch runner (None: _run_batches, this process)
+    engine: Executor  # where the batches are computed
 
 
 def _update(job: _Job, *, cache_dir, dataset, params, decode, shard, progress) -> ExtractResult:
@@ -180,9 +181,8 @@ def _update(job: _Job, *, cache_dir, dataset, params, decode, shard, progress) -
     try:
         if partial.discarded:
             _say(f"discarded {partial.discarded} rows of an interrupted extraction made for another request", progress)
-        n_new, loop_s = (job.runner or _run_batches)(
-            spec, ref, job.layer, df, todo, partial, cache_dir=cache_dir, dataset=dataset, params=params,
-            decode=decode, device=job.device, precision=job.precision, shard=shard, progress=progress, net=net)
+        n_new, loop_s = _run_batches(job, todo, partial, cache_dir=cache_dir, dataset=dataset, params=params,
+                                     decode=decode, shard=shard, progress=progress, net=net)
         speed = n_new / max(loop_s, 1e-9)
         attrs = {**job.expected, "weights": ref.source if ref.kind != "random" else "random",
                  "manifest_sha256": job.msha, "device": str(job.device), "batch_size": params.batch_size,
@@ -196,14 +196,17 @@ def _update(job: _Job, *, cache_dir, dataset, params, decode, shard, progress) -
                          job.precision, dim, why)
 
 
-def _engine(engine, params: ExtractParams, spec=None):
-    """(device, precision, batch runner) of the engine: this process, or the embedding actors of a Ray cluster."""
-    if engine is None or engine.kind == "local":
-        rt = Runtime.resolve(params.device, params.precision, traits=spec.traits if spec is not None else None)
-        return rt.device, rt.precision, _run_batches
-    from featpipe.engine import ray_extract
+def _placement(engine: Executor, params: ExtractParams, spec):
+    """(device, precision) as the engine's embedding models will see them (asked where they run)."""
+    import torch
 
-    return ray_extract.runner(engine, params, spec=spec)
+    device, precision = engine.probe(functools.partial(_device_precision, params.device, params.precision, spec.name))
+    return torch.device(device), precision
+
+
+def _device_precision(device: str, precision: str, backbone: str) -> tuple[str, str]:
+    rt = Runtime.resolve(device, precision, traits=get(backbone).traits)
+    return str(rt.device), rt.precision
 
 
 def _reusable_rows(out: Path, expected: dict, ids: list, shas: list,
@@ -239,14 +242,12 @@ def _up_to_date(out: Path, old_n: int, old_rows: np.ndarray, df: pd.DataFrame, m
     return same_labels and same_dtype and attrs.get("manifest_sha256") == msha
 
 
-def _decoded_rows(sub: pd.DataFrame, full: pd.DataFrame, *, size: int, cache_dir, dataset: str, decode, shard,
-                  progress: bool):
-    """A decoded-image reader covering ``sub`` (the ``size`` cache made current for ``full`` first, through
-    :func:`featpipe.backbones.modelinput.ensure_decoded`) and its rows. ``decode``: ``params.decode`` or a
+def _decoded_rows(sub: pd.DataFrame, shared=None, *, full: pd.DataFrame, size: int, cache_dir, dataset: str,
+                  decode, shard, progress: bool) -> tuple[str, np.ndarray]:
+    """The decoded-image cache covering ``sub`` (the ``size`` cache made current for ``full`` first, through
+    :func:`featpipe.backbones.modelinput.ensure_decoded`): its absolute path and ``sub``'s rows in it. Run on the
+    engine (where the batches are read). ``decode``: ``params.decode`` or a
     :class:`featpipe.decoded.cache.DecodeOptions` (with ``max_pixels``)."""
-    from featpipe.decoded.cache import DecodedImages, DecodeOptions, decoded_path
-    from featpipe.backbones.modelinput import ensure_decoded
-
     path = decoded_path(cache_dir, dataset, size)
     if shard is not None and not path.exists():  # shards never race on one shared file
         path = path.with_name(f"{path.stem}.shard-{shard[0]}-of-{shard[1]}.h5")
@@ -254,8 +255,47 @@ def _decoded_rows(sub: pd.DataFrame, full: pd.DataFrame, *, size: int, cache_dir
     opts = DecodeOptions(opts.workers, opts.draft, opts.max_pixels, progress)
     ensure_decoded(full, [{"input_size": size}], cache_dir=cache_dir, dataset=dataset, options=opts,
                    paths={size: path})
-    reader = DecodedImages(path)
-    return reader, reader.require(sub)
+    with DecodedImages(path) as reader:
+        rows = reader.require(sub)
+    return os.path.abspath(path), np.asarray(rows, dtype=np.int64)
+
+
+class DecodedBatches:
+    """Picklable reader for the engine: decoded-cache rows -> uint8 crops at the model's input size. The file is
+    opened on first use in each process (never pickled)."""
+
+    def __init__(self, path: str, preprocess):
+        self.path, self.preprocess, self._reader = path, preprocess, None
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "preprocess": self.preprocess, "_reader": None}
+
+    def __call__(self, rows) -> np.ndarray:
+        if self._reader is None:
+            self._reader = DecodedImages(self.path)
+        return centre_crop(self._reader.read(np.asarray(rows, dtype=np.int64)), self.preprocess)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+class ModelFactory:
+    """Picklable model factory for the engine: ``()`` -> the frozen model as ``uint8-normalised batch -> (n, D)``
+    float32. ``net``, the network already loaded in this process, is used here and never pickled."""
+
+    def __init__(self, spec, ref, layer, *, device: str, precision: str, net=None):
+        self.spec, self.ref, self.layer, self.device, self.precision = spec, ref, layer, device, precision
+        self.net = net
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "net": None}
+
+    def __call__(self):
+        rt = Runtime.of(self.device, self.precision, traits=self.spec.traits)
+        model = load_model(self.spec, self.ref, self.layer, runtime=rt, net=self.net)
+        return functools.partial(embed_batch, model, runtime=rt)
 
 
 def load_model(spec, ref, layer, *, runtime: Runtime, net=None):
@@ -268,15 +308,11 @@ def load_model(spec, ref, layer, *, runtime: Runtime, net=None):
 
 def read_batch(reader, rows, spec) -> np.ndarray:
     """uint8 ``(n, input, input, C)``: the decoded-cache ``rows``, centre-cropped to the model's input size."""
-    from featpipe.backbones.modelinput import centre_crop
-
     return centre_crop(reader.read(rows), spec.preprocess)
 
 
 def model_input(images: np.ndarray, spec):
     """Cropped uint8 images -> the normalised float32 ``(n, 3, H, W)`` batch the model takes."""
-    from featpipe.backbones.modelinput import normalise
-
     return normalise(images, spec.preprocess)
 
 
@@ -285,42 +321,40 @@ def embed_batch(model, x, *, runtime: Runtime) -> np.ndarray:
     return runtime.forward(model, x).numpy()
 
 
-def _run_batches(spec, ref, layer, df: pd.DataFrame, todo: np.ndarray, partial, *, cache_dir, dataset, params, decode, device,
-                 precision, shard, progress, net=None) -> tuple[int, float]:
-    """Extract the plan's rows not yet in ``partial``; returns how many were computed and the loop's seconds."""
+def _run_batches(job: _Job, todo: np.ndarray, partial, *, cache_dir, dataset, params, decode, shard, progress,
+                 net=None) -> tuple[int, float]:
+    """Compute the plan's batches not yet in ``partial`` on the job's engine and journal them in plan order;
+    returns how many rows were computed and the loop's seconds (after the model is loaded locally)."""
     start = partial.done
     if start >= partial.total:
         return 0, 0.0
     from tqdm import tqdm
 
-    if net is None:
-        net = weights_mod.load_network(spec, ref)  # missing weights are reported before any image is decoded
-    from featpipe.backbones.modelinput import decode_size
-
-    reader, drows = _decoded_rows(df.iloc[todo[start:]], df, size=decode_size(spec.preprocess),
-                                  cache_dir=cache_dir, dataset=dataset, decode=decode, shard=shard, progress=progress)
-    rt = Runtime.of(device, precision, traits=spec.traits)
-    model = load_model(spec, ref, layer, runtime=rt, net=net)
-
-    def load(b: int):
-        return model_input(read_batch(reader, drows[b - start: b - start + params.batch_size], spec), spec)
-
-    bar = tqdm(total=partial.total, initial=start, unit="img", desc=f"extract {spec.name}", disable=not progress,
-               dynamic_ncols=True)
-    batches = list(range(start, partial.total, params.batch_size))
+    spec, df, engine = job.spec, job.df, job.engine
+    size = decode_size(spec.preprocess)
+    find = functools.partial(_decoded_rows, full=df, size=size, cache_dir=str(cache_dir), dataset=dataset,
+                             decode=decode, shard=shard, progress=progress)
+    (path, drows), = engine.map(find, [df.iloc[todo[start:]]], cpus=max(1, int(decode.workers)))
+    b = params.batch_size
+    read = DecodedBatches(path, spec.preprocess)
+    side = spec.preprocess.input_size
+    stream = engine.embed([drows[s:s + b] for s in range(0, len(drows), b)], read=read,
+                          prepare=functools.partial(model_input, spec=spec), progress=progress,
+                          model_factory=ModelFactory(spec, job.ref, job.layer, device=str(job.device),
+                                                     precision=job.precision, net=net),
+                          item_bytes=b * side * side * 3)
+    where = "" if engine.interactive else f" ({engine.name})"
+    bar = tqdm(total=partial.total, initial=start, unit="img", desc=f"extract {spec.name}{where}",
+               disable=not progress, dynamic_ncols=True)
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(load, batches[0])
-        for k, b in enumerate(batches):
-            x = pending.result()
-            if k + 1 < len(batches):
-                pending = pool.submit(load, batches[k + 1])
-            partial.append(embed_batch(model, x, runtime=rt))
-            bar.update(len(x))
-    seconds = time.perf_counter() - t0
-    bar.close()
-    reader.close()
-    return partial.total - start, seconds
+    try:
+        for _, emb in stream:
+            partial.append(emb)
+            bar.update(len(emb))
+    finally:
+        bar.close()
+        read.close()
+    return partial.total - start, time.perf_counter() - t0
 
 
 def _assemble(out: Path, df: pd.DataFrame, old_rows: np.ndarray, todo: np.ndarray, partial, attrs: dict, dim: int,

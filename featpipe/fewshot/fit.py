@@ -13,8 +13,7 @@ single-threaded inside each run). The fit and sweep stages (rows written, ``metr
 
 from __future__ import annotations
 
-import os
-import tempfile
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -27,7 +26,6 @@ from featpipe.backbones.registry import get as get_backbone
 from featpipe.backbones.weights import resolve
 from featpipe.core.errors import CacheError, DataError
 from featpipe.core.names import canonical_params, head_model_path
-from featpipe.core.workers import die_with_parent
 from featpipe.data.manifest import ids_sha256
 from featpipe.data.splits import Splits
 from featpipe.evaluation.record import Outputs, RunRecord, check_disjoint, record_run
@@ -37,6 +35,8 @@ from featpipe.heads.io import save_head
 from featpipe.heads.registry import head_params, make_head
 from featpipe.heads.scaling import fit_pipeline, pool_scaler
 from featpipe.params.config import Params
+from featpipe.engine.base import Executor
+from featpipe.engine.local import LocalExecutor
 
 
 @dataclass(frozen=True)
@@ -174,57 +174,38 @@ def _sidecar(data: CacheData, rec: RunRecord, *, head: str, hp: dict) -> dict:
 # --------------------------------------------------------------------------- many runs
 
 
-def _worker(X_path: str, meta: dict, splits: Splits, tasks: list, params: Params, models_dir, parent: int,
-            cwd: str):
-    die_with_parent(parent, pdeathsig=False)  # loky workers: never outlive the main process
-    # loky reuses worker processes across calls: relative paths (models/...) must mean what they mean in the
-    # caller's working directory now, not in the one the worker was started in
-    os.chdir(cwd)
-    X = np.load(X_path, mmap_mode="r")
-    data = CacheData(X=X, **meta)
-    return [fit_run(data, splits, head=h, shots=k, seed=s, params=params, models_dir=models_dir)
-            for (h, k, s) in tasks]
+_COST = {"mlp": 3.0, "logistic": 2.0, "svc": 2.0, "prototype": 0.2}  # relative time of one run, by head
+
+
+def _cost(task: tuple) -> float:
+    """Relative time of one (cache, head, shots, seed) run: heavy runs (large k, MLP) go first."""
+    _, head, shots, _ = task
+    return (shots + 5) * _COST.get(head, 1.0)
+
+
+_META = ("path", "backbone", "weights", "layer", "tag", "weights_request", "attrs", "y", "row", "val", "test")
+
+
+def _fit_task(task: tuple, shared, *, metas: list, splits: Splits, params: Params, models_dir) -> RunResult:
+    """One (cache, head, shots, seed) run on the engine; the feature matrices come in ``shared`` (``X<i>``)."""
+    c, h, k, s = task
+    data = CacheData(X=shared[f"X{c}"], **metas[c])
+    return fit_run(data, splits, head=h, shots=k, seed=s, params=params, models_dir=models_dir)
 
 
 def run_grid(splits: Splits, caches: Sequence[CacheData], *, heads: Sequence[str], shots: Sequence[int],
              seeds: Sequence[int], params: Params, models_dir: str | Path | None = None,
-             n_jobs: int | None = None, engine=None) -> list[RunResult]:
-    """Every (cache, head, k, seed) run, in parallel with joblib (features shared as read-only memmaps),
-    or one Ray task per run with ``engine.kind == "ray"`` (:mod:`featpipe.engine.ray_jobs`)."""
+             n_jobs: int | None = None, engine: Executor | None = None) -> list[RunResult]:
+    """Every (cache, head, k, seed) run, in grid order, mapped over ``engine`` (default: the local engine with
+    ``n_jobs`` processes, ``fit.n_jobs`` by default); the feature matrices are shared read-only, each run asks
+    ``engine.fit_cpus`` CPUs."""
     for h in heads:
         head_params(h, params.heads)  # unknown head names fail before any work
     n_jobs = params.fit.n_jobs if n_jobs is None else n_jobs
+    engine = engine or LocalExecutor(workers=n_jobs)
     grid = [(c, h, k, s) for c in range(len(caches)) for h in heads for k in shots for s in seeds]
-    if engine is not None and engine.kind == "ray":
-        from featpipe.engine.ray_jobs import fit_grid
+    metas = [{f: getattr(c, f) for f in _META} for c in caches]
+    task = functools.partial(_fit_task, metas=metas, splits=splits, params=params, models_dir=models_dir)
+    return engine.map(task, grid, cpus=params.engine.fit_cpus, cost=_cost,
+                      shared={f"X{i}": c.X for i, c in enumerate(caches)})
 
-        return fit_grid(splits, caches, grid, params=params, models_dir=models_dir, engine=engine)
-    if n_jobs == 1 or len(grid) <= 1:
-        return [fit_run(caches[c], splits, head=h, shots=k, seed=s, params=params, models_dir=models_dir)
-                for c, h, k, s in grid]
-    from joblib import Parallel, delayed
-
-    # Heavy runs first (large k, MLP), in chunks of a few runs, so the two workers finish together.
-    cost = {"mlp": 3.0, "logistic": 2.0, "svc": 2.0, "prototype": 0.2}
-    order = sorted(range(len(grid)), key=lambda i: -(grid[i][2] + 5) * cost.get(grid[i][1], 1.0))
-    with tempfile.TemporaryDirectory(prefix="featpipe-sweep-") as tmp:
-        paths, metas = [], []
-        for i, c in enumerate(caches):
-            p = os.path.join(tmp, f"X{i}.npy")
-            np.save(p, c.X)
-            paths.append(p)
-            metas.append({f: getattr(c, f) for f in ("path", "backbone", "weights", "layer", "tag", "weights_request",
-                                                     "attrs", "y", "row",
-                                                     "val", "test")})
-        chunks: list[list[int]] = []
-        for i in order:
-            if chunks and len(chunks[-1]) < 4 and grid[chunks[-1][0]][0] == grid[i][0] and grid[i][2] <= 20:
-                chunks[-1].append(i)
-            else:
-                chunks.append([i])
-        outs = Parallel(n_jobs=n_jobs)(
-            delayed(_worker)(paths[grid[ch[0]][0]], metas[grid[ch[0]][0]], splits,
-                             [grid[i][1:] for i in ch], params, models_dir, os.getpid(), os.getcwd())
-            for ch in chunks)
-    by_index = {i: r for ch, out in zip(chunks, outs) for i, r in zip(ch, out)}
-    return [by_index[i] for i in range(len(grid))]

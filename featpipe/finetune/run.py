@@ -17,6 +17,7 @@ curve hold both. Per run it also writes:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -40,6 +41,8 @@ from featpipe.evaluation.metrics import score
 from featpipe.evaluation.record import Outputs, check_disjoint, record_run
 from featpipe.evaluation.table import write_records
 from featpipe.finetune.checkpoint import build_model, save_finetuned
+from featpipe.engine.base import Executor
+from featpipe.engine.local import LocalExecutor
 from featpipe.finetune.data import CachedImages, ImageSource, Labeled, Prep
 from featpipe.core.runtime import Runtime
 from featpipe.finetune.loop import TrainConfig, predict_proba, train
@@ -246,22 +249,32 @@ def write_training_curve(path: Path, meta: dict, res) -> Path:
     return atomic_write(path, json.dumps(body, indent=1))
 
 
-def run_jobs(jobs: list[Job], p, paths: Paths, *, engine=None, on_row: Callable | None = None, **kw) -> list[dict]:
-    """Every job's row, in job order: here one after the other, or one Ray task each with ``engine.kind == "ray"``
-    (:mod:`featpipe.engine.ray_jobs`); ``on_row(job, row)`` as each row is known."""
-    if engine is not None and engine.kind == "ray":
-        from featpipe.engine.ray_jobs import finetune_jobs
+def run_jobs(jobs: list[Job], p, paths: Paths, *, engine: Executor | None = None, on_row: Callable | None = None,
+             cpus: float = 1.0, gpus: float = 1.0, **kw) -> list[dict]:
+    """Every job's row, in job order, mapped over ``engine`` (default: the local engine, one job after the other in
+    this process); each job asks ``cpus`` CPUs and ``gpus`` GPUs (where the engine has GPUs). The decoded-image
+    caches the jobs read are made current first, one per decode size, so parallel jobs never race to build one.
+    ``on_row(job, row)`` as each row is known; ``kw`` goes to :func:`run_job` (``progress`` only where the engine
+    shows its workers' output)."""
+    engine = engine or LocalExecutor()
+    kw["progress"] = kw.get("progress", True) and engine.interactive
+    if kw.get("source") is None:
+        by_size = {decode_size(registry.get(j.backbone).preprocess): j.backbone for j in jobs}
+        build = kw.get("build")
+        engine.map(functools.partial(_decoded_for, paths=paths, build=build, progress=kw["progress"]),
+                   list(by_size.values()), cpus=max(1, int(getattr(build, "workers", 1))))
+    done = None if on_row is None else (lambda i, row: on_row(jobs[i], row))
+    return engine.map(functools.partial(_job_task, p=p, paths=paths, kw=kw), jobs, cpus=cpus, gpus=gpus,
+                      on_result=done)
 
-        rows = finetune_jobs(jobs, p, paths, build=kw.get("build"), engine=engine)
-        for job, row in zip(jobs, rows):
-            if on_row is not None:
-                on_row(job, row)
-        return rows
-    rows = []
-    for job in jobs:
-        rows.append(run_job(job, p, paths, **kw))
-        if on_row is not None:
-            on_row(job, rows[-1])
-    return rows
+
+def _job_task(job: Job, shared, *, p, paths: Paths, kw: dict) -> dict:
+    return run_job(job, p, paths, **kw)
 
 
+def _decoded_for(backbone: str, shared=None, *, paths: Paths, build, progress: bool) -> None:
+    """Bring the decoded-image cache a backbone's jobs read up to date (on the engine, before the jobs run)."""
+    splits = load_splits(paths.splits)
+    src = image_source(paths, splits.dataset, registry.get(backbone), read_manifest(paths.manifest),
+                       [*splits.train, *splits.val, *splits.test], build=build, progress=progress)
+    src.reader.close()

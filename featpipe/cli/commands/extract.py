@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+from featpipe.cli import executor
+from featpipe.core.errors import ConfigError
+from featpipe.core.stamps import features_stamp, write_stamp
+from featpipe.decoded.cache import DecodeOptions
+from featpipe.features.extract import extract, parse_shard
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--backbone", action="append", default=None, metavar="NAME",
@@ -19,17 +27,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--stamp", default=None, metavar="FILE",
                         help="also write a JSON summary of the cache's content (for DVC to depend on)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from featpipe.engine import add_argument
-
-    add_argument(parser)
+    executor.add_argument(parser)
 
 
 def options(args, params):
     """``params.extract`` with the flags given on the command line applied."""
-    import dataclasses
-
-    from featpipe.core.errors import ConfigError
-
     given = {k: getattr(args, k) for k in ("weights", "layer", "batch_size", "device", "precision")
              if getattr(args, k, None) is not None}
     if given.get("batch_size", 1) < 1:
@@ -38,20 +40,14 @@ def options(args, params):
 
 
 def run(args, params) -> int:
-    from featpipe import engine
-    from featpipe.decoded.cache import DecodeOptions
-    from featpipe.features.extract import extract, parse_shard
-
-    from featpipe.core.stamps import features_stamp, write_stamp
-
     opts = options(args, params)
     shard = parse_shard(args.shard)
     stamps = {}
-    ep = engine.from_args(args, params)
-    with engine.session(ep):
+    with executor.from_args(args, params) as engine:
         for name in args.backbone or params.extract.backbones:
             result = extract(args.manifest, backbone=name, dataset=params.data.name, cache_dir=args.cache_dir,
-                             params=opts, decode=DecodeOptions.from_params(params), shard=shard, progress=not args.no_progress, engine=ep)
+                             params=opts, decode=DecodeOptions.from_params(params), shard=shard,
+                             progress=not args.no_progress, engine=engine)
             print(result.summary())
             if args.stamp and shard is None:
                 stamps[name] = features_stamp(result.path)

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
+from featpipe.cli import executor
+from featpipe.core.errors import ConfigError
+from featpipe.data.splits import load_splits
+from featpipe.finetune.run import Job, Paths, decode_options, grid, resolve_job, run_jobs
+from featpipe.results.summary import degenerate_lines, split_note, write_metrics_json
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--backbone", help="registered backbone (default: every one in finetune.backbones)")
@@ -17,28 +26,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--results", default="results", help="results folder (default: results)")
     parser.add_argument("--models", default="models", help="models folder (default: models)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
-    from featpipe.engine import add_argument
-
-    add_argument(parser)
+    executor.add_argument(parser)
 
 
 def run(args, params) -> int:
-    from dataclasses import replace
-    from pathlib import Path
-
-    from featpipe import engine
-    from featpipe.core.errors import ConfigError
-    from featpipe.finetune.run import (
-        Job,
-        Paths,
-        decode_options,
-        grid,
-        resolve_job,
-        run_jobs,
-    )
-    from featpipe.data.splits import load_splits
-    from featpipe.results.summary import degenerate_lines, split_note, write_metrics_json
-
     p = params.finetune
     if args.layer and args.strategy not in (None, "truncated"):
         raise ConfigError(f"--layer applies to the truncated strategy only, not {args.strategy!r}")
@@ -54,15 +45,16 @@ def run(args, params) -> int:
         jobs = grid(p)
     paths = Paths(Path(args.manifest), Path(args.splits), Path(args.cache_dir), Path(args.results), Path(args.models))
     build = decode_options(params, args.manifest)
-    ep = engine.from_args(args, params)
+    ep = params.engine
 
     def say(job, row):
         print(f"{resolve_job(job).name(row['dataset'])}: test balanced_accuracy={row['balanced_accuracy']:.3f} "
               f"auroc={row['auroc']:.3f} (best epoch {row['best_epoch']} of {row['epochs_run']})"
               + (f" -> {row['model_path']}" if row.get("model_path") else ""))
 
-    with engine.session(ep):
-        rows = run_jobs(jobs, p, paths, build=build, progress=not args.quiet, engine=ep, on_row=say)
+    with executor.from_args(args, params) as engine:
+        rows = run_jobs(jobs, p, paths, build=build, progress=not args.quiet, engine=engine, on_row=say,
+                        cpus=ep.finetune_cpus, gpus=ep.finetune_gpus)
     sha = load_splits(args.splits).sha256
     write_metrics_json(args.results, clinical=params.clinical, split_sha256=sha, select_metric=params.report.metric)
     for line in degenerate_lines(rows):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from featpipe.cli.commands.extract import options
+from featpipe.features.extract import merge_shards
 
 
 def add_arguments(parser) -> None:
@@ -15,8 +16,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args, params) -> int:
-    from featpipe.features.extract import merge_shards
-
     opts = options(args, params)
     for name in args.backbone or params.extract.backbones:
         path = merge_shards(args.manifest, backbone=name, dataset=params.data.name, cache_dir=args.cache_dir, params=opts)

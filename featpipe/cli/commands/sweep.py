@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
+from featpipe.cli import executor
+from featpipe.cli.commands.fit import print_notes
+from featpipe.results.stages import summarize_results, sweep
+from featpipe.results.summary import format_summary
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--splits", default="data/splits.json", help="splits file (default: data/splits.json)")
@@ -10,26 +17,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--models", default="models", help="folder for saved heads (default: models)")
     parser.add_argument("--heads", nargs="+", default=None, help="heads (default: fit.heads)")
     parser.add_argument("--backbones", nargs="+", default=None, help="backbones (default: fit.backbones, else extract.backbones)")
-    parser.add_argument("--n-jobs", type=int, default=None, help="parallel runs (default: fit.n_jobs)")
-    from featpipe.engine import add_argument
-
-    add_argument(parser)
+    parser.add_argument("--n-jobs", type=int, default=None, help="parallel runs of the local engine (default: fit.n_jobs)")
+    executor.add_argument(parser)
 
 
 def run(args, params) -> int:
-    import time
-
-    from featpipe import engine
-    from featpipe.results.stages import summarize_results, sweep
-    from featpipe.results.summary import format_summary
-
     t0 = time.perf_counter()
-    ep = engine.from_args(args, params)
-    with engine.session(ep):
+    workers = params.fit.n_jobs if args.n_jobs is None else args.n_jobs
+    with executor.from_args(args, params, workers=workers) as engine:
         runs = sweep(args.splits, params=params, cache_dir=args.cache_dir, results_dir=args.results,
-                     models_dir=args.models, backbones=args.backbones, heads=args.heads, n_jobs=args.n_jobs, engine=ep)
-    from featpipe.cli.commands.fit import print_notes
-
+                     models_dir=args.models, backbones=args.backbones, heads=args.heads, engine=engine)
     print(format_summary(summarize_results(runs, params=params)))
     print_notes(runs, args.results)
     print(f"{len(runs)} runs in {time.perf_counter() - t0:.1f} s; wrote {args.results}/runs.csv and {args.results}/metrics.json")

@@ -1,0 +1,98 @@
+"""The local engine: this process, or a pool of worker processes on this machine (joblib's loky).
+
+:meth:`LocalExecutor.map` runs the chunks of :func:`featpipe.engine.base.plan` in this process when
+``workers`` is 1 (or there is one chunk), else in ``workers`` processes; shared arrays go to ``.npy`` files
+in a temporary folder that every worker memory-maps read-only. Workers end with this process
+(:func:`featpipe.core.workers.die_with_parent`) and run in its working directory.
+
+:meth:`LocalExecutor.embed` runs the model in this process; a reading thread reads and prepares batch k+1
+while the model embeds batch k.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+
+from featpipe.core.workers import die_with_parent
+from featpipe.engine.base import Executor, plan, run_chunk
+
+
+def create(settings: Mapping[str, Any], *, workers: int = 1) -> "LocalExecutor":
+    """The local executor (it has no ``engine.*`` settings of its own)."""
+    return LocalExecutor(workers)
+
+
+class LocalExecutor(Executor):
+    """``workers``: processes for :meth:`map` (1 = this process; -1 = one per CPU, as joblib counts)."""
+
+    name = "local"
+    interactive = True
+
+    def __init__(self, workers: int = 1):
+        self.workers = int(workers)
+
+    def map(self, fn, items, *, cpus=1.0, gpus=0.0, shared=None, cost=None, on_result=None) -> list:
+        items = list(items)
+        shared = dict(shared or {})
+        chunks = plan(items, cost)
+        out: list = [None] * len(items)
+        if self.workers == 1 or len(chunks) <= 1:
+            for ch in chunks:
+                for i in ch:
+                    out[i] = fn(items[i], shared)
+                    if on_result is not None:
+                        on_result(i, out[i])
+            return out
+        from joblib import Parallel, delayed
+
+        with tempfile.TemporaryDirectory(prefix="featpipe-engine-") as tmp:
+            paths = {}
+            for k, (name, arr) in enumerate(shared.items()):
+                paths[name] = os.path.join(tmp, f"shared{k}.npy")
+                np.save(paths[name], arr)
+            results = Parallel(n_jobs=self.workers)(
+                delayed(_worker)(fn, [items[i] for i in ch], paths, os.getpid(), os.getcwd()) for ch in chunks)
+        for ch, res in zip(chunks, results):
+            for i, r in zip(ch, res):
+                out[i] = r
+                if on_result is not None:
+                    on_result(i, r)
+        return out
+
+    def embed(self, batches: Sequence, *, read: Callable, model_factory: Callable, prepare: Optional[Callable] = None,
+              item_bytes: int = 0, progress: bool = False) -> Iterator[tuple[Any, np.ndarray]]:
+        model = model_factory()  # loaded now: the caller's clock starts after it
+        return _stream(list(batches), read, prepare, model)
+
+    def probe(self, fn):
+        return fn()
+
+
+def _worker(fn: Callable, items: list, paths: Mapping[str, str], parent: int, cwd: str) -> list:
+    die_with_parent(parent, pdeathsig=False)  # loky workers: never outlive the main process
+    # loky reuses worker processes across calls: relative paths must mean what they mean in the caller's
+    # working directory now, not in the one the worker was started in
+    os.chdir(cwd)
+    shared = {name: np.load(p, mmap_mode="r") for name, p in paths.items()}
+    return run_chunk(fn, items, shared)
+
+
+def _stream(batches: list, read: Callable, prepare: Optional[Callable], model: Callable):
+    def load(batch):
+        x = read(batch)
+        return prepare(x) if prepare is not None else x
+
+    if not batches:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load, batches[0])
+        for k, batch in enumerate(batches):
+            x = pending.result()
+            if k + 1 < len(batches):
+                pending = pool.submit(load, batches[k + 1])
+            yield batch, np.asarray(model(x), dtype=np.float32)
