@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 from featpipe import __version__
 from featpipe.core.errors import FeatpipeError
+from featpipe.core.log import install_cli_handler
+from featpipe.params.config import load_params
 
 # name -> (module under featpipe.cli.commands, one-line description). A command whose module does not
 # exist yet is not listed.
@@ -73,6 +75,7 @@ def build_parser(load: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    install_cli_handler()  # the library logs its notices; the CLI prints them as "featpipe: ..." lines
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
         parser = build_parser(load=command if command in COMMANDS else None)
@@ -80,7 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.command:
             parser.print_help()
             return 2
-        from featpipe.params.config import load_params
 
         params = load_params(args.params, args.overrides)
         module = importlib.import_module(f"featpipe.cli.commands.{COMMANDS[args.command][0]}")

@@ -17,20 +17,20 @@ import fcntl
 import os
 import re
 import shutil
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from featpipe.core.errors import FeatpipeError
+from featpipe.core.log import notice
 
 _TMP = re.compile(r"^\..+\.tmp-(\d+)(?:-.*)?$")
 
 
 def say(msg: str) -> None:
-    """One line on stderr, as every featpipe notice."""
-    print(f"featpipe: {msg}", file=sys.stderr, flush=True)
+    """One notice line (:func:`featpipe.core.log.notice`)."""
+    notice(msg)
 
 
 def lock_path(target: str | Path) -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -33,6 +32,7 @@ from featpipe.backbones.model import FeatureModel
 from featpipe.backbones.modelinput import centre_crop, decode_size, ensure_decoded, normalise
 from featpipe.core import locks
 from featpipe.core.errors import CacheError, FeatpipeError
+from featpipe.core.log import logger, notice
 from featpipe.core.runtime import Runtime
 from featpipe.core.versions import versions
 from featpipe.data.manifest import read_manifest
@@ -100,8 +100,11 @@ def shard_bounds(n_rows: int, batch_size: int, index: int, count: int) -> tuple[
 
 
 def _say(msg: str, progress: bool) -> None:
+    """A notice when the caller shows progress, else an INFO record (:mod:`featpipe.core.log`)."""
     if progress:
-        print(f"featpipe: {msg}", file=sys.stderr)
+        notice(msg)
+    else:
+        logger.info(msg)
 
 
 # --------------------------------------------------------------------------- extraction

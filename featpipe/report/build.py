@@ -25,6 +25,14 @@ from featpipe.core.fileio import atomic_write
 from featpipe.core.versions import versions as core_versions
 from featpipe.report import plots
 from featpipe.report.html import page, table
+from featpipe.data.splits import load_splits
+from featpipe.evaluation.table import read_runs
+from featpipe.results.summary import current_split
+from featpipe.results.compare import TestPredictions
+from featpipe.data.manifest import read_manifest
+from featpipe.report import selection
+from featpipe.evaluation.metrics import curves
+from featpipe.evaluation.table import read_predictions
 
 CURVE_METRICS = ("macro_f1", "accuracy", "balanced_accuracy", "auroc", "auprc")
 
@@ -44,7 +52,6 @@ class ReportInputs:
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plots.plt.close(fig)
     return path
 
 
@@ -130,10 +137,6 @@ def _provenance(inp: ReportInputs, params: Params, runs: pd.DataFrame) -> str:
 
 
 def build_report(inp: ReportInputs, params: Params) -> Path:
-    from featpipe.data.splits import load_splits
-    from featpipe.evaluation.table import read_runs
-    from featpipe.results.summary import current_split
-
     s = load_splits(inp.splits)
     inp.splits_sha = s.sha256
     runs, set_aside = current_split(read_runs(inp.results / "runs.csv"), s.sha256)
@@ -171,10 +174,6 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
                      "A wide spread means the result depends on which images happened to be labelled.</p>"
                      + _img(spread, "lottery spread vs shots") + _img(strip, f"per-seed results at {int(mid)} shots")))
 
-    from featpipe.results.compare import TestPredictions
-    from featpipe.data.manifest import read_manifest
-    from featpipe.report import selection
-
     preds = TestPredictions(inp.results, read_manifest(inp.manifest), s.classes) if inp.manifest.is_file() else None
     best_html, best = selection.best_configurations(runs, params=params, n_classes=n_classes, preds=preds)
     sections.append(("Best configuration per shot count (chosen on val, reported on test)", best_html))
@@ -201,9 +200,6 @@ def _roc_section(inp: ReportInputs, runs: pd.DataFrame, s, best: list[dict], mid
     """ROC/PR (one line per seed, from the runs' predictions files) and the confusion matrix of the
     val-chosen configuration at the largest shot count (files named ``*_best``, listed in dvc.yaml's
     plots) and at the middle shot count."""
-    from featpipe.evaluation.metrics import curves
-    from featpipe.evaluation.table import read_predictions
-
     n_classes = len(s.classes)
     prevalence = None
     if n_classes == 2:

@@ -9,20 +9,25 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-import matplotlib
+import matplotlib.ticker
+from matplotlib.figure import Figure
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from featpipe.results.stats import seed_summary  # noqa: E402
+from featpipe.results.stats import seed_summary
 
 METRIC_LABELS = {
     "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1", "auroc": "AUROC",
     "auprc": "AUPRC (average precision)", "sensitivity": "sensitivity", "specificity": "specificity", "brier": "Brier score",
 }
 
+
+
+def _subplots(*grid, figsize):
+    """A figure and its axes without pyplot: no global figure registry, no backend switch for the process
+    (saved with ``fig.savefig``, which uses the Agg canvas)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid)
 
 def config_label(row: Mapping) -> str:
     back = str(row["backbone"]) + (f"@{row['layer']}" if row.get("layer") else "")
@@ -56,10 +61,10 @@ def _style(ax, *, xlabel: str, ylabel: str, title: str, shots: Sequence[int] = (
     ax.grid(True, alpha=0.3)
 
 
-def learning_curve(runs: pd.DataFrame, metric: str) -> plt.Figure:
+def learning_curve(runs: pd.DataFrame, metric: str) -> Figure:
     """Mean ``metric`` vs shots per backbone x head, with the 95% interval across seeds shaded."""
     table = by_config(runs, metric)
-    fig, ax = plt.subplots(figsize=(10.5, 5))
+    fig, ax = _subplots(figsize=(10.5, 5))
     for i, (name, g) in enumerate(table.groupby("config", sort=True)):
         g = g.sort_values("shots")
         ls = "--" if "fine-tune" in name else "-"
@@ -77,10 +82,10 @@ def learning_curve(runs: pd.DataFrame, metric: str) -> plt.Figure:
     return fig
 
 
-def lottery_spread(runs: pd.DataFrame, metric: str) -> plt.Figure:
+def lottery_spread(runs: pd.DataFrame, metric: str) -> Figure:
     """The seed lottery: max - min of ``metric`` across seeds, vs shots, per configuration."""
     table = by_config(runs, metric)
-    fig, ax = plt.subplots(figsize=(10.5, 5))
+    fig, ax = _subplots(figsize=(10.5, 5))
     for i, (name, g) in enumerate(table.groupby("config", sort=True)):
         g = g.sort_values("shots")
         ax.plot(g["shots"], 100 * g["spread"], "--" if "fine-tune" in name else "-", marker="o", ms=4, label=name,
@@ -94,11 +99,11 @@ def lottery_spread(runs: pd.DataFrame, metric: str) -> plt.Figure:
     return fig
 
 
-def seed_strip(runs: pd.DataFrame, metric: str, shots: int) -> plt.Figure:
+def seed_strip(runs: pd.DataFrame, metric: str, shots: int) -> Figure:
     """Every seed's ``metric`` at one shot count, one column per configuration (the lottery, raw)."""
     sub = runs[runs["shots"] == shots]
     names = sorted({config_label(r) for r in sub.to_dict("records")})
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 5))
+    fig, ax = _subplots(figsize=(max(6, 0.9 * len(names) + 2), 5))
     rng = np.random.default_rng(0)
     degen = lambda r: str(r.get("degenerate", "")).lower() in ("true", "1", "1.0")
     for i, name in enumerate(names):
@@ -121,9 +126,9 @@ def seed_strip(runs: pd.DataFrame, metric: str, shots: int) -> plt.Figure:
     return fig
 
 
-def roc_pr(curves_by_seed: Sequence[Mapping], *, title: str, prevalence: float | None = None) -> plt.Figure:
+def roc_pr(curves_by_seed: Sequence[Mapping], *, title: str, prevalence: float | None = None) -> Figure:
     """ROC and precision-recall curves of one configuration, one faint line per seed."""
-    fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4.5))
+    fig, (roc, pr) = _subplots(1, 2, figsize=(10, 4.5))
     classes = sorted({c for cur in curves_by_seed for c in cur})
     for ci, cls in enumerate(classes):
         for j, cur in enumerate(curves_by_seed):
@@ -148,9 +153,9 @@ def roc_pr(curves_by_seed: Sequence[Mapping], *, title: str, prevalence: float |
     return fig
 
 
-def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], *, title: str) -> plt.Figure:
+def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], *, title: str) -> Figure:
     m = np.asarray(matrix, dtype=float)
-    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 3, 1.1 * len(classes) + 2.5))
+    fig, ax = _subplots(figsize=(1.2 * len(classes) + 3, 1.1 * len(classes) + 2.5))
     ax.imshow(m, cmap="Blues")
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
@@ -166,9 +171,9 @@ def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], *, title:
     return fig
 
 
-def training_curves(curves: Sequence[Mapping], *, title: str) -> plt.Figure:
+def training_curves(curves: Sequence[Mapping], *, title: str) -> Figure:
     """Fine-tuning: train and val loss per epoch, one line pair per run."""
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = _subplots(figsize=(8, 4.5))
     for i, cur in enumerate(curves):
         label = cur.get("label", f"run {i}")
         ep = cur.get("epoch") or list(range(1, len(cur.get("train_loss", [])) + 1))

@@ -11,6 +11,13 @@ import pandas as pd
 
 from featpipe.report.html import table
 from featpipe.report.plots import METRIC_LABELS
+from featpipe.results.compare import bootstrap_interval
+from featpipe.results.summary import config_labels, select_best, summarize_runs
+from featpipe.results.compare import verdict
+from featpipe.results.summary import degenerate_flags
+from featpipe.core.names import config_name
+from featpipe.results.compare import COMPARISONS_CSV, seed_comparisons
+from featpipe.results.summary import config_labels
 
 
 def _f(x, pct: bool = True) -> str:
@@ -22,9 +29,6 @@ def _f(x, pct: bool = True) -> str:
 def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=None) -> tuple[str, list[dict]]:
     """(HTML, [{"shots", "config", "run_ids"}]) of the configuration chosen on ``val_<report.metric>`` per shot
     count among those without degenerate runs, reported on test."""
-    from featpipe.results.compare import bootstrap_interval
-    from featpipe.results.summary import config_labels, select_best, summarize_runs
-
     metric = params.report.metric
     summary = summarize_runs(runs, clinical=params.clinical, select_metric=metric)
     chosen = select_best(summary, metric)
@@ -67,8 +71,6 @@ def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=Non
 
 def comparison_section(comparisons: pd.DataFrame, best: list[dict], metric: str) -> str:
     """Per shot count: the val-chosen configuration against every other, on ``metric``."""
-    from featpipe.results.compare import verdict
-
     if comparisons.empty:
         return "<p>No comparisons (fewer than two configurations per shot count).</p>"
     c = comparisons[comparisons["metric"] == metric]
@@ -101,9 +103,6 @@ def comparison_section(comparisons: pd.DataFrame, best: list[dict], metric: str)
 
 
 def degenerate_section(runs: pd.DataFrame) -> str:
-    from featpipe.results.summary import degenerate_flags
-    from featpipe.core.names import config_name
-
     bad = runs[degenerate_flags(runs).to_numpy()]
     if bad.empty:
         return "<p>No run is degenerate (none has mostly tied scores or predicts one class for ≥ 95% of images).</p>"
@@ -117,9 +116,6 @@ def degenerate_section(runs: pd.DataFrame) -> str:
 def read_comparisons(results_dir: Path, runs: pd.DataFrame, params) -> pd.DataFrame:
     """``<results>/comparisons.csv`` when it was written for these runs (every configuration it names is one of
     them), else the seed comparisons computed now."""
-    from featpipe.results.compare import COMPARISONS_CSV, seed_comparisons
-    from featpipe.results.summary import config_labels
-
     f = Path(results_dir) / COMPARISONS_CSV
     if f.is_file():
         t = pd.read_csv(f)

@@ -1,6 +1,9 @@
 """featpipe collect: merge per-stage runs.csv files into results/runs.csv and results/metrics.json."""
 
 from __future__ import annotations
+from featpipe.results.collect import collect
+from featpipe.data.splits import load_splits
+from featpipe.results.summary import degenerate_lines, split_note
 
 
 def add_arguments(parser) -> None:
@@ -11,11 +14,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args, params) -> int:
-    from featpipe.results.collect import collect
-
-    from featpipe.data.splits import load_splits
-    from featpipe.results.summary import degenerate_lines, split_note
-
     sha = load_splits(args.splits).sha256
     table = collect(args.sources, args.out, clinical=params.clinical, split_sha256=sha, select_metric=params.report.metric)
     print(f"{len(table)} runs from {len(args.sources)} source(s) -> {args.out}/runs.csv, {args.out}/metrics.json")

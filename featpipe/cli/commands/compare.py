@@ -1,6 +1,7 @@
 """featpipe compare: paired comparisons of configurations (by seed, plus a patient bootstrap) -> comparisons.csv."""
 
 from __future__ import annotations
+from featpipe.results.compare import compare, verdict
 
 
 def add_arguments(parser) -> None:
@@ -12,8 +13,6 @@ def add_arguments(parser) -> None:
 
 def run(args, params) -> int:
     from pathlib import Path
-
-    from featpipe.results.compare import compare, verdict
 
     table = compare(args.results, splits_path=args.splits, manifest_path=args.manifest, params=params, out=args.out)
     out = args.out or str(Path(args.results) / "comparisons.csv")

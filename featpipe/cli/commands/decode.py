@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from featpipe.params.config import configured_backbones
+from featpipe.backbones.modelinput import decode_sizes
+from featpipe.data.manifest import read_manifest
+from featpipe.decoded.cache import DecodeOptions
+from featpipe.core.errors import ConfigError
+from featpipe.backbones.modelinput import ensure_decoded
+from featpipe.core.stamps import decoded_stamp, write_stamp
 
 
 def add_arguments(parser) -> None:
@@ -16,8 +22,6 @@ def add_arguments(parser) -> None:
 
 
 def needed_sizes(params) -> list[int]:
-    from featpipe.backbones.modelinput import decode_sizes
-
     return decode_sizes(configured_backbones(params))
 
 
@@ -36,12 +40,6 @@ def report_lines(result) -> list[str]:
 
 
 def run(args, params) -> int:
-    from featpipe.data.manifest import read_manifest
-    from featpipe.decoded.cache import DecodeOptions
-    from featpipe.core.errors import ConfigError
-    from featpipe.backbones.modelinput import ensure_decoded
-    from featpipe.core.stamps import decoded_stamp, write_stamp
-
     if args.size and any(s < 1 for s in args.size):
         raise ConfigError(f"--size must be a positive number of pixels, got {args.size}")
     wanted = [{"input_size": s} for s in args.size] if args.size else configured_backbones(params)

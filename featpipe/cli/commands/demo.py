@@ -1,6 +1,7 @@
 """featpipe demo: set up ./demo (dvc.yaml + params.demo.yaml) and run `dvc repro` there."""
 
 from __future__ import annotations
+from featpipe.cli.demo import run_demo
 
 
 def add_arguments(parser) -> None:
@@ -9,8 +10,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args, params) -> int:
-    from featpipe.cli.demo import run_demo
-
     work = run_demo(args.project, args.workdir)
     report = work / "reports" / "report.html"
     print(f"demo finished in {work}" + (f": open {report}" if report.is_file() else ""))

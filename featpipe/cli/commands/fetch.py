@@ -1,6 +1,7 @@
 """featpipe fetch: make the data source available and write its fingerprint (what prepare depends on)."""
 
 from __future__ import annotations
+from featpipe.data.fetch import write_fingerprint
 
 
 def add_arguments(parser) -> None:
@@ -8,8 +9,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args, params) -> int:
-    from featpipe.data.fetch import write_fingerprint
-
     fp = write_fingerprint(params.data, args.out)
     print(f"{fp['source']} source {fp['path']}: {fp['files']} files, fingerprint {fp['sha256'][:12]}")
     return 0

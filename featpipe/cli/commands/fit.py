@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from featpipe.heads.registry import names as _head_names
+from featpipe.results.stages import fit
+from featpipe.results.summary import format_summary
+from featpipe.results.stages import bootstrap_table
+from featpipe.results.summary import degenerate_lines, split_note
 
 HEAD_CHOICES = tuple(_head_names())  # the head registry
 
@@ -26,9 +30,6 @@ def add_arguments(parser, *, head_flag: bool = True) -> None:
 
 
 def run(args, params, head: str | None = None) -> int:
-    from featpipe.results.stages import fit
-    from featpipe.results.summary import format_summary
-
     head = head or args.head
     runs, summary = fit(args.splits, head=head, shots=args.shots, seeds=args.seeds, params=params,
                         backbone=args.backbone, cache_dir=args.cache_dir, results_dir=args.results,
@@ -38,16 +39,12 @@ def run(args, params, head: str | None = None) -> int:
     print(f"wrote {len(runs)} rows to {args.results}/runs.csv and {args.results}/metrics.json"
           + (f"; heads in {args.models}/" if params.fit.save_models else ""))
     if args.bootstrap_seed is not None:
-        from featpipe.results.stages import bootstrap_table
-
         print(bootstrap_table(runs, seed=args.bootstrap_seed, manifest_path=args.manifest, n_boot=params.fit.bootstrap))
     return 0
 
 
 def print_notes(runs, results_dir) -> None:
     """Degenerate-run warnings and the line on rows of another split set aside (shared by fit and sweep)."""
-    from featpipe.results.summary import degenerate_lines, split_note
-
     for line in degenerate_lines([r.row for r in runs]):
         print(line)
     if runs:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 
 from featpipe.core.errors import ConfigError
+from featpipe.decoded.cache import DecodeOptions
+from featpipe.explain.run import explain_model, resolve_models
 
 
 def add_model_arguments(parser, *, out_help: str) -> None:
@@ -34,9 +36,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args, params) -> int:
-    from featpipe.decoded.cache import DecodeOptions
-    from featpipe.explain.run import explain_model, resolve_models
-
     g = params.gradcam
     models = list(args.model) or resolve_models(g.runs, args.models)
     if not models:

@@ -1,6 +1,7 @@
 """featpipe predict: class probabilities for images with a saved head (per-image CSV + a summary)."""
 
 from __future__ import annotations
+from featpipe.predict import predict
 
 
 def add_arguments(parser) -> None:
@@ -13,8 +14,6 @@ def add_arguments(parser) -> None:
 
 def run(args, params) -> int:
     import sys
-
-    from featpipe.predict import predict
 
     result = predict(args.model, args.inputs, out_csv=args.out, device=args.device, batch_size=args.batch_size,
                      max_pixels=params.data.max_image_pixels)

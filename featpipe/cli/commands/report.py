@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from featpipe.report.build import ReportInputs, build_report
 
 
 def add_arguments(parser) -> None:
@@ -16,8 +17,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args, params) -> int:
-    from featpipe.report.build import ReportInputs, build_report
-
     inp = ReportInputs(manifest=Path(args.manifest), splits=Path(args.splits), results=Path(args.results), out=Path(args.out),
                        rejects=Path(args.rejects), cache_dir=Path(args.cache_dir), gradcam_dir=Path(args.gradcam_dir))
     out = build_report(inp, params)

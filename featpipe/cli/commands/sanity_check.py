@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from featpipe.core.errors import ConfigError
+from featpipe.cli.commands.gradcam import add_model_arguments
+from featpipe.decoded.cache import DecodeOptions
+from featpipe.explain.run import resolve_models, sanity_model
 
 
 def add_arguments(parser) -> None:
-    from featpipe.cli.commands.gradcam import add_model_arguments
-
     add_model_arguments(parser, out_help="the verdict is written to <out>/<run>/sanity.json")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when a model fails the check")
 
 
 def run(args, params) -> int:
-    from featpipe.decoded.cache import DecodeOptions
-    from featpipe.explain.run import resolve_models, sanity_model
-
     g = params.gradcam
     models = list(args.model) or resolve_models(g.runs, args.models)
     if not models:
