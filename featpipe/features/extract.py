@@ -19,7 +19,6 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Optional
 

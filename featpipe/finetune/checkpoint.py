@@ -22,6 +22,7 @@ import torch
 
 from featpipe.backbones import registry
 from featpipe.backbones.modelinput import decode_size
+from featpipe.backbones.model import build
 from featpipe.core.errors import DataError, IntegrityError
 from featpipe.core.fileio import atomic_write, check_seal, seal
 from featpipe.core.runtime import Runtime
@@ -53,7 +54,7 @@ def build_model(backbone: str, strategy: str, n_classes: int, *, weights: str = 
     cut = layer if strategy == "truncated" else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        features = backbones.build(spec, weights=f"random:seed{int(seed)}" if strategy == "scratch" else weights,
+        features = build(spec, weights=f"random:seed{int(seed)}" if strategy == "scratch" else weights,
                                    layer=cut)
     dim = int(spec.output_dim(cut))
     head = new_head(dim, n_classes, generator=torch.Generator().manual_seed(int(seed) + 7919))
@@ -143,7 +144,7 @@ def load_finetuned(path: str | Path, *, device: str | torch.device = "cpu") -> t
     spec = registry.get(meta["backbone"])
     cut = meta.get("layer") or None
     with torch.random.fork_rng(devices=[]):
-        features = backbones.build(spec, weights="random", layer=cut)
+        features = build(spec, weights="random", layer=cut)
     dim = int(spec.output_dim(cut))
     model = FinetuneModel(features, torch.nn.utils.skip_init(torch.nn.Linear, dim, len(meta["classes"])))
     try:

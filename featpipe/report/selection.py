@@ -11,13 +11,9 @@ import pandas as pd
 
 from featpipe.report.html import table
 from featpipe.report.plots import METRIC_LABELS
-from featpipe.results.compare import bootstrap_interval
-from featpipe.results.summary import config_labels, select_best, summarize_runs
-from featpipe.results.compare import verdict
-from featpipe.results.summary import degenerate_flags
 from featpipe.core.names import config_name
-from featpipe.results.compare import COMPARISONS_CSV, seed_comparisons
-from featpipe.results.summary import config_labels
+from featpipe.results.compare import COMPARISONS_CSV, bootstrap_interval, seed_comparisons, verdict
+from featpipe.results.summary import config_labels, degenerate_flags, select_best, summarize_runs
 
 
 def _f(x, pct: bool = True) -> str:

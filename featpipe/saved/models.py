@@ -15,10 +15,8 @@ model mapping normalised images to class logits: predict, gradcam and sanity-che
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 from featpipe.core.errors import DataError
 from featpipe.core.names import FINETUNE_SUFFIX, HEAD_SUFFIX
