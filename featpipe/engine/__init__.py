@@ -20,6 +20,7 @@ from typing import Iterator, Optional
 
 from featpipe.params.config import EngineParams
 from featpipe.core.errors import FeatpipeError
+from featpipe.core.optional import require
 
 INSTALL_HINT = "pip install 'featpipe[ray]'"
 
@@ -43,7 +44,8 @@ def from_args(args, params) -> EngineParams:
 
 
 def import_ray():
-    """The ``ray`` module, or a one-line error that says how to install it."""
+    """The ``ray`` module, or a one-line error that says how to install it (or that the installed one is too old)."""
+    require("ray", "2.60", extra="ray", why="--engine ray")
     try:
         import ray
         import ray.data  # noqa: F401  (the [data] extra)

@@ -10,6 +10,7 @@ Modules: :mod:`~featpipe.finetune.strategies` (what trains), :mod:`~featpipe.fin
 from featpipe.finetune.checkpoint import (
            build_model,
            load_finetuned,
+           predict_files,
            read_meta,
            save_finetuned,
 )

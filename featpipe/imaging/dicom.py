@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from featpipe.core.optional import require
 from featpipe.imaging.decode import ImageRejected, scale_to_uint8
 
 
 def dicom_to_uint8(ref: str, max_pixels: int) -> np.ndarray:
-    try:
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
-    except ImportError:
-        raise ImageRejected("unreadable", ref) from None
+    """The 8-bit pixels of the DICOM file ``ref``; :class:`ImageRejected` for a file that cannot be used, and
+    :class:`~featpipe.core.errors.FeatpipeError` (the whole command stops) when pydicom 3.0.1 or newer is not installed."""
+    require("pydicom", "3.0.1", extra="dicom", why="DICOM files")
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
     try:
         ds = pydicom.dcmread(ref)
     except InvalidDicomError:
