@@ -62,8 +62,8 @@ def test_binary_equals_sklearn():
     assert score(y, p1, classes=["a", "b"], threshold=t)["auroc"] == s["auroc"]
 
 
-@pytest.mark.skipif(version_tuple(sklearn.__version__) < (1, 7), reason="sklearn < 1.7: brier_score_loss has no multiclass form "
-                    "(featpipe itself needs 1.6)")
+@pytest.mark.skipif(version_tuple(sklearn.__version__) < (1, 7),
+                    reason="sklearn < 1.7: brier_score_loss has no multiclass form (featpipe itself needs 1.6)")
 def test_three_class_equals_sklearn():
     rng = np.random.default_rng(2)
     y = rng.integers(0, 3, 200)

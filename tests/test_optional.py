@@ -91,7 +91,8 @@ def test_dicom_without_pydicom_stops_the_command(tmp_path, monkeypatch):
 def test_dicom_with_pydicom_2_stops_the_command(tmp_path, monkeypatch):
     path = _dicom(tmp_path / "a.dcm")
     _fake_version(monkeypatch, "pydicom", "2.4.4")
-    with pytest.raises(FeatpipeError, match=r"pydicom>=3.0.1 is needed for DICOM files, but pydicom 2.4.4 is installed"):
+    with pytest.raises(FeatpipeError,
+                       match=r"pydicom>=3.0.1 is needed for DICOM files, but pydicom 2.4.4 is installed"):
         decode(path, size=4)
 
 

@@ -12,7 +12,7 @@ from featpipe.imaging.decode import ImageRejected, scale_to_uint8
 
 def dicom_to_uint8(ref: str, max_pixels: int) -> np.ndarray:
     """The 8-bit pixels of the DICOM file ``ref``; :class:`ImageRejected` for a file that cannot be used, and
-    :class:`~featpipe.core.errors.FeatpipeError` (the whole command stops) when pydicom 3.0.1 or newer is not installed."""
+    :class:`~featpipe.core.errors.FeatpipeError` (the whole command stops) without pydicom 3.0.1 or newer."""
     require("pydicom", "3.0.1", extra="dicom", why="DICOM files")
     import pydicom
     from pydicom.errors import InvalidDicomError
