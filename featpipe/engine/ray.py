@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from featpipe.core.optional import require
 from featpipe.engine.base import EngineError, Executor, plan, run_chunk, user_error
 
 INSTALL_HINT = "pip install 'featpipe[ray]'"
@@ -57,7 +58,8 @@ def create(settings: Mapping[str, Any], *, workers: int = 1) -> "RayExecutor":
 
 
 def import_ray():
-    """The ``ray`` module, or a one-line error that says how to install it."""
+    """The ``ray`` module, or a one-line error that says how to install it (or that the installed one is too old)."""
+    require("ray", "2.60", extra="ray", why="--engine ray")
     try:
         import ray
         import ray.data  # noqa: F401  (the [data] extra)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from featpipe.core.optional import require
 from featpipe.imaging.base import ImageRejected, scale_to_uint8
 
 
@@ -22,12 +23,11 @@ def is_dicom(ref: str) -> bool:
 
 
 def dicom_to_uint8(ref: str, max_pixels: int) -> np.ndarray:
-    try:
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
-    except ImportError:
-        raise ImageRejected("unreadable", ref) from None
+    require("pydicom", "3.0.1", extra="dicom", why="DICOM files")  # one error for the command, not a reject per file
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
     try:
         ds = pydicom.dcmread(ref)
     except InvalidDicomError:

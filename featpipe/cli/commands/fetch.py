@@ -1,14 +1,25 @@
-"""featpipe fetch: make the data source available and write its fingerprint (what prepare depends on)."""
+"""featpipe fetch: make the data source available and write its fingerprint (what prepare depends on), and
+optionally the stamp of featpipe's own code (what every DVC stage depends on)."""
 
 from __future__ import annotations
+from featpipe.data.fetch import write_fingerprint
+
+from featpipe.core.codestamp import write_code_stamp
 from featpipe.data.fetch import write_fingerprint
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="data/source.json", help="fingerprint file (default: data/source.json)")
+    parser.add_argument("--code-stamp", default=None, metavar="FILE",
+                        help="also write featpipe's version and a hash of its sources to FILE (the DVC stages "
+                             "depend on it, so a change to the code reruns them)")
 
 
 def run(args, params) -> int:
     fp = write_fingerprint(params.data, args.out)
     print(f"{fp['source']} source {fp['path']}: {fp['files']} files, fingerprint {fp['sha256'][:12]}")
+    if args.code_stamp:
+        stamp = write_code_stamp(args.code_stamp)
+        print(f"featpipe {stamp['featpipe_version']}: {stamp['files']} source files, "
+              f"sha256 {stamp['sources_sha256'][:12]}")
     return 0
