@@ -17,7 +17,7 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-from featpipe import __version__
+from featpipe.core.versions import __version__
 from featpipe.core.errors import FeatpipeError
 from featpipe.core.log import install_cli_handler
 from featpipe.params.config import load_params
