@@ -110,6 +110,39 @@ def _val_loss(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None
     return float(nn.functional.cross_entropy(logits, y, weight=weight).item())
 
 
+def _train_epoch(model: nn.Module, source: ImageSource, train_set: Labeled, ytr: torch.Tensor, *,
+                 optimizer: torch.optim.Optimizer, loss_fn, cfg: TrainConfig, prep: Prep, rt: Runtime,
+                 g: torch.Generator) -> tuple[float, int]:
+    """One pass over the k-shot images in the epoch's seeded order; (summed loss, images seen)."""
+    set_train_mode(model)
+    order = epoch_order(train_set.labels, balanced=cfg.imbalance == "balanced_sampler", g=g)
+    total, seen = 0.0, 0
+    for idx in batches(order, cfg.batch_size):
+        ids = [train_set.ids[i] for i in idx]
+        x = rt.inputs(train_batch(source.read(ids), prep, aug=cfg.augment, g=g))
+        y = ytr[idx].to(rt.device)
+        with rt.autocast():
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.item()) * len(idx)
+        seen += len(idx)
+    return total, seen
+
+
+def _val_logits(model: nn.Module, source: ImageSource, val_set: Labeled, val_emb, *, prep: Prep, rt: Runtime,
+                cfg: TrainConfig) -> torch.Tensor:
+    """float32 val logits on the CPU: the head on the val embeddings computed once (frozen backbone), else the
+    whole model on the val images."""
+    if val_emb is not None:
+        model.eval()
+        with torch.no_grad(), rt.autocast():
+            return model.head(val_emb.to(rt.device)).float().cpu()
+    return embed_or_logits(model, source, val_set.ids, prep=prep, rt=rt, batch_size=cfg.eval_batch_size)
+
+
 def train(model: nn.Module, source: ImageSource, train_set: Labeled, val_set: Labeled, *,
           optimizer: torch.optim.Optimizer, cfg: TrainConfig, prep: Prep, rt: Runtime, seed: int,
           n_classes: int, val_metrics: Callable[[np.ndarray, np.ndarray], dict] | None = None,
@@ -138,28 +171,10 @@ def train(model: nn.Module, source: ImageSource, train_set: Labeled, val_set: La
                                       batch_size=cfg.eval_batch_size, part=model.features)
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
-            set_train_mode(model)
-            order = epoch_order(train_set.labels, balanced=cfg.imbalance == "balanced_sampler", g=g)
-            total, seen = 0.0, 0
-            for idx in batches(order, cfg.batch_size):
-                ids = [train_set.ids[i] for i in idx]
-                x = rt.inputs(train_batch(source.read(ids), prep, aug=cfg.augment, g=g))
-                y = ytr[idx].to(rt.device)
-                with rt.autocast():
-                    logits = model(x)
-                loss = loss_fn(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.item()) * len(idx)
-                seen += len(idx)
+            total, seen = _train_epoch(model, source, train_set, ytr, optimizer=optimizer, loss_fn=loss_fn, cfg=cfg,
+                                       prep=prep, rt=rt, g=g)
             t_train = time.perf_counter() - t0
-            if val_emb is not None:
-                model.eval()
-                with torch.no_grad(), rt.autocast():
-                    logits = model.head(val_emb.to(rt.device)).float().cpu()
-            else:
-                logits = embed_or_logits(model, source, val_set.ids, prep=prep, rt=rt, batch_size=cfg.eval_batch_size)
+            logits = _val_logits(model, source, val_set, val_emb, prep=prep, rt=rt, cfg=cfg)
             vloss = _val_loss(logits, yva, w_val)
             rec = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": vloss,
                    "seconds": time.perf_counter() - t0, "train_seconds": t_train,
