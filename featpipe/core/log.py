@@ -1,10 +1,14 @@
-"""featpipe's notices go through :mod:`logging` (logger ``"featpipe"``); the library never prints.
+"""featpipe's notices go through :mod:`logging` (logger ``"featpipe"``); library code never prints.
 
-A notice is something a user should see even when nothing is wrong yet: waiting for another process's build,
-a cache rebuilt because it was made for another request, leftovers of an interrupted run removed. They are
-logged at WARNING so that a notebook without any logging configuration still shows them (Python's last-resort
-handler writes them to stderr). The command line installs :func:`install_cli_handler`, which prints each as
-one ``featpipe: <message>`` line on stderr, as the CLI always has.
+A notice is something a user must see even when nothing is wrong yet: waiting for another process's build,
+a cache rebuilt because it was made for another request, leftovers of an interrupted run removed. They must
+never be silent, in a notebook or a script with no logging configured either, so the ``featpipe`` logger
+carries one handler that writes ``featpipe: <message>`` lines to ``sys.stderr`` (whatever it is at the time),
+and does not propagate (no line printed twice under an application's own root handler).
+
+To route featpipe's records through your own logging configuration instead, call :func:`use_root_logging`
+(removes that handler, propagates to the root logger). The command line calls :func:`install_cli_handler`,
+which also shows INFO records.
 """
 
 from __future__ import annotations
@@ -13,11 +17,6 @@ import logging
 import sys
 
 logger = logging.getLogger("featpipe")
-
-
-def notice(msg: str) -> None:
-    """One line a user should see (logged at WARNING on the ``featpipe`` logger)."""
-    logger.warning(msg)
 
 
 class _StderrHandler(logging.Handler):
@@ -31,11 +30,30 @@ class _StderrHandler(logging.Handler):
             self.handleError(record)
 
 
-def install_cli_handler(level: int = logging.INFO) -> None:
-    """The CLI's handler: ``featpipe: <message>`` lines on stderr (installed once per process)."""
+def _ensure_handler() -> None:
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("featpipe: %(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(level)
     logger.propagate = False
+
+
+def notice(msg: str) -> None:
+    """One line a user should see (WARNING on the ``featpipe`` logger)."""
+    logger.warning(msg)
+
+
+def install_cli_handler(level: int = logging.INFO) -> None:
+    """The CLI's setting: ``featpipe: <message>`` lines on stderr, INFO records included."""
+    _ensure_handler()
+    logger.setLevel(level)
+
+
+def use_root_logging() -> None:
+    """Send featpipe's records to the root logger's handlers (your logging configuration) instead of stderr."""
+    for h in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(h)
+    logger.propagate = True
+
+
+_ensure_handler()
