@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -34,13 +34,15 @@ import numpy as np
 import pandas as pd
 
 from featpipe.core.errors import CacheError
+from featpipe.core.provenance import mismatch
 from featpipe.core.versions import versions
 from featpipe.imaging.base import DECODER_VERSION, DEFAULT_MAX_PIXELS, Resize, as_resize
 from featpipe.imaging.npz import split_ref
 from featpipe.imaging.pil import DRAFT_FACTOR
 
 FORMAT = 2
-_REUSE_KEYS = ("format", "size", "resize_method", "draft", "draft_factor", "decoder_version", "pillow_version",
+# The decoder settings a file's rows may be reused under (its identity; compared by featpipe.core.provenance).
+REUSE_KEYS = ("format", "size", "resize_method", "draft", "draft_factor", "decoder_version", "pillow_version",
                "pydicom_version")
 
 
@@ -94,16 +96,13 @@ def decoder_identity(size: int | Resize, draft: bool) -> dict:
     """The settings that change decoded pixels, the resize filter included (recorded in every feature cache: a
     change re-extracts)."""
     wanted = decoder_settings(size, draft)
-    return {k: wanted[k] for k in _REUSE_KEYS}
+    return {k: wanted[k] for k in REUSE_KEYS}
 
 
-def settings_mismatch(attrs: dict, *, size: int | Resize, draft: bool) -> str | None:
-    """The first decoder setting of a decoded cache's ``attrs`` that differs from ``(size, draft)``; None if all match."""
-    wanted = decoder_settings(size, draft)
-    for k in _REUSE_KEYS:
-        if not _same(attrs.get(k), wanted[k]):
-            return f"decoded with {k}={attrs.get(k)!r}, requested {wanted[k]!r}"
-    return None
+def settings_mismatch(attrs: Mapping, wanted: Mapping) -> str | None:
+    """The first of :data:`REUSE_KEYS` in which a decoded cache's ``attrs`` differ from the ``wanted``
+    :func:`decoder_settings` (None if all match), worded by :func:`featpipe.core.provenance.mismatch`."""
+    return mismatch(attrs, wanted, REUSE_KEYS)
 
 
 # --------------------------------------------------------------------------- previous cache
@@ -118,19 +117,10 @@ def open_reusable(path: Path, wanted: dict) -> h5py.File | None:
     except OSError:
         return None  # unreadable (e.g. not HDF5): rebuilt from scratch
     attrs = dict(f.attrs)
-    if not bool(attrs.get("complete")) or "images" not in f or not all(_same(attrs.get(k), wanted[k])
-                                                                       for k in _REUSE_KEYS):
+    if not bool(attrs.get("complete")) or "images" not in f or settings_mismatch(attrs, wanted) is not None:
         f.close()
         return None
     return f
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, bytes):
-        a = a.decode()
-    if isinstance(a, np.generic):
-        a = a.item()
-    return a == b
 
 
 def strings(ds: h5py.Dataset) -> list[str]:
