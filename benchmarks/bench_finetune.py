@@ -28,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from featpipe.backbones.modelinput import decode_key
 from featpipe.core.fileio import file_sha256
 from featpipe.decoded.build import build_decoded
 from featpipe.finetune.checkpoint import build_model
@@ -87,16 +88,16 @@ def main(argv=None) -> int:
         print(f"real images not found at {FIGURE1}", file=sys.stderr)
         return 1
     man = manifest_of(FIGURE1)
-    from featpipe.backbones.modelinput import decode_size
-
-    size = decode_size("resnet50")  # what the decoded cache holds (256), random-resized-cropped to 224
+    form = decode_key(args.backbone)  # what the decoded cache holds (resnet50: 256), random-resized-cropped to 224
+    size = form.size
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        path = build_decoded(man, size=size, path=Path(tmp) / f"decoded-{size}.h5", workers=2, progress=False)
+        path = build_decoded(man, size=form, path=Path(tmp) / f"decoded-{form.label}.h5", workers=2,
+                             progress=False)
         build_s = time.perf_counter() - t0
         cached = CachedImages(path)
         channels = cached.reader.channels
-        decoding = DecodingImages(dict(zip(man["id"], man["path"])), size=size, channels=channels)
+        decoding = DecodingImages(dict(zip(man["id"], man["path"])), size=form, channels=channels)
         rng = np.random.default_rng(0)
         rows = []
         load0 = os.getloadavg()[0]

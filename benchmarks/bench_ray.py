@@ -110,9 +110,9 @@ def main(argv=None) -> int:
         ep = RayExecutor(RayOptions(embed_cpus=args.embed_cpus, decode_cpus=args.decode_cpus))
         xp = ExtractParams(weights="random", batch_size=32, precision="auto")
         for b in args.backbones:
-            size = get(b).preprocess.resize_size
+            form = get(b).preprocess.decoding  # size and resize filter: the decoded cache extraction reads
             for eng in ("local", "ray"):
-                build_decoded(df, size=size, path=decoded_path(work / eng, "pmnist", size), workers=2, progress=False)
+                build_decoded(df, size=form, path=decoded_path(work / eng, "pmnist", form), workers=2, progress=False)
             pairs = []
             for rep in range(-1 if args.warmup else 0, args.reps):
                 order = ("local", "ray") if rep % 2 == 0 else ("ray", "local")

@@ -40,7 +40,7 @@ def localisation(model_path: str, box_px: list[int], layer: str | None, size: in
     pos = p.ex.classes.index("finding1")
     tp = np.flatnonzero((p.data.labels == pos) & (p.pred == pos))
     maps = gradcam(p.ex.model, p.x[tp], [pos] * len(tp), layer=layer)
-    s = p.ex.preprocess["input_size"] / size  # the box is in the generated image's pixels
+    s = p.ex.preprocess.input_size / size  # the box is in the generated image's pixels
     x0, y0, x1, y1 = (int(round(v * s)) for v in box_px)
     total = maps.sum(axis=(1, 2))
     ok = total > 0

@@ -91,7 +91,7 @@ def predict(model_path: str | Path, inputs: Sequence[str | Path], *, out_csv: st
     refs, rejects = image_files(inputs)
     done, probas = [], []
     for s in range(0, len(refs), CHUNK):
-        ok, pixels, bad = decode_files(refs[s:s + CHUNK], model.decode_size, max_pixels=max_pixels)
+        ok, pixels, bad = decode_files(refs[s:s + CHUNK], model.decoding, max_pixels=max_pixels)
         rejects += bad
         if ok:
             done += ok

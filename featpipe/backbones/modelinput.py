@@ -1,16 +1,20 @@
-"""Model input: the one owner of "decoded pixels -> network input" and of the decoded sizes a backbone reads.
+"""Model input: the one owner of "decoded pixels -> network input" and of the decoded forms a backbone reads.
 
-A backbone's preprocessing spec (:class:`featpipe.backbones.registry.Preprocess`, or the ``preprocess``
-dict a saved model's sidecar records) decides everything; nothing here knows a backbone by name:
+A backbone's :class:`featpipe.backbones.spec.Preprocess` (the one type of preprocessing; a saved model's
+sidecar record is parsed into one by :meth:`~featpipe.backbones.spec.Preprocess.from_dict` where it is read)
+decides everything; nothing here knows a backbone by name:
 
-- **decode size**: the image is decoded to ``resize_size`` (shorter side resized to it, centre crop to a
-  square, :func:`featpipe.imaging.decode.decode`): that is the decoded cache every stage reads
-  (``cache/<dataset>/decoded-<resize_size>.h5``);
+- **decoded form**: the image is decoded to ``resize_size`` with the ``interpolation`` filter (shorter side
+  resized to it, centre crop to a square, :func:`featpipe.imaging.decode.decode`): that is the decoded cache
+  every stage reads (``cache/<dataset>/decoded-<resize_size>.h5`` for bilinear,
+  ``decoded-<resize_size>-<filter>.h5`` for another filter; :func:`decode_key`);
 - **crop**: centre crop to ``input_size`` (offsets rounded as torchvision's ``CenterCrop``);
 - **channels**: 3, grayscale replicated;
 - **normalisation**: scaled to [0, 1], then ``(x - mean) / std``.
 
-:func:`ensure_decoded` is the one function that makes sure the decoded caches exist for a set of
+Functions that take a ``backbone`` accept a registered name, a :class:`~featpipe.backbones.spec.BackboneSpec`
+or a :class:`~featpipe.backbones.spec.Preprocess`, resolved to its Preprocess by :func:`preprocess_of` (the
+one place). :func:`ensure_decoded` is the one function that makes sure the decoded caches exist for a set of
 backbones (used by ``prepare``, ``decode``, ``extract``, ``finetune`` and ``gradcam``): missing or stale
 rows are decoded, valid ones reused, and a cache that is already current is not touched.
 :func:`first_pass` is ``prepare``'s hook that verifies the images and fills those caches in one decode.
@@ -25,46 +29,38 @@ import numpy as np
 import pandas as pd
 
 from featpipe.backbones.registry import get
+from featpipe.backbones.spec import BackboneSpec, Preprocess
 from featpipe.decoded.build import BuildResult, build
 from featpipe.decoded.cache import DecodeOptions, decoded_path
-from featpipe.imaging.base import DEFAULT_MAX_PIXELS, ImageRejected
+from featpipe.imaging.base import DEFAULT_MAX_PIXELS, ImageRejected, Resize, as_resize
 from featpipe.imaging.decode import decode
 from featpipe.params.config import Params, configured_backbones
 
 
-def _get(pre, key: str):
-    if isinstance(pre, str):
-        import json
-
-        pre = json.loads(pre)
-    return pre[key] if isinstance(pre, Mapping) else getattr(pre, key)
-
-
-def preprocess_of(backbone) -> object:
-    """The preprocessing spec of a backbone (name or spec); a Preprocess or a sidecar dict is returned as is."""
-    if isinstance(backbone, (str,)) or hasattr(backbone, "preprocess"):
+def preprocess_of(backbone: str | BackboneSpec | Preprocess) -> Preprocess:
+    """The :class:`~featpipe.backbones.spec.Preprocess` of a backbone given by name or spec (a Preprocess is
+    its own)."""
+    if isinstance(backbone, Preprocess):
+        return backbone
+    if isinstance(backbone, (str, BackboneSpec)):
         return get(backbone).preprocess
-    return backbone
+    raise TypeError(f"expected a backbone name, a BackboneSpec or a Preprocess, got {type(backbone).__name__} "
+                    "(parse a recorded preprocessing with Preprocess.from_dict)")
 
 
-def decode_size(pre) -> int:
-    """The size images are decoded to for this spec: ``resize_size`` (``input_size`` when none is given)."""
-    resize = _get(pre, "resize_size") if _has(pre, "resize_size") else None
-    return int(resize or _get(pre, "input_size"))
+def decode_key(backbone: str | BackboneSpec | Preprocess) -> Resize:
+    """The decoded form a backbone reads: ``resize_size`` with its interpolation (the key of its decoded cache)."""
+    return preprocess_of(backbone).decoding
 
 
-def _has(pre, key: str) -> bool:
-    return key in pre if isinstance(pre, Mapping) else hasattr(pre, key)
+def decode_keys(backbones: Iterable) -> list[Resize]:
+    """The decoded forms a set of backbones (names, specs or Preprocess) reads, sorted (size, then filter)."""
+    return sorted({decode_key(b) for b in backbones})
 
 
-def decode_sizes(backbones: Iterable) -> list[int]:
-    """The decoded sizes a set of backbones (names, specs or preprocessing specs) reads, sorted."""
-    return sorted({decode_size(preprocess_of(b)) for b in backbones})
-
-
-def centre_crop(pixels: np.ndarray, pre) -> np.ndarray:
-    """uint8 ``(n, S, S, C)`` decoded at :func:`decode_size` -> ``(n, input_size, input_size, C)``."""
-    size = int(_get(pre, "input_size"))
+def centre_crop(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """uint8 ``(n, S, S, C)`` decoded at :func:`decode_key` -> ``(n, input_size, input_size, C)``."""
+    size = int(pre.input_size)
     h, w = pixels.shape[1:3]
     if h < size or w < size:
         raise ValueError(f"decoded images of {h}x{w} px are smaller than the model input {size} px")
@@ -72,12 +68,12 @@ def centre_crop(pixels: np.ndarray, pre) -> np.ndarray:
     return np.ascontiguousarray(pixels[:, top:top + size, left:left + size])
 
 
-def normalise(images_uint8, pre, channels: int = 3):
+def normalise(images_uint8, pre: Preprocess, channels: int = 3):
     """uint8 ``(n, H, W, C)`` (array or tensor) -> float32 ``(n, channels, H, W)`` with the spec's mean/std."""
-    return to_tensor_batch(images_uint8, tuple(_get(pre, "mean")), tuple(_get(pre, "std")), channels=channels)
+    return to_tensor_batch(images_uint8, pre.mean, pre.std, channels=channels)
 
 
-def model_input(pixels: np.ndarray, pre):
+def model_input(pixels: np.ndarray, pre: Preprocess):
     """Decoded pixels uint8 ``(n, S, S, C)`` -> the network input: centre crop, 3 channels, normalised."""
     return normalise(centre_crop(np.asarray(pixels), pre), pre)
 
@@ -102,15 +98,18 @@ def to_tensor_batch(images_uint8, mean: Sequence[float], std: Sequence[float], c
     return ((x - m) / s).contiguous()
 
 
-def decode_files(refs: Sequence[str], size: int, *, max_pixels: int | None = None
+def decode_files(refs: Sequence[str], size: int | Resize, *, max_pixels: int | None = None
                  ) -> tuple[list[str], list[np.ndarray], list[dict]]:
-    """Images that are not in a manifest (``predict``, ``gradcam --images``), decoded at ``size`` as the cache
-    decodes them; a file that cannot be decoded is a reject (path, reason), never fatal. ``max_pixels``: larger
-    images are rejected ("too large"). Returns (decoded refs, their pixels, rejects)."""
+    """Images that are not in a manifest (``predict``, ``gradcam --images``), decoded to ``size`` (a decoded
+    form: :func:`decode_key`, or a plain size, bilinear) as the cache decodes them; a file that cannot be decoded
+    is a reject (path, reason), never fatal. ``max_pixels``: larger images are rejected ("too large").
+    Returns (decoded refs, their pixels, rejects)."""
+    form = as_resize(size)
     ok, pixels, rejects = [], [], []
     for r in refs:
         try:
-            pixels.append(decode(r, size=size, max_pixels=max_pixels or DEFAULT_MAX_PIXELS))
+            pixels.append(decode(r, size=form.size, interpolation=form.interpolation,
+                                 max_pixels=max_pixels or DEFAULT_MAX_PIXELS))
             ok.append(r)
         except ImageRejected as exc:
             rejects.append({"path": r, "reason": exc.reason})
@@ -126,14 +125,15 @@ def same_channels(pixels: Sequence[np.ndarray]) -> np.ndarray:
 
 def ensure_decoded(manifest: pd.DataFrame, backbones: Iterable, *, cache_dir: str | Path, dataset: str,
                    options: DecodeOptions = DecodeOptions(), rejects: bool = False,
-                   paths: Mapping[int, Path] | None = None) -> BuildResult:
-    """Make the decoded cache of every size ``backbones`` read current for ``manifest``, in one pass.
+                   paths: Mapping[Resize, Path] | None = None) -> BuildResult:
+    """Make the decoded cache of every decoded form ``backbones`` read current for ``manifest``, in one pass;
+    the result's ``paths`` and ``stats`` are keyed by :func:`decode_key`.
 
-    ``backbones``: names, specs or preprocessing specs. ``rejects=True`` (prepare): undecodable images are
+    ``backbones``: names, specs or Preprocess. ``rejects=True`` (prepare): undecodable images are
     returned in ``result.rejects`` and left out of the caches instead of being an error. ``paths``
-    overrides the file of a size (sharded extraction)."""
-    targets = {s: decoded_path(cache_dir, dataset, s) for s in decode_sizes(backbones)}
-    targets.update({int(s): Path(p) for s, p in (paths or {}).items() if int(s) in targets})
+    overrides the file of a decoded form (sharded extraction)."""
+    targets = {k: decoded_path(cache_dir, dataset, k) for k in decode_keys(backbones)}
+    targets.update({k: Path(p) for k, p in (paths or {}).items() if k in targets})
     return build(manifest, targets, options=options, rejects=rejects)
 
 
@@ -142,7 +142,7 @@ class FirstPass:
     candidate rows (id, path, sha256) are verified and the decoded caches of ``backbones`` filled by one
     decode per image (:func:`ensure_decoded` with ``rejects=True``). Called with the candidates, returns
     (rejects: reason by id, upright (width, height) by id); then ``figures`` holds what it did
-    (decoded, sizes, seconds)."""
+    (decoded, sizes: the decoded forms' labels, e.g. ``["256", "518-bicubic"]``, seconds)."""
 
     def __init__(self, backbones: Sequence, *, cache_dir: str | Path, dataset: str, options: DecodeOptions):
         self.backbones, self.cache_dir, self.dataset, self.options = list(backbones), cache_dir, dataset, options
@@ -151,7 +151,7 @@ class FirstPass:
     def __call__(self, candidates: pd.DataFrame) -> tuple[dict, dict]:
         res = ensure_decoded(candidates, self.backbones, cache_dir=self.cache_dir, dataset=self.dataset,
                              options=self.options, rejects=True)
-        self.figures = {"decoded": res.decoded, "sizes": sorted(res.paths), "seconds": res.seconds}
+        self.figures = {"decoded": res.decoded, "sizes": [k.label for k in sorted(res.paths)], "seconds": res.seconds}
         return res.rejects, res.dims
 
 

@@ -13,6 +13,7 @@ from typing import Callable, Mapping, Optional
 
 from featpipe.backbones.families import Family, get_family
 from featpipe.core.errors import FeatpipeError
+from featpipe.imaging.base import FILTERS, Resize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -20,14 +21,27 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How images must be prepared for a backbone: decode to ``resize_size`` square, centre-crop
-    ``input_size``, scale to [0, 1], normalise with ``mean``/``std`` (3 channels)."""
+    """How images must be prepared for a backbone: decode to ``resize_size`` square with the ``interpolation``
+    filter (:attr:`decoding`: the decoded cache it reads), centre-crop ``input_size``, scale to [0, 1],
+    normalise with ``mean``/``std`` (3 channels). The one representation of preprocessing: a sidecar or cache
+    record is parsed by :meth:`from_dict` where it is read."""
 
     input_size: int
     resize_size: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        if self.interpolation not in FILTERS:
+            raise FeatpipeError(f"unknown interpolation {self.interpolation!r} (known: {', '.join(FILTERS)})")
+        if self.resize_size < self.input_size:
+            raise FeatpipeError(f"resize_size {self.resize_size} is smaller than input_size {self.input_size}")
+
+    @property
+    def decoding(self) -> Resize:
+        """The decoded form this preprocessing reads: ``resize_size`` with its ``interpolation`` filter."""
+        return Resize(self.resize_size, self.interpolation)
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (mean/std as lists): what sidecars and cache attributes record."""

@@ -1,7 +1,8 @@
 """Building the decoded-image cache (:mod:`featpipe.decoded.cache`): :func:`build` and its decoding pass.
 
-One pass (:func:`build`): every image that any requested size lacks is decoded once for all those sizes
-(:func:`featpipe.imaging.decode.decode_sizes`; byte-identical files, same sha256, are decoded once), in a pool
+One pass (:func:`build`): every image that any requested file lacks is decoded once for all the decoded forms
+those files hold (a form is a size, bilinear, or a :class:`featpipe.imaging.base.Resize`: size and filter;
+:func:`featpipe.imaging.decode.decode_sizes`; byte-identical files, same sha256, are decoded once), in a pool
 of worker processes, streamed in order into the files (flat memory). Channels are decided in that same
 pass: each row is stored with its natural channels (:func:`featpipe.imaging.decode.decode`); the file holds one
 channel until the first colour row arrives, and is then widened (rows written so far replicated) instead
@@ -42,7 +43,7 @@ from featpipe.decoded.cache import (
     strings,
 )
 from featpipe.decoded.writer import Writer
-from featpipe.imaging.base import DEFAULT_MAX_PIXELS, ImageRejected
+from featpipe.imaging.base import DEFAULT_MAX_PIXELS, ImageRejected, Resize, as_resize
 from featpipe.imaging.decode import decode_sizes
 
 _BLOCK = 64  # rows per copy block (flat memory)
@@ -50,12 +51,13 @@ _BLOCK = 64  # rows per copy block (flat memory)
 
 @dataclass
 class BuildResult:
-    """What one :func:`build` did: per size the file and (images, decoded, reused, channels, rewritten);
+    """What one :func:`build` did: per decoded form (the keys of the targets: sizes or
+    :class:`~featpipe.imaging.base.Resize`) the file and (images, decoded, reused, channels, rewritten);
     the ids it rejected with their reason (``rejects=True`` only); the upright source (width, height) of
     each image it decoded; images decoded (once for all sizes) and seconds."""
 
-    paths: dict[int, Path]
-    stats: dict[int, dict]
+    paths: dict[int | Resize, Path]
+    stats: dict[int | Resize, dict]
     rejects: dict[str, str] = field(default_factory=dict)
     dims: dict[str, tuple[int, int]] = field(default_factory=dict)
     decoded: int = 0
@@ -65,16 +67,17 @@ class BuildResult:
 # --------------------------------------------------------------------------- build
 
 
-def build(manifest: pd.DataFrame, targets: dict[int, Path], *, options: DecodeOptions = DecodeOptions(),
+def build(manifest: pd.DataFrame, targets: dict[int | Resize, Path], *, options: DecodeOptions = DecodeOptions(),
           rejects: bool = False) -> BuildResult:
-    """Bring the file of every ``size -> path`` in ``targets`` up to date for ``manifest`` in one pass.
+    """Bring the file of every ``form -> path`` in ``targets`` up to date for ``manifest`` in one pass (a form
+    is a size, bilinear, or a :class:`~featpipe.imaging.base.Resize`).
 
-    One builder per file at a time (:func:`featpipe.core.locks.build_lock`, taken in size order): a second
+    One builder per file at a time (:func:`featpipe.core.locks.build_lock`, taken in form order): a second
     process waits, then finds the first one's file current and leaves it as is. A ``.partial`` left by a
     killed build is removed."""
     ids, shas, refs = checked_rows(manifest)
     with ExitStack() as stack:
-        for size, path in sorted((int(s), Path(p)) for s, p in targets.items()):
+        for _, path in sorted((as_resize(s), Path(p)) for s, p in targets.items()):
             stack.enter_context(build_lock(path, what="the decoded-image cache"))
             clean_leftovers(path.parent)
             for leftover in (".partial", ".partial3"):
@@ -82,16 +85,16 @@ def build(manifest: pd.DataFrame, targets: dict[int, Path], *, options: DecodeOp
         return _build(ids, shas, refs, targets, options=options, rejects=rejects)
 
 
-def _build(ids: list[str], shas: list[str], refs: list[str], targets: dict[int, Path], *, options: DecodeOptions,
+def _build(ids: list[str], shas: list[str], refs: list[str], targets: dict, *, options: DecodeOptions,
            rejects: bool) -> BuildResult:
     t0 = time.perf_counter()
-    result = BuildResult({int(s): Path(p) for s, p in targets.items()}, {})
+    result = BuildResult({s: Path(p) for s, p in targets.items()}, {})
     plans = _plans(ids, shas, result, draft=options.draft)
     writers: dict[int, Writer] = {}
     pool = None
     try:
         for size, (old, rows) in plans.items():
-            writers[size] = Writer(result.paths[size], size=size, n=len(ids),
+            writers[size] = Writer(result.paths[size], size=as_resize(size).size, n=len(ids),
                                    attrs=decoder_settings(size, options.draft))
             if old is not None:
                 copy_reused(old, rows, writers[size])
@@ -126,11 +129,11 @@ def _build(ids: list[str], shas: list[str], refs: list[str], targets: dict[int, 
 
 
 def _plans(ids: list[str], shas: list[str], result: BuildResult, *, draft: bool
-           ) -> dict[int, tuple[h5py.File | None, np.ndarray]]:
-    """Per size to write: the previous file when its rows may be reused (else None) and, per manifest row,
-    its row there (-1: none). A size whose file holds exactly these rows gets its stats and no plan."""
+           ) -> dict[int | Resize, tuple[h5py.File | None, np.ndarray]]:
+    """Per form to write: the previous file when its rows may be reused (else None) and, per manifest row,
+    its row there (-1: none). A form whose file holds exactly these rows gets its stats and no plan."""
     n = len(ids)
-    plans: dict[int, tuple[h5py.File | None, np.ndarray]] = {}
+    plans: dict[int | Resize, tuple[h5py.File | None, np.ndarray]] = {}
     for size, path in result.paths.items():
         old = open_reusable(path, decoder_settings(size, draft))
         rows = np.full(n, -1, dtype=np.int64)
@@ -147,18 +150,19 @@ def _plans(ids: list[str], shas: list[str], result: BuildResult, *, draft: bool
     return plans
 
 
-def build_decoded(manifest: pd.DataFrame, *, size: int, path: Path, workers: int = 2, draft: bool = True,
+def build_decoded(manifest: pd.DataFrame, *, size: int | Resize, path: Path, workers: int = 2, draft: bool = True,
                   progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
-    """One size: :func:`build` for ``{size: path}``; returns ``path``."""
-    build(manifest, {int(size): Path(path)}, options=DecodeOptions(workers, draft, max_pixels, progress))
+    """One decoded form (a size, bilinear, or a :class:`~featpipe.imaging.base.Resize`): :func:`build` for
+    ``{size: path}``; returns ``path``."""
+    build(manifest, {size: Path(path)}, options=DecodeOptions(workers, draft, max_pixels, progress))
     return Path(path)
 
 
 # --------------------------------------------------------------------------- decoding
 
 
-def _decode_task(jobs: Sequence[tuple[str, tuple[int, ...]]], draft: bool, max_pixels: int) -> list:
-    """Worker: per (ref, sizes) ``(pixels by size, (w, h))`` or the reject reason (a string)."""
+def _decode_task(jobs: Sequence[tuple[str, tuple]], draft: bool, max_pixels: int) -> list:
+    """Worker: per (ref, forms) ``(pixels by form, (w, h))`` or the reject reason (a string)."""
     out = []
     for ref, sizes in jobs:
         try:
@@ -168,7 +172,7 @@ def _decode_task(jobs: Sequence[tuple[str, tuple[int, ...]]], draft: bool, max_p
     return out
 
 
-def _stream(jobs: Sequence[tuple[int, str, tuple[int, ...]]], *, draft: bool, max_pixels: int,
+def _stream(jobs: Sequence[tuple[int, str, tuple]], *, draft: bool, max_pixels: int,
             pool: ProcessPoolExecutor | None) -> Iterator[tuple[int, object]]:
     """Yield ``(row, result)`` in order; at most a few chunks in flight (flat memory)."""
     if not jobs:
@@ -205,8 +209,8 @@ def mp_context():
     return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
-def jobs_for(writers: dict, shas: list[str], refs: list[str]) -> list[tuple[int, str, tuple[int, ...]]]:
-    """One job per distinct sha256 that some file lacks: (first row, ref, the sizes that lack it). A row
+def jobs_for(writers: dict, shas: list[str], refs: list[str]) -> list[tuple[int, str, tuple]]:
+    """One job per distinct sha256 that some file lacks: (first row, ref, the forms that lack it). A row
     whose bytes some other row of the same file already holds (same sha256) is copied, not decoded."""
     need: dict[str, tuple[int, set]] = {}
     for size, w in writers.items():
@@ -216,11 +220,11 @@ def jobs_for(writers: dict, shas: list[str], refs: list[str]) -> list[tuple[int,
                 w.put(int(r), w.get(held[shas[r]]))
             else:
                 need.setdefault(shas[r], (int(r), set()))[1].add(size)
-    return sorted((r, refs[r], tuple(sorted(s))) for r, s in need.values())
+    return sorted((r, refs[r], tuple(sorted(s, key=as_resize))) for r, s in need.values())
 
 
 def decode_into(jobs, writers: dict, shas, ids, refs, *, options, pool, result, rejects: bool) -> None:
-    """Decode every job once and put its pixels in every row (duplicates included) and size that lacks it."""
+    """Decode every job once and put its pixels in every row (duplicates included) and form that lacks it."""
     rows_of: dict[str, list[int]] = {}
     for r, s in enumerate(shas):
         rows_of.setdefault(s, []).append(r)

@@ -1,16 +1,17 @@
-"""The decoded-image cache: every manifest image decoded once per input resolution, in HDF5.
+"""The decoded-image cache: every manifest image decoded once per decoded form (size and resize filter), in HDF5.
 
-Layout of ``cache/<dataset>/decoded-<size>.h5`` (readable with plain h5py / h5dump):
+Layout of ``cache/<dataset>/decoded-<size>.h5`` (bilinear; another filter: ``decoded-<size>-<filter>.h5``, e.g.
+``decoded-518-bicubic.h5``; readable with plain h5py / h5dump):
 
 - ``images``: uint8 ``(N, size, size, C)``, chunked one image per chunk; C = 1 when every image is
   grayscale, else 3 (grayscale images replicated);
 - ``ids``: utf-8 strings, the manifest ids in manifest order; ``sha256``: the manifest's sha256 per row;
-- attrs: ``format, size, channels, resize_method, draft, draft_factor, decoder_version, rows_sha256``
+- attrs: ``format, size, channels, resize_method`` (names the filter), ``draft, draft_factor, decoder_version, rows_sha256``
   (a hash of the (id, sha256) rows), ``featpipe_version, pillow_version, pydicom_version, numpy_version,
   complete`` and the last build's ``n_decoded, n_reused, seconds``.
 
 Valid by content: a build reuses the rows whose (id, sha256) are in the previous file, when that file
-was made with the same size, resize method, draft setting, decoder version and Pillow and pydicom
+was made with the same size, resize method (filter), draft setting, decoder version and Pillow and pydicom
 versions; anything else is decoded. A file that already holds exactly the manifest's rows is left
 untouched (not rewritten). Otherwise the new file is written beside the old one (``*.partial``) and
 renamed into place.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -33,13 +34,15 @@ import numpy as np
 import pandas as pd
 
 from featpipe.core.errors import CacheError
+from featpipe.core.provenance import mismatch
 from featpipe.core.versions import versions
-from featpipe.imaging.base import DECODER_VERSION, DEFAULT_MAX_PIXELS, RESIZE_METHOD
+from featpipe.imaging.base import DECODER_VERSION, DEFAULT_MAX_PIXELS, Resize, as_resize
 from featpipe.imaging.npz import split_ref
 from featpipe.imaging.pil import DRAFT_FACTOR
 
 FORMAT = 2
-_REUSE_KEYS = ("format", "size", "resize_method", "draft", "draft_factor", "decoder_version", "pillow_version",
+# The decoder settings a file's rows may be reused under (its identity; compared by featpipe.core.provenance).
+REUSE_KEYS = ("format", "size", "resize_method", "draft", "draft_factor", "decoder_version", "pillow_version",
                "pydicom_version")
 
 
@@ -57,9 +60,10 @@ class DecodeOptions:
         return cls(params.decode.workers, params.decode.draft, params.data.max_image_pixels, progress)
 
 
-def decoded_path(cache_dir: str | Path, dataset: str, size: int) -> Path:
-    """``<cache_dir>/<dataset>/decoded-<size>.h5``."""
-    return Path(cache_dir) / dataset / f"decoded-{int(size)}.h5"
+def decoded_path(cache_dir: str | Path, dataset: str, size: int | Resize) -> Path:
+    """``<cache_dir>/<dataset>/decoded-<label>.h5`` of a decoded form (a size: bilinear; or a
+    :class:`~featpipe.imaging.base.Resize`): ``decoded-256.h5``, ``decoded-518-bicubic.h5``."""
+    return Path(cache_dir) / dataset / f"decoded-{as_resize(size).label}.h5"
 
 
 def content_sha256(ids: Sequence[str], shas: Sequence[str]) -> str:
@@ -79,26 +83,26 @@ def image_refs(manifest: pd.DataFrame) -> list[str]:
     return out
 
 
-def decoder_settings(size: int, draft: bool) -> dict:
-    """What the decoded pixels depend on besides the file bytes (attrs of the cache; in feature caches' provenance)."""
-    return {"format": FORMAT, "size": int(size), "resize_method": RESIZE_METHOD, "draft": bool(draft),
+def decoder_settings(size: int | Resize, draft: bool) -> dict:
+    """What the decoded pixels of a decoded form (a size: bilinear; or a :class:`~featpipe.imaging.base.Resize`)
+    depend on besides the file bytes (attrs of the cache; in feature caches' provenance)."""
+    form = as_resize(size)
+    return {"format": FORMAT, "size": form.size, "resize_method": form.method, "draft": bool(draft),
             "draft_factor": DRAFT_FACTOR, "decoder_version": DECODER_VERSION,
             **versions("PIL", "pydicom", "numpy")}
 
 
-def decoder_identity(size: int, draft: bool) -> dict:
-    """The settings that change decoded pixels (recorded in every feature cache: a change re-extracts)."""
+def decoder_identity(size: int | Resize, draft: bool) -> dict:
+    """The settings that change decoded pixels, the resize filter included (recorded in every feature cache: a
+    change re-extracts)."""
     wanted = decoder_settings(size, draft)
-    return {k: wanted[k] for k in _REUSE_KEYS}
+    return {k: wanted[k] for k in REUSE_KEYS}
 
 
-def settings_mismatch(attrs: dict, *, size: int, draft: bool) -> str | None:
-    """The first decoder setting of a decoded cache's ``attrs`` that differs from ``(size, draft)``; None if all match."""
-    wanted = decoder_settings(size, draft)
-    for k in _REUSE_KEYS:
-        if not _same(attrs.get(k), wanted[k]):
-            return f"decoded with {k}={attrs.get(k)!r}, requested {wanted[k]!r}"
-    return None
+def settings_mismatch(attrs: Mapping, wanted: Mapping) -> str | None:
+    """The first of :data:`REUSE_KEYS` in which a decoded cache's ``attrs`` differ from the ``wanted``
+    :func:`decoder_settings` (None if all match), worded by :func:`featpipe.core.provenance.mismatch`."""
+    return mismatch(attrs, wanted, REUSE_KEYS)
 
 
 # --------------------------------------------------------------------------- previous cache
@@ -113,19 +117,10 @@ def open_reusable(path: Path, wanted: dict) -> h5py.File | None:
     except OSError:
         return None  # unreadable (e.g. not HDF5): rebuilt from scratch
     attrs = dict(f.attrs)
-    if not bool(attrs.get("complete")) or "images" not in f or not all(_same(attrs.get(k), wanted[k])
-                                                                       for k in _REUSE_KEYS):
+    if not bool(attrs.get("complete")) or "images" not in f or settings_mismatch(attrs, wanted) is not None:
         f.close()
         return None
     return f
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, bytes):
-        a = a.decode()
-    if isinstance(a, np.generic):
-        a = a.item()
-    return a == b
 
 
 def strings(ds: h5py.Dataset) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from featpipe.backbones.modelinput import centre_crop, decode_size, normalise, same_channels
+from featpipe.backbones.modelinput import centre_crop, normalise, same_channels
 from featpipe.explain.gradcam import gradcam
 from featpipe.explain.render import ALPHA, overlay
 from featpipe.explain.run import predicted, probabilities
@@ -44,8 +44,7 @@ def explain_images(model, images, *, targets: Optional[Sequence[int]] = None, la
     m = model if isinstance(model, LoadedModel) else load_model(model, precision="fp32")  # Grad-CAM runs in fp32
     items = as_list(images)
     pre = m.preprocess
-    size = decode_size(pre)
-    pixels = centre_crop(same_channels([to_pixels(im, size=size, name=image_label(im, i))
+    pixels = centre_crop(same_channels([to_pixels(im, size=pre.decoding, name=image_label(im, i))
                                         for i, im in enumerate(items)]), pre)
     x = normalise(pixels, pre)
     proba = probabilities(m.torch_module(), x, batch_size=batch_size)

@@ -5,7 +5,7 @@ every test image of the splits (or the images given by path) with the run's own 
 the threshold chosen on val and stored with the model), picks a balanced set of outcomes
 (:mod:`featpipe.explain.select`), computes Grad-CAM for each picked image's predicted class and renders
 them (:mod:`featpipe.explain.render`). Pixels are prepared as extraction prepares them: the decoded
-image at the backbone's decode size (from the decoded-image cache, made current through
+image in the backbone's decoded form, size and filter (from the decoded-image cache, made current through
 :func:`featpipe.backbones.modelinput.ensure_decoded`), centre-cropped to the input size, normalised with the backbone's mean and std.
 """
 
@@ -19,14 +19,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from featpipe.backbones.modelinput import (
-    centre_crop,
-    decode_files,
-    decode_size,
-    ensure_decoded,
-    normalise,
-    same_channels,
-)
+from featpipe.backbones.modelinput import centre_crop, decode_files, ensure_decoded, normalise, same_channels
+from featpipe.backbones.spec import Preprocess
 from featpipe.core.errors import ConfigError, DataError
 from featpipe.core.fileio import atomic_write
 from featpipe.data.manifest import read_manifest
@@ -49,12 +43,12 @@ class ImageSet:
     rejects: tuple = ()  # ({"path", "reason"}, ...): files that could not be decoded, skipped
 
 
-def to_input(pixels: np.ndarray, preprocess: dict) -> torch.Tensor:
+def to_input(pixels: np.ndarray, preprocess: Preprocess) -> torch.Tensor:
     """uint8 (N, S, S, C) at input size (already cropped) -> normalised float (N, 3, S, S)."""
     return normalise(pixels, preprocess)
 
 
-def test_images(preprocess: dict, *, manifest: str | Path, splits: str | Path, cache_dir: str | Path = "cache",
+def test_images(preprocess: Preprocess, *, manifest: str | Path, splits: str | Path, cache_dir: str | Path = "cache",
                 dataset: Optional[str] = None, options=None) -> ImageSet:
     """Every test image of ``splits`` with its label, at the model's input size."""
     for p in (manifest, splits):
@@ -76,7 +70,7 @@ def test_images(preprocess: dict, *, manifest: str | Path, splits: str | Path, c
                                           options=options)) as r:
             pixels = np.asarray(r.read(r.require(rows)))
     except DataError:  # a test image no longer decodes (changed since prepare): skipped and named, cache untouched
-        ok, decoded, rejects = decode_files(rows["path"].astype(str).tolist(), decode_size(preprocess))
+        ok, decoded, rejects = decode_files(rows["path"].astype(str).tolist(), preprocess.decoding)
         if not ok:
             raise DataError(f"none of the {len(ids)} test images could be decoded (first: {rejects[0]['path']}: "
                             f"{rejects[0]['reason']}); re-run 'featpipe prepare'") from None
@@ -86,18 +80,18 @@ def test_images(preprocess: dict, *, manifest: str | Path, splits: str | Path, c
     return ImageSet(ids, centre_crop(pixels, preprocess), rows["label"].to_numpy(dtype=np.int64), tuple(rejects))
 
 
-def _decoded_cache(manifest, preprocess: dict, *, cache_dir, dataset: str, options) -> Path:
-    """The decoded cache at the model's decode size, made current for the manifest (decoding only what
+def _decoded_cache(manifest, preprocess: Preprocess, *, cache_dir, dataset: str, options) -> Path:
+    """The decoded cache of the model's decoded form (size and filter), made current for the manifest (decoding only what
     it lacks, as every stage does through :func:`featpipe.backbones.modelinput.ensure_decoded`)."""
     res = ensure_decoded(manifest.reset_index(drop=True), [preprocess], cache_dir=cache_dir, dataset=dataset,
                          options=options or DecodeOptions(progress=False))
-    return res.paths[decode_size(preprocess)]
+    return res.paths[preprocess.decoding]
 
 
-def path_images(paths: Sequence[str | Path], preprocess: dict, *, max_pixels: int | None = None) -> ImageSet:
+def path_images(paths: Sequence[str | Path], preprocess: Preprocess, *, max_pixels: int | None = None) -> ImageSet:
     """Images given by path (no labels), at the model's input size."""
     refs, rejects = image_files(paths)
-    ok, decoded, bad = decode_files(refs, decode_size(preprocess), max_pixels=max_pixels)
+    ok, decoded, bad = decode_files(refs, preprocess.decoding, max_pixels=max_pixels)
     rejects += bad
     if not ok:
         first = f" (first: {rejects[0]['path']}: {rejects[0]['reason']})" if rejects else ""
@@ -174,7 +168,7 @@ def explain_model(model_path: str | Path, *, out_dir: str | Path = "reports/grad
     grid = layer_grid(model, p.x[:1], layer=layer, runtime=ex.runtime)
     info = {"model": str(model_path), "kind": ex.kind, "backbone": fm.spec.name,
             "layer": layer or fm.gradcam_layer, "grid": list(grid),
-            "input_size": int(ex.preprocess["input_size"]), "classes": cls, "threshold": ex.threshold,
+            "input_size": int(ex.preprocess.input_size), "classes": cls, "threshold": ex.threshold,
             "per_outcome": per_outcome, "seed": seed, "n_images": int(len(data.ids)),
             "outcomes": {str(k): int(v) for k, v in cells.items()}, "rejects": list(data.rejects)}
     return write_run(out_dir, ex.run, [data.pixels[i] for i in pick], maps, examples, info=info)

@@ -33,6 +33,7 @@ from featpipe.core.errors import CacheError
 from featpipe.core.fileio import atomic_path, atomic_write
 from featpipe.core.locks import LockTimeout, build_lock
 from featpipe.core.names import cache_name
+from featpipe.core.provenance import mismatch
 
 STR = h5py.string_dtype("utf-8")
 # Attributes whose values must match the request for a cached row to be reused (besides id + sha256).
@@ -194,31 +195,9 @@ def _attrs(f: h5py.File) -> dict:
 
 def provenance_mismatch(attrs: Mapping, expected: Mapping) -> Optional[str]:
     """The first of :data:`VALIDITY_KEYS` whose recorded value differs from ``expected`` (None if all match),
-    worded for the user, e.g. ``"decoder draft True != requested False"``."""
-    for key in VALIDITY_KEYS:
-        if key not in expected:
-            continue
-        have, want = attrs.get(key), expected[key]
-        if key in _JSON_ATTRS:
-            have = have if isinstance(have, dict) else _maybe_json(have)
-            want = want if isinstance(want, dict) else _maybe_json(want)
-            if have is None:
-                return f"{key} not recorded (cache made by an older featpipe)"
-            if isinstance(have, dict) and isinstance(want, dict) and have != want:
-                sub = next(k for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k))
-                return f"{key} {sub} {have.get(sub)!r} != requested {want.get(sub)!r}"
-        if have != want:
-            if have is None:
-                return f"{key} not recorded (cache made by an older featpipe)"
-            return f"{key} {have!r} != requested {want!r}"
-    return None
-
-
-def _maybe_json(v):
-    try:
-        return json.loads(v)
-    except (TypeError, json.JSONDecodeError):
-        return v
+    worded for the user by :func:`featpipe.core.provenance.mismatch`, e.g. ``"decoder draft True != requested
+    False"``."""
+    return mismatch(attrs, expected, VALIDITY_KEYS, unrecorded="not recorded (cache made by an older featpipe)")
 
 
 # --------------------------------------------------------------------------- writing

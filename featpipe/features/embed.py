@@ -1,6 +1,6 @@
 """Embeddings of images given in memory or by path (the Python API's :func:`embed`), computed as extraction
-computes the feature cache: decoded by :func:`featpipe.imaging.memory.to_pixels` at the backbone's decode
-size, centre-cropped and normalised by :func:`featpipe.backbones.modelinput.model_input`, and run through
+computes the feature cache: decoded by :func:`featpipe.imaging.memory.to_pixels` to the backbone's decoded
+form (size and filter), centre-cropped and normalised by :func:`featpipe.backbones.modelinput.model_input`, and run through
 the model by :func:`featpipe.features.extract.embed_batch` with extraction's device, precision and memory
 layout. With the same backbone, weights, layer and precision, the embedding of a file equals its row in
 the feature cache."""
@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from featpipe.backbones.create import Backbone, create_backbone
-from featpipe.backbones.modelinput import decode_size, model_input, same_channels
+from featpipe.backbones.modelinput import model_input, same_channels
 from featpipe.core.runtime import Runtime
 from featpipe.features.extract import embed_batch
 from featpipe.imaging.memory import as_list, image_label, to_pixels
@@ -49,11 +49,10 @@ def embed(backbone, images, *, batch_size: int = 32, device: str = "auto", preci
         return np.zeros((0, dim), dtype=np.float32)
     rt = _runtime(model, device, precision)
     pre = model.spec.preprocess
-    size = decode_size(pre)
     out = []
     for start in range(0, len(items), batch_size):
         chunk: Sequence = items[start:start + batch_size]
-        pixels = [to_pixels(im, size=size, draft=draft, name=image_label(im, start + i)) for i, im in enumerate(chunk)]
+        pixels = [to_pixels(im, size=pre.decoding, draft=draft, name=image_label(im, start + i)) for i, im in enumerate(chunk)]
         x = model_input(same_channels(pixels), pre)
         out.append(embed_batch(model, x, runtime=rt))
     return np.concatenate(out).astype(np.float32, copy=False)

@@ -28,7 +28,8 @@ import pandas as pd
 from featpipe.backbones.registry import get
 from featpipe.backbones import weights as weights_mod
 from featpipe.backbones.model import FeatureModel
-from featpipe.backbones.modelinput import centre_crop, decode_size, ensure_decoded, normalise
+from featpipe.backbones.modelinput import centre_crop, ensure_decoded, normalise
+from featpipe.backbones.spec import Preprocess
 from featpipe.core import locks
 from featpipe.core.errors import CacheError, FeatpipeError
 from featpipe.core.log import logger, notice
@@ -135,7 +136,7 @@ def extract(manifest: str | Path | pd.DataFrame, *, backbone: str, dataset: str,
     dim = spec.output_dim(layer)
     expected = {"backbone": spec.name, "weights_id": ref.identity, "layer": layer or "",
                 "preprocess": spec.preprocess.to_dict(), "embedding_dim": dim, "precision": precision,
-                "decoder": decoder_identity(decode_size(spec.preprocess), decode.draft),
+                "decoder": decoder_identity(spec.preprocess.decoding, decode.draft),
                 "feature_dtype": params.feature_dtype}
     job = _Job(spec, ref, layer, df, msha, out, expected, extra, device, precision, dim, engine)
     with locks.build_lock(out, what=f"the {spec.name} feature cache"):
@@ -244,19 +245,18 @@ def _up_to_date(out: Path, old_n: int, old_rows: np.ndarray, df: pd.DataFrame, m
     return same_labels and same_dtype and attrs.get("manifest_sha256") == msha
 
 
-def _decoded_rows(sub: pd.DataFrame, shared=None, *, full: pd.DataFrame, size: int, cache_dir, dataset: str,
+def _decoded_rows(sub: pd.DataFrame, shared=None, *, full: pd.DataFrame, pre: Preprocess, cache_dir, dataset: str,
                   decode, shard, progress: bool) -> tuple[str, np.ndarray]:
-    """The decoded-image cache covering ``sub`` (the ``size`` cache made current for ``full`` first, through
+    """The decoded-image cache covering ``sub`` (the cache ``pre`` reads made current for ``full`` first, through
     :func:`featpipe.backbones.modelinput.ensure_decoded`): its absolute path and ``sub``'s rows in it. Run on the
     engine (where the batches are read). ``decode``: ``params.decode`` or a
     :class:`featpipe.decoded.cache.DecodeOptions` (with ``max_pixels``)."""
-    path = decoded_path(cache_dir, dataset, size)
+    path = decoded_path(cache_dir, dataset, pre.decoding)
     if shard is not None and not path.exists():  # shards never race on one shared file
         path = path.with_name(f"{path.stem}.shard-{shard[0]}-of-{shard[1]}.h5")
     opts = decode if isinstance(decode, DecodeOptions) else DecodeOptions(decode.workers, decode.draft)
     opts = DecodeOptions(opts.workers, opts.draft, opts.max_pixels, progress)
-    ensure_decoded(full, [{"input_size": size}], cache_dir=cache_dir, dataset=dataset, options=opts,
-                   paths={size: path})
+    ensure_decoded(full, [pre], cache_dir=cache_dir, dataset=dataset, options=opts, paths={pre.decoding: path})
     with DecodedImages(path) as reader:
         rows = reader.require(sub)
     return os.path.abspath(path), np.asarray(rows, dtype=np.int64)
@@ -266,7 +266,7 @@ class DecodedBatches:
     """Picklable reader for the engine: decoded-cache rows -> uint8 crops at the model's input size. The file is
     opened on first use in each process (never pickled)."""
 
-    def __init__(self, path: str, preprocess):
+    def __init__(self, path: str, preprocess: Preprocess):
         self.path, self.preprocess, self._reader = path, preprocess, None
 
     def __getstate__(self) -> dict:
@@ -333,8 +333,7 @@ def _run_batches(job: _Job, todo: np.ndarray, partial, *, cache_dir, dataset, pa
     from tqdm import tqdm
 
     spec, df, engine = job.spec, job.df, job.engine
-    size = decode_size(spec.preprocess)
-    find = functools.partial(_decoded_rows, full=df, size=size, cache_dir=str(cache_dir), dataset=dataset,
+    find = functools.partial(_decoded_rows, full=df, pre=spec.preprocess, cache_dir=str(cache_dir), dataset=dataset,
                              decode=decode, shard=shard, progress=progress)
     (path, drows), = engine.map(find, [df.iloc[todo[start:]]], cpus=max(1, int(decode.workers)))
     b = params.batch_size

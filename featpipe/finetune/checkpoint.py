@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from featpipe.backbones import registry
-from featpipe.backbones.modelinput import decode_size
 from featpipe.backbones.model import build
+from featpipe.backbones.spec import Preprocess
 from featpipe.core.errors import DataError, IntegrityError
 from featpipe.core.fileio import atomic_write, check_seal, seal
 from featpipe.core.runtime import Runtime
@@ -162,12 +162,13 @@ def load_finetuned(path: str | Path, *, device: str | torch.device = "cpu") -> t
 
 def predict_files(model: FinetuneModel, meta: dict, refs, *, batch_size: int = 32, device: str = "cpu"):
     """Class probabilities ``(n, C)`` for image files (or npz references) with a loaded fine-tuned model:
-    decoded as the decoded-image cache decodes (:func:`featpipe.backbones.modelinput.decode_size`), centre-cropped and
+    decoded as the decoded-image cache decodes (the form :attr:`featpipe.backbones.spec.Preprocess.decoding` of the
+    sidecar's ``preprocess``: size and filter), centre-cropped and
     normalised as in training's val/test passes, on the :class:`~featpipe.core.runtime.Runtime` of ``device``
     at the precision it was trained in. Apply ``meta["threshold"]`` (chosen on val) to ``p(classes[1])`` for
     binary labels."""
     refs = [str(r) for r in refs]
-    pre = meta["preprocess"]
+    pre = Preprocess.from_dict(meta["preprocess"])
     rt = Runtime.resolve(device, meta.get("precision", "fp32"), traits=registry.get(meta["backbone"]).traits)
-    src = DecodingImages({r: r for r in refs}, size=decode_size(pre))
+    src = DecodingImages({r: r for r in refs}, size=pre.decoding)
     return predict_proba(rt.prepare(model), src, refs, prep=Prep.from_preprocess(pre), rt=rt, batch_size=batch_size)

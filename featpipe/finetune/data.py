@@ -22,9 +22,11 @@ import numpy as np
 import torch
 
 from featpipe.backbones.modelinput import model_input, normalise
+from featpipe.backbones.spec import Preprocess
 from featpipe.core.errors import DataError
 from featpipe.decoded.cache import DecodedImages
 from featpipe.finetune.augment import Augment, augment_batch
+from featpipe.imaging.base import Resize, as_resize
 from featpipe.imaging.decode import decode
 
 
@@ -48,11 +50,13 @@ class CachedImages:
 class DecodingImages:
     """Decodes each image from its manifest path on every read (slow on purpose: the baseline)."""
 
-    def __init__(self, refs: Mapping[str, str], *, size: int, channels: int | None = None, draft: bool = True):
-        self.refs, self.size, self.channels, self.draft = dict(refs), int(size), channels, draft
+    def __init__(self, refs: Mapping[str, str], *, size: int | Resize, channels: int | None = None,
+                 draft: bool = True):
+        self.refs, self.form, self.channels, self.draft = dict(refs), as_resize(size), channels, draft
 
     def read(self, ids: Sequence[str]) -> np.ndarray:
-        imgs = [decode(self.refs[i], size=self.size, channels=self.channels, draft=self.draft) for i in ids]
+        imgs = [decode(self.refs[i], size=self.form.size, interpolation=self.form.interpolation,
+                       channels=self.channels, draft=self.draft) for i in ids]
         if len({im.shape[-1] for im in imgs}) > 1:  # grey and colour in one batch: grey replicated
             imgs = [np.repeat(im, 3, axis=-1) if im.shape[-1] == 1 else im for im in imgs]
         return np.stack(imgs)
@@ -79,16 +83,20 @@ class ArrayImages:
 
 @dataclass(frozen=True)
 class Prep:
-    """Model input: ``size x size``, normalized with ``mean``/``std`` (from the backbone's preprocess)."""
+    """Model input of a fine-tuning run: the backbone's :class:`~featpipe.backbones.spec.Preprocess`
+    (``size x size`` = its ``input_size``, normalised with its ``mean``/``std``)."""
 
-    size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    preprocess: Preprocess
+
+    @property
+    def size(self) -> int:
+        return int(self.preprocess.input_size)
 
     @classmethod
-    def from_preprocess(cls, pre) -> Prep:
-        get = (lambda k: pre[k]) if isinstance(pre, Mapping) else (lambda k: getattr(pre, k))
-        return cls(int(get("input_size")), tuple(map(float, get("mean"))), tuple(map(float, get("std"))))
+    def from_preprocess(cls, pre: Preprocess | Mapping) -> Prep:
+        """From a Preprocess, or a checkpoint sidecar's ``preprocess`` record (parsed by
+        :meth:`~featpipe.backbones.spec.Preprocess.from_dict`)."""
+        return cls(pre if isinstance(pre, Preprocess) else Preprocess.from_dict(pre))
 
 
 def _nchw(images: np.ndarray) -> torch.Tensor:
@@ -97,12 +105,12 @@ def _nchw(images: np.ndarray) -> torch.Tensor:
 
 def normalize(t: torch.Tensor, prep: Prep) -> torch.Tensor:
     """uint8 ``(n, C, H, W)`` -> float32 ``(n, 3, H, W)`` through :func:`featpipe.backbones.modelinput.normalise`."""
-    return normalise(t.permute(0, 2, 3, 1), {"mean": prep.mean, "std": prep.std})
+    return normalise(t.permute(0, 2, 3, 1), prep.preprocess)
 
 
 def eval_batch(images: np.ndarray, prep: Prep) -> torch.Tensor:
     """Validation/test input: no augmentation; the decoded image centre-cropped as extraction does."""
-    return model_input(images, {"input_size": prep.size, "mean": prep.mean, "std": prep.std})
+    return model_input(images, prep.preprocess)
 
 
 def train_batch(images: np.ndarray, prep: Prep, *, aug: Augment | None, g: torch.Generator) -> torch.Tensor:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from featpipe.backbones import registry
-from featpipe.backbones.modelinput import decode_size, ensure_decoded
+from featpipe.backbones.modelinput import decode_key, ensure_decoded
 from featpipe.core.errors import ConfigError, DataError
 from featpipe.core.names import finetune_run_name
 from featpipe.core.versions import versions
@@ -117,7 +117,7 @@ def image_source(paths: Paths, dataset: str, spec, manifest, ids, *, build=None,
     :func:`featpipe.backbones.modelinput.ensure_decoded` (valid rows reused; stale pixels are never used)."""
     opts = dataclasses.replace(build or DecodeOptions(), progress=progress)
     res = ensure_decoded(manifest, [spec], cache_dir=paths.cache_dir, dataset=dataset, options=opts)
-    src = CachedImages(res.paths[decode_size(spec.preprocess)])
+    src = CachedImages(res.paths[decode_key(spec)])
     src.reader.require(manifest[manifest["id"].astype(str).isin(set(ids))])
     return src
 
@@ -253,16 +253,17 @@ def run_jobs(jobs: list[Job], p, paths: Paths, *, engine: Executor | None = None
              cpus: float = 1.0, gpus: float = 1.0, **kw) -> list[dict]:
     """Every job's row, in job order, mapped over ``engine`` (default: the local engine, one job after the other in
     this process); each job asks ``cpus`` CPUs and ``gpus`` GPUs (where the engine has GPUs). The decoded-image
-    caches the jobs read are made current first, one per decode size, so parallel jobs never race to build one.
+    caches the jobs read are made current first, one per decoded form (size and filter), so parallel jobs never
+    race to build one.
     ``on_row(job, row)`` as each row is known; ``kw`` goes to :func:`run_job` (``progress`` only where the engine
     shows its workers' output)."""
     engine = engine or LocalExecutor()
     kw["progress"] = kw.get("progress", True) and engine.interactive
     if kw.get("source") is None:
-        by_size = {decode_size(registry.get(j.backbone).preprocess): j.backbone for j in jobs}
+        by_form = {decode_key(j.backbone): j.backbone for j in jobs}
         build = kw.get("build")
         engine.map(functools.partial(_decoded_for, paths=paths, build=build, progress=kw["progress"]),
-                   list(by_size.values()), cpus=max(1, int(getattr(build, "workers", 1))))
+                   list(by_form.values()), cpus=max(1, int(getattr(build, "workers", 1))))
     done = None if on_row is None else (lambda i, row: on_row(jobs[i], row))
     return engine.map(functools.partial(_job_task, p=p, paths=paths, kw=kw), jobs, cpus=cpus, gpus=gpus,
                       on_result=done)

@@ -29,6 +29,7 @@ import numpy as np
 
 from featpipe.core.errors import CacheError, FeatpipeError, IntegrityError
 from featpipe.core.fileio import atomic_write, check_seal, seal
+from featpipe.core.provenance import mismatch
 from featpipe.heads.registry import HEAD_CLASSES
 
 
@@ -146,27 +147,13 @@ def load_head(path: str | Path) -> SavedHead:
 
 
 def check_compatible(meta: Mapping, attrs: Mapping, *, what: str = "the features") -> None:
-    """Raise :class:`CacheError` unless ``attrs`` (feature-cache or model attributes) match the head."""
-    for key in MATCH_KEYS:
-        want = meta.get(key)
-        if key not in attrs or want is None:
-            continue
-        have = attrs[key]
-        if key == "preprocess":
-            have, want = _norm_json(have), _norm_json(want)
-        if key == "layer":
-            have, want = have or "", want or ""
-        if key == "embedding_dim":
-            have, want = int(have), int(want)
-        if have != want:
-            raise CacheError(f"this head was fitted on {meta.get('backbone')} features with {key} {want!r}, but "
-                             f"{what} have {key} {have!r}: use the matching backbone/cache or refit the head")
-
-
-def _norm_json(v):
-    if isinstance(v, str):
-        try:
-            v = json.loads(v)
-        except json.JSONDecodeError:
-            return v
-    return json.loads(json.dumps(v, sort_keys=True))
+    """Raise :class:`CacheError` unless ``attrs`` (feature-cache or model attributes) match the head's
+    :data:`MATCH_KEYS` (compared by :func:`featpipe.core.provenance.mismatch`; a key either side does not
+    record is not compared; a layer of None or "" is the final embedding)."""
+    offered, fitted = dict(attrs), dict(meta)
+    if "layer" in offered and fitted.get("layer") is not None:  # None and "" both name the final embedding
+        offered["layer"], fitted["layer"] = offered["layer"] or "", fitted["layer"] or ""
+    why = mismatch(offered, fitted, MATCH_KEYS, require_recorded=False, label="the head's")
+    if why is not None:
+        raise CacheError(f"{what} do not fit this head (fitted on {meta.get('backbone')} features): {why}; use the "
+                         "matching backbone/cache or refit the head")

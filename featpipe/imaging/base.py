@@ -1,18 +1,64 @@
 """What every imaging backend shares: the reject reasons (:class:`ImageRejected`), the decoder's identity,
-the conversion of any numeric pixels to 8 bits, and the finishing steps (resize, centre crop, channels)
-that turn a backend's 8-bit pixels into the decoded image (see :mod:`featpipe.imaging.decode`)."""
+the conversion of any numeric pixels to 8 bits, and the finishing steps (resize with the filter a
+:class:`Resize` names, centre crop, channels) that turn a backend's 8-bit pixels into the decoded image
+(see :mod:`featpipe.imaging.decode`)."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from featpipe.core.errors import DataError
 
-RESIZE_METHOD = "shorter-side:pil-bilinear-antialias;center-crop"  # recorded in the decoded cache
+# The resampling filters a resize may use (Pillow's, antialiased when reducing).
+FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+           "lanczos": Image.Resampling.LANCZOS}
+DEFAULT_INTERPOLATION = "bilinear"
 DECODER_VERSION = "1"  # bump when decoding semantics change
+
+
+def resize_method(interpolation: str = DEFAULT_INTERPOLATION) -> str:
+    """How images are resized with ``interpolation``, as the decoded cache records it (names the filter)."""
+    if interpolation not in FILTERS:
+        raise ValueError(f"unknown interpolation {interpolation!r} (choose from {', '.join(FILTERS)})")
+    return f"shorter-side:pil-{interpolation}-antialias;center-crop"
+
+
+RESIZE_METHOD = resize_method()  # the default (bilinear) resize, recorded in the decoded cache
+
+
+@dataclass(frozen=True, order=True)
+class Resize:
+    """One decoded form of an image: shorter side to ``size`` with the ``interpolation`` filter, centre crop
+    to ``size x size``. Wherever a decoded form is named, a plain ``int`` size means ``Resize(size)`` (bilinear,
+    :func:`as_resize`)."""
+
+    size: int
+    interpolation: str = DEFAULT_INTERPOLATION
+
+    def __post_init__(self):
+        if int(self.size) < 1:
+            raise ValueError(f"sizes must be positive, got {self.size!r}")
+        object.__setattr__(self, "size", int(self.size))
+        resize_method(self.interpolation)  # a known filter
+
+    @property
+    def label(self) -> str:
+        """``"<size>"`` for bilinear (the original name of every decoded cache), else ``"<size>-<filter>"``."""
+        return str(self.size) if self.interpolation == DEFAULT_INTERPOLATION else f"{self.size}-{self.interpolation}"
+
+    @property
+    def method(self) -> str:
+        """:func:`resize_method` of this filter (what the decoded cache records)."""
+        return resize_method(self.interpolation)
+
+
+def as_resize(key: int | Resize) -> Resize:
+    """A decoded form named by a :class:`Resize` or by a plain size (bilinear)."""
+    return key if isinstance(key, Resize) else Resize(int(key))
 DEFAULT_MAX_PIXELS = 100_000_000
 
 REASONS = ("zero bytes", "not an image", "truncated", "unreadable", "unsupported mode", "too large", "missing")
@@ -85,15 +131,15 @@ def array_to_uint8(img: np.ndarray) -> np.ndarray:
     return out
 
 
-def resize_crop(im: Image.Image, size: int) -> Image.Image:
-    """Shorter side to ``size`` (antialiased bilinear), then center crop ``size x size``."""
+def resize_crop(im: Image.Image, size: int, interpolation: str = DEFAULT_INTERPOLATION) -> Image.Image:
+    """Shorter side to ``size`` (Pillow's antialiased ``interpolation`` filter), then center crop ``size x size``."""
     w, h = im.size
     if w <= h:
         ow, oh = size, max(size, int(size * h / w))
     else:
         ow, oh = max(size, int(size * w / h)), size
     if (ow, oh) != (w, h):
-        im = im.resize((ow, oh), Image.Resampling.BILINEAR)
+        im = im.resize((ow, oh), FILTERS[interpolation])
     top = round((oh - size) / 2.0)
     left = round((ow - size) / 2.0)
     if (ow, oh) != (size, size):
@@ -101,12 +147,13 @@ def resize_crop(im: Image.Image, size: int) -> Image.Image:
     return im
 
 
-def finish(pixels: Image.Image | np.ndarray, size: int, channels: int | None) -> np.ndarray:
+def finish(pixels: Image.Image | np.ndarray, resize: int | Resize, channels: int | None) -> np.ndarray:
     """Source pixels -> uint8 ``(size, size, C)`` (resize, centre crop, channels: see :mod:`featpipe.imaging.decode`)."""
+    resize = as_resize(resize)
     im = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB")
     if im.mode == "RGB" and channels == 1:
         im = im.convert("L")
-    out = np.asarray(resize_crop(im, size))
+    out = np.asarray(resize_crop(im, resize.size, resize.interpolation))
     if out.ndim == 2:
         out = out[..., None]
     elif channels is None and np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 0], out[..., 2]):

@@ -16,9 +16,10 @@ Decoding, in this order:
    DICOM: modality LUT (rescale slope/intercept), then VOI LUT or window, then MONOCHROME1 inverted,
    then scaled by the output range of the window (or the LUT's bit depth, or the actual range);
 4. resize: the shorter side to ``size`` (the longer one to ``int(size * long / short)``, as torchvision's
-   ``Resize(size)``) with Pillow's antialiased bilinear filter (``Image.resize(..., BILINEAR)``, no
-   reducing_gap), then a center crop to ``size x size``
-   (offsets rounded as torchvision's ``CenterCrop``): :data:`~featpipe.imaging.base.RESIZE_METHOD`;
+   ``Resize(size)``) with Pillow's antialiased filter named by the :class:`~featpipe.imaging.base.Resize`
+   (``Image.resize(..., BILINEAR)`` by default, ``BICUBIC`` or ``LANCZOS`` when asked; no reducing_gap), then a
+   center crop to ``size x size`` (offsets rounded as torchvision's ``CenterCrop``):
+   :func:`~featpipe.imaging.base.resize_method` names it in the decoded cache;
 5. channels: ``channels=None`` gives the natural number: 1 for grayscale, and 1 for an RGB image whose
    three channels are equal after step 4 (lossless: replicating it gives the same pixels), else 3.
 
@@ -29,7 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from featpipe.imaging.base import DEFAULT_MAX_PIXELS, ImageRejected, check_file, finish
+from featpipe.imaging.base import DEFAULT_INTERPOLATION, DEFAULT_MAX_PIXELS, ImageRejected, Resize, as_resize, \
+    check_file, finish
 from featpipe.imaging.dicom import dicom_to_uint8, is_dicom
 from featpipe.imaging.npz import npz_to_uint8, split_ref
 from featpipe.imaging.pil import header_size, pil_pixels
@@ -49,8 +51,9 @@ def image_size(path: str, *, max_pixels: int) -> tuple[int, int]:
     return header_size(ref, max_pixels=max_pixels)
 
 
-def _decoded(ref: str, sizes, *, draft: bool, max_pixels: int, channels=None) -> tuple[dict, tuple[int, int]]:
-    """Decode (once per JPEG draft scale), orient, convert to 8 bits, then finish (steps 4-5) for each size."""
+def _decoded(ref: str, sizes: tuple[Resize, ...], *, draft: bool, max_pixels: int,
+             channels=None) -> tuple[dict, tuple[int, int]]:
+    """Decode (once per JPEG draft scale), orient, convert to 8 bits, then finish (steps 4-5) for each form."""
     file, array, index = split_ref(ref)
     if array is not None:
         px = npz_to_uint8(ref, file, array, index)
@@ -65,13 +68,16 @@ def _decoded(ref: str, sizes, *, draft: bool, max_pixels: int, channels=None) ->
 
 
 def decode_sizes(ref: str, sizes, *, draft: bool = True,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict[int, np.ndarray], tuple[int, int]]:
-    """One image decoded once for several sizes: ``({size: uint8 (size, size, C)}, upright (width, height))``
-    with natural channels (as :func:`decode` with ``channels=None``). With ``draft``, JPEG sizes that need
-    different DCT scales get one decode each; a truncated file is still an error."""
-    if any(int(s) < 1 for s in sizes):
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict, tuple[int, int]]:
+    """One image decoded once for several forms: ``({key: uint8 (size, size, C)}, upright (width, height))``
+    with natural channels (as :func:`decode` with ``channels=None``); each key of ``sizes`` is a size (bilinear)
+    or a :class:`~featpipe.imaging.base.Resize` (size and filter), and keys the result as given. With
+    ``draft``, JPEG sizes that need different DCT scales get one decode each; a truncated file is still an error."""
+    if any(not isinstance(s, Resize) and int(s) < 1 for s in sizes):
         raise ValueError(f"sizes must be positive, got {list(sizes)}")
-    return _decoded(str(ref), tuple(sorted({int(s) for s in sizes})), draft=draft, max_pixels=max_pixels)
+    keys = {s: as_resize(s) for s in sizes}
+    pixels, dims = _decoded(str(ref), tuple(sorted(set(keys.values()))), draft=draft, max_pixels=max_pixels)
+    return {s: pixels[r] for s, r in keys.items()}, dims
 
 
 def decode(
@@ -81,13 +87,16 @@ def decode(
     channels: int | None = None,
     draft: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    interpolation: str = DEFAULT_INTERPOLATION,
 ) -> np.ndarray:
-    """One image reference -> uint8 ``(size, size, C)``; C = ``channels``, or natural (1 gray, 3 colour)."""
+    """One image reference -> uint8 ``(size, size, C)`` resized with ``interpolation`` (bilinear, bicubic,
+    lanczos); C = ``channels``, or natural (1 gray, 3 colour)."""
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
     if size < 1:
         raise ValueError(f"size must be positive, got {size!r}")
-    return _decoded(str(ref), (int(size),), draft=draft, max_pixels=max_pixels, channels=channels)[0][int(size)]
+    form = Resize(int(size), interpolation)
+    return _decoded(str(ref), (form,), draft=draft, max_pixels=max_pixels, channels=channels)[0][form]
 
 
 __all__ = ["decode", "decode_sizes", "image_size", "probe"]

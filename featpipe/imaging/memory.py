@@ -10,7 +10,8 @@ the embedding its file gets in the feature cache.
   as an npz slice of a manifest is (uint8 as is; other integers by bit depth; floats by their actual range;
   alpha composited on black).
 
-Then, for all of them, the shorter side is resized to ``size`` and centre-cropped; channels are natural
+Then, for all of them, the shorter side is resized to ``size`` (with the filter a
+:class:`~featpipe.imaging.base.Resize` names; bilinear for a plain size) and centre-cropped; channels are natural
 (1 for grey, 3 for colour), as in the cache. A large JPEG given by path may be decoded at a reduced DCT
 scale (``draft``, as the cache does); the same JPEG passed as an opened PIL image is decoded whole.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from featpipe.imaging.base import DEFAULT_MAX_PIXELS, ImageRejected, array_to_uint8, finish
+from featpipe.imaging.base import DEFAULT_MAX_PIXELS, ImageRejected, Resize, array_to_uint8, as_resize, finish
 from featpipe.imaging.decode import decode
 from featpipe.imaging.pil import _load, _orientation, _pil_to_uint8
 
@@ -50,14 +51,17 @@ def _array_source(arr: np.ndarray, name: str) -> np.ndarray:
     return array_to_uint8(a)
 
 
-def to_pixels(image, *, size: int, draft: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
+def to_pixels(image, *, size: int | Resize, draft: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
               name: str = "image") -> np.ndarray:
-    """One image (file reference, PIL image or array) -> uint8 ``(size, size, C)``, C natural (1 or 3).
+    """One image (file reference, PIL image or array) -> uint8 ``(size, size, C)``, C natural (1 or 3);
+    ``size``: a size (bilinear) or a :class:`~featpipe.imaging.base.Resize` (size and filter).
 
     A file that cannot be decoded raises :class:`~featpipe.imaging.decode.ImageRejected` (with its reason);
     an array of the wrong shape or dtype raises ``ValueError``; ``name`` names an in-memory image in errors."""
+    form = as_resize(size)
     if isinstance(image, (str, Path)):
-        return decode(str(image), size=int(size), draft=draft, max_pixels=max_pixels)
+        return decode(str(image), size=form.size, interpolation=form.interpolation, draft=draft,
+                      max_pixels=max_pixels)
     if isinstance(image, Image.Image):
         source = _pil_source(image, name)
     elif isinstance(image, np.ndarray) or hasattr(image, "__array__"):
@@ -67,7 +71,7 @@ def to_pixels(image, *, size: int, draft: bool = True, max_pixels: int = DEFAULT
     h, w = (source.size[1], source.size[0]) if isinstance(source, Image.Image) else source.shape[:2]
     if h * w > max_pixels:
         raise ImageRejected("too large", name)
-    return finish(source, int(size), None)
+    return finish(source, form, None)
 
 
 def as_list(images) -> list:

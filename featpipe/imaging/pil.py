@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from featpipe.core.errors import DataError
-from featpipe.imaging.base import ImageRejected, composite_black, finish, scale_to_uint8
+from featpipe.imaging.base import ImageRejected, Resize, composite_black, finish, scale_to_uint8
 
 # JPEG draft (DCT scaling by 1/2, 1/4 or 1/8) asks for DRAFT_FACTOR x the target, so the antialiased
 # resize still does the last >= 2x of the reduction: on the 55 real radiographs at 224 this gave a mean
@@ -111,17 +111,19 @@ def _pil_to_uint8(im: Image.Image, ref: str) -> Image.Image | np.ndarray:
     raise ImageRejected("unsupported mode", ref)
 
 
-def pil_pixels(ref: str, sizes, *, draft: bool, max_pixels: int, channels) -> tuple[dict, tuple[int, int]]:
-    """Each size's finished pixels (sizes whose JPEG draft scale is the same share one decode; other formats:
-    one decode for all) and the upright (width, height) of the file."""
+def pil_pixels(ref: str, sizes: tuple[Resize, ...], *, draft: bool, max_pixels: int,
+               channels) -> tuple[dict, tuple[int, int]]:
+    """Each form's finished pixels (forms whose JPEG draft scale is the same share one decode; other formats:
+    one decode for all) and the upright (width, height) of the file; no forms: the file is only verified."""
     with _open_pil(ref, max_pixels) as im:  # header only (no EXIF here: Pillow loads a PNG to find it)
         w, h = im.size
         jpeg = draft and im.format == "JPEG"
         mode = im.mode if im.mode in ("L", "RGB") else None
     dims = (w, h)
-    requests: dict[int, list[int]] = {}
-    for s in sizes or (0,):
-        requests.setdefault(DRAFT_FACTOR * s if jpeg and s and min(w, h) >= 2 * DRAFT_FACTOR * s else 0, []).append(s)
+    requests: dict[int, list[Resize | None]] = {}
+    for r in sizes or (None,):
+        s = r.size if r is not None else 0
+        requests.setdefault(DRAFT_FACTOR * s if jpeg and s and min(w, h) >= 2 * DRAFT_FACTOR * s else 0, []).append(r)
     by_scale: dict[tuple[int, int], dict] = {}
     out = {}
     for req, group in requests.items():
@@ -133,6 +135,6 @@ def pil_pixels(ref: str, sizes, *, draft: bool, max_pixels: int, channels) -> tu
                 turn = _orientation(im)
                 dims = (h, w) if turn in _ROTATED else (w, h)
                 source = _pil_to_uint8(ImageOps.exif_transpose(im) if turn != 1 else im, ref)  # finished while the file is open (no copy of L/RGB)
-                by_scale[im.size] = {s: finish(source, s, channels) for s in sizes if s}
-            out.update({s: by_scale[im.size][s] for s in group if s})
+                by_scale[im.size] = {r: finish(source, r, channels) for r in sizes}
+            out.update({r: by_scale[im.size][r] for r in group if r is not None})
     return out, dims

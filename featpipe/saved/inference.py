@@ -34,7 +34,7 @@ def predict_proba(model, images, *, batch_size: int = 32) -> np.ndarray:
     as the cache decodes files, then :meth:`LoadedModel.predict_proba` (the one loader's path)."""
     m = loaded(model)
     items = as_list(images)
-    pixels = [to_pixels(im, size=m.decode_size, name=image_label(im, i)) for i, im in enumerate(items)]
+    pixels = [to_pixels(im, size=m.decoding, name=image_label(im, i)) for i, im in enumerate(items)]
     return np.asarray(m.predict_proba(pixels, batch_size=batch_size), dtype=np.float64)
 
 

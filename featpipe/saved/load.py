@@ -14,7 +14,6 @@ of its manifest sees exactly the embedding the feature cache holds.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -23,13 +22,15 @@ import numpy as np
 
 from featpipe.backbones.model import build
 from featpipe.backbones.registry import get
-from featpipe.backbones.modelinput import decode_size, model_input, same_channels
+from featpipe.backbones.modelinput import model_input, same_channels
+from featpipe.backbones.spec import Preprocess
 from featpipe.core.runtime import Runtime
 from featpipe.finetune.checkpoint import load_finetuned
 from featpipe.finetune.data import ArrayImages, Prep
 from featpipe.finetune.loop import predict_proba as finetuned_proba
 from featpipe.heads.io import check_compatible, load_head
 from featpipe.heads.torch_twin import FrozenWithHead, torch_head
+from featpipe.imaging.base import Resize
 from featpipe.saved.models import kind_of, model_file
 
 
@@ -65,7 +66,7 @@ def _stack(images) -> np.ndarray:
 
 @dataclass
 class LoadedModel:
-    """A saved model, ready to classify images decoded at :attr:`decode_size` (uint8 ``(S, S, C)``; as
+    """A saved model, ready to classify images decoded to :attr:`decoding` (uint8 ``(S, S, C)``; as
     :func:`featpipe.backbones.modelinput.decode_files` or the decoded-image cache decode them)."""
 
     kind: str  # "head" | "finetune"
@@ -93,17 +94,20 @@ class LoadedModel:
         return self.meta.get("threshold") if len(self.classes) == 2 else None
 
     @property
-    def preprocess(self) -> dict:
-        """input_size, resize_size, mean and std of the model's inputs (as recorded in the sidecar)."""
+    def preprocess(self) -> Preprocess:
+        """The preprocessing of the model's inputs, as recorded in the sidecar (the backbone's when none is)."""
         pre = self.meta.get("preprocess")
-        if isinstance(pre, str):
-            pre = json.loads(pre)
-        return dict(pre or self.spec.preprocess.to_dict())
+        return Preprocess.from_dict(pre) if pre else self.spec.preprocess
+
+    @property
+    def decoding(self) -> Resize:
+        """The decoded form images are read in before the centre crop (size and resize filter)."""
+        return self.preprocess.decoding
 
     @property
     def decode_size(self) -> int:
-        """The size images are decoded at before the centre crop."""
-        return decode_size(self.preprocess)
+        """The size images are decoded at before the centre crop (with the filter of :attr:`decoding`)."""
+        return self.preprocess.resize_size
 
     def embed(self, images, *, batch_size: int = 32) -> np.ndarray:
         """float32 ``(n, D)`` backbone embeddings of decoded images, computed as extraction computes them."""
