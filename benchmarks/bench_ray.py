@@ -95,7 +95,8 @@ def main(argv=None) -> int:
     from featpipe.decoded.build import build_decoded
     from featpipe.decoded.cache import decoded_path
     from featpipe.backbones.registry import get
-    from featpipe.features.extract import extract, load_manifest
+    from featpipe.data.manifest import load_manifest
+    from featpipe.features.extract import extract
 
     work = Path(tempfile.mkdtemp(prefix="featpipe-bench-ray-"))
     lines, rows = [], []

@@ -21,7 +21,8 @@ from featpipe.features import cache as featcache
 from featpipe.cli.main import main
 from featpipe.params.config import DecodeParams, ExtractParams
 from featpipe.core.errors import CacheError
-from featpipe.features.extract import extract, merge_shards, parse_shard, shard_bounds
+from featpipe.features.extract import extract
+from featpipe.features.shards import merge_shards, parse_shard, shard_bounds
 
 FIGURE1 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "figure1-covid-cxr"
 FP32 = ExtractParams(batch_size=4, precision="fp32")

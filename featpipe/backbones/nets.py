@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+
 def _headless(net):
     import torch.nn as nn
 

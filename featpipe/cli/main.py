@@ -17,9 +17,9 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-from featpipe.core.versions import __version__
 from featpipe.core.errors import FeatpipeError
 from featpipe.core.log import install_cli_handler
+from featpipe.core.versions import __version__
 from featpipe.params.config import load_params
 
 # name -> (module under featpipe.cli.commands, one-line description). A command whose module does not

@@ -13,8 +13,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from featpipe.core.versions import __version__
 from featpipe.core.fileio import atomic_write
+from featpipe.core.versions import __version__
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 

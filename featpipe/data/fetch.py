@@ -14,10 +14,10 @@ import os
 import shutil
 from pathlib import Path
 
-from featpipe.params.config import DataParams
-from featpipe.data import synthetic
 from featpipe.core.errors import DataError
 from featpipe.core.fileio import atomic_write
+from featpipe.data import synthetic
+from featpipe.params.config import DataParams
 
 
 def fetch_medmnist(flag: str, size: int, dest: Path) -> Path:

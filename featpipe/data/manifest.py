@@ -226,3 +226,13 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 def ids_sha256(ids: Iterable[str]) -> str:
     """A hash of a set of manifest ids (order-free), for provenance columns."""
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def load_manifest(manifest: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The manifest and its sha256: of the file's bytes when a path is given (as ``splits.json`` records it);
+    of ``df.to_csv(index=False, lineterminator="\\n")`` when a DataFrame is given."""
+    if isinstance(manifest, pd.DataFrame):
+        text = manifest.to_csv(index=False, lineterminator="\n")
+        return manifest.reset_index(drop=True), hashlib.sha256(text.encode()).hexdigest()
+    df = read_manifest(manifest)
+    return df, file_sha256(manifest)

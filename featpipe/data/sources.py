@@ -18,9 +18,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from featpipe.params.config import CsvParams
-from featpipe.data.patients import PatientRules
 from featpipe.core.errors import DataError
+from featpipe.data.patients import PatientRules
+from featpipe.params.config import CsvParams
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test", "testing": "test"}

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from featpipe.params.config import SplitParams
 from featpipe.core.errors import DataError
 from featpipe.core.fileio import atomic_write
+from featpipe.params.config import SplitParams
 
 FORMAT = 1
 

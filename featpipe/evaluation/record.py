@@ -33,8 +33,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from featpipe.core.versions import __version__
 from featpipe.core.errors import DataError
+from featpipe.core.versions import __version__
 from featpipe.data.manifest import ids_sha256
 from featpipe.evaluation.metrics import SCALAR_METRICS, choose_threshold, curves, degenerate, score
 from featpipe.evaluation.table import run_id

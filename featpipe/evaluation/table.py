@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 
 from featpipe.core.fileio import atomic_write
-from featpipe.evaluation.metrics import SCALAR_METRICS
 from featpipe.core.locks import build_lock
 from featpipe.core.names import canonical_params, config_name, params_tag
+from featpipe.evaluation.metrics import SCALAR_METRICS
 
 KEY_COLUMNS = ("dataset", "backbone", "weights", "weights_id", "layer", "head", "head_params", "shots", "seed",
                "split_sha256")

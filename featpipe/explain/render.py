@@ -87,8 +87,9 @@ def _short(text: str, n: int = 28) -> str:
 
 
 def _save(fig, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()

@@ -1,7 +1,7 @@
 """Embeddings of images given in memory or by path (the Python API's :func:`embed`), computed as extraction
 computes the feature cache: decoded by :func:`featpipe.imaging.memory.to_pixels` to the backbone's decoded
 form (size and filter), centre-cropped and normalised by :func:`featpipe.backbones.modelinput.model_input`, and run through
-the model by :func:`featpipe.features.extract.embed_batch` with extraction's device, precision and memory
+the model by :func:`featpipe.features.batches.embed_batch` with extraction's device, precision and memory
 layout. With the same backbone, weights, layer and precision, the embedding of a file equals its row in
 the feature cache."""
 
@@ -14,7 +14,7 @@ import numpy as np
 from featpipe.backbones.create import Backbone, create_backbone
 from featpipe.backbones.modelinput import model_input, same_channels
 from featpipe.core.runtime import Runtime
-from featpipe.features.extract import embed_batch
+from featpipe.features.batches import embed_batch
 from featpipe.imaging.memory import as_list, image_label, to_pixels
 
 

@@ -6,7 +6,7 @@ anything else is extracted again (a different request for the same file name re-
 and says so). Interruptible: completed batches go to ``<cache>.partial/`` (see
 :class:`featpipe.features.cache.PartialRows`) and the cache is written whole and renamed into place at the
 end. ``shard=(i, n)`` extracts a deterministic, batch-aligned slice of the manifest into its own file;
-:func:`merge_shards` joins them into exactly the cache of a single run.
+:func:`featpipe.features.shards.merge_shards` joins them into exactly the cache of a single run.
 
 Manifest sha256: of the manifest file's bytes when a path is given (as ``splits.json`` records it); of
 ``df.to_csv(index=False, lineterminator="\\n")`` when a DataFrame is given.
@@ -15,8 +15,6 @@ Manifest sha256: of the manifest file's bytes when a path is given (as ``splits.
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,21 +23,20 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from featpipe.backbones.registry import get
 from featpipe.backbones import weights as weights_mod
-from featpipe.backbones.model import FeatureModel
-from featpipe.backbones.modelinput import centre_crop, ensure_decoded, normalise
-from featpipe.backbones.spec import Preprocess
+from featpipe.backbones.registry import get
 from featpipe.core import locks
-from featpipe.core.errors import CacheError, FeatpipeError
+from featpipe.core.errors import CacheError
 from featpipe.core.log import logger, notice
 from featpipe.core.runtime import Runtime
 from featpipe.core.versions import versions
-from featpipe.data.manifest import read_manifest
-from featpipe.decoded.cache import DecodedImages, DecodeOptions, decoded_path, decoder_identity
+from featpipe.data.manifest import load_manifest
+from featpipe.decoded.cache import decoder_identity
 from featpipe.engine.base import Executor
 from featpipe.engine.local import LocalExecutor
 from featpipe.features import cache as featcache
+from featpipe.features.batches import DecodedBatches, ModelFactory, decoded_rows, model_input
+from featpipe.features.shards import shard_bounds
 from featpipe.params.config import DecodeParams, ExtractParams
 
 
@@ -68,35 +65,6 @@ class ExtractResult:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def load_manifest(manifest: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """The manifest and its sha256 (see the module doc)."""
-    if isinstance(manifest, pd.DataFrame):
-        text = manifest.to_csv(index=False, lineterminator="\n")
-        return manifest.reset_index(drop=True), hashlib.sha256(text.encode()).hexdigest()
-    df = read_manifest(manifest)
-    return df, weights_mod.file_sha256(manifest)
-
-
-def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
-    """``"i/n"`` (0-based i) -> ``(i, n)``."""
-    if text in (None, ""):
-        return None
-    try:
-        i, n = (int(v) for v in str(text).split("/"))
-    except ValueError:
-        raise FeatpipeError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise FeatpipeError(f"--shard {text}: need 0 <= i < n")
-    return i, n
-
-
-def shard_bounds(n_rows: int, batch_size: int, index: int, count: int) -> tuple[int, int]:
-    """Rows ``[start, stop)`` of shard ``index`` of ``count``: whole batches, so shards merged equal one run."""
-    batches = -(-n_rows // batch_size)
-    b0, b1 = index * batches // count, (index + 1) * batches // count
-    return min(b0 * batch_size, n_rows), min(b1 * batch_size, n_rows)
 
 
 def _say(msg: str, progress: bool) -> None:
@@ -245,84 +213,6 @@ def _up_to_date(out: Path, old_n: int, old_rows: np.ndarray, df: pd.DataFrame, m
     return same_labels and same_dtype and attrs.get("manifest_sha256") == msha
 
 
-def _decoded_rows(sub: pd.DataFrame, shared=None, *, full: pd.DataFrame, pre: Preprocess, cache_dir, dataset: str,
-                  decode, shard, progress: bool) -> tuple[str, np.ndarray]:
-    """The decoded-image cache covering ``sub`` (the cache ``pre`` reads made current for ``full`` first, through
-    :func:`featpipe.backbones.modelinput.ensure_decoded`): its absolute path and ``sub``'s rows in it. Run on the
-    engine (where the batches are read). ``decode``: ``params.decode`` or a
-    :class:`featpipe.decoded.cache.DecodeOptions` (with ``max_pixels``)."""
-    path = decoded_path(cache_dir, dataset, pre.decoding)
-    if shard is not None and not path.exists():  # shards never race on one shared file
-        path = path.with_name(f"{path.stem}.shard-{shard[0]}-of-{shard[1]}.h5")
-    opts = decode if isinstance(decode, DecodeOptions) else DecodeOptions(decode.workers, decode.draft)
-    opts = DecodeOptions(opts.workers, opts.draft, opts.max_pixels, progress)
-    ensure_decoded(full, [pre], cache_dir=cache_dir, dataset=dataset, options=opts, paths={pre.decoding: path})
-    with DecodedImages(path) as reader:
-        rows = reader.require(sub)
-    return os.path.abspath(path), np.asarray(rows, dtype=np.int64)
-
-
-class DecodedBatches:
-    """Picklable reader for the engine: decoded-cache rows -> uint8 crops at the model's input size. The file is
-    opened on first use in each process (never pickled)."""
-
-    def __init__(self, path: str, preprocess: Preprocess):
-        self.path, self.preprocess, self._reader = path, preprocess, None
-
-    def __getstate__(self) -> dict:
-        return {"path": self.path, "preprocess": self.preprocess, "_reader": None}
-
-    def __call__(self, rows) -> np.ndarray:
-        if self._reader is None:
-            self._reader = DecodedImages(self.path)
-        return centre_crop(self._reader.read(np.asarray(rows, dtype=np.int64)), self.preprocess)
-
-    def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-
-
-class ModelFactory:
-    """Picklable model factory for the engine: ``()`` -> the frozen model as ``uint8-normalised batch -> (n, D)``
-    float32. ``net``, the network already loaded in this process, is used here and never pickled."""
-
-    def __init__(self, spec, ref, layer, *, device: str, precision: str, net=None):
-        self.spec, self.ref, self.layer, self.device, self.precision = spec, ref, layer, device, precision
-        self.net = net
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "net": None}
-
-    def __call__(self):
-        rt = Runtime.of(self.device, self.precision, traits=self.spec.traits)
-        model = load_model(self.spec, self.ref, self.layer, runtime=rt, net=self.net)
-        return functools.partial(embed_batch, model, runtime=rt)
-
-
-def load_model(spec, ref, layer, *, runtime: Runtime, net=None):
-    """The frozen feature model prepared for ``runtime`` (device, memory format; one per process or Ray
-    actor); ``net``: the backbone network when already loaded."""
-    if net is None:
-        net = weights_mod.load_network(spec, ref)
-    return runtime.prepare(FeatureModel(net, spec, layer=layer, weights=ref).eval().requires_grad_(False))
-
-
-def read_batch(reader, rows, spec) -> np.ndarray:
-    """uint8 ``(n, input, input, C)``: the decoded-cache ``rows``, centre-cropped to the model's input size."""
-    return centre_crop(reader.read(rows), spec.preprocess)
-
-
-def model_input(images: np.ndarray, spec):
-    """Cropped uint8 images -> the normalised float32 ``(n, 3, H, W)`` batch the model takes."""
-    return normalise(images, spec.preprocess)
-
-
-def embed_batch(model, x, *, runtime: Runtime) -> np.ndarray:
-    """One batch through the model: float32 ``(n, D)``, run as ``runtime`` runs it (:meth:`Runtime.forward`)."""
-    return runtime.forward(model, x).numpy()
-
-
 def _run_batches(job: _Job, todo: np.ndarray, partial, *, cache_dir, dataset, params, decode, shard, progress,
                  net=None) -> tuple[int, float]:
     """Compute the plan's batches not yet in ``partial`` on the job's engine and journal them in plan order;
@@ -333,7 +223,7 @@ def _run_batches(job: _Job, todo: np.ndarray, partial, *, cache_dir, dataset, pa
     from tqdm import tqdm
 
     spec, df, engine = job.spec, job.df, job.engine
-    find = functools.partial(_decoded_rows, full=df, pre=spec.preprocess, cache_dir=str(cache_dir), dataset=dataset,
+    find = functools.partial(decoded_rows, full=df, pre=spec.preprocess, cache_dir=str(cache_dir), dataset=dataset,
                              decode=decode, shard=shard, progress=progress)
     (path, drows), = engine.map(find, [df.iloc[todo[start:]]], cpus=max(1, int(decode.workers)))
     b = params.batch_size
@@ -385,34 +275,3 @@ def _assemble(out: Path, df: pd.DataFrame, old_rows: np.ndarray, todo: np.ndarra
     featcache.write_features(out, ids=df["id"].astype(str).tolist(), features=blocks(),
                              labels=df["label"].to_numpy(dtype=np.int64), attrs=attrs,
                              sha256=df["sha256"].astype(str).tolist(), dim=dim, dtype=dtype)
-
-
-# --------------------------------------------------------------------------- shards
-
-
-def merge_shards(manifest: str | Path | pd.DataFrame, *, backbone: str, dataset: str, cache_dir: str | Path = "cache",
-                 params: ExtractParams = ExtractParams()) -> Path:
-    """Join the shard files of one (backbone, weights, layer) into the cache a single run would write."""
-    df, msha = load_manifest(manifest)
-    spec = get(backbone)
-    layer = spec.resolve_layer(params.layer)
-    ref = weights_mod.resolve(spec, params.weights)
-    final = featcache.cache_path(cache_dir, dataset, spec.name, layer=layer, weights_tag=ref.tag)
-    paths = featcache.shard_files(final)
-    if not paths:
-        raise CacheError(f"no shard files for {final}: run 'featpipe extract --shard i/n' first")
-    counts = {int(p.name.rsplit("-of-", 1)[1][:-3]) for p in paths}
-    if len(counts) != 1 or len(paths) != next(iter(counts)):
-        raise CacheError(f"shard files of {final} are incomplete or mixed ({len(paths)} files for n={sorted(counts)}); "
-                         "run every 'featpipe extract --shard i/n' of one n")
-    for p in paths:
-        if featcache.read_attrs(p).get("manifest_sha256") != msha:
-            raise CacheError(f"shard {p} was extracted from another manifest; re-run its 'featpipe extract --shard'")
-    with locks.build_lock(final, what=f"the {spec.name} feature cache"):
-        locks.clean_leftovers(final.parent)
-        featcache.merge_files(paths, final)
-        with featcache._open(final) as f:
-            if f["ids"].asstr()[()].tolist() != df["id"].astype(str).tolist():
-                final.unlink()
-                raise CacheError(f"shards of {final} do not cover the manifest in order; re-extract them")
-    return final

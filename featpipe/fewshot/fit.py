@@ -28,6 +28,8 @@ from featpipe.core.errors import CacheError, DataError
 from featpipe.core.names import canonical_params, head_model_path
 from featpipe.data.manifest import ids_sha256
 from featpipe.data.splits import Splits
+from featpipe.engine.base import Executor
+from featpipe.engine.local import LocalExecutor
 from featpipe.evaluation.record import Outputs, RunRecord, check_disjoint, record_run
 from featpipe.features.cache import cache_path, read_features
 from featpipe.heads.base import one_blas_thread
@@ -35,8 +37,6 @@ from featpipe.heads.io import save_head
 from featpipe.heads.registry import head_params, make_head
 from featpipe.heads.scaling import fit_pipeline, pool_scaler
 from featpipe.params.config import Params
-from featpipe.engine.base import Executor
-from featpipe.engine.local import LocalExecutor
 
 
 @dataclass(frozen=True)

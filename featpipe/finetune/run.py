@@ -30,21 +30,20 @@ import torch
 from featpipe.backbones import registry
 from featpipe.backbones.modelinput import decode_key, ensure_decoded
 from featpipe.core.errors import ConfigError, DataError
+from featpipe.core.fileio import atomic_write, file_sha256
 from featpipe.core.names import finetune_run_name
+from featpipe.core.runtime import Runtime
 from featpipe.core.versions import versions
-from featpipe.core.fileio import atomic_write
-from featpipe.core.fileio import file_sha256
 from featpipe.data.manifest import read_manifest
 from featpipe.data.splits import load_splits
 from featpipe.decoded.cache import DecodeOptions
+from featpipe.engine.base import Executor
+from featpipe.engine.local import LocalExecutor
 from featpipe.evaluation.metrics import score
 from featpipe.evaluation.record import Outputs, check_disjoint, record_run
 from featpipe.evaluation.table import write_records
 from featpipe.finetune.checkpoint import build_model, save_finetuned
-from featpipe.engine.base import Executor
-from featpipe.engine.local import LocalExecutor
 from featpipe.finetune.data import CachedImages, ImageSource, Labeled, Prep
-from featpipe.core.runtime import Runtime
 from featpipe.finetune.loop import TrainConfig, predict_proba, train
 from featpipe.finetune.strategies import STRATEGIES, describe, param_groups
 from featpipe.params.config import to_dict

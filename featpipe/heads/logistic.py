@@ -4,13 +4,11 @@ as on the raw embeddings), C cross-validated inside the k-shot set; its torch tw
 from __future__ import annotations
 
 import numpy as np
-
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 
 from featpipe.heads.base import _can_cv, _Head, build_pipeline, grid_cv, span_basis
 from featpipe.params.heads import LogisticParams
-
 
 # lbfgs stops when the largest gradient component of its objective (mean loss + ||w||^2 / (2 C n)) is below
 # this. The objective is (1 / (C n))-strongly convex, so the solution is within sqrt(dims) * tol * C * n of the

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from featpipe.heads.registry import get, make_head as head_pipeline
+from featpipe.heads.registry import get
+from featpipe.heads.registry import make_head as head_pipeline
 from featpipe.params.config import HeadsParams, build
 
 

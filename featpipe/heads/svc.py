@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from sklearn.svm import SVC
 
 from featpipe.heads.base import _can_cv, _Head, build_pipeline, grid_cv

@@ -30,8 +30,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from featpipe.imaging.base import DEFAULT_INTERPOLATION, DEFAULT_MAX_PIXELS, ImageRejected, Resize, as_resize, \
-    check_file, finish
+from featpipe.imaging.base import (
+    DEFAULT_INTERPOLATION,
+    DEFAULT_MAX_PIXELS,
+    ImageRejected,
+    Resize,
+    as_resize,
+    check_file,
+    finish,
+)
 from featpipe.imaging.dicom import dicom_to_uint8, is_dicom
 from featpipe.imaging.npz import npz_to_uint8, split_ref
 from featpipe.imaging.pil import header_size, pil_pixels

@@ -19,20 +19,18 @@ from typing import Optional
 import pandas as pd
 import yaml
 
-from featpipe.params.config import Params, to_dict
 from featpipe.core.errors import DataError
 from featpipe.core.fileio import atomic_write
 from featpipe.core.versions import versions as core_versions
-from featpipe.report import plots
-from featpipe.report.html import page, table
-from featpipe.data.splits import load_splits
-from featpipe.evaluation.table import read_runs
-from featpipe.results.summary import current_split
-from featpipe.results.compare import TestPredictions
 from featpipe.data.manifest import read_manifest
-from featpipe.report import selection
+from featpipe.data.splits import load_splits
 from featpipe.evaluation.metrics import curves
-from featpipe.evaluation.table import read_predictions
+from featpipe.evaluation.table import read_predictions, read_runs
+from featpipe.params.config import Params, to_dict
+from featpipe.report import plots, selection
+from featpipe.report.html import page, table
+from featpipe.results.compare import TestPredictions
+from featpipe.results.summary import current_split
 
 CURVE_METRICS = ("macro_f1", "accuracy", "balanced_accuracy", "auroc", "auprc")
 

@@ -10,9 +10,9 @@ import math
 from typing import Mapping, Sequence
 
 import matplotlib.ticker
-from matplotlib.figure import Figure
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from featpipe.results.stats import seed_summary
 

@@ -38,8 +38,7 @@ from featpipe.data.splits import load_splits
 from featpipe.evaluation.metrics import fast_scores
 from featpipe.evaluation.table import RUNS_CSV, read_predictions, read_runs
 from featpipe.results.stats import PatientResampler, summarize
-from featpipe.results.summary import (LOWER_IS_BETTER, config_labels, current_split, degenerate_flags,
-                                      select_best)
+from featpipe.results.summary import LOWER_IS_BETTER, config_labels, current_split, degenerate_flags, select_best
 
 COLUMNS = ["shots", "config_a", "config_b", "metric", "n_seeds", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm",
            "boot_ci_low", "boot_ci_high", "degenerate_a", "degenerate_b"]

@@ -20,10 +20,10 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from featpipe.core.fileio import atomic_write
+from featpipe.core.names import config_name, params_tag
 from featpipe.evaluation.metrics import SUMMARY_METRICS
 from featpipe.evaluation.table import KEY_COLUMNS, RUNS_CSV, key_frame, read_runs
 from featpipe.results.stats import clinical_check, n_classes_of, seed_summary
-from featpipe.core.names import config_name, params_tag
 
 METRICS_JSON = "metrics.json"
 LOWER_IS_BETTER = ("brier",)

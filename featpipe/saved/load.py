@@ -21,8 +21,8 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from featpipe.backbones.model import build
-from featpipe.backbones.registry import get
 from featpipe.backbones.modelinput import model_input, same_channels
+from featpipe.backbones.registry import get
 from featpipe.backbones.spec import Preprocess
 from featpipe.core.runtime import Runtime
 from featpipe.finetune.checkpoint import load_finetuned

@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from featpipe.core.errors import DataError
-from featpipe.heads.registry import spec_for
-from featpipe.heads.io import MATCH_KEYS, save_head
 from featpipe.core.names import HEAD_SUFFIX
 from featpipe.core.versions import __version__
+from featpipe.heads.io import MATCH_KEYS, save_head
+from featpipe.heads.registry import spec_for
 
 
 def _provenance(source) -> dict:

@@ -1,8 +1,9 @@
 """featpipe collect: merge per-stage runs.csv files into results/runs.csv and results/metrics.json."""
 
 from __future__ import annotations
-from featpipe.results.collect import collect
+
 from featpipe.data.splits import load_splits
+from featpipe.results.collect import collect
 from featpipe.results.summary import degenerate_lines, split_note
 
 

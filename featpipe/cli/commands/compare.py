@@ -1,6 +1,7 @@
 """featpipe compare: paired comparisons of configurations (by seed, plus a patient bootstrap) -> comparisons.csv."""
 
 from __future__ import annotations
+
 from featpipe.results.compare import compare, verdict
 
 

@@ -1,6 +1,7 @@
 """featpipe demo: set up ./demo (dvc.yaml + params.demo.yaml) and run `dvc repro` there."""
 
 from __future__ import annotations
+
 from featpipe.cli.demo import run_demo
 
 

@@ -8,7 +8,8 @@ from featpipe.cli import executor
 from featpipe.core.errors import ConfigError
 from featpipe.core.stamps import features_stamp, write_stamp
 from featpipe.decoded.cache import DecodeOptions
-from featpipe.features.extract import extract, parse_shard
+from featpipe.features.extract import extract
+from featpipe.features.shards import parse_shard
 
 
 def add_arguments(parser) -> None:

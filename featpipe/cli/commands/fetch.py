@@ -2,7 +2,6 @@
 optionally the stamp of featpipe's own code (what every DVC stage depends on)."""
 
 from __future__ import annotations
-from featpipe.data.fetch import write_fingerprint
 
 from featpipe.core.codestamp import write_code_stamp
 from featpipe.data.fetch import write_fingerprint

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from featpipe.heads.registry import names as _head_names
-from featpipe.results.stages import fit
-from featpipe.results.summary import format_summary
-from featpipe.results.stages import bootstrap_table
-from featpipe.results.summary import degenerate_lines, split_note
+from featpipe.results.stages import bootstrap_table, fit
+from featpipe.results.summary import degenerate_lines, format_summary, split_note
 
 HEAD_CHOICES = tuple(_head_names())  # the head registry
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from featpipe.cli.commands.extract import options
-from featpipe.features.extract import merge_shards
+from featpipe.features.shards import merge_shards
 
 
 def add_arguments(parser) -> None:

@@ -1,6 +1,7 @@
 """featpipe predict: class probabilities for images with a saved head (per-image CSV + a summary)."""
 
 from __future__ import annotations
+
 from featpipe.predict import predict
 
 

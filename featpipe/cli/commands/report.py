@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 from featpipe.report.build import ReportInputs, build_report
 
 

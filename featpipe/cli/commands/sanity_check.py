@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from featpipe.core.errors import ConfigError
 from featpipe.cli.commands.gradcam import add_model_arguments
+from featpipe.core.errors import ConfigError
 from featpipe.decoded.cache import DecodeOptions
 from featpipe.explain.run import resolve_models, sanity_model
 
