@@ -163,3 +163,20 @@ def test_predict_on_training_images_reproduces_the_scores(tmp_path, monkeypatch,
 
 
 
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_a_head_saved_when_the_heads_were_one_module_still_loads(name, tmp_path):
+    """Heads saved when every head class lived in ``featpipe.heads`` name it so in their schema: they load,
+    predict as saved, and nothing but the trusted head classes is rewritten."""
+    model, X = fitted(name)
+    path = save_head(tmp_path / f"{name}.skops", model, META)
+    good = path.read_bytes()
+    schema = zipfile.ZipFile(io.BytesIO(good)).read("schema.json").decode()
+    module = type(model[-1]).__module__
+    old = schema.replace(f'"{module}"', '"featpipe.heads"')
+    assert old != schema and module != "featpipe.heads"
+    rewrite(path, _replace_member(good, lambda ns: "schema.json", old.encode()))
+    loaded = load_head(path).pipeline
+    np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+    assert type(loaded[-1]).__module__ == module

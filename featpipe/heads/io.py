@@ -37,8 +37,10 @@ class UnsafeModelError(IntegrityError):
     """A saved head that could run code when loaded, or that was modified after saving."""
 
 
+_LEGACY_MODULE = "featpipe.heads"  # where every head class lived when featpipe.heads was one module
+_MODULE_OF = {c.__qualname__: c.__module__ for c in HEAD_CLASSES}
 TRUSTED = tuple(f"{c.__module__}.{c.__qualname__}" for c in HEAD_CLASSES) + tuple(
-    f"featpipe.heads.{c.__qualname__}" for c in HEAD_CLASSES)  # heads saved when featpipe.heads was one module
+    f"{_LEGACY_MODULE}.{c.__qualname__}" for c in HEAD_CLASSES)  # heads saved by those versions
 # Keys of the sidecar that features must match for a head to apply to them.
 MATCH_KEYS = ("backbone", "weights_id", "layer", "preprocess", "embedding_dim")
 _PICKLE_MAGIC = (b"\x80", b"(dp", b"(lp", b"ccopy_reg", b"cnumpy", b"cbuiltins", b"c__builtin__")
@@ -140,10 +142,41 @@ def load_head(path: str | Path) -> SavedHead:
     if bad:
         raise UnsafeModelError(f"{path} contains types that are not trusted ({', '.join(bad)}); refusing to load it")
     try:
-        pipeline = sio.loads(data, trusted=[t for t in untrusted if t in TRUSTED])
+        pipeline = sio.loads(_current_modules(data), trusted=[t for t in untrusted if t in TRUSTED]
+                             + [f"{m}.{c}" for c, m in _MODULE_OF.items()])
     except Exception as exc:
         raise UnsafeModelError(f"{path} could not be loaded safely ({type(exc).__name__}: {exc})") from None
     return SavedHead(pipeline, meta, path)
+
+
+def _current_modules(data: bytes) -> bytes:
+    """The archive with head classes saved under their old module (``featpipe.heads.<Class>``, when the heads
+    were one module) pointed at the module each lives in now; any other archive is returned unchanged. Runs
+    after the trust check: only trusted head class names are rewritten, to trusted names."""
+    zf = zipfile.ZipFile(io.BytesIO(data))
+    schema = json.loads(zf.read("schema.json"))
+    moved = 0
+
+    def walk(node) -> None:
+        nonlocal moved
+        if isinstance(node, dict):
+            if node.get("__module__") == _LEGACY_MODULE and node.get("__class__") in _MODULE_OF:
+                node["__module__"] = _MODULE_OF[node["__class__"]]
+                moved += 1
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(schema)
+    if not moved:
+        return data
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for info in zf.infolist():
+            dst.writestr(info, json.dumps(schema) if info.filename == "schema.json" else zf.read(info.filename))
+    return out.getvalue()
 
 
 def check_compatible(meta: Mapping, attrs: Mapping, *, what: str = "the features") -> None:
