@@ -36,3 +36,21 @@ def write_image(path: Path, value: int = 128, size: int = 24, seed: int | None =
         arr = np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8)
     Image.fromarray(arr).save(path)
     return path
+
+
+def fit_tiny_project(tmp_path: Path, monkeypatch, *, precision: str = "fp32") -> Path:
+    """In ``tmp_path``: prepare a synthetic set -> extract with tiny_cnn (``precision`` on the CPU) -> fit a
+    logistic head at k=5, seed 0 through the CLI; the saved head's path (relative to ``tmp_path``)."""
+    from featpipe.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
+    (tmp_path / "params.yaml").write_text(
+        "data: {name: demo, source: synthetic, path: data/synthetic, synthetic: {images_per_class: 16, size: 32}}\n"
+        "split: {seeds: [0], shots: [5], val_fraction: 0.2, test_fraction: 0.2}\n"
+        f"extract: {{backbones: [tiny_cnn], precision: {precision}, device: cpu, batch_size: 32}}\n"
+        "fit: {n_jobs: 1}\n")
+    assert main(["prepare"]) == 0
+    assert main(["extract", "--no-progress"]) == 0
+    assert main(["fit", "--head", "logistic", "--shots", "5", "--seeds", "0"]) == 0
+    return next(Path("models").glob("tiny_cnn-logistic-k5-s0-*.skops"))

@@ -19,6 +19,8 @@ from featpipe.core.fileio import seal
 from featpipe.heads.io import UnsafeModelError, check_compatible, load_head, save_head, sidecar
 from featpipe.heads.registry import HEADS, make_head
 
+from conftest import fit_tiny_project
+
 META = {"backbone": "toy", "weights_id": "random:seed0", "layer": "", "embedding_dim": 12,
         "preprocess": {"input_size": 28, "mean": [0.5, 0.5, 0.5]}, "classes": ["a", "b", "c"]}
 
@@ -136,17 +138,7 @@ def test_predict_on_training_images_reproduces_the_scores(tmp_path, monkeypatch,
     from featpipe.cli.main import main
     from featpipe.features.cache import read_features
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
-    (tmp_path / "params.yaml").write_text(
-        "data: {name: demo, source: synthetic, path: data/synthetic, synthetic: {images_per_class: 16, size: 32}}\n"
-        "split: {seeds: [0], shots: [5], val_fraction: 0.2, test_fraction: 0.2}\n"
-        "extract: {backbones: [tiny_cnn], precision: fp32, device: cpu}\n"
-        "fit: {n_jobs: 1}\n")
-    assert main(["prepare"]) == 0
-    assert main(["extract", "--no-progress"]) == 0
-    assert main(["fit", "--head", "logistic", "--shots", "5", "--seeds", "0"]) == 0
-    model = next(Path("models").glob("tiny_cnn-logistic-k5-s0-*.skops"))
+    model = fit_tiny_project(tmp_path, monkeypatch, precision="fp32")
     head = load_head(model)
     ids = head.meta["train_ids"]
     from featpipe.data.manifest import read_manifest
@@ -160,9 +152,6 @@ def test_predict_on_training_images_reproduces_the_scores(tmp_path, monkeypatch,
     expected = head.pipeline.predict_proba(fs.features)
     cols = [f"p({c})" for c in head.meta["classes"]]
     np.testing.assert_allclose(pred[cols].to_numpy(), expected, atol=1e-5)
-
-
-
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))

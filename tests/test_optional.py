@@ -18,6 +18,7 @@ from featpipe.core.optional import require, version_tuple
 from featpipe.data.manifest import build_manifest
 from featpipe.data.sources import Record
 from featpipe.imaging.decode import decode, probe
+from test_imaging import _dicom as write_dicom
 
 
 @pytest.fixture(autouse=True)
@@ -38,22 +39,8 @@ def _fake_version(monkeypatch, dist: str, version: str) -> None:
 
 
 def _dicom(path) -> str:
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 4, 4, 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = np.arange(16, dtype=np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return str(path)
+    """A 4 x 4 12-bit MONOCHROME2 DICOM file (written as tests/test_imaging.py writes its DICOM files)."""
+    return write_dicom(path, np.arange(16, dtype=np.uint16).reshape(4, 4), PhotometricInterpretation="MONOCHROME2")
 
 
 def test_version_tuple():

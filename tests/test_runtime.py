@@ -11,13 +11,14 @@ import torch
 
 from featpipe.backbones import registry
 from featpipe.backbones.modelinput import decode_files
-from featpipe.cli.main import main
 from featpipe.core.errors import FeatpipeError
 from featpipe.core.runtime import Runtime
 from featpipe.data.manifest import read_manifest
 from featpipe.features.cache import read_features
 from featpipe.predict import predict
 from featpipe.saved.load import load_model
+
+from conftest import fit_tiny_project
 
 
 def test_runtime_decides_memory_format_and_autocast_once():
@@ -41,17 +42,7 @@ def test_runtime_decides_memory_format_and_autocast_once():
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """prepare -> extract (tiny_cnn, bf16 on the CPU: autocast + channels_last) -> fit a logistic head."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
-    (tmp_path / "params.yaml").write_text(
-        "data: {name: demo, source: synthetic, path: data/synthetic, synthetic: {images_per_class: 16, size: 32}}\n"
-        "split: {seeds: [0], shots: [5], val_fraction: 0.2, test_fraction: 0.2}\n"
-        "extract: {backbones: [tiny_cnn], precision: bf16, device: cpu, batch_size: 32}\n"
-        "fit: {n_jobs: 1}\n")
-    assert main(["prepare"]) == 0
-    assert main(["extract", "--no-progress"]) == 0
-    assert main(["fit", "--head", "logistic", "--shots", "5", "--seeds", "0"]) == 0
-    return next(Path("models").glob("tiny_cnn-logistic-k5-s0-*.skops"))
+    return fit_tiny_project(tmp_path, monkeypatch, precision="bf16")
 
 
 def test_predict_on_the_manifest_gives_exactly_the_cached_embeddings(project):
