@@ -21,6 +21,7 @@ import pandas as pd
 from featpipe.backbones.modelinput import decode_files
 from featpipe.core.errors import DataError, FeatpipeError
 from featpipe.core.fileio import atomic_write
+from featpipe.evaluation.metrics import predict_labels
 from featpipe.data.sources import _walk, image_reject
 from featpipe.saved.load import load_model
 
@@ -106,10 +107,7 @@ def predict(model_path: str | Path, inputs: Sequence[str | Path], *, out_csv: st
         raise DataError(f"no images could be classified in the given paths{first}")
     proba = np.concatenate(probas)
     threshold = model.threshold
-    if threshold is not None:
-        pred = (proba[:, 1] >= threshold).astype(int)
-    else:
-        pred = proba.argmax(1)
+    pred = predict_labels(proba, n_classes=len(classes), threshold=threshold)
     table = pd.DataFrame({"path": done, "predicted": [classes[i] for i in pred]})
     for i, c in enumerate(classes):
         table[f"p({c})"] = proba[:, i]

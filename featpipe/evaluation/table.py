@@ -131,6 +131,15 @@ def write_curves(curves_dir: str | Path, row: Mapping, data: Mapping) -> Path:
     return path
 
 
+def prediction_table(row: Mapping, frame: pd.DataFrame) -> pd.DataFrame:
+    """One run's per-image outputs as its predictions file holds them: ``run_id`` first, ``threshold`` last."""
+    out = frame.copy()
+    out.insert(0, "run_id", run_id(row))
+    thr = row.get("threshold")
+    out["threshold"] = thr if thr is not None else math.nan
+    return out
+
+
 def write_predictions(results_dir: str | Path, row: Mapping, frame: pd.DataFrame) -> Path:
     """Per-image outputs of one run as ``<results_dir>/predictions/<config>-s<seed>-<run_id>.csv.gz``.
 
@@ -138,10 +147,7 @@ def write_predictions(results_dir: str | Path, row: Mapping, frame: pd.DataFrame
     ``threshold`` are added. gzip with a fixed mtime: the same predictions give the same bytes."""
     rid = run_id(row)
     d = Path(results_dir) / PREDICTIONS_DIR
-    thr = row.get("threshold")
-    out = frame.copy()
-    out.insert(0, "run_id", rid)
-    out["threshold"] = thr if thr is not None else math.nan
+    out = prediction_table(row, frame)
     text = out.to_csv(index=False, float_format="%.8g", lineterminator="\n").encode()
     d.mkdir(parents=True, exist_ok=True)
     return atomic_write(d / f"{_stem(row)}-{rid}.csv.gz", gzip.compress(text, mtime=0))

@@ -21,8 +21,9 @@ import pandas as pd
 from featpipe.core.errors import CacheError, DataError
 from featpipe.data.idsplits import splits_from_ids
 from featpipe.data.splits import Splits, load_splits
+from featpipe.evaluation.table import prediction_table
 from featpipe.features.cache import FeatureSet
-from featpipe.fewshot.fit import CacheData, run_grid
+from featpipe.fewshot.fit import CacheData, run_grid, split_rows
 from featpipe.heads.make import head_settings
 from featpipe.params.config import FitParams, Params
 
@@ -73,8 +74,8 @@ def _frame(features, labels, ids, attrs) -> tuple[np.ndarray, object, list[str],
 
 def _cache_data(X: np.ndarray, y: np.ndarray, ids: list[str], attrs: dict, splits: Splits) -> CacheData:
     """The in-memory twin of :func:`featpipe.fewshot.fit.load_cache`: features checked against the split."""
-    row = {k: i for i, k in enumerate(ids)}
-    missing = [k for k in (*splits.train, *splits.val, *splits.test) if k not in row]
+    at = {k: i for i, k in enumerate(ids)}
+    missing = [k for k in (*splits.train, *splits.val, *splits.test) if k not in at]
     if missing:
         raise CacheError(f"{len(missing)} ids of the split are not among the features' ids (first: {missing[0]!r})")
     msha = attrs.get("manifest_sha256")
@@ -83,21 +84,16 @@ def _cache_data(X: np.ndarray, y: np.ndarray, ids: list[str], attrs: dict, split
                          "re-run 'featpipe extract'")
     digest = hashlib.sha256(X.tobytes() + "\n".join(ids).encode()).hexdigest()[:16]
     weights = str(attrs.get("weights") or "default")
+    used, row, val, test = split_rows(splits)
+    take = np.fromiter((at[k] for k in used), np.int64, len(used))
     return CacheData(Path(f"<memory:{digest}>"), str(attrs.get("backbone") or "features"), weights,
-                     str(attrs.get("layer") or ""), "", str(attrs.get("weights_request") or "default"), attrs, X, y, row,
-                     np.fromiter((row[k] for k in splits.val), np.int64, len(splits.val)),
-                     np.fromiter((row[k] for k in splits.test), np.int64, len(splits.test)))
+                     str(attrs.get("layer") or ""), "", str(attrs.get("weights_request") or "default"), attrs,
+                     np.ascontiguousarray(X[take]), y[take], row, val, test)
 
 
 def _predictions(results) -> pd.DataFrame:
     """Per-image val and test outputs of every run, as ``results/predictions/*.csv.gz`` hold them."""
-    frames = []
-    for r in results:
-        f = r.predictions.copy()
-        f.insert(0, "run_id", r.row["run_id"])
-        thr = r.row.get("threshold")
-        f["threshold"] = float("nan") if thr is None else thr
-        frames.append(f)
+    frames = [prediction_table(r.row, r.predictions) for r in results]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "split", "id", "label"])
 
 

@@ -76,6 +76,16 @@ def weights_tag(backbone: str, weights: str = "default") -> str | None:
     return resolve(get_backbone(backbone), weights).tag
 
 
+def split_rows(splits: Splits) -> tuple[list[str], dict, np.ndarray, np.ndarray]:
+    """The rows a run reads: the split's ids (train, then val, then test, each once), id -> row, and the row
+    indices of val and of test."""
+    ids = list(dict.fromkeys([*splits.train, *splits.val, *splits.test]))
+    row = {k: i for i, k in enumerate(ids)}
+    val = np.fromiter((row[k] for k in splits.val), np.int64, len(splits.val))
+    test = np.fromiter((row[k] for k in splits.test), np.int64, len(splits.test))
+    return ids, row, val, test
+
+
 def load_cache(cache_dir: str | Path, splits: Splits, backbone: str, *, layer: str | None = None,
                weights: str = "default") -> CacheData:
     """Read ``cache/<dataset>/<backbone>[@layer][+tag].h5`` and check it belongs to these splits."""
@@ -92,13 +102,10 @@ def load_cache(cache_dir: str | Path, splits: Splits, backbone: str, *, layer: s
         raise CacheError(f"{path} holds features of backbone {a.get('backbone')!r}, not {backbone!r}")
     if (a.get("layer") or "") != (layer or ""):
         raise CacheError(f"{path} holds layer {a.get('layer') or 'final'!r}, not {layer or 'final'!r}")
-    ids = list(dict.fromkeys([*splits.train, *splits.val, *splits.test]))
+    ids, row, val, test = split_rows(splits)
     sel = fs.select(ids)
-    row = {k: i for i, k in enumerate(ids)}
     if np.any((sel.labels < 0) | (sel.labels >= len(splits.classes))):
         raise CacheError(f"{path} holds labels outside 0..{len(splits.classes) - 1}: re-run 'featpipe extract'")
-    val = np.fromiter((row[k] for k in splits.val), np.int64, len(splits.val))
-    test = np.fromiter((row[k] for k in splits.test), np.int64, len(splits.test))
     X = np.ascontiguousarray(sel.features, dtype=np.float32)
     return CacheData(path, backbone, str(a.get("weights") or weights or "default"), layer or "", tag or "",
                      str(weights or "default"), a, X,

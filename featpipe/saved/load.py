@@ -25,6 +25,7 @@ from featpipe.backbones.modelinput import model_input, same_channels
 from featpipe.backbones.registry import get
 from featpipe.backbones.spec import Preprocess
 from featpipe.core.runtime import Runtime
+from featpipe.features.batches import embed_batch
 from featpipe.finetune.checkpoint import load_finetuned
 from featpipe.finetune.data import ArrayImages, Prep
 from featpipe.finetune.loop import predict_proba as finetuned_proba
@@ -113,7 +114,7 @@ class LoadedModel:
         """float32 ``(n, D)`` backbone embeddings of decoded images, computed as extraction computes them."""
         pixels = _stack(images)
         pre = self.spec.preprocess if self.kind == "head" else self.preprocess
-        out = [self.runtime.forward(self.features, model_input(pixels[s:s + batch_size], pre)).numpy()
+        out = [embed_batch(self.features, model_input(pixels[s:s + batch_size], pre), runtime=self.runtime)
                for s in range(0, len(pixels), batch_size)]
         return np.concatenate(out).astype(np.float32, copy=False) if out else np.empty((0, 0), np.float32)
 
