@@ -17,20 +17,13 @@ import json
 import os
 from pathlib import Path
 
+from featpipe.backbones.registry import MEDSIGLIP_PROCESSOR, RAD_DINO_PROCESSOR
+
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 _SEED = 1234
 
 # The hub repositories' image processors as published (what a real snapshot holds beside the weights).
-PREPROCESSOR_CONFIGS = {
-    "google/medsiglip-448": {"do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5] * 3,
-                             "image_std": [0.5] * 3, "image_processor_type": "SiglipImageProcessor", "resample": 2,
-                             "rescale_factor": 1 / 255, "size": {"height": 448, "width": 448}},
-    "microsoft/rad-dino": {"crop_size": {"height": 518, "width": 518}, "do_center_crop": True, "do_convert_rgb": True,
-                           "do_normalize": True, "do_rescale": True, "do_resize": True,
-                           "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
-                           "image_processor_type": "BitImageProcessor", "resample": 3, "rescale_factor": 1 / 255,
-                           "size": {"shortest_edge": 518}},
-}
+PREPROCESSOR_CONFIGS = {"google/medsiglip-448": MEDSIGLIP_PROCESSOR, "microsoft/rad-dino": RAD_DINO_PROCESSOR}
 
 
 def torchvision_file(spec) -> str:

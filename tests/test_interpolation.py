@@ -15,6 +15,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from featpipe.backbones import registry
+from featpipe.backbones.reference import Fixed
 from featpipe.backbones.modelinput import decode_files, decode_key, ensure_decoded
 from featpipe.cli.commands import decode as decode_cmd
 from featpipe.core.fileio import file_sha256
@@ -77,7 +78,7 @@ def bicubic_twin(monkeypatch) -> str:
     """``tiny_vit_bicubic``: tiny_vit (32 px) resized bicubically: same decode size, another filter."""
     spec = registry.get("tiny_vit")
     twin = dataclasses.replace(spec, name="tiny_vit_bicubic",
-                               preprocess=dataclasses.replace(spec.preprocess, interpolation="bicubic"))
+                               reference=Fixed(dataclasses.replace(spec.preprocess, interpolation="bicubic")))
     monkeypatch.setitem(registry._REGISTRY, twin.name, twin)
     return twin.name
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Mapping, Optional
 
-from featpipe.backbones.forward import pooled_output
+from featpipe.backbones.forward import hf_features
 
 
 @dataclass(frozen=True)
@@ -39,21 +39,24 @@ class FreezeRule:
     note: str
 
 
-def _call(net, x):
+def _call(net, x, features: str, prefix_tokens: int):
     return net(x)
 
 
-def _pooled(net, x):
-    """Hugging Face vision models: the pooled embedding (SigLIP: attention-pooling head; DINOv2: the
-    layer-normed CLS token). transformers 5 returns an output object: ``pooler_output``."""
-    return pooled_output(net(pixel_values=x))
+def _hf(net, x, features: str, prefix_tokens: int):
+    """Hugging Face vision models: ``pooler`` = ``pooler_output`` (SigLIP: the attention-pooling head; DINOv2: the
+    layer-normed CLS token), ``cls`` = the first token of ``last_hidden_state``, ``mean`` = the mean of its patch
+    tokens (:func:`featpipe.backbones.forward.hf_features`)."""
+    return hf_features(net(pixel_values=x), features, prefix_tokens)
 
 
 @dataclass(frozen=True)
 class Family:
     name: str
     source: str  # torchvision | hub | random: where the default weights come from
-    forward: Callable = field(default=_call, repr=False, compare=False)
+    forward: Callable = field(default=_call, repr=False, compare=False)  # (net, x, features, prefix_tokens) -> (B, D)
+    pooling: str = "avgpool"  # which features its members' embedding is by default (BackboneSpec.features)
+    poolings: tuple[str, ...] = ()  # the features ``<name>#<features>`` may choose (forward.POOLINGS); () = the default only
     hf_class: Optional[str] = None  # transformers class that loads a model folder of this family
     check_image_size: bool = True  # a folder's config.image_size must equal the spec's input size
     classifier_prefixes: tuple[str, ...] = ()
@@ -104,19 +107,19 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                              ("features.0.", "features.1.", "features.2."),
                              "features[0:3] (stem + first two MBConv stages), torchvision indexing")),
     # torchvision's ViT measured faster under bf16 autocast than fp32 on this CPU (unlike the HF towers)
-    Family("vit", "torchvision", classifier_prefixes=("heads.",), auto_precision=_BF16_CPU,
+    Family("vit", "torchvision", pooling="cls", classifier_prefixes=("heads.",), auto_precision=_BF16_CPU,
            freeze=FreezeRule("vit", ("conv_proj.", "class_token", "encoder.pos_embedding")
                              + tuple(f"encoder.layers.encoder_layer_{i}." for i in range(4)),
                              ("conv_proj.weight", "encoder.layers.encoder_layer_0."),
                              "patch + position embeddings, class token, encoder layers 0-3")),
     # measured: a 1152-d SigLIP layer at 448 px runs ~2.5x slower under bf16 autocast than in fp32 here
-    Family("siglip", "hub", forward=_pooled, hf_class="SiglipVisionModel", drop_prefixes=("text_model.", "logit_"),
+    Family("siglip", "hub", forward=_hf, pooling="pooler", poolings=("pooler", "mean"), hf_class="SiglipVisionModel", drop_prefixes=("text_model.", "logit_"),
            strip_prefixes=("vision_model.",), auto_precision=_FP32_CPU,
            freeze=FreezeRule("siglip", ("embeddings.",) + tuple(f"encoder.layers.{i}." for i in range(4)),
                              ("embeddings.", "encoder.layers.0."), "embeddings + encoder layers 0-3")),
     # DINOv2 interpolates its position embeddings to the input size: a checkpoint's config.image_size
     # need not equal the input size (RAD-DINO's preprocessor_config.json decides that, checked on load).
-    Family("dinov2", "hub", forward=_pooled, hf_class="Dinov2Model", check_image_size=False,
+    Family("dinov2", "hub", forward=_hf, pooling="cls", poolings=("cls", "mean"), hf_class="Dinov2Model", check_image_size=False,
            auto_precision=_BF16_CPU,  # measured: bf16 autocast ~2x fp32 for a 768-d DINOv2 layer at 518 px
            freeze=FreezeRule("dinov2", ("embeddings.",) + tuple(f"encoder.layer.{i}." for i in range(4)),
                              ("embeddings.", "encoder.layer.0."), "embeddings + encoder layers 0-3")),

@@ -23,3 +23,23 @@ def global_pool(x, prefix_tokens: int = 0):
     if x.ndim == 3:
         return x[:, prefix_tokens:].mean(dim=1)
     return x.flatten(1)
+
+
+POOLINGS = {"avgpool": "global average pool of the last feature map (CNNs)",
+            "cls": "the class token after the final layer norm",
+            "mean": "the mean of the patch tokens of the last layer",
+            "pooler": "the model's own pooled output (SigLIP: its attention-pooling head)",
+            "image_embeds": "the projected image embedding (CLIP-like models: the image tower after its projection)"}
+
+
+def hf_features(out, features: str, prefix_tokens: int):
+    """The embedding ``features`` names from a transformers output: ``pooler`` (``pooler_output``), ``cls``
+    (``last_hidden_state[:, 0]``), ``mean`` (mean of the tokens after the ``prefix_tokens`` leading ones)."""
+    if features == "pooler":
+        return pooled_output(out)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    if features == "cls":
+        return hidden[:, 0]
+    if features == "mean":
+        return hidden[:, prefix_tokens:].mean(dim=1)
+    raise ValueError(f"features {features!r} cannot be taken from a {type(out).__name__} (pooler, cls or mean)")

@@ -50,7 +50,7 @@ class FeatureModel(nn.Module):
         return self.net.get_submodule(self.gradcam_layer)
 
     def _run(self, x: torch.Tensor):
-        return self.spec.traits.forward(self.net, x)
+        return self.spec.traits.forward(self.net, x, self.spec.features, self.spec.prefix_tokens)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layer is None:
@@ -75,7 +75,7 @@ def build(spec: BackboneSpec | str, weights: str = "default", layer: Optional[st
     """Build ``spec`` (or a registered name) with ``weights`` (see :mod:`featpipe.backbones.weights`)."""
     spec = get(spec)
     layer = spec.resolve_layer(layer)
-    ref = weights_mod.resolve(spec, weights)
+    spec, ref = weights_mod.resolve_spec(spec, weights)
     net = weights_mod.load_network(spec, ref)
     model = FeatureModel(net, spec, layer=layer, weights=ref)
     model.eval()

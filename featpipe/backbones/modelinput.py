@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from featpipe.backbones.registry import get
+from featpipe.backbones.weights import local_preprocess
 from featpipe.backbones.spec import BackboneSpec, Preprocess
 from featpipe.decoded.build import BuildResult, build
 from featpipe.decoded.cache import DecodeOptions, decoded_path
@@ -68,18 +69,19 @@ def centre_crop(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
     return np.ascontiguousarray(pixels[:, top:top + size, left:left + size])
 
 
-def normalise(images_uint8, pre: Preprocess, channels: int = 3):
-    """uint8 ``(n, H, W, C)`` (array or tensor) -> float32 ``(n, channels, H, W)`` with the spec's mean/std."""
-    return to_tensor_batch(images_uint8, pre.mean, pre.std, channels=channels)
+def normalise(images_uint8, pre: Preprocess):
+    """uint8 ``(n, H, W, C)`` (array or tensor) -> float32 ``(n, pre.channels, H, W)`` with the spec's mean/std."""
+    return to_tensor_batch(images_uint8, pre.mean, pre.std, channels=pre.channels)
 
 
 def model_input(pixels: np.ndarray, pre: Preprocess):
-    """Decoded pixels uint8 ``(n, S, S, C)`` -> the network input: centre crop, 3 channels, normalised."""
+    """Decoded pixels uint8 ``(n, S, S, C)`` -> the network input: centre crop, ``pre.channels``, normalised."""
     return normalise(centre_crop(np.asarray(pixels), pre), pre)
 
 
 def to_tensor_batch(images_uint8, mean: Sequence[float], std: Sequence[float], channels: int = 3):
-    """uint8 ``(n, H, W, C)`` -> normalised float32 ``(n, channels, H, W)``; 1 channel replicated to 3."""
+    """uint8 ``(n, H, W, C)`` -> normalised float32 ``(n, channels, H, W)``; 1 channel replicated to 3, 3 channels
+    averaged to 1 (as torchxrayvision's reference turns a colour image to one channel)."""
     import torch
 
     x = torch.as_tensor(np.asarray(images_uint8) if not isinstance(images_uint8, torch.Tensor) else images_uint8)
@@ -88,11 +90,13 @@ def to_tensor_batch(images_uint8, mean: Sequence[float], std: Sequence[float], c
     c = x.shape[-1]
     if c == 1 and channels == 3:
         x = x.expand(-1, -1, -1, 3)
-    elif c != channels:
+    elif c != channels and not (c == 3 and channels == 1):
         raise ValueError(f"cannot turn {c}-channel images into {channels} channels")
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f"mean and std need {channels} values each")
     x = x.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+    if x.shape[1] != channels:
+        x = x.mean(dim=1, keepdim=True)
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return ((x - m) / s).contiguous()
@@ -159,7 +163,9 @@ def first_pass(params: Params, *, cache_dir: str | Path, progress: bool = True) 
     """The first pass for the configured backbones (:func:`featpipe.params.config.configured_backbones`)
     writing their decoded caches under ``cache_dir``; None when no backbone is configured (nothing to cache:
     ``prepare`` verifies by a plain decode)."""
-    backbones = configured_backbones(params)
+    weights = {name: params.extract.weights for name in params.extract.backbones}
+    weights.update({name: params.finetune.weights for name in params.finetune.backbones if name not in weights})
+    backbones = [local_preprocess(get(name), weights[name]) for name in configured_backbones(params)]
     if not backbones:
         return None
     return FirstPass(backbones, cache_dir=cache_dir, dataset=params.data.name,

@@ -10,11 +10,13 @@ globally pooled features taken there.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Optional
 
 from featpipe.backbones import nets
 from featpipe.backbones.families import get_family
+from featpipe.backbones.reference import Fixed, ProcessorConfig, TorchvisionTransforms
 from featpipe.backbones.spec import BackboneSpec, Preprocess
 from featpipe.core.errors import FeatpipeError
 
@@ -30,13 +32,29 @@ def _register(**kw) -> BackboneSpec:
 
 
 def get(name: str | BackboneSpec) -> BackboneSpec:
-    """The spec registered as ``name`` (a spec is returned as is); unknown name = one-line error."""
+    """The spec registered as ``name`` (a spec is returned as is); unknown name = one-line error.
+
+    ``<name>#<features>`` is the same backbone with another embedding (``rad_dino#mean``: the mean of the patch
+    tokens instead of the CLS token; the choices are its family's ``poolings``): a backbone of its own name,
+    so its caches and results rows never mix with the default's."""
     if isinstance(name, BackboneSpec):
         return name
-    try:
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise FeatpipeError(f"unknown backbone '{name}' (registered: {', '.join(names())})") from None
+    base, sep, features = str(name).partition("#")
+    if sep:
+        return with_features(get(base), features)
+    raise FeatpipeError(f"unknown backbone '{name}' (registered: {', '.join(names())})") from None
+
+
+def with_features(spec: BackboneSpec, features: str) -> BackboneSpec:
+    """``spec`` embedding ``features`` (one of its family's ``poolings``), named ``<name>#<features>``."""
+    allowed = spec.traits.poolings or (spec.traits.pooling,)
+    if features not in allowed:
+        raise FeatpipeError(f"backbone '{spec.name}' cannot embed '{features}' (choose from: {', '.join(allowed)})")
+    if features == spec.features:
+        return spec
+    return replace(spec, name=f"{spec.name}#{features}", pooling=features)
 
 
 def names(*, tiny: Optional[bool] = None) -> list[str]:
@@ -61,35 +79,48 @@ def _densenet_layers(init: int, growth: int, blocks: tuple[int, ...]) -> dict[st
     return out
 
 
-_CNN = Preprocess(input_size=224, resize_size=256)
+def _tv(enum: str) -> dict:
+    """A torchvision member's default weights and the reference its preprocessing is read from."""
+    return {"default_weights": "imagenet", "pretrained": enum, "reference": TorchvisionTransforms(enum)}
 
-_register(name="densenet161", family="densenet", embed_dim=2208, preprocess=_CNN,
+
+# The image processors of the hub members as published beside their weights (a downloaded snapshot's own
+# preprocessor_config.json wins: featpipe.backbones.weights.with_weights). MedSigLIP: SiglipImageProcessor, the
+# whole image to 448 x 448 (no crop), bilinear, mean = std = 0.5. RAD-DINO: BitImageProcessor, shorter side 518,
+# centre crop 518, bicubic, chest X-ray mean/std.
+MEDSIGLIP_PROCESSOR = {"do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5] * 3,
+                       "image_std": [0.5] * 3, "image_processor_type": "SiglipImageProcessor", "resample": 2,
+                       "rescale_factor": 1 / 255, "size": {"height": 448, "width": 448}}
+RAD_DINO_PROCESSOR = {"crop_size": {"height": 518, "width": 518}, "do_center_crop": True, "do_convert_rgb": True,
+                      "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5307] * 3,
+                      "image_std": [0.2583] * 3, "image_processor_type": "BitImageProcessor", "resample": 3,
+                      "rescale_factor": 1 / 255, "size": {"shortest_edge": 518}}
+
+_register(name="densenet161", family="densenet", embed_dim=2208,
           gradcam_layer="features.norm5", layers=_densenet_layers(96, 48, (6, 12, 36, 24)),
-          default_weights="imagenet", pretrained="DenseNet161_Weights.IMAGENET1K_V1",
+          **_tv("DenseNet161_Weights.IMAGENET1K_V1"),
           make=nets.make_tv("densenet161"))
-_register(name="densenet121", family="densenet", embed_dim=1024, preprocess=_CNN,
+_register(name="densenet121", family="densenet", embed_dim=1024,
           gradcam_layer="features.norm5", layers=_densenet_layers(64, 32, (6, 12, 24, 16)),
-          default_weights="imagenet", pretrained="DenseNet121_Weights.IMAGENET1K_V1",
+          **_tv("DenseNet121_Weights.IMAGENET1K_V1"),
           make=nets.make_tv("densenet121"))
-_register(name="resnet50", family="resnet", embed_dim=2048, preprocess=_CNN, gradcam_layer="layer4",
-          layers={"layer1": 256, "layer2": 512, "layer3": 1024}, default_weights="imagenet",
-          pretrained="ResNet50_Weights.IMAGENET1K_V1", make=nets.make_tv("resnet50"))
-_register(name="resnet18", family="resnet", embed_dim=512, preprocess=_CNN, gradcam_layer="layer4",
-          layers={"layer1": 64, "layer2": 128, "layer3": 256}, default_weights="imagenet",
-          pretrained="ResNet18_Weights.IMAGENET1K_V1", make=nets.make_tv("resnet18"))
-_register(name="efficientnet_b4", family="efficientnet", embed_dim=1792,
-          preprocess=Preprocess(input_size=380, resize_size=384, interpolation="bicubic"),
-          gradcam_layer="features.8",
+_register(name="resnet50", family="resnet", embed_dim=2048, gradcam_layer="layer4",
+          layers={"layer1": 256, "layer2": 512, "layer3": 1024},
+          **_tv("ResNet50_Weights.IMAGENET1K_V1"), make=nets.make_tv("resnet50"))
+_register(name="resnet18", family="resnet", embed_dim=512, gradcam_layer="layer4",
+          layers={"layer1": 64, "layer2": 128, "layer3": 256},
+          **_tv("ResNet18_Weights.IMAGENET1K_V1"), make=nets.make_tv("resnet18"))
+_register(name="efficientnet_b4", family="efficientnet", embed_dim=1792, gradcam_layer="features.8",
           layers={f"features.{i}": d for i, d in enumerate((24, 32, 56, 112, 160, 272, 448), start=1)},
-          default_weights="imagenet", pretrained="EfficientNet_B4_Weights.IMAGENET1K_V1",
+          **_tv("EfficientNet_B4_Weights.IMAGENET1K_V1"),
           make=nets.make_tv("efficientnet_b4"))
-_register(name="vit_b_16", family="vit", embed_dim=768, preprocess=_CNN,
+_register(name="vit_b_16", family="vit", embed_dim=768,
           gradcam_layer="encoder.layers.encoder_layer_11.ln_1",
           layers={f"encoder.layers.encoder_layer_{i}": 768 for i in (3, 5, 7, 9)},
-          default_weights="imagenet", pretrained="ViT_B_16_Weights.IMAGENET1K_V1", prefix_tokens=1,
+          **_tv("ViT_B_16_Weights.IMAGENET1K_V1"), prefix_tokens=1,
           make=nets.make_tv("vit_b_16"))
 _register(name="medsiglip", family="siglip", embed_dim=1152,
-          preprocess=Preprocess(input_size=448, resize_size=448, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+          reference=ProcessorConfig.of(MEDSIGLIP_PROCESSOR, "google/medsiglip-448 preprocessor_config.json"),
           gradcam_layer="post_layernorm",
           layers={f"encoder.layers.{i}": 1152 for i in (8, 13, 18, 22)},
           default_weights="google/medsiglip-448", pretrained="google/medsiglip-448",
@@ -97,12 +128,11 @@ _register(name="medsiglip", family="siglip", embed_dim=1152,
                                 num_attention_heads=16, image_size=448, patch_size=14))
 
 # RAD-DINO (Perez-Garcia et al. 2024): DINOv2 ViT-B/14 trained on chest X-rays, a Dinov2Model on the hub; its
-# embedding is the CLS token after the final layer norm (= pooler_output). Preprocessing as its hub processor
-# (BitImageProcessor): shortest edge 518 (bicubic), centre crop 518, ImageNet mean/std; a downloaded snapshot's
-# preprocessor_config.json is checked against this on load (featpipe.backbones.weights.check_preprocessor_config).
+# embedding is the CLS token after the final layer norm (= pooler_output). Preprocessing: its hub processor
+# (RAD_DINO_PROCESSOR as published; a downloaded snapshot's own preprocessor_config.json wins).
 # Grad-CAM at the last layer's first norm: the pooled CLS token attends to every patch there.
 _register(name="rad_dino", family="dinov2", embed_dim=768,
-          preprocess=Preprocess(input_size=518, resize_size=518, interpolation="bicubic"),
+          reference=ProcessorConfig.of(RAD_DINO_PROCESSOR, "microsoft/rad-dino preprocessor_config.json"),
           gradcam_layer="encoder.layer.{last}.norm1",
           layers={f"encoder.layer.{i}": 768 for i in (3, 5, 7, 9)},
           default_weights="microsoft/rad-dino", pretrained="microsoft/rad-dino", prefix_tokens=1,
@@ -110,20 +140,21 @@ _register(name="rad_dino", family="dinov2", embed_dim=768,
                                 image_size=518, patch_size=14, layerscale_value=1.0))
 
 # Tiny members for tests: same families, same code paths, random weights only.
-_register(name="tiny_cnn", family="densenet", embed_dim=32, preprocess=Preprocess(input_size=32, resize_size=32),
+_register(name="tiny_cnn", family="densenet", embed_dim=32, reference=Fixed(Preprocess(input_size=32, resize_size=32)),
           gradcam_layer="features.norm5", layers=_densenet_layers(16, 8, (2, 2, 2, 2)),
           default_weights="random", tiny=True,
           make=nets.make_tiny_densenet(growth_rate=8, block_config=(2, 2, 2, 2), num_init_features=16))
-_register(name="tiny_vit", family="vit", embed_dim=16, preprocess=Preprocess(input_size=32, resize_size=32),
+_register(name="tiny_vit", family="vit", embed_dim=16, reference=Fixed(Preprocess(input_size=32, resize_size=32)),
           gradcam_layer="encoder.layers.encoder_layer_1.ln_1", layers={"encoder.layers.encoder_layer_0": 16},
           default_weights="random", prefix_tokens=1, tiny=True,
           make=nets.make_tiny_vit(image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32))
 _register(name="tiny_siglip", family="siglip", embed_dim=32,
-          preprocess=Preprocess(input_size=28, resize_size=28, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+          reference=Fixed(Preprocess(input_size=28, resize_size=28, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                                    resize_mode="square")),
           gradcam_layer="post_layernorm", layers={"encoder.layers.0": 32}, default_weights="random", tiny=True,
           make=nets.make_siglip(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                 num_attention_heads=4, image_size=28, patch_size=14))
-_register(name="tiny_dino", family="dinov2", embed_dim=16, preprocess=Preprocess(input_size=28, resize_size=28),
+_register(name="tiny_dino", family="dinov2", embed_dim=16, reference=Fixed(Preprocess(input_size=28, resize_size=28)),
           gradcam_layer="encoder.layer.{last}.norm1", layers={"encoder.layer.0": 16}, default_weights="random",
           prefix_tokens=1, tiny=True,
           make=nets.make_dinov2(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,

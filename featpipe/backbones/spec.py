@@ -7,13 +7,14 @@ family's behaviour is reached as ``spec.traits`` (:mod:`featpipe.backbones.famil
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Mapping, Optional
 
 from featpipe.backbones.families import Family, get_family
 from featpipe.core.errors import FeatpipeError
-from featpipe.imaging.base import FILTERS, Resize
+from featpipe.imaging.base import DEFAULT_MODE, FILTERS, RESIZE_MODES, Resize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -21,38 +22,75 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How images must be prepared for a backbone: decode to ``resize_size`` square with the ``interpolation``
-    filter (:attr:`decoding`: the decoded cache it reads), centre-crop ``input_size``, scale to [0, 1],
-    normalise with ``mean``/``std`` (3 channels). The one representation of preprocessing: a sidecar or cache
-    record is parsed by :meth:`from_dict` where it is read."""
+    """How images must be prepared for a backbone, as its reference (the library's own transform or image
+    processor, :mod:`featpipe.backbones.reference`) prepares them:
+
+    1. decode to ``resize_size`` with the ``interpolation`` filter in ``resize_mode`` (``shorter``: shorter side
+       to ``resize_size``, centre crop to a square; ``square``: the whole image to ``resize_size x resize_size``,
+       aspect ratio not kept) -- :attr:`decoding`, the decoded cache it reads;
+    2. centre-crop ``input_size``;
+    3. ``channels`` (3: grey replicated; 1: colour averaged), scale to [0, 1], normalise with ``mean``/``std``
+       (one value per channel): the network sees values in :attr:`value_range` (torchxrayvision's [-1024, 1024]
+       is ``mean=0.5, std=1/2048``).
+
+    The one representation of preprocessing: a sidecar or cache record is parsed by :meth:`from_dict`."""
 
     input_size: int
     resize_size: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
+    resize_mode: str = DEFAULT_MODE
+    channels: int = 3
 
     def __post_init__(self):
         if self.interpolation not in FILTERS:
             raise FeatpipeError(f"unknown interpolation {self.interpolation!r} (known: {', '.join(FILTERS)})")
+        if self.resize_mode not in RESIZE_MODES:
+            raise FeatpipeError(f"unknown resize mode {self.resize_mode!r} (known: {', '.join(RESIZE_MODES)})")
         if self.resize_size < self.input_size:
             raise FeatpipeError(f"resize_size {self.resize_size} is smaller than input_size {self.input_size}")
+        if self.channels not in (1, 3):
+            raise FeatpipeError(f"channels must be 1 or 3, got {self.channels!r}")
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if len(self.mean) != self.channels or len(self.std) != self.channels or min(self.std) <= 0:
+            raise FeatpipeError(f"mean and std need {self.channels} values each (std > 0), got {self.mean}, {self.std}")
 
     @property
     def decoding(self) -> Resize:
-        """The decoded form this preprocessing reads: ``resize_size`` with its ``interpolation`` filter."""
-        return Resize(self.resize_size, self.interpolation)
+        """The decoded form this preprocessing reads: ``resize_size`` with its ``interpolation`` and mode."""
+        return Resize(self.resize_size, self.interpolation, self.resize_mode)
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """The range of the network input (first channel): black and white after normalisation."""
+        return (-self.mean[0] / self.std[0], (1.0 - self.mean[0]) / self.std[0])
+
+    def describe(self) -> str:
+        """One line: ``shorter side 256 bilinear, crop 224, 3 ch, mean (...) std (...)``."""
+        how = ("whole image to" if self.resize_mode == "square" else "shorter side") + f" {self.resize_size}"
+        crop = f", crop {self.input_size}" if self.input_size != self.resize_size else ""
+        lo, hi = self.value_range
+        return (f"{how} {self.interpolation}{crop}, {self.channels} ch, values [{lo:.3g}, {hi:.3g}] "
+                f"(mean {', '.join(f'{v:.4g}' for v in self.mean)}; std {', '.join(f'{v:.4g}' for v in self.std)})")
 
     def to_dict(self) -> dict:
-        """Plain JSON-able dict (mean/std as lists): what sidecars and cache attributes record."""
+        """Plain JSON-able dict (mean/std as lists): what sidecars and cache attributes record. ``resize_mode`` and
+        ``channels`` are written when not the default (records made before they existed stay equal)."""
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.resize_mode == DEFAULT_MODE:
+            del d["resize_mode"]
+        if self.channels == 3:
+            del d["channels"]
         return d
 
     @classmethod
     def from_dict(cls, data: Mapping | str) -> Preprocess:
         """The Preprocess a sidecar or cache attribute recorded (a dict, or its JSON text); a record without
-        ``resize_size`` or ``interpolation`` (older files) gets ``input_size`` and bilinear."""
+        ``resize_size``, ``interpolation``, ``resize_mode`` or ``channels`` (older files) gets ``input_size``,
+        bilinear, shorter-side and 3."""
         if isinstance(data, str):
             data = json.loads(data)
         known = {f.name for f in fields(cls)}
@@ -62,7 +100,8 @@ class Preprocess:
         return cls(input_size=int(data["input_size"]), resize_size=int(data.get("resize_size") or data["input_size"]),
                    mean=tuple(float(v) for v in data.get("mean", IMAGENET_MEAN)),
                    std=tuple(float(v) for v in data.get("std", IMAGENET_STD)),
-                   interpolation=str(data.get("interpolation") or "bilinear"))
+                   interpolation=str(data.get("interpolation") or "bilinear"),
+                   resize_mode=str(data.get("resize_mode") or DEFAULT_MODE), channels=int(data.get("channels") or 3))
 
 
 @dataclass(frozen=True)
@@ -72,7 +111,10 @@ class BackboneSpec:
     name: str
     family: str  # a key of featpipe.backbones.families.FAMILIES (densenet, resnet, efficientnet, vit, siglip, dinov2)
     embed_dim: int
-    preprocess: Preprocess
+    # where the preprocessing comes from: a hashable callable returning the Preprocess, derived from the model's own
+    # reference (featpipe.backbones.reference: torchvision's Weights.transforms(), a Hugging Face image processor
+    # config, ...); read once, on first use of ``preprocess``
+    reference: Callable[[], Preprocess]
     gradcam_layer: str  # module name in the network
     layers: Mapping[str, int] = field(hash=False)  # cut point (module name) -> pooled feature dim
     default_weights: str  # "imagenet" | a hub id | "random" (tiny members: nothing to download)
@@ -80,6 +122,18 @@ class BackboneSpec:
     prefix_tokens: int = 0  # transformer token outputs: leading non-patch tokens (ViT/DINOv2 CLS = 1, SigLIP = 0)
     tiny: bool = False
     make: Callable = field(default=None, repr=False, compare=False, hash=False)
+    pooling: str = ""  # which features are the embedding ("" = the family's, Family.pooling; see POOLINGS)
+
+    @functools.cached_property
+    def preprocess(self) -> Preprocess:
+        """The preprocessing of the reference (:attr:`reference`, read once per spec)."""
+        return self.reference()
+
+    @property
+    def features(self) -> str:
+        """Which features the embedding is (``avgpool``, ``cls``, ``mean``, ``pooler``, ``image_embeds``): the spec's
+        ``pooling`` or its family's. Recorded in every feature cache and results row."""
+        return self.pooling or self.traits.pooling
 
     @property
     def traits(self) -> Family:

@@ -30,10 +30,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+from featpipe.backbones.reference import folder_config
 from featpipe.backbones.registry import hf_names
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.core.errors import WeightsError
@@ -221,8 +222,8 @@ def fit_state_dict(net, sd: dict, spec: BackboneSpec, source: str) -> None:
 
 def load_hf_folder(spec: BackboneSpec, folder: str | Path):
     """The family's Hugging Face model (``spec.traits.hf_class``) from a local folder: strictly (every weight
-    present), of the registered width and input size, and (when the folder has a ``preprocessor_config.json``)
-    with the normalisation and crop the spec applies. A full checkpoint's other towers are ignored."""
+    present), of the registered width and input size (``spec`` as :func:`with_weights` made it). A full
+    checkpoint's other towers are ignored."""
     fam = spec.traits
     if fam.hf_class is None:
         raise WeightsError(f"{folder} is a Hugging Face folder but {spec.name} is a torchvision network; "
@@ -245,36 +246,46 @@ def load_hf_folder(spec: BackboneSpec, folder: str | Path):
     if cfg.hidden_size != spec.embed_dim or (fam.check_image_size and size != spec.preprocess.input_size):
         raise WeightsError(f"weights folder {folder} holds a {fam.name} of width {cfg.hidden_size} at {size}px, "
                            f"but {spec.name} is {spec.embed_dim}-d at {spec.preprocess.input_size}px")
-    check_preprocessor_config(spec, Path(folder))
     return net
 
 
-def check_preprocessor_config(spec: BackboneSpec, folder: Path) -> None:
-    """Refuse a model whose ``preprocessor_config.json`` asks for another normalisation or input size than
-    the spec applies (a silently wrong normalisation changes every feature)."""
-    import json
+def with_weights(spec: BackboneSpec, ref: WeightsRef) -> BackboneSpec:
+    """``spec`` with the preprocessing of the weights ``ref``: a Hugging Face folder's own
+    ``preprocessor_config.json`` (:func:`featpipe.backbones.reference.folder_config`) wins over the registered
+    reference, so a snapshot that normalises with other statistics (RAD-DINO's chest X-ray mean/std) is used
+    as its authors' code would use it, never refused and never fed the registered statistics."""
+    if ref.kind != "hf_folder":
+        return spec
+    config = folder_config(ref.source)
+    if config is None or config == spec.reference:
+        return spec
+    return replace(spec, reference=config)
 
-    path = folder / "preprocessor_config.json"
-    if not path.is_file():
-        return
-    try:
-        cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, OSError):
-        raise WeightsError(f"{path} is not valid JSON") from None
-    pre = spec.preprocess
-    crop = cfg.get("crop_size") if cfg.get("do_center_crop") else cfg.get("size")
-    side = crop.get("height", crop.get("shortest_edge")) if isinstance(crop, dict) else crop
-    problems = []
-    for key, mine in (("image_mean", pre.mean), ("image_std", pre.std)):
-        theirs = cfg.get(key)
-        if cfg.get("do_normalize", True) and theirs is not None and (
-                len(theirs) != 3 or any(abs(float(a) - b) > 1e-4 for a, b in zip(theirs, mine))):
-            problems.append(f"{key} {theirs} (featpipe uses {list(mine)})")
-    if side is not None and int(side) != pre.input_size:
-        problems.append(f"input size {side} (featpipe uses {pre.input_size})")
-    if problems:
-        raise WeightsError(f"{path} asks for {'; '.join(problems)}: the backbone '{spec.name}' is registered with "
-                           "other preprocessing; fix its Preprocess in featpipe/backbones/registry.py")
+
+def local_preprocess(spec: BackboneSpec, weights: str = "default") -> BackboneSpec:
+    """``spec`` with the preprocessing of ``weights`` as far as it is known locally, without loading or downloading
+    anything (``prepare`` decodes for it before weights are needed): a model folder's own
+    ``preprocessor_config.json``, or the one of a hub id's snapshot already in the Hugging Face cache; otherwise
+    the registered reference (``extract`` settles it with :func:`resolve_spec`)."""
+    asked = spec.default_weights if str(weights or "default") == "default" else str(weights)
+    config = None
+    if Path(asked).expanduser().is_dir():
+        config = folder_config(Path(asked).expanduser())
+    elif spec.traits.hf_class and _HUB_ID.match(asked):
+        from huggingface_hub import try_to_load_from_cache
+
+        cache = os.environ.get("HF_HUB_CACHE") or (
+            str(Path(os.environ["HF_HOME"]).expanduser() / "hub") if os.environ.get("HF_HOME") else None)
+        found = try_to_load_from_cache(asked, "preprocessor_config.json", cache_dir=cache)
+        config = folder_config(Path(found).parent) if isinstance(found, str) else None
+    return spec if config is None or config == spec.reference else replace(spec, reference=config)
+
+
+def resolve_spec(spec: BackboneSpec, weights: str = "default") -> tuple[BackboneSpec, WeightsRef]:
+    """(the spec with the preprocessing of ``weights``, the resolved weights): :func:`resolve` then
+    :func:`with_weights`. Every caller that builds or caches features with a backbone starts here."""
+    ref = resolve(spec, weights)
+    return with_weights(spec, ref), ref
 
 
 def load_network(spec: BackboneSpec, ref: WeightsRef):

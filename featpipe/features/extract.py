@@ -91,7 +91,7 @@ def extract(manifest: str | Path | pd.DataFrame, *, backbone: str, dataset: str,
     spec = get(backbone)
     layer = spec.resolve_layer(params.layer)
     df, msha = load_manifest(manifest)
-    ref = weights_mod.resolve(spec, params.weights)
+    spec, ref = weights_mod.resolve_spec(spec, params.weights)
     final = featcache.cache_path(cache_dir, dataset, spec.name, layer=layer, weights_tag=ref.tag)
     out, extra = final, {}
     if shard is not None:

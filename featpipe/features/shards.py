@@ -43,7 +43,7 @@ def merge_shards(manifest: str | Path | pd.DataFrame, *, backbone: str, dataset:
     df, msha = load_manifest(manifest)
     spec = get(backbone)
     layer = spec.resolve_layer(params.layer)
-    ref = weights_mod.resolve(spec, params.weights)
+    spec, ref = weights_mod.resolve_spec(spec, params.weights)
     final = featcache.cache_path(cache_dir, dataset, spec.name, layer=layer, weights_tag=ref.tag)
     paths = featcache.shard_files(final)
     if not paths:

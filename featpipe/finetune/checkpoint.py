@@ -59,6 +59,7 @@ def build_model(backbone: str, strategy: str, n_classes: int, *, weights: str = 
     dim = int(spec.output_dim(cut))
     head = new_head(dim, n_classes, generator=torch.Generator().manual_seed(int(seed) + 7919))
     model = FinetuneModel(features, head)
+    spec = features.spec  # with the preprocessing of the weights it was built with
     apply_strategy(model, strategy, family=spec.family, truncated_mode=truncated_mode,
                    input_size=int(spec.preprocess.input_size))
     return model, spec

@@ -17,13 +17,22 @@ from featpipe.core.errors import DataError
 FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
            "lanczos": Image.Resampling.LANCZOS}
 DEFAULT_INTERPOLATION = "bilinear"
+# How the image is brought to a square: ``shorter`` (shorter side to the size, centre crop: torchvision's
+# Resize + CenterCrop, timm's and most CNN references) or ``square`` (the whole image resized to size x size,
+# aspect ratio not kept: the SigLIP / MedSigLIP image processor; nothing of the radiograph is cut off).
+RESIZE_MODES = ("shorter", "square")
+DEFAULT_MODE = "shorter"
 DECODER_VERSION = "1"  # bump when decoding semantics change
 
 
-def resize_method(interpolation: str = DEFAULT_INTERPOLATION) -> str:
-    """How images are resized with ``interpolation``, as the decoded cache records it (names the filter)."""
+def resize_method(interpolation: str = DEFAULT_INTERPOLATION, mode: str = DEFAULT_MODE) -> str:
+    """How images are resized with ``interpolation`` in ``mode``, as the decoded cache records it."""
     if interpolation not in FILTERS:
         raise ValueError(f"unknown interpolation {interpolation!r} (choose from {', '.join(FILTERS)})")
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {mode!r} (choose from {', '.join(RESIZE_MODES)})")
+    if mode == "square":
+        return f"whole-image:pil-{interpolation}-antialias"
     return f"shorter-side:pil-{interpolation}-antialias;center-crop"
 
 
@@ -32,28 +41,34 @@ RESIZE_METHOD = resize_method()  # the default (bilinear) resize, recorded in th
 
 @dataclass(frozen=True, order=True)
 class Resize:
-    """One decoded form of an image: shorter side to ``size`` with the ``interpolation`` filter, centre crop
-    to ``size x size``. Wherever a decoded form is named, a plain ``int`` size means ``Resize(size)`` (bilinear,
+    """One decoded form of an image: ``size x size`` pixels made with the ``interpolation`` filter in ``mode``
+    (``shorter``: shorter side to ``size``, centre crop; ``square``: the whole image to ``size x size``).
+    Wherever a decoded form is named, a plain ``int`` size means ``Resize(size)`` (bilinear, shorter side,
     :func:`as_resize`)."""
 
     size: int
     interpolation: str = DEFAULT_INTERPOLATION
+    mode: str = DEFAULT_MODE
 
     def __post_init__(self):
         if int(self.size) < 1:
             raise ValueError(f"sizes must be positive, got {self.size!r}")
         object.__setattr__(self, "size", int(self.size))
-        resize_method(self.interpolation)  # a known filter
+        resize_method(self.interpolation, self.mode)  # a known filter and mode
 
     @property
     def label(self) -> str:
-        """``"<size>"`` for bilinear (the original name of every decoded cache), else ``"<size>-<filter>"``."""
-        return str(self.size) if self.interpolation == DEFAULT_INTERPOLATION else f"{self.size}-{self.interpolation}"
+        """``"<size>"`` for bilinear shorter-side (the original name of every decoded cache), else with
+        ``-<filter>`` and/or ``-square`` appended (``"518-bicubic"``, ``"448-square"``)."""
+        out = str(self.size)
+        if self.interpolation != DEFAULT_INTERPOLATION:
+            out += f"-{self.interpolation}"
+        return out + ("-square" if self.mode == "square" else "")
 
     @property
     def method(self) -> str:
-        """:func:`resize_method` of this filter (what the decoded cache records)."""
-        return resize_method(self.interpolation)
+        """:func:`resize_method` of this filter and mode (what the decoded cache records)."""
+        return resize_method(self.interpolation, self.mode)
 
 
 def as_resize(key: int | Resize) -> Resize:
@@ -131,9 +146,14 @@ def array_to_uint8(img: np.ndarray) -> np.ndarray:
     return out
 
 
-def resize_crop(im: Image.Image, size: int, interpolation: str = DEFAULT_INTERPOLATION) -> Image.Image:
-    """Shorter side to ``size`` (Pillow's antialiased ``interpolation`` filter), then center crop ``size x size``."""
+def resize_crop(im: Image.Image, size: int, interpolation: str = DEFAULT_INTERPOLATION,
+                mode: str = DEFAULT_MODE) -> Image.Image:
+    """Shorter side to ``size`` (Pillow's antialiased ``interpolation`` filter), then center crop ``size x size``;
+    ``mode="square"``: the whole image to ``size x size`` (as Hugging Face image processors resize to a
+    ``{"height", "width"}`` size)."""
     w, h = im.size
+    if mode == "square":
+        return im if (w, h) == (size, size) else im.resize((size, size), FILTERS[interpolation])
     if w <= h:
         ow, oh = size, max(size, int(size * h / w))
     else:
@@ -153,7 +173,7 @@ def finish(pixels: Image.Image | np.ndarray, resize: int | Resize, channels: int
     im = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB")
     if im.mode == "RGB" and channels == 1:
         im = im.convert("L")
-    out = np.asarray(resize_crop(im, resize.size, resize.interpolation))
+    out = np.asarray(resize_crop(im, resize.size, resize.interpolation, resize.mode))
     if out.ndim == 2:
         out = out[..., None]
     elif channels is None and np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 0], out[..., 2]):
