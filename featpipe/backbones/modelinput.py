@@ -33,7 +33,7 @@ from featpipe.backbones.weights import local_preprocess
 from featpipe.backbones.spec import BackboneSpec, Preprocess
 from featpipe.decoded.build import BuildResult, build
 from featpipe.decoded.cache import DecodeOptions, decoded_path
-from featpipe.imaging.base import DEFAULT_MAX_PIXELS, ImageRejected, Resize, as_resize
+from featpipe.imaging.base import DEFAULT_MAX_PIXELS, ImageRejected, Resize, as_resize, crop_offset
 from featpipe.imaging.decode import decode
 from featpipe.params.config import Params, configured_backbones
 
@@ -60,12 +60,13 @@ def decode_keys(backbones: Iterable) -> list[Resize]:
 
 
 def centre_crop(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """uint8 ``(n, S, S, C)`` decoded at :func:`decode_key` -> ``(n, input_size, input_size, C)``."""
+    """uint8 ``(n, S, S, C)`` decoded at :func:`decode_key` -> ``(n, input_size, input_size, C)`` (offsets rounded
+    as the reference does: :func:`featpipe.imaging.base.crop_offset`)."""
     size = int(pre.input_size)
     h, w = pixels.shape[1:3]
     if h < size or w < size:
         raise ValueError(f"decoded images of {h}x{w} px are smaller than the model input {size} px")
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    top, left = crop_offset(h - size, pre.resize_mode), crop_offset(w - size, pre.resize_mode)
     return np.ascontiguousarray(pixels[:, top:top + size, left:left + size])
 
 

@@ -81,7 +81,7 @@ def _side(value, what: str, where: str) -> tuple[int, str]:
                 raise FeatpipeError(f"{where}: {what} {value} is not square; featpipe decodes square images")
             return int(value["height"]), "square"
         if "shortest_edge" in value and "longest_edge" not in value:
-            return int(value["shortest_edge"]), "shorter"
+            return int(value["shortest_edge"]), "shorter-floor"  # Hugging Face's center_crop rounds down
     raise FeatpipeError(f"{where}: {what} {value!r} is not a size featpipe can reproduce "
                         "(height = width, or shortest_edge)")
 
@@ -94,7 +94,7 @@ def from_processor(cfg: dict, *, where: str = "preprocessor_config.json") -> Pre
         raise FeatpipeError(f"{where}: do_resize is false; featpipe needs a fixed input size")
     size, mode = _side(cfg.get("size"), "size", where)
     crop = size
-    if cfg.get("crop_pct") is not None and mode == "shorter":  # ConvNeXt-style: resize to size / crop_pct, crop
+    if cfg.get("crop_pct") is not None and mode == "shorter-floor":  # ConvNeXt-style: resize to size / crop_pct, crop
         crop, size = size, int(size / float(cfg["crop_pct"]))
     if cfg.get("do_center_crop"):
         crop = _side(cfg.get("crop_size", size), "crop_size", where)[0]

@@ -26,9 +26,10 @@ class Preprocess:
     processor, :mod:`featpipe.backbones.reference`) prepares them:
 
     1. decode to ``resize_size`` with the ``interpolation`` filter in ``resize_mode`` (``shorter``: shorter side
-       to ``resize_size``, centre crop to a square; ``square``: the whole image to ``resize_size x resize_size``,
-       aspect ratio not kept) -- :attr:`decoding`, the decoded cache it reads;
-    2. centre-crop ``input_size``;
+       to ``resize_size``, centre crop to a square, offsets rounded as torchvision; ``shorter-floor``: the same,
+       offsets rounded down as Hugging Face processors; ``square``: the whole image to ``resize_size x
+       resize_size``, aspect ratio not kept) -- :attr:`decoding`, the decoded cache it reads;
+    2. centre-crop ``input_size`` (offsets rounded as the mode says);
     3. ``channels`` (3: grey replicated; 1: colour averaged), scale to [0, 1], normalise with ``mean``/``std``
        (one value per channel): the network sees values in :attr:`value_range` (torchxrayvision's [-1024, 1024]
        is ``mean=0.5, std=1/2048``).
@@ -69,7 +70,8 @@ class Preprocess:
 
     def describe(self) -> str:
         """One line: ``shorter side 256 bilinear, crop 224, 3 ch, mean (...) std (...)``."""
-        how = ("whole image to" if self.resize_mode == "square" else "shorter side") + f" {self.resize_size}"
+        how = {"square": "whole image to", "shorter": "shorter side",
+               "shorter-floor": "shorter side (crop offsets floored)"}[self.resize_mode] + f" {self.resize_size}"
         crop = f", crop {self.input_size}" if self.input_size != self.resize_size else ""
         lo, hi = self.value_range
         return (f"{how} {self.interpolation}{crop}, {self.channels} ch, values [{lo:.3g}, {hi:.3g}] "

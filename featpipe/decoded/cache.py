@@ -36,7 +36,7 @@ import pandas as pd
 from featpipe.core.errors import CacheError
 from featpipe.core.provenance import mismatch
 from featpipe.core.versions import versions
-from featpipe.imaging.base import DECODER_VERSION, DEFAULT_MAX_PIXELS, Resize, as_resize
+from featpipe.imaging.base import DECODER_VERSION, DEFAULT_DRAFT, DEFAULT_MAX_PIXELS, Resize, as_resize
 from featpipe.imaging.npz import split_ref
 from featpipe.imaging.pil import DRAFT_FACTOR
 
@@ -51,7 +51,7 @@ class DecodeOptions:
     """How images are decoded into the cache (``params.decode`` and ``data.max_image_pixels``)."""
 
     workers: int = 2
-    draft: bool = True
+    draft: bool = DEFAULT_DRAFT
     max_pixels: int = DEFAULT_MAX_PIXELS
     progress: bool = True
 

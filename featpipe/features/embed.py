@@ -15,6 +15,7 @@ from featpipe.backbones.create import Backbone, create_backbone
 from featpipe.backbones.modelinput import model_input, same_channels
 from featpipe.core.runtime import Runtime
 from featpipe.features.batches import embed_batch
+from featpipe.imaging.base import DEFAULT_DRAFT
 from featpipe.imaging.memory import as_list, image_label, to_pixels
 
 
@@ -33,7 +34,7 @@ def _runtime(model, device: str, precision: str) -> Runtime:
 
 
 def embed(backbone, images, *, batch_size: int = 32, device: str = "auto", precision: str = "auto",
-          draft: bool = True) -> np.ndarray:
+          draft: bool = DEFAULT_DRAFT) -> np.ndarray:
     """Embeddings ``(N, D)`` float32 of ``images`` with ``backbone``'s own preprocessing.
 
     ``backbone``: a :class:`~featpipe.backbones.create.Backbone` (from ``create_backbone``), its ``model``, or

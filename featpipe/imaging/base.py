@@ -12,17 +12,20 @@ import numpy as np
 from PIL import Image
 
 from featpipe.core.errors import DataError
+from featpipe.params.config import DecodeParams
 
 # The resampling filters a resize may use (Pillow's, antialiased when reducing).
 FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
            "lanczos": Image.Resampling.LANCZOS}
 DEFAULT_INTERPOLATION = "bilinear"
-# How the image is brought to a square: ``shorter`` (shorter side to the size, centre crop: torchvision's
-# Resize + CenterCrop, timm's and most CNN references) or ``square`` (the whole image resized to size x size,
-# aspect ratio not kept: the SigLIP / MedSigLIP image processor; nothing of the radiograph is cut off).
-RESIZE_MODES = ("shorter", "square")
+# How the image is brought to a square: ``shorter`` (shorter side to the size, centre crop with offsets rounded:
+# torchvision's Resize + CenterCrop, timm's and most CNN references), ``shorter-floor`` (the same with offsets
+# rounded down: Hugging Face image processors' center_crop, e.g. RAD-DINO's), or ``square`` (the whole image
+# resized to size x size, aspect ratio not kept: the SigLIP / MedSigLIP image processor; nothing is cut off).
+RESIZE_MODES = ("shorter", "shorter-floor", "square")
 DEFAULT_MODE = "shorter"
 DECODER_VERSION = "1"  # bump when decoding semantics change
+DEFAULT_DRAFT = DecodeParams.draft  # JPEG reduced-scale decoding: the configured default (params.config.DecodeParams)
 
 
 def resize_method(interpolation: str = DEFAULT_INTERPOLATION, mode: str = DEFAULT_MODE) -> str:
@@ -33,7 +36,13 @@ def resize_method(interpolation: str = DEFAULT_INTERPOLATION, mode: str = DEFAUL
         raise ValueError(f"unknown resize mode {mode!r} (choose from {', '.join(RESIZE_MODES)})")
     if mode == "square":
         return f"whole-image:pil-{interpolation}-antialias"
-    return f"shorter-side:pil-{interpolation}-antialias;center-crop"
+    return f"shorter-side:pil-{interpolation}-antialias;center-crop" + ("-floor" if mode == "shorter-floor" else "")
+
+
+def crop_offset(extra: int, mode: str = DEFAULT_MODE) -> int:
+    """Offset of a centre crop that leaves ``extra`` pixels: rounded half to even as torchvision's ``CenterCrop``
+    (``shorter``), rounded down as Hugging Face's ``center_crop`` (every other mode)."""
+    return int(round(extra / 2.0)) if mode == "shorter" else extra // 2
 
 
 RESIZE_METHOD = resize_method()  # the default (bilinear) resize, recorded in the decoded cache
@@ -59,11 +68,11 @@ class Resize:
     @property
     def label(self) -> str:
         """``"<size>"`` for bilinear shorter-side (the original name of every decoded cache), else with
-        ``-<filter>`` and/or ``-square`` appended (``"518-bicubic"``, ``"448-square"``)."""
+        ``-<filter>`` and/or the mode appended (``"518-bicubic"``, ``"518-bicubic-floor"``, ``"448-square"``)."""
         out = str(self.size)
         if self.interpolation != DEFAULT_INTERPOLATION:
             out += f"-{self.interpolation}"
-        return out + ("-square" if self.mode == "square" else "")
+        return out + ("" if self.mode == DEFAULT_MODE else f"-{self.mode.removeprefix('shorter-')}")
 
     @property
     def method(self) -> str:
@@ -160,8 +169,7 @@ def resize_crop(im: Image.Image, size: int, interpolation: str = DEFAULT_INTERPO
         ow, oh = max(size, int(size * w / h)), size
     if (ow, oh) != (w, h):
         im = im.resize((ow, oh), FILTERS[interpolation])
-    top = round((oh - size) / 2.0)
-    left = round((ow - size) / 2.0)
+    top, left = crop_offset(oh - size, mode), crop_offset(ow - size, mode)
     if (ow, oh) != (size, size):
         im = im.crop((left, top, left + size, top + size))
     return im

@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from featpipe.imaging.base import (
+    DEFAULT_DRAFT,
     DEFAULT_INTERPOLATION,
     DEFAULT_MAX_PIXELS,
     ImageRejected,
@@ -74,7 +75,7 @@ def _decoded(ref: str, sizes: tuple[Resize, ...], *, draft: bool, max_pixels: in
     return {s: finish(px, s, channels) for s in sizes}, (int(px.shape[1]), int(px.shape[0]))
 
 
-def decode_sizes(ref: str, sizes, *, draft: bool = True,
+def decode_sizes(ref: str, sizes, *, draft: bool = DEFAULT_DRAFT,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict, tuple[int, int]]:
     """One image decoded once for several forms: ``({key: uint8 (size, size, C)}, upright (width, height))``
     with natural channels (as :func:`decode` with ``channels=None``); each key of ``sizes`` is a size (bilinear)
@@ -92,7 +93,7 @@ def decode(
     *,
     size: int,
     channels: int | None = None,
-    draft: bool = True,
+    draft: bool = DEFAULT_DRAFT,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     interpolation: str = DEFAULT_INTERPOLATION,
 ) -> np.ndarray:

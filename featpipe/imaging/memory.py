@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from featpipe.imaging.base import DEFAULT_MAX_PIXELS, ImageRejected, Resize, array_to_uint8, as_resize, finish
+from featpipe.imaging.base import DEFAULT_DRAFT, DEFAULT_MAX_PIXELS, ImageRejected, Resize, array_to_uint8, as_resize, finish
 from featpipe.imaging.decode import decode
 from featpipe.imaging.pil import _load, _orientation, _pil_to_uint8
 
@@ -51,7 +51,7 @@ def _array_source(arr: np.ndarray, name: str) -> np.ndarray:
     return array_to_uint8(a)
 
 
-def to_pixels(image, *, size: int | Resize, draft: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
+def to_pixels(image, *, size: int | Resize, draft: bool = DEFAULT_DRAFT, max_pixels: int = DEFAULT_MAX_PIXELS,
               name: str = "image") -> np.ndarray:
     """One image (file reference, PIL image or array) -> uint8 ``(size, size, C)``, C natural (1 or 3);
     ``size``: a size (bilinear) or a :class:`~featpipe.imaging.base.Resize` (size and filter).

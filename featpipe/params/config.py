@@ -82,7 +82,10 @@ class SplitParams:
 @dataclass(frozen=True)
 class DecodeParams:
     workers: int = 2  # decoding processes
-    draft: bool = True  # reduced-scale JPEG decoding when the target is small
+    # reduced-scale (DCT) JPEG decoding when the target is small: off by default, because it changes pixels against
+    # the references' full decode (up to 8 grey levels on real radiographs at 224 px; benchmarks/results/parity.md)
+    # for ~2.5x faster decoding of large JPEGs. The one default of every decoding function (imaging.base.DEFAULT_DRAFT).
+    draft: bool = False
 
 
 @dataclass(frozen=True)
