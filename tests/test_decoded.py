@@ -19,7 +19,7 @@ from featpipe.decoded.cache import (
     decoded_path,
 )
 from featpipe.core.errors import CacheError, DataError
-from featpipe.imaging.base import RESIZE_METHOD
+from featpipe.imaging.base import DEFAULT_DRAFT, RESIZE_METHOD
 from featpipe.imaging.decode import decode
 from featpipe.backbones.modelinput import to_tensor_batch
 
@@ -69,7 +69,7 @@ def test_round_trip_and_attrs(tmp_path, images):
         np.testing.assert_array_equal(reader[i], decode(str(p), size=SIZE))
     attrs = reader.attrs
     assert attrs["size"] == SIZE and attrs["resize_method"] == RESIZE_METHOD and attrs["complete"]
-    assert attrs["draft"] and len(attrs["rows_sha256"]) == 64 and attrs["featpipe_version"]
+    assert attrs["draft"] == DEFAULT_DRAFT is False and len(attrs["rows_sha256"]) == 64 and attrs["featpipe_version"]
     with h5py.File(path, "r") as f:  # readable without featpipe
         assert f["images"].dtype == np.uint8 and f["images"].chunks == (1, SIZE, SIZE, 1)
         assert [s.decode() for s in f["sha256"][()]] == manifest["sha256"].tolist()
@@ -224,8 +224,10 @@ def test_to_tensor_batch():
     rgb = np.zeros((1, 2, 2, 3), np.uint8)
     rgb[..., 1] = 51
     assert torch.allclose(to_tensor_batch(rgb, (0, 0, 0), (1, 1, 1))[0, :, 0, 0], torch.tensor([0.0, 0.2, 0.0]))
+    # a one-channel backbone (torchxrayvision) gets the mean of the colour channels, as its reference does
+    assert torch.allclose(to_tensor_batch(rgb, (0,), (1,), channels=1)[0, :, 0, 0], torch.tensor([0.2 / 3]))
     with pytest.raises(ValueError):
-        to_tensor_batch(rgb, (0,), (1,), channels=1)
+        to_tensor_batch(np.zeros((1, 2, 2, 4), np.uint8), (0,) * 3, (1,) * 3)
 
 
 def test_missing_cache_is_a_one_line_error(tmp_path):

@@ -163,18 +163,18 @@ def test_decode_sizes_drafts_per_scale_and_still_detects_truncation(tmp_path, mo
     loads = []
     real = imaging._load
     monkeypatch.setattr(imaging, "_load", lambda im, ref: (loads.append(im.size), real(im, ref))[1])
-    pixels, dims = decode_sizes(path, (64, 128, 600))
+    pixels, dims = decode_sizes(path, (64, 128, 600), draft=True)
     assert dims == (1600, 1200)
     assert loads == [(200, 150), (400, 300), (1600, 1200)]  # 1/8 and 1/4 DCT scales, 600 px needs the full image
     for size in (64, 128, 600):
-        np.testing.assert_array_equal(pixels[size], decode(path, size=size))
+        np.testing.assert_array_equal(pixels[size], decode(path, size=size, draft=True))
     loads.clear()
-    decode_sizes(path, (64, 70))  # both drafted to the same 1/8 scale: one decode
+    decode_sizes(path, (64, 70), draft=True)  # both drafted to the same 1/8 scale: one decode
     assert loads == [(200, 150)]
     data = Path(path).read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(ImageRejected) as err:
-        decode_sizes(str(tmp_path / "cut.jpg"), (64,))  # drafted decoding still reads the whole stream
+        decode_sizes(str(tmp_path / "cut.jpg"), (64,), draft=True)  # drafted decoding still reads the whole stream
     assert err.value.reason == "truncated"
 
 

@@ -23,7 +23,7 @@ from featpipe.data.prepare import prepare
 from featpipe.decoded.cache import DecodedImages, DecodeOptions, decoder_identity
 from featpipe.features import cache as featcache
 from featpipe.features.extract import extract
-from featpipe.imaging.base import Resize
+from featpipe.imaging.base import DEFAULT_DRAFT, Resize
 from featpipe.imaging.decode import decode
 from featpipe.imaging.memory import to_pixels
 from featpipe.params.config import ExtractParams, load_params
@@ -55,7 +55,7 @@ def test_bicubic_backbone_decodes_with_pil_bicubic(figure1_dir, tmp_path):
     form = decode_key("efficientnet_b4")
     assert form == Resize(384, "bicubic")  # EfficientNet-B4's preprocessing: 384 px, bicubic
     cached = {}
-    for draft in (False, True):  # whole-image decoding (compared with Pillow), and the pipeline's default
+    for draft in (False, True):  # whole-image decoding (the default, compared with Pillow), and JPEG draft
         res = ensure_decoded(manifest, ["efficientnet_b4"], cache_dir=tmp_path / str(draft), dataset="f1",
                              options=DecodeOptions(1, draft=draft, progress=False))
         assert res.paths[form].name == "decoded-384-bicubic.h5"
@@ -63,7 +63,7 @@ def test_bicubic_backbone_decodes_with_pil_bicubic(figure1_dir, tmp_path):
             assert "bicubic" in r.attrs["resize_method"]
             cached[draft] = r.read(r.index_of(manifest["id"]))
     ok, pixels, _ = decode_files([str(f) for f in files], form)  # predict's path: the pixels of the cache
-    np.testing.assert_array_equal(np.stack(pixels), cached[True])
+    np.testing.assert_array_equal(np.stack(pixels), cached[DEFAULT_DRAFT])
     for f, row in zip(files, cached[False]):
         ref = _pil_reference(f, 384, Image.BICUBIC)
         np.testing.assert_array_equal(row[..., 0], ref)
@@ -108,8 +108,8 @@ def test_same_size_other_filter_gets_its_own_cache_and_decode_builds_both(tmp_pa
     res = extract(data / "manifest.csv", backbone=bicubic_twin, dataset="it", cache_dir=cache, progress=False,
                   params=ExtractParams(precision="fp32", device="cpu", batch_size=8))
     decoder = featcache.read_attrs(res.path)["decoder"]
-    assert decoder == decoder_identity(Resize(32, "bicubic"), True) and "bicubic" in decoder["resize_method"]
-    recorded = {"decoder": decoder_identity(32, True)}  # features made from bilinear pixels ...
+    assert decoder == decoder_identity(Resize(32, "bicubic"), DEFAULT_DRAFT) and "bicubic" in decoder["resize_method"]
+    recorded = {"decoder": decoder_identity(32, DEFAULT_DRAFT)}  # features made from bilinear pixels ...
     why = featcache.provenance_mismatch(recorded, {"decoder": decoder})  # ... are not features of bicubic ones
     assert why is not None and "resize_method" in why
     with DecodedImages(cache / "it" / "decoded-32-bicubic.h5") as b:  # extraction read the bicubic cache as is

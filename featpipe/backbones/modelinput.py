@@ -113,7 +113,7 @@ def decode_files(refs: Sequence[str], size: int | Resize, *, max_pixels: int | N
     ok, pixels, rejects = [], [], []
     for r in refs:
         try:
-            pixels.append(decode(r, size=form.size, interpolation=form.interpolation,
+            pixels.append(decode(r, size=form,
                                  max_pixels=max_pixels or DEFAULT_MAX_PIXELS))
             ok.append(r)
         except ImageRejected as exc:

@@ -43,7 +43,7 @@ from featpipe.decoded.cache import (
     strings,
 )
 from featpipe.decoded.writer import Writer
-from featpipe.imaging.base import DEFAULT_MAX_PIXELS, ImageRejected, Resize, as_resize
+from featpipe.imaging.base import DEFAULT_DRAFT, DEFAULT_MAX_PIXELS, ImageRejected, Resize, as_resize
 from featpipe.imaging.decode import decode_sizes
 
 _BLOCK = 64  # rows per copy block (flat memory)
@@ -150,7 +150,7 @@ def _plans(ids: list[str], shas: list[str], result: BuildResult, *, draft: bool
     return plans
 
 
-def build_decoded(manifest: pd.DataFrame, *, size: int | Resize, path: Path, workers: int = 2, draft: bool = True,
+def build_decoded(manifest: pd.DataFrame, *, size: int | Resize, path: Path, workers: int = 2, draft: bool = DEFAULT_DRAFT,
                   progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
     """One decoded form (a size, bilinear, or a :class:`~featpipe.imaging.base.Resize`): :func:`build` for
     ``{size: path}``; returns ``path``."""

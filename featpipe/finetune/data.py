@@ -26,7 +26,7 @@ from featpipe.backbones.spec import Preprocess
 from featpipe.core.errors import DataError
 from featpipe.decoded.cache import DecodedImages
 from featpipe.finetune.augment import Augment, augment_batch
-from featpipe.imaging.base import Resize, as_resize
+from featpipe.imaging.base import DEFAULT_DRAFT, Resize, as_resize
 from featpipe.imaging.decode import decode
 
 
@@ -51,11 +51,11 @@ class DecodingImages:
     """Decodes each image from its manifest path on every read (slow on purpose: the baseline)."""
 
     def __init__(self, refs: Mapping[str, str], *, size: int | Resize, channels: int | None = None,
-                 draft: bool = True):
+                 draft: bool = DEFAULT_DRAFT):
         self.refs, self.form, self.channels, self.draft = dict(refs), as_resize(size), channels, draft
 
     def read(self, ids: Sequence[str]) -> np.ndarray:
-        imgs = [decode(self.refs[i], size=self.form.size, interpolation=self.form.interpolation,
+        imgs = [decode(self.refs[i], size=self.form,
                        channels=self.channels, draft=self.draft) for i in ids]
         if len({im.shape[-1] for im in imgs}) > 1:  # grey and colour in one batch: grey replicated
             imgs = [np.repeat(im, 3, axis=-1) if im.shape[-1] == 1 else im for im in imgs]

@@ -32,7 +32,6 @@ import numpy as np
 
 from featpipe.imaging.base import (
     DEFAULT_DRAFT,
-    DEFAULT_INTERPOLATION,
     DEFAULT_MAX_PIXELS,
     ImageRejected,
     Resize,
@@ -91,19 +90,20 @@ def decode_sizes(ref: str, sizes, *, draft: bool = DEFAULT_DRAFT,
 def decode(
     ref: str,
     *,
-    size: int,
+    size: int | Resize,
     channels: int | None = None,
     draft: bool = DEFAULT_DRAFT,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    interpolation: str = DEFAULT_INTERPOLATION,
+    interpolation: str | None = None,
 ) -> np.ndarray:
-    """One image reference -> uint8 ``(size, size, C)`` resized with ``interpolation`` (bilinear, bicubic,
-    lanczos); C = ``channels``, or natural (1 gray, 3 colour)."""
+    """One image reference -> uint8 ``(size, size, C)``. ``size``: a decoded form (:class:`Resize`: size, filter
+    and mode) or a plain size, resized with ``interpolation`` (bilinear by default) in the default mode;
+    C = ``channels``, or natural (1 gray, 3 colour)."""
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
-    if size < 1:
-        raise ValueError(f"size must be positive, got {size!r}")
-    form = Resize(int(size), interpolation)
+    form = as_resize(size)
+    if interpolation is not None:
+        form = Resize(form.size, interpolation, form.mode)
     return _decoded(str(ref), (form,), draft=draft, max_pixels=max_pixels, channels=channels)[0][form]
 
 

@@ -60,7 +60,7 @@ def to_pixels(image, *, size: int | Resize, draft: bool = DEFAULT_DRAFT, max_pix
     an array of the wrong shape or dtype raises ``ValueError``; ``name`` names an in-memory image in errors."""
     form = as_resize(size)
     if isinstance(image, (str, Path)):
-        return decode(str(image), size=form.size, interpolation=form.interpolation, draft=draft,
+        return decode(str(image), size=form, draft=draft,
                       max_pixels=max_pixels)
     if isinstance(image, Image.Image):
         source = _pil_source(image, name)
