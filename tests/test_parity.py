@@ -78,3 +78,30 @@ def test_processor_configs_featpipe_cannot_reproduce_are_one_line_errors():
     with pytest.raises(FeatpipeError, match="longest_edge"):
         from_processor({**base, "size": {"shortest_edge": 224, "longest_edge": 1333}})
     assert ProcessorConfig.of(base, "x")() == Preprocess(448, 448, (0.5,) * 3, (0.5,) * 3, "bilinear", "square")
+
+
+def test_which_features_is_recorded_and_a_features_variant_is_its_own_backbone(tmp_path, monkeypatch):
+    """``tiny_dino`` embeds its CLS token, ``tiny_dino#mean`` the mean of its patch tokens: two caches, two sets of
+    rows, each saying which features it holds (cache attribute ``features``, runs.csv column ``features``)."""
+    import pandas as pd
+
+    from featpipe.cli.main import main
+    from featpipe.features import cache as featcache
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
+    (tmp_path / "params.yaml").write_text(
+        "data: {name: demo, source: synthetic, path: data/synthetic, synthetic: {images_per_class: 12, size: 32}}\n"
+        "split: {seeds: [0], shots: [3], val_fraction: 0.2, test_fraction: 0.3}\n"
+        "extract: {backbones: [tiny_dino, 'tiny_dino#mean'], precision: fp32, device: cpu}\nfit: {n_jobs: 1}\n")
+    assert main(["prepare"]) == 0
+    assert main(["extract", "--no-progress"]) == 0
+    cls, mean = (featcache.read_features(f"cache/demo/{n}.h5") for n in ("tiny_dino", "tiny_dino_mean"))
+    assert (cls.attrs["features"], mean.attrs["features"]) == ("cls", "mean")
+    assert not np.allclose(cls.features, mean.features)
+    for backbone in ("tiny_dino", "tiny_dino#mean"):
+        assert main(["fit", "--backbone", backbone, "--head", "logistic", "--shots", "3", "--seeds", "0"]) == 0
+    runs = pd.read_csv("results/runs.csv")
+    assert dict(zip(runs["backbone"], runs["features"])) == {"tiny_dino": "cls", "tiny_dino#mean": "mean"}
+    with pytest.raises(FeatpipeError, match="cannot embed 'avgpool'"):
+        registry.get("tiny_dino#avgpool")

@@ -7,7 +7,8 @@ Layout (readable with plain ``h5py``, ``pandas`` or ``h5dump``; no featpipe need
       ids       (N,) utf-8 strings: the manifest ids, in manifest order
       labels    (N,) int64: the manifest labels
       sha256    (N,) utf-8 strings: sha256 of each image's bytes (what incremental runs compare)
-      attrs     backbone, weights, weights_id, layer ("" = final embedding), preprocess (JSON),
+      attrs     backbone, weights, weights_id, layer ("" = final embedding), features (which embedding:
+                avgpool, cls, mean, pooler, image_embeds), preprocess (JSON),
                 manifest_sha256, embedding_dim, precision, device, featpipe_version, torch_version,
                 torchvision_version, transformers_version, complete (bool), batch_size,
                 and for a shard file: shard ("i/n"), shard_rows ("start:stop" in the manifest)
@@ -37,7 +38,7 @@ from featpipe.core.provenance import mismatch
 
 STR = h5py.string_dtype("utf-8")
 # Attributes whose values must match the request for a cached row to be reused (besides id + sha256).
-VALIDITY_KEYS = ("backbone", "weights_id", "layer", "preprocess", "embedding_dim", "precision", "decoder",
+VALIDITY_KEYS = ("backbone", "weights_id", "layer", "features", "preprocess", "embedding_dim", "precision", "decoder",
                  "feature_dtype")
 _JSON_ATTRS = ("preprocess", "decoder")  # dict-valued attributes, stored as JSON
 _CHUNK_BYTES = 1 << 20

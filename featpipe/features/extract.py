@@ -102,7 +102,7 @@ def extract(manifest: str | Path | pd.DataFrame, *, backbone: str, dataset: str,
     engine = engine or LocalExecutor()
     device, precision = _placement(engine, params, spec)
     dim = spec.output_dim(layer)
-    expected = {"backbone": spec.name, "weights_id": ref.identity, "layer": layer or "",
+    expected = {"backbone": spec.name, "weights_id": ref.identity, "layer": layer or "", "features": spec.features,
                 "preprocess": spec.preprocess.to_dict(), "embedding_dim": dim, "precision": precision,
                 "decoder": decoder_identity(spec.preprocess.decoding, decode.draft),
                 "feature_dtype": params.feature_dtype}

@@ -146,7 +146,8 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
     key = {"dataset": splits.dataset, "backbone": data.backbone, "weights": data.weights,
            "weights_id": data.attrs.get("weights_id", ""), "layer": data.layer, "head": head,
            "head_params": canonical_params(hp), "shots": int(shots), "seed": int(seed), "split_sha256": splits.sha256}
-    own = {"scaler_ids_sha256": ids_sha256(splits.train) if params.heads.scaler in ("pool", "center") else "",
+    own = {"features": data.attrs.get("features", ""),  # which embedding the cache holds (cls, mean, avgpool, ...)
+           "scaler_ids_sha256": ids_sha256(splits.train) if params.heads.scaler in ("pool", "center") else "",
            "cv_used": bool(getattr(clf, "cv_used_", False)),
            "chosen_params": canonical_params(getattr(clf, "best_params_", {}))}
     test = Outputs(list(splits.test), data.y[data.test], proba[va.size:])
