@@ -4,8 +4,8 @@
   and finds the rows of the images to embed;
 - :class:`DecodedBatches` reads decoded-cache rows as uint8 crops at the model's input size;
 - :class:`ModelFactory` builds the frozen model on the :class:`~featpipe.core.runtime.Runtime` it is given;
-- :func:`model_input` and :func:`embed_batch` turn crops into the normalised batch and the batch into
-  float32 embeddings.
+- :func:`model_input` and :func:`embed_batch` turn crops into the normalised batch (pinned for a CUDA device) and
+  the batch into float32 embeddings.
 """
 
 from __future__ import annotations
@@ -92,9 +92,12 @@ def read_batch(reader, rows, spec) -> np.ndarray:
     return centre_crop(reader.read(rows), spec.preprocess)
 
 
-def model_input(images: np.ndarray, spec):
-    """Cropped uint8 images -> the normalised float32 ``(n, 3, H, W)`` batch the model takes."""
-    return normalise(images, spec.preprocess)
+def model_input(images: np.ndarray, spec, *, pin: bool = False):
+    """Cropped uint8 images -> the normalised float32 ``(n, C, H, W)`` batch the model takes; ``pin``: in pinned
+    (page-locked) memory, so that the copy to a CUDA device is asynchronous (made in the engine's reading thread,
+    while the device runs the previous batch)."""
+    x = normalise(images, spec.preprocess)
+    return x.pin_memory() if pin else x
 
 
 def embed_batch(model, x, *, runtime: Runtime) -> np.ndarray:

@@ -229,11 +229,12 @@ def _run_batches(job: _Job, todo: np.ndarray, partial, *, cache_dir, dataset, pa
     b = params.batch_size
     read = DecodedBatches(path, spec.preprocess)
     side = spec.preprocess.input_size
+    pin = str(job.device).startswith("cuda")  # pinned batches: asynchronous copies to the GPU
     stream = engine.embed([drows[s:s + b] for s in range(0, len(drows), b)], read=read,
-                          prepare=functools.partial(model_input, spec=spec), progress=progress,
+                          prepare=functools.partial(model_input, spec=spec, pin=pin), progress=progress,
                           model_factory=ModelFactory(spec, job.ref, job.layer, device=str(job.device),
                                                      precision=job.precision, net=net),
-                          item_bytes=b * side * side * 3)
+                          item_bytes=b * side * side * spec.preprocess.channels)
     where = "" if engine.interactive else f" ({engine.name})"
     bar = tqdm(total=partial.total, initial=start, unit="img", desc=f"extract {spec.name}{where}",
                disable=not progress, dynamic_ncols=True)
