@@ -131,3 +131,36 @@ def table(rows: list[Parity]) -> str:
         lines.append(f"| {r.backbone} | {len(r.files)} | {r.input_max_diff:.3f} | {r.input_mean_diff:.4f} | "
                      f"{r.lowest_cosine:.7f} | {r.reference} |")
     return "\n".join(lines)
+
+
+def torchvision_table() -> dict:
+    """What the installed torchvision's ``transforms()`` gives for every registered torchvision member."""
+    from featpipe.backbones.reference import TorchvisionTransforms
+
+    refs = {registry.get(n).reference for n in registry.names(tiny=False)}
+    return {r.enum: dict(r.live().__dict__) for r in sorted((r for r in refs if isinstance(r, TorchvisionTransforms)),
+                                                               key=lambda r: r.enum)}
+
+
+def write_torchvision_table(path: Path) -> None:
+    """Regenerate featpipe/backbones/torchvision_transforms.py from the installed torchvision."""
+    import torchvision
+
+    body = "".join(f"    {e!r}: {r!r},\n" for e, r in torchvision_table().items())
+    path.write_text(f'''"""What ``<Enum>.transforms()`` gives for featpipe's torchvision members, generated from torchvision
+{torchvision.__version__} by ``python tests/parity.py --write-torchvision-table`` (do not edit: regenerate). Read by
+:class:`featpipe.backbones.reference.TorchvisionTransforms` without importing torch; tests/test_parity.py compares
+it with the installed torchvision."""
+
+TORCHVISION_VERSION = {torchvision.__version__!r}
+TORCHVISION_TRANSFORMS = {{
+{body}}}
+''')
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--write-torchvision-table"]:
+        write_torchvision_table(Path(__file__).resolve().parents[1] / "featpipe" / "backbones" /
+                                "torchvision_transforms.py")

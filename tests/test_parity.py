@@ -52,6 +52,19 @@ def test_medsiglip_resizes_the_whole_radiograph_and_rad_dino_floors_its_crop():
     assert (eff.resize_size, eff.input_size, eff.interpolation) == (384, 380, "bicubic")
 
 
+def test_the_torchvision_table_is_what_the_installed_torchvision_gives():
+    """prepare reads torchvision members' preprocessing from a generated table (no torch import); it must equal
+    ``Weights.transforms()`` of the installed torchvision (else: python tests/parity.py --write-torchvision-table)."""
+    from featpipe.backbones.reference import TorchvisionTransforms
+    from featpipe.backbones.torchvision_transforms import TORCHVISION_TRANSFORMS
+    from tests.parity import torchvision_table
+
+    assert torchvision_table() == TORCHVISION_TRANSFORMS
+    assert {registry.get(n).pretrained for n in TORCHVISION} == set(TORCHVISION_TRANSFORMS)
+    spec = registry.get("efficientnet_b4")
+    assert spec.preprocess == TorchvisionTransforms(spec.pretrained).live()
+
+
 def test_a_snapshot_with_chest_xray_statistics_is_used_as_published_not_refused(tmp_path, monkeypatch):
     """A RAD-DINO folder whose processor normalises with other statistics and another size: featpipe follows it."""
     spec = registry.get("rad_dino")

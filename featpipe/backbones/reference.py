@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from featpipe.backbones.spec import Preprocess
+from featpipe.backbones.torchvision_transforms import TORCHVISION_TRANSFORMS
 from featpipe.core.errors import FeatpipeError, WeightsError
 
 # PIL resampling codes, as image processors record them
@@ -39,7 +40,12 @@ class Fixed:
 
 @dataclass(frozen=True)
 class TorchvisionTransforms:
-    """``<Enum>.transforms()`` of a torchvision weight enum (``ResNet50_Weights.IMAGENET1K_V1``)."""
+    """``<Enum>.transforms()`` of a torchvision weight enum (``ResNet50_Weights.IMAGENET1K_V1``).
+
+    Read from :mod:`featpipe.backbones.torchvision_transforms`, a table generated from the installed torchvision
+    (``python tests/parity.py --write-torchvision-table``) so that ``prepare`` and ``decode`` know the preprocessing without
+    importing torch; :meth:`live` reads torchvision itself, and building a network checks the two agree
+    (:func:`featpipe.backbones.weights.resolve_spec`), so a torchvision whose transforms changed is followed."""
 
     enum: str
 
@@ -48,6 +54,11 @@ class TorchvisionTransforms:
         return f"torchvision {self.enum}.transforms()"
 
     def __call__(self) -> Preprocess:
+        row = TORCHVISION_TRANSFORMS.get(self.enum)
+        return Preprocess(**row) if row is not None else self.live()
+
+    def live(self) -> Preprocess:
+        """The preprocessing read from the installed torchvision now (imports it)."""
         import torchvision.models as tvm
 
         enum_name, member = self.enum.split(".")
@@ -129,3 +140,4 @@ def folder_config(folder: str | Path) -> Optional[ProcessorConfig]:
     if not isinstance(cfg, dict):
         raise WeightsError(f"{path} is not an image processor config (a JSON object)")
     return ProcessorConfig.of(cfg, str(path))
+

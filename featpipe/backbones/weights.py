@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from featpipe.backbones.reference import folder_config
+from featpipe.backbones.reference import Fixed, TorchvisionTransforms, folder_config
 from featpipe.backbones.registry import hf_names
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.core.errors import WeightsError
@@ -250,10 +250,15 @@ def load_hf_folder(spec: BackboneSpec, folder: str | Path):
 
 
 def with_weights(spec: BackboneSpec, ref: WeightsRef) -> BackboneSpec:
-    """``spec`` with the preprocessing of the weights ``ref``: a Hugging Face folder's own
+    """``spec`` with the preprocessing of the weights ``ref``: torchvision's ``transforms()`` as installed (when it
+    differs from featpipe's generated table, :mod:`featpipe.backbones.torchvision_transforms`); a Hugging Face folder's own
     ``preprocessor_config.json`` (:func:`featpipe.backbones.reference.folder_config`) wins over the registered
     reference, so a snapshot that normalises with other statistics (RAD-DINO's chest X-ray mean/std) is used
     as its authors' code would use it, never refused and never fed the registered statistics."""
+    if ref.kind == "torchvision" and isinstance(spec.reference, TorchvisionTransforms):
+        live = spec.reference.live()  # torchvision is imported to build the network anyway
+        return spec if live == spec.preprocess else replace(
+            spec, reference=Fixed(live, f"{spec.reference.source} (installed torchvision)"))
     if ref.kind != "hf_folder":
         return spec
     config = folder_config(ref.source)
