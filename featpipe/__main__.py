@@ -1,3 +1,6 @@
+"""``python -m featpipe``: the command line (as the ``featpipe`` console script)."""
+
 from featpipe.cli.main import entry
 
-entry()
+if __name__ == "__main__":
+    entry()
