@@ -53,7 +53,8 @@ def as_proba(proba, n_classes: int) -> np.ndarray:
 
 
 def predict_labels(proba, *, n_classes: int, threshold: float | None = None) -> np.ndarray:
-    """Labels from probabilities: binary ``p1 >= threshold`` (0.5 when None), else arg-max."""
+    """Labels from probabilities: binary ``p1 >= threshold`` (0.5 when None; a score equal to the threshold is
+    positive), else arg-max (equal top probabilities: the first class in ``classes`` order)."""
     p = as_proba(proba, n_classes)
     if n_classes == 2:
         return (p[:, 1] >= (0.5 if threshold is None else float(threshold))).astype(np.int64)
@@ -62,19 +63,36 @@ def predict_labels(proba, *, n_classes: int, threshold: float | None = None) -> 
     return p.argmax(axis=1).astype(np.int64)
 
 
+SCORE_TOL = 1e-9  # scores closer than this are one value (numerical noise), for thresholds and ties alike
+
+
+def score_gaps(s) -> tuple[np.ndarray, np.ndarray]:
+    """(below, above): the pairs of adjacent distinct values of the scores ``s`` that are at least
+    :data:`SCORE_TOL` apart; values closer than that (rounding noise) are one value and never split."""
+    u = np.unique(np.asarray(s, dtype=np.float64))
+    big = np.flatnonzero(np.diff(u) >= SCORE_TOL)
+    return u[big], u[big + 1]
+
+
 def choose_threshold(y_val, proba_val) -> float:
     """Threshold on ``p(classes[1])`` maximising Youden's J (= balanced accuracy) on the **validation** set.
 
-    Candidates are midpoints between consecutive distinct scores (plus the ends), so the threshold
-    separates the val scores rather than sitting on one; ties go to the candidate nearest 0.5.
+    Candidates are midpoints between adjacent distinct val scores (:func:`score_gaps`: scores closer than
+    :data:`SCORE_TOL` count as one, so a threshold never splits values that differ only by rounding noise), plus
+    one below the lowest and one above the highest score (half-way to 0 and to 1, at least ``SCORE_TOL`` away).
+    Ties in J go to the candidate nearest 0.5, then to the lower one. Prediction is ``p >= threshold``; as the
+    threshold lies half a gap (>= ``SCORE_TOL / 2``) from every val score, no val image sits on it.
     A val set with a single class gives no information: 0.5 is returned.
     """
     y = np.asarray(y_val).astype(np.int64)
     s = as_proba(proba_val, 2)[:, 1]
     if y.size == 0 or np.unique(y).size < 2:
         return 0.5
-    u = np.unique(s)
-    cands = np.concatenate([[u[0] - 1e-9], (u[:-1] + u[1:]) / 2.0, [u[-1] + 1e-9]]) if u.size > 1 else np.array([u[0]])
+    below, above = score_gaps(s)
+    lo, hi = float(s.min()), float(s.max())
+    low = min(lo / 2.0, lo - SCORE_TOL)
+    high = max((hi + 1.0) / 2.0, hi + SCORE_TOL)
+    cands = np.concatenate([[low], (below + above) / 2.0, [high]])
     pos = s[y == 1]
     neg = s[y == 0]
     # sensitivity(t) = P(pos >= t), specificity(t) = P(neg < t), computed for all candidates at once
@@ -82,7 +100,7 @@ def choose_threshold(y_val, proba_val) -> float:
     spec = np.searchsorted(np.sort(neg), cands, side="left") / neg.size
     j = sens + spec - 1.0
     best = np.flatnonzero(j >= j.max() - 1e-12)
-    pick = best[np.argmin(np.abs(cands[best] - 0.5))]
+    pick = best[np.argmin(np.abs(cands[best] - 0.5))]  # argmin: the first (lowest) of equally near candidates
     return float(cands[pick])
 
 
