@@ -23,7 +23,7 @@ from featpipe.core.fileio import atomic_write
 from featpipe.core.names import config_name, params_tag
 from featpipe.evaluation.metrics import SUMMARY_METRICS
 from featpipe.evaluation.table import KEY_COLUMNS, RUNS_CSV, key_frame, read_runs
-from featpipe.results.stats import clinical_check, n_classes_of, seed_summary
+from featpipe.results.stats import Sampling, clinical_check, n_classes_of, seed_summary, test_size
 
 METRICS_JSON = "metrics.json"
 LOWER_IS_BETTER = ("brier",)
@@ -56,12 +56,14 @@ def _better(metric: str, a: float, b: float) -> bool:
 
 
 def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = None, select_metric: str | None = None,
-                   metrics: Iterable[str] = SUMMARY_METRICS) -> dict:
+                   metrics: Iterable[str] = SUMMARY_METRICS, sampling: Sampling | None = None) -> dict:
     """{config name: {metric: seed_summary(...), "val_<metric>": ..., "n_seeds", "n_degenerate", "chosen_on_val",
     "clinical_grade", "clinical_failed", "head_params", "shots"}} from the rows of ``split_sha256``.
 
     ``chosen_on_val``: the configuration with the best mean ``val_<select_metric>`` among those with no
-    degenerate run, per (dataset, shots); only that one can be clinical-grade."""
+    degenerate run, per (dataset, shots); only that one can be clinical-grade. ``sampling``: the test-sampling
+    variance from the predictions (:func:`featpipe.results.stats.seed_summary`); without it the test units are
+    images. ``test_size`` says what the clinical flag's lower bounds rest on."""
     df, _ = current_split(df, split_sha256)
     if df.empty:
         return {}
@@ -77,7 +79,7 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
         if names.count(name) > 1:
             name += f"#{params_tag([row['head_params'], row['weights_id'], row['split_sha256']])}"
         n_classes = n_classes_of(g)
-        entry = {m: seed_summary(g, m, n_classes=n_classes) for m in metrics if m in g.columns}
+        entry = {m: seed_summary(g, m, n_classes=n_classes, sampling=sampling) for m in metrics if m in g.columns}
         entry |= {f"val_{m}": seed_summary(g, f"val_{m}", n_classes=n_classes)
                   for m in metrics if f"val_{m}" in g.columns}
         entry["n_seeds"] = int(g["seed"].nunique())
@@ -93,6 +95,7 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
         failed = clinical_check(entry, n_classes=entry["n_classes"], params=clinical, chosen_on_val=entry["chosen_on_val"])
         entry["clinical_grade"] = not failed
         entry["clinical_failed"] = failed
+        entry["test_size"] = test_size(entry.get("accuracy", {}))
     return out
 
 
@@ -178,22 +181,28 @@ def degenerate_lines(rows: Iterable[Mapping], limit: int = 10) -> list[str]:
 
 
 def format_summary(summary: Mapping[str, Mapping]) -> str:
-    """Plain-text tables (one per configuration): metric, mean, std, 95% CI, min, max, spread."""
+    """Plain-text tables (one per configuration): metric, mean, std, the 95% headline interval (seed and test
+    luck), min, max, spread."""
     lines = []
     for name, entry in summary.items():
         if name.startswith("_"):
             continue
-        flag = "yes" if entry.get("clinical_grade") else "no"
+        flag = f"yes, {entry.get('test_size', '')}" if entry.get("clinical_grade") else "no"
         if entry.get("clinical_failed"):
             flag += " (" + "; ".join(entry["clinical_failed"]) + ")"
         degen = f"; {entry['n_degenerate']} degenerate run(s)" if entry.get("n_degenerate") else ""
         lines.append(f"{name}  ({entry.get('n_seeds', '?')} seeds{degen}; clinical-grade: {flag})")
-        lines.append(f"  {'metric':<22}{'mean':>8}{'std':>8}   {'95% CI':<17}{'min':>8}{'max':>8}{'spread':>8}")
+        lines.append(f"  {'metric':<22}{'mean':>8}{'std':>8}   {'95% CI (both)':<17}{'seeds':<17}{'test':<17}"
+                     f"{'min':>8}{'max':>8}{'spread':>8}")
+
+        def pair(s, lo, hi):
+            return "-" if not math.isfinite(s.get(lo, math.nan)) else f"[{s[lo]:.3f}, {s[hi]:.3f}]"
+
         for metric, s in entry.items():
             if not isinstance(s, Mapping) or "mean" not in s or s.get("n", 0) == 0:
                 continue
-            ci = "-" if not math.isfinite(s["ci_low"]) else f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
             std = "-" if not math.isfinite(s["std"]) else f"{s['std']:.3f}"
-            lines.append(f"  {metric:<22}{s['mean']:>8.3f}{std:>8}   {ci:<17}{s['min']:>8.3f}{s['max']:>8.3f}"
-                         f"{s['spread']:>8.3f}")
+            lines.append(f"  {metric:<22}{s['mean']:>8.3f}{std:>8}   {pair(s, 'ci_low', 'ci_high'):<17}"
+                         f"{pair(s, 'seed_low', 'seed_high'):<17}{pair(s, 'test_low', 'test_high'):<17}"
+                         f"{s['min']:>8.3f}{s['max']:>8.3f}{s['spread']:>8.3f}")
     return "\n".join(lines)
