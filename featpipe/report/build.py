@@ -29,7 +29,7 @@ from featpipe.evaluation.table import read_predictions, read_runs
 from featpipe.params.config import Params, to_dict
 from featpipe.report import plots, selection
 from featpipe.report.html import page, table
-from featpipe.results.compare import TestPredictions
+from featpipe.results.predictions import TestPredictions
 from featpipe.results.summary import current_split
 
 CURVE_METRICS = ("macro_f1", "accuracy", "balanced_accuracy", "auroc", "auprc")

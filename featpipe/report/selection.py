@@ -12,7 +12,8 @@ import pandas as pd
 from featpipe.core.names import config_name
 from featpipe.report.html import table
 from featpipe.report.plots import METRIC_LABELS
-from featpipe.results.compare import COMPARISONS_CSV, bootstrap_interval, seed_comparisons, verdict
+from featpipe.results.compare import COMPARISONS_CSV, seed_comparisons, verdict
+from featpipe.results.predictions import bootstrap_interval
 from featpipe.results.summary import config_labels, degenerate_flags, select_best, summarize_runs
 
 

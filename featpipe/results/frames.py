@@ -12,7 +12,8 @@ import pandas as pd
 
 from featpipe.evaluation.metrics import SUMMARY_METRICS
 from featpipe.params.config import ClinicalParams, CompareParams, ReportParams, build
-from featpipe.results.compare import TestPredictions, compare_runs
+from featpipe.results.compare import compare_runs
+from featpipe.results.predictions import TestPredictions
 from featpipe.results.summary import summarize_runs
 
 _STATS = ("ci_low", "ci_high", "std")
