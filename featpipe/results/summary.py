@@ -62,8 +62,9 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
 
     ``chosen_on_val``: the configuration with the best mean ``val_<select_metric>`` among those with no
     degenerate run, per (dataset, shots); only that one can be clinical-grade. ``sampling``: the test-sampling
-    variance from the predictions (:func:`featpipe.results.stats.seed_summary`); without it the test units are
-    images. ``test_size`` says what the clinical flag's lower bounds rest on."""
+    variance from the predictions (:func:`featpipe.results.stats.seed_summary`), applied to the configurations
+    chosen on val (to every one without ``select_metric``); elsewhere the test units are images.
+    ``test_size`` says what the clinical flag's lower bounds rest on."""
     df, _ = current_split(df, split_sha256)
     if df.empty:
         return {}
@@ -74,12 +75,13 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
     groups = list(df.groupby(group_cols, sort=True, dropna=False))
     names = [config_name(dict(zip(group_cols, key))) for key, _ in groups]
     metrics = list(metrics)
+    frames: dict = {}
     for (key, g), name in zip(groups, names):
         row = dict(zip(group_cols, key))
         if names.count(name) > 1:
             name += f"#{params_tag([row['head_params'], row['weights_id'], row['split_sha256']])}"
         n_classes = n_classes_of(g)
-        entry = {m: seed_summary(g, m, n_classes=n_classes, sampling=sampling) for m in metrics if m in g.columns}
+        entry = {m: seed_summary(g, m, n_classes=n_classes) for m in metrics if m in g.columns}
         entry |= {f"val_{m}": seed_summary(g, f"val_{m}", n_classes=n_classes)
                   for m in metrics if f"val_{m}" in g.columns}
         entry["n_seeds"] = int(g["seed"].nunique())
@@ -88,10 +90,14 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
         entry["config"] = str(g["_label"].iloc[0])
         entry["shots"] = int(row["shots"])
         entry["head_params"] = row["head_params"]
-        out[name] = entry
+        out[name], frames[name] = entry, g
     chosen = select_best(out, select_metric) if select_metric else {}
     for name, entry in out.items():
         entry["chosen_on_val"] = name in chosen.values() if select_metric else None
+        if sampling is not None and entry["chosen_on_val"] is not False:
+            g = frames[name]
+            entry |= {m: seed_summary(g, m, n_classes=entry["n_classes"], sampling=sampling)
+                      for m in metrics if m in g.columns}
         failed = clinical_check(entry, n_classes=entry["n_classes"], params=clinical, chosen_on_val=entry["chosen_on_val"])
         entry["clinical_grade"] = not failed
         entry["clinical_failed"] = failed
