@@ -20,8 +20,9 @@ Conventions
   classes: mean over images of the sum over classes of squared errors against the one-hot label.
 - A metric that is undefined on the data (AUROC when test holds a single class) is NaN, never 0.
 
-A run is **degenerate** (:func:`degenerate`) when most of its scores are one tied value or it predicts one
-class for at least 95% of the images: its numbers describe a constant, not a classifier.
+A run is **degenerate** (:func:`degenerate`, judged on **val** only) when most of its val scores are one tied
+value across classes, or it predicts one class for at least 95% of the val images of the other classes: its
+numbers describe a constant, not a classifier.
 """
 
 from __future__ import annotations
@@ -187,25 +188,53 @@ def _thin(x: np.ndarray, y: np.ndarray, n: int) -> list[list[float]]:
 
 # --------------------------------------------------------------------------- degenerate runs
 
-DEGENERATE_TIED = 0.5  # share of images with one identical score
-DEGENERATE_ONE_CLASS = 0.95  # share of images predicted as one class
+DEGENERATE_TIED = 0.5  # share of images with one score (within SCORE_TOL) holding more than one class
+DEGENERATE_ONE_CLASS = 0.95  # share of the other classes' images predicted as one class
 
 
-def degenerate(proba, *, n_classes: int, threshold: float | None = None) -> str:
-    """Why the scores ``proba`` describe a constant rather than a classifier ("" when they do not):
-    more than half the images share one identical score vector (e.g. an RBF kernel that underflowed
-    to 0.5), or one class is predicted for >= 95% of the images."""
+def _largest_tie(p: np.ndarray) -> np.ndarray:
+    """Indices of the largest group of images whose score vectors are equal within :data:`SCORE_TOL`."""
+    key = p[:, 1] if p.shape[1] == 2 else p[:, 0]
+    order = np.argsort(key, kind="stable")
+    starts = np.r_[0, np.flatnonzero(np.diff(key[order]) >= SCORE_TOL) + 1, key.size]
+    runs = np.diff(starts)
+    i = int(np.argmax(runs))
+    group = order[starts[i]:starts[i + 1]]
+    if p.shape[1] > 2:  # other columns equal too
+        first = p[group[0]]
+        group = group[np.all(np.abs(p[group] - first) < SCORE_TOL, axis=1)]
+    return group
+
+
+def degenerate(proba, *, n_classes: int, threshold: float | None = None, labels=None) -> str:
+    """Why the scores ``proba`` describe a constant rather than a classifier ("" when they do not). Called on the
+    **val** outputs only (:func:`featpipe.evaluation.record.record_run`), so a flag never looks at test.
+
+    - **tied**: more than half the images share one score (equal within :data:`SCORE_TOL`, e.g. an RBF kernel
+      that underflowed) *and*, with ``labels``, that group holds more than one class: a perfect classifier whose
+      probabilities saturate at 1.0 for every positive ties only images of one class and is not flagged;
+    - **one class**: relative to the class shares: with ``labels``, the run predicts one class for >= 95% of the
+      images of the *other* classes (a perfect classifier at 3% prevalence predicts the majority class for 97%
+      of images and is not flagged; a constant one is); without labels, >= 95% of all images.
+    Predictions come from the scores and the threshold (:func:`predict_labels`), never from rounded values."""
     p = as_proba(proba, n_classes)
     if p.shape[0] == 0:
         return ""
-    _, counts = np.unique(p, axis=0, return_counts=True)
-    tied = counts.max() / p.shape[0]
-    if tied > DEGENERATE_TIED:
-        return f"{tied:.0%} of scores tied"
+    y = None if labels is None else np.asarray(labels).astype(np.int64)
+    group = _largest_tie(p)
+    tied = group.size / p.shape[0]
+    if tied > DEGENERATE_TIED and (y is None or np.unique(y[group]).size > 1):
+        return f"{tied:.0%} of scores tied" + (" across classes" if y is not None else "")
     pred = predict_labels(p, n_classes=n_classes, threshold=threshold if n_classes == 2 else None)
-    share = np.bincount(pred, minlength=n_classes).max() / pred.size
-    if share >= DEGENERATE_ONE_CLASS:
-        return f"one class predicted for {share:.0%}"
+    if y is None:
+        share = np.bincount(pred, minlength=n_classes).max() / pred.size
+        return f"one class predicted for {share:.0%}" if share >= DEGENERATE_ONE_CLASS else ""
+    for c in range(n_classes):
+        others = y != c
+        if others.any():
+            share = float(np.mean(pred[others] == c))
+            if share >= DEGENERATE_ONE_CLASS:
+                return f"class {c} predicted for {share:.0%} of the other classes' images"
     return ""
 
 

@@ -10,8 +10,10 @@ alike:
   more than two classes;
 - **scores**: every metric of :func:`featpipe.evaluation.metrics.score` on test, and the ``val_<metric>``
   columns (what model selection uses) on val, at that threshold;
-- **degenerate**: a run whose test (else val) scores are mostly tied or predict one class is flagged, with
-  the reason (:func:`featpipe.evaluation.metrics.degenerate`);
+- **degenerate**: a run whose **val** outputs are mostly tied across classes or put the other classes' images
+  into one class is flagged, with the reason (:func:`featpipe.evaluation.metrics.degenerate`, relative to val's
+  class shares); test outputs are never looked at, so selection never depends on test. A run without val
+  outputs is not judged. Flagged runs stay in the table;
 - **row**: the key columns, provenance (``ids_sha256``, ``n_*``), metrics, ``val_policy``, the caller's own
   columns, the confusion matrix, ``run_id``, per-class precision/recall/F1 and ``model_path`` ("" until
   the caller saves a model);
@@ -84,7 +86,7 @@ def record_run(key: Mapping, *, classes: Sequence[str], train_ids: Sequence[str]
     threshold = _threshold(val, n_classes=len(classes))
     s = score(test.labels, test.proba, classes=classes, threshold=threshold)
     sv = score(val.labels, val.proba, classes=classes, threshold=threshold, detail=False) if _scored(val) else {}
-    why = _degenerate(val, test, n_classes=len(classes), threshold=threshold)
+    why = _degenerate(val, n_classes=len(classes), threshold=threshold)
     row = {
         **key, "ids_sha256": ids_sha256(train_ids), "n_classes": len(classes),
         "n_train": len(train_ids), "n_val": len(val), "n_test": len(test),
@@ -119,12 +121,11 @@ def _threshold(val: Outputs, *, n_classes: int) -> float | None:
     return choose_threshold(val.labels, val.proba) if _scored(val) else 0.5
 
 
-def _degenerate(val: Outputs, test: Outputs, *, n_classes: int, threshold: float | None) -> str:
-    """Why the run describes a constant ("test: ..." first, else "val: ..."; "" when it does not)."""
-    why = degenerate(test.proba, n_classes=n_classes, threshold=threshold)
-    if why:
-        return f"test: {why}"
-    w = degenerate(val.proba, n_classes=n_classes, threshold=threshold) if _scored(val) else ""
+def _degenerate(val: Outputs, *, n_classes: int, threshold: float | None) -> str:
+    """Why the run describes a constant, judged on val ("val: ..."; "" when it does not or has no val outputs)."""
+    if not _scored(val):
+        return ""
+    w = degenerate(val.proba, n_classes=n_classes, threshold=threshold, labels=val.labels)
     return f"val: {w}" if w else ""
 
 

@@ -129,11 +129,13 @@ def _floor_text(c: pd.DataFrame) -> str:
 def degenerate_section(runs: pd.DataFrame) -> str:
     bad = runs[degenerate_flags(runs).to_numpy()]
     if bad.empty:
-        return "<p>No run is degenerate (none has mostly tied scores or predicts one class for ≥ 95% of images).</p>"
+        return ("<p>No run is degenerate (judged on val: none has most of its val scores tied across classes or puts "
+                "≥ 95% of the other classes' val images into one class).</p>")
     rows = [["⚠", config_name(r, with_seed=True), r.get("degenerate_reason", "")] for r in bad.to_dict("records")]
-    return (f"<p>{len(bad)} run(s) are degenerate: most of their scores are one tied value, or they predict one class for "
-            "≥ 95% of images. Their metrics describe a constant, not a classifier; their configurations are never "
-            "chosen as best (grey crosses in the per-seed plot).</p>"
+    return (f"<p>{len(bad)} run(s) are degenerate, judged on <b>val</b> only (test never decides a flag or a choice): "
+            "most of their val scores are one tied value across classes, or they put ≥ 95% of the other classes' val "
+            "images into one class. Their metrics describe a constant, not a classifier; they stay in the table, and "
+            "their configurations are never chosen as best (grey crosses in the per-seed plot).</p>"
             + table(["", "run", "why"], rows, row_classes=["degenerate"] * len(rows)))
 
 
