@@ -49,3 +49,31 @@ def test_the_flag_never_reads_test_outputs():
                      np.full(40, 0.5)), test=Outputs([f"x{i}" for i in range(60)], yt, np.clip(0.3 + 0.4 * yt, 0, 1)),
                      val_policy="full", manifest_sha256="m")
     assert bad.row["degenerate"] and bad.row["degenerate_reason"].startswith("val: ")
+
+
+def test_a_class_missing_from_val_is_named_and_selection_falls_back_to_val_accuracy_with_a_line():
+    import pandas as pd
+
+    from featpipe.params.config import ClinicalParams
+    from featpipe.results.summary import format_summary, select_best, summarize_runs
+
+    rng = np.random.default_rng(1)
+    yv = np.arange(30) % 2  # val holds classes 0 and 1 only
+    yt = np.arange(45) % 3
+    pv, pt = rng.dirichlet(np.ones(3), 30), rng.dirichlet(np.ones(3), 45)
+    pv[np.arange(30), yv] += 1.0
+    rec = record_run(KEY, classes=["a", "b", "c"], train_ids=["t0", "t1", "t2"],
+                     val=Outputs([f"v{i}" for i in range(30)], yv, pv / pv.sum(1, keepdims=True)),
+                     test=Outputs([f"x{i}" for i in range(45)], yt, pt), val_policy="full", manifest_sha256="m")
+    r = rec.row
+    assert r["val_absent"] == "c" and r["test_absent"] == ""
+    assert np.isfinite(r["val_auroc"])  # macro over the classes val holds, not NaN
+    rows = []
+    for head, acc in (("h1", 0.7), ("h2", 0.8)):
+        for seed in range(3):
+            rows.append({**KEY, "head": head, "seed": seed, "n_classes": 3, "val_auroc": np.nan,
+                         "val_accuracy": acc + 0.01 * seed, "auroc": 0.9, "accuracy": 0.5, "degenerate": False})
+    summary = summarize_runs(pd.DataFrame(rows), clinical=ClinicalParams(), select_metric="auroc")
+    assert select_best(summary, "auroc") == {5: "d/b+w/h2/k5"}
+    assert "chosen on val_accuracy instead" in summary["d/b+w/h2/k5"]["selection_note"]
+    assert "note: k = 5: val_auroc is undefined" in format_summary(summary)

@@ -13,8 +13,9 @@ Conventions
   and passed in. ``threshold=None`` means 0.5.
   Sensitivity and specificity are reported at that threshold.
 - More than two classes: prediction is the arg-max; no threshold (reported as NaN).
-- AUROC: one-vs-rest macro for more than two classes. AUPRC is average precision (macro over
-  classes for more than two); ``auprc_baseline`` is what a random ranking scores (the positive
+- AUROC: one-vs-rest macro for more than two classes, over the classes present in the scored split (a class
+  with no image there is left out of the mean and named in the row's ``val_absent`` / ``test_absent``; NaN
+  only when no class is scorable). AUPRC is average precision (macro over classes for more than two, likewise); ``auprc_baseline`` is what a random ranking scores (the positive
   prevalence; for more than two classes the mean class prevalence).
 - Brier score: binary ``mean((p_pos - y)^2)`` (scikit-learn's ``brier_score_loss``); more than two
   classes: mean over images of the sum over classes of squared errors against the one-hot label.
@@ -138,7 +139,7 @@ def score(y_true, proba, *, classes: Sequence[str], threshold: float | None = No
     if n_classes == 2 and threshold is None:
         threshold = 0.5
     out: dict = {"n": int(y.size)}
-    out.update(fast_scores(y, p, n_classes=n_classes, threshold=threshold,
+    out.update(fast_scores(y, p, n_classes=n_classes, threshold=threshold, absent="skip",
                            metrics=("accuracy", "balanced_accuracy", "macro_f1", "auroc", "auprc",
                                     "sensitivity", "specificity", "brier")))
     out["auprc_baseline"] = float(np.mean(y == 1)) if n_classes == 2 else float(np.mean(np.bincount(y, minlength=n_classes) / y.size))
@@ -148,7 +149,7 @@ def score(y_true, proba, *, classes: Sequence[str], threshold: float | None = No
         cm = np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
         tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
         prec = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
-        rec = np.where(support > 0, tp / np.maximum(support, 1), 0.0)
+        rec = np.where(support > 0, tp / np.maximum(support, 1), np.nan)  # no image of the class: undefined
         f1 = np.where(support + predicted > 0, 2 * tp / np.maximum(support + predicted, 1), 0.0)
         out["per_class"] = {
             name: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(support[i])}
@@ -267,9 +268,19 @@ def _ap(pos: np.ndarray, s: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+def _macro(values: list[float], absent: str) -> float:
+    v = np.asarray(values, dtype=float)
+    if absent == "skip":
+        return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else math.nan
+    return float(v.mean())
+
+
 def fast_scores(y: np.ndarray, p: np.ndarray, *, n_classes: int, threshold: float | None,
-                metrics: Sequence[str]) -> dict:
-    """The scalar metrics of :func:`score` computed in numpy (same values; used by the bootstrap)."""
+                metrics: Sequence[str], absent: str = "nan") -> dict:
+    """The scalar metrics of :func:`score` computed in numpy (same values; used by the bootstrap).
+
+    ``absent``: how a multi-class AUROC/AUPRC treats a class with no image: ``"nan"`` (the bootstrap leaves that
+    resample out) or ``"skip"`` (macro over the classes present; :func:`score`)."""
     pred = predict_labels(p, n_classes=n_classes, threshold=threshold if n_classes == 2 else None)
     cm = np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
     tp = np.diag(cm).astype(float)
@@ -289,11 +300,10 @@ def fast_scores(y: np.ndarray, p: np.ndarray, *, n_classes: int, threshold: floa
             out[m] = float(tp[0] / support[0]) if n_classes == 2 and support[0] else math.nan
         elif m == "auroc":
             cols = [1] if n_classes == 2 else range(n_classes)
-            aucs = [_auc(y == c, p[:, c]) for c in cols]
-            out[m] = float(np.mean(aucs))
+            out[m] = _macro([_auc(y == c, p[:, c]) for c in cols], absent)
         elif m == "auprc":
             cols = [1] if n_classes == 2 else range(n_classes)
-            out[m] = float(np.mean([_ap(y == c, p[:, c]) for c in cols]))
+            out[m] = _macro([_ap(y == c, p[:, c]) for c in cols], absent)
         elif m == "brier":
             out[m] = brier(y, p, n_classes=n_classes)
         else:

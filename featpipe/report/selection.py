@@ -37,7 +37,7 @@ def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=Non
     chosen = select_best(summary, metric)
     runs = runs.assign(config=config_labels(runs).to_numpy())
     label = METRIC_LABELS.get(metric, metric)
-    rows, best = [], []
+    rows, best, notes = [], [], []
     for k in sorted({int(x) for x in runs["shots"]}):
         name = chosen.get(k)
         if name is None:
@@ -48,6 +48,8 @@ def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=Non
         ids = sel["run_id"].astype(str).tolist() if "run_id" in sel.columns else []
         t, v = e.get(metric, {}), e.get(f"val_{metric}", {})
         flag = f"yes ({e['test_size']})" if e["clinical_grade"] else "no: " + "; ".join(e["clinical_failed"])
+        if e.get("selection_note"):
+            notes.append(e["selection_note"])
         rows.append([k, e["config"], _f(v.get("mean")), f"{_f(t.get('mean'))} ± {_f(t.get('std'))}",
                      _iv(t, "ci_low", "ci_high"), _iv(t, "seed_low", "seed_high"), _iv(t, "test_low", "test_high"),
                      _f(e.get("accuracy", {}).get("mean")), _f(e.get("auroc", {}).get("mean"), pct=False),
@@ -71,6 +73,7 @@ def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=Non
             f"specificity ≥ {c.min_specificity:.0%} (binary); a configuration chosen on val. Each verdict names the test "
             "size it rests on (20 images scored perfectly give an accuracy lower bound of 0.81: never clinical-grade at "
             "0.90); a failed row names the conditions it failed.</p>")
+    text += "".join(f"<p class=\"note\">{html.escape(n)}.</p>" for n in notes)
     return table(head, rows) + text, best
 
 

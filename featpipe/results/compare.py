@@ -41,7 +41,14 @@ from featpipe.data.splits import load_splits
 from featpipe.evaluation.table import RUNS_CSV, read_runs
 from featpipe.results.predictions import TestPredictions, bootstrap_interval
 from featpipe.results.stats import summarize
-from featpipe.results.summary import LOWER_IS_BETTER, config_labels, current_split, degenerate_flags, select_best
+from featpipe.results.summary import (
+    FALLBACK_METRIC,
+    LOWER_IS_BETTER,
+    config_labels,
+    current_split,
+    degenerate_flags,
+    select_best,
+)
 
 COLUMNS = ["shots", "config_a", "config_b", "metric", "n_seeds", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm",
            "seed_ci_low", "seed_ci_high", "family", "min_p_holm", "boot_ci_low", "boot_ci_high", "degenerate_a",
@@ -143,11 +150,11 @@ def config_entries(runs: pd.DataFrame, metric: str) -> dict[str, dict]:
     """{"<config>|k<shots>": {"config", "shots", "n_degenerate", "val_<metric>": {"mean"}}} for
     :func:`featpipe.results.summary.select_best` (``runs`` has a ``config`` column)."""
     out = {}
-    col = f"val_{metric}"
     for (cfg, k), g in runs.groupby(["config", "shots"], sort=True):
-        v = g[col].astype(float).mean() if col in g.columns else math.nan
-        out[f"{cfg}|k{int(k)}"] = {"config": cfg, "shots": int(k), "n_degenerate": int(degenerate_flags(g).sum()),
-                                   col: {"mean": float(v)}}
+        e = {"config": cfg, "shots": int(k), "n_degenerate": int(degenerate_flags(g).sum())}
+        for col in {f"val_{metric}", f"val_{FALLBACK_METRIC}"}:  # the fallback when val_<metric> is undefined
+            e[col] = {"mean": float(g[col].astype(float).mean()) if col in g.columns else math.nan}
+        out[f"{cfg}|k{int(k)}"] = e
     return out
 
 

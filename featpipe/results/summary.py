@@ -94,6 +94,8 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
     chosen = select_best(out, select_metric) if select_metric else {}
     for name, entry in out.items():
         entry["chosen_on_val"] = name in chosen.values() if select_metric else None
+        if entry["chosen_on_val"]:
+            entry["selection_note"] = selection_metric(out, select_metric, entry["shots"])[1]
         if sampling is not None and entry["chosen_on_val"] is not False:
             g = frames[name]
             entry |= {m: seed_summary(g, m, n_classes=entry["n_classes"], sampling=sampling)
@@ -136,19 +138,38 @@ def _flags(g: pd.DataFrame) -> pd.Series:
     return g["degenerate"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0")).astype(bool)
 
 
+FALLBACK_METRIC = "accuracy"  # defined on any val split, whatever classes it lacks
+
+
+def _val_mean(e: Mapping, metric: str) -> float:
+    v = e.get(f"val_{metric}", {}).get("mean", math.nan) if isinstance(e, Mapping) else math.nan
+    return v if isinstance(v, float) and math.isfinite(v) else math.nan
+
+
 def select_best(summary: Mapping[str, Mapping], metric: str) -> dict[int, str]:
     """{shots: config name} chosen on **val**: best mean ``val_<metric>`` among configurations with no
-    degenerate run (ties: first name). Shots where no configuration qualifies are left out."""
+    degenerate run (ties: first name). At a shot count where ``val_<metric>`` is undefined for every such
+    configuration (e.g. AUROC with a class missing from val), the choice falls back to ``val_accuracy``
+    (:func:`selection_metric` gives the line that says so). Shots where no configuration qualifies are left out."""
     best: dict[int, tuple[float, str]] = {}
-    for name in sorted(summary):
-        e = summary[name]
-        v = e.get(f"val_{metric}", {}).get("mean", math.nan)
-        if e.get("n_degenerate", 0) or not isinstance(v, float) or not math.isfinite(v):
-            continue
-        k = int(e["shots"])
-        if k not in best or _better(metric, v, best[k][0]):
-            best[k] = (v, name)
+    ok = {n: e for n, e in summary.items() if isinstance(e, Mapping) and "shots" in e and not e.get("n_degenerate", 0)}
+    for k in sorted({int(e["shots"]) for e in ok.values()}):
+        m = selection_metric(ok, metric, k)[0]
+        for name in sorted(n for n, e in ok.items() if int(e["shots"]) == k):
+            v = _val_mean(ok[name], m)
+            if math.isfinite(v) and (k not in best or _better(m, v, best[k][0])):
+                best[k] = (v, name)
     return {k: n for k, (_, n) in sorted(best.items())}
+
+
+def selection_metric(summary: Mapping[str, Mapping], metric: str, shots: int) -> tuple[str, str]:
+    """(metric the choice at ``shots`` uses, "" or the line saying it fell back to val accuracy)."""
+    at_k = [e for e in summary.values()
+            if isinstance(e, Mapping) and e.get("shots") == shots and not e.get("n_degenerate", 0)]
+    if metric == FALLBACK_METRIC or any(math.isfinite(_val_mean(e, metric)) for e in at_k):
+        return metric, ""
+    return FALLBACK_METRIC, (f"k = {shots}: val_{metric} is undefined for every configuration (a class is missing "
+                             f"from val); chosen on val_{FALLBACK_METRIC} instead")
 
 
 def write_metrics_json(results_dir: str | Path, *, clinical, split_sha256: str | None = None,
@@ -198,6 +219,8 @@ def format_summary(summary: Mapping[str, Mapping]) -> str:
             flag += " (" + "; ".join(entry["clinical_failed"]) + ")"
         degen = f"; {entry['n_degenerate']} degenerate run(s)" if entry.get("n_degenerate") else ""
         lines.append(f"{name}  ({entry.get('n_seeds', '?')} seeds{degen}; clinical-grade: {flag})")
+        if entry.get("selection_note"):
+            lines.append(f"  note: {entry['selection_note']}")
         lines.append(f"  {'metric':<22}{'mean':>8}{'std':>8}   {'95% CI (both)':<17}{'seeds':<17}{'test':<17}"
                      f"{'min':>8}{'max':>8}{'spread':>8}")
 
