@@ -12,11 +12,11 @@ KEY = {"dataset": "d", "backbone": "b", "weights": "w", "weights_id": "w", "laye
 
 
 def test_a_perfect_run_at_low_prevalence_is_not_flagged_and_a_constant_one_is():
-    y = np.r_[np.ones(3, int), np.zeros(97, int)]  # 3% positives
-    perfect = np.r_[0.8, 0.85, 0.9, np.linspace(0.05, 0.3, 97)]
+    y = np.r_[np.ones(30, int), np.zeros(970, int)]  # 3% positives
+    perfect = np.r_[np.linspace(0.8, 0.9, 30), np.linspace(0.05, 0.3, 970)]
     assert degenerate(perfect, n_classes=2, threshold=0.5, labels=y) == ""
     assert "one class" in degenerate(perfect, n_classes=2, threshold=0.5)  # blind to the class shares: flagged
-    constant_ish = np.linspace(0.01, 0.2, 100)  # every image below the threshold
+    constant_ish = np.linspace(0.01, 0.2, 1000)  # every image below the threshold
     assert "class 0 predicted for 100%" in degenerate(constant_ish, n_classes=2, threshold=0.5, labels=y)
 
 
@@ -77,3 +77,13 @@ def test_a_class_missing_from_val_is_named_and_selection_falls_back_to_val_accur
     assert select_best(summary, "auroc") == {5: "d/b+w/h2/k5"}
     assert "chosen on val_accuracy instead" in summary["d/b+w/h2/k5"]["selection_note"]
     assert "note: k = 5: val_auroc is undefined" in format_summary(summary)
+
+
+def test_a_matched_one_shot_val_pair_in_the_wrong_order_keeps_the_heads_boundary_and_is_not_flagged():
+    from featpipe.evaluation.metrics import choose_threshold
+
+    assert choose_threshold([0, 1], [0.7, 0.3]) == 0.5  # no threshold beats chance on val: the head's own boundary
+    assert choose_threshold([0, 1], [0.3, 0.7]) == 0.5  # ordered: the midpoint (0.5 here too)
+    assert choose_threshold([0, 1], [0.1, 0.3]) == 0.2
+    # two val images, one wrong: one error is not "a constant"
+    assert degenerate(np.array([0.7, 0.9]), n_classes=2, threshold=0.5, labels=np.array([0, 1])) == ""

@@ -9,7 +9,7 @@ import pandas as pd
 from test_fit import write_fixture
 
 from featpipe.cli.main import main
-from featpipe.evaluation.metrics import SCORE_TOL, choose_threshold, predict_labels, score
+from featpipe.evaluation.metrics import SCORE_TOL, choose_threshold, degenerate, score
 from featpipe.evaluation.table import read_predictions, read_runs
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "auprc", "sensitivity", "specificity", "brier",
@@ -69,7 +69,11 @@ def test_threshold_lies_between_distinct_scores_and_ignores_noise():
     # noise that would decide the classes alone: labels disagree inside one noise cluster -> it is not split
     y2 = np.array([0, 1, 0, 1])
     s2 = np.array([0.5, 0.5 + 1e-12, 0.5 + 2e-13, 0.5 + 5e-13])
-    t2 = choose_threshold(y2, s2)
-    assert abs(t2 - 0.5) > SCORE_TOL and len(set(predict_labels(s2, n_classes=2, threshold=t2))) == 1
+    assert choose_threshold(y2, s2) == 0.5  # no threshold separates noise: the head's own boundary ...
+    assert "tied across classes" in degenerate(s2, n_classes=2, threshold=0.5, labels=y2)  # ... and the run is flagged
+    # a threshold is never placed inside a noise cluster: candidates sit at least SCORE_TOL / 2 from every score
+    y3 = np.array([0, 0, 1, 1])
+    s3 = np.array([0.2, 0.2 + 1e-12, 0.2 + 3e-12, 0.6])
+    assert np.min(np.abs(s3 - choose_threshold(y3, s3))) >= SCORE_TOL / 2
     # equal J: the candidate nearest 0.5 wins (documented tie rule)
     assert choose_threshold([0, 1], [0.2, 0.9]) == (0.2 + 0.9) / 2

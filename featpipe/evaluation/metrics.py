@@ -84,7 +84,9 @@ def choose_threshold(y_val, proba_val) -> float:
     one below the lowest and one above the highest score (half-way to 0 and to 1, at least ``SCORE_TOL`` away).
     Ties in J go to the candidate nearest 0.5, then to the lower one. Prediction is ``p >= threshold``; as the
     threshold lies half a gap (>= ``SCORE_TOL / 2``) from every val score, no val image sits on it.
-    A val set with a single class gives no information: 0.5 is returned.
+    A val set that gives no information returns 0.5 (the head's own decision boundary): a single class, or no
+    threshold doing better than chance (best J <= 0, e.g. a matched 1-shot val pair scored in the wrong order,
+    where any threshold would put every image in one class).
     """
     y = np.asarray(y_val).astype(np.int64)
     s = as_proba(proba_val, 2)[:, 1]
@@ -101,6 +103,8 @@ def choose_threshold(y_val, proba_val) -> float:
     sens = 1.0 - np.searchsorted(np.sort(pos), cands, side="left") / pos.size
     spec = np.searchsorted(np.sort(neg), cands, side="left") / neg.size
     j = sens + spec - 1.0
+    if j.max() <= 1e-12:
+        return 0.5
     best = np.flatnonzero(j >= j.max() - 1e-12)
     pick = best[np.argmin(np.abs(cands[best] - 0.5))]  # argmin: the first (lowest) of equally near candidates
     return float(cands[pick])
@@ -191,6 +195,7 @@ def _thin(x: np.ndarray, y: np.ndarray, n: int) -> list[list[float]]:
 
 DEGENERATE_TIED = 0.5  # share of images with one score (within SCORE_TOL) holding more than one class
 DEGENERATE_ONE_CLASS = 0.95  # share of the other classes' images predicted as one class
+DEGENERATE_MIN_OTHERS = 10  # fewer images of the other classes: one error would be "all of them"; not judged
 
 
 def _largest_tie(p: np.ndarray) -> np.ndarray:
@@ -216,7 +221,9 @@ def degenerate(proba, *, n_classes: int, threshold: float | None = None, labels=
       probabilities saturate at 1.0 for every positive ties only images of one class and is not flagged;
     - **one class**: relative to the class shares: with ``labels``, the run predicts one class for >= 95% of the
       images of the *other* classes (a perfect classifier at 3% prevalence predicts the majority class for 97%
-      of images and is not flagged; a constant one is); without labels, >= 95% of all images.
+      of images and is not flagged; a constant one is), judged only where the other classes have at least
+      :data:`DEGENERATE_MIN_OTHERS` images (a matched 1-shot val of two images: one error is not "a constant");
+      without labels, >= 95% of all images.
     Predictions come from the scores and the threshold (:func:`predict_labels`), never from rounded values."""
     p = as_proba(proba, n_classes)
     if p.shape[0] == 0:
@@ -232,7 +239,7 @@ def degenerate(proba, *, n_classes: int, threshold: float | None = None, labels=
         return f"one class predicted for {share:.0%}" if share >= DEGENERATE_ONE_CLASS else ""
     for c in range(n_classes):
         others = y != c
-        if others.any():
+        if others.sum() >= DEGENERATE_MIN_OTHERS:
             share = float(np.mean(pred[others] == c))
             if share >= DEGENERATE_ONE_CLASS:
                 return f"class {c} predicted for {share:.0%} of the other classes' images"

@@ -149,9 +149,11 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
     policy = s.val_policy
     scope = (f"<p>Every number below comes from the {len(runs)} runs of the current splits file "
              f"(<code>{html.escape(s.sha256[:12])}</code>). Thresholds, model selection and early stopping used "
-             + ("<b>the whole val split</b> (<code>split.val_policy: full</code>)" if policy != "matched" else
+             + ("<b>the whole val split</b> (<code>split.val_policy: full</code>): a k-shot row used more labelled "
+                "images than k per class (the table below gives each row's count); "
+                "<code>split.val_policy: matched</code> keeps to the k-shot budget" if policy != "matched" else
                 "<b>a val subset of k images per class</b> per seed and k (<code>split.val_policy: matched</code>, the "
-                "true few-shot setting)") + ".</p>"
+                "true few-shot setting: 2k labelled images per class in all)") + ".</p>"
              + (f"<p class=\"note\">{html.escape(set_aside)}.</p>" if set_aside else ""))
     sections = [("Data set", scope + _dataset_section(inp, s.raw))]
 

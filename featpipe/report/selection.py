@@ -23,6 +23,14 @@ def _f(x, pct: bool = True) -> str:
     return f"{100 * x:.1f}" if pct else f"{x:.3f}"
 
 
+def _budget(sel: pd.DataFrame) -> str:
+    """"k-shot + val = total" labelled images of the runs ``sel`` (medians over seeds)."""
+    if not {"n_train", "n_val"} <= set(sel.columns) or sel.empty:
+        return "–"
+    tr, va = int(pd.to_numeric(sel["n_train"]).median()), int(pd.to_numeric(sel["n_val"]).median())
+    return f"{tr} + {va} = {tr + va}"
+
+
 def _iv(s: dict, lo: str, hi: str) -> str:
     return f"[{_f(s.get(lo))}, {_f(s.get(hi))}]"
 
@@ -41,7 +49,7 @@ def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=Non
     for k in sorted({int(x) for x in runs["shots"]}):
         name = chosen.get(k)
         if name is None:
-            rows.append([k, "none: every configuration has a degenerate run or no val metric"] + ["–"] * 10)
+            rows.append([k, "none: every configuration has a degenerate run or no val metric"] + ["–"] * 11)
             continue
         e = summary[name]
         sel = runs[(runs["config"] == e["config"]) & (runs["shots"].astype(int) == k)].sort_values("seed")
@@ -50,13 +58,13 @@ def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=Non
         flag = f"yes ({e['test_size']})" if e["clinical_grade"] else "no: " + "; ".join(e["clinical_failed"])
         if e.get("selection_note"):
             notes.append(e["selection_note"])
-        rows.append([k, e["config"], _f(v.get("mean")), f"{_f(t.get('mean'))} ± {_f(t.get('std'))}",
+        rows.append([k, e["config"], _budget(sel), _f(v.get("mean")), f"{_f(t.get('mean'))} ± {_f(t.get('std'))}",
                      _iv(t, "ci_low", "ci_high"), _iv(t, "seed_low", "seed_high"), _iv(t, "test_low", "test_high"),
                      _f(e.get("accuracy", {}).get("mean")), _f(e.get("auroc", {}).get("mean"), pct=False),
                      e["n_seeds"], _f(e.get("sensitivity", {}).get("mean")) + " / " + _f(e.get("specificity", {}).get("mean")),
                      flag])
         best.append({"shots": k, "config": e["config"], "run_ids": ids})
-    head = ["shots", "chosen on val", f"val {label} (%)", f"test {label} (mean ± std, %)",
+    head = ["shots", "chosen on val", "labelled images per run (k-shot + val)", f"val {label} (%)", f"test {label} (mean ± std, %)",
             "95% interval (seeds + test patients)", "seed part", "test-sampling part", "test accuracy (%)",
             "test AUROC", "seeds", "sens / spec (%)", "clinical-grade"]
     c = params.clinical
