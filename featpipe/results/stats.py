@@ -89,7 +89,7 @@ def metric_units(metric: str, counts: np.ndarray | None, total: float) -> float:
     if metric in ("balanced_accuracy", "macro_f1"):
         c = counts[counts > 0]
         return float(c.size ** 2 / np.sum(1.0 / c)) if c.size else math.nan
-    return float(counts.sum())
+    return float(total) if math.isfinite(total) else float(counts.sum())
 
 
 def seed_summary(g: pd.DataFrame, metric: str, *, n_classes: int | None = None, sampling: Sampling | None = None) -> dict:
@@ -108,7 +108,7 @@ def seed_summary(g: pd.DataFrame, metric: str, *, n_classes: int | None = None, 
         test_var, units = None, metric_units(metric, class_counts(g, test=not val), float(total))
     out = summarize(g[metric].astype(float), bounds=metric_bounds(metric, n_classes), n_units=units, test_var=test_var)
     n_test = pd.to_numeric(g["n_test"], errors="coerce").median() if "n_test" in g.columns else math.nan
-    return out | {"n_test": float(n_test), "units": "patients" if got is not None else "images"}
+    return out | {"n_test": float(n_test), "units": "patients" if got is not None else "images", "n_units": float(units)}
 
 
 def clinical_check(summary: Mapping[str, Mapping[str, float]], *, n_classes: int, params,
@@ -149,12 +149,13 @@ def clinical_check(summary: Mapping[str, Mapping[str, float]], *, n_classes: int
 
 
 def test_size(s: Mapping) -> str:
-    """"on N test images (n_eff effective units)" for a summary of :func:`seed_summary`."""
-    n, e = s.get("n_test", math.nan), s.get("n_eff", math.nan)
+    """"on N test images" (plus "(P patients)" when the interval counted patients) for a :func:`seed_summary`."""
+    n, u = s.get("n_test", math.nan), s.get("n_units", math.nan)
     if not isinstance(n, (int, float)) or not math.isfinite(n):
         return "test size unknown"
-    eff = f", {e:.0f} effective {s.get('units', 'images')}" if isinstance(e, (int, float)) and math.isfinite(e) else ""
-    return f"on {n:.0f} test images{eff}"
+    pat = (f" ({u:.0f} patients)" if s.get("units") == "patients" and isinstance(u, (int, float)) and math.isfinite(u)
+           else "")
+    return f"on {n:.0f} test images{pat}"
 
 
 def clinical_grade(summary: Mapping[str, Mapping[str, float]], *, n_classes: int, params,
