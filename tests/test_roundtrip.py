@@ -9,7 +9,7 @@ import pandas as pd
 from test_fit import write_fixture
 
 from featpipe.cli.main import main
-from featpipe.evaluation.metrics import SCORE_TOL, choose_threshold, degenerate, score
+from featpipe.evaluation.metrics import SCORE_TOL, choose_threshold, degenerate, predict_labels, score
 from featpipe.evaluation.table import read_predictions, read_runs
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "auprc", "sensitivity", "specificity", "brier",
@@ -77,3 +77,11 @@ def test_threshold_lies_between_distinct_scores_and_ignores_noise():
     assert np.min(np.abs(s3 - choose_threshold(y3, s3))) >= SCORE_TOL / 2
     # equal J: the candidate nearest 0.5 wins (documented tie rule)
     assert choose_threshold([0, 1], [0.2, 0.9]) == (0.2 + 0.9) / 2
+
+
+def test_test_scores_within_noise_of_the_threshold_are_on_it():
+    t = 0.5 + 5e-13  # the SVC k=1 threshold
+    p = np.array([0.5, 0.5 + 1e-13, 0.5 + 9e-13, 0.5 - 1e-13, 0.49])
+    assert predict_labels(p, n_classes=2, threshold=t).tolist() == [1, 1, 1, 1, 0]
+    three = np.array([[0.4, 0.4 + 1e-13, 0.2 - 1e-13], [0.2, 0.5, 0.3]])
+    assert predict_labels(three, n_classes=3).tolist() == [0, 1]  # a tie within noise: the first class

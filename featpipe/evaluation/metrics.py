@@ -8,7 +8,8 @@ Conventions
 -----------
 - ``proba`` is ``(N, C)`` with columns in the order of ``classes`` (label ``i`` is ``classes[i]``);
   for a binary task a 1-D array is read as the probability of ``classes[1]``.
-- Binary tasks: ``classes[1]`` is the positive class. Predictions are ``p(classes[1]) >= threshold``;
+- Binary tasks: ``classes[1]`` is the positive class. Predictions are ``p(classes[1]) >= threshold`` (a score
+  within numerical noise, :data:`ON_THRESHOLD`, of the threshold counts as on it);
   the threshold is chosen on the **validation** split with :func:`choose_threshold` (never on test)
   and passed in. ``threshold=None`` means 0.5.
   Sensitivity and specificity are reported at that threshold.
@@ -54,18 +55,21 @@ def as_proba(proba, n_classes: int) -> np.ndarray:
     return p
 
 
+SCORE_TOL = 1e-9  # val scores closer than this are one value (numerical noise) for thresholds and ties
+ON_THRESHOLD = SCORE_TOL / 4  # a score this close to the threshold counts as on it (a val score is >= SCORE_TOL / 2 away)
+
+
 def predict_labels(proba, *, n_classes: int, threshold: float | None = None) -> np.ndarray:
-    """Labels from probabilities: binary ``p1 >= threshold`` (0.5 when None; a score equal to the threshold is
-    positive), else arg-max (equal top probabilities: the first class in ``classes`` order)."""
+    """Labels from probabilities: binary ``p1 >= threshold - ON_THRESHOLD`` (0.5 when None: a score on the
+    threshold, or within :data:`ON_THRESHOLD` of it, is positive), else arg-max (top probabilities within
+    ``ON_THRESHOLD`` of each other: the first class in ``classes`` order), so a class never hinges on a
+    difference below numerical noise."""
     p = as_proba(proba, n_classes)
     if n_classes == 2:
-        return (p[:, 1] >= (0.5 if threshold is None else float(threshold))).astype(np.int64)
+        return (p[:, 1] >= (0.5 if threshold is None else float(threshold)) - ON_THRESHOLD).astype(np.int64)
     if threshold is not None:
         raise ValueError("a decision threshold applies to binary tasks only")
-    return p.argmax(axis=1).astype(np.int64)
-
-
-SCORE_TOL = 1e-9  # scores closer than this are one value (numerical noise), for thresholds and ties alike
+    return np.argmax(p >= p.max(axis=1, keepdims=True) - ON_THRESHOLD, axis=1).astype(np.int64)
 
 
 def score_gaps(s) -> tuple[np.ndarray, np.ndarray]:
