@@ -149,9 +149,9 @@ class CompareParams:
     """``featpipe compare``: paired comparisons of configurations (featpipe.results.compare)."""
 
     metrics: tuple[str, ...] = ("auroc", "macro_f1")
-    reference: str | None = None  # a configuration name: compare every other one with it; None = every pair
+    reference: str | None = None  # a configuration: every other one against it; None = the val-chosen one vs each other
     bootstrap: int = 1000  # patient-level paired bootstrap resamples for the chosen pairs (0 = none)
-    pairs: tuple[str, ...] = ()  # extra "A vs B" pairs for the bootstrap (the val-best vs runner-up always)
+    pairs: tuple[str, ...] = ()  # extra "A vs B" pairs for the bootstrap column (the val-best vs runner-up always)
     seed: int = 0
 
 
