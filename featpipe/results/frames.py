@@ -16,16 +16,17 @@ from featpipe.results.compare import compare_runs
 from featpipe.results.predictions import TestPredictions
 from featpipe.results.summary import summarize_runs
 
-_STATS = ("ci_low", "ci_high", "std")
+_STATS = ("ci_low", "ci_high", "seed_low", "seed_high", "test_low", "test_high", "std")
 
 
 def summarize(runs: pd.DataFrame, *, metric: str = ReportParams.metric, metrics: Sequence[str] = SUMMARY_METRICS,
               **clinical) -> pd.DataFrame:
     """One row per configuration (dataset/backbone/head/k, across seeds): for each test metric its mean over
-    seeds (column ``<metric>``) and ``<metric>_ci_low``/``_ci_high``/``_std`` (the 95% interval of
-    ``metrics.json``: seed and test-sampling luck, test units = images), the val means (``val_<metric>``), ``n_seeds``, ``n_degenerate``, ``chosen_on_val``
-    (best mean ``val_<metric>`` at its k) and ``clinical_grade`` (``clinical`` keywords: the ``clinical``
-    section, e.g. ``min_auroc=0.9``)."""
+    seeds (column ``<metric>``), ``<metric>_ci_low``/``_ci_high`` (the 95% interval of ``metrics.json``: seed and
+    test-sampling luck, test units = images), its parts ``_seed_low``/``_seed_high``/``_test_low``/``_test_high``
+    and ``_std``; the val means (``val_<metric>``), ``n_seeds``, ``n_degenerate``, ``chosen_on_val`` (best mean
+    ``val_<metric>`` at its k) and ``clinical_grade`` (``clinical`` keywords: the ``clinical`` section, e.g.
+    ``min_auroc=0.9``)."""
     settings = build(ClinicalParams, clinical, "clinical")
     summary = summarize_runs(runs, clinical=settings, select_metric=metric, metrics=metrics)
     rows = []
