@@ -8,7 +8,7 @@ import pytest
 from test_fit import write_fixture
 
 from featpipe.cli.main import main
-from featpipe.results.compare import holm, permutation_p, seed_comparisons
+from featpipe.results.compare import holm, permutation_p, seed_comparisons, smallest_p, verdict
 
 
 def test_permutation_p_and_holm_hand_made():
@@ -51,9 +51,17 @@ def test_compare_cli_writes_comparisons_with_a_patient_bootstrap(tmp_path, capsy
                  "--manifest", str(tmp_path / "data/manifest.csv")]) == 0
     assert "paired comparisons" in capsys.readouterr().out
     table = pd.read_csv(tmp_path / "results/comparisons.csv")
-    assert len(table) == 2 * 3  # 2 shot counts x 3 pairs
-    assert (table["n_seeds"] == 5).all() and table["p_holm"].ge(table["p_value"]).all()
     runs = pd.read_csv(tmp_path / "results/runs.csv")
+    # the family the report states: per shot count, the configuration chosen on val against each other one
+    assert len(table) == 2 * 2 and (table["family"] == 2).all()
+    for k, g in table.groupby("shots"):
+        val = runs[runs["shots"] == k].groupby("head")["val_auroc"].mean()
+        assert set(g["config_a"]) == {f"toy/{val.idxmax()}"}
+    assert (table["n_seeds"] == 5).all() and table["p_holm"].ge(table["p_value"]).all()
+    assert np.allclose(table["min_p_holm"], 2 * 2 / 2 ** 5)
+    # the headline interval adds the test-sampling part to the seed interval: never narrower
+    assert ((table["ci_low"] <= table["seed_ci_low"] + 1e-12) & (table["ci_high"] >= table["seed_ci_high"] - 1e-12)).all()
+    assert ((table["ci_high"] - table["ci_low"]) > (table["seed_ci_high"] - table["seed_ci_low"]) + 1e-6).any()
     for r in table.to_dict("records"):  # mean_diff is the mean of the per-seed test differences
         a = runs[(runs["head"] == r["config_a"].split("/")[-1]) & (runs["shots"] == r["shots"])].sort_values("seed")
         b = runs[(runs["head"] == r["config_b"].split("/")[-1]) & (runs["shots"] == r["shots"])].sort_values("seed")
@@ -61,3 +69,35 @@ def test_compare_cli_writes_comparisons_with_a_patient_bootstrap(tmp_path, capsy
     boot = table.dropna(subset=["boot_ci_low"])
     assert len(boot) == 2  # per shot count: the val-chosen configuration vs the runner-up on val
     assert ((boot["boot_ci_low"] <= boot["mean_diff"] + 1e-9) & (boot["mean_diff"] <= boot["boot_ci_high"] + 1e-9)).all()
+
+
+def test_holm_matches_statsmodels_and_monte_carlo_p_is_never_zero():
+    from statsmodels.stats.multitest import multipletests
+    p = np.array([0.001, 0.04, 0.03, 0.2, 0.011])
+    assert np.allclose(holm(p), multipletests(p, method="holm")[1])
+    d = np.full(20, 0.1)  # 20 seeds, all better: no random flip is as extreme except the all-plus/all-minus ones
+    assert permutation_p(d, n_random=999) == 1 / 1000 and permutation_p(d) == 1 / 10_001
+    assert smallest_p(5) == 2 / 32 and smallest_p(20, n_random=999) == 1 / 1000
+
+
+def _rows(n_configs: int, seeds: int, gap: float) -> pd.DataFrame:
+    rows = []
+    for seed in range(seeds):
+        for j in range(n_configs):
+            rows.append({"dataset": "d", "backbone": "bb", "weights": "default", "weights_id": "w", "layer": "",
+                         "head": f"h{j}", "head_params": "{}", "shots": 5, "seed": seed, "split_sha256": "s",
+                         "macro_f1": 0.6 - gap * (j > 0) + 0.01 * ((seed * 7 + j) % 5), "val_macro_f1": 0.7 - 0.1 * j,
+                         "degenerate": False})
+    return pd.DataFrame(rows)
+
+
+def test_family_is_the_chosen_configuration_against_each_other_and_small_families_can_reject():
+    runs = _rows(4, 10, 0.2)  # h0 chosen on val; 0.20 better on all 10 seeds
+    t = seed_comparisons(runs, metrics=["macro_f1"], chosen={5: "bb/h0"})
+    assert len(t) == 3 and set(t["config_a"]) == {"bb/h0"} and (t["family"] == 3).all()
+    assert np.allclose(t["p_value"], 2 / 2 ** 10) and np.allclose(t["p_holm"], 3 * 2 / 2 ** 10)
+    assert all(verdict(r).startswith("A better") for r in t.to_dict("records"))
+    # every pair of 4 configurations is a family of 6 at each k; with 5 seeds nothing can reach 0.05 in it
+    t5 = seed_comparisons(_rows(4, 5, 0.2), metrics=["macro_f1"])
+    assert len(t5) == 6 and (t5["min_p_holm"] == min(1.0, 6 * 2 / 32)).all()
+    assert all(verdict(r).startswith("cannot be significant with 5 seeds") for r in t5.to_dict("records"))

@@ -104,7 +104,8 @@ def test_intervals_of_bounded_metrics_stay_in_0_1():
     for values in (auroc, spec, [1.0] * 5, [0.0, 0.0, 0.5], [0.99, 1.0]):
         s = summarize(values)
         assert 0.0 <= s["ci_low"] <= s["ci_high"] <= 1.0, (values, s)
-    assert summarize([1.0] * 5)["ci_low"] == 1.0  # no spread, no width
+    assert summarize([1.0] * 5)["ci_low"] == 1.0  # no spread and no test size given: no width
+    assert summarize([1.0] * 5, n_units=468)["ci_low"] < 1.0  # a finite test set: never zero width
     assert summarize([0.3, 1.4, 0.9], bounds=(0.0, 2.0))["ci_high"] <= 2.0  # multi-class Brier
     s = summarize([-0.2, 0.1, 0.05], bounds=None)  # paired differences: plain t, may be negative
     assert s["ci_low"] < 0
@@ -186,7 +187,7 @@ def test_stricter_clinical_flag_names_each_failed_condition():
     two_seeds = {"n_seeds": 2, "accuracy": summarize([0.86, 0.99]), "auroc": summarize([0.97, 0.99]),
                  "sensitivity": {"mean": 0.95}, "specificity": {"mean": 0.9}}
     failed = clinical_check(two_seeds, n_classes=2, params=c)
-    assert any("2 seeds" in f for f in failed) and any("accuracy CI lower bound" in f for f in failed)
+    assert any("2 seeds" in f for f in failed) and any("accuracy interval lower bound" in f for f in failed)
     good = {"n_seeds": 5, "accuracy": summarize([0.95, 0.96, 0.95, 0.97, 0.96]),
             "auroc": summarize([0.98, 0.99, 0.985, 0.99, 0.98]), "sensitivity": {"mean": 0.95}, "specificity": {"mean": 0.93}}
     assert clinical_check(good, n_classes=2, params=c) == []

@@ -65,7 +65,7 @@ def test_matched_val_policy_draws_nested_k_per_class_val_subsets():
             assert np.bincount([label[i] for i in cur], minlength=2).tolist() == [int(k), int(k)]
             prev = cur
     assert obj["valshot"]["0"]["5"] != obj["valshot"]["1"]["5"]
-    full = make_splits(df, ["c0", "c1"], SplitParams(seeds=(0, 1), shots=(1, 2, 5), val_fraction=0.2),
+    full = make_splits(df, ["c0", "c1"], SplitParams(seeds=(0, 1), shots=(1, 2, 5), val_fraction=0.2, val_policy="full"),
                        dataset="t", manifest_sha256="abc")
     assert "valshot" not in full and full["val"] == obj["val"] and full["fewshot"] == obj["fewshot"]
 

@@ -10,8 +10,12 @@ alike:
   more than two classes;
 - **scores**: every metric of :func:`featpipe.evaluation.metrics.score` on test, and the ``val_<metric>``
   columns (what model selection uses) on val, at that threshold;
-- **degenerate**: a run whose test (else val) scores are mostly tied or predict one class is flagged, with
-  the reason (:func:`featpipe.evaluation.metrics.degenerate`);
+- **degenerate**: a run whose **val** outputs are mostly tied across classes or put the other classes' images
+  into one class is flagged, with the reason (:func:`featpipe.evaluation.metrics.degenerate`, relative to val's
+  class shares); test outputs are never looked at, so selection never depends on test. A run without val
+  outputs is not judged. Flagged runs stay in the table;
+- **Brier** only for calibrated outputs (``calibrated``; NaN for the SVC and prototype heads, whose outputs are
+  monotone scores); classes absent from val or test are named in ``val_absent`` / ``test_absent``;
 - **row**: the key columns, provenance (``ids_sha256``, ``n_*``), metrics, ``val_policy``, the caller's own
   columns, the confusion matrix, ``run_id``, per-class precision/recall/F1 and ``model_path`` ("" until
   the caller saves a model);
@@ -73,25 +77,33 @@ def check_disjoint(train_ids: Sequence[str], *held_out: Sequence[str]) -> None:
 
 def record_run(key: Mapping, *, classes: Sequence[str], train_ids: Sequence[str], val: Outputs, test: Outputs,
                val_policy: str, manifest_sha256: str, columns: Mapping | None = None,
-               with_curves: bool = True) -> RunRecord:
+               with_curves: bool = True, calibrated: bool = True) -> RunRecord:
     """The results row, predictions, curves, threshold and sidecar fields of one run.
 
     ``key`` holds the key columns of :data:`featpipe.evaluation.table.KEY_COLUMNS` (as the caller writes
     them: ``head_params`` a canonical string or a dict); ``columns`` are the caller's own columns (placed
-    after ``val_policy``)."""
+    after ``val_policy``). ``calibrated=False`` (outputs that are monotone scores, not fitted probabilities: the
+    SVC's sigmoid of its decision values, the prototype's softmax at a fixed temperature) leaves ``brier`` and
+    ``val_brier`` NaN: their value would depend on an arbitrary scale. Classes absent from val or test are named
+    in ``val_absent`` / ``test_absent``."""
     classes = list(classes)
     check_disjoint(train_ids, val.ids, test.ids)
     threshold = _threshold(val, n_classes=len(classes))
     s = score(test.labels, test.proba, classes=classes, threshold=threshold)
     sv = score(val.labels, val.proba, classes=classes, threshold=threshold, detail=False) if _scored(val) else {}
-    why = _degenerate(val, test, n_classes=len(classes), threshold=threshold)
+    why = _degenerate(val, n_classes=len(classes), threshold=threshold)
+    if not calibrated:
+        s["brier"] = float("nan")
+        if sv:
+            sv["brier"] = float("nan")
     row = {
         **key, "ids_sha256": ids_sha256(train_ids), "n_classes": len(classes),
         "n_train": len(train_ids), "n_val": len(val), "n_test": len(test),
         "degenerate": bool(why), "degenerate_reason": why,
         **{k: v for k, v in s.items() if k not in ("per_class", "confusion_matrix", "n")},
         **{f"val_{k}": sv.get(k, float("nan")) for k in SCALAR_METRICS if k != "threshold"},
-        "val_policy": val_policy, **(columns or {}),
+        "val_policy": val_policy, "calibrated": bool(calibrated),
+        "val_absent": _absent(val, classes), "test_absent": _absent(test, classes), **(columns or {}),
         "confusion_matrix": json.dumps(s["confusion_matrix"], separators=(",", ":")),
     }
     row["run_id"] = run_id(row)
@@ -108,6 +120,14 @@ def record_run(key: Mapping, *, classes: Sequence[str], train_ids: Sequence[str]
                      threshold, sidecar)
 
 
+def _absent(o: Outputs, classes: Sequence[str]) -> str:
+    """The classes with no image among the outputs ``o`` ("; "-joined, "" when every class is there)."""
+    if not len(o):
+        return ""
+    present = set(np.asarray(o.labels).astype(np.int64).tolist())
+    return "; ".join(c for i, c in enumerate(classes) if i not in present)
+
+
 def _scored(o: Outputs) -> bool:
     return o.proba is not None and len(o) > 0
 
@@ -119,12 +139,11 @@ def _threshold(val: Outputs, *, n_classes: int) -> float | None:
     return choose_threshold(val.labels, val.proba) if _scored(val) else 0.5
 
 
-def _degenerate(val: Outputs, test: Outputs, *, n_classes: int, threshold: float | None) -> str:
-    """Why the run describes a constant ("test: ..." first, else "val: ..."; "" when it does not)."""
-    why = degenerate(test.proba, n_classes=n_classes, threshold=threshold)
-    if why:
-        return f"test: {why}"
-    w = degenerate(val.proba, n_classes=n_classes, threshold=threshold) if _scored(val) else ""
+def _degenerate(val: Outputs, *, n_classes: int, threshold: float | None) -> str:
+    """Why the run describes a constant, judged on val ("val: ..."; "" when it does not or has no val outputs)."""
+    if not _scored(val):
+        return ""
+    w = degenerate(val.proba, n_classes=n_classes, threshold=threshold, labels=val.labels)
     return f"val: {w}" if w else ""
 
 

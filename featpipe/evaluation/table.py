@@ -8,7 +8,11 @@ fine-tuning stage writes rows with ``head = "finetune:<strategy>"``) never leave
 
 Per run, :func:`write_predictions` writes ``<results>/predictions/<run>-<run_id>.csv.gz`` beside the
 table: one line per val and test image (``run_id, split, id, label, p[<class>]..., threshold``); ROC/PR,
-bootstrap intervals, comparisons and the report read these (:func:`read_predictions`). Per-run ROC/PR
+bootstrap intervals, comparisons and the report read these (:func:`read_predictions`).
+
+**Full precision.** Both files are written with the shortest text that reads back as the same float64
+(Python's ``repr``) and read back exactly (:data:`EXACT_FLOATS`), so metrics recomputed from a predictions file
+equal the row of ``runs.csv`` bit for bit, and a threshold compares the same numbers it was chosen on. Per-run ROC/PR
 points (thinned) also go to ``results/curves/<run>.json`` (:func:`write_curves`). :func:`write_records`
 writes all three for records made by :func:`featpipe.evaluation.record.record_run`.
 
@@ -41,6 +45,9 @@ RUNS_CSV = "runs.csv"
 PREDICTIONS_DIR = "predictions"
 CURVES_DIR = "curves"
 VAL_METRICS = tuple(f"val_{m}" for m in SCALAR_METRICS if m != "threshold")
+# read_csv keywords that parse every float64 written by repr back to the same bits (pandas 3's default parser does;
+# pandas 2's default "high" parser can be off by one unit in the last place)
+EXACT_FLOATS: dict = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 
 
 def key_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -67,7 +74,7 @@ def read_runs(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=list(KEY_COLUMNS))
     df = pd.read_csv(path, dtype={k: str for k in (*STR_KEYS, "head_params", "run_id", "degenerate_reason")},
-                     keep_default_na=True)
+                     keep_default_na=True, **EXACT_FLOATS)
     for k in STR_KEYS:
         if k in df.columns:
             df[k] = df[k].fillna("").astype(object)
@@ -107,7 +114,7 @@ def upsert_runs(path: str | Path, rows: Iterable[Mapping]) -> pd.DataFrame:
         df = df.drop_duplicates(list(KEY_COLUMNS), keep="last")
         df = df.sort_values(list(KEY_COLUMNS), kind="stable").reset_index(drop=True)
         df = df[_order(df.columns)]
-        atomic_write(path, df.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+        atomic_write(path, df.to_csv(index=False, lineterminator="\n"))  # floats as repr: exact round trip
     return df
 
 
@@ -144,11 +151,12 @@ def write_predictions(results_dir: str | Path, row: Mapping, frame: pd.DataFrame
     """Per-image outputs of one run as ``<results_dir>/predictions/<config>-s<seed>-<run_id>.csv.gz``.
 
     ``frame`` has ``split`` (val | test), ``id``, ``label`` and ``p[<class>]`` columns; ``run_id`` and
-    ``threshold`` are added. gzip with a fixed mtime: the same predictions give the same bytes."""
+    ``threshold`` are added. Floats are written as ``repr`` (float64 round trip, never rounded). gzip with a
+    fixed mtime: the same predictions give the same bytes."""
     rid = run_id(row)
     d = Path(results_dir) / PREDICTIONS_DIR
     out = prediction_table(row, frame)
-    text = out.to_csv(index=False, float_format="%.8g", lineterminator="\n").encode()
+    text = out.to_csv(index=False, lineterminator="\n").encode()
     d.mkdir(parents=True, exist_ok=True)
     return atomic_write(d / f"{_stem(row)}-{rid}.csv.gz", gzip.compress(text, mtime=0))
 
@@ -182,5 +190,6 @@ def read_predictions(results_dir: str | Path, run_ids: Iterable[str] | None = No
     want = list(files) if run_ids is None else [r for r in run_ids if r in files]
     if not want:
         return pd.DataFrame(columns=["run_id", "split", "id", "label", "threshold"])
-    return pd.concat([pd.read_csv(files[r], dtype={"run_id": str, "id": str, "split": str}) for r in want],
+    return pd.concat([pd.read_csv(files[r], dtype={"run_id": str, "id": str, "split": str}, **EXACT_FLOATS)
+                      for r in want],
                      ignore_index=True)

@@ -34,6 +34,7 @@ from featpipe.evaluation.record import Outputs, RunRecord, check_disjoint, recor
 from featpipe.features.cache import cache_path, read_features
 from featpipe.heads.base import one_blas_thread
 from featpipe.heads.io import save_head
+from featpipe.heads.registry import get as get_head
 from featpipe.heads.registry import head_params, make_head
 from featpipe.heads.scaling import fit_pipeline, pool_scaler
 from featpipe.params.config import Params
@@ -154,7 +155,7 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
     rec = record_run(key, classes=classes, train_ids=train_ids,
                      val=Outputs(val_ids, data.y[va], proba[: va.size] if va.size else None), test=test,
                      val_policy=splits.val_policy, manifest_sha256=splits.manifest_sha256, columns=own,
-                     with_curves=params.fit.curves)
+                     with_curves=params.fit.curves, calibrated=get_head(head).calibrated)
     result = RunResult(rec.row, classes, list(test.ids), test.labels, test.proba, curves=rec.curves,
                        predictions=rec.predictions)
     if models_dir is not None and params.fit.save_models:

@@ -44,4 +44,4 @@ def factory(params, *, seed: int = 0):
     return build_pipeline(NearestPrototype(metric=p.metric, temperature=p.temperature), params)
 
 
-HEAD = dict(name="prototype", params=PrototypeParams, estimator=NearestPrototype, factory=factory)
+HEAD = dict(name="prototype", params=PrototypeParams, estimator=NearestPrototype, factory=factory, calibrated=False)

@@ -45,6 +45,7 @@ class HeadSpec:
     naming: Optional[Callable[[dict], dict]] = None  # own settings -> those that name a configuration
     cross_validated: bool = False  # heads.cv_folds / heads.cv_scoring name its configurations too
     also_explains: tuple = ()  # bare scikit-learn classes its torch twin also converts
+    calibrated: bool = True  # predict_proba is a fitted probability (logistic, MLP); False: a monotone score
 
 
 _MODULES = (logistic, mlp, prototype, svc)  # the head modules; the package's other modules are shared code

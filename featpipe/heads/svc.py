@@ -123,4 +123,4 @@ def naming_params(own: dict) -> dict:
 
 
 HEAD = dict(name="svc", params=SvcParams, estimator=FewShotSVC, factory=factory, naming=naming_params,
-            cross_validated=True, also_explains=(SVC,))
+            cross_validated=True, also_explains=(SVC,), calibrated=False)

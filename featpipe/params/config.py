@@ -74,9 +74,10 @@ class SplitParams:
     seeds: tuple[int, ...] = tuple(range(10))  # k-shot draws
     shots: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200)
     shots_policy: Literal["error", "cap"] = "error"  # k larger than a class: error, or cap and record
-    # full: thresholds, model selection and early stopping use the whole val split; matched: a val subset of
-    # k per class per (seed, k), nested like the train subsets (the true few-shot setting)
-    val_policy: Literal["full", "matched"] = "full"
+    # matched (default): thresholds, model selection and early stopping use a val subset of k per class per
+    # (seed, k), nested like the train subsets: a k-shot result uses 2k labelled images per class, as it claims;
+    # full: the whole val split (more labelled images than k; benchmarks/results/val_policy.md measures the gap)
+    val_policy: Literal["full", "matched"] = "matched"
 
 
 @dataclass(frozen=True)
@@ -151,9 +152,9 @@ class CompareParams:
     """``featpipe compare``: paired comparisons of configurations (featpipe.results.compare)."""
 
     metrics: tuple[str, ...] = ("auroc", "macro_f1")
-    reference: str | None = None  # a configuration name: compare every other one with it; None = every pair
+    reference: str | None = None  # a configuration: every other one against it; None = the val-chosen one vs each other
     bootstrap: int = 1000  # patient-level paired bootstrap resamples for the chosen pairs (0 = none)
-    pairs: tuple[str, ...] = ()  # extra "A vs B" pairs for the bootstrap (the val-best vs runner-up always)
+    pairs: tuple[str, ...] = ()  # extra "A vs B" pairs for the bootstrap column (the val-best vs runner-up always)
     seed: int = 0
 
 

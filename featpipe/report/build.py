@@ -29,7 +29,7 @@ from featpipe.evaluation.table import read_predictions, read_runs
 from featpipe.params.config import Params, to_dict
 from featpipe.report import plots, selection
 from featpipe.report.html import page, table
-from featpipe.results.compare import TestPredictions
+from featpipe.results.predictions import TestPredictions
 from featpipe.results.summary import current_split
 
 CURVE_METRICS = ("macro_f1", "accuracy", "balanced_accuracy", "auroc", "auprc")
@@ -149,9 +149,11 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
     policy = s.val_policy
     scope = (f"<p>Every number below comes from the {len(runs)} runs of the current splits file "
              f"(<code>{html.escape(s.sha256[:12])}</code>). Thresholds, model selection and early stopping used "
-             + ("<b>the whole val split</b> (<code>split.val_policy: full</code>)" if policy != "matched" else
+             + ("<b>the whole val split</b> (<code>split.val_policy: full</code>): a k-shot row used more labelled "
+                "images than k per class (the table below gives each row's count); "
+                "<code>split.val_policy: matched</code> keeps to the k-shot budget" if policy != "matched" else
                 "<b>a val subset of k images per class</b> per seed and k (<code>split.val_policy: matched</code>, the "
-                "true few-shot setting)") + ".</p>"
+                "true few-shot setting: 2k labelled images per class in all)") + ".</p>"
              + (f"<p class=\"note\">{html.escape(set_aside)}.</p>" if set_aside else ""))
     sections = [("Data set", scope + _dataset_section(inp, s.raw))]
 

@@ -1,5 +1,6 @@
-"""The report's answers: the configuration chosen on val per shot count (reported on test, with the seed
-interval and the test-sampling interval), paired comparisons, and degenerate runs (greyed out)."""
+"""The report's answers: the configuration chosen on val per shot count (reported on test with the headline
+interval for seed luck and test-sampling luck together, its two components beside it), paired comparisons, and
+degenerate runs (greyed out)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pandas as pd
 from featpipe.core.names import config_name
 from featpipe.report.html import table
 from featpipe.report.plots import METRIC_LABELS
-from featpipe.results.compare import COMPARISONS_CSV, bootstrap_interval, seed_comparisons, verdict
+from featpipe.results.compare import COMPARISONS_CSV, seed_comparisons, smallest_p, verdict
 from featpipe.results.summary import config_labels, degenerate_flags, select_best, summarize_runs
 
 
@@ -22,46 +23,65 @@ def _f(x, pct: bool = True) -> str:
     return f"{100 * x:.1f}" if pct else f"{x:.3f}"
 
 
+def _budget(sel: pd.DataFrame) -> str:
+    """"k-shot + val = total" labelled images of the runs ``sel`` (medians over seeds)."""
+    if not {"n_train", "n_val"} <= set(sel.columns) or sel.empty:
+        return "–"
+    tr, va = int(pd.to_numeric(sel["n_train"]).median()), int(pd.to_numeric(sel["n_val"]).median())
+    return f"{tr} + {va} = {tr + va}"
+
+
+def _iv(s: dict, lo: str, hi: str) -> str:
+    return f"[{_f(s.get(lo))}, {_f(s.get(hi))}]"
+
+
 def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=None) -> tuple[str, list[dict]]:
     """(HTML, [{"shots", "config", "run_ids"}]) of the configuration chosen on ``val_<report.metric>`` per shot
-    count among those without degenerate runs, reported on test."""
+    count among those without degenerate runs, reported on test. ``preds``
+    (:class:`featpipe.results.predictions.TestPredictions`): test-sampling variance by patient."""
     metric = params.report.metric
-    summary = summarize_runs(runs, clinical=params.clinical, select_metric=metric)
+    summary = summarize_runs(runs, clinical=params.clinical, select_metric=metric,
+                             sampling=preds.sampling if preds is not None else None)
     chosen = select_best(summary, metric)
     runs = runs.assign(config=config_labels(runs).to_numpy())
     label = METRIC_LABELS.get(metric, metric)
-    rows, best = [], []
+    rows, best, notes = [], [], []
     for k in sorted({int(x) for x in runs["shots"]}):
         name = chosen.get(k)
         if name is None:
-            rows.append([k, "none: every configuration has a degenerate run or no val metric"] + ["–"] * 9)
+            rows.append([k, "none: every configuration has a degenerate run or no val metric"] + ["–"] * 11)
             continue
         e = summary[name]
         sel = runs[(runs["config"] == e["config"]) & (runs["shots"].astype(int) == k)].sort_values("seed")
         ids = sel["run_id"].astype(str).tolist() if "run_id" in sel.columns else []
-        lo, hi = (bootstrap_interval(preds, ids, None, metric=metric, n_boot=params.compare.bootstrap, seed=params.compare.seed)
-                  if preds is not None and ids else (math.nan, math.nan))
         t, v = e.get(metric, {}), e.get(f"val_{metric}", {})
-        flag = "yes" if e["clinical_grade"] else "no: " + "; ".join(e["clinical_failed"])
-        rows.append([k, e["config"], _f(v.get("mean")), f"{_f(t.get('mean'))} ± {_f(t.get('std'))}",
-                     f"[{_f(t.get('ci_low'))}, {_f(t.get('ci_high'))}]", f"[{_f(lo)}, {_f(hi)}]",
+        flag = f"yes ({e['test_size']})" if e["clinical_grade"] else "no: " + "; ".join(e["clinical_failed"])
+        if e.get("selection_note"):
+            notes.append(e["selection_note"])
+        rows.append([k, e["config"], _budget(sel), _f(v.get("mean")), f"{_f(t.get('mean'))} ± {_f(t.get('std'))}",
+                     _iv(t, "ci_low", "ci_high"), _iv(t, "seed_low", "seed_high"), _iv(t, "test_low", "test_high"),
                      _f(e.get("accuracy", {}).get("mean")), _f(e.get("auroc", {}).get("mean"), pct=False),
                      e["n_seeds"], _f(e.get("sensitivity", {}).get("mean")) + " / " + _f(e.get("specificity", {}).get("mean")),
                      flag])
         best.append({"shots": k, "config": e["config"], "run_ids": ids})
-    head = ["shots", "chosen on val", f"val {label} (%)", f"test {label} (mean ± std, %)", "seed interval (95%)",
-            "test-sampling interval (95%)", "test accuracy (%)", "test AUROC", "seeds", "sens / spec (%)", "clinical-grade"]
+    head = ["shots", "chosen on val", "labelled images per run (k-shot + val)", f"val {label} (%)", f"test {label} (mean ± std, %)",
+            "95% interval (seeds + test patients)", "seed part", "test-sampling part", "test accuracy (%)",
+            "test AUROC", "seeds", "sens / spec (%)", "clinical-grade"]
     c = params.clinical
     text = (f"<p>The configuration of each row is <b>chosen on val</b> (best mean val {html.escape(label)} among "
             "configurations without a degenerate run) and <b>reported on test</b>; test numbers played no part in "
-            "the choice. The <i>seed interval</i> (logit-t over seeds) says how much the result depends on which "
-            "images were labelled; the <i>test-sampling interval</i> (patients of the test split resampled, "
-            "mean over the same seeds) says how much it depends on which patients happened to be tested.</p>"
-            f"<p class=\"note\">Clinical-grade needs: ≥ {c.min_seeds} seeds; the seed interval's lower bound of accuracy ≥ "
+            "the choice. The <b>95% interval</b> covers both kinds of luck: which images were labelled (the spread "
+            "over seeds) and which patients happened to be tested (the test-sampling variance the seeds share, "
+            "patients resampled, with an Agresti-Coull floor so that a perfect score on few images is not certain). "
+            "Beside it, its two parts alone: the <i>seed part</i> (the mean over k-shot subsets on this test split) "
+            "and the <i>test-sampling part</i>.</p>"
+            f"<p class=\"note\">Clinical-grade needs: ≥ {c.min_seeds} seeds; the 95% interval's lower bound of accuracy ≥ "
             f"{c.min_accuracy_binary:.0%} (binary) or ≥ {c.min_accuracy_multiclass:.0%} (multi-class) and of AUROC ≥ "
             f"{c.min_auroc}; accuracy std across seeds < {c.max_std:.0%}; mean sensitivity ≥ {c.min_sensitivity:.0%} and "
-            f"specificity ≥ {c.min_specificity:.0%} (binary); a configuration chosen on val. A failed row names the "
-            "conditions it failed.</p>")
+            f"specificity ≥ {c.min_specificity:.0%} (binary); a configuration chosen on val. Each verdict names the test "
+            "size it rests on (20 images scored perfectly give an accuracy lower bound of 0.81: never clinical-grade at "
+            "0.90); a failed row names the conditions it failed.</p>")
+    text += "".join(f"<p class=\"note\">{html.escape(n)}.</p>" for n in notes)
     return table(head, rows) + text, best
 
 
@@ -84,28 +104,49 @@ def comparison_section(comparisons: pd.DataFrame, best: list[dict], metric: str)
             d, lo, hi = s * r["mean_diff"], (s * (r["ci_high"] if flip else r["ci_low"])), (s * (r["ci_low"] if flip else r["ci_high"]))
             blo, bhi = (s * r["boot_ci_high"], s * r["boot_ci_low"]) if flip else (r["boot_ci_low"], r["boot_ci_high"])
             v = verdict({**r, "mean_diff": d}).replace("A better", "chosen better").replace("B better", f"{other} better")
+            slo, shi = ((s * r["seed_ci_high"], s * r["seed_ci_low"]) if flip else (r["seed_ci_low"], r["seed_ci_high"])) \
+                if "seed_ci_low" in r else (math.nan, math.nan)
             rows.append([b["shots"], a, other, r["n_seeds"], f"{d:+.3f}", f"[{lo:+.3f}, {hi:+.3f}]",
+                         "–" if not math.isfinite(slo) else f"[{slo:+.3f}, {shi:+.3f}]",
                          "–" if not math.isfinite(blo) else f"[{blo:+.3f}, {bhi:+.3f}]", f"{r['p_value']:.3g}",
                          f"{r['p_holm']:.3g}", v])
             classes.append("degenerate" if (r["degenerate_b"] if not flip else r["degenerate_a"]) else "")
     label = METRIC_LABELS.get(metric, metric)
-    head = ["shots", "chosen on val (A)", "other (B)", "paired seeds", f"mean {label} A − B", "95% interval (seeds)",
-            "95% interval (test patients)", "p (paired permutation)", "p (Holm)", "answer"]
+    head = ["shots", "chosen on val (A)", "other (B)", "paired seeds", f"mean {label} A − B",
+            "95% interval (seeds + test patients)", "seed part", "bootstrap (test patients)", "p (paired permutation)",
+            "p (Holm)", "answer"]
     return (f"<p>Is the configuration chosen on val better than each other one at k shots? Differences in {html.escape(label)} "
             "are paired by seed (every configuration saw the same labelled images for a seed); p-values come from an exact "
-            "paired permutation (sign-flip) test and are Holm-corrected over every comparison of the metric in "
-            "<code>results/comparisons.csv</code>. With 5 seeds the smallest possible p is 1/16: few seeds cannot show "
-            "a difference, whatever its size. Grey rows: B has degenerate runs.</p>" + table(head, rows, row_classes=classes))
+            "paired permutation (sign-flip) test and are Holm-corrected within the <b>family stated here</b>: per shot "
+            "count, the chosen configuration against each of the others (or every one against "
+            "<code>compare.reference</code>). " + _floor_text(c) + " A difference is called only when the Holm p is "
+            "below 0.05 and the 95% interval (seeds + test patients) excludes 0. Grey rows: B has degenerate runs.</p>"
+            + table(head, rows, row_classes=classes))
+
+
+def _floor_text(c: pd.DataFrame) -> str:
+    """The smallest Holm p attainable per shot count (family size m, n seeds: m x 2 / 2^n)."""
+    if c.empty:
+        return ""
+    parts = []
+    for k, g in c.groupby("shots"):
+        n, m = int(g["n_seeds"].max()), int(g["family"].max()) if "family" in g.columns else len(g)
+        floor = min(1.0, m * smallest_p(n))
+        parts.append(f"k = {k}: {m} comparison(s), {n} seeds, smallest attainable Holm p {floor:.3g}"
+                     + (f" — <b>cannot be significant with {n} seeds</b>" if floor >= 0.05 else ""))
+    return "Smallest attainable p with n seeds is 2 / 2^n; " + "; ".join(parts) + "."
 
 
 def degenerate_section(runs: pd.DataFrame) -> str:
     bad = runs[degenerate_flags(runs).to_numpy()]
     if bad.empty:
-        return "<p>No run is degenerate (none has mostly tied scores or predicts one class for ≥ 95% of images).</p>"
+        return ("<p>No run is degenerate (judged on val: none has most of its val scores tied across classes or puts "
+                "≥ 95% of the other classes' val images into one class).</p>")
     rows = [["⚠", config_name(r, with_seed=True), r.get("degenerate_reason", "")] for r in bad.to_dict("records")]
-    return (f"<p>{len(bad)} run(s) are degenerate: most of their scores are one tied value, or they predict one class for "
-            "≥ 95% of images. Their metrics describe a constant, not a classifier; their configurations are never "
-            "chosen as best (grey crosses in the per-seed plot).</p>"
+    return (f"<p>{len(bad)} run(s) are degenerate, judged on <b>val</b> only (test never decides a flag or a choice): "
+            "most of their val scores are one tied value across classes, or they put ≥ 95% of the other classes' val "
+            "images into one class. Their metrics describe a constant, not a classifier; they stay in the table, and "
+            "their configurations are never chosen as best (grey crosses in the per-seed plot).</p>"
             + table(["", "run", "why"], rows, row_classes=["degenerate"] * len(rows)))
 
 
@@ -117,4 +158,7 @@ def read_comparisons(results_dir: Path, runs: pd.DataFrame, params) -> pd.DataFr
         t = pd.read_csv(f)
         if set(t["config_a"]) | set(t["config_b"]) <= set(config_labels(runs)):
             return t
-    return seed_comparisons(runs, metrics=[params.report.metric], reference=params.compare.reference)
+    metric = params.report.metric
+    summary = summarize_runs(runs, clinical=params.clinical, select_metric=metric)
+    chosen = {k: summary[n]["config"] for k, n in select_best(summary, metric).items()}
+    return seed_comparisons(runs, metrics=[metric], reference=params.compare.reference, chosen=chosen)

@@ -12,19 +12,21 @@ import pandas as pd
 
 from featpipe.evaluation.metrics import SUMMARY_METRICS
 from featpipe.params.config import ClinicalParams, CompareParams, ReportParams, build
-from featpipe.results.compare import TestPredictions, compare_runs
+from featpipe.results.compare import compare_runs
+from featpipe.results.predictions import TestPredictions
 from featpipe.results.summary import summarize_runs
 
-_STATS = ("ci_low", "ci_high", "std")
+_STATS = ("ci_low", "ci_high", "seed_low", "seed_high", "test_low", "test_high", "std")
 
 
 def summarize(runs: pd.DataFrame, *, metric: str = ReportParams.metric, metrics: Sequence[str] = SUMMARY_METRICS,
               **clinical) -> pd.DataFrame:
     """One row per configuration (dataset/backbone/head/k, across seeds): for each test metric its mean over
-    seeds (column ``<metric>``) and ``<metric>_ci_low``/``_ci_high``/``_std`` (the seed interval of
-    ``metrics.json``), the val means (``val_<metric>``), ``n_seeds``, ``n_degenerate``, ``chosen_on_val``
-    (best mean ``val_<metric>`` at its k) and ``clinical_grade`` (``clinical`` keywords: the ``clinical``
-    section, e.g. ``min_auroc=0.9``)."""
+    seeds (column ``<metric>``), ``<metric>_ci_low``/``_ci_high`` (the 95% interval of ``metrics.json``: seed and
+    test-sampling luck, test units = images), its parts ``_seed_low``/``_seed_high``/``_test_low``/``_test_high``
+    and ``_std``; the val means (``val_<metric>``), ``n_seeds``, ``n_degenerate``, ``chosen_on_val`` (best mean
+    ``val_<metric>`` at its k) and ``clinical_grade`` (``clinical`` keywords: the ``clinical`` section, e.g.
+    ``min_auroc=0.9``)."""
     settings = build(ClinicalParams, clinical, "clinical")
     summary = summarize_runs(runs, clinical=settings, select_metric=metric, metrics=metrics)
     rows = []
@@ -43,9 +45,10 @@ def summarize(runs: pd.DataFrame, *, metric: str = ReportParams.metric, metrics:
 def compare(runs: pd.DataFrame, predictions: pd.DataFrame | None = None, *, metric: str = ReportParams.metric,
             **settings) -> pd.DataFrame:
     """Paired comparisons of the configurations in ``runs`` (the columns of ``comparisons.csv``): per k and
-    metric, the mean difference over the seeds both have, its t interval, the exact permutation p and
-    Holm's correction; with ``predictions`` (from ``evaluate_fewshot``), the patient-level bootstrap
-    interval of the chosen pairs (patients from its ``patient_id`` column, else one per image).
+    metric, the val-chosen configuration against each other one (or all against ``reference``): the mean
+    difference over the seeds both have, its interval, the exact permutation p and Holm's correction within the
+    family; with ``predictions`` (from ``evaluate_fewshot``) the interval adds the test-sampling variance and the
+    chosen pairs get the patient-level bootstrap (patients from its ``patient_id`` column, else one per image).
     ``settings``: the ``compare`` section's keys (``metrics``, ``reference``, ``bootstrap``, ``pairs``,
     ``seed``); ``metric``: what "chosen on val" means (``report.metric``)."""
     c = build(CompareParams, settings, "compare")

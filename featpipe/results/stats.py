@@ -1,73 +1,51 @@
-"""Statistics over runs: the seed interval, the clinical-grade check, the patient bootstrap.
+"""Statistics over runs: the interval of a configuration's mean over seeds, the clinical-grade check, the patient
+bootstrap.
 
-Across seeds (:func:`summarize`): mean, sample std (ddof=1), a 95% interval for the mean over seeds,
-min, max and spread (max - min). Every metric here is bounded (in [0, 1]; a multi-class Brier score in
-[0, 2]), so the interval is a **logit-t interval**: values are mapped to the logit scale (clipped
-half an image inside the bounds, ``0.5 / n`` of the range for n scored images; ``1e-3`` when n is unknown), a
-Student-t interval for their mean is taken there (``m +- t_{0.975, n-1} * s / sqrt(n)``) and mapped back. It
-never leaves the bounds, and for values far from them it equals the plain t-interval. It treats seeds as
-independent draws of the k-shot subset, so it describes the mean over subsets on this one test split; it says
-nothing about test sampling. :func:`seed_summary` is the one way a column of the runs table is summarised
-across seeds (the table's summaries, ``metrics.json`` and the report's plots all call it).
+Across seeds (:func:`summarize`): mean, sample std (ddof=1), min, max, spread, and the **headline interval**
+(``ci_low``, ``ci_high``) that covers both seed luck and test-sampling luck, with its two components beside it
+(``seed_low``/``seed_high``, ``test_low``/``test_high``) and the effective number of test units ``n_eff``; the
+method is in :mod:`featpipe.results.intervals`. :func:`seed_summary` is the one way a column of the runs table
+is summarised across seeds (the table's summaries, ``metrics.json``, the report and its plots all call it).
+From the table alone the test units are the images the metric counts (:func:`metric_units`: all test images,
+the positives for sensitivity, the smallest class for AUROC ...); given the per-image predictions and the
+patients (the report), the test-sampling variance is computed clustered by patient
+(:func:`featpipe.results.testvar.sampling_variance`) and the units are patients.
 
-For test sampling, :class:`PatientResampler` draws **patients** with replacement (all their images
+For test sampling of one run, :class:`PatientResampler` draws **patients** with replacement (all their images
 together) from a seeded generator; :func:`bootstrap_ci` gives percentile intervals of one run's metrics
 from it, and :func:`featpipe.results.compare.bootstrap_interval` of paired differences.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from featpipe.evaluation.metrics import SUMMARY_METRICS, as_proba, fast_scores
+from featpipe.results.intervals import difference_interval, interval
+
+# (runs of one configuration, metric) -> (test-sampling variance of the mean over seeds, test units) or None
+Sampling = Callable[[pd.DataFrame, str], "tuple[float | None, float] | None"]
 
 
 def summarize(values: Iterable[float], *, confidence: float = 0.95, bounds: tuple[float, float] | None = (0.0, 1.0),
-              eps: float = 1e-3) -> dict:
-    """mean, std (ddof=1), the interval for the mean over seeds, min, max, spread, n (NaNs dropped).
+              n_units: float | None = None, test_var: float | None = None) -> dict:
+    """mean, std (ddof=1), the headline interval and its components, min, max, spread, n, n_eff (NaNs dropped).
 
-    With ``bounds`` (default [0, 1]) the interval is the logit-t interval described in the module
-    docstring and stays inside the bounds; ``bounds=None`` gives the plain Student-t interval
-    (for unbounded quantities such as paired differences)."""
-    from scipy import stats
-
-    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], dtype=float)
-    v = v[np.isfinite(v)]
-    n = int(v.size)
-    if n == 0:
-        return {k: math.nan for k in ("mean", "std", "ci_low", "ci_high", "min", "max", "spread")} | {"n": 0}
-    mean = float(v.mean())
-    std = float(v.std(ddof=1)) if n > 1 else math.nan
-    lo = hi = math.nan
-    if n > 1:
-        t = float(stats.t.ppf(0.5 + confidence / 2, n - 1))
-        if bounds is None:
-            half = t * std / math.sqrt(n)
-            lo, hi = mean - half, mean + half
-        else:
-            lo, hi = _logit_t(v, t, bounds, eps)
-    return {"mean": mean, "std": std, "ci_low": lo, "ci_high": hi, "min": float(v.min()),
-            "max": float(v.max()), "spread": float(v.max() - v.min()), "n": n}
-
-
-def _logit_t(v: np.ndarray, t: float, bounds: tuple[float, float], eps: float) -> tuple[float, float]:
-    """t-interval of the mean on the logit scale of ``(v - a) / (b - a)`` (clipped to [eps, 1 - eps]),
-    mapped back to [a, b]."""
-    from scipy.special import expit, logit
-
-    a, b = float(bounds[0]), float(bounds[1])
-    u = np.clip((v - a) / (b - a), eps, 1 - eps)
-    z = logit(u)
-    m, s = float(z.mean()), float(z.std(ddof=1))
-    half = t * s / math.sqrt(v.size)
-    lo, hi = expit(m - half), expit(m + half)
-    if s == 0.0:  # every seed gave the same value: the interval is that value
-        lo = hi = float(np.clip((v[0] - a) / (b - a), 0, 1))
-    return a + (b - a) * float(lo), a + (b - a) * float(hi)
+    With ``bounds`` (default [0, 1]) the interval is :func:`featpipe.results.intervals.interval` on ``n_units``
+    test units (None: unknown, the seed term alone) with ``test_var``; ``bounds=None`` gives the interval of a
+    mean difference (:func:`featpipe.results.intervals.difference_interval`)."""
+    vals = [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if bounds is None:
+        d = difference_interval(vals, test_var=test_var, confidence=confidence)
+        v = np.asarray(vals, dtype=float)
+        return d | {"std": float(v.std(ddof=1)) if v.size > 1 else math.nan}
+    return interval(vals, n_units=n_units if n_units is not None else math.nan, test_var=test_var,
+                    confidence=confidence, bounds=bounds)
 
 
 def metric_bounds(metric: str, n_classes: int = 2) -> tuple[float, float]:
@@ -85,30 +63,65 @@ def n_classes_of(g: pd.DataFrame) -> int:
     return 2 if ("sensitivity" in g.columns and g["sensitivity"].notna().any()) else 3
 
 
-def half_image(g: pd.DataFrame, col: str) -> float:
-    """0.5 / (images scored): how far inside [0, 1] the logit-t interval clips values at a bound."""
-    n = pd.to_numeric(g[col], errors="coerce").median() if col in g.columns else math.nan
-    return 0.5 / float(n) if np.isfinite(n) and n > 0 else 1e-3
+def class_counts(g: pd.DataFrame, test: bool = True) -> np.ndarray | None:
+    """Test images per class of the runs ``g`` (row sums of the first ``confusion_matrix``); None if unknown."""
+    if not test or "confusion_matrix" not in g.columns:
+        return None
+    for c in g["confusion_matrix"].dropna():
+        try:
+            return np.asarray(json.loads(c), dtype=float).sum(axis=1)
+        except (TypeError, ValueError):
+            continue
+    return None
 
 
-def seed_summary(g: pd.DataFrame, metric: str, *, n_classes: int | None = None) -> dict:
-    """:func:`summarize` of column ``metric`` over the runs ``g`` (one configuration, one row per seed):
-    logit-t interval within the metric's bounds, clipped half an image inside them (val images for a
-    ``val_`` column, test images otherwise)."""
+def metric_units(metric: str, counts: np.ndarray | None, total: float) -> float:
+    """How many test units ``metric`` is measured on, from the units per class ``counts`` (or ``total``):
+    sensitivity / specificity the positives / negatives; AUROC and AUPRC the smallest class; balanced
+    accuracy and macro F1 ``C^2 / sum(1 / n_c)`` (their variance at equal recalls); others every unit."""
+    metric = metric[4:] if metric.startswith("val_") else metric
+    if counts is None or not counts.size:
+        return total
+    if metric in ("sensitivity", "specificity"):
+        return float(counts[1 if metric == "sensitivity" else 0]) if counts.size == 2 else math.nan
+    if metric in ("auroc", "auprc"):
+        return float(counts.min())
+    if metric in ("balanced_accuracy", "macro_f1"):
+        c = counts[counts > 0]
+        return float(c.size ** 2 / np.sum(1.0 / c)) if c.size else math.nan
+    return float(total) if math.isfinite(total) else float(counts.sum())
+
+
+def seed_summary(g: pd.DataFrame, metric: str, *, n_classes: int | None = None, sampling: Sampling | None = None) -> dict:
+    """:func:`summarize` of column ``metric`` over the runs ``g`` (one configuration, one row per seed) within the
+    metric's bounds. ``sampling(g, metric)`` may give (test-sampling variance, test units) from the predictions;
+    otherwise the units are the images the metric counts (:func:`metric_units`) and the variance is left to
+    :func:`featpipe.results.intervals.effective_n`. Val columns count val images."""
     n_classes = n_classes_of(g) if n_classes is None else n_classes
-    eps = half_image(g, "n_val" if metric.startswith("val_") else "n_test")
-    return summarize(g[metric].astype(float), bounds=metric_bounds(metric, n_classes), eps=eps)
+    val = metric.startswith("val_")
+    got = sampling(g, metric) if sampling is not None and not val else None
+    if got is not None:
+        test_var, units = got
+    else:
+        col = "n_val" if val else "n_test"
+        total = pd.to_numeric(g[col], errors="coerce").median() if col in g.columns else math.nan
+        test_var, units = None, metric_units(metric, class_counts(g, test=not val), float(total))
+    out = summarize(g[metric].astype(float), bounds=metric_bounds(metric, n_classes), n_units=units, test_var=test_var)
+    n_test = pd.to_numeric(g["n_test"], errors="coerce").median() if "n_test" in g.columns else math.nan
+    return out | {"n_test": float(n_test), "units": "patients" if got is not None else "images", "n_units": float(units)}
 
 
 def clinical_check(summary: Mapping[str, Mapping[str, float]], *, n_classes: int, params,
                    chosen_on_val: bool | None = True) -> list[str]:
     """The conditions of the "clinical-grade" flag that a configuration FAILS (empty list: it passes).
 
-    Conditions: at least ``params.min_seeds`` seeds; the **lower bound** of the seed interval of
-    accuracy >= ``min_accuracy_binary`` (2 classes) or ``min_accuracy_multiclass`` and of AUROC >=
-    ``min_auroc``; std of accuracy across seeds < ``max_std``; binary tasks: mean sensitivity >=
-    ``min_sensitivity`` and mean specificity >= ``min_specificity``; the configuration was chosen on
-    val (``chosen_on_val``; None = not judged here). A missing/NaN value fails its condition.
+    Conditions: at least ``params.min_seeds`` seeds; the **lower bound of the headline interval** (seed luck and
+    test-sampling luck together, :mod:`featpipe.results.intervals`) of accuracy >= ``min_accuracy_binary``
+    (2 classes) or ``min_accuracy_multiclass`` and of AUROC >= ``min_auroc``; std of accuracy across seeds <
+    ``max_std``; binary tasks: mean sensitivity >= ``min_sensitivity`` and mean specificity >=
+    ``min_specificity``; the configuration was chosen on val (``chosen_on_val``; None = not judged here).
+    A missing/NaN value fails its condition. The lower bounds name the test size they rest on: a perfect score on
+    20 test images has an accuracy lower bound of 0.81 and cannot pass.
     """
     acc, auc = summary.get("accuracy", {}), summary.get("auroc", {})
     need = params.min_accuracy_binary if n_classes == 2 else params.min_accuracy_multiclass
@@ -117,12 +130,11 @@ def clinical_check(summary: Mapping[str, Mapping[str, float]], *, n_classes: int
     failed = []
     if n < params.min_seeds:
         failed.append(f"{n} seeds (needs >= {params.min_seeds})")
-    lo = acc.get("ci_low", nan)
-    if not lo >= need:
-        failed.append(f"accuracy CI lower bound {lo:.3f} < {need:.2f}" if math.isfinite(lo) else "accuracy CI undefined")
-    lo = auc.get("ci_low", nan)
-    if not lo >= params.min_auroc:
-        failed.append(f"AUROC CI lower bound {lo:.3f} < {params.min_auroc:.2f}" if math.isfinite(lo) else "AUROC CI undefined")
+    for name, s, floor in (("accuracy", acc, need), ("AUROC", auc, params.min_auroc)):
+        lo = s.get("ci_low", nan)
+        if not lo >= floor:
+            failed.append(f"{name} interval lower bound {lo:.3f} < {floor:.2f} ({test_size(s)})" if math.isfinite(lo)
+                          else f"{name} interval undefined")
     std = acc.get("std", nan)
     if not std < params.max_std:
         failed.append(f"accuracy std {std:.3f} >= {params.max_std:.2f}" if math.isfinite(std) else "accuracy std undefined")
@@ -134,6 +146,16 @@ def clinical_check(summary: Mapping[str, Mapping[str, float]], *, n_classes: int
     if chosen_on_val is False:
         failed.append("not the configuration chosen on val")
     return failed
+
+
+def test_size(s: Mapping) -> str:
+    """"on N test images" (plus "(P patients)" when the interval counted patients) for a :func:`seed_summary`."""
+    n, u = s.get("n_test", math.nan), s.get("n_units", math.nan)
+    if not isinstance(n, (int, float)) or not math.isfinite(n):
+        return "test size unknown"
+    pat = (f" ({u:.0f} patients)" if s.get("units") == "patients" and isinstance(u, (int, float)) and math.isfinite(u)
+           else "")
+    return f"on {n:.0f} test images{pat}"
 
 
 def clinical_grade(summary: Mapping[str, Mapping[str, float]], *, n_classes: int, params,

@@ -23,7 +23,7 @@ from featpipe.core.fileio import atomic_write
 from featpipe.core.names import config_name, params_tag
 from featpipe.evaluation.metrics import SUMMARY_METRICS
 from featpipe.evaluation.table import KEY_COLUMNS, RUNS_CSV, key_frame, read_runs
-from featpipe.results.stats import clinical_check, n_classes_of, seed_summary
+from featpipe.results.stats import Sampling, clinical_check, n_classes_of, seed_summary, test_size
 
 METRICS_JSON = "metrics.json"
 LOWER_IS_BETTER = ("brier",)
@@ -56,12 +56,15 @@ def _better(metric: str, a: float, b: float) -> bool:
 
 
 def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = None, select_metric: str | None = None,
-                   metrics: Iterable[str] = SUMMARY_METRICS) -> dict:
+                   metrics: Iterable[str] = SUMMARY_METRICS, sampling: Sampling | None = None) -> dict:
     """{config name: {metric: seed_summary(...), "val_<metric>": ..., "n_seeds", "n_degenerate", "chosen_on_val",
     "clinical_grade", "clinical_failed", "head_params", "shots"}} from the rows of ``split_sha256``.
 
     ``chosen_on_val``: the configuration with the best mean ``val_<select_metric>`` among those with no
-    degenerate run, per (dataset, shots); only that one can be clinical-grade."""
+    degenerate run, per (dataset, shots); only that one can be clinical-grade. ``sampling``: the test-sampling
+    variance from the predictions (:func:`featpipe.results.stats.seed_summary`), applied to the configurations
+    chosen on val (to every one without ``select_metric``); elsewhere the test units are images.
+    ``test_size`` says what the clinical flag's lower bounds rest on."""
     df, _ = current_split(df, split_sha256)
     if df.empty:
         return {}
@@ -72,6 +75,7 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
     groups = list(df.groupby(group_cols, sort=True, dropna=False))
     names = [config_name(dict(zip(group_cols, key))) for key, _ in groups]
     metrics = list(metrics)
+    frames: dict = {}
     for (key, g), name in zip(groups, names):
         row = dict(zip(group_cols, key))
         if names.count(name) > 1:
@@ -86,13 +90,20 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
         entry["config"] = str(g["_label"].iloc[0])
         entry["shots"] = int(row["shots"])
         entry["head_params"] = row["head_params"]
-        out[name] = entry
+        out[name], frames[name] = entry, g
     chosen = select_best(out, select_metric) if select_metric else {}
     for name, entry in out.items():
         entry["chosen_on_val"] = name in chosen.values() if select_metric else None
+        if entry["chosen_on_val"]:
+            entry["selection_note"] = selection_metric(out, select_metric, entry["shots"])[1]
+        if sampling is not None and entry["chosen_on_val"] is not False:
+            g = frames[name]
+            entry |= {m: seed_summary(g, m, n_classes=entry["n_classes"], sampling=sampling)
+                      for m in metrics if m in g.columns}
         failed = clinical_check(entry, n_classes=entry["n_classes"], params=clinical, chosen_on_val=entry["chosen_on_val"])
         entry["clinical_grade"] = not failed
         entry["clinical_failed"] = failed
+        entry["test_size"] = test_size(entry.get("accuracy", {}))
     return out
 
 
@@ -127,19 +138,38 @@ def _flags(g: pd.DataFrame) -> pd.Series:
     return g["degenerate"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0")).astype(bool)
 
 
+FALLBACK_METRIC = "accuracy"  # defined on any val split, whatever classes it lacks
+
+
+def _val_mean(e: Mapping, metric: str) -> float:
+    v = e.get(f"val_{metric}", {}).get("mean", math.nan) if isinstance(e, Mapping) else math.nan
+    return v if isinstance(v, float) and math.isfinite(v) else math.nan
+
+
 def select_best(summary: Mapping[str, Mapping], metric: str) -> dict[int, str]:
     """{shots: config name} chosen on **val**: best mean ``val_<metric>`` among configurations with no
-    degenerate run (ties: first name). Shots where no configuration qualifies are left out."""
+    degenerate run (ties: first name). At a shot count where ``val_<metric>`` is undefined for every such
+    configuration (e.g. AUROC with a class missing from val), the choice falls back to ``val_accuracy``
+    (:func:`selection_metric` gives the line that says so). Shots where no configuration qualifies are left out."""
     best: dict[int, tuple[float, str]] = {}
-    for name in sorted(summary):
-        e = summary[name]
-        v = e.get(f"val_{metric}", {}).get("mean", math.nan)
-        if e.get("n_degenerate", 0) or not isinstance(v, float) or not math.isfinite(v):
-            continue
-        k = int(e["shots"])
-        if k not in best or _better(metric, v, best[k][0]):
-            best[k] = (v, name)
+    ok = {n: e for n, e in summary.items() if isinstance(e, Mapping) and "shots" in e and not e.get("n_degenerate", 0)}
+    for k in sorted({int(e["shots"]) for e in ok.values()}):
+        m = selection_metric(ok, metric, k)[0]
+        for name in sorted(n for n, e in ok.items() if int(e["shots"]) == k):
+            v = _val_mean(ok[name], m)
+            if math.isfinite(v) and (k not in best or _better(m, v, best[k][0])):
+                best[k] = (v, name)
     return {k: n for k, (_, n) in sorted(best.items())}
+
+
+def selection_metric(summary: Mapping[str, Mapping], metric: str, shots: int) -> tuple[str, str]:
+    """(metric the choice at ``shots`` uses, "" or the line saying it fell back to val accuracy)."""
+    at_k = [e for e in summary.values()
+            if isinstance(e, Mapping) and e.get("shots") == shots and not e.get("n_degenerate", 0)]
+    if metric == FALLBACK_METRIC or any(math.isfinite(_val_mean(e, metric)) for e in at_k):
+        return metric, ""
+    return FALLBACK_METRIC, (f"k = {shots}: val_{metric} is undefined for every configuration (a class is missing "
+                             f"from val); chosen on val_{FALLBACK_METRIC} instead")
 
 
 def write_metrics_json(results_dir: str | Path, *, clinical, split_sha256: str | None = None,
@@ -178,22 +208,30 @@ def degenerate_lines(rows: Iterable[Mapping], limit: int = 10) -> list[str]:
 
 
 def format_summary(summary: Mapping[str, Mapping]) -> str:
-    """Plain-text tables (one per configuration): metric, mean, std, 95% CI, min, max, spread."""
+    """Plain-text tables (one per configuration): metric, mean, std, the 95% headline interval (seed and test
+    luck), min, max, spread."""
     lines = []
     for name, entry in summary.items():
         if name.startswith("_"):
             continue
-        flag = "yes" if entry.get("clinical_grade") else "no"
+        flag = f"yes, {entry.get('test_size', '')}" if entry.get("clinical_grade") else "no"
         if entry.get("clinical_failed"):
             flag += " (" + "; ".join(entry["clinical_failed"]) + ")"
         degen = f"; {entry['n_degenerate']} degenerate run(s)" if entry.get("n_degenerate") else ""
         lines.append(f"{name}  ({entry.get('n_seeds', '?')} seeds{degen}; clinical-grade: {flag})")
-        lines.append(f"  {'metric':<22}{'mean':>8}{'std':>8}   {'95% CI':<17}{'min':>8}{'max':>8}{'spread':>8}")
+        if entry.get("selection_note"):
+            lines.append(f"  note: {entry['selection_note']}")
+        lines.append(f"  {'metric':<22}{'mean':>8}{'std':>8}   {'95% CI (both)':<17}{'seeds':<17}{'test':<17}"
+                     f"{'min':>8}{'max':>8}{'spread':>8}")
+
+        def pair(s, lo, hi):
+            return "-" if not math.isfinite(s.get(lo, math.nan)) else f"[{s[lo]:.3f}, {s[hi]:.3f}]"
+
         for metric, s in entry.items():
             if not isinstance(s, Mapping) or "mean" not in s or s.get("n", 0) == 0:
                 continue
-            ci = "-" if not math.isfinite(s["ci_low"]) else f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
             std = "-" if not math.isfinite(s["std"]) else f"{s['std']:.3f}"
-            lines.append(f"  {metric:<22}{s['mean']:>8.3f}{std:>8}   {ci:<17}{s['min']:>8.3f}{s['max']:>8.3f}"
-                         f"{s['spread']:>8.3f}")
+            lines.append(f"  {metric:<22}{s['mean']:>8.3f}{std:>8}   {pair(s, 'ci_low', 'ci_high'):<17}"
+                         f"{pair(s, 'seed_low', 'seed_high'):<17}{pair(s, 'test_low', 'test_high'):<17}"
+                         f"{s['min']:>8.3f}{s['max']:>8.3f}{s['spread']:>8.3f}")
     return "\n".join(lines)

@@ -20,6 +20,10 @@ def run(args, params) -> int:
     sig = table[table["p_holm"] < 0.05]
     print(f"{len(table)} paired comparisons ({table['metric'].nunique()} metric(s), "
           f"{table['shots'].nunique()} shot count(s)) -> {out}; {len(sig)} with Holm p < 0.05")
+    blind = table[table["min_p_holm"] >= 0.05]
+    if len(blind):
+        print(f"  {len(blind)} comparison(s) cannot be significant with their seeds: the smallest attainable Holm p "
+              f"(family x 2 / 2^n) is >= 0.05 (column min_p_holm); run more seeds")
     for r in sig.sort_values(["metric", "shots"]).head(20).to_dict("records"):
         print(f"  k={r['shots']} {r['metric']}: {r['config_a']} - {r['config_b']} = {r['mean_diff']:+.3f} "
               f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] over {r['n_seeds']} seeds: {verdict(r)}")
