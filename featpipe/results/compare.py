@@ -139,7 +139,7 @@ def seed_comparisons(runs: pd.DataFrame, *, metrics: Sequence[str], reference: s
                              "degenerate_a": bool(degen.get(a, False)), "degenerate_b": bool(degen.get(b, False))})
     out = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("p_holm", "family", "min_p_holm")])
     out["p_holm"], out["family"], out["min_p_holm"] = np.nan, 0, np.nan
-    for _, idx in out.groupby(["metric", "shots"]).groups.items():
+    for idx in out.groupby(["metric", "shots"]).groups.values():
         out.loc[idx, "p_holm"] = holm(out.loc[idx, "p_value"].to_numpy())
         out.loc[idx, "family"] = len(idx)
         out.loc[idx, "min_p_holm"] = [min(1.0, len(idx) * smallest_p(int(n))) for n in out.loc[idx, "n_seeds"]]
