@@ -109,6 +109,7 @@ def _find(module: str, name: str):
     """The global a torchxrayvision file may name, or UnpicklingError (see the module docstring)."""
     import torch
 
+    module = {"__builtin__": "builtins"}.get(module, module)  # protocol-2 pickles name Python 2's module
     if (module, name) in _FUNCTIONS:
         return getattr(importlib.import_module(module), name)
     if module == "torch" and name.endswith("Storage"):
