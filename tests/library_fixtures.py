@@ -169,6 +169,7 @@ def reference(kind: str, home: Path):
 
 
 NAMES = {"timm": f"timm:{TIMM_NAME}", "biomedclip": "biomedclip", "xrv": "xrv_densenet121", "hf": None}
+PLANT = {"timm": plant_timm, "biomedclip": plant_biomedclip, "xrv": plant_xrv, "hf": plant_hf_folder}
 
 
 def measure(kind: str, home: Path, image_dir: Path, cache_dir: Path, *, files=FILES, draft: bool = True) -> dict:
@@ -184,6 +185,7 @@ def measure(kind: str, home: Path, image_dir: Path, cache_dir: Path, *, files=FI
     from featpipe.core.fileio import file_sha256
     from featpipe.decoded.cache import DecodedImages, DecodeOptions
 
+    PLANT[kind](home)
     name = NAMES[kind] or f"hf:{plant_hf_folder(home)}"
     backbone = create_backbone(name)
     paths = [image_dir / f for f in files]
