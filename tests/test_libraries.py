@@ -22,6 +22,7 @@ from featpipe.core.errors import FeatpipeError, WeightsError
 from featpipe.backbones.modelinput import decode_files, decode_key, model_input, same_channels
 from featpipe.core.names import cache_name
 from featpipe.explain.gradcam import gradcam
+from featpipe.finetune.checkpoint import build_model
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +149,24 @@ def test_gradcam_on_new_members(planted, figure1_dir):
         model = torch.nn.Sequential(bb.model, torch.nn.Linear(bb.embed_dim, 2)).eval()
         maps = gradcam(model, x, [0, 1])
         assert maps.shape == (2, x.shape[-2], x.shape[-1]) and np.isfinite(maps).all() and maps.max() > 0
+
+
+@pytest.mark.parametrize("name", ["xrv_densenet121", f"timm:{lf.TIMM_NAME}"])
+def test_finetune_strategies_on_new_members(name, planted):
+    lf.plant_xrv(planted)
+    lf.plant_timm(planted)
+    spec = registry.get(name)
+    first = next(iter(spec.layers))
+    for strategy, layer in (("layerwise", None), ("truncated", first)):
+        model, s = build_model(name, strategy, 2, layer=layer)
+        x = torch.randn(2, s.preprocess.channels, s.preprocess.input_size, s.preprocess.input_size)
+        out = model(x)
+        out.sum().backward()
+        grads = {n: p.grad is not None for n, p in model.named_parameters() if p.requires_grad}
+        frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+        assert out.shape == (2, 2) and frozen and any(grads.values())
+        last = [n for n, _ in model.named_parameters() if f".{spec.gradcam_layer}." in n]
+        assert last and (strategy == "layerwise") == all(n in grads for n in last)  # past the cut: frozen
 
 
 def test_backbones_command_explains_prefixes_and_features(planted):
