@@ -44,7 +44,7 @@ BIOMEDCLIP_CONFIG = {
 
 
 def _require() -> None:
-    require("open_clip", "2.23", extra="open_clip", why="open_clip: backbones and biomedclip", dist="open_clip_torch")
+    require("open_clip", "2.24", extra="open_clip", why="open_clip: backbones and biomedclip", dist="open_clip_torch")
 
 
 def visual(model_cfg: dict, device: str = "cpu"):
