@@ -5,21 +5,21 @@ own transform and forward on real radiographs of several aspect ratios (portrait
 from __future__ import annotations
 
 import os
-import pickle
 import subprocess
 import sys
 
+import library_fixtures as lf
 import numpy as np
 import pytest
 import torch
 
-import library_fixtures as lf
 from featpipe.backbones import registry
 from featpipe.backbones.create import create_backbone
 from featpipe.backbones.libs_xrv import read_model_file
+from featpipe.backbones.modelinput import decode_files, decode_key, model_input, same_channels
+from featpipe.cli.main import main
 from featpipe.core import optional
 from featpipe.core.errors import FeatpipeError, WeightsError
-from featpipe.backbones.modelinput import decode_files, decode_key, model_input, same_channels
 from featpipe.core.names import cache_name
 from featpipe.explain.gradcam import gradcam
 from featpipe.finetune.checkpoint import build_model
@@ -176,3 +176,24 @@ def test_backbones_command_explains_prefixes_and_features(planted):
     for text in ("timm:<name>", "hf:<hub id or folder>", "open_clip:hf-hub:", "xrv:<weights>", "#<features>",
                  "biomedclip", "image_embeds", "xrv_densenet121", "values [-1.02e+03, 1.02e+03]"):
         assert text in out.stdout
+
+
+def test_library_names_through_the_cli_extract_and_fit(planted, tmp_path, monkeypatch):
+    """Names with ':' and '#' as plain YAML strings in extract.backbones: extract writes safe cache names and a
+    head fits on them."""
+    lf.plant_xrv(planted)
+    lf.plant_timm(planted)
+    vit = f"timm:{lf.TIMM_NAME}#mean"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(
+        "data: {name: demo, source: synthetic, path: data/synthetic, synthetic: {images_per_class: 10, size: 40}}\n"
+        "split: {seeds: [0], shots: [2], val_fraction: 0.2, test_fraction: 0.2}\n"
+        f"extract:\n  backbones:\n    - {vit}\n    - xrv_densenet121\n  precision: fp32\n  device: cpu\n"
+        "finetune: {backbones: []}\nfit: {n_jobs: 1}\n")
+    assert main(["prepare"]) == 0
+    assert main(["extract", "--no-progress"]) == 0
+    caches = sorted(p.name for p in (tmp_path / "cache" / "demo").glob("*.h5") if not p.name.startswith("decoded"))
+    assert caches == [cache_name(vit), cache_name("xrv_densenet121")]
+    assert cache_name(vit) == f"timm_{lf.TIMM_NAME}_mean.h5"
+    assert main(["fit", "--backbone", vit, "--head", "logistic", "--shots", "2", "--seeds", "0"]) == 0
+    assert main(["fit", "--backbone", "xrv_densenet121", "--head", "logistic", "--shots", "2", "--seeds", "0"]) == 0

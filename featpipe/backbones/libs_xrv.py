@@ -82,7 +82,8 @@ def weights_path(weights: str) -> tuple[Path, str]:
     import torchxrayvision as xrv
 
     url = _urls()[weights]["weights_url"]
-    folder = os.environ.get(CACHE_ENV) or xrv.utils.get_cache_dir()
+    default = getattr(xrv.utils, "get_cache_dir", lambda: os.path.join("~", ".torchxrayvision", "models_data"))
+    folder = os.environ.get(CACHE_ENV) or default()  # get_cache_dir: torchxrayvision >= 1.2.1; the same folder
     return Path(folder).expanduser() / os.path.basename(url), url
 
 
@@ -114,7 +115,7 @@ def _find(module: str, name: str):
         return getattr(importlib.import_module(module), name)
     if module == "torch" and name.endswith("Storage"):
         return getattr(torch, name)
-    if module.startswith("torch.nn.modules.") or module == "torchxrayvision" or module.startswith("torchxrayvision."):
+    if module.startswith(("torch.nn.modules.", "torchxrayvision.")) or module == "torchxrayvision":
         obj = getattr(importlib.import_module(module), name, None)
         if isinstance(obj, type) and issubclass(obj, torch.nn.Module):
             return obj
