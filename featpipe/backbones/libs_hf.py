@@ -121,7 +121,7 @@ def make_spec(ref: str, name: str) -> BackboneSpec:
         pretrained=ref, prefix_tokens=prefix, make=lambda: _build(config))
 
 
-def load(spec: BackboneSpec, kind: str, source: str, fit):
+def load(spec: BackboneSpec, kind: str, source: str, fit, read):
     """The model from a model folder (``kind`` ``hf_folder``), strictly: every weight present; None for a plain
     state dict file (featpipe's strict loader)."""
     if kind != "hf_folder":

@@ -52,9 +52,14 @@ def visual(model_cfg: dict, device: str = "cpu"):
     import torch
     from open_clip.model import _build_vision_tower
 
-    with torch.device(device):
-        return _build_vision_tower(int(model_cfg["embed_dim"]), dict(model_cfg["vision_cfg"]),
-                                   quick_gelu=bool(model_cfg.get("quick_gelu", False)), cast_dtype=None)
+    try:
+        with torch.device(device):
+            return _build_vision_tower(int(model_cfg["embed_dim"]), dict(model_cfg["vision_cfg"]),
+                                       quick_gelu=bool(model_cfg.get("quick_gelu", False)), cast_dtype=None)
+    except RuntimeError as exc:
+        if device == "meta" and "meta" in str(exc):  # older timm cannot build on the meta device
+            return visual(model_cfg)
+        raise
 
 
 def _preprocess_cfg(config: dict, tower) -> dict:
@@ -113,12 +118,22 @@ def make_spec(rest: str, name: str) -> BackboneSpec:
     return make_spec_from(config, name, repo)
 
 
+def _hub_file(spec: BackboneSpec):
+    return hubcache.fetch(spec.default_weights, list(WEIGHT_FILES), what=f"weights for {spec.name}")
+
+
 def resolve_default(spec: BackboneSpec) -> tuple[str, str, str]:
-    """(kind, local checkpoint, identity ``hf:<repo>@<commit>``) of the repository's open_clip checkpoint."""
-    path = hubcache.fetch(spec.default_weights, list(WEIGHT_FILES), what=f"weights for {spec.name}")
-    return "open_clip", str(path), f"hf:{spec.default_weights}@{hubcache.commit_of(path)}"
+    """(kind, source: the repository (portable), identity ``hf:<repo>@<commit>``) of the repository's open_clip
+    checkpoint in the hub cache."""
+    path = _hub_file(spec)
+    return "open_clip", spec.default_weights, f"hf:{spec.default_weights}@{hubcache.commit_of(path)}"
 
 
-def load(spec: BackboneSpec, kind: str, source: str, fit):
-    """None: the checkpoint is a plain state dict, loaded by featpipe's strict loader (the family keeps ``visual.``)."""
-    return None
+def load(spec: BackboneSpec, kind: str, source: str, fit, read):
+    """The tower with the repository's checkpoint (``kind`` open_clip; read as a plain state dict, ``visual.``
+    keys kept by the family, strictly fitted); None for another file (featpipe's plain loader)."""
+    if kind != "open_clip":
+        return None
+    net = spec.make()
+    fit(net, read(_hub_file(spec)))
+    return net

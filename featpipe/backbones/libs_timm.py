@@ -45,6 +45,8 @@ def _model(name: str, *, device: str = "meta"):
         if "Unknown model" in str(exc) or "Invalid pretrained tag" in str(exc):
             raise FeatpipeError(f"unknown timm model '{name}' (timm.list_models('<pattern>*', pretrained=True) "
                                 "lists them)") from None
+        if device == "meta" and "meta" in str(exc):  # older timm cannot build on the meta device
+            return _model(name, device="cpu")
         raise
 
 
@@ -82,25 +84,31 @@ def make_spec(model_name: str, name: str) -> BackboneSpec:
         make=lambda: _model(full, device="cpu"))
 
 
-def resolve_default(spec: BackboneSpec) -> tuple[str, str, str]:
-    """(kind, local file, identity) of the spec's default weights: its hub repository's ``model.safetensors``
-    (or ``pytorch_model.bin``) from the hub cache."""
+def _hub_file(spec: BackboneSpec):
     repo = spec.default_weights
     if repo.startswith("timm:"):
         raise WeightsError(f"timm model {spec.pretrained} has no weights on the Hugging Face hub; "
                            "pass --weights FILE (a .safetensors or .pth state dict of it)")
-    path = hubcache.fetch(repo, ["model.safetensors", "pytorch_model.bin"], what=f"weights for {spec.name}")
-    return "timm", str(path), f"timm:{spec.pretrained}@{hubcache.commit_of(path)}"
+    return hubcache.fetch(repo, ["model.safetensors", "pytorch_model.bin"], what=f"weights for {spec.name}")
 
 
-def load(spec: BackboneSpec, kind: str, source: str, fit):
-    """The network with the weights file ``source``, by timm's own loader (``pretrained_cfg_overlay`` ``file``:
-    ``torch.load(weights_only=True)`` or safetensors; the classifier dropped, its checkpoint filter applied)."""
+def resolve_default(spec: BackboneSpec) -> tuple[str, str, str]:
+    """(kind, source, identity) of the spec's default weights: its hub repository (the source recorded, portable)
+    whose ``model.safetensors`` (or ``pytorch_model.bin``) is in the hub cache; identity ``timm:<name>@<commit>``."""
+    path = _hub_file(spec)
+    return "timm", spec.default_weights, f"timm:{spec.pretrained}@{hubcache.commit_of(path)}"
+
+
+def load(spec: BackboneSpec, kind: str, source: str, fit, read):
+    """The network with the default weights (``kind`` timm) or the weights file ``source``: read by featpipe (``read``: safetensors or
+    ``torch.load(weights_only=True)``), loaded by timm's own pretrained loader (``pretrained_cfg_overlay``
+    ``state_dict``: the model's checkpoint filter applied, the classifier dropped, strict)."""
     import timm
 
+    state_dict = read(_hub_file(spec) if kind == "timm" else source)
     try:
         return timm.create_model(spec.pretrained, pretrained=True, num_classes=0,
-                                 pretrained_cfg_overlay={"file": str(source)})
+                                 pretrained_cfg_overlay={"state_dict": state_dict, "custom_load": False})
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WeightsError(f"weights {source} do not load into timm model {spec.pretrained} ({reason[:200]})") from None

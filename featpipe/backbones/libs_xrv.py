@@ -88,8 +88,8 @@ def weights_path(weights: str) -> tuple[Path, str]:
 
 
 def resolve_default(spec: BackboneSpec) -> tuple[str, str, str]:
-    """(kind, local file, identity ``sha256:<hex>``) of the spec's torchxrayvision weights; downloaded with
-    torchxrayvision's own downloader only when online."""
+    """(kind, source: the weights name (portable), identity ``sha256:<hex>`` of the file) of the spec's
+    torchxrayvision weights; downloaded with torchxrayvision's own downloader only when online."""
     path, url = weights_path(spec.pretrained)
     how = f"download {url} into {path.parent} (or set {CACHE_ENV} to a folder holding {path.name}), or pass --weights PATH"
     if not path.is_file():
@@ -103,7 +103,7 @@ def resolve_default(spec: BackboneSpec) -> tuple[str, str, str]:
         except Exception as exc:
             raise WeightsError(f"torchxrayvision weights {spec.pretrained} could not be had "
                                f"({type(exc).__name__}): {how}") from None
-    return "xrv", str(path), f"sha256:{file_sha256(path)}"
+    return "xrv", spec.pretrained, f"sha256:{file_sha256(path)}"
 
 
 def _find(module: str, name: str):
@@ -156,10 +156,12 @@ def read_model_file(path: str | Path) -> dict:
     return obj
 
 
-def load(spec: BackboneSpec, kind: str, source: str, fit):
-    """The DenseNet with the weights file ``source`` (a torchxrayvision file or a state dict), strictly fitted."""
-    if str(source).endswith(".safetensors"):
+def load(spec: BackboneSpec, kind: str, source: str, fit, read):
+    """The DenseNet with its torchxrayvision weights (``kind`` xrv) or the weights file ``source`` (a
+    torchxrayvision file or a state dict), strictly fitted."""
+    path = weights_path(spec.pretrained)[0] if kind == "xrv" else Path(source)
+    if path.suffix == ".safetensors":
         return None  # featpipe's plain loader
     net = make_net()
-    fit(net, read_model_file(source))
+    fit(net, read_model_file(path))
     return net

@@ -299,7 +299,8 @@ def load_network(spec: BackboneSpec, ref: WeightsRef):
 
     lib = LIBRARIES.get(spec.traits.source)
     if lib is not None and ref.kind != "random":  # the library's own loader, where it has one
-        net = lib.load(spec, ref.kind, ref.source, lambda n, sd: fit_state_dict(n, sd, spec, ref.source))
+        net = lib.load(spec, ref.kind, ref.source, lambda n, sd: fit_state_dict(n, sd, spec, ref.source),
+                       read_state_dict)
         if net is not None:
             return net
     if ref.kind == "hf_folder":
