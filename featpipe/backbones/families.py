@@ -148,11 +148,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     # need not equal the input size (RAD-DINO's preprocessor_config.json decides that, checked on load).
     # Backbones named by library (featpipe.backbones.libs_*): their default weights come from each library's cache.
     # timm: CNNs (feature maps) and token models (ViTs: class token / mean of the patch tokens as well).
-    Family("timm", "timm", forward=_timm, pooling="pooler"),
-    Family("timm_vit", "timm", forward=_timm, pooling="pooler", poolings=("pooler", "cls", "mean")),
+    # unmeasured on the CPU: fp32 there (as the HF towers measured), bf16 on CUDA as every family
+    Family("timm", "timm", forward=_timm, pooling="pooler", auto_precision=_FP32_CPU),
+    Family("timm_vit", "timm", forward=_timm, pooling="pooler", poolings=("pooler", "cls", "mean"),
+           auto_precision=_FP32_CPU),
     # open_clip image towers: a full CLIP checkpoint's other tower (text, logit scale) is dropped, "visual." stripped
     Family("open_clip", "open_clip", forward=_open_clip, pooling="image_embeds", poolings=("image_embeds", "pooler"),
-           key_rewrites=((r"^(?!visual\.)", "~other."),), drop_prefixes=("~other.",), strip_prefixes=("visual.",)),
+           auto_precision=_FP32_CPU, key_rewrites=((r"^(?!visual\.)", "~other."),), drop_prefixes=("~other.",), strip_prefixes=("visual.",)),
     Family("xrv_densenet", "xrv", forward=_xrv, classifier_prefixes=("classifier.",), drop_prefixes=("op_threshs",),
            key_rewrites=(_DENSENET_OLD,), channels_last=True, auto_precision=_BF16_CPU,
            freeze=FreezeRule("densenet", ("features.conv0.", "features.norm0.", "features.denseblock1."),
@@ -160,9 +162,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                              "stem (conv0, norm0) + denseblock1 (transition1 trains)")),
     # any Hugging Face vision model (hf:<hub id or folder>): with a class token (ViT, DINOv2, ...) or without
     Family("hf_cls", "hf", forward=_hf, pooling="cls", poolings=("cls", "mean", "pooler"), hf_class="AutoModel",
-           check_image_size=False),
+           check_image_size=False, auto_precision=_FP32_CPU),
     Family("hf_pooler", "hf", forward=_hf, pooling="pooler", poolings=("pooler", "mean"), hf_class="AutoModel",
-           check_image_size=False),
+           check_image_size=False, auto_precision=_FP32_CPU),
     Family("dinov2", "hub", forward=_hf, pooling="cls", poolings=("cls", "mean"), hf_class="Dinov2Model", check_image_size=False,
            auto_precision=_BF16_CPU,  # measured: bf16 autocast ~2x fp32 for a 768-d DINOv2 layer at 518 px
            freeze=FreezeRule("dinov2", ("embeddings.",) + tuple(f"encoder.layer.{i}." for i in range(4)),
