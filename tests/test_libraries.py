@@ -20,7 +20,7 @@ from featpipe.backbones.modelinput import decode_files, decode_key, model_input,
 from featpipe.cli.main import main
 from featpipe.core import optional
 from featpipe.core.errors import FeatpipeError, WeightsError
-from featpipe.core.names import cache_name
+from featpipe.core.names import cache_name, finetune_run_name, head_model_path
 from featpipe.explain.gradcam import gradcam
 from featpipe.finetune.checkpoint import build_model
 
@@ -60,8 +60,12 @@ def test_library_names_resolve_to_specs_read_from_the_library(planted):
     hf = registry.get(f"hf:{folder}")
     assert (hf.embed_dim, hf.features, hf.prefix_tokens, hf.preprocess.resize_size) == (32, "cls", 1, 256)
     assert list(hf.layers) == ["encoder.layer.0"] and hf.gradcam_layer == "encoder.layer.1.norm1"
-    for name in (f"timm:{lf.TIMM_NAME}#mean", f"hf:{folder}", "open_clip:hf-hub:org/repo"):
-        assert "/" not in cache_name(name) and ":" not in cache_name(name)
+    for name in (f"timm:{lf.TIMM_NAME}#mean", f"hf:{folder}", "open_clip:hf-hub:org/repo", "hf:owner/name"):
+        head = head_model_path("models", backbone=name, layer=None, weights_tag=None, head="logistic", shots=5,
+                               seed=0, dataset="d", head_params={})
+        for file_name in (cache_name(name), head.name, finetune_run_name("d", name, "layerwise", 5, 0)):
+            assert "/" not in file_name and ":" not in file_name and "#" not in file_name
+        assert head.parent.name == "models"
     with pytest.raises(FeatpipeError, match="unknown timm model 'no_such_net'"):
         registry.get("timm:no_such_net")
     with pytest.raises(FeatpipeError, match="unknown torchxrayvision weights"):
