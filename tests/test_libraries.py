@@ -51,6 +51,11 @@ def test_library_names_resolve_to_specs_read_from_the_library(planted):
     bio, pooled = registry.get("biomedclip"), registry.get("biomedclip#pooler")
     assert (bio.embed_dim, bio.features, pooled.embed_dim, pooled.features) == (512, "image_embeds", 768, "pooler")
     assert (bio.preprocess.input_size, bio.preprocess.resize_size, bio.preprocess.interpolation) == (224, 224, "bicubic")
+    clip = registry.get("open_clip:ViT-B-32/laion2b_s34b_b79k")  # a built-in config and pretrained tag
+    assert (clip.embed_dim, clip.default_weights, clip.gradcam_layer) == (
+        512, "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "transformer.resblocks.11.ln_1")
+    with pytest.raises(FeatpipeError, match="not a ViT"):
+        registry.get("open_clip:RN50/openai")
     xrv = registry.get("xrv_densenet121")
     assert xrv.embed_dim == 1024 and xrv.preprocess.channels == 1
     assert xrv.preprocess.value_range == pytest.approx((-1024.0, 1024.0))
@@ -100,7 +105,8 @@ def test_input_and_embedding_match_the_library_reference(kind, planted, figure1_
         assert r["input_diff"][lf.FILES.index("COVID-00020.jpg")] <= 1.0
 
 
-@pytest.mark.parametrize("name", ["biomedclip", "xrv_densenet121", f"timm:{lf.TIMM_NAME}"])
+@pytest.mark.parametrize("name", ["biomedclip", "xrv_densenet121", f"timm:{lf.TIMM_NAME}",
+                                  "open_clip:ViT-B-32/laion2b_s34b_b79k"])
 def test_missing_weights_offline_is_one_line_never_random(name, tmp_path, monkeypatch):
     lf.use(monkeypatch, tmp_path)  # an empty cache
     with pytest.raises(WeightsError) as err:

@@ -1,5 +1,7 @@
 """open_clip image towers by name: ``open_clip:hf-hub:<org>/<repo>`` (a repository holding ``open_clip_config.json``
-and ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``), and the named member ``biomedclip``.
+and ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``), ``open_clip:<architecture>/<tag>`` (a
+built-in config and pretrained tag, ``open_clip:ViT-B-32/laion2b_s34b_b79k``; ViT towers), and the named member
+``biomedclip``.
 
 - the network is the model's image tower alone (``model.visual``, built by open_clip's ``_build_vision_tower``
   from the config's ``vision_cfg``: no text tower, so no text model or tokenizer is needed); the embedding is
@@ -15,6 +17,7 @@ and ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``), and the
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import MappingProxyType
 
 from featpipe.backbones import hubcache
@@ -103,11 +106,40 @@ def make_spec_from(config: dict, name: str, repo: str) -> BackboneSpec:
         feature_dims=MappingProxyType(pooler), make=lambda: visual(model_cfg))
 
 
+def _builtin(rest: str, name: str) -> BackboneSpec:
+    """``open_clip:<architecture>/<pretrained tag>`` (``open_clip.list_pretrained()``): the built-in model config,
+    the tag's preprocessing and ``quick_gelu``, weights from the tag's hub repository."""
+    from open_clip.factory import get_model_config
+    from open_clip.pretrained import get_pretrained_cfg
+
+    arch, _, tag = rest.partition("/")
+    cfg, model_cfg = get_pretrained_cfg(arch, tag), get_model_config(arch)
+    if not cfg or model_cfg is None:
+        raise FeatpipeError(f"unknown open_clip model '{rest}' (open_clip.list_pretrained() lists the "
+                            "<architecture>/<tag> pairs)")
+    if not cfg.get("hf_hub"):
+        raise FeatpipeError(f"open_clip model '{rest}' has no Hugging Face hub weights; featpipe reads weights "
+                            "from the hub cache (name an open_clip:hf-hub:<org>/<repo> instead)")
+    if cfg.get("quick_gelu"):
+        model_cfg["quick_gelu"] = True
+    repo, _, file = cfg["hf_hub"].strip("/").rpartition("/") if cfg["hf_hub"].count("/") > 1 else (
+        cfg["hf_hub"].strip("/"), "", "")
+    pre = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
+    return replace(make_spec_from({"model_cfg": model_cfg, "preprocess_cfg": pre}, name, repo), pretrained=rest,
+                   default_weights=repo + (f"/{file}" if file else ""))
+
+
 def make_spec(rest: str, name: str) -> BackboneSpec:
-    """``open_clip:hf-hub:<org>/<repo>``: its ``open_clip_config.json`` from the hub cache (downloaded when online)."""
-    if not rest.startswith("hf-hub:") or rest.count("/") != 1:
-        raise FeatpipeError(f"open_clip backbone '{rest}': name it open_clip:hf-hub:<org>/<repo> (a Hugging Face "
-                            "repository with an open_clip_config.json)")
+    """``open_clip:hf-hub:<org>/<repo>`` (its ``open_clip_config.json`` from the hub cache, downloaded when online)
+    or ``open_clip:<architecture>/<tag>`` (open_clip's built-in configs)."""
+    if not rest.startswith("hf-hub:"):
+        if rest.count("/") != 1:
+            raise FeatpipeError(f"open_clip backbone '{rest}': name it open_clip:hf-hub:<org>/<repo> (a Hugging "
+                                "Face repository with an open_clip_config.json) or open_clip:<architecture>/<tag>")
+        _require()
+        return _builtin(rest, name)
+    if rest.count("/") != 1:
+        raise FeatpipeError(f"open_clip backbone '{rest}': name it open_clip:hf-hub:<org>/<repo>")
     _require()
     repo = rest[len("hf-hub:"):]
     path = hubcache.fetch(repo, ["open_clip_config.json"], what=f"open_clip backbone {name}")
@@ -118,15 +150,30 @@ def make_spec(rest: str, name: str) -> BackboneSpec:
     return make_spec_from(config, name, repo)
 
 
+def _repo_files(spec: BackboneSpec) -> tuple[str, list[str]]:
+    """(repository, checkpoint names in open_clip's order of preference) of the spec's default weights
+    (``<org>/<repo>`` or, for a built-in tag with its own file name, ``<org>/<repo>/<file>``)."""
+    parts = spec.default_weights.split("/")
+    if len(parts) == 3:
+        file = parts[2]
+        safe = [file.rsplit(".", 1)[0] + ".safetensors"] if file.endswith((".bin", ".pth")) else []
+        if file == WEIGHT_FILES[1]:
+            safe = [WEIGHT_FILES[0]]
+        return "/".join(parts[:2]), safe + [file]
+    return spec.default_weights, list(WEIGHT_FILES)
+
+
 def _hub_file(spec: BackboneSpec):
-    return hubcache.fetch(spec.default_weights, list(WEIGHT_FILES), what=f"weights for {spec.name}")
+    repo, files = _repo_files(spec)
+    return hubcache.fetch(repo, files, what=f"weights for {spec.name}")
 
 
 def resolve_default(spec: BackboneSpec) -> tuple[str, str, str]:
     """(kind, source: the repository (portable), identity ``hf:<repo>@<commit>``) of the repository's open_clip
     checkpoint in the hub cache."""
     path = _hub_file(spec)
-    return "open_clip", spec.default_weights, f"hf:{spec.default_weights}@{hubcache.commit_of(path)}"
+    repo = _repo_files(spec)[0]
+    return "open_clip", spec.default_weights, f"hf:{repo}@{hubcache.commit_of(path)}"
 
 
 def load(spec: BackboneSpec, kind: str, source: str, fit, read):

@@ -12,6 +12,7 @@ finetune.backbones; quote names with ':' '/' '#' in YAML and shells):
   timm:<name>                    a timm model (timm:resnet50.a1_in1k); needs featpipe[timm]
   hf:<hub id or folder>          a Hugging Face vision model with a preprocessor_config.json (hf:facebook/dinov2-small)
   open_clip:hf-hub:<org>/<repo>  an open_clip image tower from the hub; needs featpipe[open_clip]
+  open_clip:<arch>/<tag>         a built-in open_clip model (open_clip:ViT-B-32/laion2b_s34b_b79k)
   xrv:<weights>                  a torchxrayvision DenseNet (xrv:densenet121-res224-chex); needs featpipe[xrv]
   <name>#<features>              the same backbone embedding other features, one of:
 """ + "".join(f"    {k:<13}{v}\n" for k, v in POOLINGS.items()) + """Default weights come from each library's cache
