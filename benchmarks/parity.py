@@ -33,6 +33,20 @@ sys.path.insert(0, str(ROOT / "tests"))
 IMAGES = ROOT.parent / "shared" / "data" / "figure1-covid-cxr" / "images"
 
 
+WHY = """## Where the inputs differ, and why
+
+- Draft decoding (`decode.draft: true`, the pipeline default) decodes large JPEGs at a reduced scale in the DCT
+  before resizing; the references decode them whole. Exact (0) with `decode.draft: false` for timm and
+  BiomedCLIP: shorter side with the reference's Pillow filter, torchvision's centre-crop rounding.
+- torchxrayvision crops the shorter side's square first, then resizes with skimage (Gaussian antialiasing, zero
+  padding at the border, float); featpipe decodes with Pillow's bilinear filter to uint8. The embeddings still
+  agree (cosine >= 0.99999 with random weights).
+- Hugging Face image processors centre-crop with a floored offset (`(h - crop) // 2`), featpipe (as torchvision)
+  rounds: a one-pixel shift where the resized side minus the crop is odd (exact on the one file where it is
+  even, COVID-00020.jpg). This concerns every Hugging Face member with a crop (RAD-DINO too).
+"""
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kinds", nargs="+", default=["timm", "biomedclip", "xrv", "hf"])
@@ -63,7 +77,7 @@ def main() -> int:
             f"## JPEGs decoded whole (`decode.draft: false`)\n\n{head}" + "\n".join(rows[False]) +
             f"\n\n## Pipeline default (`decode.draft: true`: large JPEGs decoded reduced in the DCT)\n\n{head}"
             + "\n".join(rows[True]) + "\n\n## Per file (max abs diff, mean abs diff, 0-255 scale)\n\n"
-            + "\n".join(notes) + "\n")
+            + "\n".join(notes) + "\n\n" + WHY)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(f"wrote {args.out}")
