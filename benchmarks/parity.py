@@ -44,6 +44,11 @@ WHY = """## Where the inputs differ, and why
 - Hugging Face image processors centre-crop with a floored offset (`(h - crop) // 2`), featpipe (as torchvision)
   rounds: a one-pixel shift where the resized side minus the crop is odd (exact on the one file where it is
   even, COVID-00020.jpg). This concerns every Hugging Face member with a crop (RAD-DINO too).
+- The decoded cache is centre-cropped to `resize_size` and `model_input` then crops `input_size`: two rounded
+  offsets, which equal the reference's one offset only when `resize_size - input_size` is even. For timm models
+  whose `crop_pct` makes it odd (`timm:resnet18.a1_in1k`: 235 - 224 = 11) the input is shifted by one pixel on
+  about half the images (measured: 9 of the first 20 figure1 images exact, max diff 186); `vit_tiny` (248 - 224)
+  is exact on all 20. Not fixed here: the decoder and `model_input` belong to the decoding design.
 """
 
 
