@@ -22,6 +22,7 @@ from featpipe.core import optional
 from featpipe.core.errors import FeatpipeError, WeightsError
 from featpipe.core.names import cache_name, finetune_run_name, head_model_path
 from featpipe.explain.gradcam import gradcam
+from featpipe.saved.load import load_model
 from featpipe.finetune.checkpoint import build_model
 
 
@@ -207,3 +208,10 @@ def test_library_names_through_the_cli_extract_and_fit(planted, tmp_path, monkey
     assert cache_name(vit) == f"timm_{lf.TIMM_NAME}_mean.h5"
     assert main(["fit", "--backbone", vit, "--head", "logistic", "--shots", "2", "--seeds", "0"]) == 0
     assert main(["fit", "--backbone", "xrv_densenet121", "--head", "logistic", "--shots", "2", "--seeds", "0"]) == 0
+    images = sorted((tmp_path / "data" / "synthetic").rglob("*.png"))[:3]
+    for label in (cache_name(vit)[:-3], "xrv_densenet121"):  # saved heads load back and predict from files
+        saved = next((tmp_path / "models").rglob(f"{label}-logistic-k2-s0-*.skops"))
+        loaded = load_model(saved)
+        _, pixels, _ = decode_files([str(p) for p in images], loaded.decoding)
+        proba = loaded.predict_proba(pixels)
+        assert proba.shape == (3, 2) and np.allclose(proba.sum(axis=1), 1.0)
