@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import asdict, dataclass, field, fields
+from types import MappingProxyType
 from typing import Callable, Mapping, Optional
 
 from featpipe.backbones.families import Family, get_family
@@ -125,6 +126,8 @@ class BackboneSpec:
     tiny: bool = False
     make: Callable = field(default=None, repr=False, compare=False, hash=False)
     pooling: str = ""  # which features are the embedding ("" = the family's, Family.pooling; see POOLINGS)
+    # embedding size of other features where it differs from embed_dim (BiomedCLIP: image_embeds 512, pooler 768)
+    feature_dims: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), hash=False, compare=False)
 
     @functools.cached_property
     def preprocess(self) -> Preprocess:
@@ -145,6 +148,9 @@ class BackboneSpec:
     def module_name(self, name: str, net) -> str:
         """``name`` with ``{last}`` replaced by the index of the network's last encoder layer (so a Grad-CAM
         layer can be named for every depth of a family: RAD-DINO's 12 layers, its 1-layer test snapshot)."""
+        if not name:
+            raise FeatpipeError(f"backbone '{self.name}' has no registered Grad-CAM layer; name a module of its "
+                                "network with --layer (gradcam.layer)")
         if "{last}" not in name:
             return name
         return name.replace("{last}", str(int(net.config.num_hidden_layers) - 1))

@@ -60,13 +60,13 @@ def params_tag(head_params: Mapping | str | None) -> str:
 
 def head_model_path(models_dir: str | Path, *, backbone: str, layer: Optional[str], weights_tag: Optional[str],
                     head: str, shots: int, seed: int, dataset: str, head_params: Mapping) -> Path:
-    label = backbone_label(backbone, layer=layer, weights_tag=weights_tag)
+    label = _safe(backbone_label(backbone, layer=layer, weights_tag=weights_tag))  # hf:owner/name: one file
     return Path(models_dir) / f"{label}-{head}-k{int(shots)}-s{int(seed)}-{dataset}-{params_tag(head_params)}{HEAD_SUFFIX}"
 
 
 def finetune_run_name(dataset: str, backbone: str, strategy: str, shots: int, seed: int,
                       layer: Optional[str] = None) -> str:
-    return f"{dataset}-{backbone_label(backbone, layer=layer)}-{strategy}-k{int(shots)}-s{int(seed)}"
+    return _safe(f"{dataset}-{backbone_label(backbone, layer=layer)}-{strategy}-k{int(shots)}-s{int(seed)}")
 
 
 def config_name(row: Mapping, *, with_seed: bool = False) -> str:
