@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Optional
 
 from featpipe.backbones.families import Family, get_family
 from featpipe.core.errors import FeatpipeError
-from featpipe.imaging.base import DEFAULT_MODE, FILTERS, RESIZE_MODES, Resize
+from featpipe.imaging.base import DEFAULT_MODE, FILTERS, RESIZE_MODES, Resize, crop_steps_agree
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,8 +61,10 @@ class Preprocess:
 
     @property
     def decoding(self) -> Resize:
-        """The decoded form this preprocessing reads: ``resize_size`` with its ``interpolation`` and mode."""
-        return Resize(self.resize_size, self.interpolation, self.resize_mode)
+        """The decoded form this preprocessing reads: ``resize_size`` with its ``interpolation`` and mode, its square
+        aligned to the ``input_size`` crop where two centre crops would not equal the reference's one."""
+        agree = crop_steps_agree(self.resize_size, self.input_size, self.resize_mode)
+        return Resize(self.resize_size, self.interpolation, self.resize_mode, 0 if agree else self.input_size)
 
     @property
     def value_range(self) -> tuple[float, float]:
