@@ -4,10 +4,23 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.svm import SVC
+from sklearn.svm import SVC, _libsvm
 
-from featpipe.heads.base import _can_cv, _Head, build_pipeline, grid_cv
+from featpipe.heads.base import _can_cv, _Head, build_pipeline, grid_cv_folds
 from featpipe.params.heads import SvcParams
+
+
+def _libsvm_fit_predict(K_train, K_test, y, *, C: float, class_weight, seed: int) -> np.ndarray:
+    """``SVC(kernel="precomputed", C, class_weight).fit(K_train, y).predict(K_test)`` for labels 0..K-1 present in
+    ``y``: the same libsvm calls with the same arguments, without SVC's per-call validation (30x faster on few-shot
+    folds; a CV is 25 of them). Tests compare the CV's choice with ``GridSearchCV``."""
+    n_cls = int(y.max()) + 1
+    weights = len(y) / (n_cls * np.bincount(y, minlength=n_cls)) if class_weight == "balanced" else np.ones(n_cls)
+    model = _libsvm.fit(K_train, y.astype(np.float64), svm_type=0, kernel="precomputed", C=C, class_weight=weights,
+                        sample_weight=np.empty(0), cache_size=200.0, random_seed=seed)
+    support, sv, n_sv, dual, icpt, prob_a, prob_b = model[:7]
+    return _libsvm.predict(K_test, support, sv, n_sv, dual, icpt, prob_a, prob_b, svm_type=0,
+                           kernel="precomputed", cache_size=200.0).astype(np.int64)
 
 
 class FewShotSVC(_Head):
@@ -59,16 +72,16 @@ class FewShotSVC(_Head):
 
         if self.cv_used_:
             kernels = {g: kernel(g) for g in gammas}
+            seed = np.random.RandomState(self.random_state).randint(np.iinfo("i").max)  # as SVC.fit draws it
 
-            def fit_predict(i, tr, te):
-                c, g = grid[i]
-                K = kernels[g]
-                svc = SVC(kernel="precomputed", C=c, class_weight=self.class_weight, random_state=self.random_state)
-                svc.fit(K[np.ix_(tr, tr)], y[tr])
-                return svc.predict(K[np.ix_(te, tr)])
+            def fit_predict_all(tr, te):
+                sliced = {g: (np.ascontiguousarray(K[np.ix_(tr, tr)]), np.ascontiguousarray(K[np.ix_(te, tr)]))
+                          for g, K in kernels.items()}
+                return [_libsvm_fit_predict(*sliced[g], y[tr], C=c, class_weight=self.class_weight, seed=seed)
+                        for c, g in grid]
 
-            best, self.cv_score_ = grid_cv(fit_predict, len(grid), y, folds=self.cv_folds, seed=self.random_state,
-                                           scoring=self.scoring)
+            best, self.cv_score_ = grid_cv_folds(fit_predict_all, len(grid), y, folds=self.cv_folds,
+                                                 seed=self.random_state, scoring=self.scoring)
             C, g = grid[best]
             gamma = gamma if g is None else g
         self.best_params_ = {"C": float(C)} | ({"gamma": float(gamma)} if self.kernel == "rbf" else {})
