@@ -47,16 +47,16 @@ def newton_step(G: np.ndarray, a: np.ndarray, r: np.ndarray, q: np.ndarray) -> t
     ``w = Q^(1/2) 1``.
     """
     sq = np.sqrt(q)
-    M = sq[:, None] * G * sq[None, :]
+    M = G * np.outer(sq, sq)
     M.flat[:: len(q) + 1] += 1.0
-    cf = cho_factor(M, lower=True, check_finite=False)
     ar = a + r
-    u0 = cho_solve(cf, sq * (G @ ar), check_finite=False)
-    den = float(sq @ cho_solve(cf, sq, check_finite=False))
-    db = -(float(r.sum()) - float(sq @ u0)) / den if den > 1e-300 else 0.0
-    t = ar + q * db
-    u = cho_solve(cf, sq * (G @ t), check_finite=False)
-    return -t + sq * u, db
+    Gq = G @ q
+    # one factorisation, one solve of three right-hand sides: M^-1 Q^(1/2) G (a + r), M^-1 w, M^-1 Q^(1/2) G q
+    U = cho_solve(cho_factor(M, lower=True, check_finite=False),
+                  np.column_stack([sq * (G @ ar), sq, sq * Gq]), check_finite=False)
+    den = float(sq @ U[:, 1])
+    db = -(float(r.sum()) - float(sq @ U[:, 0])) / den if den > 1e-300 else 0.0
+    return -(ar + q * db) + sq * (U[:, 0] + db * U[:, 2]), db
 
 
 def fit_binary(G: np.ndarray, y: np.ndarray, s: np.ndarray, C: float, *, a0: np.ndarray | None = None,
