@@ -7,11 +7,12 @@ on the seed's k-shot ids, then ``predict_proba`` on val + test, in one process w
 
 "before" is the ``featpipe`` package of a git revision (``--before``, default the commit this speed work
 started from), exported with ``git archive`` and run in a child process; "after" is the working tree, in
-another child. Both time the same runs with ``time.process_time`` (CPU seconds: steadier than wall time on a
+another child, alternating backbone by backbone, each measurement repeated (the smallest CPU time is kept: the
+machine is shared). Both time the same runs with ``time.process_time`` (CPU seconds: steadier than wall time on a
 shared machine) and save their probabilities, so the note also gives the largest difference between the
 two versions' probabilities and whether every cross-validated choice (C, gamma) is the same.
 
-    python benchmarks/bench_heads.py [--before REV] [--seeds 2] [--out benchmarks/results/heads.md]
+    python benchmarks/bench_heads.py [--before REV] [--seeds 2] [--repeats 2] [--out benchmarks/results/heads.md]
 
 The projected sweep time is the per-run CPU time of each (backbone, head, k), times 10 seeds: the fits of
 the 960-run default grid in one process, without reading caches or writing anything.
@@ -36,7 +37,7 @@ ROOT = HERE.parent
 BEFORE = "f6b9fdb"  # the commit the head-fitting speed work (issue 22) started from
 
 
-def child(data_root: Path, out: Path, seeds: int) -> None:
+def child(data_root: Path, out: Path, seeds: int, backbone: str) -> None:
     """Time every (backbone, head, k, seed) run with the ``featpipe`` first on ``sys.path``; write json + npz."""
     import h5py
     import featpipe
@@ -52,7 +53,7 @@ def child(data_root: Path, out: Path, seeds: int) -> None:
     splits = json.loads((data_root / "data/splits.json").read_text())
     params = load_params(None, [])
     cpu, probas, chosen = {}, {}, {}
-    for b in DIMS:
+    for b in [backbone]:
         with h5py.File(data_root / "cache/bench" / f"{b}.h5") as f:
             ids = [i.decode() if isinstance(i, bytes) else i for i in f["ids"][:]]
             X, y = f["features"][:], f["labels"][:]
@@ -82,11 +83,11 @@ def child(data_root: Path, out: Path, seeds: int) -> None:
     np.savez(out.with_suffix(".npz"), **{k.replace("/", "|"): v for k, v in probas.items()})
 
 
-def run_child(tree: Path, data_root: Path, out: Path, seeds: int) -> dict:
+def run_child(tree: Path, data_root: Path, out: Path, seeds: int, backbone: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
     subprocess.run([sys.executable, __file__, "--child", str(data_root), "--child-out", str(out),
-                    "--seeds", str(seeds)], env=env, check=True)
+                    "--seeds", str(seeds), "--backbone", backbone], env=env, check=True)
     res = json.loads(out.with_suffix(".json").read_text())
     with np.load(out.with_suffix(".npz")) as z:
         res["proba"] = {k.replace("|", "/"): z[k] for k in z.files}
@@ -94,14 +95,35 @@ def run_child(tree: Path, data_root: Path, out: Path, seeds: int) -> dict:
     return res
 
 
-def report(before: dict, after: dict, *, rev: str, seeds: int, command: str) -> str:
+def measure(trees: dict, data_root: Path, seeds: int, repeats: int) -> dict:
+    """Every tree on every backbone, alternating trees backbone by backbone (a change of the machine's load
+    hits both), ``repeats`` times; per (backbone, head, k) the smallest CPU time of the repeats."""
+    sys.path.insert(0, str(HERE))
+    from bench_sweep import DIMS
+
+    res = {name: {"cpu": {}, "proba": {}, "chosen": {}, "featpipe": ""} for name in trees}
+    for rep in range(repeats):
+        for b in DIMS:
+            for name, tree in trees.items():
+                r = run_child(tree, data_root, data_root / f"{name}_{b}_{rep}", seeds, b)
+                acc = res[name]
+                acc["featpipe"] = r["featpipe"]
+                acc["proba"].update(r["proba"])
+                acc["chosen"].update(r["chosen"])
+                for key, v in r["cpu"].items():
+                    acc["cpu"][key] = min(v, acc["cpu"].get(key, np.inf))
+    return res
+
+
+def report(before: dict, after: dict, *, rev: str, seeds: int, repeats: int, command: str) -> str:
     sys.path.insert(0, str(HERE))
     from bench_sweep import DIMS, HEADS, SEEDS, SHOTS
 
     lines = ["# Head fits: CPU time before / after, side by side", "", "Command (one run):", "", f"    {command}", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, load average at start "
              f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine); one process, BLAS on one thread; "
-             f"CPU seconds (`time.process_time`) per run, mean of {seeds} seeds. before = `featpipe` of git "
+             f"CPU seconds (`time.process_time`) per run, mean of {seeds} seeds, the smallest of {repeats} "
+             "measurements (before and after alternate backbone by backbone, in separate processes). before = `featpipe` of git "
              f"revision `{rev}`, after = the working tree; same data (bench_sweep.py's synthetic caches: "
              "2,000 train / 200 val / 624 test, binary), one run = `fit_pipeline` (pool scaler, in-training-set CV) "
              "+ `predict_proba` on the 824 val + test images.", ""]
@@ -142,12 +164,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--before", default=BEFORE, help="git revision whose featpipe is 'before'")
     ap.add_argument("--seeds", type=int, default=2, help="seeds timed per (backbone, head, k)")
+    ap.add_argument("--repeats", type=int, default=2, help="measurements per cell; the smallest CPU time is kept")
     ap.add_argument("--out", default=str(HERE / "results/heads.md"))
+    ap.add_argument("--backbone", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        child(Path(args.child), Path(args.child_out), args.seeds)
+        child(Path(args.child), Path(args.child_out), args.seeds, args.backbone)
         return 0
     sys.path.insert(0, str(HERE))
     from bench_sweep import make_data
@@ -161,12 +185,12 @@ def main(argv=None) -> int:
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
         t = time.perf_counter()
-        before = run_child(old, tmp, tmp / "before_res", args.seeds)
-        after = run_child(ROOT, tmp, tmp / "after_res", args.seeds)
+        res = measure({"before": old, "after": ROOT}, tmp, args.seeds, args.repeats)
+        before, after = res["before"], res["after"]
         print(f"both measured in {time.perf_counter() - t:.0f} s wall")
     assert before["featpipe"].startswith(str(old)) and after["featpipe"].startswith(str(ROOT)), "wrong featpipe"
     command = "python benchmarks/bench_heads.py" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
-    text = report(before, after, rev=args.before, seeds=args.seeds, command=command)
+    text = report(before, after, rev=args.before, seeds=args.seeds, repeats=args.repeats, command=command)
     Path(args.out).write_text(text)
     print(text)
     return 0
