@@ -40,44 +40,48 @@ BEFORE = "f6b9fdb"  # the commit the head-fitting speed work (issue 22) started 
 def child(data_root: Path, out: Path, seeds: int, backbone: str) -> None:
     """Time every (backbone, head, k, seed) run with the ``featpipe`` first on ``sys.path``; write json + npz."""
     import h5py
+    from sklearn.preprocessing import StandardScaler
+
     import featpipe
     from featpipe.heads.base import one_blas_thread
     from featpipe.heads.registry import make_head
     from featpipe.heads.scaling import fit_pipeline
     from featpipe.params.config import load_params
-    from sklearn.preprocessing import StandardScaler
 
     sys.path.insert(0, str(HERE))
-    from bench_sweep import DIMS, HEADS, SHOTS
+    from bench_sweep import HEADS, SHOTS
 
     splits = json.loads((data_root / "data/splits.json").read_text())
     params = load_params(None, [])
     cpu, probas, chosen = {}, {}, {}
-    for b in [backbone]:
-        with h5py.File(data_root / "cache/bench" / f"{b}.h5") as f:
-            ids = [i.decode() if isinstance(i, bytes) else i for i in f["ids"][:]]
-            X, y = f["features"][:], f["labels"][:]
-        row = {k: i for i, k in enumerate(ids)}
-        rows = lambda names: np.array([row[k] for k in names])
-        pool = StandardScaler().fit(X[rows(splits["train"])].astype(np.float64))
-        evaluate = rows(splits["val"] + splits["test"])
-        for h in HEADS:
-            for i, k in enumerate([SHOTS[0], *SHOTS]):  # the first run is a warm-up (lazy imports), not timed
-                warm = i == 0
-                total = 0.0
-                for s in range(1 if warm else seeds):
-                    tr = rows(splits["fewshot"][str(s)][str(k)])
-                    with one_blas_thread():
-                        t = time.process_time()
-                        model = fit_pipeline(make_head(h, params.heads, seed=s), X[tr], y[tr], kind="pool",
-                                             pool=lambda center: pool)
-                        p = model.predict_proba(X[evaluate])
-                        total += time.process_time() - t
-                    if not warm:
-                        probas[f"{b}/{h}/{k}/{s}"] = p
-                        chosen[f"{b}/{h}/{k}/{s}"] = getattr(model[-1], "best_params_", {})
+    b = backbone
+    with h5py.File(data_root / "cache/bench" / f"{b}.h5") as f:
+        ids = [i.decode() if isinstance(i, bytes) else i for i in f["ids"][:]]
+        X, y = f["features"][:], f["labels"][:]
+    row = {k: i for i, k in enumerate(ids)}
+
+    def rows(names):
+        return np.array([row[k] for k in names])
+
+    pool = StandardScaler().fit(X[rows(splits["train"])].astype(np.float64))
+    evaluate = rows(splits["val"] + splits["test"])
+    for h in HEADS:
+        for i, k in enumerate([SHOTS[0], *SHOTS]):  # the first run is a warm-up (lazy imports), not timed
+            warm = i == 0
+            total = 0.0
+            for s in range(1 if warm else seeds):
+                tr = rows(splits["fewshot"][str(s)][str(k)])
+                with one_blas_thread():
+                    t = time.process_time()
+                    model = fit_pipeline(make_head(h, params.heads, seed=s), X[tr], y[tr], kind="pool",
+                                         pool=lambda center: pool)
+                    p = model.predict_proba(X[evaluate])
+                    total += time.process_time() - t
                 if not warm:
-                    cpu[(b, h, k)] = total / seeds
+                    probas[f"{b}/{h}/{k}/{s}"] = p
+                    chosen[f"{b}/{h}/{k}/{s}"] = getattr(model[-1], "best_params_", {})
+            if not warm:
+                cpu[(b, h, k)] = total / seeds
     out.with_suffix(".json").write_text(json.dumps({"featpipe": featpipe.__file__, "chosen": chosen,
                                                     "cpu": [[*key, v] for key, v in cpu.items()]}))
     np.savez(out.with_suffix(".npz"), **{k.replace("/", "|"): v for k, v in probas.items()})
@@ -120,13 +124,13 @@ def report(before: dict, after: dict, *, rev: str, seeds: int, repeats: int, com
     from bench_sweep import DIMS, HEADS, SEEDS, SHOTS
 
     lines = ["# Head fits: CPU time before / after, side by side", "", "Command (one run):", "", f"    {command}", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, load average at start "
+             (f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, load average at start "
              f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine); one process, BLAS on one thread; "
              f"CPU seconds (`time.process_time`) per run, mean of {seeds} seeds, the smallest of {repeats} "
-             "measurements (before and after alternate backbone by backbone, in separate processes). before = `featpipe` of git "
-             f"revision `{rev}`, after = the working tree; same data (bench_sweep.py's synthetic caches: "
+             "measurements (before and after alternate backbone by backbone, in separate processes). "
+             f"before = `featpipe` of git revision `{rev}`, after = the working tree; same data (bench_sweep.py's synthetic caches: "
              "2,000 train / 200 val / 624 test, binary), one run = `fit_pipeline` (pool scaler, in-training-set CV) "
-             "+ `predict_proba` on the 824 val + test images.", ""]
+             "+ `predict_proba` on the 824 val + test images."), ""]
     shots_hdr = " | ".join(f"k={k}" for k in SHOTS)
     for b, d in DIMS.items():
         lines += [f"## {b} ({d}-d): CPU ms per run, before -> after", "", f"| head | {shots_hdr} | sum |",
