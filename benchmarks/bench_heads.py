@@ -128,7 +128,8 @@ def report(before: dict, after: dict, *, rev: str, seeds: int, repeats: int, com
              f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine); one process, BLAS on one thread; "
              f"CPU seconds (`time.process_time`) per run, mean of {seeds} seeds, the smallest of {repeats} "
              "measurements (before and after alternate backbone by backbone, in separate processes). "
-             f"before = `featpipe` of git revision `{rev}`, after = the working tree; same data (bench_sweep.py's synthetic caches: "
+             f"before = `featpipe` of git revision `{rev}`, after = the working tree; same data "
+             "(bench_sweep.py's synthetic caches: "
              "2,000 train / 200 val / 624 test, binary), one run = `fit_pipeline` (pool scaler, in-training-set CV) "
              "+ `predict_proba` on the 824 val + test images."), ""]
     shots_hdr = " | ".join(f"k={k}" for k in SHOTS)
