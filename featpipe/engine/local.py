@@ -55,13 +55,14 @@ class LocalExecutor(Executor):
             for k, (name, arr) in enumerate(shared.items()):
                 paths[name] = os.path.join(tmp, f"shared{k}.npy")
                 np.save(paths[name], arr)
-            results = Parallel(n_jobs=self.workers)(
-                delayed(_worker)(fn, [items[i] for i in ch], paths, os.getpid(), os.getcwd()) for ch in chunks)
-        for ch, res in zip(chunks, results):
-            for i, r in zip(ch, res):
-                out[i] = r
-                if on_result is not None:
-                    on_result(i, r)
+            results = Parallel(n_jobs=self.workers, return_as="generator_unordered")(
+                delayed(_worker)(fn, [items[i] for i in ch], paths, os.getpid(), os.getcwd(), k)
+                for k, ch in enumerate(chunks))
+            for k, res in results:  # as each chunk finishes: the caller can write its results at once
+                for i, r in zip(chunks[k], res):
+                    out[i] = r
+                    if on_result is not None:
+                        on_result(i, r)
         return out
 
     def embed(self, batches: Sequence, *, read: Callable, model_factory: Callable, prepare: Optional[Callable] = None,
@@ -73,13 +74,13 @@ class LocalExecutor(Executor):
         return fn()
 
 
-def _worker(fn: Callable, items: list, paths: Mapping[str, str], parent: int, cwd: str) -> list:
+def _worker(fn: Callable, items: list, paths: Mapping[str, str], parent: int, cwd: str, k: int) -> tuple[int, list]:
     die_with_parent(parent, pdeathsig=False)  # loky workers: never outlive the main process
     # loky reuses worker processes across calls: relative paths must mean what they mean in the caller's
     # working directory now, not in the one the worker was started in
     os.chdir(cwd)
     shared = {name: np.load(p, mmap_mode="r") for name, p in paths.items()}
-    return run_chunk(fn, items, shared)
+    return k, run_chunk(fn, items, shared)
 
 
 def _stream(batches: list, read: Callable, prepare: Optional[Callable], model: Callable):

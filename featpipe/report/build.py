@@ -30,7 +30,7 @@ from featpipe.params.config import Params, to_dict
 from featpipe.report import plots, selection
 from featpipe.report.html import page, table
 from featpipe.results.compare import TestPredictions
-from featpipe.results.summary import current_split
+from featpipe.results.summary import check_metrics_json, current_split
 
 CURVE_METRICS = ("macro_f1", "accuracy", "balanced_accuracy", "auroc", "auprc")
 
@@ -137,6 +137,7 @@ def _provenance(inp: ReportInputs, params: Params, runs: pd.DataFrame) -> str:
 def build_report(inp: ReportInputs, params: Params) -> Path:
     s = load_splits(inp.splits)
     inp.splits_sha = s.sha256
+    check_metrics_json(inp.results)
     runs, set_aside = current_split(read_runs(inp.results / "runs.csv"), s.sha256)
     if runs.empty:
         raise DataError(f"{inp.results / 'runs.csv'} has no results of the current split {s.sha256[:12]}: "

@@ -2,8 +2,9 @@
 
 :func:`fit` (one head at one k on every seed) and :func:`sweep` (backbones x heads x shots x seeds) read
 the splits and the feature caches, run the grid (:func:`featpipe.fewshot.fit.run_grid`), write every run's
-row, predictions and curves (:func:`featpipe.evaluation.table.write_records`) and recompute
-``metrics.json`` from the table (:func:`featpipe.results.summary.write_metrics_json`).
+predictions, curves and row as it finishes (a journal, :class:`featpipe.evaluation.table.RunJournal`, so an
+interrupted sweep keeps what it computed), upsert the rows into the table and recompute ``metrics.json``
+from it (:func:`featpipe.results.summary.write_metrics_json`).
 :func:`bootstrap_table` adds the patient-level bootstrap intervals of one seed's run.
 """
 
@@ -18,20 +19,35 @@ import pandas as pd
 from featpipe.core.errors import DataError, FeatpipeError
 from featpipe.data.manifest import read_manifest
 from featpipe.data.splits import Splits, load_splits
-from featpipe.evaluation.table import write_records
+from featpipe.evaluation.table import RunJournal
 from featpipe.fewshot.fit import RunResult, load_cache, run_grid
 from featpipe.params.config import Params
 from featpipe.results.stats import bootstrap_ci
 from featpipe.results.summary import summarize_runs, write_metrics_json
 
 
-def write_runs(results: Sequence[RunResult], *, params: Params, results_dir: str | Path,
-               splits: Splits) -> pd.DataFrame:
-    """Rows, predictions and curves of ``results`` into ``results_dir``, then its ``metrics.json``; the table."""
-    table = write_records(results_dir, results)
+def journal(results_dir: str | Path) -> RunJournal:
+    """The journal the runs of one command are written through as they finish (:class:`RunJournal`)."""
+    return RunJournal(results_dir)
+
+
+def finish(journal: RunJournal, *, params: Params, results_dir: str | Path, splits: Splits) -> pd.DataFrame:
+    """The journal's rows into ``results_dir``'s table, then its ``metrics.json``; the table."""
+    table = journal.commit()
     write_metrics_json(results_dir, clinical=params.clinical, split_sha256=splits.sha256,
                        select_metric=params.report.metric)
     return table
+
+
+def grid_into(results_dir: str | Path, splits: Splits, caches, *, params: Params, **grid) -> list[RunResult]:
+    """:func:`run_grid` with each run written as it finishes (a journal: an interruption, an error or a kill
+    keeps the runs already done), then the table and ``metrics.json``."""
+    j = journal(results_dir)
+    try:
+        runs = run_grid(splits, caches, params=params, on_result=j.add, **grid)
+    finally:
+        finish(j, params=params, results_dir=results_dir, splits=splits)
+    return runs
 
 
 def fit(splits_path: str | Path, *, head: str, shots: int, seeds: Sequence[int] | None, params: Params,
@@ -44,9 +60,8 @@ def fit(splits_path: str | Path, *, head: str, shots: int, seeds: Sequence[int] 
     seeds = list(seeds or params.fit.seeds or sorted(splits.fewshot))
     data = load_cache(cache_dir, splits, backbone, layer=layer if layer is not None else params.extract.layer,
                       weights=weights or params.extract.weights)
-    runs = run_grid(splits, [data], heads=[head], shots=[shots], seeds=seeds, params=params,
-                    models_dir=models_dir, n_jobs=n_jobs)
-    write_runs(runs, params=params, results_dir=results_dir, splits=splits)
+    runs = grid_into(results_dir, splits, [data], heads=[head], shots=[shots], seeds=seeds, params=params,
+                     models_dir=models_dir, n_jobs=n_jobs)
     return runs, summarize_results(runs, params=params)
 
 
@@ -66,9 +81,8 @@ def sweep(splits_path: str | Path, *, params: Params, cache_dir: str | Path = "c
     if not shots and not f.shots and seeds and seeds[0] in splits.fewshot:
         shots = sorted(splits.fewshot[seeds[0]])
     shots = list(shots or f.shots)
-    runs = run_grid(splits, caches, heads=list(heads or f.heads), shots=shots, seeds=seeds, params=params,
-                    models_dir=models_dir, n_jobs=n_jobs, engine=engine)
-    write_runs(runs, params=params, results_dir=results_dir, splits=splits)
+    runs = grid_into(results_dir, splits, caches, heads=list(heads or f.heads), shots=shots, seeds=seeds,
+                     params=params, models_dir=models_dir, n_jobs=n_jobs, engine=engine)
     return runs
 
 
