@@ -96,8 +96,9 @@ def load_cache(cache_dir: str | Path, splits: Splits, backbone: str, *, layer: s
     fs = read_features(path)
     a = fs.attrs
     if a.get("manifest_sha256") != splits.manifest_sha256:
-        raise CacheError(f"{path} was extracted from another manifest than {splits.dataset}'s splits "
-                         f"(stale cache): re-run 'featpipe extract --backbone {backbone}'")
+        raise CacheError(f"{path} was extracted from another manifest than {splits.dataset}'s splits were made "
+                         f"from (stale cache): if the manifest changed since 'featpipe prepare', re-run 'featpipe prepare', then "
+                         f"'featpipe extract --backbone {backbone}'")
     if a.get("backbone") not in (None, backbone):
         raise CacheError(f"{path} holds features of backbone {a.get('backbone')!r}, not {backbone!r}")
     if (a.get("layer") or "") != (layer or ""):
