@@ -36,6 +36,7 @@ from featpipe.core.workers import pool_kwargs
 from featpipe.decoded.cache import (
     DecodeOptions,
     content_sha256,
+    damaged_rows,
     decoder_settings,
     image_refs,
     open_reusable,
@@ -139,6 +140,8 @@ def _plans(ids: list[str], shas: list[str], result: BuildResult, *, draft: bool
         rows = np.full(n, -1, dtype=np.int64)
         if old is not None:
             old_ids, old_shas = strings(old["ids"]), strings(old["sha256"])
+            damaged = damaged_rows(old, path)
+            old_shas = [None if j in damaged else s for j, s in enumerate(old_shas)]  # decoded again
             if old_ids == ids and old_shas == shas:  # exactly these rows: nothing to write
                 result.stats[size] = {"images": n, "decoded": 0, "reused": n, "rewritten": False,
                                       "channels": int(old["images"].shape[-1])}
