@@ -138,6 +138,19 @@ def clean_leftovers(folder: str | Path, *, report: bool = True) -> list[Path]:
     return removed
 
 
+_CLEANED: set = set()
+
+
+def clean_leftovers_once(folder: str | Path) -> list[Path]:
+    """:func:`clean_leftovers` of ``folder`` the first time this process writes there (a writer of thousands
+    of files in one folder lists it once)."""
+    key = os.path.abspath(folder)
+    if key in _CLEANED:
+        return []
+    _CLEANED.add(key)
+    return clean_leftovers(folder)
+
+
 def remove_stale(path: str | Path, *, why: str) -> bool:
     """Remove a file or folder a dead run left (call with the build lock held); report it."""
     path = Path(path)

@@ -12,6 +12,7 @@ image in the backbone's decoded form, size and filter (from the decoded-image ca
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -190,6 +191,13 @@ def sanity_model(model_path: str | Path, *, out_dir: str | Path = "reports/gradc
     return p.ex.run, result
 
 
+def _names(stem: str, entry: str) -> bool:
+    """Whether a model file's stem is run ``entry``: a saved head's stem starts with it, a fine-tuned model's
+    ends with it before its identity hash (``<dataset>-<run>-<hash>``)."""
+    bare = re.sub(r"-[0-9a-f]{8}$", "", stem)
+    return stem.startswith(f"{entry}-") or bare.endswith(f"-{entry}") or entry in (stem, bare)
+
+
 def resolve_models(entries: Sequence[str], models_dir: str | Path = "models") -> list[Path]:
     """Model files for ``gradcam.runs`` entries: a path, or a run name such as ``tiny_cnn-logistic-k20-s0``
     (a saved head) or ``tiny_cnn-layerwise-k10-s0`` (a fine-tuned model), found under ``models_dir``."""
@@ -201,7 +209,7 @@ def resolve_models(entries: Sequence[str], models_dir: str | Path = "models") ->
             out.append(p)
             continue
         hits = sorted(f for f in root.rglob("*") if f.suffix in (".skops", ".safetensors")
-                      and (f.stem.startswith(f"{entry}-") or f.stem.endswith(f"-{entry}") or f.stem == entry))
+                      and _names(f.stem, entry))
         if len(hits) != 1:
             found = "no model" if not hits else f"{len(hits)} models ({', '.join(h.name for h in hits[:3])})"
             raise ConfigError(f"gradcam.runs entry '{entry}': {found} under {root}; give a file path or a unique run name")
