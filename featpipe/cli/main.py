@@ -17,9 +17,10 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-from featpipe.core.errors import FeatpipeError
+from featpipe.core.errors import ConfigError, FeatpipeError
 from featpipe.core.log import install_cli_handler
 from featpipe.core.versions import __version__
+from featpipe.evaluation.metrics import SUMMARY_METRICS
 from featpipe.params.config import load_params
 
 # name -> (module under featpipe.cli.commands, one-line description). A command whose module does not
@@ -85,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
 
         params = load_params(args.params, args.overrides)
+        check_metric_names(params)
         module = importlib.import_module(f"featpipe.cli.commands.{COMMANDS[args.command][0]}")
         code = int(module.run(args, params) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
@@ -99,6 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         print("featpipe: error: the output pipe was closed before all output was written", file=sys.stderr)
         return 141  # 128 + SIGPIPE, as a shell reports a process killed by a closed pipe
+
+
+def check_metric_names(params) -> None:
+    """``report.metric`` and ``compare.metrics`` name metrics of the results table (one line, exit 2)."""
+    for key, names in (("report.metric", [params.report.metric]), ("compare.metrics", params.compare.metrics)):
+        bad = [m for m in names if m not in SUMMARY_METRICS]
+        if bad:
+            raise ConfigError(f"bad value for '{key}': {bad[0]!r} (choose from {', '.join(SUMMARY_METRICS)})")
 
 
 def _silence_stdout() -> None:

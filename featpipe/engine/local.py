@@ -28,7 +28,8 @@ def create(settings: Mapping[str, Any], *, workers: int = 1) -> "LocalExecutor":
 
 
 class LocalExecutor(Executor):
-    """``workers``: processes for :meth:`map` (1 = this process; -1 = one per CPU, as joblib counts)."""
+    """``workers``: processes for :meth:`map` (1 = this process; -1 = one per CPU, -2 = all but one, as joblib
+    counts: :func:`effective_workers`)."""
 
     name = "local"
     interactive = True
@@ -41,7 +42,7 @@ class LocalExecutor(Executor):
         shared = dict(shared or {})
         chunks = plan(items, cost)
         out: list = [None] * len(items)
-        if self.workers == 1 or len(chunks) <= 1:
+        if effective_workers(self.workers) == 1 or len(chunks) <= 1:
             for ch in chunks:
                 for i in ch:
                     out[i] = fn(items[i], shared)
@@ -72,6 +73,16 @@ class LocalExecutor(Executor):
 
     def probe(self, fn):
         return fn()
+
+
+def effective_workers(workers: int) -> int:
+    """Processes ``workers`` means, joblib's way: n > 0 is n, -1 every CPU, -2 every CPU but one, ...; 1 when
+    joblib would run in this process anyway (one CPU left, ``JOBLIB_MULTIPROCESSING=0``)."""
+    if workers == 1:
+        return 1
+    from joblib import effective_n_jobs
+
+    return max(1, int(effective_n_jobs(workers)))
 
 
 def _worker(fn: Callable, items: list, paths: Mapping[str, str], parent: int, cwd: str, k: int) -> tuple[int, list]:

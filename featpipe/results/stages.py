@@ -39,9 +39,21 @@ def finish(journal: RunJournal, *, params: Params, results_dir: str | Path, spli
     return table
 
 
+def check_grid(splits: Splits, *, shots: Sequence[int], seeds: Sequence[int], where: str = "the splits file") -> None:
+    """Every (seed, k) of the grid has its k-shot subset in the splits, and the grid is not empty: else one
+    line naming what is missing (before any fit)."""
+    if not seeds or not shots:
+        raise DataError(f"nothing to fit: no {'seeds' if not seeds else 'shots'} (fit.seeds / fit.shots, or "
+                        f"split.seeds / split.shots of {where})")
+    for s in seeds:
+        for k in shots:
+            splits.shots(s, k)  # one-line DataError naming the seeds and shots the file has
+
+
 def grid_into(results_dir: str | Path, splits: Splits, caches, *, params: Params, **grid) -> list[RunResult]:
     """:func:`run_grid` with each run written as it finishes (a journal: an interruption, an error or a kill
     keeps the runs already done), then the table and ``metrics.json``."""
+    check_grid(splits, shots=grid["shots"], seeds=grid["seeds"])
     j = journal(results_dir)
     try:
         runs = run_grid(splits, caches, params=params, on_result=j.add, **grid)
@@ -78,8 +90,8 @@ def sweep(splits_path: str | Path, *, params: Params, cache_dir: str | Path = "c
     caches = [load_cache(cache_dir, splits, b, layer=params.extract.layer, weights=params.extract.weights)
               for b in backbones]
     seeds = list(seeds or f.seeds or sorted(splits.fewshot))
-    if not shots and not f.shots and seeds and seeds[0] in splits.fewshot:
-        shots = sorted(splits.fewshot[seeds[0]])
+    if not shots and not f.shots:  # the splits file's shots (those of its first seed: every seed has the same)
+        shots = sorted(splits.fewshot.get(seeds[0] if seeds else None) or next(iter(splits.fewshot.values()), {}))
     shots = list(shots or f.shots)
     runs = grid_into(results_dir, splits, caches, heads=list(heads or f.heads), shots=shots, seeds=seeds,
                      params=params, models_dir=models_dir, n_jobs=n_jobs, engine=engine)
