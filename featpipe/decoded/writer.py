@@ -18,6 +18,7 @@ import numpy as np
 
 from featpipe.core import checksums
 from featpipe.core.errors import CacheError
+from featpipe.core.fileio import ensure_space
 
 _BLOCK = 64  # rows per copy block (flat memory)
 _CHECK_ROWS = 64  # rows per checksum block of ``images`` (featpipe.core.checksums)
@@ -35,6 +36,7 @@ class Writer:
         self.f: h5py.File | None = self._create(self.tmp, 1)
 
     def _create(self, tmp: Path, channels: int) -> h5py.File:
+        ensure_space(self.path, self.n * (self.size * self.size * channels + 200), what="the decoded-image cache")
         f = h5py.File(tmp, "w")
         s = self.size
         f.create_dataset("images", shape=(self.n, s, s, channels), maxshape=(None, s, s, channels), dtype=np.uint8,

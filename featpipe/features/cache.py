@@ -34,7 +34,7 @@ import numpy as np
 
 from featpipe.core import checksums
 from featpipe.core.errors import CacheError
-from featpipe.core.fileio import atomic_path, atomic_write
+from featpipe.core.fileio import atomic_path, atomic_write, ensure_space
 from featpipe.core.locks import LockTimeout, build_lock
 from featpipe.core.names import cache_name
 from featpipe.core.provenance import mismatch
@@ -267,6 +267,7 @@ def write_features(path: str | Path, *, ids: Sequence[str], features: np.ndarray
         blocks = features
     if len(labels) != n or (sha256 is not None and len(sha256) != n):
         raise ValueError("ids, labels and sha256 must have the same length")
+    ensure_space(path, n * (int(dim) * np.dtype(dtype).itemsize + 200), what="the feature cache")
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             rows = max(1, min(n, _CHUNK_BYTES // max(1, dim * np.dtype(dtype).itemsize)))

@@ -21,6 +21,7 @@ import yaml
 
 from featpipe.core.errors import DataError
 from featpipe.core.fileio import atomic_write
+from featpipe.core.locks import clean_leftovers
 from featpipe.core.versions import versions as core_versions
 from featpipe.data.manifest import read_manifest
 from featpipe.data.splits import load_splits
@@ -138,6 +139,8 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
     s = load_splits(inp.splits)
     inp.splits_sha = s.sha256
     check_metrics_json(inp.results)
+    for folder in (inp.out.parent, inp.out.parent / "plots"):
+        clean_leftovers(folder)  # temporaries of a report killed before its renames, reported
     runs, set_aside = current_split(read_runs(inp.results / "runs.csv"), s.sha256)
     if runs.empty:
         raise DataError(f"{inp.results / 'runs.csv'} has no results of the current split {s.sha256[:12]}: "
