@@ -137,3 +137,21 @@ def test_long_names_are_shortened_with_a_hash_and_written(tmp_path):
     path = tmp_path / ("x" * 240 + ".png")  # a legal name whose temporary name used to be too long
     fileio.atomic_write(path, b"png")
     assert path.read_bytes() == b"png"
+
+
+def test_a_results_folder_that_cannot_be_written_fails_before_any_fit(project, monkeypatch, capsys):
+    from featpipe.fewshot import fit as fitmod
+
+    calls, real_fit, real_open = [], fitmod.fit_run, open
+    monkeypatch.setattr(fitmod, "fit_run", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+
+    def read_only(file, mode="r", *a, **k):
+        if any(c in mode for c in "wax+") and "results" in str(file):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, mode, *a, **k)
+
+    monkeypatch.setattr(table, "open", read_only, raising=False)
+    capsys.readouterr()
+    assert main(["sweep"]) == 1
+    err = _one_line(capsys)
+    assert calls == [] and "results/.runs.csv.journal" in err and "permission denied" in err
