@@ -140,3 +140,15 @@ def test_a_task_run_in_the_parent_itself_does_not_end_it():
     from featpipe.core.workers import die_with_parent
 
     die_with_parent(os.getpid(), pdeathsig=False)  # as engine.local._worker calls it; returns
+
+
+def test_compare_states_the_seeds_a_configuration_lacks(project, capsys):
+    assert main(["sweep", "-S", "compare.bootstrap=0"]) == 0
+    df = pd.read_csv("results/runs.csv")
+    df = df[~((df["head"] == "prototype") & (df["seed"] == 1) & (df["shots"] == 5))]
+    df.to_csv("results/runs.csv", index=False)
+    Path("results/metrics.json").unlink()
+    capsys.readouterr()
+    assert main(["compare", "-S", "compare.bootstrap=0"]) == 0
+    notes = [x for x in capsys.readouterr().out.splitlines() if x.startswith("note: ")]
+    assert len(notes) == 1 and "prototype at k=5 has no run of seed(s) 1" in notes[0], notes
