@@ -152,3 +152,14 @@ def test_compare_states_the_seeds_a_configuration_lacks(project, capsys):
     assert main(["compare", "-S", "compare.bootstrap=0"]) == 0
     notes = [x for x in capsys.readouterr().out.splitlines() if x.startswith("note: ")]
     assert len(notes) == 1 and "prototype at k=5 has no run of seed(s) 1" in notes[0], notes
+
+
+@pytest.mark.parametrize("damage", [b"not gzip at all", b"\x1f\x8b\x08\x00torn"])
+def test_a_damaged_predictions_file_is_one_line_naming_it(project, capsys, damage):
+    assert main(["sweep"]) == 0
+    victim = sorted(Path("results/predictions").glob("*.csv.gz"))[0]
+    victim.write_bytes(damage)
+    capsys.readouterr()
+    assert main(["compare"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(victim) in err and "damaged" in err, err

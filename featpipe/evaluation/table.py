@@ -283,5 +283,19 @@ def read_predictions(results_dir: str | Path, run_ids: Iterable[str] | None = No
     want = list(files) if run_ids is None else [r for r in run_ids if r in files]
     if not want:
         return pd.DataFrame(columns=["run_id", "split", "id", "label", "threshold"])
-    return pd.concat([pd.read_csv(files[r], dtype={"run_id": str, "id": str, "split": str}) for r in want],
-                     ignore_index=True)
+    return pd.concat([_read_prediction_file(files[r]) for r in want], ignore_index=True)
+
+
+def _read_prediction_file(path: Path) -> pd.DataFrame:
+    """One predictions file; a damaged one (not gzip, torn, unparsable, without its columns) is one line."""
+    try:
+        df = pd.read_csv(path, dtype={"run_id": str, "id": str, "split": str})
+    except (OSError, EOFError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"predictions file {path} is damaged ({first}): delete it and re-run its run "
+                        "(fit, sweep or finetune)") from None
+    missing = [c for c in ("run_id", "split", "id", "label") if c not in df.columns]
+    if missing:
+        raise DataError(f"predictions file {path} is damaged (no column {missing[0]!r}): delete it and re-run "
+                        "its run (fit, sweep or finetune)")
+    return df
