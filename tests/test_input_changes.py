@@ -95,3 +95,22 @@ def test_fetch_and_prepare_report_added_removed_changed_and_relabelled(project, 
             "1 changed (first: b1.png), 1 relabelled (first: a5.png)") in out
     assert main(["fetch"]) == 0
     assert "against data/manifest.csv: no image added, removed, changed or relabelled" in capsys.readouterr().out
+
+
+def test_gradcam_names_a_test_image_changed_since_prepare_and_leaves_it_out(tmp_path, monkeypatch, capsys):
+    import json
+
+    from conftest import fit_tiny_project
+    from featpipe.data.splits import load_splits
+
+    model = fit_tiny_project(tmp_path, monkeypatch)
+    manifest = pd.read_csv("data/manifest.csv", dtype=str).set_index("id")
+    victim = load_splits("data/splits.json").test[0]
+    path = Path("data/synthetic") / manifest.loc[victim, "path"]
+    _png(path, seed=4321)
+    shutil.rmtree("cache/demo")
+    capsys.readouterr()
+    assert main(["gradcam", "--model", str(model), "--out", "gc"]) == 0
+    index = json.loads(next(Path("gc").rglob("index.json")).read_text())
+    assert [(Path(r["path"]).name, r["reason"]) for r in index["info"]["rejects"]] == [(path.name, "changed since prepare")]
+    assert victim not in {e["id"] for e in index["images"]}

@@ -31,6 +31,8 @@ from featpipe.evaluation.metrics import predict_labels
 from featpipe.explain.gradcam import feature_model, gradcam, layer_grid, logits
 from featpipe.explain.render import Example, slug, write_run
 from featpipe.explain.sanity import sanity_check
+from featpipe.imaging.base import ImageRejected
+from featpipe.imaging.decode import content_sha256
 from featpipe.explain.select import outcome_cells, select_examples
 from featpipe.predict import image_files
 from featpipe.saved.load import LoadedModel, load_model
@@ -70,8 +72,10 @@ def test_images(preprocess: Preprocess, *, manifest: str | Path, splits: str | P
         with DecodedImages(_decoded_cache(m, preprocess, cache_dir=cache_dir, dataset=sp.dataset,
                                           options=options)) as r:
             pixels = np.asarray(r.read(r.require(rows)))
-    except DataError:  # a test image no longer decodes (changed since prepare): skipped and named, cache untouched
-        ok, decoded, rejects = decode_files(rows["path"].astype(str).tolist(), preprocess.decoding)
+    except DataError:  # a test image changed or no longer decodes since prepare: skipped and named, cache untouched
+        rows, rejects = _unchanged(rows)
+        ok, decoded, bad = decode_files(rows["path"].astype(str).tolist(), preprocess.decoding)
+        rejects += bad
         if not ok:
             raise DataError(f"none of the {len(ids)} test images could be decoded (first: {rejects[0]['path']}: "
                             f"{rejects[0]['reason']}); re-run 'featpipe prepare'") from None
@@ -79,6 +83,20 @@ def test_images(preprocess: Preprocess, *, manifest: str | Path, splits: str | P
         ids = rows["id"].astype(str).tolist()
         pixels = same_channels(decoded)
     return ImageSet(ids, centre_crop(pixels, preprocess), rows["label"].to_numpy(dtype=np.int64), tuple(rejects))
+
+
+def _unchanged(rows):
+    """(the rows whose image still has the manifest's sha256, a reject entry for each one that changed)."""
+    keep, rejects = [], []
+    for path, sha in zip(rows["path"].astype(str), rows["sha256"].astype(str)):
+        try:
+            same = content_sha256(path) == sha
+        except ImageRejected:
+            same = True  # missing or unreadable: the decode below names it with its reason
+        keep.append(same)
+        if not same:
+            rejects.append({"path": path, "reason": "changed since prepare"})
+    return rows[np.asarray(keep, dtype=bool)], rejects
 
 
 def _decoded_cache(manifest, preprocess: Preprocess, *, cache_dir, dataset: str, options) -> Path:
