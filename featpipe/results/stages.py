@@ -26,11 +26,6 @@ from featpipe.results.stats import bootstrap_ci
 from featpipe.results.summary import summarize_runs, write_metrics_json
 
 
-def journal(results_dir: str | Path) -> RunJournal:
-    """The journal the runs of one command are written through as they finish (:class:`RunJournal`)."""
-    return RunJournal(results_dir)
-
-
 def finish(journal: RunJournal, *, params: Params, results_dir: str | Path, splits: Splits) -> pd.DataFrame:
     """The journal's rows into ``results_dir``'s table, then its ``metrics.json``; the table."""
     table = journal.commit()
@@ -39,12 +34,12 @@ def finish(journal: RunJournal, *, params: Params, results_dir: str | Path, spli
     return table
 
 
-def check_grid(splits: Splits, *, shots: Sequence[int], seeds: Sequence[int], where: str = "the splits file") -> None:
+def check_grid(splits: Splits, *, shots: Sequence[int], seeds: Sequence[int]) -> None:
     """Every (seed, k) of the grid has its k-shot subset in the splits, and the grid is not empty: else one
     line naming what is missing (before any fit)."""
     if not seeds or not shots:
         raise DataError(f"nothing to fit: no {'seeds' if not seeds else 'shots'} (fit.seeds / fit.shots, or "
-                        f"split.seeds / split.shots of {where})")
+                        "split.seeds / split.shots of the splits file)")
     for s in seeds:
         for k in shots:
             splits.shots(s, k)  # one-line DataError naming the seeds and shots the file has
@@ -54,7 +49,7 @@ def grid_into(results_dir: str | Path, splits: Splits, caches, *, params: Params
     """:func:`run_grid` with each run written as it finishes (a journal: an interruption, an error or a kill
     keeps the runs already done), then the table and ``metrics.json``."""
     check_grid(splits, shots=grid["shots"], seeds=grid["seeds"])
-    j = journal(results_dir)
+    j = RunJournal(results_dir)
     try:
         runs = run_grid(splits, caches, params=params, on_result=j.add, **grid)
     finally:
