@@ -99,7 +99,8 @@ def as_resize(key: int | Resize) -> Resize:
     return key if isinstance(key, Resize) else Resize(int(key))
 DEFAULT_MAX_PIXELS = 100_000_000
 
-REASONS = ("zero bytes", "not an image", "truncated", "unreadable", "unsupported mode", "too large", "missing")
+REASONS = ("zero bytes", "not an image", "truncated", "unreadable", "unsupported mode", "too large", "missing",
+           "changed since prepare")
 
 
 class ImageRejected(DataError):
