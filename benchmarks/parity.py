@@ -27,6 +27,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 IMAGES = ROOT.parent / "shared" / "data" / "figure1-covid-cxr" / "images"
+WHY = """## Where the inputs differ, and why
+
+- Exact (0): featpipe's decoded cache is Pillow's antialiased resize, which is what torchvision's `transforms()`,
+  timm's and open_clip's transforms and the slow Hugging Face processors do to a PIL image; the centre crop uses each
+  reference's rounding (half to even for torchvision, floor for Hugging Face), and a decoded square is aligned to
+  the model-input crop where two crops would otherwise differ by a pixel (`Resize.align`).
+- MedSigLIP (1) and RAD-DINO (2): transformers 5's default image processors resize uint8 tensors with torchvision's
+  antialiased kernels, which round differently from Pillow's by at most 1 (bilinear) or 2 (bicubic) grey levels.
+- torchxrayvision (max 73, mean 1.05): its README pipeline crops the centre square of the full-resolution image, then
+  resizes with skimage (Gaussian antialiasing, float, zero padding at the border); featpipe decodes once with
+  Pillow's bilinear filter to 8 bits. Reproducing skimage's filter in the decoder was not done; the embeddings agree
+  to cosine 0.999996 with random weights.
+- `decode.draft: true` decodes large JPEGs at a reduced DCT scale before resizing: up to 8-9 grey levels off
+  (39 for BiomedCLIP, whose 224 px input makes the draft scale coarsest), which is why it is off by default.
+
+"""
 KINDS = ("timm", "biomedclip", "xrv", "hf")
 
 
@@ -75,6 +91,7 @@ def main(names: list[str]) -> None:
         "",
         table(drafted),
         "",
+        WHY,
         "Worst file with draft: " + ", ".join(f"{k} {v} ({drafted[i].per_file_max[v]:.0f})"
                                                for i, (k, v) in enumerate(worst.items())),
         "",
