@@ -93,7 +93,7 @@ def test_default_weights_through_every_command(project, capsys):
     assert "Grad-CAM" in html and html.count("data:image/png;base64,") >= 3
     runs = pd.read_csv("results/runs.csv")
     assert set(runs["head"]) >= {"logistic", "svc", "prototype", "finetune:head"}
-    assert set(runs["weights"]) == {"ResNet18_Weights.IMAGENET1K_V1"}
+    assert set(runs["weights"]) == {"imagenet1k_v1"}  # short and portable: the identity is weights_id
 
 
 def _pngs(folder: Path) -> list[Path]:
@@ -125,7 +125,7 @@ def _hub_folder(planted: Path) -> str:
 @pytest.mark.parametrize("backbone,weights,expected_id", [
     ("resnet18", "imagenet", "torchvision:ResNet18_Weights.IMAGENET1K_V1:resnet18-f37072fd.pth"),
     ("resnet18", "local-file", "sha256:"),
-    ("rad_dino", "hub-folder", "hf-folder:sha256:"),
+    ("rad_dino", "hub-folder", "hf:microsoft/rad-dino@"),  # a snapshot folder is its hub id + commit
 ])
 def test_gradcam_and_sanity_check_of_heads_on_pretrained_weights(project, planted, backbone, weights, expected_id):
     """Heads fitted on ImageNet-named, local-file and hub-folder weights are explained with the very weights

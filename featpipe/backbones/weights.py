@@ -22,7 +22,9 @@ which file is missing and how to provide it).
 
 Identity (recorded in every feature cache as ``weights_id``): ``random:seed0``,
 ``torchvision:<Enum>:<file name>``, ``sha256:<hex>`` of a local file, ``hf-folder:sha256:<hex>``
-over a folder's config and weight files, ``hf:<id>@<commit>`` for a hub snapshot.
+over a folder's config and weight files, ``hf:<id>@<commit>`` for a hub snapshot (asked by hub id, or
+its snapshot folder ``.../models--<owner>--<name>/snapshots/<commit>`` passed as a folder: one identity on
+every machine).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ RANDOM_SEED = 0
 FILE_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _RANDOM_SEEDED = re.compile(r"^random:seed(\d+)$")
+_SNAPSHOT = re.compile(r"/models--([^/]+?)--([^/]+)/snapshots/([0-9a-f]{40})$")
 
 
 def random_seed(weights: str) -> int:
@@ -100,6 +103,11 @@ def _folder_ref(spec, request, path: Path, is_default: bool) -> WeightsRef:
     if not (path / "config.json").is_file():
         raise WeightsError(f"weights folder {path} has no config.json; pass a Hugging Face model folder "
                            "or the weights file itself")
+    snap = _SNAPSHOT.search(path.resolve().as_posix())
+    if snap:  # a hub snapshot in a Hugging Face cache: the same identity as asking for its hub id (portable)
+        repo = f"{snap.group(1)}/{snap.group(2)}"
+        return WeightsRef(request, "hf_folder", str(path.resolve()), f"hf:{repo}@{snap.group(3)}",
+                          None if repo == spec.default_weights else _slug(repo))
     files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
     lines = "".join(f"{p.name} {file_sha256(p)}\n" for p in files)
     sha = hashlib.sha256(lines.encode()).hexdigest()

@@ -6,7 +6,8 @@
 - :func:`finetune_run_name` a fine-tuning run ``<dataset>-<backbone>[@<layer>]-<strategy>-k<k>-s<seed>``;
 - :func:`config_name` a configuration in the results table ``<dataset>/<label>/<head>/k<k>[/s<seed>]``;
 - :func:`params_tag` the 8-hex hash of a configuration's head parameters (:func:`canonical_params`);
-- :func:`run_name` the run's name of a saved model file (either file of the pair).
+- :func:`run_name` the run's name of a saved model file (either file of the pair);
+- :func:`weights_name` the short, portable name of a network's weights (the results table's ``weights``).
 """
 
 from __future__ import annotations
@@ -76,6 +77,37 @@ def config_name(row: Mapping, *, with_seed: bool = False) -> str:
                           weights_tag=weights if weights and weights != "default" else None)
     name = f"{row['dataset']}/{back}/{row['head']}/k{int(row['shots'])}"
     return name + (f"/s{int(row['seed'])}" if with_seed else "")
+
+
+_SNAPSHOT = re.compile(r"models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\]([0-9a-f]{7,})")
+
+
+def weights_name(weights: str, weights_id: str = "") -> str:
+    """The short, readable and portable name of a network's weights (the ``weights`` column of the results
+    table, every configuration label): never a machine path.
+
+    ``random`` (any seed); the torchvision member lowercased (``imagenet1k_v1``); a hub snapshot
+    ``<repo name>@<commit[:7]>`` (asked by hub id, or its snapshot folder in a Hugging Face cache); a local
+    file or folder ``<file or folder name>-<sha256[:8]>`` of its content. ``weights`` is what the feature
+    cache or model recorded (the resolved source: an enum, a path, ``random``), ``weights_id`` its identity
+    (:mod:`featpipe.backbones.weights`); a name already short (``default``, ``imagenet``) is kept."""
+    w, wid = str(weights or ""), str(weights_id or "")
+    if wid.startswith("random:") or w == "random":
+        return "random"
+    if wid.startswith("torchvision:"):
+        return wid.split(":")[1].rsplit(".", 1)[-1].lower()
+    snap = _SNAPSHOT.search(w)
+    if wid.startswith("hf:"):
+        repo, _, commit = wid[3:].rpartition("@")
+        return f"{repo.rsplit('/', 1)[-1]}@{commit[:7]}"
+    if snap:
+        return f"{snap.group(2)}@{snap.group(3)[:7]}"
+    if wid.startswith(("sha256:", "hf-folder:sha256:")):
+        stem = Path(w.replace("\\", "/")).stem if w else "weights"
+        return f"{_safe(stem)}-{wid.rsplit(':', 1)[-1][:8]}"
+    if "/" in w or "\\" in w:  # a path recorded without an identity: its name only
+        return _safe(Path(w.replace("\\", "/")).name)
+    return w or "default"
 
 
 def run_name(path: str | Path) -> str:

@@ -25,7 +25,7 @@ import sklearn
 from featpipe.backbones.registry import get as get_backbone
 from featpipe.backbones.weights import resolve
 from featpipe.core.errors import CacheError, DataError
-from featpipe.core.names import canonical_params, head_model_path
+from featpipe.core.names import canonical_params, head_model_path, weights_name
 from featpipe.data.manifest import ids_sha256
 from featpipe.data.splits import Splits
 from featpipe.engine.base import Executor
@@ -89,6 +89,7 @@ def split_rows(splits: Splits) -> tuple[list[str], dict, np.ndarray, np.ndarray]
 def load_cache(cache_dir: str | Path, splits: Splits, backbone: str, *, layer: str | None = None,
                weights: str = "default") -> CacheData:
     """Read ``cache/<dataset>/<backbone>[@layer][+tag].h5`` and check it belongs to these splits."""
+    layer = get_backbone(backbone).resolve_layer(layer)  # "final", a suffix: the name extract wrote
     tag = weights_tag(backbone, weights)
     path = cache_path(cache_dir, splits.dataset, backbone, layer=layer, weights_tag=tag)
     if not path.is_file():
@@ -107,7 +108,8 @@ def load_cache(cache_dir: str | Path, splits: Splits, backbone: str, *, layer: s
     if np.any((sel.labels < 0) | (sel.labels >= len(splits.classes))):
         raise CacheError(f"{path} holds labels outside 0..{len(splits.classes) - 1}: re-run 'featpipe extract'")
     X = np.ascontiguousarray(sel.features, dtype=np.float32)
-    return CacheData(path, backbone, str(a.get("weights") or weights or "default"), layer or "", tag or "",
+    return CacheData(path, backbone, weights_name(a.get("weights") or weights or "default", a.get("weights_id", "")),
+                     layer or "", tag or "",
                      str(weights or "default"), a, X,
                      sel.labels.astype(np.int64), row, val, test)
 

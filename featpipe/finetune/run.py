@@ -31,7 +31,7 @@ from featpipe.backbones import registry
 from featpipe.backbones.modelinput import decode_key, ensure_decoded
 from featpipe.core.errors import ConfigError, DataError
 from featpipe.core.fileio import atomic_write, file_sha256
-from featpipe.core.names import finetune_run_name
+from featpipe.core.names import finetune_run_name, weights_name
 from featpipe.core.runtime import Runtime
 from featpipe.core.versions import versions
 from featpipe.data.manifest import read_manifest
@@ -210,12 +210,12 @@ def torch_threads(n: int):
 
 
 def weights_columns(features) -> tuple[str, str]:
-    """(weights, weights_id) as the frozen heads' rows write them (the feature cache's attributes):
-    the resolved source (torchvision enum, file or folder) or ``random``, and its identity."""
+    """(weights, weights_id) as the frozen heads' rows write them: the weights' short portable name
+    (:func:`featpipe.core.names.weights_name`) and their identity."""
     ref = getattr(features, "weights", None)
     if ref is None:
         return "unknown", "unknown"
-    return (ref.source if ref.kind != "random" else "random"), ref.identity
+    return weights_name(ref.source if ref.kind != "random" else "random", ref.identity), ref.identity
 
 
 def resolve_job(job: Job) -> Job:

@@ -103,7 +103,7 @@ def _training_curves(results: Path) -> dict[str, list[dict]]:
     return out
 
 
-def _provenance(inp: ReportInputs, params: Params, runs: pd.DataFrame) -> str:
+def _provenance(inp: ReportInputs, params: Params) -> str:
     libs = {"torch": "torch", "torchvision": "torchvision", "transformers": "transformers", "scikit-learn": "sklearn",
             "numpy": "numpy", "h5py": "h5py", "grad-cam": "pytorch_grad_cam", "dvc": "dvc"}  # shown name: module
     found = core_versions(*libs.values())
@@ -126,10 +126,6 @@ def _provenance(inp: ReportInputs, params: Params, runs: pd.DataFrame) -> str:
             continue
     if rows:
         out += ["<h3>Feature caches</h3>", table(["file", "backbone", "weights", "layer", "dim", "precision", "device", "torch"], rows)]
-    if len(runs):
-        cols = [c for c in ("backbone", "weights", "layer", "head", "head_params") if c in runs.columns]
-        uniq = runs[cols].drop_duplicates().astype(str).values.tolist()
-        out += ["<h3>Configurations in the results table</h3>", table(cols, uniq)]
     out += ["<h3>Parameters</h3>", f"<pre>{html.escape(yaml.safe_dump(to_dict(params), sort_keys=False))}</pre>"]
     return "".join(out)
 
@@ -155,6 +151,9 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
              + (f"<p class=\"note\">{html.escape(set_aside)}.</p>" if set_aside else ""))
     sections = [("Data set", scope + _dataset_section(inp, s.raw))]
 
+    sections.append(("Configurations (the figures' legend)", "<p>Every line, column and row below is one of these "
+                     "configurations; a label's <code>#hash</code> tells apart configurations that differ only in head "
+                     "params or weights identity.</p>" + table(plots.LEGEND_HEADER, plots.legend_rows(runs))))
     figs = []
     for m in CURVE_METRICS:
         if m in runs.columns and runs[m].notna().any():
@@ -188,7 +187,7 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
 
     grids = sorted(inp.gradcam_dir.rglob("grid*.png")) if inp.gradcam_dir and inp.gradcam_dir.is_dir() else []
     sections.append(("Grad-CAM", "".join(_img(g, f"Grad-CAM: {g.parent.name}") for g in grids) or "<p>No Grad-CAM grids were rendered.</p>"))
-    sections.append(("Provenance", _provenance(inp, params, runs)))
+    sections.append(("Provenance", _provenance(inp, params)))
     _write_dvc_plot_data(runs, metric, plots_dir)
     atomic_write(inp.out, page(params.report.title, s.dataset, sections))
     return inp.out
@@ -249,5 +248,5 @@ def _write_dvc_plot_data(runs: pd.DataFrame, metric: str, plots_dir: Path) -> No
     """Tidy CSVs for ``dvc plots show``: the learning curve and the per-seed values."""
     table_ = plots.by_config(runs, metric)[["config", "shots", "mean", "ci_low", "ci_high", "spread"]]
     atomic_write(plots_dir / "learning_curve.csv", table_.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
-    seeds = runs.assign(config=[plots.config_label(r) for r in runs.to_dict("records")])[["config", "shots", "seed", metric]]
+    seeds = runs.assign(config=plots.config_keys(runs).to_numpy())[["config", "shots", "seed", metric]]
     atomic_write(plots_dir / "per_seed.csv", seeds.to_csv(index=False, lineterminator="\n", float_format="%.6g"))

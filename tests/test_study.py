@@ -1,0 +1,95 @@
+"""A study's configurations as a researcher designs them: every figure keys on the full configuration identity,
+weights have short portable names, and layer names resolve the same way in every command."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from featpipe.cli.main import main
+from featpipe.core.names import weights_name
+from featpipe.report import plots
+from featpipe.results.summary import summarize_runs
+from featpipe.params.config import ClinicalParams
+from tests.conftest import fit_tiny_project
+
+WEIGHTS = {"imagenet": ("imagenet1k_v1", "torchvision:ResNet18_Weights.IMAGENET1K_V1:resnet18-f37072fd.pth"),
+           "random": ("random", "random:seed0")}
+
+
+def _rethink_runs() -> pd.DataFrame:
+    """The 2 x 2 "rethink" design: ImageNet vs random weights x full network vs layer2, one head, 3 shot counts,
+    3 seeds; each configuration's scores differ (so a merged line would show as a zig-zag)."""
+    rows = []
+    for wi, (w, (name, wid)) in enumerate(WEIGHTS.items()):
+        for li, layer in enumerate(["", "layer2"]):
+            for k in (2, 5, 10):
+                for seed in range(3):
+                    score = 0.5 + 0.1 * wi + 0.05 * li + 0.01 * k + 0.002 * seed
+                    rows.append({"dataset": "d", "backbone": "resnet18", "weights": name, "weights_id": wid,
+                                 "layer": layer, "head": "logistic", "head_params": '{"C":1.0}', "shots": k,
+                                 "seed": seed, "split_sha256": "s", "macro_f1": score, "val_macro_f1": score,
+                                 "degenerate": False})
+    return pd.DataFrame(rows)
+
+
+def test_rethink_design_draws_four_distinct_lines_in_every_figure():
+    runs = _rethink_runs()
+    table = plots.by_config(runs, "macro_f1")
+    assert table["config"].nunique() == 4
+    expected = {name: g.sort_values("shots")["mean"].to_numpy() for name, g in table.groupby("config")}
+    for fig in (plots.learning_curve(runs, "macro_f1"), plots.lottery_spread(runs, "macro_f1")):
+        lines = [ln for ln in fig.axes[0].get_lines() if not ln.get_label().startswith("_")]
+        assert sorted(ln.get_label() for ln in lines) == sorted(expected)
+        assert len({(ln.get_color(), ln.get_marker()) for ln in lines}) == 4
+    curve = plots.learning_curve(runs, "macro_f1")
+    for ln in curve.axes[0].get_lines():
+        if ln.get_label() in expected:  # each line is exactly its configuration's row of the table, monotone in k
+            assert np.allclose(ln.get_ydata(), expected[ln.get_label()])
+    strip = plots.seed_strip(runs, "macro_f1", 5)
+    ticks = [t.get_text() for t in strip.axes[0].get_xticklabels()]
+    assert sorted(ticks) == sorted(expected)
+    dots = [c for c in strip.axes[0].collections if c.get_offsets().shape[0] == 3]
+    assert len(dots) == 4  # one column of three seeds per configuration, not six dots in one column
+    assert {round(float(np.mean(c.get_offsets()[:, 0]))) for c in dots} == {0, 1, 2, 3}
+    legend = plots.legend_rows(runs)
+    assert sorted(r[0] for r in legend) == sorted(expected)
+    assert {(r[2], r[3]) for r in legend} == {("final", "imagenet1k_v1"), ("final", "random"),
+                                             ("layer2", "imagenet1k_v1"), ("layer2", "random")}
+
+
+def test_configurations_differing_only_in_head_params_are_two_lines():
+    runs = _rethink_runs()
+    runs = runs[(runs["weights"] == "random") & (runs["layer"] == "")]
+    other = runs.assign(head_params='{"C":10.0}', macro_f1=runs["macro_f1"] - 0.2)
+    both = pd.concat([runs, other], ignore_index=True)
+    lines = [ln for ln in plots.learning_curve(both, "macro_f1").axes[0].get_lines()
+             if not ln.get_label().startswith("_")]
+    assert len(lines) == 2 and all("#" in ln.get_label() for ln in lines)
+    summary = summarize_runs(both, clinical=ClinicalParams(), select_metric="macro_f1")
+    assert {e["config"] for e in summary.values()} == {ln.get_label() for ln in lines}
+
+
+@pytest.mark.parametrize("weights,weights_id,expected", [
+    ("ResNet18_Weights.IMAGENET1K_V1", "torchvision:ResNet18_Weights.IMAGENET1K_V1:resnet18-f37072fd.pth",
+     "imagenet1k_v1"),
+    ("/home/me/.cache/huggingface/hub/models--google--medsiglip-448/snapshots/" + "ab" * 20,
+     "hf:google/medsiglip-448@" + "ab" * 20, "medsiglip-448@abababa"),
+    ("/srv/weights/my resnet18.pth", "sha256:" + "12" * 32, "my_resnet18-12121212"),
+    ("random", "random:seed7", "random"),
+])
+def test_weights_names_are_short_and_hold_no_machine_path(weights, weights_id, expected):
+    assert weights_name(weights, weights_id) == expected
+
+
+def test_layer_names_resolve_the_same_way_in_extract_and_sweep(tmp_path, monkeypatch):
+    """``final`` and a cut point's short name (``denseblock2``) name the cache extract wrote: sweep finds it
+    (it used to look for ``tiny_cnn@final.h5`` and tell the user to run the extract they had run)."""
+    fit_tiny_project(tmp_path, monkeypatch)
+    assert main(["sweep", "--heads", "prototype", "-S", "extract.layer=final"]) == 0
+    assert main(["extract", "--no-progress", "-S", "extract.layer=denseblock2"]) == 0
+    assert main(["sweep", "--heads", "prototype", "-S", "extract.layer=denseblock2"]) == 0
+    runs = pd.read_csv("results/runs.csv")
+    assert set(runs["layer"].fillna("")) == {"", "features.denseblock2"}
+    assert not list(tmp_path.rglob("*@final*"))
