@@ -3,9 +3,15 @@ weights have short portable names, and layer names resolve the same way in every
 
 from __future__ import annotations
 
+import itertools
+import re
+import shlex
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from featpipe.cli.main import main
 from featpipe.core.names import weights_name
@@ -93,3 +99,84 @@ def test_layer_names_resolve_the_same_way_in_extract_and_sweep(tmp_path, monkeyp
     runs = pd.read_csv("results/runs.csv")
     assert set(runs["layer"].fillna("")) == {"", "features.denseblock2"}
     assert not list(tmp_path.rglob("*@final*"))
+
+
+# --------------------------------------------------------------------------- empty branches
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pipeline_commands(params: dict) -> list[tuple[str, list[str], list[str]]]:
+    """dvc.yaml's stages in its order as (name, command arguments, dependency paths), with foreach/matrix
+    expanded over ``params`` and ``${...}`` substituted as DVC does: the real pipeline, run without DVC."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+    def lookup(path: str, item):
+        node = {"item": item, **params}
+        for part in path.split("."):
+            node = node[part]
+        return str(node)
+
+    out = []
+    for name, st in stages.items():
+        if "foreach" in st:
+            items = _get(params, st["foreach"][2:-1])
+            body, expanded = st["do"], [(str(i), i) for i in items]
+        elif "matrix" in st:
+            axes = {k: v if isinstance(v, list) else _get(params, v[2:-1]) for k, v in st["matrix"].items()}
+            combos = [dict(zip(axes, c)) for c in itertools.product(*axes.values())]
+            body, expanded = st, [("-".join(map(str, c.values())), c) for c in combos]
+        else:
+            body, expanded = st, [("", None)]
+        for suffix, item in expanded:
+            sub = lambda text: re.sub(r"\$\{([^}]+)\}", lambda m: lookup(m.group(1), item), text)
+            out.append((name + (f"@{suffix}" if suffix else ""), shlex.split(sub(body["cmd"]))[1:],
+                        [sub(d) for d in body.get("deps", [])]))
+    return out
+
+
+def _get(params: dict, path: str):
+    for part in path.split("."):
+        params = params[part]
+    return params
+
+
+def _study(tmp_path, monkeypatch, **sections) -> dict:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
+    params = yaml.safe_load((ROOT / "params.demo.yaml").read_text())
+    small = {"data": {"synthetic": {**params["data"]["synthetic"], "images_per_class": 24, "size": 32}},
+             "split": {"seeds": [0, 1], "shots": [2, 5], "val_fraction": 0.2, "test_fraction": 0.25},
+             "fit": {"heads": ["logistic"], "n_jobs": 1, "bootstrap": 50},
+             "finetune": {"strategies": ["head"], "shots": [5], "seeds": [0, 1], "epochs": 1, "patience": 1,
+                          "precision": "fp32", "device": "cpu"},
+             "compare": {"bootstrap": 50},
+             "gradcam": {"runs": ["tiny_cnn-logistic-k5-s0", "tiny_cnn-head-k5-s0"]}}
+    for section, values in {**small, **sections}.items():
+        for k, v in values.items():
+            params[section][k] = v
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+@pytest.mark.parametrize("branch", ["frozen-only", "finetune-only"])
+def test_a_study_with_an_empty_branch_runs_every_stage_to_its_report(tmp_path, monkeypatch, branch):
+    """dvc.yaml's own commands, in order: a frozen-heads-only study (``finetune.backbones: []``) and a
+    fine-tuning-only one (``extract.backbones: []``, ``fit.heads: []``) reach the report; they used to die at
+    collect (results/fit missing), then gradcam (models/finetune missing)."""
+    empty = {"frozen-only": {"finetune": {"backbones": []}},
+             "finetune-only": {"extract": {"backbones": []}, "fit": {"heads": []}}}[branch]
+    params = _study(tmp_path, monkeypatch, **empty)
+    names = []
+    for name, argv, deps in _pipeline_commands(params):
+        missing = [d for d in deps if not Path(d).exists()]
+        assert not missing, f"stage {name}: DVC refuses to run it, dependencies missing: {missing}"
+        assert main(argv) == 0, f"stage {name} failed: featpipe {' '.join(argv)}"
+        names.append(name.split("@")[0])
+    kept = {"frozen-only": "fit", "finetune-only": "finetune"}[branch]
+    assert {"fit", "finetune"} & set(names) == {kept}
+    runs = pd.read_csv("results/runs.csv")
+    assert (runs["head"].str.startswith("finetune:") == (kept == "finetune")).all() and len(runs) > 0
+    html = Path("reports/report.html").read_text()
+    assert "Learning curves" in html and "Grad-CAM: " in html  # the kept branch's run rendered, the other skipped
+    assert len(list(Path("reports/gradcam").rglob("grid.png"))) == 1
