@@ -180,3 +180,44 @@ def test_a_study_with_an_empty_branch_runs_every_stage_to_its_report(tmp_path, m
     html = Path("reports/report.html").read_text()
     assert "Learning curves" in html and "Grad-CAM: " in html  # the kept branch's run rendered, the other skipped
     assert len(list(Path("reports/gradcam").rglob("grid.png"))) == 1
+
+
+# --------------------------------------------------------------------------- metrics a study is judged on
+
+
+def test_report_metric_is_checked_with_the_params_and_names_the_valid_ones(tmp_path, monkeypatch, capsys):
+    from featpipe.evaluation.metrics import SUMMARY_METRICS
+    from featpipe.params.config import METRIC_NAMES, load_params
+
+    assert METRIC_NAMES == SUMMARY_METRICS  # the names params accept are the ones summaries have
+    monkeypatch.chdir(tmp_path)
+    for bad in ("report.metric=f1", "compare.metrics=[auroc,f1]"):
+        assert main(["sweep", "-S", bad]) == 2  # before any work, as every other params mistake
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "macro_f1" in err[0] and "f1[<class>]" in err[0]
+    assert load_params(None, ["report.metric=f1[pneumonia]"]).report.metric == "f1[pneumonia]"
+
+
+def test_one_class_f1_chooses_configurations_and_per_class_tables_are_printed_and_reported(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """``report.metric: f1[<class>]`` selects on that class's val F1 through sweep, compare and the report; the
+    CLI summary and the report carry the per-class precision / recall / F1 table of the chosen configurations."""
+    fit_tiny_project(tmp_path, monkeypatch)
+    capsys.readouterr()
+    f1 = ["-S", "report.metric=f1[finding1]", "-S", "compare.metrics=[auroc,'f1[finding1]']", "-S",
+          "split.seeds=[0]"]
+    assert main(["sweep", "--heads", "logistic", "prototype", *f1]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("per class, configuration chosen on val"):].splitlines()
+    assert [ln.split()[1] for ln in table[2:4]] == ["normal", "finding1"]
+    runs = pd.read_csv("results/runs.csv")
+    assert runs["val_f1[finding1]"].between(0, 1).all()
+    ok = runs[~runs["degenerate"].astype(bool)]
+    chosen = ok.loc[ok["val_f1[finding1]"].idxmax()]
+    assert table[2].split()[0] == "5" and f"/{chosen['head']}" in table[2]
+    assert main(["compare", *f1]) == 0
+    assert main(["report", *f1]) == 0
+    html = Path("reports/report.html").read_text()
+    assert "Per class: precision, recall and F1" in html and "<td>finding1</td>" in html
+    assert main(["report", "-S", "report.metric=f1[nope]"]) == 2
+    assert "classes normal, finding1" in capsys.readouterr().err

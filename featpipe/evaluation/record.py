@@ -83,7 +83,7 @@ def record_run(key: Mapping, *, classes: Sequence[str], train_ids: Sequence[str]
     check_disjoint(train_ids, val.ids, test.ids)
     threshold = _threshold(val, n_classes=len(classes))
     s = score(test.labels, test.proba, classes=classes, threshold=threshold)
-    sv = score(val.labels, val.proba, classes=classes, threshold=threshold, detail=False) if _scored(val) else {}
+    sv = score(val.labels, val.proba, classes=classes, threshold=threshold) if _scored(val) else {}
     why = _degenerate(val, test, n_classes=len(classes), threshold=threshold)
     row = {
         **key, "ids_sha256": ids_sha256(train_ids), "n_classes": len(classes),
@@ -95,9 +95,10 @@ def record_run(key: Mapping, *, classes: Sequence[str], train_ids: Sequence[str]
         "confusion_matrix": json.dumps(s["confusion_matrix"], separators=(",", ":")),
     }
     row["run_id"] = run_id(row)
-    for name, pc in s["per_class"].items():
+    for name, pc in s["per_class"].items():  # per class on test, and on val (report.metric: f1[<class>])
         for m in ("precision", "recall", "f1"):
             row[f"{m}[{name}]"] = pc[m]
+            row[f"val_{m}[{name}]"] = sv["per_class"][name][m] if sv else float("nan")
     row["model_path"] = ""
     sidecar = {"dataset": key["dataset"], "classes": classes, "backbone": key["backbone"], "weights": key["weights"],
                "weights_id": key["weights_id"], "split_sha256": key["split_sha256"],

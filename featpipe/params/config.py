@@ -10,6 +10,7 @@ the key becomes valid in ``params.yaml`` and on the command line.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -153,6 +154,10 @@ class CompareParams:
     pairs: tuple[str, ...] = ()  # extra "A vs B" pairs for the bootstrap (the val-best vs runner-up always)
     seed: int = 0
 
+    def __post_init__(self):
+        for m in self.metrics:
+            check_metric("compare.metrics", m)
+
 
 @dataclass(frozen=True)
 class FinetuneParams:
@@ -198,10 +203,27 @@ class GradcamParams:
     sanity_layers: int = 4  # top parameterised layers re-initialised (cascading, head first)
 
 
+# the metrics a configuration can be chosen and compared on (every one has a val_ column in runs.csv; the
+# same names as featpipe.evaluation.metrics.SUMMARY_METRICS, which a test checks), and one class's own
+# precision, recall or F1: f1[<class name>]
+METRIC_NAMES = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "auprc", "sensitivity", "specificity", "brier")
+_PER_CLASS_METRIC = re.compile(r"^(precision|recall|f1)\[[^\[\]]+\]$")
+
+
+def check_metric(key: str, name: str) -> None:
+    """A metric name of params (``report.metric``, ``compare.metrics``): one line listing the valid names."""
+    if name not in METRIC_NAMES and not _PER_CLASS_METRIC.match(str(name)):
+        raise ConfigError(f"bad value for '{key}': {name!r} (choose from {', '.join(METRIC_NAMES)}, or one class's "
+                          "precision[<class>], recall[<class>], f1[<class>], e.g. f1[pneumonia])")
+
+
 @dataclass(frozen=True)
 class ReportParams:
-    metric: str = "macro_f1"  # best configurations are chosen on val_<metric> and reported on test
+    metric: str = "macro_f1"  # best configurations are chosen on val_<metric> and reported on test (METRIC_NAMES)
     title: str = "featpipe report"
+
+    def __post_init__(self):
+        check_metric("report.metric", self.metric)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Optional
 import pandas as pd
 import yaml
 
-from featpipe.core.errors import DataError
+from featpipe.core.errors import ConfigError, DataError
 from featpipe.core.fileio import atomic_write
 from featpipe.core.versions import versions as core_versions
 from featpipe.data.manifest import read_manifest
@@ -141,6 +141,10 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
     runs["layer"] = runs["layer"].fillna("")
     plots_dir = inp.out.parent / "plots"
     metric = params.report.metric
+    if metric not in runs.columns or f"val_{metric}" not in runs.columns:
+        raise ConfigError(f"report.metric {metric!r}: runs.csv has no column {metric!r} and val_{metric} (a per-class "
+                        f"metric names one of the classes {', '.join(s.classes)}; tables written before featpipe "
+                        "recorded val per-class scores need their runs re-run)")
     n_classes = len(s.classes)
     policy = s.val_policy
     scope = (f"<p>Every number below comes from the {len(runs)} runs of the current splits file "

@@ -10,10 +10,11 @@ from pathlib import Path
 import pandas as pd
 
 from featpipe.core.names import config_name
+from featpipe.params.config import METRIC_NAMES
 from featpipe.report.html import table
 from featpipe.report.plots import METRIC_LABELS
 from featpipe.results.compare import COMPARISONS_CSV, bootstrap_interval, seed_comparisons, verdict
-from featpipe.results.summary import config_labels, degenerate_flags, select_best, summarize_runs
+from featpipe.results.summary import config_labels, degenerate_flags, per_class_summary, select_best, summarize_runs
 
 
 def _f(x, pct: bool = True) -> str:
@@ -28,6 +29,7 @@ def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=Non
     metric = params.report.metric
     summary = summarize_runs(runs, clinical=params.clinical, select_metric=metric)
     chosen = select_best(summary, metric)
+    original = runs
     runs = runs.assign(config=config_labels(runs).to_numpy())
     label = METRIC_LABELS.get(metric, metric)
     rows, best = [], []
@@ -40,7 +42,7 @@ def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=Non
         sel = runs[(runs["config"] == e["config"]) & (runs["shots"].astype(int) == k)].sort_values("seed")
         ids = sel["run_id"].astype(str).tolist() if "run_id" in sel.columns else []
         lo, hi = (bootstrap_interval(preds, ids, None, metric=metric, n_boot=params.compare.bootstrap, seed=params.compare.seed)
-                  if preds is not None and ids else (math.nan, math.nan))
+                  if preds is not None and ids and metric in METRIC_NAMES else (math.nan, math.nan))
         t, v = e.get(metric, {}), e.get(f"val_{metric}", {})
         flag = "yes" if e["clinical_grade"] else "no: " + "; ".join(e["clinical_failed"])
         rows.append([k, e["config"], _f(v.get("mean")), f"{_f(t.get('mean'))} ± {_f(t.get('std'))}",
@@ -62,7 +64,19 @@ def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=Non
             f"{c.min_auroc}; accuracy std across seeds < {c.max_std:.0%}; mean sensitivity ≥ {c.min_sensitivity:.0%} and "
             f"specificity ≥ {c.min_specificity:.0%} (binary); a configuration chosen on val. A failed row names the "
             "conditions it failed.</p>")
-    return table(head, rows) + text, best
+    return table(head, rows) + text + per_class_section(original, summary, metric), best
+
+
+def per_class_section(runs: pd.DataFrame, summary: dict, metric: str) -> str:
+    """The val-chosen configurations' test precision, recall and F1 per class (mean and 95% seed interval)."""
+    rows = per_class_summary(runs, summary, metric)
+    if not rows:
+        return ""
+    cell = lambda s: f"{_f(s.get('mean'))} [{_f(s.get('ci_low'))}, {_f(s.get('ci_high'))}]"
+    body = [[r["shots"], r["config"], r["class"], cell(r["precision"]), cell(r["recall"]), cell(r["f1"])] for r in rows]
+    return ("<h3>Per class: precision, recall and F1 of the chosen configurations</h3><p class=\"note\">Test, % (mean "
+            "[95% seed interval] over seeds).</p>"
+            + table(["shots", "chosen on val", "class", "precision (%)", "recall (%)", "F1 (%)"], body))
 
 
 def comparison_section(comparisons: pd.DataFrame, best: list[dict], metric: str) -> str:

@@ -37,6 +37,7 @@ from featpipe.data.manifest import read_manifest
 from featpipe.data.splits import load_splits
 from featpipe.evaluation.metrics import fast_scores
 from featpipe.evaluation.table import RUNS_CSV, read_predictions, read_runs
+from featpipe.params.config import METRIC_NAMES
 from featpipe.results.stats import PatientResampler, summarize
 from featpipe.results.summary import LOWER_IS_BETTER, config_labels, current_split, degenerate_flags, select_best
 
@@ -224,7 +225,7 @@ def compare_runs(runs: pd.DataFrame, preds: TestPredictions | None, *, settings,
         for k, a, b in sorted(chosen_pairs(config_entries(runs, select_metric), select_metric, c.pairs)):
             seeds = sorted(set(runs.loc[(runs["config"] == a) & (runs["shots"] == k), "seed"])
                            & set(runs.loc[(runs["config"] == b) & (runs["shots"] == k), "seed"]))
-            for metric in c.metrics:
+            for metric in (m for m in c.metrics if m in METRIC_NAMES):  # per-class metrics: seed comparison only
                 lo, hi = bootstrap_interval(preds, run_ids(runs, a, k, seeds), run_ids(runs, b, k, seeds),
                                             metric=metric, n_boot=c.bootstrap, seed=c.seed)
                 sel = (table["shots"] == k) & (table["metric"] == metric)

@@ -71,7 +71,7 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
     out: dict = {}
     groups = list(df.groupby(group_cols, sort=True, dropna=False))
     names = [config_name(dict(zip(group_cols, key))) for key, _ in groups]
-    metrics = list(metrics)
+    metrics = list(metrics) + ([select_metric] if select_metric and select_metric not in metrics else [])
     for (key, g), name in zip(groups, names):
         row = dict(zip(group_cols, key))
         if names.count(name) > 1:
@@ -175,6 +175,50 @@ def degenerate_lines(rows: Iterable[Mapping], limit: int = 10) -> list[str]:
     if len(bad) > limit:
         lines.append(f"warning: {len(bad) - limit} more degenerate runs (column 'degenerate' in runs.csv)")
     return lines
+
+
+PER_CLASS_METRICS = ("precision", "recall", "f1")
+
+
+def per_class_summary(df: pd.DataFrame, summary: Mapping[str, Mapping], metric: str) -> list[dict]:
+    """Per class, for the configuration chosen on val at each shot count (:func:`select_best` on ``summary``,
+    made by :func:`summarize_runs` from the same rows ``df``): ``{"shots", "config", "class", "precision",
+    "recall", "f1"}``, each metric a :func:`featpipe.results.stats.seed_summary` over seeds of the test
+    columns ``<metric>[<class>]``."""
+    chosen = select_best(summary, metric) if len(df) else {}
+    if not chosen:
+        return []
+    labels = config_labels(df).to_numpy()
+    shots = df["shots"].astype(int).to_numpy()
+    classes = [c[3:-1] for c in df.columns if c.startswith("f1[")]
+    out = []
+    for k, name in chosen.items():
+        g = df[(labels == summary[name]["config"]) & (shots == k)]
+        for cls in classes:
+            out.append({"shots": k, "config": summary[name]["config"], "class": cls,
+                        **{m: seed_summary(g, f"{m}[{cls}]") for m in PER_CLASS_METRICS}})
+    return out
+
+
+def _mean_ci(s: Mapping) -> str:
+    if not s or not s.get("n"):
+        return "-"
+    ci = f" [{s['ci_low']:.3f}, {s['ci_high']:.3f}]" if math.isfinite(s.get("ci_low", math.nan)) else ""
+    return f"{s['mean']:.3f}{ci}"
+
+
+def format_per_class(rows: Iterable[Mapping]) -> str:
+    """One plain-text table: per shot count and class, the val-chosen configuration's test precision, recall
+    and F1 (mean [95% interval] over seeds)."""
+    rows = list(rows)
+    if not rows:
+        return ""
+    lines = ["per class, configuration chosen on val at each shot count (test; mean [95% CI] over seeds):",
+             f"  {'shots':>5}  {'class':<16}{'precision':<24}{'recall':<24}{'F1':<24}configuration"]
+    for r in rows:
+        lines.append(f"  {r['shots']:>5}  {str(r['class'])[:15]:<16}{_mean_ci(r['precision']):<24}"
+                     f"{_mean_ci(r['recall']):<24}{_mean_ci(r['f1']):<24}{r['config']}")
+    return "\n".join(lines)
 
 
 def format_summary(summary: Mapping[str, Mapping]) -> str:

@@ -7,9 +7,11 @@ from pathlib import Path
 
 from featpipe.cli import executor
 from featpipe.core.errors import ConfigError
+from featpipe.cli.commands.fit import print_table
 from featpipe.data.splits import load_splits
 from featpipe.finetune.run import Job, Paths, decode_options, grid, resolve_job, run_jobs
-from featpipe.results.summary import degenerate_lines, split_note, write_metrics_json
+from featpipe.results.stages import per_class_results, summarize_results
+from featpipe.results.summary import degenerate_lines, format_summary, split_note, write_metrics_json
 
 
 def add_arguments(parser) -> None:
@@ -57,6 +59,9 @@ def run(args, params) -> int:
                         cpus=ep.finetune_cpus, gpus=ep.finetune_gpus)
     sha = load_splits(args.splits).sha256
     write_metrics_json(args.results, clinical=params.clinical, split_sha256=sha, select_metric=params.report.metric)
+    if rows:  # the summary across seeds of these runs, as fit and sweep print it
+        print(format_summary(summarize_results(rows, params=params)))
+        print_table(per_class_results(rows, params=params))
     for line in degenerate_lines(rows):
         print(line)
     if split_note(args.results, sha):
