@@ -188,7 +188,8 @@ def test_sweep_on_ray_writes_byte_identical_results(cluster, tmp_path):
     a, b = (tmp_path / "local" / "runs.csv").read_bytes(), (tmp_path / "ray" / "runs.csv").read_bytes()
     assert len(pd.read_csv(tmp_path / "ray" / "runs.csv")) == 4 * 2 * 2  # heads x shots x seeds
     assert a == b  # every metric, threshold and model path, byte for byte
-    assert (tmp_path / "local/metrics.json").read_bytes() == (tmp_path / "ray/metrics.json").read_bytes()
+    for name in ("metrics.json", "summary.json"):
+        assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes()
     curves = sorted(p.name for p in (tmp_path / "ray" / "curves").iterdir())
     assert curves == sorted(p.name for p in (tmp_path / "local" / "curves").iterdir()) and len(curves) == 16
 

@@ -4,6 +4,7 @@ weights have short portable names, and layer names resolve the same way in every
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import shlex
 from pathlib import Path
@@ -215,6 +216,10 @@ def test_one_class_f1_chooses_configurations_and_per_class_tables_are_printed_an
     ok = runs[~runs["degenerate"].astype(bool)]
     chosen = ok.loc[ok["val_f1[finding1]"].idxmax()]
     assert table[2].split()[0] == "5" and f"/{chosen['head']}" in table[2]
+    headline = json.loads(Path("results/metrics.json").read_text())  # what dvc metrics show prints: a few numbers
+    assert headline["metric"] == "f1[finding1]" and headline["k5"]["chosen"] == table[2].split()[-1]
+    assert len(Path("results/metrics.json").read_text()) < 1000
+    assert json.loads(Path("results/summary.json").read_text())["_provenance"]["runs"] == 2
     assert main(["compare", *f1]) == 0
     assert main(["report", *f1]) == 0
     html = Path("reports/report.html").read_text()

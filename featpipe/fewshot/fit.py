@@ -89,7 +89,7 @@ def split_rows(splits: Splits) -> tuple[list[str], dict, np.ndarray, np.ndarray]
 def load_cache(cache_dir: str | Path, splits: Splits, backbone: str, *, layer: str | None = None,
                weights: str = "default") -> CacheData:
     """Read ``cache/<dataset>/<backbone>[@layer][+tag].h5`` and check it belongs to these splits."""
-    layer = get_backbone(backbone).resolve_layer(layer)  # "final", a suffix: the name extract wrote
+    layer = get_backbone(backbone).resolve_layer(layer) if layer else None  # "final", a suffix: as extract names it
     tag = weights_tag(backbone, weights)
     path = cache_path(cache_dir, splits.dataset, backbone, layer=layer, weights_tag=tag)
     if not path.is_file():

@@ -3,9 +3,10 @@
 The table itself (``runs.csv``, its key, the per-run predictions and curves files) is written by
 :mod:`featpipe.evaluation.table`; everything here is derived from its rows.
 
-``results/metrics.json`` (for ``dvc metrics show``) is always recomputed from the table's rows **of the
+``results/summary.json`` and its headline ``results/metrics.json`` (for ``dvc metrics show``: per shot count
+the configuration chosen on val and its test metric) are always recomputed from the table's rows **of the
 current splits file** (its sha256): rows of another split are set aside, counted under ``_provenance``,
-never pooled. Per configuration: each metric's mean/std/interval/min/max/spread across seeds (test and
+never pooled. Per configuration in ``summary.json``: each metric's mean/std/interval/min/max/spread across seeds (test and
 ``val_``; :func:`featpipe.results.stats.seed_summary`), the number of degenerate runs, whether it is the
 configuration chosen on val at its shot count, and the clinical-grade flag with the conditions it failed.
 """
@@ -25,7 +26,8 @@ from featpipe.evaluation.metrics import SUMMARY_METRICS
 from featpipe.evaluation.table import KEY_COLUMNS, RUNS_CSV, key_frame, read_runs
 from featpipe.results.stats import clinical_check, n_classes_of, seed_summary
 
-METRICS_JSON = "metrics.json"
+METRICS_JSON = "metrics.json"  # the headline numbers (dvc metrics show)
+SUMMARY_JSON = "summary.json"  # every configuration's summary
 LOWER_IS_BETTER = ("brier",)
 
 
@@ -144,8 +146,10 @@ def select_best(summary: Mapping[str, Mapping], metric: str) -> dict[int, str]:
 
 def write_metrics_json(results_dir: str | Path, *, clinical, split_sha256: str | None = None,
                        select_metric: str | None = None) -> Path:
-    """Recompute ``<results_dir>/metrics.json`` from ``<results_dir>/runs.csv`` (rows of ``split_sha256``
-    only; NaN written as null). ``_provenance`` records the split, the selection rule and what was set aside."""
+    """Recompute ``<results_dir>/summary.json`` (every configuration, :func:`summarize_runs`) and the small
+    ``<results_dir>/metrics.json`` that ``dvc metrics show`` and ``dvc exp show`` print (:func:`headline`)
+    from ``<results_dir>/runs.csv`` (rows of ``split_sha256`` only; NaN written as null). ``_provenance``
+    records the split, the selection rule and what was set aside. Returns the path of ``metrics.json``."""
     d = Path(results_dir)
     table = read_runs(d / RUNS_CSV)
     kept, note = current_split(table, split_sha256)
@@ -153,18 +157,34 @@ def write_metrics_json(results_dir: str | Path, *, clinical, split_sha256: str |
     summary["_provenance"] = {"split_sha256": split_sha256, "runs": int(len(kept)),
                               "set_aside": int(len(table) - len(kept)), "note": note,
                               "selection": f"best mean val_{select_metric}, reported on test" if select_metric else None}
-
-    def clean(v):
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        return v
-
     d.mkdir(parents=True, exist_ok=True)
+    atomic_write(d / SUMMARY_JSON, json.dumps(_clean(summary), indent=1, sort_keys=True))
     path = d / METRICS_JSON
-    atomic_write(path, json.dumps(clean(summary), indent=1, sort_keys=True))
+    atomic_write(path, json.dumps(_clean(headline(summary, select_metric)), indent=1, sort_keys=True))
     return path
+
+
+def headline(summary: Mapping[str, Mapping], metric: str | None) -> dict:
+    """The few numbers of a study (``metrics.json``): per shot count ``k<k>``, the configuration chosen on val
+    and its test ``metric`` (mean and 95% seed interval) and clinical-grade flag; the run and configuration
+    counts. Everything else is in ``summary.json``."""
+    prov = summary.get("_provenance", {})
+    out: dict = {"metric": metric, "runs": prov.get("runs"), "set_aside": prov.get("set_aside"),
+                 "configurations": len({e["config"] for n, e in summary.items() if not n.startswith("_")})}
+    if metric:
+        for k, name in select_best({n: e for n, e in summary.items() if not n.startswith("_")}, metric).items():
+            e, s = summary[name], summary[name].get(metric, {})
+            out[f"k{k}"] = {"chosen": e["config"], metric: s.get("mean"), "ci_low": s.get("ci_low"),
+                            "ci_high": s.get("ci_high"), "seeds": e.get("n_seeds"), "clinical_grade": e.get("clinical_grade")}
+    return out
+
+
+def _clean(v):
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 def degenerate_lines(rows: Iterable[Mapping], limit: int = 10) -> list[str]:
