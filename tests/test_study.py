@@ -226,3 +226,25 @@ def test_one_class_f1_chooses_configurations_and_per_class_tables_are_printed_an
     assert "Per class: precision, recall and F1" in html and "<td>finding1</td>" in html
     assert main(["report", "-S", "report.metric=f1[nope]"]) == 2
     assert "classes normal, finding1" in capsys.readouterr().err
+
+
+def test_shots_capped_to_the_class_size_are_stated_in_prepare_tables_and_report(tmp_path, monkeypatch, capsys):
+    fit_tiny_project(tmp_path, monkeypatch)
+    cap = ["-S", "split.shots=[5,30]", "-S", "split.shots_policy=cap", "-S", "split.seeds=[0,1]"]
+    capsys.readouterr()
+    assert main(["prepare", *cap]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "capped" in ln)
+    train = json.loads(Path("data/splits.json").read_text())["counts"]["train"]
+    assert "30-shot subsets capped to the class size" in line and f"normal has {train['normal']} training" in line
+    assert main(["extract", "--no-progress", *cap]) == 0
+    assert main(["sweep", "--heads", "prototype", *cap]) == 0
+    out = capsys.readouterr().out
+    label = f"normal={train['normal']}"
+    assert f"prototype/k30  (2 seeds; capped to the class size: " in out and label in out
+    runs = pd.read_csv("results/runs.csv")
+    assert set(runs.loc[runs["shots"] == 30, "capped"]) == {f"finding1={train['finding1']} {label}"}
+    assert runs.loc[runs["shots"] == 5, "capped"].isna().all()
+    assert json.loads(Path("results/metrics.json").read_text())["k30"]["capped"].endswith(label)
+    assert main(["report", *cap]) == 0
+    html = Path("reports/report.html").read_text()
+    assert "30-shot subsets capped to the class size" in html and f"<td>30 (capped finding1=" in html

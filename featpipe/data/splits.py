@@ -51,6 +51,11 @@ class Splits:
     def val_policy(self) -> str:
         return str(self.raw.get("params", {}).get("val_policy", "full"))
 
+    def capped(self, k: int) -> str:
+        """How the ``k``-shot subsets were capped to the class size (``split.shots_policy: cap``):
+        ``"normal=150"`` (each short class and the images it has, all used), "" when every class has k."""
+        return capped_text(self.raw.get("capped", {}).get(str(int(k)), {}))
+
     def val_for(self, seed: int, k: int) -> list[str]:
         """The val ids that thresholds, model selection and early stopping use for (seed, k): the whole
         val split under ``val_policy: full``, the nested k-per-class val subset under ``matched``."""
@@ -148,6 +153,17 @@ def _fewshot(train_rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, ids
         order = _deal(train_rows, labels, groups, ids, len(classes), np.random.default_rng(seed))
         fewshot[str(seed)] = {str(k): sorted(x for o in order for x in o[:k]) for k in params.shots}
     return fewshot, capped
+
+
+def capped_text(short: dict) -> str:
+    """``{"normal": 150}`` -> ``"normal=150"``: the classes a k-shot subset holds fewer than k images of."""
+    return " ".join(f"{c}={int(n)}" for c, n in short.items())
+
+
+def capping_lines(capped: dict) -> list[str]:
+    """One line per capped shot count (the splits' ``capped``), as prepare and the report state it."""
+    return [f"{k}-shot subsets capped to the class size: {', '.join(f'{c} has {n} training images (all used)' for c, n in short.items())}; "
+            f"runs at k={k} are labelled 'capped {capped_text(short)}'" for k, short in sorted(capped.items(), key=lambda x: int(x[0]))]
 
 
 def _deal(rows_in: np.ndarray, labels: np.ndarray, groups: np.ndarray, ids: np.ndarray, n_classes: int,

@@ -23,7 +23,7 @@ from featpipe.core.errors import ConfigError, DataError
 from featpipe.core.fileio import atomic_write
 from featpipe.core.versions import versions as core_versions
 from featpipe.data.manifest import read_manifest
-from featpipe.data.splits import load_splits
+from featpipe.data.splits import capping_lines, load_splits
 from featpipe.evaluation.metrics import curves
 from featpipe.evaluation.table import read_predictions, read_runs
 from featpipe.params.config import Params, to_dict
@@ -69,6 +69,7 @@ def _dataset_section(inp: ReportInputs, splits: dict) -> str:
     rows = [[part, sum(splits["counts"][part].values()), *[splits["counts"][part].get(c, 0) for c in classes],
              splits["patients"][part]] for part in ("train", "val", "test")]
     out = [table(["split", "images", *classes, "patients"], rows)]
+    out += [f"<p class=\"note\"><b>{html.escape(line)}</b>.</p>" for line in capping_lines(splits.get("capped", {}))]
     rejects = pd.read_csv(inp.rejects) if inp.rejects and inp.rejects.is_file() else pd.DataFrame(columns=["reason"])
     if len(rejects):
         counts = rejects["reason"].value_counts()

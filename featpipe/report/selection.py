@@ -45,7 +45,7 @@ def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=Non
                   if preds is not None and ids and metric in METRIC_NAMES else (math.nan, math.nan))
         t, v = e.get(metric, {}), e.get(f"val_{metric}", {})
         flag = "yes" if e["clinical_grade"] else "no: " + "; ".join(e["clinical_failed"])
-        rows.append([k, e["config"], _f(v.get("mean")), f"{_f(t.get('mean'))} ± {_f(t.get('std'))}",
+        rows.append([f"{k} (capped {e['capped']})" if e.get("capped") else k, e["config"], _f(v.get("mean")), f"{_f(t.get('mean'))} ± {_f(t.get('std'))}",
                      f"[{_f(t.get('ci_low'))}, {_f(t.get('ci_high'))}]", f"[{_f(lo)}, {_f(hi)}]",
                      _f(e.get("accuracy", {}).get("mean")), _f(e.get("auroc", {}).get("mean"), pct=False),
                      e["n_seeds"], _f(e.get("sensitivity", {}).get("mean")) + " / " + _f(e.get("specificity", {}).get("mean")),

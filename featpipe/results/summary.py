@@ -88,6 +88,7 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
         entry["config"] = str(g["_label"].iloc[0])
         entry["shots"] = int(row["shots"])
         entry["head_params"] = row["head_params"]
+        entry["capped"] = _capped(g)
         out[name] = entry
     chosen = select_best(out, select_metric) if select_metric else {}
     for name, entry in out.items():
@@ -96,6 +97,14 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
         entry["clinical_grade"] = not failed
         entry["clinical_failed"] = failed
     return out
+
+
+def _capped(g: pd.DataFrame) -> str:
+    """The rows' capping to the class size ("normal=150"; "" when k images of every class were used)."""
+    if "capped" not in g.columns:
+        return ""
+    vals = [v for v in g["capped"] if isinstance(v, str) and v]  # empty cells read back as NaN
+    return vals[0] if vals else ""
 
 
 def config_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -176,6 +185,8 @@ def headline(summary: Mapping[str, Mapping], metric: str | None) -> dict:
             e, s = summary[name], summary[name].get(metric, {})
             out[f"k{k}"] = {"chosen": e["config"], metric: s.get("mean"), "ci_low": s.get("ci_low"),
                             "ci_high": s.get("ci_high"), "seeds": e.get("n_seeds"), "clinical_grade": e.get("clinical_grade")}
+            if e.get("capped"):
+                out[f"k{k}"]["capped"] = e["capped"]
     return out
 
 
@@ -251,7 +262,8 @@ def format_summary(summary: Mapping[str, Mapping]) -> str:
         if entry.get("clinical_failed"):
             flag += " (" + "; ".join(entry["clinical_failed"]) + ")"
         degen = f"; {entry['n_degenerate']} degenerate run(s)" if entry.get("n_degenerate") else ""
-        lines.append(f"{name}  ({entry.get('n_seeds', '?')} seeds{degen}; clinical-grade: {flag})")
+        cap = f"; capped to the class size: {entry['capped']}" if entry.get("capped") else ""
+        lines.append(f"{name}  ({entry.get('n_seeds', '?')} seeds{degen}{cap}; clinical-grade: {flag})")
         lines.append(f"  {'metric':<22}{'mean':>8}{'std':>8}   {'95% CI':<17}{'min':>8}{'max':>8}{'spread':>8}")
         for metric, s in entry.items():
             if not isinstance(s, Mapping) or "mean" not in s or s.get("n", 0) == 0:
