@@ -110,7 +110,7 @@ def test_dvc_repro_end_to_end(tmp_path):
                   next((work / "models/fit").rglob("tiny_cnn-svc-k20-s0-*.skops"))):
         _run(sys.executable, "-m", "featpipe", "predict", "--model", str(model), "--out", "pred.csv", "data/synthetic/normal", cwd=work)
         pred = (work / "pred.csv").read_text().splitlines()
-        assert pred[0] == "path,predicted,p(normal),p(finding1)" and len(pred) == 151
+        assert pred[0] == "path,predicted,p[normal],p[finding1]" and len(pred) == 151
     # the decode stage built exactly the cache every later stage read (tiny_cnn: decode size 32) and no
     # decoded cache was written after it finished (no later stage decoded)
     stamp = work / "cache/demo/decoded.json"

@@ -82,7 +82,7 @@ def test_default_weights_through_every_command(project, capsys):
     for model in (heads[0], tuned):
         _cli("predict", "--model", str(model), "--out", "pred.csv", "imgs")
         pred = pd.read_csv("pred.csv")
-        assert len(pred) == len(images) and np.allclose(pred[["p(normal)", "p(pneumonia)"]].sum(axis=1), 1, atol=1e-5)
+        assert len(pred) == len(images) and np.allclose(pred[["p[normal]", "p[pneumonia]"]].sum(axis=1), 1, atol=1e-5)
     for model in (heads[0], tuned):  # the bug this guards: weights file DenseNet161_Weights.IMAGENET1K_V1 not found
         index = _explain(model)
         assert index["info"]["backbone"] == "resnet18"

@@ -7,6 +7,7 @@
 - :func:`config_name` a configuration in the results table ``<dataset>/<label>/<head>/k<k>[/s<seed>]``;
 - :func:`params_tag` the 8-hex hash of a configuration's head parameters (:func:`canonical_params`);
 - :func:`run_name` the run's name of a saved model file (either file of the pair);
+- :func:`proba_column` the column of a class's probability ``p[<class>]`` (predictions files, ``predict``);
 - :func:`weights_name` the short, portable name of a network's weights (the results table's ``weights``).
 """
 
@@ -108,6 +109,12 @@ def weights_name(weights: str, weights_id: str = "") -> str:
     if "/" in w or "\\" in w:  # a path recorded without an identity: its name only
         return _safe(Path(w.replace("\\", "/")).name)
     return w or "default"
+
+
+def proba_column(class_name: str) -> str:
+    """The column of a class's probability in every table featpipe writes (predictions files, ``predict``,
+    ``predict_images``): ``p[<class>]``."""
+    return f"p[{class_name}]"
 
 
 def run_name(path: str | Path) -> str:

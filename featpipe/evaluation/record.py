@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from featpipe.core.errors import DataError
+from featpipe.core.names import proba_column
 from featpipe.core.versions import __version__
 from featpipe.data.manifest import ids_sha256
 from featpipe.evaluation.metrics import SCALAR_METRICS, choose_threshold, curves, degenerate, score
@@ -140,6 +141,6 @@ def prediction_frame(classes: Sequence[str], **parts) -> pd.DataFrame:
             p = np.column_stack([1 - p, p])
         f = pd.DataFrame({"split": name, "id": list(ids), "label": np.asarray(y, dtype=np.int64)})
         for j, c in enumerate(classes):
-            f[f"p[{c}]"] = p[:, j]
+            f[proba_column(c)] = p[:, j]
         frames.append(f)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["split", "id", "label"])

@@ -21,6 +21,7 @@ import yaml
 
 from featpipe.core.errors import ConfigError, DataError
 from featpipe.core.fileio import atomic_write
+from featpipe.core.names import proba_column
 from featpipe.core.versions import versions as core_versions
 from featpipe.data.manifest import read_manifest
 from featpipe.data.splits import capping_lines, load_splits
@@ -215,7 +216,7 @@ def _roc_section(inp: ReportInputs, runs: pd.DataFrame, s, best: list[dict], mid
         tag = "best" if b["shots"] == top else f"{b['shots']}_shots"
         pred = read_predictions(inp.results, b["run_ids"])
         pred = pred[pred["split"] == "test"]
-        cols = [f"p[{c}]" for c in s.classes]
+        cols = [proba_column(c) for c in s.classes]
         per_seed = [curves(g["label"].to_numpy(), g[cols].to_numpy(float), classes=s.classes)
                     for rid in b["run_ids"] for _, g in [(rid, pred[pred["run_id"] == rid])] if len(g)]
         if not per_seed:

@@ -33,6 +33,7 @@ import pandas as pd
 
 from featpipe.core.errors import DataError
 from featpipe.core.fileio import atomic_write
+from featpipe.core.names import proba_column
 from featpipe.data.manifest import read_manifest
 from featpipe.data.splits import load_splits
 from featpipe.evaluation.metrics import fast_scores
@@ -133,7 +134,7 @@ class TestPredictions:
         df = (self.frame[self.frame["run_id"].astype(str).isin(run_ids)] if self.frame is not None
               else read_predictions(self.results_dir, run_ids))
         out = {}
-        cols = [f"p[{c}]" for c in self.classes]
+        cols = [proba_column(c) for c in self.classes]
         for rid, g in df[df["split"] == "test"].groupby("run_id", sort=False):
             g = g.sort_values("id", kind="stable")
             thr = g["threshold"].iloc[0]
