@@ -248,3 +248,85 @@ def test_shots_capped_to_the_class_size_are_stated_in_prepare_tables_and_report(
     assert main(["report", *cap]) == 0
     html = Path("reports/report.html").read_text()
     assert "30-shot subsets capped to the class size" in html and f"<td>30 (capped finding1=" in html
+
+
+# --------------------------------------------------------------------------- training-set fractions
+
+
+def test_fractions_are_stratified_grouped_nested_and_recorded():
+    from featpipe.data.splits import make_splits
+    from featpipe.params.config import SplitParams
+    from test_splits import fake_manifest
+
+    df = fake_manifest(n_patients=120, per_patient=2)
+    df = df[(df["label"] == 0) | (df["patient_id"].str[3:].astype(int) % 6 == 1)].reset_index(drop=True)  # 3:1
+    params = SplitParams(seeds=(0, 1), shots=(), fractions=(0.05, 0.1, 0.5), test_fraction=0.2, val_fraction=0.1)
+    obj = make_splits(df, ["c0", "c1"], params, dataset="t", manifest_sha256="abc")
+    train = obj["counts"]["train"]
+    assert train["c0"] > 2 * train["c1"]  # imbalanced
+    label = dict(zip(df["id"], df["label_name"]))
+    patient = dict(zip(df["id"], df["patient_id"]))
+    assert [v["fraction"] for _, v in sorted(obj["fractions"].items(), key=lambda x: int(x[0]))] == [0.05, 0.1, 0.5]
+    for key, rec in obj["fractions"].items():
+        f = rec["fraction"]
+        assert rec["per_class"] == {c: max(1, round(f * n)) for c, n in train.items()}  # each class keeps its share
+        assert int(key) == sum(rec["per_class"].values())
+    for seed, per_key in obj["fewshot"].items():
+        prev = set()
+        for key in sorted(per_key, key=int):
+            ids = per_key[key]
+            assert set(ids) <= set(obj["train"]) and prev <= set(ids)  # from train only, nested
+            assert {c: sum(label[i] == c for i in ids) for c in ("c0", "c1")} == obj["fractions"][key]["per_class"]
+            per_class_patients = {c: {patient[i] for i in ids if label[i] == c} for c in ("c0", "c1")}
+            for c in ("c0", "c1"):  # one image per patient while the class's patients last
+                n = sum(label[i] == c for i in ids)
+                patients_in_train = len({patient[i] for i in obj["train"] if label[i] == c})
+                assert len(per_class_patients[c]) == min(n, patients_in_train)
+            prev = set(ids)
+    assert obj["fewshot"]["0"] != obj["fewshot"]["1"]  # the seed draws the subset
+
+
+@pytest.mark.parametrize("override,words", [
+    (["split.fractions=[0.1]"], "set split.shots: []"),
+    (["split.shots=[]", "split.fractions=[0]"], "in (0, 1]"),
+    (["split.shots=[]", "split.fractions=[0.1]", "split.val_policy=matched"], "val_policy: full"),
+])
+def test_fraction_mistakes_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, override, words):
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare", *[x for o in override for x in ("-S", o)]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0]
+
+
+def test_a_fraction_study_on_real_images_labels_runs_by_fraction_and_images_per_class(tmp_path, monkeypatch,
+                                                                                      pneumoniamnist, capsys):
+    """PneumoniaMNIST (real radiographs): 1% .. 10% of the training set, the tables and metrics name the fraction
+    and the images per class, fine-tuning takes the same subsets (finetune.shots: [])."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
+    (tmp_path / "params.yaml").write_text(
+        f"data: {{name: pm, source: npz, path: {pneumoniamnist}, class_names: [normal, pneumonia]}}\n"
+        "split: {seeds: [0, 1], shots: [], fractions: [0.02, 0.05, 0.1]}\n"
+        "extract: {backbones: [tiny_cnn], precision: fp32, device: cpu}\n"
+        "fit: {n_jobs: 1, heads: [prototype]}\n"
+        "finetune: {backbones: [tiny_cnn], strategies: [head], shots: [], seeds: [0], epochs: 1, precision: fp32, "
+        "device: cpu}\n")
+    assert main(["prepare", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    splits = json.loads(Path("data/splits.json").read_text())
+    fr = splits["fractions"]
+    assert len(fr) == 3 and all(f"fraction {v['fraction']:g} of the training set: {k} images" in out for k, v in fr.items())
+    assert main(["extract", "--no-progress"]) == 0
+    assert main(["sweep"]) == 0
+    assert main(["finetune", "--quiet", "--strategy", "head", "--backbone", "tiny_cnn", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    runs = pd.read_csv("results/runs.csv")
+    assert sorted(set(runs["fraction"])) == [0.02, 0.05, 0.1] and set(runs["head"]) == {"prototype", "finetune:head"}
+    for _, r in runs.iterrows():
+        rec = fr[str(r["shots"])]
+        assert r["fraction"] == rec["fraction"] and r["n_train"] == r["shots"]
+        assert r["images_per_class"] == f"normal={rec['per_class']['normal']} pneumonia={rec['per_class']['pneumonia']}"
+    assert "pm/tiny_cnn+random/prototype/f0.05  (2 seeds; " in out
+    assert main(["collect", "results", "--out", "merged"]) == 0
+    headline = json.loads(Path("merged/metrics.json").read_text())
+    assert {k for k in headline if k.startswith("f")} <= {"f0.02", "f0.05", "f0.1"}

@@ -71,12 +71,25 @@ def finetune_run_name(dataset: str, backbone: str, strategy: str, shots: int, se
     return f"{dataset}-{backbone_label(backbone, layer=layer)}-{strategy}-k{int(shots)}-s{int(seed)}"
 
 
+def subset_label(row: Mapping) -> str:
+    """The training subset of a row: ``k<shots>`` (k per class), or ``f<fraction>`` for a training-set
+    fraction (``split.fractions``; the row's ``shots`` is then the subset's size)."""
+    f = row.get("fraction")
+    try:
+        if f is not None and f == f and str(f) != "":
+            return f"f{float(f):g}"
+    except (TypeError, ValueError):
+        pass
+    return f"k{int(row['shots'])}"
+
+
 def config_name(row: Mapping, *, with_seed: bool = False) -> str:
-    """Readable, file-name-safe name of a configuration: ``dataset/backbone[@layer][+weights]/head/kK[/sS]``."""
+    """Readable, file-name-safe name of a configuration: ``dataset/backbone[@layer][+weights]/head/kK[/sS]``
+    (``fF`` for a training-set fraction)."""
     weights = row.get("weights")
     back = backbone_label(str(row["backbone"]), layer=row.get("layer") or None,
                           weights_tag=weights if weights and weights != "default" else None)
-    name = f"{row['dataset']}/{back}/{row['head']}/k{int(row['shots'])}"
+    name = f"{row['dataset']}/{back}/{row['head']}/{subset_label(row)}"
     return name + (f"/s{int(row['seed'])}" if with_seed else "")
 
 

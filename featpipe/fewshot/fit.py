@@ -150,7 +150,8 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
            "head_params": canonical_params(hp), "shots": int(shots), "seed": int(seed), "split_sha256": splits.sha256}
     own = {"scaler_ids_sha256": ids_sha256(splits.train) if params.heads.scaler in ("pool", "center") else "",
            "cv_used": bool(getattr(clf, "cv_used_", False)),
-           "chosen_params": canonical_params(getattr(clf, "best_params_", {})), "capped": splits.capped(shots)}
+           "chosen_params": canonical_params(getattr(clf, "best_params_", {})), "capped": splits.capped(shots),
+           "fraction": splits.fraction(shots), "images_per_class": splits.images_per_class(shots)}
     test = Outputs(list(splits.test), data.y[data.test], proba[va.size:])
     rec = record_run(key, classes=classes, train_ids=train_ids,
                      val=Outputs(val_ids, data.y[va], proba[: va.size] if va.size else None), test=test,

@@ -182,7 +182,8 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
            "shots": job.shots, "seed": job.seed, "split_sha256": d.splits.sha256}
     own = {"best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "train_seconds": round(res.seconds, 3),
            "precision": rt.precision, "device": rt.device.type, "trainable_params": describe(model)["trainable"],
-           "capped": d.splits.capped(job.shots)}
+           "capped": d.splits.capped(job.shots), "fraction": d.splits.fraction(job.shots),
+           "images_per_class": d.splits.images_per_class(job.shots)}
     rec = record_run(key, classes=d.classes, train_ids=tr.ids, val=Outputs(va.ids, va.labels, pv),
                      test=Outputs(te.ids, te.labels, pt), val_policy=d.splits.val_policy,
                      manifest_sha256=d.splits.manifest_sha256, columns=own)

@@ -78,6 +78,20 @@ class SplitParams:
     # full: thresholds, model selection and early stopping use the whole val split; matched: a val subset of
     # k per class per (seed, k), nested like the train subsets (the true few-shot setting)
     val_policy: Literal["full", "matched"] = "full"
+    # alternative to shots: fractions of the training set (stratified, grouped, nested), e.g. [0.01, 0.05, 0.1];
+    # set shots: [] to use them (featpipe.data.fractions)
+    fractions: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        if self.fractions and self.shots:
+            raise ConfigError("split.fractions and split.shots are alternatives: set split.shots: [] to draw "
+                              "fractions of the training set, or split.fractions: [] for k shots per class")
+        bad = [f for f in self.fractions if not 0 < f <= 1]
+        if bad:
+            raise ConfigError(f"bad value for 'split.fractions': {bad[0]} (a fraction of the training set, in (0, 1])")
+        if self.fractions and self.val_policy == "matched":
+            raise ConfigError("split.val_policy: matched draws k val images per class and needs split.shots; "
+                              "use val_policy: full with split.fractions")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from featpipe.core.fileio import atomic_write
 from featpipe.core.names import proba_column
 from featpipe.core.versions import versions as core_versions
 from featpipe.data.manifest import read_manifest
+from featpipe.data.fractions import fraction_lines
 from featpipe.data.splits import capping_lines, load_splits
 from featpipe.evaluation.metrics import curves
 from featpipe.evaluation.table import read_predictions, read_runs
@@ -70,7 +71,8 @@ def _dataset_section(inp: ReportInputs, splits: dict) -> str:
     rows = [[part, sum(splits["counts"][part].values()), *[splits["counts"][part].get(c, 0) for c in classes],
              splits["patients"][part]] for part in ("train", "val", "test")]
     out = [table(["split", "images", *classes, "patients"], rows)]
-    out += [f"<p class=\"note\"><b>{html.escape(line)}</b>.</p>" for line in capping_lines(splits.get("capped", {}))]
+    out += [f"<p class=\"note\"><b>{html.escape(line)}</b>.</p>"
+            for line in capping_lines(splits.get("capped", {})) + fraction_lines(splits.get("fractions", {}))]
     rejects = pd.read_csv(inp.rejects) if inp.rejects and inp.rejects.is_file() else pd.DataFrame(columns=["reason"])
     if len(rejects):
         counts = rejects["reason"].value_counts()
@@ -175,7 +177,7 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
     strip = _save(plots.seed_strip(runs, metric, int(mid)), plots_dir / "per_seed.png")
     sections.append(("The seed lottery", "<p>Spread = best seed minus worst seed, in points of the metric. "
                      "A wide spread means the result depends on which images happened to be labelled.</p>"
-                     + _img(spread, "lottery spread vs shots") + _img(strip, f"per-seed results at {int(mid)} shots")))
+                     + _img(spread, "lottery spread vs shots") + _img(strip, f"per-seed results at {plots.subset_words(runs, int(mid))}")))
 
     preds = TestPredictions(inp.results, read_manifest(inp.manifest), s.classes) if inp.manifest.is_file() else None
     best_html, best = selection.best_configurations(runs, params=params, n_classes=n_classes, preds=preds)

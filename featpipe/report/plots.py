@@ -61,14 +61,17 @@ LEGEND_HEADER = ["label", "backbone", "layer", "weights", "weights identity", "h
 def by_config(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per (config, shots): mean, std, 95% interval, min, max, spread of ``metric`` across seeds
     (:func:`featpipe.results.stats.seed_summary`, the interval of the table's summaries and metrics.json);
-    ``config`` is the configuration's full-identity label (:func:`config_keys`)."""
+    ``config`` is the configuration's full-identity label (:func:`config_keys`); ``x`` the figures' x value:
+    the shots, or the training-set fraction of a ``split.fractions`` study."""
     if metric not in runs.columns or runs.empty:
-        return pd.DataFrame(columns=["config", "shots", "mean", "std", "ci_low", "ci_high", "min", "max", "spread", "n"])
+        return pd.DataFrame(columns=["config", "shots", "x", "mean", "std", "ci_low", "ci_high", "min", "max", "spread", "n"])
     rows = []
     keys = ["backbone", "layer", "weights", "head", "head_params"]
     labelled = runs.assign(config=config_keys(runs).to_numpy())
     for (name, shots), g in labelled.groupby(["config", "shots"], sort=True):
-        row = {"config": name, **{k: g[k].iloc[0] for k in keys}, "shots": shots}
+        fraction = g["fraction"].dropna() if "fraction" in g.columns else g["shots"].iloc[:0]
+        row = {"config": name, **{k: g[k].iloc[0] for k in keys}, "shots": shots,
+               "x": float(fraction.iloc[0]) if len(fraction) else shots}  # split.fractions: the fraction
         rows.append({**row, **seed_summary(g, metric)})
     return pd.DataFrame(rows)
 
@@ -86,18 +89,33 @@ def _order(names) -> list[str]:
     return sorted(set(names))
 
 
+def _xlabel(table: pd.DataFrame) -> str:
+    """The x axis: shots, or the fraction of the training set (``split.fractions``)."""
+    if len(table) and (table["x"] != table["shots"]).any():
+        return "fraction of the training set (stratified by class)"
+    return "labelled images per class (shots)"
+
+
+def subset_words(runs: pd.DataFrame, shots: int) -> str:
+    """``5 shots``, or ``fraction 0.1 (30 images)`` for the rows of a ``split.fractions`` study."""
+    f = runs.loc[runs["shots"] == shots, "fraction"].dropna() if "fraction" in runs.columns else []
+    return f"fraction {float(f.iloc[0]):g} ({int(shots)} images)" if len(f) else f"{int(shots)} shots"
+
+
 def _is_finetune(name: str) -> bool:
     return "/finetune:" in name
 
 
-def _style(ax, *, xlabel: str, ylabel: str, title: str, shots: Sequence[int] = ()) -> None:
+def _style(ax, *, xlabel: str, ylabel: str, title: str, shots: Sequence[float] = ()) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if len(shots):
+        fractions = any(0 < float(k) < 1 for k in shots) or xlabel.startswith("fraction")
         ax.set_xscale("log")
-        ax.set_xticks(sorted(int(k) for k in shots))
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%d"))
+        ax.set_xticks(sorted(float(k) for k in shots))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=None) if fractions
+                                     else matplotlib.ticker.FormatStrFormatter("%d"))
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.grid(True, alpha=0.3)
 
@@ -108,15 +126,15 @@ def learning_curve(runs: pd.DataFrame, metric: str) -> Figure:
     fig, ax = _subplots(figsize=(10.5, 5))
     for name, g in table.groupby("config", sort=True):
         i = _order(table["config"]).index(name)
-        g = g.sort_values("shots")
+        g = g.sort_values("x")
         ls = "--" if _is_finetune(name) else "-"
-        line, = ax.plot(g["shots"], g["mean"], ls, ms=4, label=name, **_look(i))
+        line, = ax.plot(g["x"], g["mean"], ls, ms=4, label=name, **_look(i))
         lo = g["ci_low"].fillna(g["mean"])
         hi = g["ci_high"].fillna(g["mean"])
-        ax.fill_between(g["shots"], lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.fill_between(g["x"], lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
     label = METRIC_LABELS.get(metric, metric)
-    _style(ax, xlabel="labelled images per class (shots)", ylabel=f"{label} on test (mean, 95% CI over seeds)",
-           title=f"Learning curve: {label}", shots=table["shots"].unique())
+    _style(ax, xlabel=_xlabel(table), ylabel=f"{label} on test (mean, 95% CI over seeds)",
+           title=f"Learning curve: {label}", shots=table["x"].unique())
     if metric != "brier":
         ax.set_ylim(max(0.0, ax.get_ylim()[0]), min(1.02, max(1.0, ax.get_ylim()[1])))
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="configuration (legend table in the report)",
@@ -131,11 +149,11 @@ def lottery_spread(runs: pd.DataFrame, metric: str) -> Figure:
     fig, ax = _subplots(figsize=(10.5, 5))
     for name, g in table.groupby("config", sort=True):
         i = _order(table["config"]).index(name)
-        g = g.sort_values("shots")
-        ax.plot(g["shots"], 100 * g["spread"], "--" if _is_finetune(name) else "-", ms=4, label=name, **_look(i))
+        g = g.sort_values("x")
+        ax.plot(g["x"], 100 * g["spread"], "--" if _is_finetune(name) else "-", ms=4, label=name, **_look(i))
     label = METRIC_LABELS.get(metric, metric)
-    _style(ax, xlabel="labelled images per class (shots)", ylabel=f"spread of {label} across seeds (points, max - min)",
-           title="Classification lottery: how much the labelled images you drew matter", shots=table["shots"].unique())
+    _style(ax, xlabel=_xlabel(table), ylabel=f"spread of {label} across seeds (points, max - min)",
+           title="Classification lottery: how much the labelled images you drew matter", shots=table["x"].unique())
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="configuration (legend table in the report)",
               title_fontsize=8)
@@ -167,7 +185,7 @@ def seed_strip(runs: pd.DataFrame, metric: str, shots: int) -> Figure:
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     label = METRIC_LABELS.get(metric, metric)
-    _style(ax, xlabel="configuration", ylabel=f"{label} on test, one dot per seed", title=f"Per-seed {label} at {shots} shots (bar: mean)")
+    _style(ax, xlabel="configuration", ylabel=f"{label} on test, one dot per seed", title=f"Per-seed {label} at {subset_words(sub, shots)} (bar: mean)")
     fig.tight_layout()
     return fig
 

@@ -45,7 +45,7 @@ def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=Non
                   if preds is not None and ids and metric in METRIC_NAMES else (math.nan, math.nan))
         t, v = e.get(metric, {}), e.get(f"val_{metric}", {})
         flag = "yes" if e["clinical_grade"] else "no: " + "; ".join(e["clinical_failed"])
-        rows.append([f"{k} (capped {e['capped']})" if e.get("capped") else k, e["config"], _f(v.get("mean")), f"{_f(t.get('mean'))} ± {_f(t.get('std'))}",
+        rows.append([_subset_cell(k, e), e["config"], _f(v.get("mean")), f"{_f(t.get('mean'))} ± {_f(t.get('std'))}",
                      f"[{_f(t.get('ci_low'))}, {_f(t.get('ci_high'))}]", f"[{_f(lo)}, {_f(hi)}]",
                      _f(e.get("accuracy", {}).get("mean")), _f(e.get("auroc", {}).get("mean"), pct=False),
                      e["n_seeds"], _f(e.get("sensitivity", {}).get("mean")) + " / " + _f(e.get("specificity", {}).get("mean")),
@@ -67,13 +67,20 @@ def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=Non
     return table(head, rows) + text + per_class_section(original, summary, metric), best
 
 
+def _subset_cell(k: int, e: dict) -> str:
+    """The training subset of a best-configuration row: k, k capped to the class size, or a fraction."""
+    if e.get("fraction") is not None:
+        return f"{e['fraction']:g} of train ({k} images: {e.get('images_per_class', '')})"
+    return f"{k} (capped {e['capped']})" if e.get("capped") else str(k)
+
+
 def per_class_section(runs: pd.DataFrame, summary: dict, metric: str) -> str:
     """The val-chosen configurations' test precision, recall and F1 per class (mean and 95% seed interval)."""
     rows = per_class_summary(runs, summary, metric)
     if not rows:
         return ""
     cell = lambda s: f"{_f(s.get('mean'))} [{_f(s.get('ci_low'))}, {_f(s.get('ci_high'))}]"
-    body = [[r["shots"], r["config"], r["class"], cell(r["precision"]), cell(r["recall"]), cell(r["f1"])] for r in rows]
+    body = [[r["subset"], r["config"], r["class"], cell(r["precision"]), cell(r["recall"]), cell(r["f1"])] for r in rows]
     return ("<h3>Per class: precision, recall and F1 of the chosen configurations</h3><p class=\"note\">Test, % (mean "
             "[95% seed interval] over seeds).</p>"
             + table(["shots", "chosen on val", "class", "precision (%)", "recall (%)", "F1 (%)"], body))

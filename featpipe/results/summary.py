@@ -72,7 +72,7 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
     group_cols = [c for c in KEY_COLUMNS if c != "seed"]
     out: dict = {}
     groups = list(df.groupby(group_cols, sort=True, dropna=False))
-    names = [config_name(dict(zip(group_cols, key))) for key, _ in groups]
+    names = [config_name({**dict(zip(group_cols, key)), "fraction": _first(g, "fraction")}) for key, g in groups]
     metrics = list(metrics) + ([select_metric] if select_metric and select_metric not in metrics else [])
     for (key, g), name in zip(groups, names):
         row = dict(zip(group_cols, key))
@@ -89,6 +89,9 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
         entry["shots"] = int(row["shots"])
         entry["head_params"] = row["head_params"]
         entry["capped"] = _capped(g)
+        if _first(g, "fraction") is not None:  # a training-set fraction: shots is the subset's size
+            entry["fraction"] = float(_first(g, "fraction"))
+            entry["images_per_class"] = str(_first(g, "images_per_class") or "")
         out[name] = entry
     chosen = select_best(out, select_metric) if select_metric else {}
     for name, entry in out.items():
@@ -97,6 +100,14 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
         entry["clinical_grade"] = not failed
         entry["clinical_failed"] = failed
     return out
+
+
+def _first(g: pd.DataFrame, col: str):
+    """The first non-empty value of ``col`` in ``g`` (None when the column is absent or empty)."""
+    if col not in g.columns:
+        return None
+    vals = [v for v in g[col] if v is not None and v == v and v != ""]
+    return vals[0] if vals else None
 
 
 def _capped(g: pd.DataFrame) -> str:
@@ -119,7 +130,7 @@ def config_labels(df: pd.DataFrame) -> pd.Series:
     """A configuration name per row, without dataset and shots: ``backbone[@layer][+weights]/head``, plus
     ``#<hash>`` of head params and weights identity where two configurations of the table would collide."""
     f = config_frame(df)
-    base = [config_name(r).split("/", 1)[1].rsplit("/k", 1)[0] for r in f.to_dict("records")]
+    base = [config_name(r).split("/", 1)[1].rsplit("/", 1)[0] for r in f.to_dict("records")]
     ident = [params_tag([hp, w]) for hp, w in zip(f["head_params"], f["weights_id"])]
     seen: dict[str, set] = {}
     for b, i in zip(base, ident):
@@ -183,10 +194,13 @@ def headline(summary: Mapping[str, Mapping], metric: str | None) -> dict:
     if metric:
         for k, name in select_best({n: e for n, e in summary.items() if not n.startswith("_")}, metric).items():
             e, s = summary[name], summary[name].get(metric, {})
-            out[f"k{k}"] = {"chosen": e["config"], metric: s.get("mean"), "ci_low": s.get("ci_low"),
+            key = f"f{e['fraction']:g}" if e.get("fraction") is not None else f"k{k}"
+            out[key] = {"chosen": e["config"], metric: s.get("mean"), "ci_low": s.get("ci_low"),
                             "ci_high": s.get("ci_high"), "seeds": e.get("n_seeds"), "clinical_grade": e.get("clinical_grade")}
             if e.get("capped"):
-                out[f"k{k}"]["capped"] = e["capped"]
+                out[key]["capped"] = e["capped"]
+            if e.get("fraction") is not None:
+                out[key]["images"] = int(k)
     return out
 
 
@@ -226,7 +240,9 @@ def per_class_summary(df: pd.DataFrame, summary: Mapping[str, Mapping], metric: 
     for k, name in chosen.items():
         g = df[(labels == summary[name]["config"]) & (shots == k)]
         for cls in classes:
-            out.append({"shots": k, "config": summary[name]["config"], "class": cls,
+            e = summary[name]
+            subset = f"f{e['fraction']:g}" if e.get("fraction") is not None else str(k)
+            out.append({"shots": k, "subset": subset, "config": e["config"], "class": cls,
                         **{m: seed_summary(g, f"{m}[{cls}]") for m in PER_CLASS_METRICS}})
     return out
 
@@ -245,9 +261,9 @@ def format_per_class(rows: Iterable[Mapping]) -> str:
     if not rows:
         return ""
     lines = ["per class, configuration chosen on val at each shot count (test; mean [95% CI] over seeds):",
-             f"  {'shots':>5}  {'class':<16}{'precision':<24}{'recall':<24}{'F1':<24}configuration"]
+             f"  {'k / f':>5}  {'class':<16}{'precision':<24}{'recall':<24}{'F1':<24}configuration"]
     for r in rows:
-        lines.append(f"  {r['shots']:>5}  {str(r['class'])[:15]:<16}{_mean_ci(r['precision']):<24}"
+        lines.append(f"  {r['subset']:>5}  {str(r['class'])[:15]:<16}{_mean_ci(r['precision']):<24}"
                      f"{_mean_ci(r['recall']):<24}{_mean_ci(r['f1']):<24}{r['config']}")
     return "\n".join(lines)
 
@@ -263,6 +279,8 @@ def format_summary(summary: Mapping[str, Mapping]) -> str:
             flag += " (" + "; ".join(entry["clinical_failed"]) + ")"
         degen = f"; {entry['n_degenerate']} degenerate run(s)" if entry.get("n_degenerate") else ""
         cap = f"; capped to the class size: {entry['capped']}" if entry.get("capped") else ""
+        if entry.get("fraction") is not None:
+            cap += f"; {entry['shots']} training images: {entry.get('images_per_class', '')}"
         lines.append(f"{name}  ({entry.get('n_seeds', '?')} seeds{degen}{cap}; clinical-grade: {flag})")
         lines.append(f"  {'metric':<22}{'mean':>8}{'std':>8}   {'95% CI':<17}{'min':>8}{'max':>8}{'spread':>8}")
         for metric, s in entry.items():

@@ -39,6 +39,8 @@ def run(args, params) -> int:
         p = replace(p, weights=args.weights)
     if args.layer:
         p = replace(p, layer=args.layer)
+    if not p.shots:  # finetune.shots: [] = every subset of the splits file (k shots or split.fractions)
+        p = replace(p, shots=tuple(load_splits(args.splits).subset_keys()))
     one = (args.backbone, args.strategy, args.shots, args.seed)
     if all(v is not None for v in one):
         jobs = [Job(args.backbone, args.strategy, args.shots, args.seed, p.layer if args.strategy == "truncated" else None)]
