@@ -330,3 +330,30 @@ def test_a_fraction_study_on_real_images_labels_runs_by_fraction_and_images_per_
     assert main(["collect", "results", "--out", "merged"]) == 0
     headline = json.loads(Path("merged/metrics.json").read_text())
     assert {k for k in headline if k.startswith("f")} <= {"f0.02", "f0.05", "f0.1"}
+
+
+# --------------------------------------------------------------------------- the clinical rule
+
+
+def test_the_published_clinical_rule_is_a_named_option_beside_featpipes():
+    """Mean accuracy 0.93 +- 0.02 and mean AUROC 0.96 over 3 seeds: the published rule (means, std) passes it,
+    featpipe's (interval lower bounds, 5 seeds, sensitivity/specificity) does not; each says which rule it is."""
+    from featpipe.params.config import load_params
+    from featpipe.report.selection import clinical_rule_text
+    from featpipe.results.summary import format_summary
+
+    rows = [{"dataset": "d", "backbone": "b", "weights": "random", "weights_id": "random:seed0", "layer": "",
+             "head": "svc", "head_params": "{}", "shots": 10, "seed": s, "split_sha256": "x", "n_test": 200,
+             "accuracy": a, "auroc": u, "sensitivity": 0.9, "specificity": 0.7, "macro_f1": a, "val_macro_f1": a}
+            for s, (a, u) in enumerate([(0.91, 0.95), (0.93, 0.96), (0.95, 0.97)])]
+    df = pd.DataFrame(rows)
+    for rule, grade in (("published", True), ("featpipe", False)):
+        clinical = load_params(None, [f"clinical.rule={rule}"]).clinical
+        entry = next(iter(summarize_runs(df, clinical=clinical, select_metric="macro_f1").values()))
+        assert entry["clinical_grade"] is grade and entry["clinical_rule"] == rule
+        text = format_summary({"d/b+random/svc/k10": entry})
+        assert ("published rule" in text) == (rule == "published")
+        assert ("the published study's rule" in clinical_rule_text(clinical)) == (rule == "published")
+    fails = summarize_runs(df.assign(accuracy=df["accuracy"] - 0.1), clinical=load_params(
+        None, ["clinical.rule=published"]).clinical, select_metric="macro_f1")
+    assert next(iter(fails.values()))["clinical_failed"] == ["mean accuracy 0.830 < 0.90"]

@@ -156,6 +156,9 @@ class ClinicalParams:
     min_seeds: int = 5  # fewer seeds: never clinical-grade
     min_sensitivity: float = 0.80  # binary tasks: mean sensitivity at least this
     min_specificity: float = 0.80  # binary tasks: mean specificity at least this
+    # featpipe: the interval's lower bound of accuracy and AUROC, seeds, sensitivity/specificity, chosen on val;
+    # published: the source study's rule as written (mean accuracy, std, mean AUROC), to reproduce it
+    rule: Literal["featpipe", "published"] = "featpipe"
 
 
 @dataclass(frozen=True)

@@ -52,19 +52,33 @@ def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=Non
                      flag])
         best.append({"shots": k, "config": e["config"], "run_ids": ids})
     head = ["shots", "chosen on val", f"val {label} (%)", f"test {label} (mean ± std, %)", "seed interval (95%)",
-            "test-sampling interval (95%)", "test accuracy (%)", "test AUROC", "seeds", "sens / spec (%)", "clinical-grade"]
+            "test-sampling interval (95%)", "test accuracy (%)", "test AUROC", "seeds", "sens / spec (%)",
+            f"clinical-grade ({params.clinical.rule} rule)"]
     c = params.clinical
     text = (f"<p>The configuration of each row is <b>chosen on val</b> (best mean val {html.escape(label)} among "
             "configurations without a degenerate run) and <b>reported on test</b>; test numbers played no part in "
             "the choice. The <i>seed interval</i> (logit-t over seeds) says how much the result depends on which "
             "images were labelled; the <i>test-sampling interval</i> (patients of the test split resampled, "
             "mean over the same seeds) says how much it depends on which patients happened to be tested.</p>"
-            f"<p class=\"note\">Clinical-grade needs: ≥ {c.min_seeds} seeds; the seed interval's lower bound of accuracy ≥ "
-            f"{c.min_accuracy_binary:.0%} (binary) or ≥ {c.min_accuracy_multiclass:.0%} (multi-class) and of AUROC ≥ "
-            f"{c.min_auroc}; accuracy std across seeds < {c.max_std:.0%}; mean sensitivity ≥ {c.min_sensitivity:.0%} and "
-            f"specificity ≥ {c.min_specificity:.0%} (binary); a configuration chosen on val. A failed row names the "
-            "conditions it failed.</p>")
+            + clinical_rule_text(c))
     return table(head, rows) + text + per_class_section(original, summary, metric), best
+
+
+def clinical_rule_text(c) -> str:
+    """The paragraph saying which clinical-grade rule the report applied (``clinical.rule``) and its terms."""
+    if c.rule == "published":
+        return (f"<p class=\"note\"><b>Clinical-grade: the published study's rule</b> (<code>clinical.rule: "
+                f"published</code>): mean accuracy ≥ {c.min_accuracy_binary:.0%} (binary) or ≥ "
+                f"{c.min_accuracy_multiclass:.0%} (multi-class), accuracy std across seeds < {c.max_std:.0%}, mean "
+                f"AUROC ≥ {c.min_auroc}. It ignores the seed interval, the number of seeds, sensitivity, specificity "
+                "and selection on val: featpipe's own rule (<code>clinical.rule: featpipe</code>, the default) is "
+                "stricter. A failed row names the conditions it failed.</p>")
+    return (f"<p class=\"note\"><b>Clinical-grade: featpipe's rule</b> (<code>clinical.rule: featpipe</code>; "
+            f"<code>published</code> applies the source study's own): ≥ {c.min_seeds} seeds; the seed interval's lower "
+            f"bound of accuracy ≥ {c.min_accuracy_binary:.0%} (binary) or ≥ {c.min_accuracy_multiclass:.0%} (multi-class) "
+            f"and of AUROC ≥ {c.min_auroc}; accuracy std across seeds < {c.max_std:.0%}; mean sensitivity ≥ "
+            f"{c.min_sensitivity:.0%} and specificity ≥ {c.min_specificity:.0%} (binary); a configuration chosen on val. "
+            "A failed row names the conditions it failed.</p>")
 
 
 def _subset_cell(k: int, e: dict) -> str:

@@ -24,7 +24,7 @@ from featpipe.core.fileio import atomic_write
 from featpipe.core.names import config_name, params_tag
 from featpipe.evaluation.metrics import SUMMARY_METRICS
 from featpipe.evaluation.table import KEY_COLUMNS, RUNS_CSV, key_frame, read_runs
-from featpipe.results.stats import clinical_check, n_classes_of, seed_summary
+from featpipe.results.stats import clinical_failures, n_classes_of, seed_summary
 
 METRICS_JSON = "metrics.json"  # the headline numbers (dvc metrics show)
 SUMMARY_JSON = "summary.json"  # every configuration's summary
@@ -96,8 +96,9 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
     chosen = select_best(out, select_metric) if select_metric else {}
     for name, entry in out.items():
         entry["chosen_on_val"] = name in chosen.values() if select_metric else None
-        failed = clinical_check(entry, n_classes=entry["n_classes"], params=clinical, chosen_on_val=entry["chosen_on_val"])
+        failed = clinical_failures(entry, n_classes=entry["n_classes"], params=clinical, chosen_on_val=entry["chosen_on_val"])
         entry["clinical_grade"] = not failed
+        entry["clinical_rule"] = getattr(clinical, "rule", "featpipe")
         entry["clinical_failed"] = failed
     return out
 
@@ -189,7 +190,9 @@ def headline(summary: Mapping[str, Mapping], metric: str | None) -> dict:
     and its test ``metric`` (mean and 95% seed interval) and clinical-grade flag; the run and configuration
     counts. Everything else is in ``summary.json``."""
     prov = summary.get("_provenance", {})
-    out: dict = {"metric": metric, "runs": prov.get("runs"), "set_aside": prov.get("set_aside"),
+    entries = [e for n, e in summary.items() if not n.startswith("_")]
+    out: dict = {"metric": metric, "clinical_rule": entries[0].get("clinical_rule") if entries else None,
+                 "runs": prov.get("runs"), "set_aside": prov.get("set_aside"),
                  "configurations": len({e["config"] for n, e in summary.items() if not n.startswith("_")})}
     if metric:
         for k, name in select_best({n: e for n, e in summary.items() if not n.startswith("_")}, metric).items():
@@ -281,7 +284,8 @@ def format_summary(summary: Mapping[str, Mapping]) -> str:
         cap = f"; capped to the class size: {entry['capped']}" if entry.get("capped") else ""
         if entry.get("fraction") is not None:
             cap += f"; {entry['shots']} training images: {entry.get('images_per_class', '')}"
-        lines.append(f"{name}  ({entry.get('n_seeds', '?')} seeds{degen}{cap}; clinical-grade: {flag})")
+        rule = "" if entry.get("clinical_rule", "featpipe") == "featpipe" else f" ({entry['clinical_rule']} rule)"
+        lines.append(f"{name}  ({entry.get('n_seeds', '?')} seeds{degen}{cap}; clinical-grade{rule}: {flag})")
         lines.append(f"  {'metric':<22}{'mean':>8}{'std':>8}   {'95% CI':<17}{'min':>8}{'max':>8}{'spread':>8}")
         for metric, s in entry.items():
             if not isinstance(s, Mapping) or "mean" not in s or s.get("n", 0) == 0:
