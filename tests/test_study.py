@@ -357,3 +357,55 @@ def test_the_published_clinical_rule_is_a_named_option_beside_featpipes():
     fails = summarize_runs(df.assign(accuracy=df["accuracy"] - 0.1), clinical=load_params(
         None, ["clinical.rule=published"]).clinical, select_metric="macro_f1")
     assert next(iter(fails.values()))["clinical_failed"] == ["mean accuracy 0.830 < 0.90"]
+
+
+# --------------------------------------------------------------------------- CheXpert's own split files
+
+PATHOLOGIES = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Pneumonia"]
+
+
+def chexpert_tree(figure1_dir: Path, root: Path) -> Path:
+    """CheXpert-v1.0-small's layout and CSVs (Path, Sex, Age, Frontal/Lateral, AP/PA, pathology columns with
+    1.0 / 0.0 / -1.0 / blank) over real radiographs: 40 train images of 20 patients, the rest valid."""
+    import shutil
+
+    images = sorted((figure1_dir / "images").glob("*.jpg"))[:52]
+    assert len(images) >= 48
+    top = root / "CheXpert-v1.0-small"
+    lines = {"train": [], "valid": []}
+    for i, img in enumerate(images):
+        part = "train" if i < 40 else "valid"
+        patient = 1 + i // 2 + (100 if part == "valid" else 0)
+        rel = f"CheXpert-v1.0-small/{part}/patient{patient:05d}/study1/view{1 + i % 2}_frontal.jpg"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(img, root / rel)
+        pneumonia = ["1.0", "0.0", "", "-1.0"][i % 4] if part == "train" else ["1.0", "0.0"][i % 2]
+        lines[part].append(f"{rel},Female,60,Frontal,AP,,,1.0,,{pneumonia}")
+    for part, rows in lines.items():
+        (top / f"{part}.csv").write_text("Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(PATHOLOGIES) + "\n"
+                                         + "\n".join(rows) + "\n")
+    return top
+
+
+def test_chexpert_train_and_valid_csvs_are_one_source_with_their_split(tmp_path, monkeypatch, figure1_dir, capsys):
+    top = chexpert_tree(figure1_dir, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    args = ["prepare", "--no-cache", "-S", "data.source=csv", "-S", f"data.path={top}", "-S", "data.name=cx",
+            "-S", "data.csv.split_files=[train.csv, valid.csv]", "-S", f"data.csv.root={top.parent}",
+            "-S", "data.csv.path_col=Path", "-S", "data.csv.label_col=null", "-S", "data.csv.task=Pneumonia",
+            "-S", "split.shots=[1,2]", "-S", "split.min_source_val_per_class=2", "-S", "split.test_fraction=0.3"]
+    assert main(args) == 0
+    manifest = pd.read_csv("data/manifest.csv")
+    rejects = pd.read_csv("data/rejects.csv")
+    n_valid = len(list((top / "valid").rglob("*.jpg")))
+    assert len(manifest) == 30 + n_valid and len(rejects) == 10  # train: 10 uncertain (-1) rows ignored
+    src = dict(zip(manifest["path"], manifest["source_split"]))
+    assert {s for p, s in src.items() if "/valid/" in p} == {"val"} and {s for p, s in src.items() if "/train/" in p} == {"train"}
+    assert manifest["patient_id"].str.match(r"^patient\d{5}$").all()
+    splits = json.loads(Path("data/splits.json").read_text())
+    valid_ids = set(manifest.loc[manifest["source_split"] == "val", "id"])
+    assert splits["source"]["val"] == "source" and set(splits["val"]) <= valid_ids  # valid.csv is the val split
+    assert not set(splits["val"]) & set(manifest.loc[manifest["source_split"] == "train", "id"])
+    assert len(splits["val"]) + sum(e["from"] == "val" for e in splits["excluded"]) == n_valid
+    assert main([*args, "-S", "data.csv.split_files=[train.csv, extra.csv]"]) != 0
+    assert "must say its split" in capsys.readouterr().err

@@ -65,7 +65,7 @@ def data_root(data: DataParams, path: str | Path) -> Path:
     if data.source in ("synthetic", "folder"):
         return p
     if data.source == "csv":
-        return Path(data.csv.root) if data.csv.root is not None else p.parent
+        return sources.csv_root(p, data.csv)
     return p.parent
 
 

@@ -37,6 +37,9 @@ class CsvParams:
     task: str | None = None  # CheXpert: the pathology column that is the task (binary)
     uncertain: Literal["ignore", "positive", "negative"] = "ignore"  # CheXpert -1 labels
     allow_outside_root: bool = False  # paths outside `root` (../, absolute) are rejected unless this is true
+    # CSVs read as one source, each file's rows in the split its name says (CheXpert: [train.csv, valid.csv]);
+    # data.path is then the folder holding them (and the default root)
+    split_files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
