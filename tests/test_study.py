@@ -122,7 +122,7 @@ def _pipeline_commands(params: dict) -> list[tuple[str, list[str], list[str]]]:
     for name, st in stages.items():
         if "foreach" in st:
             items = _get(params, st["foreach"][2:-1])
-            body, expanded = st["do"], [(str(i), i) for i in items]
+            body, expanded = st["do"], [(str(n) if isinstance(i, dict) else str(i), i) for n, i in enumerate(items)]
         elif "matrix" in st:
             axes = {k: v if isinstance(v, list) else _get(params, v[2:-1]) for k, v in st["matrix"].items()}
             combos = [dict(zip(axes, c)) for c in itertools.product(*axes.values())]
@@ -153,9 +153,9 @@ def _study(tmp_path, monkeypatch, **sections) -> dict:
                           "precision": "fp32", "device": "cpu"},
              "compare": {"bootstrap": 50},
              "gradcam": {"runs": ["tiny_cnn-logistic-k5-s0", "tiny_cnn-head-k5-s0"]}}
-    for section, values in {**small, **sections}.items():
-        for k, v in values.items():
-            params[section][k] = v
+    for changes in (small, sections):
+        for section, values in changes.items():
+            params[section].update(values)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
 
@@ -409,3 +409,74 @@ def test_chexpert_train_and_valid_csvs_are_one_source_with_their_split(tmp_path,
     assert len(splits["val"]) + sum(e["from"] == "val" for e in splits["excluded"]) == n_valid
     assert main([*args, "-S", "data.csv.split_files=[train.csv, extra.csv]"]) != 0
     assert "must say its split" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- arms
+
+
+def test_arms_each_with_their_own_settings_are_distinct_configurations(tmp_path, monkeypatch):
+    """The ResNet-18 study's shape: one backbone from scratch with Adam at lr 1e-3, the same from its own local
+    weights file with SGD, another backbone's head only; each arm is its own configuration and its weights
+    file is applied to its backbone only (finetune.weights stays default for the others)."""
+    import torch
+
+    from featpipe.backbones import registry
+
+    torch.manual_seed(7)
+    weights = tmp_path / "my cnn.pth"
+    torch.save(registry.get("tiny_cnn").make().state_dict(), weights)
+    arms = [{"name": "cnn-scratch-adam", "backbone": "tiny_cnn", "strategy": "scratch", "optimizer": "adam",
+             "lr": 1e-3},
+            {"name": "cnn-own-sgd", "backbone": "tiny_cnn", "strategy": "full", "optimizer": "sgd", "lr": 1e-2,
+             "weights": str(weights), "epochs": 2},
+            {"name": "vit-head", "backbone": "tiny_vit", "strategy": "head"}]
+    params = _study(tmp_path, monkeypatch, extract={"backbones": []}, fit={"heads": []},
+                    finetune={"backbones": [], "arms": arms},
+                    gradcam={"runs": ["tiny_cnn-full-cnn-own-sgd-k5-s0"]})
+    stages = []
+    for name, argv, deps in _pipeline_commands(params):
+        assert all(Path(d).exists() for d in deps), name
+        assert main(argv) == 0, name
+        stages.append(name)
+    assert [s for s in stages if s.startswith("arm@")] == ["arm@0", "arm@1", "arm@2"]
+    runs = pd.read_csv("results/runs.csv")
+    by_head = {h: g for h, g in runs.groupby("head")}
+    assert set(by_head) == {"finetune:scratch:cnn-scratch-adam", "finetune:full:cnn-own-sgd", "finetune:head:vit-head"}
+    own = by_head["finetune:full:cnn-own-sgd"].iloc[0]
+    from featpipe.core.fileio import file_sha256
+
+    assert own["weights_id"] == f"sha256:{file_sha256(weights)}" and own["weights"].startswith("my_cnn-")
+    assert json.loads(own["head_params"])["optimizer"] == "sgd" and json.loads(own["head_params"])["epochs"] == 2
+    scratch = json.loads(by_head["finetune:scratch:cnn-scratch-adam"].iloc[0]["head_params"])
+    assert scratch["optimizer"] == "adam" and scratch["lr"] == 1e-3
+    assert set(by_head["finetune:head:vit-head"]["weights"]) == {"random"}  # tiny_vit's default, not the file
+    lines = [ln for ln in plots.learning_curve(runs, "macro_f1").axes[0].get_lines() if not ln.get_label().startswith("_")]
+    assert len(lines) == 3
+    assert len(list(Path("reports/gradcam").rglob("grid.png"))) == 1
+    assert "finetune:full:cnn-own-sgd" in Path("reports/report.html").read_text()
+
+
+def test_arm_mistakes_are_one_line(tmp_path, monkeypatch, capsys):
+    from featpipe.finetune.strategies import STRATEGIES
+    from featpipe.params.config import FINETUNE_STRATEGIES
+
+    assert FINETUNE_STRATEGIES == STRATEGIES
+    monkeypatch.chdir(tmp_path)
+    for arms, words in (("[{backbone: tiny_cnn}]", "give it a name"),
+                        ("[{name: a, backbone: tiny_cnn, strategy: partial}]", "unknown strategy 'partial'"),
+                        ("[{name: a, backbone: tiny_cnn, optimizer: lion}]", "choose from adamw, adam, sgd"),
+                        ("[{name: a, backbone: tiny_cnn}, {name: a, backbone: tiny_vit}]", "two arms are named 'a'")):
+        assert main(["finetune", "-S", f"finetune.arms={arms}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+
+
+def test_backbones_details_show_what_each_strategy_freezes(capsys):
+    assert main(["backbones", "--details"]) == 0
+    out = capsys.readouterr().out
+    resnet = out[out.index("resnet50 (resnet)"):].splitlines()
+    assert resnet[3].split()[0] == "layerwise" and "conv1, bn1, layer1" in resnet[3]
+    vit = out[out.index("vit_b_16 (vit)"):].splitlines()[3]
+    assert "encoder.layers.encoder_layer_3" in vit and "encoder_layer_4" not in vit
+    eff = out[out.index("efficientnet_b4 (efficientnet)"):].splitlines()[3]
+    assert "features.0, features.1, features.2" in eff

@@ -3,7 +3,7 @@
 - :func:`backbone_label` ``<backbone>[@<layer>][+<weights tag>]``: the backbone part of every name;
 - :func:`cache_name` the feature cache ``<backbone>[@<layer>][+<weights tag>].h5``;
 - :func:`head_model_path` a saved head ``<label>-<head>-k<k>-s<seed>-<dataset>-<params hash>.skops``;
-- :func:`finetune_run_name` a fine-tuning run ``<dataset>-<backbone>[@<layer>]-<strategy>-k<k>-s<seed>``;
+- :func:`finetune_run_name` a fine-tuning run ``<dataset>-<backbone>[@<layer>]-<strategy>[-<arm>]-k<k>-s<seed>``;
 - :func:`config_name` a configuration in the results table ``<dataset>/<label>/<head>/k<k>[/s<seed>]``;
 - :func:`params_tag` the 8-hex hash of a configuration's head parameters (:func:`canonical_params`);
 - :func:`run_name` the run's name of a saved model file (either file of the pair);
@@ -67,8 +67,10 @@ def head_model_path(models_dir: str | Path, *, backbone: str, layer: Optional[st
 
 
 def finetune_run_name(dataset: str, backbone: str, strategy: str, shots: int, seed: int,
-                      layer: Optional[str] = None) -> str:
-    return f"{dataset}-{backbone_label(backbone, layer=layer)}-{strategy}-k{int(shots)}-s{int(seed)}"
+                      layer: Optional[str] = None, arm: Optional[str] = None) -> str:
+    """``<dataset>-<backbone>[@<layer>]-<strategy>[-<arm>]-k<k>-s<seed>`` (``arm``: a ``finetune.arms`` name)."""
+    middle = strategy + (f"-{arm}" if arm else "")
+    return f"{dataset}-{backbone_label(backbone, layer=layer)}-{middle}-k{int(shots)}-s{int(seed)}"
 
 
 def subset_label(row: Mapping) -> str:

@@ -45,7 +45,7 @@ from featpipe.evaluation.table import write_records
 from featpipe.finetune.checkpoint import build_model, save_finetuned
 from featpipe.finetune.data import CachedImages, ImageSource, Labeled, Prep
 from featpipe.finetune.loop import TrainConfig, predict_proba, train
-from featpipe.finetune.strategies import STRATEGIES, describe, param_groups
+from featpipe.finetune.strategies import STRATEGIES, describe, make_optimizer, param_groups
 from featpipe.params.config import to_dict
 
 TRAINING_DIR = "training"
@@ -58,9 +58,16 @@ class Job:
     shots: int
     seed: int
     layer: str | None = None
+    arm: str | None = None  # a finetune.arms name: its settings apply (FinetuneParams.arm)
 
     def name(self, dataset: str) -> str:
-        return finetune_run_name(dataset, self.backbone, self.strategy, self.shots, self.seed, layer=self.layer)
+        return finetune_run_name(dataset, self.backbone, self.strategy, self.shots, self.seed, layer=self.layer,
+                                 arm=self.arm)
+
+    @property
+    def head(self) -> str:
+        """The results row's ``head``: ``finetune:<strategy>`` or, for an arm, ``finetune:<strategy>:<arm>``."""
+        return f"finetune:{self.strategy}" + (f":{self.arm}" if self.arm else "")
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,8 @@ class Paths:
 
 
 def grid(p) -> list[Job]:
-    """Every (backbone, strategy, shots, seed) of ``params.finetune``; ``layer`` goes to truncated only."""
+    """Every (backbone, strategy, shots, seed) of ``params.finetune``; ``layer`` goes to truncated only (the
+    arms' runs: :func:`arm_jobs`)."""
     for s in p.strategies:
         if s not in STRATEGIES:
             raise ConfigError(f"unknown strategy {s!r} in finetune.strategies (choose from {', '.join(STRATEGIES)})")
@@ -83,10 +91,26 @@ def grid(p) -> list[Job]:
             for b in p.backbones for s in p.strategies for k in p.shots for seed in p.seeds]
 
 
+def arm_jobs(p, names=None) -> list[Job]:
+    """Every (shots, seed) run of the arms ``names`` (default: every arm of ``p.arms``)."""
+    arms = [a for a in p.arms if names is None or a.name in names]
+    missing = set(names or ()) - {a.name for a in arms}
+    if missing:
+        raise ConfigError(f"no arm {sorted(missing)[0]!r} in finetune.arms "
+                          f"(arms: {', '.join(a.name for a in p.arms) or 'none'})")
+    return [Job(a.backbone, a.strategy, int(k), int(seed), a.layer if a.strategy == "truncated" else None, a.name)
+            for a in arms for k in p.shots for seed in p.seeds]
+
+
 def head_params(job: Job, p) -> dict:
-    """The training settings that define the configuration (the row key's ``head_params``)."""
+    """The training settings that define the configuration (the row key's ``head_params``; the optimizer
+    where it is not the default AdamW)."""
     out = {"lr": p.lr, "weight_decay": p.weight_decay, "batch_size": p.batch_size, "epochs": p.epochs,
            "patience": p.patience, "imbalance": p.imbalance, "augment": p.augment}
+    if p.optimizer != "adamw":
+        out["optimizer"] = p.optimizer
+        if p.optimizer == "sgd":
+            out["momentum"] = p.momentum
     if p.augment:
         out.update(crop_scale_min=p.crop_scale_min, rotation_degrees=p.rotation_degrees,
                    brightness=p.brightness, contrast=p.contrast, hflip=p.hflip)
@@ -156,6 +180,7 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
             source: ImageSource | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Train, score and record one run; returns its results row (also upserted into runs.csv)."""
     job = resolve_job(job)
+    p = p.arm(job.arm)  # an arm's own optimizer, lr, epochs, weights, ...
     d = load_run_data(job, paths)
     tr, va, te = d.train, d.val, d.test
     model, spec = build_model(job.backbone, job.strategy, len(d.classes), weights=p.weights,
@@ -166,8 +191,9 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
                               progress=progress)
     rt = Runtime.resolve(p.device, p.precision, traits=spec.traits)
     model = rt.prepare(model, eval=False)
-    opt = torch.optim.AdamW(param_groups(model, job.strategy, lr=p.lr, backbone_lr_factor=p.backbone_lr_factor,
-                                         truncated_mode=p.truncated_mode), weight_decay=p.weight_decay)
+    opt = make_optimizer(p.optimizer, param_groups(model, job.strategy, lr=p.lr, backbone_lr_factor=p.backbone_lr_factor,
+                                                   truncated_mode=p.truncated_mode),
+                         weight_decay=p.weight_decay, momentum=p.momentum)
     say = log or (print if progress else None)
     name = job.name(d.splits.dataset)
     with torch_threads(p.threads):
@@ -178,7 +204,7 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
         pt = predict_proba(model, source, te.ids, prep=prep, rt=rt, batch_size=p.eval_batch_size)
     weights, weights_id = weights_columns(model.features)
     key = {"dataset": d.splits.dataset, "backbone": job.backbone, "weights": weights, "weights_id": weights_id,
-           "layer": job.layer or "", "head": f"finetune:{job.strategy}", "head_params": head_params(job, p),
+           "layer": job.layer or "", "head": job.head, "head_params": head_params(job, p),
            "shots": job.shots, "seed": job.seed, "split_sha256": d.splits.sha256}
     own = {"best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "train_seconds": round(res.seconds, 3),
            "precision": rt.precision, "device": rt.device.type, "trainable_params": describe(model)["trainable"],
@@ -188,7 +214,7 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
                      test=Outputs(te.ids, te.labels, pt), val_policy=d.splits.val_policy,
                      manifest_sha256=d.splits.manifest_sha256, columns=own)
     row = rec.row
-    meta = {**rec.sidecar, "family": spec.family, "layer": job.layer, "strategy": job.strategy,
+    meta = {**rec.sidecar, "family": spec.family, "layer": job.layer, "strategy": job.strategy, "arm": job.arm,
             "preprocess": spec.preprocess.to_dict(), "params": to_dict(p), "head_params": row["head_params"],
             "ids_sha256": row["ids_sha256"], "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
             "precision": rt.precision, **describe(model), **versions("torch", "torchvision", "transformers")}

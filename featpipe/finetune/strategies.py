@@ -81,6 +81,20 @@ def _first_block(module: nn.Module) -> tuple[str, nn.Module]:
         return prefix + kids[0][0], kids[0][1]
 
 
+def strategy_rules(family: str | None) -> list[tuple[str, str]]:
+    """What each strategy trains for a backbone family, in words (``featpipe backbones --details``): the
+    family's layer-wise freeze rule (:mod:`featpipe.backbones.families`) and the other strategies."""
+    rule = freeze_rule(family)
+    layerwise = (f"frozen: {rule.note} ({', '.join(p.rstrip('.') for p in rule.frozen)}); the rest and the head train"
+                 if rule else "frozen: the first block (the first child module with parameters); the rest trains")
+    return [("scratch", "random initialisation from the run's seed, everything trains"),
+            ("head", "backbone frozen (BatchNorm statistics too), new linear head trains"),
+            ("layerwise", layerwise),
+            ("full", "everything trains; the backbone at lr x finetune.backbone_lr_factor"),
+            ("truncated", "cut at finetune.layer (a cut point), trained as truncated_mode (layerwise or full); "
+                          "layers past the cut are dropped")]
+
+
 def layerwise_frozen_names(features: nn.Module, family: str | None) -> list[str]:
     """Names (in ``features.named_parameters()``) that ``layerwise`` freezes."""
     rule = freeze_rule(family)
@@ -149,7 +163,7 @@ def _effective(strategy: str, truncated_mode: str) -> str:
 
 def param_groups(model: FinetuneModel, strategy: str, *, lr: float, backbone_lr_factor: float,
                  truncated_mode: str = "layerwise") -> list[dict]:
-    """AdamW parameter groups: trainable head at ``lr``; trainable backbone at ``lr`` except under
+    """Optimizer parameter groups: trainable head at ``lr``; trainable backbone at ``lr`` except under
     ``full`` (and truncated-as-full), where it gets ``lr * backbone_lr_factor``."""
     mode = _effective(strategy, truncated_mode)
     back = [p for p in model.features.parameters() if p.requires_grad]
@@ -158,6 +172,18 @@ def param_groups(model: FinetuneModel, strategy: str, *, lr: float, backbone_lr_
     if back:
         groups.append({"params": back, "lr": lr * backbone_lr_factor if mode == "full" else lr, "name": "backbone"})
     return groups
+
+
+def make_optimizer(name: str, groups, *, weight_decay: float, momentum: float = 0.9) -> torch.optim.Optimizer:
+    """``adamw`` (decoupled weight decay), ``adam`` (L2 weight decay in the gradient, as torch's Adam) or ``sgd``
+    (with ``momentum``) over the parameter groups of :func:`param_groups`."""
+    if name == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(groups, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, momentum=momentum, weight_decay=weight_decay)
+    raise ConfigError(f"unknown optimizer {name!r} (choose from adamw, adam, sgd)")
 
 
 def count_trainable(model: nn.Module) -> int:

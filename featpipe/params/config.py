@@ -179,6 +179,50 @@ class CompareParams:
             check_metric("compare.metrics", m)
 
 
+FINETUNE_STRATEGIES = ("scratch", "head", "layerwise", "full", "truncated")  # = featpipe.finetune.strategies.STRATEGIES
+_ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class ArmParams:
+    """One arm of a study (``finetune.arms``): a backbone fine-tuned with a strategy and its own settings; a
+    setting left out (null) is the ``finetune`` section's. Each arm is its own configuration
+    (``head = finetune:<strategy>:<name>``) in every table and figure."""
+
+    name: str = ""  # letters, digits, . _ -: the arm's label and file names
+    backbone: str = ""
+    strategy: str = "full"
+    weights: str | None = None  # default | imagenet | random | a local file for THIS backbone | a hub id
+    layer: str | None = None  # truncated: the cut point
+    optimizer: Literal["adamw", "adam", "sgd"] | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    momentum: float | None = None  # sgd
+    epochs: int | None = None
+    patience: int | None = None
+    batch_size: int | None = None
+    backbone_lr_factor: float | None = None
+    truncated_mode: Literal["layerwise", "full"] | None = None
+    augment: bool | None = None
+
+    def __post_init__(self):
+        if not _ARM_NAME.match(self.name or ""):
+            raise ConfigError(f"finetune.arms entry {self.name!r}: give it a name (letters, digits, '.', '_', '-')")
+        if not self.backbone:
+            raise ConfigError(f"finetune.arms '{self.name}': set its backbone")
+        if self.strategy not in FINETUNE_STRATEGIES:
+            raise ConfigError(f"finetune.arms '{self.name}': unknown strategy {self.strategy!r} (choose from "
+                              f"{', '.join(FINETUNE_STRATEGIES)})")
+        if self.strategy == "truncated" and not self.layer:
+            raise ConfigError(f"finetune.arms '{self.name}': the truncated strategy needs its layer")
+
+    def overrides(self) -> dict:
+        """The ``finetune`` settings this arm sets (everything but name, backbone, strategy and layer)."""
+        skip = ("name", "backbone", "strategy", "layer")
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in skip and getattr(self, f.name) is not None}
+
+
 @dataclass(frozen=True)
 class FinetuneParams:
     """Fine-tuning (featpipe.finetune): defaults from the published study."""
@@ -190,7 +234,8 @@ class FinetuneParams:
     weights: str = "default"  # pretrained weights for head/layerwise/full/truncated; scratch is always random
     layer: str | None = None  # cut point for the truncated strategy
     truncated_mode: Literal["layerwise", "full"] = "layerwise"
-    optimizer: Literal["adamw"] = "adamw"
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    momentum: float = 0.9  # sgd only
     lr: float = 1e-4
     backbone_lr_factor: float = 0.1  # full fine-tuning: backbone lr = lr * factor
     weight_decay: float = 1e-4
@@ -209,6 +254,23 @@ class FinetuneParams:
     threads: int = 0  # torch CPU threads while training (0 = torch's default); 1 on a shared or busy CPU
     eval_batch_size: int = 64  # no-grad val/test passes
     save_models: bool = True  # safetensors checkpoint + JSON sidecar under models/finetune/
+    # arms: backbone + strategy + their own settings (ArmParams), run beside backbones x strategies
+    arms: tuple[ArmParams, ...] = ()
+
+    def __post_init__(self):
+        names = [a.name for a in self.arms]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup:
+            raise ConfigError(f"finetune.arms: two arms are named {dup!r}; names must be unique")
+
+    def arm(self, name: str | None) -> "FinetuneParams":
+        """These settings with arm ``name``'s overrides applied (None: unchanged)."""
+        if name is None:
+            return self
+        for a in self.arms:
+            if a.name == name:
+                return dataclasses.replace(self, **a.overrides())
+        raise ConfigError(f"no arm {name!r} in finetune.arms (arms: {', '.join(a.name for a in self.arms) or 'none'})")
 
 
 @dataclass(frozen=True)
@@ -279,8 +341,10 @@ class Params:
 
 
 def configured_backbones(params: Params) -> list[str]:
-    """The backbones whose decoded caches the pipeline reads: extract.backbones + finetune.backbones."""
-    return list(dict.fromkeys(list(params.extract.backbones) + list(params.finetune.backbones)))
+    """The backbones whose decoded caches the pipeline reads: extract.backbones + finetune.backbones + the
+    backbones of finetune.arms."""
+    return list(dict.fromkeys(list(params.extract.backbones) + list(params.finetune.backbones)
+                              + [a.backbone for a in params.finetune.arms]))
 
 
 # --------------------------------------------------------------------------- loading

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from featpipe.backbones.registry import get, names
+from featpipe.finetune.strategies import strategy_rules
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--all", action="store_true", help="also list the tiny test backbones")
+    parser.add_argument("--details", action="store_true",
+                        help="also what each fine-tuning strategy freezes and trains, per backbone")
 
 
 def run(args, params) -> int:
@@ -19,4 +22,10 @@ def run(args, params) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    if args.details:
+        for name in names(tiny=None if args.all else False):
+            s = get(name)
+            print(f"\n{s.name} ({s.family}): what fine-tuning trains")
+            for strategy, text in strategy_rules(s.family):
+                print(f"  {strategy:<10}{text}")
     return 0
