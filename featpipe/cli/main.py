@@ -26,6 +26,7 @@ from featpipe.params.config import load_params
 # exist yet is not listed.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "run the whole DVC pipeline offline on the synthetic demo set and tiny backbones, in ./demo"),
+    "study": ("study", "run a shipped study preset (studies/<name>.yaml) on your data: featpipe study <name> --data PATH"),
     "fetch": ("fetch", "make the data source available (generate, download or check it) and fingerprint it"),
     "prepare": ("prepare", "build data/manifest.csv, data/rejects.csv and data/splits.json from a folder, CSV, npz or the synthetic set"),
     "backbones": ("backbones", "list the registered backbones with their embedding size, input size and cut points"),

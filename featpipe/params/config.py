@@ -386,6 +386,14 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict:
+    """``raw`` (a params mapping, changed in place and returned) with ``section.key=value`` overrides applied."""
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return raw
+
+
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node = raw
     parts = key.split(".")
