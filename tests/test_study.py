@@ -480,3 +480,55 @@ def test_backbones_details_show_what_each_strategy_freezes(capsys):
     assert "encoder.layers.encoder_layer_3" in vit and "encoder_layer_4" not in vit
     eff = out[out.index("efficientnet_b4 (efficientnet)"):].splitlines()[3]
     assert "features.0, features.1, features.2" in eff
+
+
+# --------------------------------------------------------------------------- networks of your own
+
+MY_NET = '''
+import torch.nn as nn
+
+
+def tiny_net():
+    """A user's own network: (B, 3, H, W) -> (B, 12)."""
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 12, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+'''
+
+
+def test_networks_of_your_own_from_params_and_a_python_entry_point(tmp_path, monkeypatch):
+    """The low-data study's "simple CNN" from params and a network from the user's own module: extracted, fitted,
+    fine-tuned from scratch and layer-wise, explained with Grad-CAM, without editing featpipe."""
+    (tmp_path / "my_nets.py").write_text(MY_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    networks = [{"name": "simple_cnn", "factory": "simple_cnn", "channels": [8, 16], "input_size": 32},
+                {"name": "mine", "factory": "my_nets:tiny_net", "embed_dim": 12, "input_size": 32,
+                 "gradcam_layer": "2", "layers": ["0=6"]}]
+    params = _study(tmp_path, monkeypatch, extract={"backbones": ["simple_cnn", "mine"]},
+                    finetune={"backbones": ["simple_cnn"], "strategies": ["scratch", "layerwise"]},
+                    gradcam={"runs": ["simple_cnn-logistic-k5-s0", "simple_cnn-scratch-k5-s0"], "layer": None})
+    params["networks"] = networks
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for name, argv, deps in _pipeline_commands(params):
+        assert main(argv) == 0, name
+    runs = pd.read_csv("results/runs.csv")
+    assert set(runs["backbone"]) == {"simple_cnn", "mine"}
+    scratch = runs[runs["head"] == "finetune:scratch"]
+    assert scratch["weights_id"].str.match(r"^random:seed[01]@custom:[0-9a-f]{12}$").all()
+    assert scratch["weights_id"].nunique() == 2  # each seed its own initialisation
+    assert len(list(Path("reports/gradcam").rglob("grid.png"))) == 2
+    assert main(["extract", "--no-progress", "--backbone", "mine", "-S", "extract.layer=0"]) == 0
+    from featpipe.features.cache import read_attrs
+
+    before = read_attrs(next(Path("cache").rglob("simple_cnn.h5")))["weights_id"]
+    params["networks"][0]["channels"] = [8, 24]  # another network under the same name: never the old features
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert main(["extract", "--no-progress", "--backbone", "simple_cnn"]) == 0
+    after = read_attrs(next(Path("cache").rglob("simple_cnn.h5")))
+    assert after["weights_id"] != before and after["embedding_dim"] == 24
+
+
+def test_a_network_may_not_take_a_builtin_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["backbones", "-S", "networks=[{name: resnet18, channels: [4]}]"]) != 0
+    assert "built-in backbone" in capsys.readouterr().err
+    assert main(["backbones", "-S", "networks=[{name: x, factory: nomodule}]"]) == 2

@@ -78,7 +78,8 @@ def resolve(spec: BackboneSpec, weights: str = "default") -> WeightsRef:
     if asked == "random" or _RANDOM_SEEDED.match(asked):
         seed = random_seed(asked)
         tag = None if is_default else ("random" if seed == RANDOM_SEED else f"random-seed{seed}")
-        return WeightsRef(request, "random", "random", f"random:seed{seed}", tag)
+        own = f"@{spec.pretrained}" if str(spec.pretrained or "").startswith("custom:") else ""  # its definition
+        return WeightsRef(request, "random", "random", f"random:seed{seed}{own}", tag)
     if asked == "imagenet":
         if spec.traits.source != "torchvision" or not spec.pretrained or "_Weights." not in spec.pretrained:
             raise WeightsError(f"backbone '{spec.name}' has no torchvision ImageNet weights; "
@@ -292,7 +293,7 @@ def load_network(spec: BackboneSpec, ref: WeightsRef):
     if ref.kind == "hf_folder":
         return load_hf_folder(spec, ref.source)
     with torch.random.fork_rng(devices=[]):  # random init is reproducible and leaves global RNG alone
-        torch.manual_seed(random_seed(ref.identity) if ref.kind == "random" else RANDOM_SEED)
+        torch.manual_seed(random_seed(ref.identity.split("@")[0]) if ref.kind == "random" else RANDOM_SEED)
         net = spec.make()
     if ref.kind == "random":
         return net

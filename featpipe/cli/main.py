@@ -17,6 +17,7 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
+from featpipe.backbones.custom import register_networks
 from featpipe.core.errors import FeatpipeError
 from featpipe.core.log import install_cli_handler
 from featpipe.core.versions import __version__
@@ -86,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
 
         params = load_params(args.params, args.overrides)
+        register_networks(params)  # networks of your own (params networks:) are backbones from here on
         module = importlib.import_module(f"featpipe.cli.commands.{COMMANDS[args.command][0]}")
         code = int(module.run(args, params) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit

@@ -85,14 +85,17 @@ def study_params(preset: Path, data: str | Path, *, smoke: bool = False, overrid
     return to_dict(build(Params, raw, ""))
 
 
-def _twin(name: str) -> str:
+def _twin(name: str, own: frozenset = frozenset()) -> str:
+    """The tiny member of ``name``'s family (a tiny member, or a network of the study's own, stays)."""
+    if name in own:
+        return name
     spec = get_backbone(name)
     return name if spec.tiny else TWINS.get(spec.family, "tiny_cnn")
 
 
-def _twin_layer(name: str, layer: str | None) -> str | None:
+def _twin_layer(name: str, layer: str | None, own: frozenset = frozenset()) -> str | None:
     """The tiny twin's cut point at the same relative depth as ``layer`` in ``name``'s cut points."""
-    if not layer:
+    if not layer or name in own:
         return layer
     spec, twin = get_backbone(name), get_backbone(_twin(name))
     cuts, tiny = list(spec.layers), list(twin.layers)
@@ -109,18 +112,19 @@ def smoke_settings(raw: dict) -> dict:
     """The preset's graph at test size: tiny twins of every backbone (same family; cut points at the same
     depth), two seeds, shots [2, 5] or fractions [0.2, 0.5], one epoch, one Grad-CAM run of the study."""
     s, ex, fit, ft = (raw.setdefault(k, {}) for k in ("split", "extract", "fit", "finetune"))
+    own = frozenset(n["name"] for n in raw.get("networks", []))  # the study's own networks are small already
     s["seeds"] = [0, 1]
     if s.get("fractions"):
         s["fractions"], s["shots"] = [0.2, 0.5], []
     else:
         s["shots"], s["shots_policy"] = [2, 5], "cap"
-    ex["backbones"] = list(dict.fromkeys(_twin(b) for b in ex.get("backbones", ["tiny_cnn"])))
+    ex["backbones"] = list(dict.fromkeys(_twin(b, own) for b in ex.get("backbones", ["tiny_cnn"])))
     ex.update(weights="default", precision="fp32", device="cpu", batch_size=16)
-    ft["backbones"] = list(dict.fromkeys(_twin(b) for b in ft.get("backbones", ["tiny_cnn"])))
+    ft["backbones"] = list(dict.fromkeys(_twin(b, own) for b in ft.get("backbones", ["tiny_cnn"])))
     ft.update(seeds=[0, 1], shots=[], epochs=1, patience=1, precision="fp32", device="cpu", weights="default")
     arms = []
     for a in ft.get("arms", []):
-        a = {**a, "backbone": _twin(a["backbone"]), "layer": _twin_layer(a["backbone"], a.get("layer"))}
+        a = {**a, "backbone": _twin(a["backbone"], own), "layer": _twin_layer(a["backbone"], a.get("layer"), own)}
         w = _twin_weights(a.get("weights"))
         a.pop("weights", None) if w is None else a.update(weights=w)
         arms.append(a)
@@ -141,7 +145,7 @@ def _smoke_gradcam(raw: dict) -> list[str]:
         return [f"{ex['backbones'][0]}-{fit['heads'][0]}-k5-s0"]
     if ft.get("arms") and raw["split"].get("shots"):
         a = ft["arms"][0]
-        layer = get_backbone(a["backbone"]).resolve_layer(a.get("layer")) if a["strategy"] == "truncated" else None
+        layer = a.get("layer") if a["strategy"] == "truncated" else None
         return [finetune_run_name("", a["backbone"], a["strategy"], 5, 0, layer=layer, arm=a["name"])[1:]]
     return []
 

@@ -325,6 +325,36 @@ class EngineParams:
 
 
 @dataclass(frozen=True)
+class NetworkParams:
+    """A network of your own (``networks``), registered as a backbone under ``name`` by
+    :func:`featpipe.backbones.custom.register_networks`: usable for extraction, fine-tuning (scratch too) and
+    Grad-CAM like a built-in one."""
+
+    name: str = ""
+    factory: str = "simple_cnn"  # simple_cnn (conv-BN-ReLU-pool blocks) or a Python entry point "module:callable"
+    channels: tuple[int, ...] = (16, 32, 64)  # simple_cnn: output channels of each block
+    embed_dim: int | None = None  # module:callable: its embedding size (simple_cnn: the last channels)
+    input_size: int = 64
+    resize_size: int | None = None  # default: input_size (no crop)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    gradcam_layer: str | None = None  # simple_cnn: the last block; module:callable: required
+    layers: tuple[str, ...] = ()  # module:callable: cut points as "module.name=dim" (simple_cnn: every block)
+
+    def __post_init__(self):
+        if not _ARM_NAME.match(self.name or ""):
+            raise ConfigError(f"networks entry {self.name!r}: give it a name (letters, digits, '.', '_', '-')")
+        if self.factory != "simple_cnn":
+            if ":" not in self.factory:
+                raise ConfigError(f"networks '{self.name}': factory {self.factory!r} must be simple_cnn or "
+                                  "'module:callable' (a function returning the network)")
+            if not self.embed_dim or not self.gradcam_layer:
+                raise ConfigError(f"networks '{self.name}': a module:callable network needs embed_dim and gradcam_layer")
+        elif not self.channels:
+            raise ConfigError(f"networks '{self.name}': simple_cnn needs channels, e.g. [16, 32, 64]")
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     split: SplitParams = field(default_factory=SplitParams)
@@ -338,6 +368,7 @@ class Params:
     report: ReportParams = field(default_factory=ReportParams)
     compare: CompareParams = field(default_factory=CompareParams)
     engine: EngineParams = field(default_factory=EngineParams)
+    networks: tuple[NetworkParams, ...] = ()  # networks of your own, registered as backbones by name
 
 
 def configured_backbones(params: Params) -> list[str]:

@@ -123,7 +123,7 @@ def config_frame(df: pd.DataFrame) -> pd.DataFrame:
     """The table with key columns normalised for grouping runs into configurations: scratch fine-tuning's
     per-seed initialisation (``random:seed<n>``) is one configuration across seeds."""
     df = key_frame(df)
-    df["weights_id"] = df["weights_id"].str.replace(r"^random:seed\d+$", "random:seed<run>", regex=True)
+    df["weights_id"] = df["weights_id"].str.replace(r"^random:seed\d+(?=$|@)", "random:seed<run>", regex=True)
     return df
 
 
