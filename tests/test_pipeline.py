@@ -25,7 +25,7 @@ SMALL = {
 }
 
 
-def _run(*cmd, cwd, timeout=900):
+def _run(*cmd, cwd, timeout=3600):  # against a hang only: a loaded machine may take long
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
