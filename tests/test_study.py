@@ -532,3 +532,17 @@ def test_a_network_may_not_take_a_builtin_name(tmp_path, monkeypatch, capsys):
     assert main(["backbones", "-S", "networks=[{name: resnet18, channels: [4]}]"]) != 0
     assert "built-in backbone" in capsys.readouterr().err
     assert main(["backbones", "-S", "networks=[{name: x, factory: nomodule}]"]) == 2
+
+
+def test_the_synthetic_set_is_not_rejected_by_its_own_prepare(tmp_path, monkeypatch):
+    """The demo's data folder holds synthetic.json beside the class folders: metadata, not a rejected image;
+    an image outside a class folder is still rejected."""
+    from tests.conftest import write_image
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare", "--no-cache", "-S", "data.synthetic.images_per_class=10", "-S", "split.shots=[1]"]) == 0
+    assert Path("data/synthetic/synthetic.json").is_file()
+    assert pd.read_csv("data/rejects.csv").empty
+    write_image(Path("data/synthetic/stray.png"))
+    assert main(["prepare", "--no-cache", "-S", "data.synthetic.images_per_class=10", "-S", "split.shots=[1]"]) == 0
+    assert pd.read_csv("data/rejects.csv")["reason"].tolist() == ["not in a class folder"]

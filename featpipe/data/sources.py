@@ -25,6 +25,7 @@ from featpipe.params.config import CsvParams
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test", "testing": "test"}
 IGNORED_DIRS = {"masks", "mask", "__macosx"}
+METADATA_SUFFIXES = {".json", ".csv", ".txt", ".md", ".yaml", ".yml"}  # not images: skipped outside class folders
 NPZ_SPLITS = ("train", "val", "test")
 
 
@@ -139,6 +140,8 @@ def _subdirs(folder: Path, base: Path, records: list[Record], label: str | None,
         if d.is_dir() and _visible(d.name):
             out.append(d)
         elif d.name.lower() in IGNORED_DIRS or d.name == "Thumbs.db":
+            continue
+        elif d.suffix.lower() in METADATA_SUFFIXES:  # beside the class folders: synthetic.json, a README, a CSV
             continue
         elif d.name.startswith("."):
             why = "hidden folder (not scanned)" if d.is_dir() else "hidden file"
