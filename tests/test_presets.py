@@ -118,3 +118,30 @@ def test_chexpert_folder_needs_its_task_and_then_reads_both_csvs(tmp_path, monke
     assert main([*args, "-S", "data.csv.task=Pneumonia"]) == 0
     data = yaml.safe_load((tmp_path / "ws" / "params.yaml").read_text())["data"]
     assert data["csv"]["split_files"] == ["train.csv", "valid.csv"] and data["csv"]["task"] == "Pneumonia"
+
+
+@pytest.mark.slow
+def test_featpipe_study_runs_dvc_repro_on_a_fine_tuning_only_study(tmp_path, monkeypatch, pneumoniamnist):
+    """The command as a user types it, DVC included: the 2 x 2 rethink design (arms only: the frozen branch is
+    empty) reaches its report, one stage per arm, four lines in the learning curve."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    bin_dir = str(Path(sys.executable).parent)  # where the featpipe and dvc commands of this environment are
+    monkeypatch.setenv("PATH", bin_dir + os.pathsep + os.environ.get("PATH", ""))
+    monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    data = kaggle_folder(pneumoniamnist, tmp_path / "chest_xray")
+    assert main(["study", "rethink", "--data", str(data), "--smoke", "--project", str(ROOT)]) == 0
+    work = tmp_path / "study-rethink"
+    assert (work / "reports" / "report.html").is_file()
+    lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
+    assert {s for s in lock if s.startswith("arm@")} == {"arm@0", "arm@1", "arm@2", "arm@3"}
+    assert not any(s.startswith(("fit@", "extract@", "finetune@")) for s in lock)
+    runs = pd.read_csv(work / "results" / "runs.csv")
+    assert runs["head"].nunique() == 4
+    shown = subprocess.run(["dvc", "metrics", "show", "--json"], cwd=work, capture_output=True, text=True)
+    headline = next(iter(json.loads(shown.stdout).values()))["data"]["results/metrics.json"]["data"]
+    assert headline["metric"] == "auprc"
