@@ -546,3 +546,22 @@ def test_the_synthetic_set_is_not_rejected_by_its_own_prepare(tmp_path, monkeypa
     write_image(Path("data/synthetic/stray.png"))
     assert main(["prepare", "--no-cache", "-S", "data.synthetic.images_per_class=10", "-S", "split.shots=[1]"]) == 0
     assert pd.read_csv("data/rejects.csv")["reason"].tolist() == ["not in a class folder"]
+
+
+def test_layerwise_freeze_is_settable_and_its_own_configuration():
+    """finetune.layerwise_freeze replaces the family's rule (ResNet: stem + layer1) with the user's prefixes (stem +
+    layer1 + layer2), and is part of the configuration's head params."""
+    from featpipe.finetune.checkpoint import build_model
+    from featpipe.finetune.run import Job, head_params
+    from featpipe.params.config import load_params
+
+    frozen = lambda m: {n.split(".")[0] for n, p in m.features.net.named_parameters() if not p.requires_grad}
+    rule, _ = build_model("resnet18", "layerwise", 2, weights="random")
+    assert frozen(rule) == {"conv1", "bn1", "layer1"}
+    mine, _ = build_model("resnet18", "layerwise", 2, weights="random", freeze=("conv1.", "bn1.", "layer1.", "layer2."))
+    assert frozen(mine) == {"conv1", "bn1", "layer1", "layer2"}
+    p = load_params(None, ["finetune.layerwise_freeze=[conv1., bn1., layer1., layer2.]"]).finetune
+    assert head_params(Job("resnet18", "layerwise", 5, 0), p)["layerwise_freeze"][-1] == "layer2."
+    assert "layerwise_freeze" not in head_params(Job("resnet18", "full", 5, 0), p)
+    with pytest.raises(Exception, match="layerwise_freeze"):
+        build_model("resnet18", "layerwise", 2, weights="random", freeze=("blocks.0.",))

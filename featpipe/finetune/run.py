@@ -45,7 +45,7 @@ from featpipe.evaluation.table import write_records
 from featpipe.finetune.checkpoint import build_model, save_finetuned
 from featpipe.finetune.data import CachedImages, ImageSource, Labeled, Prep
 from featpipe.finetune.loop import TrainConfig, predict_proba, train
-from featpipe.finetune.strategies import STRATEGIES, describe, make_optimizer, param_groups
+from featpipe.finetune.strategies import STRATEGIES, describe, effective_strategy, make_optimizer, param_groups
 from featpipe.params.config import to_dict
 
 TRAINING_DIR = "training"
@@ -116,6 +116,8 @@ def head_params(job: Job, p) -> dict:
                    brightness=p.brightness, contrast=p.contrast, hflip=p.hflip)
     if job.strategy == "truncated":
         out["truncated_mode"] = p.truncated_mode
+    if p.layerwise_freeze and effective_strategy(job.strategy, p.truncated_mode) == "layerwise":
+        out["layerwise_freeze"] = list(p.layerwise_freeze)
     if job.strategy == "full" or (job.strategy == "truncated" and p.truncated_mode == "full"):
         out["backbone_lr_factor"] = p.backbone_lr_factor
     return out
@@ -183,7 +185,7 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
     p = p.arm(job.arm)  # an arm's own optimizer, lr, epochs, weights, ...
     d = load_run_data(job, paths)
     tr, va, te = d.train, d.val, d.test
-    model, spec = build_model(job.backbone, job.strategy, len(d.classes), weights=p.weights,
+    model, spec = build_model(job.backbone, job.strategy, len(d.classes), weights=p.weights, freeze=p.layerwise_freeze,
                               layer=job.layer, truncated_mode=p.truncated_mode, seed=job.seed)
     prep = Prep.from_preprocess(spec.preprocess)
     if source is None:

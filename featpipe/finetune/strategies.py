@@ -62,6 +62,7 @@ def _root_for(module: nn.Module, rule: FreezeRule) -> tuple[str, nn.Module]:
             return prefix, sub
     raise ConfigError(
         f"layer-wise freezing: no {rule.family} network with {', '.join(rule.anchors)} found in the backbone "
+        "(finetune.layerwise_freeze names parameter prefixes such as layer1.; featpipe backbones --details) "
         "(a truncated network cut before the first block cannot be trained layer-wise; use truncated_mode=full)"
     )
 
@@ -87,6 +88,7 @@ def strategy_rules(family: str | None) -> list[tuple[str, str]]:
     rule = freeze_rule(family)
     layerwise = (f"frozen: {rule.note} ({', '.join(p.rstrip('.') for p in rule.frozen)}); the rest and the head train"
                  if rule else "frozen: the first block (the first child module with parameters); the rest trains")
+    layerwise += " (finetune.layerwise_freeze: your own prefixes)"
     return [("scratch", "random initialisation from the run's seed, everything trains"),
             ("head", "backbone frozen (BatchNorm statistics too), new linear head trains"),
             ("layerwise", layerwise),
@@ -95,9 +97,11 @@ def strategy_rules(family: str | None) -> list[tuple[str, str]]:
                           "layers past the cut are dropped")]
 
 
-def layerwise_frozen_names(features: nn.Module, family: str | None) -> list[str]:
-    """Names (in ``features.named_parameters()``) that ``layerwise`` freezes."""
-    rule = freeze_rule(family)
+def layerwise_frozen_names(features: nn.Module, family: str | None, prefixes: Sequence[str] = ()) -> list[str]:
+    """Names (in ``features.named_parameters()``) that ``layerwise`` freezes: the family's rule, or the
+    parameter-name ``prefixes`` given (``finetune.layerwise_freeze``; each must name a parameter)."""
+    rule = (FreezeRule(family or "custom", tuple(prefixes), tuple(prefixes), "finetune.layerwise_freeze")
+            if prefixes else freeze_rule(family))
     if rule is not None:
         prefix, root = _root_for(features, rule)
         base = prefix + "." if prefix else ""
@@ -128,7 +132,7 @@ def unused_parameter_names(features: nn.Module, input_size: int) -> list[str]:
 
 
 def apply_strategy(model: FinetuneModel, strategy: str, *, family: str | None,
-                   truncated_mode: str = "layerwise", input_size: int | None = None) -> None:
+                   truncated_mode: str = "layerwise", input_size: int | None = None, freeze: Sequence[str] = ()) -> None:
     """Set ``requires_grad`` on every parameter of ``model`` as ``strategy`` prescribes.
 
     ``truncated`` with ``input_size`` also freezes the parameters past the cut point (never used,
@@ -140,7 +144,7 @@ def apply_strategy(model: FinetuneModel, strategy: str, *, family: str | None,
         for p in model.features.parameters():
             p.requires_grad_(False)
     elif mode == "layerwise":
-        frozen = set(layerwise_frozen_names(model.features, family))
+        frozen = set(layerwise_frozen_names(model.features, family, freeze))
         for n, p in model.features.named_parameters():
             if n in frozen:
                 p.requires_grad_(False)
@@ -149,6 +153,11 @@ def apply_strategy(model: FinetuneModel, strategy: str, *, family: str | None,
         for n, p in model.features.named_parameters():
             if n in unused:
                 p.requires_grad_(False)
+
+
+def effective_strategy(strategy: str, truncated_mode: str) -> str:
+    """How ``strategy`` trains: itself, or for ``truncated`` its ``truncated_mode`` (layerwise or full)."""
+    return _effective(strategy, truncated_mode)
 
 
 def _effective(strategy: str, truncated_mode: str) -> str:

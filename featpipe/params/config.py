@@ -204,6 +204,7 @@ class ArmParams:
     backbone_lr_factor: float | None = None
     truncated_mode: Literal["layerwise", "full"] | None = None
     augment: bool | None = None
+    layerwise_freeze: tuple[str, ...] | None = None  # what layer-wise freezes (see FinetuneParams)
 
     def __post_init__(self):
         if not _ARM_NAME.match(self.name or ""):
@@ -234,6 +235,9 @@ class FinetuneParams:
     weights: str = "default"  # pretrained weights for head/layerwise/full/truncated; scratch is always random
     layer: str | None = None  # cut point for the truncated strategy
     truncated_mode: Literal["layerwise", "full"] = "layerwise"
+    # layer-wise fine-tuning freezes these parameter-name prefixes (relative to the network, e.g. [conv1., bn1.,
+    # layer1., layer2.] for a ResNet) instead of its family's rule (featpipe backbones --details); [] = the rule
+    layerwise_freeze: tuple[str, ...] = ()
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     momentum: float = 0.9  # sgd only
     lr: float = 1e-4
