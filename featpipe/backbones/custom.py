@@ -19,7 +19,7 @@ import hashlib
 import json
 
 from featpipe.backbones import nets
-from featpipe.backbones.registry import names, register_custom
+from featpipe.backbones.registry import register_custom
 from featpipe.backbones.spec import BackboneSpec, Preprocess
 from featpipe.core.errors import ConfigError
 from featpipe.params.config import NetworkParams, Params
@@ -53,5 +53,3 @@ def register_networks(params: Params | None) -> list[str]:
     """Register every network of ``params.networks``; their names."""
     return [register_network(n).name for n in (params.networks if params else ())]
 
-
-__all__ = ["register_network", "register_networks", "names"]
