@@ -76,7 +76,7 @@ def main(folder: str | Path) -> dict:
     table = featpipe.predict_images(loaded, images)
     explanation = featpipe.explain_images(loaded, images, layer="features.denseblock1")  # tiny_cnn: 8x8 maps
     print(table.to_string(index=False))
-    assert np.allclose(table[["p(normal)", "p(opacity)"]].to_numpy(),
+    assert np.allclose(table[["p[normal]", "p[opacity]"]].to_numpy(),
                        head.predict_proba(X[[0, len(paths) - 1]]), atol=1e-5)
     assert explanation.cams.shape == (2, preprocess.input_size, preprocess.input_size)
     return {"runs": runs, "predictions": predictions, "summary": summary, "comparisons": comparisons,

@@ -20,6 +20,8 @@ from featpipe.core.versions import __version__  # noqa: F401
 _API = {
     "list_backbones": "featpipe.backbones.create:list_backbones",
     "create_backbone": "featpipe.backbones.create:create_backbone",
+    "register_network": "featpipe.backbones.custom:register_network",
+    "NetworkParams": "featpipe.params.config:NetworkParams",
     "Backbone": "featpipe.backbones.create:Backbone",
     "embed": "featpipe.features.embed:embed",
     "load_features": "featpipe.features.cache:read_features",

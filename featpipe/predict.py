@@ -21,6 +21,7 @@ import pandas as pd
 from featpipe.backbones.modelinput import decode_files
 from featpipe.core.errors import DataError, FeatpipeError
 from featpipe.core.fileio import atomic_write
+from featpipe.core.names import proba_column
 from featpipe.evaluation.metrics import predict_labels
 from featpipe.data.sources import _walk, image_reject
 from featpipe.saved.load import load_model
@@ -39,7 +40,7 @@ class Prediction:
     def summary(self) -> str:
         counts = self.table["predicted"].value_counts()
         parts = ", ".join(f"{c}: {int(counts.get(c, 0))}" for c in self.classes)
-        thr = f" (threshold {self.threshold:.3f} on p({self.classes[1]}), chosen on val)" if self.threshold is not None else ""
+        thr = f" (threshold {self.threshold:.3f} on p[{self.classes[1]}], chosen on val)" if self.threshold is not None else ""
         rej = ""
         if len(self.rejects):
             where = f", listed in {self.rejects_path}" if self.rejects_path is not None else ""
@@ -110,7 +111,7 @@ def predict(model_path: str | Path, inputs: Sequence[str | Path], *, out_csv: st
     pred = predict_labels(proba, n_classes=len(classes), threshold=threshold)
     table = pd.DataFrame({"path": done, "predicted": [classes[i] for i in pred]})
     for i, c in enumerate(classes):
-        table[f"p({c})"] = proba[:, i]
+        table[proba_column(c)] = proba[:, i]
     if out_csv is not None:
         atomic_write(out_csv, table.to_csv(index=False, float_format="%.6f", lineterminator="\n"))
     return Prediction(table, classes, threshold, rej, rej_path)

@@ -126,8 +126,6 @@ def _kill_embedding_actor() -> bool:
 
 
 def test_killed_ray_extraction_resumes_and_a_lost_actor_costs_its_batch_only(cluster, tmp_path):
-    import threading
-
     n, batch = 120, 2
     m = _manifest(tmp_path, n)
     (tmp_path / "p.yaml").write_text(f"data:\n  name: t\ndecode:\n  workers: 1\nengine:\n  address: '{cluster}'\n")
@@ -137,14 +135,22 @@ def test_killed_ray_extraction_resumes_and_a_lost_actor_costs_its_batch_only(clu
     def journaled() -> int:
         return journal.stat().st_size // (4 * 32) if journal.exists() else 0
 
-    cmd = [sys.executable, "-m", "featpipe", "extract", "--manifest", str(m), "--backbone", "tiny_cnn",
+    # the driver holds after its 4th journaled batch (it writes `reached` first): killed there, however fast or
+    # slow the machine is
+    reached = tmp_path / "reached"
+    runner = ("import sys, time\nfrom pathlib import Path\nfrom featpipe.features import cache\n"
+              "_append, n = cache.PartialRows.append, [0]\n"
+              "def append(self, rows):\n    _append(self, rows)\n    n[0] += 1\n"
+              f"    if n[0] == 4:\n        Path({str(reached)!r}).touch()\n        time.sleep(900)\n"
+              "cache.PartialRows.append = append\nfrom featpipe.cli.main import main\nsys.exit(main(sys.argv[1:]))\n")
+    cmd = [sys.executable, "-c", runner, "extract", "--manifest", str(m), "--backbone", "tiny_cnn",
            "--precision", "fp32", "--batch-size", str(batch), "--cache-dir", str(cache),
            "--params", str(tmp_path / "p.yaml"), "--no-progress", "--engine", "ray"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None and journaled() < 4 * batch:
-        time.sleep(0.01)
+    deadline = time.monotonic() + 600  # against a hang only
+    while time.monotonic() < deadline and proc.poll() is None and not reached.exists():
+        time.sleep(0.05)
     assert proc.poll() is None, f"the extraction ended before it could be killed: {proc.stderr.read().decode()[-800:]}"
     os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-run
     proc.wait()
@@ -152,20 +158,21 @@ def test_killed_ray_extraction_resumes_and_a_lost_actor_costs_its_batch_only(clu
     rows = journaled()
     assert not (cache / "t" / "tiny_cnn.h5").exists() and 0 < rows < n
 
-    got = {}
     params = ExtractParams(batch_size=batch, precision="fp32")
-    run = threading.Thread(target=lambda: got.update(r=extract(m, backbone="tiny_cnn", dataset="t", cache_dir=cache,
-                                                                 params=params, decode=ONE_WORKER, progress=False,
-                                                                 engine=RAY)))
-    run.start()
-    killed = False
-    while run.is_alive() and not killed:
-        if journaled() >= rows + 4 * batch:
-            killed = _kill_embedding_actor()  # a worker dies mid-run: Ray restarts it and retries its batch
-        time.sleep(0.01)
-    run.join()
-    r = got["r"]
-    assert killed and r.resumed >= rows and r.resumed % batch == 0 and r.resumed + r.extracted == n, r.summary()
+    killed, append = [], featcache.PartialRows.append
+
+    def append_then_kill(self, new_rows):  # after 4 more journaled batches an embedding actor dies, mid-run:
+        append(self, new_rows)  # Ray restarts it and retries its batch
+        if not killed and journaled() >= rows + 4 * batch:
+            killed.append(_kill_embedding_actor())
+
+    featcache.PartialRows.append = append_then_kill
+    try:
+        r = extract(m, backbone="tiny_cnn", dataset="t", cache_dir=cache, params=params, decode=ONE_WORKER,
+                    progress=False, engine=RAY)
+    finally:
+        featcache.PartialRows.append = append
+    assert killed == [True] and r.resumed >= rows and r.resumed % batch == 0 and r.resumed + r.extracted == n, r.summary()
     ref = extract(m, backbone="tiny_cnn", dataset="t", cache_dir=tmp_path / "ref",  # fp32 rows do not depend on
                   params=ExtractParams(batch_size=40, precision="fp32"), decode=ONE_WORKER, progress=False)  # batching
     fa, fb = featcache.read_features(ref.path), featcache.read_features(r.path)
@@ -188,7 +195,8 @@ def test_sweep_on_ray_writes_byte_identical_results(cluster, tmp_path):
     a, b = (tmp_path / "local" / "runs.csv").read_bytes(), (tmp_path / "ray" / "runs.csv").read_bytes()
     assert len(pd.read_csv(tmp_path / "ray" / "runs.csv")) == 4 * 2 * 2  # heads x shots x seeds
     assert a == b  # every metric, threshold and model path, byte for byte
-    assert (tmp_path / "local/metrics.json").read_bytes() == (tmp_path / "ray/metrics.json").read_bytes()
+    for name in ("metrics.json", "summary.json"):
+        assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes()
     curves = sorted(p.name for p in (tmp_path / "ray" / "curves").iterdir())
     assert curves == sorted(p.name for p in (tmp_path / "local" / "curves").iterdir()) and len(curves) == 16
 

@@ -84,7 +84,7 @@ def project(tmp_path):
 def test_fit_end_to_end_writes_rows_metrics_and_models(project, capsys):
     assert fit_cli(project, "--head", "svc", "--shots", "10", "--seeds", "0", "1", "2", "--bootstrap-seed", "1") == 0
     out = capsys.readouterr().out
-    assert "toyset/toy/svc/k10" in out and "accuracy" in out and "95% CI" in out and "spread" in out
+    assert "toyset/toy+random/svc/k10" in out and "accuracy" in out and "95% CI" in out and "spread" in out
     assert "patient-level bootstrap" in out
     runs = pd.read_csv(project / "results/runs.csv")
     assert len(runs) == 3 and sorted(runs["seed"]) == [0, 1, 2]
@@ -94,8 +94,8 @@ def test_fit_end_to_end_writes_rows_metrics_and_models(project, capsys):
                 "recall[pneumonia]"):
         assert col in runs.columns, col
     assert runs["ids_sha256"].nunique() == 3  # each seed its own k-shot ids
-    summary = json.loads((project / "results/metrics.json").read_text())
-    entry = summary["toyset/toy/svc/k10"]
+    summary = json.loads((project / "results/summary.json").read_text())
+    entry = summary["toyset/toy+random/svc/k10"]
     assert entry["n_seeds"] == 3 and entry["accuracy"]["mean"] == pytest.approx(runs["accuracy"].mean())
     assert entry["accuracy"]["spread"] == pytest.approx(runs["accuracy"].max() - runs["accuracy"].min())
     for path in runs["model_path"]:
@@ -179,7 +179,7 @@ def test_sweep_parallel_equals_serial(tmp_path):
     a, b = pd.read_csv(tmp_path / "r1/runs.csv"), pd.read_csv(tmp_path / "r2/runs.csv")
     assert len(a) == 24
     pd.testing.assert_frame_equal(a, b)
-    assert set(json.loads((tmp_path / "r2/metrics.json").read_text())) >= {"toyset/toy2/mlp/k10", "toyset/toy/svc/k2"}
+    assert set(json.loads((tmp_path / "r2/summary.json").read_text())) >= {"toyset/toy2+random/mlp/k10", "toyset/toy+random/svc/k2"}
     assert fx["splits"]["dataset"] == "toyset"
 
 

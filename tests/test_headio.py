@@ -150,7 +150,7 @@ def test_predict_on_training_images_reproduces_the_scores(tmp_path, monkeypatch,
     pred = pd.read_csv("pred.csv")
     fs = read_features(next(Path("cache/demo").glob("tiny_cnn*.h5"))).select(ids)
     expected = head.pipeline.predict_proba(fs.features)
-    cols = [f"p({c})" for c in head.meta["classes"]]
+    cols = [f"p[{c}]" for c in head.meta["classes"]]
     np.testing.assert_allclose(pred[cols].to_numpy(), expected, atol=1e-5)
 
 

@@ -40,8 +40,8 @@ def test_rows_of_an_old_split_are_set_aside_never_pooled(project, capsys):
     out = capsys.readouterr().out
     table = pd.read_csv(project / "results/runs.csv")
     assert len(table) == 7 and table["split_sha256"].nunique() == 2  # the old rows are kept, not replaced
-    summary = json.loads((project / "results/metrics.json").read_text())
-    entry = summary["toyset/toy/logistic/k5"]
+    summary = json.loads((project / "results/summary.json").read_text())
+    entry = summary["toyset/toy+random/logistic/k5"]
     assert entry["n_seeds"] == 2 and entry["accuracy"]["n"] == 2  # not 5, not pooled
     new = table[table["split_sha256"] != old_sha]
     assert entry["accuracy"]["mean"] == pytest.approx(new["accuracy"].mean())
@@ -147,8 +147,8 @@ def test_k1_rbf_svc_is_flagged_with_a_kshot_scaler_and_fixed_by_the_pool_scaler(
     assert ("is degenerate" in out) is flagged
     if flagged:
         assert "tied" in row["degenerate_reason"]
-        summary = json.loads((tmp_path / "results/metrics.json").read_text())
-        assert summary["toyset/toy/svc/k1"]["n_degenerate"] == 1 and not summary["toyset/toy/svc/k1"]["chosen_on_val"]
+        summary = json.loads((tmp_path / "results/summary.json").read_text())
+        assert summary["toyset/toy+random/svc/k1"]["n_degenerate"] == 1 and not summary["toyset/toy+random/svc/k1"]["chosen_on_val"]
     else:
         assert row["auroc"] > 0.75
 

@@ -3,8 +3,11 @@
 Real processes, real signals: two builders of one cache run at once; a main process is SIGKILLed while
 its pool workers decode; extraction is SIGKILLed mid-batch, in its final write and after its rename;
 the next run must finish to the same bytes as an uninterrupted one and say what it cleaned. Only the
-timing is injected (a sleep per decoded image or per batch, so the race windows are wide enough on a
-loaded 2-core runner); everything else is the shipped code path (``featpipe.cli.main.main``).
+timing is injected, by events rather than by the clock: a child holds at a chosen point (its first decoded
+image, its n-th batch) after writing a file that says it got there, and goes on when the test writes the
+file it waits for; a child that waits for another's lock writes a file saying so. So the races and kills
+happen at the same point however slow or loaded the machine is; everything else is the shipped code path
+(``featpipe.cli.main.main``).
 
 ``FEATPIPE_RELIABILITY_TRIALS=N`` repeats every race and kill scenario N times (default 1; the
 figures in the README come from ``benchmarks/reliability_trials.py``, which runs them with more).
@@ -33,25 +36,38 @@ REPO = Path(__file__).resolve().parents[1]
 TRIALS = int(os.environ.get("FEATPIPE_RELIABILITY_TRIALS", "1"))
 N_IMAGES = 48  # per class: 96 images, 12 batches of 8
 
-# A featpipe CLI process with injected timing (and, for two scenarios, a SIGKILL at a chosen point).
+# A featpipe CLI process with events injected (and, for two scenarios, a SIGKILL at a chosen point):
+# FP_HOLD_DECODE / FP_HOLD_FORWARD=<file>: at the n-th decoded image / forward batch (FP_HOLD_AT, default 1)
+# write <file>.reached and wait until <file> exists (the test releases it, or kills the process there);
+# FP_WAITING=<file>: write <file> when this process starts waiting for another one's build lock.
 RUNNER = r"""
 import os, sys, time, signal
-slow = float(os.environ.get("FP_SLOW_DECODE", "0"))
-if slow:
+from pathlib import Path
+def holding(fn, hold):
+    at, calls = int(os.environ.get("FP_HOLD_AT", "1")), [0]
+    def held(*a, **k):
+        calls[0] += 1
+        if calls[0] == at:
+            Path(hold + ".reached").write_text(str(os.getpid()))
+            t0 = time.monotonic()
+            while not os.path.exists(hold) and time.monotonic() - t0 < 900:
+                time.sleep(0.02)
+        return fn(*a, **k)
+    return held
+if os.environ.get("FP_HOLD_DECODE"):
     from featpipe.decoded import build as d  # where the decoding pass calls the decoder
-    _decode = d.decode_sizes
-    def slow_decode(*a, **k):
-        time.sleep(slow)
-        return _decode(*a, **k)
-    d.decode_sizes = slow_decode
-fwd = float(os.environ.get("FP_SLOW_FORWARD", "0"))
-if fwd:
+    d.decode_sizes = holding(d.decode_sizes, os.environ["FP_HOLD_DECODE"])
+if os.environ.get("FP_HOLD_FORWARD"):
     from featpipe.backbones.model import FeatureModel
-    _forward = FeatureModel.forward
-    def slow_forward(self, x):
-        time.sleep(fwd)
-        return _forward(self, x)
-    FeatureModel.forward = slow_forward
+    FeatureModel.forward = holding(FeatureModel.forward, os.environ["FP_HOLD_FORWARD"])
+if os.environ.get("FP_WAITING"):
+    from featpipe.core import locks
+    _say = locks.say
+    def say(msg):
+        if "waiting for it to finish" in msg:
+            Path(os.environ["FP_WAITING"]).write_text(msg)
+        return _say(msg)
+    locks.say = say
 die = os.environ.get("FP_DIE_AT", "")
 if die == "final-write":  # SIGKILL after the cache's temporary file is written, before its rename
     _replace = os.replace
@@ -102,12 +118,13 @@ def _spawn(project: Path, *args: str, **env: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str, str]:
+def _finish(proc: subprocess.Popen, timeout: float = 900) -> tuple[int, str, str]:
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
 
 
-def _wait_for(cond, proc: subprocess.Popen | None = None, timeout: float = 90) -> None:
+def _wait_for(cond, proc: subprocess.Popen | None = None, timeout: float = 600) -> None:
+    """Until ``cond()`` (an event a child announces by a file); a generous timeout only against a hang."""
     t0 = time.monotonic()
     while not cond():
         if proc is not None and proc.poll() is not None:
@@ -170,6 +187,13 @@ def _as_reference(project: Path, cache: str, *, features: bool = True) -> None:
         assert np.array_equal(got.features, ref.features) and np.array_equal(got.ids, ref.ids)
 
 
+def _events(project: Path, name: str) -> tuple[str, str]:
+    """(the file a held child waits for, the file a waiting child writes) of one scenario."""
+    folder = project / "events"
+    folder.mkdir(exist_ok=True)
+    return str(folder / f"{name}-go"), str(folder / f"{name}-waiting")
+
+
 DECODE = ("decode", "--no-progress", "--size", "32")
 EXTRACT = ("extract", "--no-progress")
 
@@ -180,11 +204,14 @@ EXTRACT = ("extract", "--no-progress")
 @pytest.mark.parametrize("trial", range(TRIALS))
 def test_two_decodes_of_one_cache_coordinate(project, trial):
     cache = f"race-dd-{trial}"
-    a = _spawn(project, *DECODE, "--cache-dir", cache, FP_SLOW_DECODE=0.05)
-    time.sleep(0.2)
-    b = _spawn(project, *DECODE, "--cache-dir", cache, FP_SLOW_DECODE=0.05)
+    hold, waiting = _events(project, cache)
+    a = _spawn(project, *DECODE, "--cache-dir", cache, FP_HOLD_DECODE=hold)
+    _wait_for(Path(hold + ".reached").exists, a)  # a holds the lock, decoding its first image
+    b = _spawn(project, *DECODE, "--cache-dir", cache, FP_WAITING=waiting)
+    _wait_for(Path(waiting).exists, b)  # b found a's build and waits for it
+    Path(hold).touch()
     _, ea, _, eb = _both_succeed(a, b)
-    assert "waiting for it to finish" in ea + eb  # one waited, and said so
+    assert "waiting for it to finish" in eb  # b waited, and said so
     _as_reference(project, cache, features=False)
     assert not list((project / cache / "demo").glob("*.partial"))
 
@@ -192,10 +219,12 @@ def test_two_decodes_of_one_cache_coordinate(project, trial):
 @pytest.mark.parametrize("trial", range(TRIALS))
 def test_decode_while_extract_builds_the_decoded_cache(project, trial):
     cache = f"race-ed-{trial}"
-    partial = project / cache / "demo" / "decoded-32.h5.partial"
-    a = _spawn(project, *EXTRACT, "--cache-dir", cache, FP_SLOW_DECODE=0.1)  # a window of ~5 s for b to start
-    _wait_for(partial.exists, a)  # the extraction is decoding now
-    b = _spawn(project, *DECODE, "--cache-dir", cache)
+    hold, waiting = _events(project, cache)
+    a = _spawn(project, *EXTRACT, "--cache-dir", cache, FP_HOLD_DECODE=hold)
+    _wait_for(Path(hold + ".reached").exists, a)  # the extraction is building the decoded cache now
+    b = _spawn(project, *DECODE, "--cache-dir", cache, FP_WAITING=waiting)
+    _wait_for(Path(waiting).exists, b)
+    Path(hold).touch()
     _, _, _, eb = _both_succeed(a, b)
     assert "waiting for it to finish" in eb
     _as_reference(project, cache)
@@ -204,9 +233,12 @@ def test_decode_while_extract_builds_the_decoded_cache(project, trial):
 @pytest.mark.parametrize("trial", range(TRIALS))
 def test_two_extracts_of_one_feature_cache_coordinate(project, trial):
     cache = f"race-ee-{trial}"
-    a = _spawn(project, *EXTRACT, "--cache-dir", cache, FP_SLOW_FORWARD=0.2)
-    time.sleep(0.2)
-    b = _spawn(project, *EXTRACT, "--cache-dir", cache, FP_SLOW_FORWARD=0.2)
+    hold, waiting = _events(project, cache)
+    a = _spawn(project, *EXTRACT, "--cache-dir", cache, FP_HOLD_FORWARD=hold)
+    _wait_for(Path(hold + ".reached").exists, a)  # a holds the feature cache's lock, at its first batch
+    b = _spawn(project, *EXTRACT, "--cache-dir", cache, FP_WAITING=waiting)
+    _wait_for(Path(waiting).exists, b)
+    Path(hold).touch()
     oa, ea, ob, eb = _both_succeed(a, b)
     n = 2 * N_IMAGES
     summaries = sorted([oa, ob], key=lambda s: "0 extracted" in s)
@@ -223,18 +255,15 @@ def test_two_extracts_of_one_feature_cache_coordinate(project, trial):
 def test_sigkill_of_decode_leaves_no_orphan_worker_and_the_next_run_cleans_up(project, trial, capsys, monkeypatch):
     cache = f"kill-d-{trial}"
     partial = project / cache / "demo" / "decoded-32.h5.partial"
-    a = _spawn(project, *DECODE, "--cache-dir", cache, FP_SLOW_DECODE=0.05)
+    hold, _ = _events(project, cache)
+    a = _spawn(project, *DECODE, "--cache-dir", cache, FP_HOLD_DECODE=hold, FP_HOLD_AT=2 + trial)
     _wait_for(partial.exists, a)
     _wait_for(lambda: len(_children(a.pid)) == 2, a)  # the decode pool, at work
-    time.sleep(0.1 + 0.2 * trial)
+    _wait_for(Path(hold + ".reached").exists, a)  # a worker holds mid-decode (never released: killed there)
     workers = _children(a.pid)
     os.kill(a.pid, signal.SIGKILL)
     assert _finish(a)[0] == -signal.SIGKILL
-    t0 = time.monotonic()
-    while any(_alive(w) for w in workers) and time.monotonic() - t0 < 10:
-        time.sleep(0.05)
-    assert not any(_alive(w) for w in workers), "pool workers outlived their killed main process"
-    assert time.monotonic() - t0 < 5
+    _wait_for(lambda: not any(_alive(w) for w in workers), timeout=120)  # pool workers die with their parent
     monkeypatch.chdir(project)
     capsys.readouterr()
     assert main([*DECODE, "--cache-dir", cache]) == 0
@@ -269,20 +298,18 @@ Parallel(n_jobs=2)(delayed(park)("loky", os.getpid()) for _ in range(2))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     pids = [int(p.name.split("-")[1]) for p in tmp_path.iterdir()]
-    t0 = time.monotonic()
-    while any(_alive(p) for p in pids) and time.monotonic() - t0 < 10:
-        time.sleep(0.05)
-    assert not [p for p in pids if _alive(p)], "workers outlived their SIGKILLed parent"
-    assert time.monotonic() - t0 < 5
+    _wait_for(lambda: not any(_alive(p) for p in pids), timeout=60)  # they park 120 s: only their death ends it
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
 def test_sigkill_of_extract_mid_batch_resumes_to_identical_features(project, trial, capsys, monkeypatch):
     cache = f"kill-e-{trial}"
     data = project / cache / "demo" / "tiny_cnn.h5.partial" / "features.f32"
-    a = _spawn(project, *EXTRACT, "--cache-dir", cache, FP_SLOW_FORWARD=0.1)
+    hold, _ = _events(project, cache)
+    at = 3 + int(np.random.default_rng(trial).integers(0, 6))  # killed in the forward pass of batch `at`
+    a = _spawn(project, *EXTRACT, "--cache-dir", cache, FP_HOLD_FORWARD=hold, FP_HOLD_AT=at)
+    _wait_for(Path(hold + ".reached").exists, a)
     _wait_for(lambda: data.exists() and data.stat().st_size > 0, a)
-    time.sleep(float(np.random.default_rng(trial).uniform(0, 0.4)))
     os.kill(a.pid, signal.SIGKILL)
     assert _finish(a)[0] == -signal.SIGKILL
     monkeypatch.chdir(project)

@@ -55,6 +55,6 @@ def test_predict_on_the_manifest_gives_exactly_the_cached_embeddings(project):
     assert ok == paths and not rejects
     assert np.array_equal(model.embed(pixels), cached.features)  # bit for bit: same pixels, same kernels
     result = predict(project, paths)
-    cols = [f"p({c})" for c in model.classes]
+    cols = [f"p[{c}]" for c in model.classes]
     assert result.table["path"].tolist() == paths
     assert np.array_equal(result.table[cols].to_numpy(), model.pipeline.predict_proba(cached.features))

@@ -169,6 +169,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            auto_precision=_BF16_CPU,  # measured: bf16 autocast ~2x fp32 for a 768-d DINOv2 layer at 518 px
            freeze=FreezeRule("dinov2", ("embeddings.",) + tuple(f"encoder.layer.{i}." for i in range(4)),
                              ("embeddings.", "encoder.layer.0."), "embeddings + encoder layers 0-3")),
+    # networks of your own (featpipe.backbones.custom): random initialisation or a local weights file;
+    # layer-wise fine-tuning freezes the first block
+    Family("custom", "random", auto_precision=_FP32_CPU),
 )}
 
 

@@ -19,6 +19,38 @@ def _headless(net):
     return net
 
 
+def make_simple_cnn(channels: tuple[int, ...], in_channels: int = 3) -> Callable:
+    """A plain CNN: blocks ``blocks.<i>`` of 3x3 conv, BatchNorm, ReLU and 2x2 max-pool, then global average
+    pooling: (B, 3, H, W) -> (B, channels[-1])."""
+
+    def make():
+        from collections import OrderedDict
+
+        import torch.nn as nn
+
+        blocks, c_in = [], in_channels
+        for c in channels:
+            blocks.append(nn.Sequential(nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
+                                        nn.ReLU(inplace=True), nn.MaxPool2d(2)))
+            c_in = c
+        return nn.Sequential(OrderedDict([("blocks", nn.Sequential(*blocks)), ("pool", nn.AdaptiveAvgPool2d(1)),
+                                          ("flatten", nn.Flatten())]))
+
+    return make
+
+
+def make_factory(target: str) -> Callable:
+    """Your own network from a Python entry point ``module:callable`` (imported when the network is built)."""
+
+    def make():
+        import importlib
+
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)()
+
+    return make
+
+
 def make_tv(arch: str) -> Callable:
     """A torchvision architecture by its builder name (``resnet50``), no weights."""
 

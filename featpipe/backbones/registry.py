@@ -40,6 +40,14 @@ def _register(**kw) -> BackboneSpec:
     return spec
 
 
+def register_custom(**kw) -> BackboneSpec:
+    """Register a network of your own (:mod:`featpipe.backbones.custom`); a built-in name is refused."""
+    old = _REGISTRY.get(kw["name"])
+    if old is not None and old.family != "custom":
+        raise FeatpipeError(f"network name '{kw['name']}' is a built-in backbone: choose another name")
+    return _register(**kw)
+
+
 def get(name: str | BackboneSpec) -> BackboneSpec:
     """The spec registered as ``name`` (a spec is returned as is); unknown name = one-line error.
 

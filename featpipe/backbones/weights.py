@@ -27,7 +27,9 @@ which file is missing and how to provide it).
 
 Identity (recorded in every feature cache as ``weights_id``): ``random:seed0``,
 ``torchvision:<Enum>:<file name>``, ``sha256:<hex>`` of a local file (and of torchxrayvision's), ``timm:<name>@<commit>``, ``hf-folder:sha256:<hex>``
-over a folder's config and weight files, ``hf:<id>@<commit>`` for a hub snapshot.
+over a folder's config and weight files, ``hf:<id>@<commit>`` for a hub snapshot (asked by hub id, or
+its snapshot folder ``.../models--<owner>--<name>/snapshots/<commit>`` passed as a folder: one identity on
+every machine).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ RANDOM_SEED = 0
 FILE_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _RANDOM_SEEDED = re.compile(r"^random:seed(\d+)$")
+_SNAPSHOT = re.compile(r"/models--([^/]+?)--([^/]+)/snapshots/([0-9a-f]{40})$")
 
 
 def random_seed(weights: str) -> int:
@@ -81,7 +84,8 @@ def resolve(spec: BackboneSpec, weights: str = "default") -> WeightsRef:
     if asked == "random" or _RANDOM_SEEDED.match(asked):
         seed = random_seed(asked)
         tag = None if is_default else ("random" if seed == RANDOM_SEED else f"random-seed{seed}")
-        return WeightsRef(request, "random", "random", f"random:seed{seed}", tag)
+        own = f"@{spec.pretrained}" if str(spec.pretrained or "").startswith("custom:") else ""  # its definition
+        return WeightsRef(request, "random", "random", f"random:seed{seed}{own}", tag)
     if asked == "imagenet":
         if spec.traits.source != "torchvision" or not spec.pretrained or "_Weights." not in spec.pretrained:
             raise WeightsError(f"backbone '{spec.name}' has no torchvision ImageNet weights; "
@@ -106,6 +110,11 @@ def _folder_ref(spec, request, path: Path, is_default: bool) -> WeightsRef:
     if not (path / "config.json").is_file():
         raise WeightsError(f"weights folder {path} has no config.json; pass a Hugging Face model folder "
                            "or the weights file itself")
+    snap = _SNAPSHOT.search(path.resolve().as_posix())
+    if snap:  # a hub snapshot in a Hugging Face cache: the same identity as asking for its hub id (portable)
+        repo = f"{snap.group(1)}/{snap.group(2)}"
+        return WeightsRef(request, "hf_folder", str(path.resolve()), f"hf:{repo}@{snap.group(3)}",
+                          None if repo == spec.default_weights else _slug(repo))
     files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
     lines = "".join(f"{p.name} {file_sha256(p)}\n" for p in files)
     sha = hashlib.sha256(lines.encode()).hexdigest()
@@ -311,7 +320,7 @@ def load_network(spec: BackboneSpec, ref: WeightsRef):
     if ref.kind == "hf_folder":
         return load_hf_folder(spec, ref.source)
     with torch.random.fork_rng(devices=[]):  # random init is reproducible and leaves global RNG alone
-        torch.manual_seed(random_seed(ref.identity) if ref.kind == "random" else RANDOM_SEED)
+        torch.manual_seed(random_seed(ref.identity.split("@")[0]) if ref.kind == "random" else RANDOM_SEED)
         net = spec.make()
     if ref.kind == "random":
         return net

@@ -25,12 +25,12 @@ def setup_workspace(project: str | Path, workdir: str | Path) -> Path:
     shutil.copyfile(project / "dvc.yaml", workdir / "dvc.yaml")
     shutil.copyfile(project / "params.demo.yaml", workdir / "params.yaml")
     if not (workdir / ".dvc").is_dir():
-        _dvc(["init", "--no-scm", "-q"], workdir)
-        _dvc(["config", "core.analytics", "false"], workdir)
+        dvc(["init", "--no-scm", "-q"], workdir)
+        dvc(["config", "core.analytics", "false"], workdir)
     return workdir
 
 
-def _dvc(args: list[str], cwd: Path) -> None:
+def dvc(args: list[str], cwd: Path) -> None:
     exe = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
     proc = subprocess.run([exe, *args], cwd=cwd)
     if proc.returncode != 0:
@@ -39,5 +39,5 @@ def _dvc(args: list[str], cwd: Path) -> None:
 
 def run_demo(project: str | Path = ".", workdir: str | Path = "demo") -> Path:
     work = setup_workspace(project, workdir)
-    _dvc(["repro"], work)
+    dvc(["repro"], work)
     return work

@@ -3,12 +3,14 @@
 - :func:`backbone_label` ``<backbone>[@<layer>][+<weights tag>]``: the backbone part of every name;
 - :func:`cache_name` the feature cache ``<backbone>[@<layer>][+<weights tag>].h5``;
 - :func:`head_model_path` a saved head ``<label>-<head>-k<k>-s<seed>-<dataset>-<params hash>.skops``;
-- :func:`finetune_run_name` a fine-tuning run ``<dataset>-<backbone>[@<layer>]-<strategy>-k<k>-s<seed>``;
+- :func:`finetune_run_name` a fine-tuning run ``<dataset>-<backbone>[@<layer>]-<strategy>[-<arm>]-k<k>-s<seed>``;
 - :func:`finetune_model_stem` its model and training-curve files: the run name, ``-<hash of its identity>``;
 - :func:`config_name` a configuration in the results table ``<dataset>/<label>/<head>/k<k>[/s<seed>]``;
 - :func:`params_tag` the 8-hex hash of a configuration's head parameters (:func:`canonical_params`);
 - :func:`run_name` the run's name of a saved model file (either file of the pair);
-- :func:`short_part` any text (a class name, an image id) as a short file-name part: long ones end in a hash.
+- :func:`short_part` any text (a class name, an image id) as a short file-name part: long ones end in a hash;
+- :func:`proba_column` the column of a class's probability ``p[<class>]`` (predictions files, ``predict``);
+- :func:`weights_name` the short, portable name of a network's weights (the results table's ``weights``).
 """
 
 from __future__ import annotations
@@ -67,8 +69,22 @@ def head_model_path(models_dir: str | Path, *, backbone: str, layer: Optional[st
 
 
 def finetune_run_name(dataset: str, backbone: str, strategy: str, shots: int, seed: int,
-                      layer: Optional[str] = None) -> str:
-    return _safe(f"{dataset}-{backbone_label(backbone, layer=layer)}-{strategy}-k{int(shots)}-s{int(seed)}")
+                      layer: Optional[str] = None, arm: Optional[str] = None) -> str:
+    """``<dataset>-<backbone>[@<layer>]-<strategy>[-<arm>]-k<k>-s<seed>`` (``arm``: a ``finetune.arms`` name)."""
+    middle = strategy + (f"-{arm}" if arm else "")
+    return _safe(f"{dataset}-{backbone_label(backbone, layer=layer)}-{middle}-k{int(shots)}-s{int(seed)}")
+
+
+def subset_label(row: Mapping) -> str:
+    """The training subset of a row: ``k<shots>`` (k per class), or ``f<fraction>`` for a training-set
+    fraction (``split.fractions``; the row's ``shots`` is then the subset's size)."""
+    f = row.get("fraction")
+    try:
+        if f is not None and f == f and str(f) != "":
+            return f"f{float(f):g}"
+    except (TypeError, ValueError):
+        pass
+    return f"k{int(row['shots'])}"
 
 
 def short_part(text: str, limit: int = 60) -> str:
@@ -87,12 +103,50 @@ def finetune_model_stem(run: str, identity: Mapping) -> str:
 
 
 def config_name(row: Mapping, *, with_seed: bool = False) -> str:
-    """Readable, file-name-safe name of a configuration: ``dataset/backbone[@layer][+weights]/head/kK[/sS]``."""
+    """Readable, file-name-safe name of a configuration: ``dataset/backbone[@layer][+weights]/head/kK[/sS]``
+    (``fF`` for a training-set fraction)."""
     weights = row.get("weights")
     back = backbone_label(str(row["backbone"]), layer=row.get("layer") or None,
                           weights_tag=weights if weights and weights != "default" else None)
-    name = f"{row['dataset']}/{back}/{row['head']}/k{int(row['shots'])}"
+    name = f"{row['dataset']}/{back}/{row['head']}/{subset_label(row)}"
     return name + (f"/s{int(row['seed'])}" if with_seed else "")
+
+
+_SNAPSHOT = re.compile(r"models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\]([0-9a-f]{7,})")
+
+
+def weights_name(weights: str, weights_id: str = "") -> str:
+    """The short, readable and portable name of a network's weights (the ``weights`` column of the results
+    table, every configuration label): never a machine path.
+
+    ``random`` (any seed); the torchvision member lowercased (``imagenet1k_v1``); a hub snapshot
+    ``<repo name>@<commit[:7]>`` (asked by hub id, or its snapshot folder in a Hugging Face cache); a local
+    file or folder ``<file or folder name>-<sha256[:8]>`` of its content. ``weights`` is what the feature
+    cache or model recorded (the resolved source: an enum, a path, ``random``), ``weights_id`` its identity
+    (:mod:`featpipe.backbones.weights`); a name already short (``default``, ``imagenet``) is kept."""
+    w, wid = str(weights or ""), str(weights_id or "")
+    if wid.startswith("random:") or w == "random":
+        return "random"
+    if wid.startswith("torchvision:"):
+        return wid.split(":")[1].rsplit(".", 1)[-1].lower()
+    snap = _SNAPSHOT.search(w)
+    if wid.startswith("hf:"):
+        repo, _, commit = wid[3:].rpartition("@")
+        return f"{repo.rsplit('/', 1)[-1]}@{commit[:7]}"
+    if snap:
+        return f"{snap.group(2)}@{snap.group(3)[:7]}"
+    if wid.startswith(("sha256:", "hf-folder:sha256:")):
+        stem = Path(w.replace("\\", "/")).stem if w else "weights"
+        return f"{_safe(stem)}-{wid.rsplit(':', 1)[-1][:8]}"
+    if "/" in w or "\\" in w:  # a path recorded without an identity: its name only
+        return _safe(Path(w.replace("\\", "/")).name)
+    return w or "default"
+
+
+def proba_column(class_name: str) -> str:
+    """The column of a class's probability in every table featpipe writes (predictions files, ``predict``,
+    ``predict_images``): ``p[<class>]``."""
+    return f"p[{class_name}]"
 
 
 def run_name(path: str | Path) -> str:

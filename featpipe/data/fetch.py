@@ -17,6 +17,7 @@ from pathlib import Path
 from featpipe.core.errors import DataError
 from featpipe.core.fileio import atomic_write
 from featpipe.data import synthetic
+from featpipe.data.sources import csv_root
 from featpipe.params.config import DataParams
 
 
@@ -61,7 +62,7 @@ def fingerprint(data: DataParams) -> dict:
     path = ensure_source(data)
     roots = [path]
     if data.source == "csv":
-        roots.append(Path(data.csv.root) if data.csv.root else path.parent)
+        roots.append(csv_root(path, data.csv))
     h = hashlib.sha256()
     n = 0
     for root in roots:

@@ -16,8 +16,9 @@ from featpipe.core.fileio import atomic_write, file_sha256
 from featpipe.data import sources, synthetic
 from featpipe.data.changes import compare, previous_manifest
 from featpipe.data.fetch import ensure_source
+from featpipe.data.fractions import fraction_lines
 from featpipe.data.manifest import DecodeHook, build_manifest, relative_paths, write_root
-from featpipe.data.splits import make_splits, write_splits
+from featpipe.data.splits import capping_lines, make_splits, write_splits
 from featpipe.params.config import DataParams, Params
 
 
@@ -36,6 +37,8 @@ class PrepareSummary:
     conflicting: int = 0
     decode: dict | None = None  # the first pass: decoded, sizes, seconds (None when prepare wrote no cache)
     changes: str = ""  # the line on what changed against the manifest this one replaced ("" when there was none)
+    capped: dict | None = None  # the splits' "capped": {k: {class: images}} (split.shots_policy: cap)
+    fractions: dict | None = None  # the splits' "fractions": {images: {fraction, per_class}} (split.fractions)
 
     def lines(self) -> list[str]:
         out = [f"{self.images} images, {len(self.classes)} classes ({', '.join(self.classes)}), "
@@ -53,6 +56,7 @@ class PrepareSummary:
         if self.excluded - self.conflicting:
             out.append(f"  {self.excluded - self.conflicting} images left out of train/val because their patient or "
                        "file is in test/val")
+        out += [f"  {line}" for line in capping_lines(self.capped or {}) + fraction_lines(self.fractions or {})]
         out.append(f"  manifest sha256 {self.manifest_sha256[:12]}, splits sha256 {self.splits_sha256[:12]}")
         if self.changes:
             out.append(f"  {self.changes}")
@@ -65,7 +69,7 @@ def data_root(data: DataParams, path: str | Path) -> Path:
     if data.source in ("synthetic", "folder"):
         return p
     if data.source == "csv":
-        return Path(data.csv.root) if data.csv.root is not None else p.parent
+        return sources.csv_root(p, data.csv)
     return p.parent
 
 
@@ -113,4 +117,4 @@ def prepare(params: Params, *, manifest_path: str | Path, splits_path: str | Pat
     return PrepareSummary(len(result.manifest), len(result.rejects), len(result.duplicates), result.classes,
                           obj["counts"], obj["patients"], len(obj["excluded"]), time.perf_counter() - t0, msha,
                           file_sha256(splits_path), sum(e["from"] == "all" for e in obj["excluded"]),
-                          getattr(decode, "figures", None), changes)
+                          getattr(decode, "figures", None), changes, obj["capped"], obj.get("fractions"))

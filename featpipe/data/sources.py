@@ -25,6 +25,7 @@ from featpipe.params.config import CsvParams
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test", "testing": "test"}
 IGNORED_DIRS = {"masks", "mask", "__macosx"}
+METADATA_SUFFIXES = {".json", ".csv", ".txt", ".md", ".yaml", ".yml"}  # not images: skipped outside class folders
 NPZ_SPLITS = ("train", "val", "test")
 
 
@@ -140,6 +141,8 @@ def _subdirs(folder: Path, base: Path, records: list[Record], label: str | None,
             out.append(d)
         elif d.name.lower() in IGNORED_DIRS or d.name == "Thumbs.db":
             continue
+        elif d.suffix.lower() in METADATA_SUFFIXES:  # beside the class folders: synthetic.json, a README, a CSV
+            continue
         elif d.name.startswith("."):
             why = "hidden folder (not scanned)" if d.is_dir() else "hidden file"
             records.append(Record(rel, str(d), label, rel, split, why))
@@ -190,12 +193,51 @@ def _image_index(root: Path) -> dict[str, list[str]]:
     return index
 
 
+def csv_root(data_path: str | Path, cfg: CsvParams) -> Path:
+    """The folder a CSV source's image paths are relative to: ``data.csv.root``, else the folder of the CSV
+    (or, with ``data.csv.split_files``, ``data.path`` itself: the folder holding the CSVs)."""
+    if cfg.root is not None:
+        return Path(cfg.root)
+    return Path(data_path) if cfg.split_files else Path(data_path).parent
+
+
 def scan_csv(csv_path: str | Path, cfg: CsvParams, *, patient_regex: str | None = None) -> list[Record]:
-    """A CSV with a path (or image id) column and a label column, or a CheXpert-style pathology column."""
-    src = Path(csv_path)
+    """A CSV with a path (or image id) column and a label column, or a CheXpert-style pathology column.
+
+    With ``data.csv.split_files`` (CheXpert's ``[train.csv, valid.csv]``), ``csv_path`` is the folder holding
+    those CSVs, read as one source: each file's rows belong to the split its name says (``train``, ``valid``
+    / ``val``, ``test``), exactly as a ``data.csv.split_col`` would."""
+    if not cfg.split_files:
+        return _unique(_scan_one(Path(csv_path), cfg, str(csv_root(csv_path, cfg)), None, patient_regex), Path(csv_path))
+    folder = Path(csv_path)
+    if not folder.is_dir():
+        raise DataError(f"data.path {folder} must be the folder holding data.csv.split_files "
+                        f"({', '.join(cfg.split_files)})")
+    records: list[Record] = []
+    for name in cfg.split_files:
+        split = SPLIT_NAMES.get(Path(name).stem.lower())
+        if split is None:
+            raise DataError(f"data.csv.split_files entry {name!r}: the file name must say its split "
+                            f"(train.csv, valid.csv, val.csv, test.csv)")
+        records += _scan_one(folder / name, cfg, str(csv_root(folder, cfg)), split, patient_regex)
+    return _unique(records, folder)
+
+
+def _unique(records: list[Record], src: Path) -> list[Record]:
+    ids = [r.id for r in records]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
+        raise DataError(f"{src}: image {dup} is listed more than once")
+    return records
+
+
+def _scan_one(src: Path, cfg: CsvParams, root_text: str, file_split: str | None,
+              patient_regex: str | None) -> list[Record]:
+    """The records of one CSV file (``file_split``: the split of all its rows, from ``split_files``)."""
     if not src.is_file():
-        raise DataError(f"CSV manifest {src} not found: set data.path to your CSV file")
-    root_text = cfg.root if cfg.root is not None else str(src.parent)
+        raise DataError(f"CSV manifest {src} not found: set data.path to your CSV file"
+                        + (" folder (data.csv.split_files)" if file_split else ""))
     root = Path(root_text)
     raw = src.read_bytes()
     try:
@@ -233,13 +275,9 @@ def scan_csv(csv_path: str | Path, cfg: CsvParams, *, patient_regex: str | None 
         reject = reject or why
         patient = (row[cfg.patient_col] or "").strip() if cfg.patient_col else ""
         split = SPLIT_NAMES.get((row[cfg.split_col] or "").strip().lower(), "") if cfg.split_col else ""
-        records.append(Record(rel, _join(root_text, rel), label, patient or rules(rel), split, reject))
+        records.append(Record(rel, _join(root_text, rel), label, patient or rules(rel), file_split or split, reject))
     if not records:
         raise DataError(f"{src} has no rows")
-    ids = [r.id for r in records]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise DataError(f"{src}: image {dup} is listed more than once")
     return records
 
 

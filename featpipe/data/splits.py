@@ -30,6 +30,7 @@ import pandas as pd
 
 from featpipe.core.errors import DataError
 from featpipe.core.fileio import atomic_write
+from featpipe.data import fractions
 from featpipe.params.config import SplitParams
 
 FORMAT = 1
@@ -50,6 +51,26 @@ class Splits:
     @property
     def val_policy(self) -> str:
         return str(self.raw.get("params", {}).get("val_policy", "full"))
+
+    def capped(self, k: int) -> str:
+        """How the ``k``-shot subsets were capped to the class size (``split.shots_policy: cap``):
+        ``"normal=150"`` (each short class and the images it has, all used), "" when every class has k."""
+        return capped_text(self.raw.get("capped", {}).get(str(int(k)), {}))
+
+    def subset_keys(self) -> list[int]:
+        """The keys of the subsets every seed has (k shots, or a fraction's subset size), ascending."""
+        keys = [set(per_k) for per_k in self.fewshot.values()]
+        return sorted(set.intersection(*keys)) if keys else []
+
+    def fraction(self, k: int) -> float | None:
+        """The training-set fraction of the subsets keyed ``k`` (``split.fractions``); None for k shots."""
+        p = self.raw.get("fractions", {}).get(str(int(k)))
+        return float(p["fraction"]) if p else None
+
+    def images_per_class(self, k: int) -> str:
+        """Images per class of a fraction's subsets (``"normal=30 pneumonia=70"``); "" for k shots."""
+        p = self.raw.get("fractions", {}).get(str(int(k)))
+        return fractions.images_text(p["per_class"]) if p else ""
 
     def val_for(self, seed: int, k: int) -> list[str]:
         """The val ids that thresholds, model selection and early stopping use for (seed, k): the whole
@@ -130,7 +151,7 @@ def _draw(rows: np.ndarray, frac: float, labels: np.ndarray, groups: np.ndarray,
 
 
 def _fewshot(train_rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, ids: np.ndarray, classes: Sequence[str],
-             params: SplitParams) -> tuple[dict, dict]:
+             params: SplitParams) -> tuple[dict, dict, dict]:
     fewshot: dict[str, dict[str, list[str]]] = {}
     capped: dict[str, dict[str, int]] = {}
     counts = {c: int((labels[train_rows] == c).sum()) for c in range(len(classes))}
@@ -144,10 +165,23 @@ def _fewshot(train_rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, ids
                             f"lower split.shots or set split.shots_policy=cap")
         if short:
             capped[str(k)] = short
+    planned = fractions.plan(params.fractions, counts, classes) if params.fractions else {}
     for seed in params.seeds:
         order = _deal(train_rows, labels, groups, ids, len(classes), np.random.default_rng(seed))
         fewshot[str(seed)] = {str(k): sorted(x for o in order for x in o[:k]) for k in params.shots}
-    return fewshot, capped
+        fewshot[str(seed)] |= fractions.subsets(order, planned, classes)
+    return fewshot, capped, planned
+
+
+def capped_text(short: dict) -> str:
+    """``{"normal": 150}`` -> ``"normal=150"``: the classes a k-shot subset holds fewer than k images of."""
+    return " ".join(f"{c}={int(n)}" for c, n in short.items())
+
+
+def capping_lines(capped: dict) -> list[str]:
+    """One line per capped shot count (the splits' ``capped``), as prepare and the report state it."""
+    return [f"{k}-shot subsets capped to the class size: {', '.join(f'{c} has {n} training images (all used)' for c, n in short.items())}; "
+            f"runs at k={k} are labelled 'capped {capped_text(short)}'" for k, short in sorted(capped.items(), key=lambda x: int(x[0]))]
 
 
 def _deal(rows_in: np.ndarray, labels: np.ndarray, groups: np.ndarray, ids: np.ndarray, n_classes: int,
@@ -231,7 +265,7 @@ def make_splits(manifest: pd.DataFrame, classes: Sequence[str], params: SplitPar
         else:
             train_rows = np.setdiff1d(train_rows, bad)
 
-    fewshot, capped = _fewshot(train_rows, labels, groups, ids, classes, params)
+    fewshot, capped, planned = _fewshot(train_rows, labels, groups, ids, classes, params)
     parts = {"train": train_rows, "val": val_rows, "test": test_rows}
     extra = {"valshot": _valshot(val_rows, labels, groups, ids, n_classes, params)} if params.val_policy == "matched" else {}
     return {
@@ -241,7 +275,7 @@ def make_splits(manifest: pd.DataFrame, classes: Sequence[str], params: SplitPar
         "counts": {p: {classes[c]: int((labels[r] == c).sum()) for c in range(n_classes)} for p, r in parts.items()},
         "patients": {p: int(manifest["patient_id"].iloc[r].nunique()) for p, r in parts.items()},
         **{p: sorted(str(i) for i in ids[r]) for p, r in parts.items()},
-        "fewshot": fewshot, "capped": capped, "excluded": sorted(excluded, key=lambda e: (e["id"], e["from"])),
+        "fewshot": fewshot, "capped": capped, **({"fractions": planned} if planned else {}), "excluded": sorted(excluded, key=lambda e: (e["id"], e["from"])),
         "keep_conflicting": bool(keep_conflicting), **extra,
     }
 

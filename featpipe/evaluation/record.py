@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from featpipe.core.errors import DataError
+from featpipe.core.names import proba_column
 from featpipe.core.versions import __version__
 from featpipe.data.manifest import ids_sha256
 from featpipe.evaluation.metrics import SCALAR_METRICS, choose_threshold, curves, degenerate, score
@@ -90,7 +91,7 @@ def record_run(key: Mapping, *, classes: Sequence[str], train_ids: Sequence[str]
     check_disjoint(train_ids, val.ids, test.ids)
     threshold = _threshold(val, n_classes=len(classes))
     s = score(test.labels, test.proba, classes=classes, threshold=threshold)
-    sv = score(val.labels, val.proba, classes=classes, threshold=threshold, detail=False) if _scored(val) else {}
+    sv = score(val.labels, val.proba, classes=classes, threshold=threshold) if _scored(val) else {}
     why = _degenerate(val, n_classes=len(classes), threshold=threshold)
     if not calibrated:
         s["brier"] = float("nan")
@@ -107,9 +108,10 @@ def record_run(key: Mapping, *, classes: Sequence[str], train_ids: Sequence[str]
         "confusion_matrix": json.dumps(s["confusion_matrix"], separators=(",", ":")),
     }
     row["run_id"] = run_id(row)
-    for name, pc in s["per_class"].items():
+    for name, pc in s["per_class"].items():  # per class on test, and on val (report.metric: f1[<class>])
         for m in ("precision", "recall", "f1"):
             row[f"{m}[{name}]"] = pc[m]
+            row[f"val_{m}[{name}]"] = sv["per_class"][name][m] if sv else float("nan")
     row["model_path"] = ""
     sidecar = {"dataset": key["dataset"], "classes": classes, "backbone": key["backbone"], "weights": key["weights"],
                "weights_id": key["weights_id"], "split_sha256": key["split_sha256"],
@@ -158,6 +160,6 @@ def prediction_frame(classes: Sequence[str], **parts) -> pd.DataFrame:
             p = np.column_stack([1 - p, p])
         f = pd.DataFrame({"split": name, "id": list(ids), "label": np.asarray(y, dtype=np.int64)})
         for j, c in enumerate(classes):
-            f[f"p[{c}]"] = p[:, j]
+            f[proba_column(c)] = p[:, j]
         frames.append(f)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["split", "id", "label"])

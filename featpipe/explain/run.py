@@ -24,16 +24,19 @@ from featpipe.backbones.modelinput import centre_crop, decode_files, ensure_deco
 from featpipe.backbones.spec import Preprocess
 from featpipe.core.errors import ConfigError, DataError
 from featpipe.core.fileio import atomic_write
+from featpipe.core.log import notice
 from featpipe.data.manifest import read_manifest
 from featpipe.data.splits import load_splits
 from featpipe.decoded.cache import DecodedImages, DecodeOptions
 from featpipe.evaluation.metrics import predict_labels
+from featpipe.params.config import Params
 from featpipe.explain.gradcam import feature_model, gradcam, layer_grid, logits
 from featpipe.explain.render import Example, slug, write_run
 from featpipe.explain.sanity import sanity_check
 from featpipe.imaging.base import ImageRejected
 from featpipe.imaging.decode import content_sha256
 from featpipe.explain.select import outcome_cells, select_examples
+from featpipe.finetune.strategies import STRATEGIES
 from featpipe.predict import image_files
 from featpipe.saved.load import LoadedModel, load_model
 
@@ -216,9 +219,33 @@ def _names(stem: str, entry: str) -> bool:
     return stem.startswith(f"{entry}-") or bare.endswith(f"-{entry}") or entry in (stem, bare)
 
 
-def resolve_models(entries: Sequence[str], models_dir: str | Path = "models") -> list[Path]:
+
+def empty_branches(params: Params) -> set[str]:
+    """The branches a study leaves empty: ``fit`` (no backbone to extract or no head) and ``finetune`` (no
+    backbone or no strategy). A frozen-heads-only or a fine-tuning-only study runs to its report."""
+    out = set()
+    if not (params.fit.backbones or params.extract.backbones) or not params.fit.heads:
+        out.add("fit")
+    if not params.finetune.backbones or not params.finetune.strategies:
+        out.add("finetune")
+    return out
+
+
+def run_branch(entry: str) -> str:
+    """``finetune`` for a fine-tuning run's name (``<backbone>-<strategy>-k<k>-s<seed>``, a ``.safetensors``
+    file), else ``fit`` (a saved head)."""
+    name = Path(entry).name
+    if name.endswith(".safetensors"):
+        return "finetune"
+    return "finetune" if any(f"-{s}-" in f"-{name}-" for s in STRATEGIES) else "fit"
+
+
+def resolve_models(entries: Sequence[str], models_dir: str | Path = "models", *,
+                   skip_branches: Sequence[str] = ()) -> list[Path]:
     """Model files for ``gradcam.runs`` entries: a path, or a run name such as ``tiny_cnn-logistic-k20-s0``
-    (a saved head) or ``tiny_cnn-layerwise-k10-s0`` (a fine-tuned model), found under ``models_dir``."""
+    (a saved head) or ``tiny_cnn-layerwise-k10-s0`` (a fine-tuned model), found under ``models_dir``.
+    An entry of a branch in ``skip_branches`` (:func:`empty_branches`) that names no model is skipped with
+    a notice (its stage never ran); any other entry must name exactly one model."""
     out = []
     root = Path(models_dir)
     for entry in entries:
@@ -228,6 +255,9 @@ def resolve_models(entries: Sequence[str], models_dir: str | Path = "models") ->
             continue
         hits = sorted(f for f in root.rglob("*") if f.suffix in (".skops", ".safetensors")
                       and _names(f.stem, entry))
+        if not hits and run_branch(entry) in skip_branches:
+            notice(f"gradcam.runs entry '{entry}' skipped: this study has no {run_branch(entry)} runs")
+            continue
         if len(hits) != 1:
             found = "no model" if not hits else f"{len(hits)} models ({', '.join(h.name for h in hits[:3])})"
             raise ConfigError(f"gradcam.runs entry '{entry}': {found} under {root}; give a file path or a unique run name")

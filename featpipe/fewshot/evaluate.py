@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from featpipe.core.errors import CacheError, DataError
+from featpipe.core.names import weights_name
 from featpipe.data.idsplits import splits_from_ids
 from featpipe.data.splits import Splits, load_splits
 from featpipe.evaluation.table import prediction_table
@@ -83,7 +84,7 @@ def _cache_data(X: np.ndarray, y: np.ndarray, ids: list[str], attrs: dict, split
         raise CacheError("these features were extracted from another manifest than the split's (stale cache): "
                          "re-run 'featpipe extract'")
     digest = hashlib.sha256(X.tobytes() + "\n".join(ids).encode()).hexdigest()[:16]
-    weights = str(attrs.get("weights") or "default")
+    weights = weights_name(attrs.get("weights") or "default", attrs.get("weights_id", ""))  # as load_cache names it
     used, row, val, test = split_rows(splits)
     take = np.fromiter((at[k] for k in used), np.int64, len(used))
     return CacheData(Path(f"<memory:{digest}>"), str(attrs.get("backbone") or "features"), weights,

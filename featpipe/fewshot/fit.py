@@ -25,7 +25,7 @@ import sklearn
 from featpipe.backbones.registry import get as get_backbone
 from featpipe.backbones.weights import resolve
 from featpipe.core.errors import CacheError, DataError
-from featpipe.core.names import canonical_params, head_model_path
+from featpipe.core.names import canonical_params, head_model_path, weights_name
 from featpipe.data.manifest import ids_sha256
 from featpipe.data.splits import Splits
 from featpipe.engine.base import Executor
@@ -90,6 +90,7 @@ def split_rows(splits: Splits) -> tuple[list[str], dict, np.ndarray, np.ndarray]
 def load_cache(cache_dir: str | Path, splits: Splits, backbone: str, *, layer: str | None = None,
                weights: str = "default") -> CacheData:
     """Read ``cache/<dataset>/<backbone>[@layer][+tag].h5`` and check it belongs to these splits."""
+    layer = get_backbone(backbone).resolve_layer(layer) if layer else None  # "final", a suffix: as extract names it
     tag = weights_tag(backbone, weights)
     path = cache_path(cache_dir, splits.dataset, backbone, layer=layer, weights_tag=tag)
     if not path.is_file():
@@ -109,7 +110,8 @@ def load_cache(cache_dir: str | Path, splits: Splits, backbone: str, *, layer: s
     if np.any((sel.labels < 0) | (sel.labels >= len(splits.classes))):
         raise CacheError(f"{path} holds labels outside 0..{len(splits.classes) - 1}: re-run 'featpipe extract'")
     X = np.ascontiguousarray(sel.features, dtype=np.float32)
-    return CacheData(path, backbone, str(a.get("weights") or weights or "default"), layer or "", tag or "",
+    return CacheData(path, backbone, weights_name(a.get("weights") or weights or "default", a.get("weights_id", "")),
+                     layer or "", tag or "",
                      str(weights or "default"), a, X,
                      sel.labels.astype(np.int64), row, val, test)
 
@@ -151,7 +153,8 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
     own = {"features": data.attrs.get("features", ""),  # which embedding the cache holds (cls, mean, avgpool, ...)
            "scaler_ids_sha256": ids_sha256(splits.train) if params.heads.scaler in ("pool", "center") else "",
            "cv_used": bool(getattr(clf, "cv_used_", False)),
-           "chosen_params": canonical_params(getattr(clf, "best_params_", {}))}
+           "chosen_params": canonical_params(getattr(clf, "best_params_", {})), "capped": splits.capped(shots),
+           "fraction": splits.fraction(shots), "images_per_class": splits.images_per_class(shots)}
     test = Outputs(list(splits.test), data.y[data.test], proba[va.size:])
     rec = record_run(key, classes=classes, train_ids=train_ids,
                      val=Outputs(val_ids, data.y[va], proba[: va.size] if va.size else None), test=test,

@@ -41,11 +41,12 @@ KIND = "featpipe-finetune"
 
 
 def build_model(backbone: str, strategy: str, n_classes: int, *, weights: str = "default",
-                layer: str | None = None, truncated_mode: str = "layerwise", seed: int = 0):
+                layer: str | None = None, truncated_mode: str = "layerwise", seed: int = 0, freeze=()):
     """(FinetuneModel with the strategy's trainable parameters set, BackboneSpec).
 
     ``scratch`` always builds random weights drawn from ``seed`` (weights ``random:seed<seed>``);
-    ``truncated`` cuts at ``layer``. Random initialisation (scratch weights, the new head) is a function
+    ``truncated`` cuts at ``layer``; ``freeze``: the parameter prefixes layer-wise freezes (default: the
+    family's rule). Random initialisation (scratch weights, the new head) is a function
     of ``seed`` and leaves the global RNG untouched.
     """
     spec = registry.get(backbone)
@@ -62,7 +63,7 @@ def build_model(backbone: str, strategy: str, n_classes: int, *, weights: str = 
     model = FinetuneModel(features, head)
     spec = features.spec  # with the preprocessing of the weights it was built with
     apply_strategy(model, strategy, family=spec.family, truncated_mode=truncated_mode,
-                   input_size=int(spec.preprocess.input_size))
+                   input_size=int(spec.preprocess.input_size), freeze=tuple(freeze))
     return model, spec
 
 

@@ -31,7 +31,7 @@ from featpipe.backbones import registry
 from featpipe.backbones.modelinput import decode_key, ensure_decoded
 from featpipe.core.errors import ConfigError, DataError
 from featpipe.core.fileio import atomic_write, file_sha256
-from featpipe.core.names import canonical_params, finetune_model_stem, finetune_run_name
+from featpipe.core.names import canonical_params, finetune_model_stem, finetune_run_name, weights_name
 from featpipe.core.runtime import Runtime
 from featpipe.core.versions import versions
 from featpipe.data.manifest import read_manifest
@@ -45,7 +45,7 @@ from featpipe.evaluation.table import write_records
 from featpipe.finetune.checkpoint import build_model, save_finetuned
 from featpipe.finetune.data import CachedImages, ImageSource, Labeled, Prep
 from featpipe.finetune.loop import TrainConfig, predict_proba, train
-from featpipe.finetune.strategies import STRATEGIES, describe, param_groups
+from featpipe.finetune.strategies import STRATEGIES, describe, effective_strategy, make_optimizer, param_groups
 from featpipe.params.config import to_dict
 
 TRAINING_DIR = "training"
@@ -58,9 +58,16 @@ class Job:
     shots: int
     seed: int
     layer: str | None = None
+    arm: str | None = None  # a finetune.arms name: its settings apply (FinetuneParams.arm)
 
     def name(self, dataset: str) -> str:
-        return finetune_run_name(dataset, self.backbone, self.strategy, self.shots, self.seed, layer=self.layer)
+        return finetune_run_name(dataset, self.backbone, self.strategy, self.shots, self.seed, layer=self.layer,
+                                 arm=self.arm)
+
+    @property
+    def head(self) -> str:
+        """The results row's ``head``: ``finetune:<strategy>`` or, for an arm, ``finetune:<strategy>:<arm>``."""
+        return f"finetune:{self.strategy}" + (f":{self.arm}" if self.arm else "")
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,8 @@ class Paths:
 
 
 def grid(p) -> list[Job]:
-    """Every (backbone, strategy, shots, seed) of ``params.finetune``; ``layer`` goes to truncated only."""
+    """Every (backbone, strategy, shots, seed) of ``params.finetune``; ``layer`` goes to truncated only (the
+    arms' runs: :func:`arm_jobs`)."""
     for s in p.strategies:
         if s not in STRATEGIES:
             raise ConfigError(f"unknown strategy {s!r} in finetune.strategies (choose from {', '.join(STRATEGIES)})")
@@ -92,15 +100,33 @@ def model_identity(key: dict, p, *, precision: str) -> dict:
             "optimizer": p.optimizer}
 
 
+def arm_jobs(p, names=None) -> list[Job]:
+    """Every (shots, seed) run of the arms ``names`` (default: every arm of ``p.arms``)."""
+    arms = [a for a in p.arms if names is None or a.name in names]
+    missing = set(names or ()) - {a.name for a in arms}
+    if missing:
+        raise ConfigError(f"no arm {sorted(missing)[0]!r} in finetune.arms "
+                          f"(arms: {', '.join(a.name for a in p.arms) or 'none'})")
+    return [Job(a.backbone, a.strategy, int(k), int(seed), a.layer if a.strategy == "truncated" else None, a.name)
+            for a in arms for k in p.shots for seed in p.seeds]
+
+
 def head_params(job: Job, p) -> dict:
-    """The training settings that define the configuration (the row key's ``head_params``)."""
+    """The training settings that define the configuration (the row key's ``head_params``; the optimizer
+    where it is not the default AdamW)."""
     out = {"lr": p.lr, "weight_decay": p.weight_decay, "batch_size": p.batch_size, "epochs": p.epochs,
            "patience": p.patience, "imbalance": p.imbalance, "augment": p.augment}
+    if p.optimizer != "adamw":
+        out["optimizer"] = p.optimizer
+        if p.optimizer == "sgd":
+            out["momentum"] = p.momentum
     if p.augment:
         out.update(crop_scale_min=p.crop_scale_min, rotation_degrees=p.rotation_degrees,
                    brightness=p.brightness, contrast=p.contrast, hflip=p.hflip)
     if job.strategy == "truncated":
         out["truncated_mode"] = p.truncated_mode
+    if p.layerwise_freeze and effective_strategy(job.strategy, p.truncated_mode) == "layerwise":
+        out["layerwise_freeze"] = list(p.layerwise_freeze)
     if job.strategy == "full" or (job.strategy == "truncated" and p.truncated_mode == "full"):
         out["backbone_lr_factor"] = p.backbone_lr_factor
     return out
@@ -165,9 +191,10 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
             source: ImageSource | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Train, score and record one run; returns its results row (also upserted into runs.csv)."""
     job = resolve_job(job)
+    p = p.arm(job.arm)  # an arm's own optimizer, lr, epochs, weights, ...
     d = load_run_data(job, paths)
     tr, va, te = d.train, d.val, d.test
-    model, spec = build_model(job.backbone, job.strategy, len(d.classes), weights=p.weights,
+    model, spec = build_model(job.backbone, job.strategy, len(d.classes), weights=p.weights, freeze=p.layerwise_freeze,
                               layer=job.layer, truncated_mode=p.truncated_mode, seed=job.seed)
     prep = Prep.from_preprocess(spec.preprocess)
     if source is None:
@@ -175,8 +202,9 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
                               progress=progress)
     rt = Runtime.resolve(p.device, p.precision, traits=spec.traits)
     model = rt.prepare(model, eval=False)
-    opt = torch.optim.AdamW(param_groups(model, job.strategy, lr=p.lr, backbone_lr_factor=p.backbone_lr_factor,
-                                         truncated_mode=p.truncated_mode), weight_decay=p.weight_decay)
+    opt = make_optimizer(p.optimizer, param_groups(model, job.strategy, lr=p.lr, backbone_lr_factor=p.backbone_lr_factor,
+                                                   truncated_mode=p.truncated_mode),
+                         weight_decay=p.weight_decay, momentum=p.momentum)
     say = log or (print if progress else None)
     name = job.name(d.splits.dataset)
     with torch_threads(p.threads):
@@ -187,15 +215,17 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
         pt = predict_proba(model, source, te.ids, prep=prep, rt=rt, batch_size=p.eval_batch_size)
     weights, weights_id = weights_columns(model.features)
     key = {"dataset": d.splits.dataset, "backbone": job.backbone, "weights": weights, "weights_id": weights_id,
-           "layer": job.layer or "", "head": f"finetune:{job.strategy}", "head_params": head_params(job, p),
+           "layer": job.layer or "", "head": job.head, "head_params": head_params(job, p),
            "shots": job.shots, "seed": job.seed, "split_sha256": d.splits.sha256}
     own = {"best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "train_seconds": round(res.seconds, 3),
-           "precision": rt.precision, "device": rt.device.type, "trainable_params": describe(model)["trainable"]}
+           "precision": rt.precision, "device": rt.device.type, "trainable_params": describe(model)["trainable"],
+           "capped": d.splits.capped(job.shots), "fraction": d.splits.fraction(job.shots),
+           "images_per_class": d.splits.images_per_class(job.shots)}
     rec = record_run(key, classes=d.classes, train_ids=tr.ids, val=Outputs(va.ids, va.labels, pv),
                      test=Outputs(te.ids, te.labels, pt), val_policy=d.splits.val_policy,
                      manifest_sha256=d.splits.manifest_sha256, columns=own)
     row = rec.row
-    meta = {**rec.sidecar, "family": spec.family, "layer": job.layer, "strategy": job.strategy,
+    meta = {**rec.sidecar, "family": spec.family, "layer": job.layer, "strategy": job.strategy, "arm": job.arm,
             "preprocess": spec.preprocess.to_dict(), "params": to_dict(p), "head_params": row["head_params"],
             "ids_sha256": row["ids_sha256"], "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
             "precision": rt.precision, **describe(model), **versions("torch", "torchvision", "transformers")}
@@ -220,12 +250,12 @@ def torch_threads(n: int):
 
 
 def weights_columns(features) -> tuple[str, str]:
-    """(weights, weights_id) as the frozen heads' rows write them (the feature cache's attributes):
-    the resolved source (torchvision enum, file or folder) or ``random``, and its identity."""
+    """(weights, weights_id) as the frozen heads' rows write them: the weights' short portable name
+    (:func:`featpipe.core.names.weights_name`) and their identity."""
     ref = getattr(features, "weights", None)
     if ref is None:
         return "unknown", "unknown"
-    return (ref.source if ref.kind != "random" else "random"), ref.identity
+    return weights_name(ref.source if ref.kind != "random" else "random", ref.identity), ref.identity
 
 
 def resolve_job(job: Job) -> Job:

@@ -62,6 +62,7 @@ def _root_for(module: nn.Module, rule: FreezeRule) -> tuple[str, nn.Module]:
             return prefix, sub
     raise ConfigError(
         f"layer-wise freezing: no {rule.family} network with {', '.join(rule.anchors)} found in the backbone "
+        "(finetune.layerwise_freeze names parameter prefixes such as layer1.; featpipe backbones --details) "
         "(a truncated network cut before the first block cannot be trained layer-wise; use truncated_mode=full)"
     )
 
@@ -81,9 +82,26 @@ def _first_block(module: nn.Module) -> tuple[str, nn.Module]:
         return prefix + kids[0][0], kids[0][1]
 
 
-def layerwise_frozen_names(features: nn.Module, family: str | None) -> list[str]:
-    """Names (in ``features.named_parameters()``) that ``layerwise`` freezes."""
+def strategy_rules(family: str | None) -> list[tuple[str, str]]:
+    """What each strategy trains for a backbone family, in words (``featpipe backbones --details``): the
+    family's layer-wise freeze rule (:mod:`featpipe.backbones.families`) and the other strategies."""
     rule = freeze_rule(family)
+    layerwise = (f"frozen: {rule.note} ({', '.join(p.rstrip('.') for p in rule.frozen)}); the rest and the head train"
+                 if rule else "frozen: the first block (the first child module with parameters); the rest trains")
+    layerwise += " (finetune.layerwise_freeze: your own prefixes)"
+    return [("scratch", "random initialisation from the run's seed, everything trains"),
+            ("head", "backbone frozen (BatchNorm statistics too), new linear head trains"),
+            ("layerwise", layerwise),
+            ("full", "everything trains; the backbone at lr x finetune.backbone_lr_factor"),
+            ("truncated", "cut at finetune.layer (a cut point), trained as truncated_mode (layerwise or full); "
+                          "layers past the cut are dropped")]
+
+
+def layerwise_frozen_names(features: nn.Module, family: str | None, prefixes: Sequence[str] = ()) -> list[str]:
+    """Names (in ``features.named_parameters()``) that ``layerwise`` freezes: the family's rule, or the
+    parameter-name ``prefixes`` given (``finetune.layerwise_freeze``; each must name a parameter)."""
+    rule = (FreezeRule(family or "custom", tuple(prefixes), tuple(prefixes), "finetune.layerwise_freeze")
+            if prefixes else freeze_rule(family))
     if rule is not None:
         prefix, root = _root_for(features, rule)
         base = prefix + "." if prefix else ""
@@ -115,7 +133,7 @@ def unused_parameter_names(features: nn.Module, input_size: int) -> list[str]:
 
 
 def apply_strategy(model: FinetuneModel, strategy: str, *, family: str | None,
-                   truncated_mode: str = "layerwise", input_size: int | None = None) -> None:
+                   truncated_mode: str = "layerwise", input_size: int | None = None, freeze: Sequence[str] = ()) -> None:
     """Set ``requires_grad`` on every parameter of ``model`` as ``strategy`` prescribes.
 
     ``truncated`` with ``input_size`` also freezes the parameters past the cut point (never used,
@@ -127,7 +145,7 @@ def apply_strategy(model: FinetuneModel, strategy: str, *, family: str | None,
         for p in model.features.parameters():
             p.requires_grad_(False)
     elif mode == "layerwise":
-        frozen = set(layerwise_frozen_names(model.features, family))
+        frozen = set(layerwise_frozen_names(model.features, family, freeze))
         for n, p in model.features.named_parameters():
             if n in frozen:
                 p.requires_grad_(False)
@@ -136,6 +154,11 @@ def apply_strategy(model: FinetuneModel, strategy: str, *, family: str | None,
         for n, p in model.features.named_parameters():
             if n in unused:
                 p.requires_grad_(False)
+
+
+def effective_strategy(strategy: str, truncated_mode: str) -> str:
+    """How ``strategy`` trains: itself, or for ``truncated`` its ``truncated_mode`` (layerwise or full)."""
+    return _effective(strategy, truncated_mode)
 
 
 def _effective(strategy: str, truncated_mode: str) -> str:
@@ -150,7 +173,7 @@ def _effective(strategy: str, truncated_mode: str) -> str:
 
 def param_groups(model: FinetuneModel, strategy: str, *, lr: float, backbone_lr_factor: float,
                  truncated_mode: str = "layerwise") -> list[dict]:
-    """AdamW parameter groups: trainable head at ``lr``; trainable backbone at ``lr`` except under
+    """Optimizer parameter groups: trainable head at ``lr``; trainable backbone at ``lr`` except under
     ``full`` (and truncated-as-full), where it gets ``lr * backbone_lr_factor``."""
     mode = _effective(strategy, truncated_mode)
     back = [p for p in model.features.parameters() if p.requires_grad]
@@ -159,6 +182,18 @@ def param_groups(model: FinetuneModel, strategy: str, *, lr: float, backbone_lr_
     if back:
         groups.append({"params": back, "lr": lr * backbone_lr_factor if mode == "full" else lr, "name": "backbone"})
     return groups
+
+
+def make_optimizer(name: str, groups, *, weight_decay: float, momentum: float = 0.9) -> torch.optim.Optimizer:
+    """``adamw`` (decoupled weight decay), ``adam`` (L2 weight decay in the gradient, as torch's Adam) or ``sgd``
+    (with ``momentum``) over the parameter groups of :func:`param_groups`."""
+    if name == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(groups, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, momentum=momentum, weight_decay=weight_decay)
+    raise ConfigError(f"unknown optimizer {name!r} (choose from adamw, adam, sgd)")
 
 
 def count_trainable(model: nn.Module) -> int:

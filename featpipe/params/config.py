@@ -22,6 +22,7 @@ import yaml
 from featpipe.core.errors import ConfigError
 from featpipe.params.checks import check
 from featpipe.params.heads import SECTIONS as HEAD_SECTIONS
+from featpipe.params.study import ArmParams, NetworkParams, check_metric
 
 # --------------------------------------------------------------------------- sections
 
@@ -38,6 +39,9 @@ class CsvParams:
     task: str | None = None  # CheXpert: the pathology column that is the task (binary)
     uncertain: Literal["ignore", "positive", "negative"] = "ignore"  # CheXpert -1 labels
     allow_outside_root: bool = False  # paths outside `root` (../, absolute) are rejected unless this is true
+    # CSVs read as one source, each file's rows in the split its name says (CheXpert: [train.csv, valid.csv]);
+    # data.path is then the folder holding them (and the default root)
+    split_files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,20 @@ class SplitParams:
     # (seed, k), nested like the train subsets: a k-shot result uses 2k labelled images per class, as it claims;
     # full: the whole val split (more labelled images than k; benchmarks/results/val_policy.md measures the gap)
     val_policy: Literal["full", "matched"] = "matched"
+    # alternative to shots: fractions of the training set (stratified, grouped, nested), e.g. [0.01, 0.05, 0.1];
+    # set shots: [] to use them (featpipe.data.fractions)
+    fractions: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        if self.fractions and self.shots:
+            raise ConfigError("split.fractions and split.shots are alternatives: set split.shots: [] to draw "
+                              "fractions of the training set, or split.fractions: [] for k shots per class")
+        bad = [f for f in self.fractions if not 0 < f <= 1]
+        if bad:
+            raise ConfigError(f"bad value for 'split.fractions': {bad[0]} (a fraction of the training set, in (0, 1])")
+        if self.fractions and self.val_policy == "matched":
+            raise ConfigError("split.val_policy: matched draws k val images per class and needs split.shots; "
+                              "use val_policy: full with split.fractions")
 
 
 @dataclass(frozen=True)
@@ -147,6 +165,9 @@ class ClinicalParams:
     min_seeds: int = 5  # fewer seeds: never clinical-grade
     min_sensitivity: float = 0.80  # binary tasks: mean sensitivity at least this
     min_specificity: float = 0.80  # binary tasks: mean specificity at least this
+    # featpipe: the interval's lower bound of accuracy and AUROC, seeds, sensitivity/specificity, chosen on val;
+    # published: the source study's rule as written (mean accuracy, std, mean AUROC), to reproduce it
+    rule: Literal["featpipe", "published"] = "featpipe"
 
 
 @dataclass(frozen=True)
@@ -158,6 +179,10 @@ class CompareParams:
     bootstrap: int = 1000  # patient-level paired bootstrap resamples for the chosen pairs (0 = none)
     pairs: tuple[str, ...] = ()  # extra "A vs B" pairs for the bootstrap column (the val-best vs runner-up always)
     seed: int = 0
+
+    def __post_init__(self):
+        for m in self.metrics:
+            check_metric("compare.metrics", m)
 
 
 @dataclass(frozen=True)
@@ -171,7 +196,11 @@ class FinetuneParams:
     weights: str = "default"  # pretrained weights for head/layerwise/full/truncated; scratch is always random
     layer: str | None = None  # cut point for the truncated strategy
     truncated_mode: Literal["layerwise", "full"] = "layerwise"
-    optimizer: Literal["adamw"] = "adamw"
+    # layer-wise fine-tuning freezes these parameter-name prefixes (relative to the network, e.g. [conv1., bn1.,
+    # layer1., layer2.] for a ResNet) instead of its family's rule (featpipe backbones --details); [] = the rule
+    layerwise_freeze: tuple[str, ...] = ()
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    momentum: float = 0.9  # sgd only
     lr: float = 1e-4
     backbone_lr_factor: float = 0.1  # full fine-tuning: backbone lr = lr * factor
     weight_decay: float = 1e-4
@@ -190,6 +219,23 @@ class FinetuneParams:
     threads: int = 0  # torch CPU threads while training (0 = torch's default); 1 on a shared or busy CPU
     eval_batch_size: int = 64  # no-grad val/test passes
     save_models: bool = True  # safetensors checkpoint + JSON sidecar under models/finetune/
+    # arms: backbone + strategy + their own settings (ArmParams), run beside backbones x strategies
+    arms: tuple[ArmParams, ...] = ()
+
+    def __post_init__(self):
+        names = [a.name for a in self.arms]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup:
+            raise ConfigError(f"finetune.arms: two arms are named {dup!r}; names must be unique")
+
+    def arm(self, name: str | None) -> "FinetuneParams":
+        """These settings with arm ``name``'s overrides applied (None: unchanged)."""
+        if name is None:
+            return self
+        for a in self.arms:
+            if a.name == name:
+                return dataclasses.replace(self, **a.overrides())
+        raise ConfigError(f"no arm {name!r} in finetune.arms (arms: {', '.join(a.name for a in self.arms) or 'none'})")
 
 
 @dataclass(frozen=True)
@@ -206,8 +252,11 @@ class GradcamParams:
 
 @dataclass(frozen=True)
 class ReportParams:
-    metric: str = "macro_f1"  # best configurations are chosen on val_<metric> and reported on test
+    metric: str = "macro_f1"  # best configurations are chosen on val_<metric> and reported on test (METRIC_NAMES)
     title: str = "featpipe report"
+
+    def __post_init__(self):
+        check_metric("report.metric", self.metric)
 
 
 @dataclass(frozen=True)
@@ -240,11 +289,14 @@ class Params:
     report: ReportParams = field(default_factory=ReportParams)
     compare: CompareParams = field(default_factory=CompareParams)
     engine: EngineParams = field(default_factory=EngineParams)
+    networks: tuple[NetworkParams, ...] = ()  # networks of your own, registered as backbones by name
 
 
 def configured_backbones(params: Params) -> list[str]:
-    """The backbones whose decoded caches the pipeline reads: extract.backbones + finetune.backbones."""
-    return list(dict.fromkeys(list(params.extract.backbones) + list(params.finetune.backbones)))
+    """The backbones whose decoded caches the pipeline reads: extract.backbones + finetune.backbones + the
+    backbones of finetune.arms."""
+    return list(dict.fromkeys(list(params.extract.backbones) + list(params.finetune.backbones)
+                              + [a.backbone for a in params.finetune.arms]))
 
 
 # --------------------------------------------------------------------------- loading
@@ -306,6 +358,14 @@ def parse_override(item: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         value = text
     return key, value
+
+
+def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict:
+    """``raw`` (a params mapping, changed in place and returned) with ``section.key=value`` overrides applied."""
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return raw
 
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:

@@ -19,12 +19,14 @@ from typing import Optional
 import pandas as pd
 import yaml
 
-from featpipe.core.errors import DataError
+from featpipe.core.errors import ConfigError, DataError
 from featpipe.core.fileio import atomic_write
 from featpipe.core.locks import clean_leftovers
+from featpipe.core.names import proba_column
 from featpipe.core.versions import versions as core_versions
 from featpipe.data.manifest import read_manifest
-from featpipe.data.splits import load_splits
+from featpipe.data.fractions import fraction_lines
+from featpipe.data.splits import capping_lines, load_splits
 from featpipe.evaluation.metrics import curves
 from featpipe.evaluation.table import read_predictions, read_runs
 from featpipe.params.config import Params, to_dict
@@ -70,6 +72,8 @@ def _dataset_section(inp: ReportInputs, splits: dict) -> str:
     rows = [[part, sum(splits["counts"][part].values()), *[splits["counts"][part].get(c, 0) for c in classes],
              splits["patients"][part]] for part in ("train", "val", "test")]
     out = [table(["split", "images", *classes, "patients"], rows)]
+    out += [f"<p class=\"note\"><b>{html.escape(line)}</b>.</p>"
+            for line in capping_lines(splits.get("capped", {})) + fraction_lines(splits.get("fractions", {}))]
     rejects = pd.read_csv(inp.rejects) if inp.rejects and inp.rejects.is_file() else pd.DataFrame(columns=["reason"])
     if len(rejects):
         counts = rejects["reason"].value_counts()
@@ -104,7 +108,7 @@ def _training_curves(results: Path) -> dict[str, list[dict]]:
     return out
 
 
-def _provenance(inp: ReportInputs, params: Params, runs: pd.DataFrame) -> str:
+def _provenance(inp: ReportInputs, params: Params) -> str:
     libs = {"torch": "torch", "torchvision": "torchvision", "transformers": "transformers", "scikit-learn": "sklearn",
             "numpy": "numpy", "h5py": "h5py", "grad-cam": "pytorch_grad_cam", "dvc": "dvc"}  # shown name: module
     found = core_versions(*libs.values())
@@ -127,10 +131,6 @@ def _provenance(inp: ReportInputs, params: Params, runs: pd.DataFrame) -> str:
             continue
     if rows:
         out += ["<h3>Feature caches</h3>", table(["file", "backbone", "weights", "layer", "dim", "precision", "device", "torch"], rows)]
-    if len(runs):
-        cols = [c for c in ("backbone", "weights", "layer", "head", "head_params") if c in runs.columns]
-        uniq = runs[cols].drop_duplicates().astype(str).values.tolist()
-        out += ["<h3>Configurations in the results table</h3>", table(cols, uniq)]
     out += ["<h3>Parameters</h3>", f"<pre>{html.escape(yaml.safe_dump(to_dict(params), sort_keys=False))}</pre>"]
     return "".join(out)
 
@@ -149,6 +149,10 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
     runs["layer"] = runs["layer"].fillna("")
     plots_dir = inp.out.parent / "plots"
     metric = params.report.metric
+    if metric not in runs.columns or f"val_{metric}" not in runs.columns:
+        raise ConfigError(f"report.metric {metric!r}: runs.csv has no column {metric!r} and val_{metric} (a per-class "
+                        f"metric names one of the classes {', '.join(s.classes)}; tables written before featpipe "
+                        "recorded val per-class scores need their runs re-run)")
     n_classes = len(s.classes)
     policy = s.val_policy
     scope = (f"<p>Every number below comes from the {len(runs)} runs of the current splits file "
@@ -161,6 +165,9 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
              + (f"<p class=\"note\">{html.escape(set_aside)}.</p>" if set_aside else ""))
     sections = [("Data set", scope + _dataset_section(inp, s.raw))]
 
+    sections.append(("Configurations (the figures' legend)", "<p>Every line, column and row below is one of these "
+                     "configurations; a label's <code>#hash</code> tells apart configurations that differ only in head "
+                     "params or weights identity.</p>" + table(plots.LEGEND_HEADER, plots.legend_rows(runs))))
     figs = []
     for m in CURVE_METRICS:
         if m in runs.columns and runs[m].notna().any():
@@ -176,7 +183,7 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
     strip = _save(plots.seed_strip(runs, metric, int(mid)), plots_dir / "per_seed.png")
     sections.append(("The seed lottery", "<p>Spread = best seed minus worst seed, in points of the metric. "
                      "A wide spread means the result depends on which images happened to be labelled.</p>"
-                     + _img(spread, "lottery spread vs shots") + _img(strip, f"per-seed results at {int(mid)} shots")))
+                     + _img(spread, "lottery spread vs shots") + _img(strip, f"per-seed results at {plots.subset_words(runs, int(mid))}")))
 
     preds = TestPredictions(inp.results, read_manifest(inp.manifest), s.classes) if inp.manifest.is_file() else None
     best_html, best = selection.best_configurations(runs, params=params, n_classes=n_classes, preds=preds)
@@ -194,7 +201,7 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
 
     grids = sorted(inp.gradcam_dir.rglob("grid*.png")) if inp.gradcam_dir and inp.gradcam_dir.is_dir() else []
     sections.append(("Grad-CAM", "".join(_img(g, f"Grad-CAM: {g.parent.name}") for g in grids) or "<p>No Grad-CAM grids were rendered.</p>"))
-    sections.append(("Provenance", _provenance(inp, params, runs)))
+    sections.append(("Provenance", _provenance(inp, params)))
     _write_dvc_plot_data(runs, metric, plots_dir)
     atomic_write(inp.out, page(params.report.title, s.dataset, sections))
     return inp.out
@@ -217,7 +224,7 @@ def _roc_section(inp: ReportInputs, runs: pd.DataFrame, s, best: list[dict], mid
         tag = "best" if b["shots"] == top else f"{b['shots']}_shots"
         pred = read_predictions(inp.results, b["run_ids"])
         pred = pred[pred["split"] == "test"]
-        cols = [f"p[{c}]" for c in s.classes]
+        cols = [proba_column(c) for c in s.classes]
         per_seed = [curves(g["label"].to_numpy(), g[cols].to_numpy(float), classes=s.classes)
                     for rid in b["run_ids"] for _, g in [(rid, pred[pred["run_id"] == rid])] if len(g)]
         if not per_seed:
@@ -255,5 +262,5 @@ def _write_dvc_plot_data(runs: pd.DataFrame, metric: str, plots_dir: Path) -> No
     """Tidy CSVs for ``dvc plots show``: the learning curve and the per-seed values."""
     table_ = plots.by_config(runs, metric)[["config", "shots", "mean", "ci_low", "ci_high", "spread"]]
     atomic_write(plots_dir / "learning_curve.csv", table_.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
-    seeds = runs.assign(config=[plots.config_label(r) for r in runs.to_dict("records")])[["config", "shots", "seed", metric]]
+    seeds = runs.assign(config=plots.config_keys(runs).to_numpy())[["config", "shots", "seed", metric]]
     atomic_write(plots_dir / "per_seed.csv", seeds.to_csv(index=False, lineterminator="\n", float_format="%.6g"))

@@ -14,7 +14,7 @@ nav{padding:8px 32px;background:#e9edf3;font-size:13px}nav a{margin-right:14px;c
 main{padding:8px 32px 40px;max-width:1200px}section{background:#fff;border-radius:8px;padding:14px 22px;margin:16px 0;
 box-shadow:0 1px 2px rgba(0,0,0,.08)}h2{font-size:18px;color:#1d3557;border-bottom:1px solid #e3e6ea;padding-bottom:6px}
 h3{font-size:15px;margin-top:18px}table{border-collapse:collapse;font-size:13px;margin:8px 0}
-th,td{border:1px solid #dde1e7;padding:4px 9px;text-align:left}th{background:#f0f3f7}tr:nth-child(even) td{background:#fafbfc}
+th,td{border:1px solid #dde1e7;padding:4px 9px;text-align:left;max-width:480px;overflow-wrap:anywhere}th{background:#f0f3f7}tr:nth-child(even) td{background:#fafbfc}
 figure{display:inline-block;margin:8px 12px 8px 0;vertical-align:top}figure img{max-width:100%;border:1px solid #e3e6ea}
 figcaption{font-size:12px;color:#5a6272}pre{background:#f0f3f7;padding:10px;font-size:12px;overflow:auto;max-height:420px}
 code{background:#f0f3f7;padding:1px 4px;border-radius:3px}

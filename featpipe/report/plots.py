@@ -1,7 +1,9 @@
 """The report's figures, from the results table and the per-run curve files (matplotlib, no display).
 
 Every function takes plain data (a runs DataFrame, curve dicts) and returns a matplotlib Figure; the
-caller saves it. Axes are labelled, legends name backbone x head, intervals are shaded.
+caller saves it. Axes are labelled, intervals are shaded, and every line, column and colour is one
+configuration by its full identity (:func:`config_keys`: backbone, layer, weights, head and head params),
+explained by the report's legend table (:func:`legend_rows`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from featpipe.results.stats import seed_summary
+from featpipe.results.summary import config_labels
 
 METRIC_LABELS = {
     "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1", "auroc": "AUROC",
@@ -29,55 +32,113 @@ def _subplots(*grid, figsize):
     fig = Figure(figsize=figsize)
     return fig, fig.subplots(*grid)
 
-def config_label(row: Mapping) -> str:
-    back = str(row["backbone"]) + (f"@{row['layer']}" if row.get("layer") else "")
-    head = str(row["head"]).replace("finetune:", "fine-tune: ")
-    return f"{back} + {head}"
+def config_keys(runs: pd.DataFrame) -> pd.Series:
+    """Each row's configuration label: the full configuration identity (backbone, layer, weights and their
+    identity, head and its params; :func:`featpipe.results.summary.config_labels`), the one key of every
+    figure, table and legend. Two configurations never share a line or a column."""
+    return config_labels(runs) if len(runs) else pd.Series([], dtype=object)
+
+
+def legend_rows(runs: pd.DataFrame) -> list[list[str]]:
+    """The legend table of the figures: one row per configuration label with what it stands for
+    (backbone, layer, weights, weights identity, head, head params)."""
+    if runs.empty:
+        return []
+    f = runs.assign(config=config_keys(runs).to_numpy())
+    rows = []
+    for name, g in f.groupby("config", sort=True):
+        r = g.iloc[0]
+        ids = sorted(set(g["weights_id"].astype(str)))
+        wid = ids[0] if len(ids) == 1 else f"{len(ids)} identities (one per seed: {ids[0]}, ...)"
+        rows.append([name, r["backbone"], r.get("layer") or "final", r["weights"], wid, r["head"],
+                     str(r.get("head_params") or "{}")])
+    return rows
+
+
+LEGEND_HEADER = ["label", "backbone", "layer", "weights", "weights identity", "head", "head params"]
 
 
 def by_config(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per (config, shots): mean, std, 95% interval, min, max, spread of ``metric`` across seeds
-    (:func:`featpipe.results.stats.seed_summary`, the interval of the table's summaries and metrics.json)."""
+    (:func:`featpipe.results.stats.seed_summary`, the interval of the table's summaries and metrics.json);
+    ``config`` is the configuration's full-identity label (:func:`config_keys`); ``x`` the figures' x value:
+    the shots, or the training-set fraction of a ``split.fractions`` study."""
     if metric not in runs.columns or runs.empty:
-        return pd.DataFrame(columns=["config", "shots", "mean", "std", "ci_low", "ci_high", "min", "max", "spread", "n"])
+        return pd.DataFrame(columns=["config", "shots", "x", "mean", "std", "ci_low", "ci_high", "min", "max", "spread", "n"])
     rows = []
-    keys = ["backbone", "layer", "weights", "head", "head_params", "shots"]
-    for key, g in runs.groupby(keys, sort=True, dropna=False):
-        row = dict(zip(keys, key))
-        s = seed_summary(g, metric)
-        rows.append({"config": config_label(row), **row, **s})
+    keys = ["backbone", "layer", "weights", "head", "head_params"]
+    labelled = runs.assign(config=config_keys(runs).to_numpy())
+    for (name, shots), g in labelled.groupby(["config", "shots"], sort=True):
+        fraction = g["fraction"].dropna() if "fraction" in g.columns else g["shots"].iloc[:0]
+        row = {"config": name, **{k: g[k].iloc[0] for k in keys}, "shots": shots,
+               "x": float(fraction.iloc[0]) if len(fraction) else shots}  # split.fractions: the fraction
+        rows.append({**row, **seed_summary(g, metric)})
     return pd.DataFrame(rows)
 
 
-def _style(ax, *, xlabel: str, ylabel: str, title: str, shots: Sequence[int] = ()) -> None:
+_MARKERS = "os^DvPX"
+
+
+def _look(i: int) -> dict:
+    """Colour and marker of the i-th configuration: ten colours, then the next marker (70 distinct looks)."""
+    return {"color": f"C{i % 10}", "marker": _MARKERS[(i // 10) % len(_MARKERS)]}
+
+
+def _order(names) -> list[str]:
+    """Configurations in one order, so a configuration has the same look in every figure."""
+    return sorted(set(names))
+
+
+def _xlabel(table: pd.DataFrame) -> str:
+    """The x axis: shots, or the fraction of the training set (``split.fractions``)."""
+    if len(table) and (table["x"] != table["shots"]).any():
+        return "fraction of the training set (stratified by class)"
+    return "labelled images per class (shots)"
+
+
+def subset_words(runs: pd.DataFrame, shots: int) -> str:
+    """``5 shots``, or ``fraction 0.1 (30 images)`` for the rows of a ``split.fractions`` study."""
+    f = runs.loc[runs["shots"] == shots, "fraction"].dropna() if "fraction" in runs.columns else []
+    return f"fraction {float(f.iloc[0]):g} ({int(shots)} images)" if len(f) else f"{int(shots)} shots"
+
+
+def _is_finetune(name: str) -> bool:
+    return "/finetune:" in name
+
+
+def _style(ax, *, xlabel: str, ylabel: str, title: str, shots: Sequence[float] = ()) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if len(shots):
+        fractions = any(0 < float(k) < 1 for k in shots) or xlabel.startswith("fraction")
         ax.set_xscale("log")
-        ax.set_xticks(sorted(int(k) for k in shots))
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%d"))
+        ax.set_xticks(sorted(float(k) for k in shots))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=None) if fractions
+                                     else matplotlib.ticker.FormatStrFormatter("%d"))
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.grid(True, alpha=0.3)
 
 
 def learning_curve(runs: pd.DataFrame, metric: str) -> Figure:
-    """Mean ``metric`` vs shots per backbone x head, with the 95% interval across seeds shaded."""
+    """Mean ``metric`` vs shots, one line per configuration, with the 95% interval across seeds shaded."""
     table = by_config(runs, metric)
     fig, ax = _subplots(figsize=(10.5, 5))
-    for i, (name, g) in enumerate(table.groupby("config", sort=True)):
-        g = g.sort_values("shots")
-        ls = "--" if "fine-tune" in name else "-"
-        line, = ax.plot(g["shots"], g["mean"], ls, marker="o", ms=4, label=name, color=f"C{i % 10}")
+    for name, g in table.groupby("config", sort=True):
+        i = _order(table["config"]).index(name)
+        g = g.sort_values("x")
+        ls = "--" if _is_finetune(name) else "-"
+        line, = ax.plot(g["x"], g["mean"], ls, ms=4, label=name, **_look(i))
         lo = g["ci_low"].fillna(g["mean"])
         hi = g["ci_high"].fillna(g["mean"])
-        ax.fill_between(g["shots"], lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.fill_between(g["x"], lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
     label = METRIC_LABELS.get(metric, metric)
-    _style(ax, xlabel="labelled images per class (shots)", ylabel=f"{label} on test (mean, 95% CI over seeds)",
-           title=f"Learning curve: {label}", shots=table["shots"].unique())
+    _style(ax, xlabel=_xlabel(table), ylabel=f"{label} on test (mean, 95% CI over seeds)",
+           title=f"Learning curve: {label}", shots=table["x"].unique())
     if metric != "brier":
         ax.set_ylim(max(0.0, ax.get_ylim()[0]), min(1.02, max(1.0, ax.get_ylim()[1])))
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="backbone + head", title_fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="configuration (legend table in the report)",
+              title_fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -86,32 +147,35 @@ def lottery_spread(runs: pd.DataFrame, metric: str) -> Figure:
     """The seed lottery: max - min of ``metric`` across seeds, vs shots, per configuration."""
     table = by_config(runs, metric)
     fig, ax = _subplots(figsize=(10.5, 5))
-    for i, (name, g) in enumerate(table.groupby("config", sort=True)):
-        g = g.sort_values("shots")
-        ax.plot(g["shots"], 100 * g["spread"], "--" if "fine-tune" in name else "-", marker="o", ms=4, label=name,
-                color=f"C{i % 10}")
+    for name, g in table.groupby("config", sort=True):
+        i = _order(table["config"]).index(name)
+        g = g.sort_values("x")
+        ax.plot(g["x"], 100 * g["spread"], "--" if _is_finetune(name) else "-", ms=4, label=name, **_look(i))
     label = METRIC_LABELS.get(metric, metric)
-    _style(ax, xlabel="labelled images per class (shots)", ylabel=f"spread of {label} across seeds (points, max - min)",
-           title="Classification lottery: how much the labelled images you drew matter", shots=table["shots"].unique())
+    _style(ax, xlabel=_xlabel(table), ylabel=f"spread of {label} across seeds (points, max - min)",
+           title="Classification lottery: how much the labelled images you drew matter", shots=table["x"].unique())
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="backbone + head", title_fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="configuration (legend table in the report)",
+              title_fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def seed_strip(runs: pd.DataFrame, metric: str, shots: int) -> Figure:
     """Every seed's ``metric`` at one shot count, one column per configuration (the lottery, raw)."""
-    sub = runs[runs["shots"] == shots]
-    names = sorted({config_label(r) for r in sub.to_dict("records")})
+    sub = runs.assign(_config=config_keys(runs).to_numpy())
+    order = _order(sub["_config"])
+    sub = sub[sub["shots"] == shots]
+    names = sorted(set(sub["_config"]))
     fig, ax = _subplots(figsize=(max(6, 0.9 * len(names) + 2), 5))
     rng = np.random.default_rng(0)
     degen = lambda r: str(r.get("degenerate", "")).lower() in ("true", "1", "1.0")
     for i, name in enumerate(names):
-        recs = [r for r in sub.to_dict("records") if config_label(r) == name]
+        recs = [r for r in sub.to_dict("records") if r["_config"] == name]
         vals = [r[metric] for r in recs]
         ok = [r[metric] for r in recs if not degen(r)]
         bad = [r[metric] for r in recs if degen(r)]
-        ax.scatter(i + rng.uniform(-0.12, 0.12, len(ok)), ok, s=18, alpha=0.8, color=f"C{i % 10}")
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(ok)), ok, s=18, alpha=0.8, **_look(order.index(name)))
         if bad:  # degenerate runs: grey crosses
             ax.scatter(i + rng.uniform(-0.12, 0.12, len(bad)), bad, s=30, marker="x", color="0.6",
                        label="degenerate run" if not ax.get_legend_handles_labels()[1] else None)
@@ -121,7 +185,7 @@ def seed_strip(runs: pd.DataFrame, metric: str, shots: int) -> Figure:
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     label = METRIC_LABELS.get(metric, metric)
-    _style(ax, xlabel="configuration", ylabel=f"{label} on test, one dot per seed", title=f"Per-seed {label} at {shots} shots (bar: mean)")
+    _style(ax, xlabel="configuration", ylabel=f"{label} on test, one dot per seed", title=f"Per-seed {label} at {subset_words(sub, shots)} (bar: mean)")
     fig.tight_layout()
     return fig
 

@@ -17,6 +17,7 @@ from typing import Sequence
 import pandas as pd
 
 from featpipe.core.errors import DataError
+from featpipe.core.log import notice
 from featpipe.evaluation.table import KEY_COLUMNS, RUNS_CSV, key_frame, read_runs, upsert_runs
 from featpipe.results.summary import write_metrics_json
 
@@ -25,7 +26,8 @@ def collect(sources: Sequence[str | Path], out_dir: str | Path, *, clinical, spl
             select_metric: str | None = None) -> pd.DataFrame:
     """Upsert the ``runs.csv`` files of ``sources`` (files, or folders searched recursively) into
     ``<out_dir>/runs.csv`` (its own rows kept where no source has their key; replaced atomically), then
-    recompute ``<out_dir>/metrics.json``; returns the table."""
+    recompute ``<out_dir>/metrics.json``; returns the table. A folder that does not exist (or holds no table) is
+    an empty branch of the study and is skipped with a notice; at least one source must hold runs."""
     files: list[Path] = []
     for src in sources:
         p = Path(src)
@@ -33,12 +35,14 @@ def collect(sources: Sequence[str | Path], out_dir: str | Path, *, clinical, spl
             files.append(p)
         elif p.is_dir():
             files.extend(sorted(p.rglob(RUNS_CSV)))
-        else:
-            raise DataError(f"results {p} not found: run the fit and fine-tuning stages first")
+        elif p.suffix == ".csv":
+            raise DataError(f"results file {p} not found: run the fit and fine-tuning stages first")
+        else:  # a branch the study leaves empty (finetune.backbones: [], fit.heads: []): nothing to merge
+            notice(f"{p}: no such folder, skipped (a branch of the study with no runs)")
     out = Path(out_dir) / RUNS_CSV
     files = [f for f in files if f.resolve() != out.resolve()]
     if not files:
-        raise DataError(f"no {RUNS_CSV} under {', '.join(map(str, sources))}")
+        raise DataError(f"no {RUNS_CSV} under {', '.join(map(str, sources))}: run the fit or fine-tuning stages first")
     rows = pd.concat([read_runs(f) for f in files], ignore_index=True)
     rows = key_frame(rows).drop_duplicates(list(KEY_COLUMNS), keep="last")  # as if each file had been upserted in turn
     table = upsert_runs(out, rows.to_dict("records"))

@@ -49,6 +49,7 @@ from featpipe.results.summary import (
     degenerate_flags,
     select_best,
 )
+from featpipe.params.study import METRIC_NAMES
 
 COLUMNS = ["shots", "config_a", "config_b", "metric", "n_seeds", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm",
            "seed_ci_low", "seed_ci_high", "family", "min_p_holm", "boot_ci_low", "boot_ci_high", "degenerate_a",
@@ -205,7 +206,7 @@ def compare_runs(runs: pd.DataFrame, preds: TestPredictions | None, *, settings,
     if c.bootstrap > 0:
         for k, a, b in sorted(chosen_pairs(entries, select_metric, c.pairs)):
             seeds = _paired_seeds(runs, a, b, k)
-            for metric in c.metrics:
+            for metric in (m for m in c.metrics if m in METRIC_NAMES):  # per-class metrics: seed comparison only
                 lo, hi = bootstrap_interval(preds, run_ids(runs, a, k, seeds), run_ids(runs, b, k, seeds),
                                             metric=metric, n_boot=c.bootstrap, seed=c.seed)
                 sel = (table["shots"] == k) & (table["metric"] == metric)

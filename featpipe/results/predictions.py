@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from featpipe.core.errors import DataError
+from featpipe.core.names import proba_column
 from featpipe.evaluation.metrics import fast_scores
 from featpipe.evaluation.table import read_predictions
 from featpipe.results.stats import PatientResampler, metric_units
@@ -43,7 +44,7 @@ class TestPredictions:
         if todo:
             df = (self.frame[self.frame["run_id"].astype(str).isin(todo)] if self.frame is not None
                   else read_predictions(self.results_dir, todo))
-            cols = [f"p[{c}]" for c in self.classes]
+            cols = [proba_column(c) for c in self.classes]
             for rid, g in df[df["split"] == "test"].groupby("run_id", sort=False):
                 g = g.sort_values("id", kind="stable")
                 thr = g["threshold"].iloc[0]

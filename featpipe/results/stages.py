@@ -11,7 +11,7 @@ from it (:func:`featpipe.results.summary.write_metrics_json`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,7 @@ from featpipe.evaluation.table import RunJournal
 from featpipe.fewshot.fit import RunResult, load_cache, run_grid
 from featpipe.params.config import Params
 from featpipe.results.stats import bootstrap_ci
-from featpipe.results.summary import summarize_runs, write_metrics_json
+from featpipe.results.summary import format_per_class, per_class_summary, summarize_runs, write_metrics_json
 
 
 def finish(journal: RunJournal, *, params: Params, results_dir: str | Path, splits: Splits) -> pd.DataFrame:
@@ -93,10 +93,20 @@ def sweep(splits_path: str | Path, *, params: Params, cache_dir: str | Path = "c
     return runs
 
 
-def summarize_results(runs: Iterable[RunResult], *, params: Params) -> dict:
-    """{config name: per-metric summary across seeds + clinical flag} for these runs only."""
-    return summarize_runs(pd.DataFrame([r.row for r in runs]), clinical=params.clinical,
-                          select_metric=params.report.metric)
+def summarize_results(runs: Iterable[RunResult | Mapping], *, params: Params) -> dict:
+    """{config name: per-metric summary across seeds + clinical flag} for these runs (results or rows) only."""
+    return summarize_runs(_frame(runs), clinical=params.clinical, select_metric=params.report.metric)
+
+
+def per_class_results(runs: Iterable[RunResult | Mapping], *, params: Params) -> str:
+    """The per-class table (precision, recall, F1 over seeds) of the val-chosen configurations of these runs."""
+    df = _frame(runs)
+    summary = summarize_runs(df, clinical=params.clinical, select_metric=params.report.metric)
+    return format_per_class(per_class_summary(df, summary, params.report.metric))
+
+
+def _frame(runs: Iterable[RunResult | Mapping]) -> pd.DataFrame:
+    return pd.DataFrame([r.row if isinstance(r, RunResult) else dict(r) for r in runs])
 
 
 def bootstrap_table(runs: Sequence[RunResult], *, seed: int, manifest_path: str | Path, n_boot: int) -> str:

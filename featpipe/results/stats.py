@@ -164,6 +164,37 @@ def clinical_grade(summary: Mapping[str, Mapping[str, float]], *, n_classes: int
     return not clinical_check(summary, n_classes=n_classes, params=params, chosen_on_val=chosen_on_val)
 
 
+def published_check(summary: Mapping[str, Mapping[str, float]], *, n_classes: int, params) -> list[str]:
+    """The failed conditions of the source study's own clinical-grade rule (``clinical.rule: published``):
+    **mean** accuracy >= ``min_accuracy_binary`` (2 classes) or ``min_accuracy_multiclass``, std of accuracy
+    across seeds < ``max_std``, **mean** AUROC >= ``min_auroc``. No interval, seed count, sensitivity,
+    specificity or selection condition (featpipe's rule, :func:`clinical_check`, adds them)."""
+    acc, auc = summary.get("accuracy", {}), summary.get("auroc", {})
+    need = params.min_accuracy_binary if n_classes == 2 else params.min_accuracy_multiclass
+    failed = []
+    for name, value, ok, text in (
+            ("accuracy", acc.get("mean", math.nan), lambda v: v >= need, f"< {need:.2f}"),
+            ("accuracy std", acc.get("std", math.nan), lambda v: v < params.max_std, f">= {params.max_std:.2f}"),
+            ("AUROC", auc.get("mean", math.nan), lambda v: v >= params.min_auroc, f"< {params.min_auroc:.2f}")):
+        if not math.isfinite(value):
+            failed.append(f"{name} undefined")
+        elif not ok(value):
+            failed.append(f"{'mean ' if 'std' not in name else ''}{name} {value:.3f} {text}")
+    return failed
+
+
+def clinical_failures(summary: Mapping[str, Mapping[str, float]], *, n_classes: int, params,
+                      chosen_on_val: bool | None = True) -> list[str]:
+    """The failed conditions under the rule ``params.rule`` names: ``featpipe`` (:func:`clinical_check`) or
+    ``published`` (:func:`published_check`)."""
+    if getattr(params, "rule", "featpipe") == "published":
+        return published_check(summary, n_classes=n_classes, params=params)
+    return clinical_check(summary, n_classes=n_classes, params=params, chosen_on_val=chosen_on_val)
+
+
+RULE_NAMES = {"featpipe": "featpipe's rule", "published": "the published study's rule"}
+
+
 # --------------------------------------------------------------------------- patient bootstrap
 
 

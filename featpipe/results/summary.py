@@ -3,9 +3,10 @@
 The table itself (``runs.csv``, its key, the per-run predictions and curves files) is written by
 :mod:`featpipe.evaluation.table`; everything here is derived from its rows.
 
-``results/metrics.json`` (for ``dvc metrics show``) is always recomputed from the table's rows **of the
+``results/summary.json`` and its headline ``results/metrics.json`` (for ``dvc metrics show``: per shot count
+the configuration chosen on val and its test metric) are always recomputed from the table's rows **of the
 current splits file** (its sha256): rows of another split are set aside, counted under ``_provenance``,
-never pooled. Per configuration: each metric's mean/std/interval/min/max/spread across seeds (test and
+never pooled. Per configuration in ``summary.json``: each metric's mean/std/interval/min/max/spread across seeds (test and
 ``val_``; :func:`featpipe.results.stats.seed_summary`), the number of degenerate runs, whether it is the
 configuration chosen on val at its shot count, and the clinical-grade flag with the conditions it failed.
 """
@@ -25,9 +26,10 @@ from featpipe.core.locks import build_lock
 from featpipe.core.names import config_name, params_tag
 from featpipe.evaluation.metrics import SUMMARY_METRICS
 from featpipe.evaluation.table import KEY_COLUMNS, RUNS_CSV, key_frame, read_runs
-from featpipe.results.stats import Sampling, clinical_check, n_classes_of, seed_summary, test_size
+from featpipe.results.stats import Sampling, clinical_failures, n_classes_of, seed_summary, test_size
 
-METRICS_JSON = "metrics.json"
+METRICS_JSON = "metrics.json"  # the headline numbers (dvc metrics show)
+SUMMARY_JSON = "summary.json"  # every configuration's summary
 LOWER_IS_BETTER = ("brier",)
 
 
@@ -75,8 +77,8 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
     group_cols = [c for c in KEY_COLUMNS if c != "seed"]
     out: dict = {}
     groups = list(df.groupby(group_cols, sort=True, dropna=False))
-    names = [config_name(dict(zip(group_cols, key))) for key, _ in groups]
-    metrics = list(metrics)
+    names = [config_name({**dict(zip(group_cols, key)), "fraction": _first(g, "fraction")}) for key, g in groups]
+    metrics = list(metrics) + ([select_metric] if select_metric and select_metric not in metrics else [])
     frames: dict = {}
     for (key, g), name in zip(groups, names):
         row = dict(zip(group_cols, key))
@@ -92,6 +94,10 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
         entry["config"] = str(g["_label"].iloc[0])
         entry["shots"] = int(row["shots"])
         entry["head_params"] = row["head_params"]
+        entry["capped"] = _capped(g)
+        if _first(g, "fraction") is not None:  # a training-set fraction: shots is the subset's size
+            entry["fraction"] = float(_first(g, "fraction"))
+            entry["images_per_class"] = str(_first(g, "images_per_class") or "")
         out[name], frames[name] = entry, g
     chosen = select_best(out, select_metric) if select_metric else {}
     for name, entry in out.items():
@@ -102,18 +108,35 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
             g = frames[name]
             entry |= {m: seed_summary(g, m, n_classes=entry["n_classes"], sampling=sampling)
                       for m in metrics if m in g.columns}
-        failed = clinical_check(entry, n_classes=entry["n_classes"], params=clinical, chosen_on_val=entry["chosen_on_val"])
+        failed = clinical_failures(entry, n_classes=entry["n_classes"], params=clinical, chosen_on_val=entry["chosen_on_val"])
         entry["clinical_grade"] = not failed
+        entry["clinical_rule"] = getattr(clinical, "rule", "featpipe")
         entry["clinical_failed"] = failed
         entry["test_size"] = test_size(entry.get("accuracy", {}))
     return out
+
+
+def _first(g: pd.DataFrame, col: str):
+    """The first non-empty value of ``col`` in ``g`` (None when the column is absent or empty)."""
+    if col not in g.columns:
+        return None
+    vals = [v for v in g[col] if v is not None and v == v and v != ""]
+    return vals[0] if vals else None
+
+
+def _capped(g: pd.DataFrame) -> str:
+    """The rows' capping to the class size ("normal=150"; "" when k images of every class were used)."""
+    if "capped" not in g.columns:
+        return ""
+    vals = [v for v in g["capped"] if isinstance(v, str) and v]  # empty cells read back as NaN
+    return vals[0] if vals else ""
 
 
 def config_frame(df: pd.DataFrame) -> pd.DataFrame:
     """The table with key columns normalised for grouping runs into configurations: scratch fine-tuning's
     per-seed initialisation (``random:seed<n>``) is one configuration across seeds."""
     df = key_frame(df)
-    df["weights_id"] = df["weights_id"].str.replace(r"^random:seed\d+$", "random:seed<run>", regex=True)
+    df["weights_id"] = df["weights_id"].str.replace(r"^random:seed\d+(?=$|@)", "random:seed<run>", regex=True)
     return df
 
 
@@ -121,7 +144,7 @@ def config_labels(df: pd.DataFrame) -> pd.Series:
     """A configuration name per row, without dataset and shots: ``backbone[@layer][+weights]/head``, plus
     ``#<hash>`` of head params and weights identity where two configurations of the table would collide."""
     f = config_frame(df)
-    base = [config_name(r).split("/", 1)[1].rsplit("/k", 1)[0] for r in f.to_dict("records")]
+    base = [config_name(r).split("/", 1)[1].rsplit("/", 1)[0] for r in f.to_dict("records")]
     ident = [params_tag([hp, w]) for hp, w in zip(f["head_params"], f["weights_id"])]
     seen: dict[str, set] = {}
     for b, i in zip(base, ident):
@@ -176,10 +199,12 @@ def selection_metric(summary: Mapping[str, Mapping], metric: str, shots: int) ->
 
 def write_metrics_json(results_dir: str | Path, *, clinical, split_sha256: str | None = None,
                        select_metric: str | None = None) -> Path:
-    """Recompute ``<results_dir>/metrics.json`` from ``<results_dir>/runs.csv`` (rows of ``split_sha256``
-    only; NaN written as null). ``_provenance`` records the split, the selection rule, what was set aside
-    and ``runs_sha256``, the hash of the table it summarises (:func:`check_metrics_json`). Done under the
-    table's lock, so the last writer's summary is of the last table."""
+    """Recompute ``<results_dir>/summary.json`` (every configuration, :func:`summarize_runs`) and the small
+    ``<results_dir>/metrics.json`` that ``dvc metrics show`` and ``dvc exp show`` print (:func:`headline`)
+    from ``<results_dir>/runs.csv`` (rows of ``split_sha256`` only; NaN written as null). ``_provenance`` (in
+    both) records the split, the selection rule, what was set aside and ``runs_sha256``, the hash of the table
+    they summarise (:func:`check_metrics_json`). Done under the table's lock, so the last writer's summary is of
+    the last table. Returns the path of ``metrics.json``."""
     d = Path(results_dir)
     d.mkdir(parents=True, exist_ok=True)
     with build_lock(d / RUNS_CSV, what="the results table"):
@@ -190,9 +215,33 @@ def write_metrics_json(results_dir: str | Path, *, clinical, split_sha256: str |
                                   "set_aside": int(len(table) - len(kept)), "note": note,
                                   "runs_sha256": _table_sha256(d),
                                   "selection": f"best mean val_{select_metric}, reported on test" if select_metric else None}
+        atomic_write(d / SUMMARY_JSON, json.dumps(_clean(summary), indent=1, sort_keys=True))
         path = d / METRICS_JSON
-        atomic_write(path, json.dumps(_clean(summary), indent=1, sort_keys=True))
+        head = headline(summary, select_metric) | {"_provenance": summary["_provenance"]}
+        atomic_write(path, json.dumps(_clean(head), indent=1, sort_keys=True))
     return path
+
+
+def headline(summary: Mapping[str, Mapping], metric: str | None) -> dict:
+    """The few numbers of a study (``metrics.json``): per shot count ``k<k>``, the configuration chosen on val
+    and its test ``metric`` (mean and 95% seed interval) and clinical-grade flag; the run and configuration
+    counts. Everything else is in ``summary.json``."""
+    prov = summary.get("_provenance", {})
+    entries = [e for n, e in summary.items() if not n.startswith("_")]
+    out: dict = {"metric": metric, "clinical_rule": entries[0].get("clinical_rule") if entries else None,
+                 "runs": prov.get("runs"), "set_aside": prov.get("set_aside"),
+                 "configurations": len({e["config"] for n, e in summary.items() if not n.startswith("_")})}
+    if metric:
+        for k, name in select_best({n: e for n, e in summary.items() if not n.startswith("_")}, metric).items():
+            e, s = summary[name], summary[name].get(metric, {})
+            key = f"f{e['fraction']:g}" if e.get("fraction") is not None else f"k{k}"
+            out[key] = {"chosen": e["config"], metric: s.get("mean"), "ci_low": s.get("ci_low"),
+                            "ci_high": s.get("ci_high"), "seeds": e.get("n_seeds"), "clinical_grade": e.get("clinical_grade")}
+            if e.get("capped"):
+                out[key]["capped"] = e["capped"]
+            if e.get("fraction") is not None:
+                out[key]["images"] = int(k)
+    return out
 
 
 def _clean(v):
@@ -235,6 +284,52 @@ def degenerate_lines(rows: Iterable[Mapping], limit: int = 10) -> list[str]:
     return lines
 
 
+PER_CLASS_METRICS = ("precision", "recall", "f1")
+
+
+def per_class_summary(df: pd.DataFrame, summary: Mapping[str, Mapping], metric: str) -> list[dict]:
+    """Per class, for the configuration chosen on val at each shot count (:func:`select_best` on ``summary``,
+    made by :func:`summarize_runs` from the same rows ``df``): ``{"shots", "config", "class", "precision",
+    "recall", "f1"}``, each metric a :func:`featpipe.results.stats.seed_summary` over seeds of the test
+    columns ``<metric>[<class>]``."""
+    chosen = select_best(summary, metric) if len(df) else {}
+    if not chosen:
+        return []
+    labels = config_labels(df).to_numpy()
+    shots = df["shots"].astype(int).to_numpy()
+    classes = [c[3:-1] for c in df.columns if c.startswith("f1[")]
+    out = []
+    for k, name in chosen.items():
+        g = df[(labels == summary[name]["config"]) & (shots == k)]
+        for cls in classes:
+            e = summary[name]
+            subset = f"f{e['fraction']:g}" if e.get("fraction") is not None else str(k)
+            out.append({"shots": k, "subset": subset, "config": e["config"], "class": cls,
+                        **{m: seed_summary(g, f"{m}[{cls}]") for m in PER_CLASS_METRICS}})
+    return out
+
+
+def _mean_ci(s: Mapping) -> str:
+    if not s or not s.get("n"):
+        return "-"
+    ci = f" [{s['ci_low']:.3f}, {s['ci_high']:.3f}]" if math.isfinite(s.get("ci_low", math.nan)) else ""
+    return f"{s['mean']:.3f}{ci}"
+
+
+def format_per_class(rows: Iterable[Mapping]) -> str:
+    """One plain-text table: per shot count and class, the val-chosen configuration's test precision, recall
+    and F1 (mean [95% interval] over seeds)."""
+    rows = list(rows)
+    if not rows:
+        return ""
+    lines = ["per class, configuration chosen on val at each shot count (test; mean [95% CI] over seeds):",
+             f"  {'k / f':>5}  {'class':<16}{'precision':<24}{'recall':<24}{'F1':<24}configuration"]
+    for r in rows:
+        lines.append(f"  {r['subset']:>5}  {str(r['class'])[:15]:<16}{_mean_ci(r['precision']):<24}"
+                     f"{_mean_ci(r['recall']):<24}{_mean_ci(r['f1']):<24}{r['config']}")
+    return "\n".join(lines)
+
+
 def format_summary(summary: Mapping[str, Mapping]) -> str:
     """Plain-text tables (one per configuration): metric, mean, std, the 95% headline interval (seed and test
     luck), min, max, spread."""
@@ -246,7 +341,11 @@ def format_summary(summary: Mapping[str, Mapping]) -> str:
         if entry.get("clinical_failed"):
             flag += " (" + "; ".join(entry["clinical_failed"]) + ")"
         degen = f"; {entry['n_degenerate']} degenerate run(s)" if entry.get("n_degenerate") else ""
-        lines.append(f"{name}  ({entry.get('n_seeds', '?')} seeds{degen}; clinical-grade: {flag})")
+        cap = f"; capped to the class size: {entry['capped']}" if entry.get("capped") else ""
+        if entry.get("fraction") is not None:
+            cap += f"; {entry['shots']} training images: {entry.get('images_per_class', '')}"
+        rule = "" if entry.get("clinical_rule", "featpipe") == "featpipe" else f" ({entry['clinical_rule']} rule)"
+        lines.append(f"{name}  ({entry.get('n_seeds', '?')} seeds{degen}{cap}; clinical-grade{rule}: {flag})")
         if entry.get("selection_note"):
             lines.append(f"  note: {entry['selection_note']}")
         lines.append(f"  {'metric':<22}{'mean':>8}{'std':>8}   {'95% CI (both)':<17}{'seeds':<17}{'test':<17}"

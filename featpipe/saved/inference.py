@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from featpipe.core.names import proba_column
 from featpipe.evaluation.metrics import predict_labels
 from featpipe.imaging.memory import as_list, image_label, to_pixels
 from featpipe.saved.load import LoadedModel, load_model
@@ -40,7 +41,7 @@ def predict_proba(model, images, *, batch_size: int = 32) -> np.ndarray:
 
 def predict_images(model, images, *, batch_size: int = 32) -> pd.DataFrame:
     """A table of ``image`` (its path, or ``<memory:i>``), ``predicted`` (class name, by the run's decision
-    rule) and ``p(<class>)`` per class, one row per image in the order given."""
+    rule) and ``p[<class>]`` per class, one row per image in the order given."""
     m = loaded(model)
     items = as_list(images)
     proba = predict_proba(m, items, batch_size=batch_size)
@@ -49,5 +50,5 @@ def predict_images(model, images, *, batch_size: int = 32) -> pd.DataFrame:
     table = pd.DataFrame({"image": [image_label(im, i) for i, im in enumerate(items)],
                           "predicted": [classes[i] for i in pred]})
     for j, c in enumerate(classes):
-        table[f"p({c})"] = proba[:, j]
+        table[proba_column(c)] = proba[:, j]
     return table

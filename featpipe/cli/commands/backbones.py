@@ -6,6 +6,7 @@ from __future__ import annotations
 from featpipe.backbones.forward import POOLINGS
 from featpipe.backbones.registry import get, names
 from featpipe.core.errors import FeatpipeError
+from featpipe.finetune.strategies import strategy_rules
 
 NAMING = """Other backbones, by library (wherever a backbone name is accepted: --backbone, extract.backbones,
 finetune.backbones; quote names with ':' '/' '#' in YAML and shells):
@@ -22,6 +23,9 @@ only when online (FEATPIPE_OFFLINE=1 forbids it)."""
 
 def add_arguments(parser) -> None:
     parser.add_argument("--all", action="store_true", help="also list the tiny test backbones")
+    parser.add_argument("--details", action="store_true",
+                        help="also what each fine-tuning strategy freezes and trains, per backbone "
+                             "(the preprocessing of each is always listed)")
 
 
 def _row(name: str) -> tuple[str, ...]:
@@ -48,6 +52,12 @@ def run(args, params) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
         if r[0] in details:
             print("    preprocessing: " + details[r[0]])
+    if args.details:
+        for name in names(tiny=None if args.all else False):
+            s = get(name)
+            print(f"\n{s.name} ({s.family}): what fine-tuning trains")
+            for strategy, text in strategy_rules(s.family):
+                print(f"  {strategy:<10}{text}")
     print()
     print(NAMING)
     return 0

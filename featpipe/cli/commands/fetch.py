@@ -3,6 +3,8 @@ optionally the stamp of featpipe's own code (what every DVC stage depends on).""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from featpipe.core.codestamp import write_code_stamp
 from featpipe.data.changes import against_manifest
 from featpipe.data.fetch import write_fingerprint
@@ -17,6 +19,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--manifest", default="data/manifest.csv",
                         help="the current manifest: say which images were added, removed, changed or relabelled "
                              "since it was written (default: data/manifest.csv)")
+    parser.add_argument("--branch-dirs", nargs="*", default=[], metavar="DIR",
+                        help="make these folders if missing (the DVC pipeline's results/models folders: a branch "
+                             "a study leaves empty, e.g. finetune.backbones: [], is then an empty folder, not a "
+                             "missing dependency)")
 
 
 def run(args, params) -> int:
@@ -29,4 +35,6 @@ def run(args, params) -> int:
         stamp = write_code_stamp(args.code_stamp)
         print(f"featpipe {stamp['featpipe_version']}: {stamp['files']} source files, "
               f"sha256 {stamp['sources_sha256'][:12]}")
+    for folder in args.branch_dirs:
+        Path(folder).mkdir(parents=True, exist_ok=True)
     return 0

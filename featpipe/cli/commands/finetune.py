@@ -7,9 +7,11 @@ from pathlib import Path
 
 from featpipe.cli import executor
 from featpipe.core.errors import ConfigError
+from featpipe.cli.commands.fit import print_table
 from featpipe.data.splits import load_splits
-from featpipe.finetune.run import Job, Paths, decode_options, grid, resolve_job, run_jobs
-from featpipe.results.summary import degenerate_lines, split_note, write_metrics_json
+from featpipe.finetune.run import Job, Paths, arm_jobs, decode_options, grid, resolve_job, run_jobs
+from featpipe.results.stages import per_class_results, summarize_results
+from featpipe.results.summary import degenerate_lines, format_summary, split_note, write_metrics_json
 
 
 def add_arguments(parser) -> None:
@@ -25,6 +27,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cache-dir", default="cache", help="cache folder holding decoded-<size>.h5 (default: cache)")
     parser.add_argument("--results", default="results", help="results folder (default: results)")
     parser.add_argument("--models", default="models", help="models folder (default: models)")
+    parser.add_argument("--arm", action="append", default=None, metavar="NAME",
+                        help="run this arm of finetune.arms (its own backbone, strategy and settings); repeatable "
+                             "(default without --backbone/--strategy: backbones x strategies and every arm)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     executor.add_argument(parser)
 
@@ -37,12 +42,19 @@ def run(args, params) -> int:
         p = replace(p, weights=args.weights)
     if args.layer:
         p = replace(p, layer=args.layer)
+    if not p.shots:  # finetune.shots: [] = every subset of the splits file (k shots or split.fractions)
+        p = replace(p, shots=tuple(load_splits(args.splits).subset_keys()))
     one = (args.backbone, args.strategy, args.shots, args.seed)
-    if all(v is not None for v in one):
+    if args.arm:
+        if args.backbone or args.strategy:
+            raise ConfigError("--arm names its own backbone and strategy: drop --backbone/--strategy")
+        p = replace(p, **{k: (v,) for k, v in zip(("shots", "seeds"), one[2:]) if v is not None})
+        jobs = arm_jobs(p, args.arm)
+    elif all(v is not None for v in one):
         jobs = [Job(args.backbone, args.strategy, args.shots, args.seed, p.layer if args.strategy == "truncated" else None)]
     else:
         p = replace(p, **{k: (v,) for k, v in zip(("backbones", "strategies", "shots", "seeds"), one) if v is not None})
-        jobs = grid(p)
+        jobs = grid(p) + (arm_jobs(p) if args.backbone is None and args.strategy is None else [])
     paths = Paths(Path(args.manifest), Path(args.splits), Path(args.cache_dir), Path(args.results), Path(args.models))
     build = decode_options(params, args.manifest)
     ep = params.engine
@@ -57,6 +69,9 @@ def run(args, params) -> int:
                         cpus=ep.finetune_cpus, gpus=ep.finetune_gpus)
     sha = load_splits(args.splits).sha256
     write_metrics_json(args.results, clinical=params.clinical, split_sha256=sha, select_metric=params.report.metric)
+    if rows:  # the summary across seeds of these runs, as fit and sweep print it
+        print(format_summary(summarize_results(rows, params=params)))
+        print_table(per_class_results(rows, params=params))
     for line in degenerate_lines(rows):
         print(line)
     if split_note(args.results, sha):

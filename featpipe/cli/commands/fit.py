@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from featpipe.heads.registry import names as _head_names
-from featpipe.results.stages import bootstrap_table, fit
+from featpipe.results.stages import bootstrap_table, fit, per_class_results
 from featpipe.results.summary import degenerate_lines, format_summary, split_note
 
 HEAD_CHOICES = tuple(_head_names())  # the head registry
@@ -33,12 +33,19 @@ def run(args, params, head: str | None = None) -> int:
                         backbone=args.backbone, cache_dir=args.cache_dir, results_dir=args.results,
                         models_dir=args.models, layer=args.layer, weights=args.weights, n_jobs=args.n_jobs)
     print(format_summary(summary))
+    print_table(per_class_results(runs, params=params))
     print_notes(runs, args.results)
     print(f"wrote {len(runs)} rows to {args.results}/runs.csv and {args.results}/metrics.json"
           + (f"; heads in {args.models}/" if params.fit.save_models else ""))
     if args.bootstrap_seed is not None:
         print(bootstrap_table(runs, seed=args.bootstrap_seed, manifest_path=args.manifest, n_boot=params.fit.bootstrap))
     return 0
+
+
+def print_table(text: str) -> None:
+    """Print a table, or nothing when it is empty (no line of its own)."""
+    if text:
+        print(text)
 
 
 def print_notes(runs, results_dir) -> None:

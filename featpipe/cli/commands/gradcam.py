@@ -6,7 +6,7 @@ import sys
 
 from featpipe.core.errors import ConfigError
 from featpipe.decoded.cache import DecodeOptions
-from featpipe.explain.run import explain_model, resolve_models
+from featpipe.explain.run import empty_branches, explain_model, resolve_models
 
 
 def add_model_arguments(parser, *, out_help: str) -> None:
@@ -37,14 +37,16 @@ def add_arguments(parser) -> None:
 
 def run(args, params) -> int:
     g = params.gradcam
-    models = list(args.model) or resolve_models(g.runs, args.models)
+    models = list(args.model) or resolve_models(g.runs, args.models, skip_branches=empty_branches(params))
     if not models:
         if not args.allow_empty:
             raise ConfigError("no model to explain: pass --model FILE or list model files in params gradcam.runs")
         from pathlib import Path
 
         Path(args.out).mkdir(parents=True, exist_ok=True)  # an empty, valid output for the pipeline
-        print(f"gradcam.runs is empty: nothing to render (name runs there, e.g. tiny_cnn-logistic-k20-s0) -> {args.out}")
+        why = ("gradcam.runs is empty" if not g.runs else "every gradcam.runs entry is a run of a branch this study "
+               "leaves empty")
+        print(f"{why}: nothing to render (name runs there, e.g. tiny_cnn-logistic-k20-s0) -> {args.out}")
         return 0
     per = args.from_test if args.from_test is not None else g.per_outcome
     if per < 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from featpipe.cli.commands.gradcam import add_model_arguments
 from featpipe.core.errors import ConfigError
 from featpipe.decoded.cache import DecodeOptions
-from featpipe.explain.run import resolve_models, sanity_model
+from featpipe.explain.run import empty_branches, resolve_models, sanity_model
 
 
 def add_arguments(parser) -> None:
@@ -15,7 +15,7 @@ def add_arguments(parser) -> None:
 
 def run(args, params) -> int:
     g = params.gradcam
-    models = list(args.model) or resolve_models(g.runs, args.models)
+    models = list(args.model) or resolve_models(g.runs, args.models, skip_branches=empty_branches(params))
     if not models:
         raise ConfigError("no model to check: pass --model FILE or list model files in params gradcam.runs")
     per = args.from_test if args.from_test is not None else g.per_outcome

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from featpipe.cli import executor
-from featpipe.cli.commands.fit import print_notes
-from featpipe.results.stages import summarize_results, sweep
+from featpipe.cli.commands.fit import print_notes, print_table
+from featpipe.results.stages import per_class_results, summarize_results, sweep
 from featpipe.results.summary import format_summary
 
 
@@ -28,6 +28,7 @@ def run(args, params) -> int:
         runs = sweep(args.splits, params=params, cache_dir=args.cache_dir, results_dir=args.results,
                      models_dir=args.models, backbones=args.backbones, heads=args.heads, engine=engine)
     print(format_summary(summarize_results(runs, params=params)))
+    print_table(per_class_results(runs, params=params))
     print_notes(runs, args.results)
     print(f"{len(runs)} runs in {time.perf_counter() - t0:.1f} s; wrote {args.results}/runs.csv and {args.results}/metrics.json")
     return 0
