@@ -40,6 +40,7 @@ from featpipe.backbones.registry import get  # noqa: E402
 from featpipe.core.runtime import Runtime  # noqa: E402
 from featpipe.decoded.build import build_decoded  # noqa: E402
 from featpipe.features.extract import extract  # noqa: E402
+from featpipe.imaging.decode import content_sha256  # noqa: E402
 from featpipe.params.config import DecodeParams, ExtractParams  # noqa: E402
 
 FIGURE1 = ROOT.parent / "shared" / "data" / "figure1-covid-cxr" / "images"
@@ -116,9 +117,10 @@ def synthetic_manifest(tmp: Path, n: int, side: int) -> pd.DataFrame:
     path = tmp / "synthetic.npz"
     np.savez(path, images=images)
     ids = [f"img{i:06d}" for i in range(n)]
-    return pd.DataFrame({"id": ids, "path": [f"{path}#images/{i}" for i in range(n)], "label": [i % 2 for i in range(n)],
+    refs = [f"{path}#images/{i}" for i in range(n)]
+    return pd.DataFrame({"id": ids, "path": refs, "label": [i % 2 for i in range(n)],
                          "label_name": [("a", "b")[i % 2] for i in range(n)], "patient_id": ids, "source_split": "",
-                         "sha256": [f"{i:064x}" for i in range(n)], "width": side, "height": side})
+                         "sha256": [content_sha256(r) for r in refs], "width": side, "height": side})
 
 
 def loop(name: str, manifest: pd.DataFrame, tmp: Path, *, batch: int, device: str, precision: str) -> float:
