@@ -56,7 +56,7 @@ def test_compare_cli_writes_comparisons_with_a_patient_bootstrap(tmp_path, capsy
     assert len(table) == 2 * 2 and (table["family"] == 2).all()
     for k, g in table.groupby("shots"):
         val = runs[runs["shots"] == k].groupby("head")["val_auroc"].mean()
-        assert set(g["config_a"]) == {f"toy/{val.idxmax()}"}
+        assert set(g["config_a"]) == {f"toy+random/{val.idxmax()}"}  # label: backbone+weights/head
     assert (table["n_seeds"] == 5).all() and table["p_holm"].ge(table["p_value"]).all()
     assert np.allclose(table["min_p_holm"], 2 * 2 / 2 ** 5)
     # the headline interval adds the test-sampling part to the seed interval: never narrower
