@@ -183,7 +183,7 @@ def _sidecar(data: CacheData, rec: RunRecord, *, head: str, hp: dict) -> dict:
 # --------------------------------------------------------------------------- many runs
 
 
-_COST = {"mlp": 3.0, "logistic": 2.0, "svc": 2.0, "prototype": 0.2}  # relative time of one run, by head
+_COST = {"mlp": 3.0, "logistic": 2.0, "svc": 2.0, "prototype": 0.2, "knn": 0.3}  # relative time of one run, by head
 
 
 def _cost(task: tuple) -> float:

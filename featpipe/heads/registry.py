@@ -1,6 +1,7 @@
 """The head registry: one :class:`HeadSpec` per head module, the one list of heads.
 
-A head is one module of :mod:`featpipe.heads` (``svc.py``, ``logistic.py``, ``mlp.py``, ``prototype.py``) that
+A head is one module of :mod:`featpipe.heads` (``svc.py``, ``logistic.py``, ``mlp.py``, ``prototype.py``,
+``knn.py``) that
 holds its scikit-learn estimator and factory, which of its settings name a configuration, and ends with
 ``HEAD = dict(...)`` (the fields of :class:`HeadSpec`). Its parameters dataclass (the ``heads.<name>`` section
 of ``params.yaml``) lives in :mod:`featpipe.params.heads`, its torch twin for Grad-CAM in
@@ -14,7 +15,7 @@ Every head is an UNFITTED ``Pipeline``: ``StandardScaler`` -> optional L2 ``Norm
 ``predict_proba`` (columns in ``classes_`` order) and ``decision_function``.
 
 Hyper-parameter choice happens inside ``fit``, on the k-shot training set only: when every class has at
-least ``heads.cv_folds`` images, C (and gamma for an RBF SVC) is chosen by grid search over a seeded
+least ``heads.cv_folds`` images, C (and gamma for an RBF SVC, k for kNN) is chosen by grid search over a seeded
 ``StratifiedKFold`` (scoring ``heads.cv_scoring``; ties go to the first candidate in grid order, i.e. the
 smaller C): :func:`~featpipe.heads.base.grid_cv` makes exactly ``GridSearchCV``'s choice without its per-fit
 overhead; otherwise the documented default ``heads.<head>.C`` (and ``gamma``) is used. The scaler sees the
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from featpipe.core.errors import ConfigError
-from featpipe.heads import logistic, mlp, prototype, svc
+from featpipe.heads import knn, logistic, mlp, prototype, svc
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class HeadSpec:
     calibrated: bool = True  # predict_proba is a fitted probability (logistic, MLP); False: a monotone score
 
 
-_MODULES = (logistic, mlp, prototype, svc)  # the head modules; the package's other modules are shared code
+_MODULES = (knn, logistic, mlp, prototype, svc)  # the head modules; the package's other modules are shared code
 
 REGISTRY: dict[str, HeadSpec] = dict(sorted((m.HEAD["name"], HeadSpec(**m.HEAD)) for m in _MODULES))
 HEADS: dict[str, Callable] = {name: spec.factory for name, spec in REGISTRY.items()}
