@@ -30,6 +30,7 @@ from featpipe.data.manifest import ids_sha256
 from featpipe.data.splits import Splits
 from featpipe.engine.base import Executor
 from featpipe.engine.local import LocalExecutor
+from featpipe.evaluation.calibration import apply_temperature, fit_temperature
 from featpipe.evaluation.record import Outputs, RunRecord, check_disjoint, record_run
 from featpipe.features.cache import cache_path, read_features
 from featpipe.heads.base import one_blas_thread
@@ -143,6 +144,7 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
         model = fit_pipeline(make_head(head, params.heads, seed=seed), data.X[tr], y_tr, kind=params.heads.scaler,
                              pool=lambda center: _pool(data, splits, center))
         proba = model.predict_proba(data.X[np.r_[va, data.test]])  # one pass over val + test
+    proba, temperature = _calibrate(proba, data.y[va], params.heads.calibrate)
     clf = model[-1]
     key = {"dataset": splits.dataset, "backbone": data.backbone, "weights": data.weights,
            "weights_id": data.attrs.get("weights_id", ""), "layer": data.layer, "head": head,
@@ -150,20 +152,35 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
     own = {"features": data.attrs.get("features", ""),  # which embedding the cache holds (cls, mean, avgpool, ...)
            "scaler_ids_sha256": ids_sha256(splits.train) if params.heads.scaler in ("pool", "center") else "",
            "cv_used": bool(getattr(clf, "cv_used_", False)),
-           "chosen_params": canonical_params(getattr(clf, "best_params_", {}))}
+           "chosen_params": canonical_params(getattr(clf, "best_params_", {})),
+           "calibration": params.heads.calibrate, "temperature": temperature}
     test = Outputs(list(splits.test), data.y[data.test], proba[va.size:])
     rec = record_run(key, classes=classes, train_ids=train_ids,
                      val=Outputs(val_ids, data.y[va], proba[: va.size] if va.size else None), test=test,
                      val_policy=splits.val_policy, manifest_sha256=splits.manifest_sha256, columns=own,
-                     with_curves=params.fit.curves, calibrated=get_head(head).calibrated)
+                     with_curves=params.fit.curves,
+                     calibrated=get_head(head).calibrated or params.heads.calibrate == "temperature")
     result = RunResult(rec.row, classes, list(test.ids), test.labels, test.proba, curves=rec.curves,
                        predictions=rec.predictions)
     if models_dir is not None and params.fit.save_models:
         path = model_file(models_dir, data, splits.dataset, head, shots, seed, hp)
-        save_head(path, model, _sidecar(data, rec, head=head, hp=hp))
+        save_head(path, model, _sidecar(data, rec, head=head, hp=hp)
+                  | {"temperature": None if np.isnan(temperature) else temperature})
         result.model_path = str(path)
     rec.row["model_path"] = result.model_path or ""
     return result
+
+
+def _calibrate(proba: np.ndarray, y_val: np.ndarray, how: str) -> tuple[np.ndarray, float]:
+    """``heads.calibrate``: none -> (proba, NaN); temperature -> T fitted on the val rows (the first
+    ``len(y_val)`` rows of ``proba``, val then test) and applied to all of them."""
+    if how == "none":
+        return proba, float("nan")
+    if not len(y_val):
+        raise DataError("heads.calibrate=temperature needs val images: use split.val_policy full or matched "
+                        "with a val split, or heads.calibrate=none")
+    t = fit_temperature(y_val, proba[: len(y_val)])
+    return apply_temperature(proba, t), t
 
 
 def _pool(data: CacheData, splits: Splits, center_only: bool):

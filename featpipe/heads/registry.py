@@ -82,6 +82,8 @@ def head_params(name: str, params) -> dict:
     shared = {"scaler": params.scaler, "l2_normalize": params.l2_normalize}
     if spec.cross_validated:
         shared |= {"cv_folds": params.cv_folds, "cv_scoring": params.cv_scoring}
+    if params.calibrate != "none":  # named only when on: rows and saved heads of the default keep their names
+        shared["calibrate"] = params.calibrate
     return shared | own
 
 

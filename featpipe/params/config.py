@@ -108,6 +108,8 @@ class HeadsParams:
     l2_normalize: bool = False  # L2-normalise each standardised embedding before the classifier
     cv_folds: int = 5  # C (and gamma) are cross-validated when every class has at least this many images
     cv_scoring: Literal["balanced_accuracy", "accuracy"] = "balanced_accuracy"
+    # temperature = the head's log-probabilities divided by a T fitted on the val outputs (NLL), recorded per row
+    calibrate: Literal["none", "temperature"] = "none"
 
 
 def _with_head_sections(shared: type) -> type:
