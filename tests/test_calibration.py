@@ -64,3 +64,32 @@ def test_fit_with_temperature_scaling_records_it_and_keeps_the_ranking(tmp_path)
         assert cal[m] == pytest.approx(plain[m]), m
     meta = json.loads(pd.Series([cal["model_path"]]).map(lambda p: open(p[:-6] + ".json").read())[0])
     assert meta["temperature"] == pytest.approx(cal["temperature"])
+
+
+def test_report_has_the_calibration_section_and_a_reliability_diagram(tmp_path):
+    from featpipe.cli.main import main
+
+    (tmp_path / "none.yaml").write_text("fit:\n  n_jobs: 1\n  bootstrap: 0\n")
+    fx = write_fixture(tmp_path)
+    splits = fx["splits"]  # + the counts `featpipe prepare` writes, which the report's data section shows
+    label = dict(zip(fx["ids"], fx["y"]))
+    splits["counts"] = {p: {c: int(sum(label[i] == j for i in splits[p])) for j, c in enumerate(splits["classes"])}
+                        for p in ("train", "val", "test")}
+    splits["patients"] = {p: len(splits[p]) for p in ("train", "val", "test")}
+    (tmp_path / "data/splits.json").write_text(json.dumps(splits))
+    for head in ("logistic", "svc"):
+        for k in ("2", "5"):
+            assert fit_cli(tmp_path, "--head", head, "--shots", k, "--seeds", "0", "1") == 0
+    assert fit_cli(tmp_path, "--head", "svc", "--shots", "5", "--seeds", "0", "1", "-S", "heads.calibrate=temperature") == 0
+    out = tmp_path / "reports/report.html"
+    assert main(["report", "--manifest", str(tmp_path / "data/manifest.csv"), "--splits", str(tmp_path / "data/splits.json"),
+                 "--results", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+                 "--params", str(tmp_path / "none.yaml")]) == 0
+    html = out.read_text()
+    section = html.split("<h2>Calibration</h2>", 1)[1].split("</section>", 1)[0]
+    assert "15 equal-width confidence bins" in section and "reliability diagrams at 5 shots" in section
+    runs = pd.read_csv(tmp_path / "results/runs.csv")
+    logistic5 = runs[(runs["head"] == "logistic") & (runs["shots"] == 5)]
+    assert f"{logistic5['ece'].mean():.3f}" in section  # the table shows the runs' mean ECE
+    assert section.count("<tr>") == 1 + 3  # header + logistic k2, logistic k5, temperature-scaled svc k5
+    assert "temperature" in section and (tmp_path / "reports/plots/reliability.png").is_file()

@@ -28,6 +28,7 @@ from featpipe.evaluation.metrics import curves
 from featpipe.evaluation.table import read_predictions, read_runs
 from featpipe.params.config import Params, to_dict
 from featpipe.report import plots, selection
+from featpipe.report.calibration import calibration_section
 from featpipe.report.html import page, table
 from featpipe.results.predictions import TestPredictions
 from featpipe.results.summary import current_split
@@ -180,6 +181,8 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
     sections.append(("Is A better than B? Paired comparisons", selection.comparison_section(
         selection.read_comparisons(inp.results, runs, params), best, metric)))
     sections.append(("Degenerate runs", selection.degenerate_section(runs)))
+    sections.append(("Calibration", calibration_section(runs, inp.results, s.classes, save=_save, img=_img,
+                                                        plots_dir=plots_dir)))
     sections.append(("ROC and precision-recall curves of the best runs", _roc_section(inp, runs, s, best, int(mid), plots_dir)))
     training = _training_curves(inp.results)
     if training:
