@@ -93,3 +93,4 @@ def test_report_has_the_calibration_section_and_a_reliability_diagram(tmp_path):
     assert f"{logistic5['ece'].mean():.3f}" in section  # the table shows the runs' mean ECE
     assert section.count("<tr>") == 1 + 3  # header + logistic k2, logistic k5, temperature-scaled svc k5
     assert "temperature" in section and (tmp_path / "reports/plots/reliability.png").is_file()
+    assert "Shots count <b>images</b>" in html  # the report states the shot unit (split.shot_unit)

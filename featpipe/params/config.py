@@ -78,6 +78,9 @@ class SplitParams:
     # (seed, k), nested like the train subsets: a k-shot result uses 2k labelled images per class, as it claims;
     # full: the whole val split (more labelled images than k; benchmarks/results/val_policy.md measures the gap)
     val_policy: Literal["full", "matched"] = "matched"
+    # what a shot is: image = k images per class, one per patient while patients last; patient = k patients per
+    # class with all their images of that class (MedFMC's definition; the matched val subsets count the same way)
+    shot_unit: Literal["image", "patient"] = "image"
 
 
 @dataclass(frozen=True)

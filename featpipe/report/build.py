@@ -87,6 +87,16 @@ def _dataset_section(inp: ReportInputs, splits: dict) -> str:
     return "".join(out)
 
 
+def _shot_unit_note(splits: dict) -> str:
+    """What one shot is (``split.shot_unit`` as recorded in splits.json; files without it: images)."""
+    if splits.get("params", {}).get("shot_unit", "image") == "patient":
+        return ("<p>Shots count <b>patients</b>: a k-shot row was fitted on k patients per class with all their images "
+                "of that class (<code>split.shot_unit: patient</code>, MedFMC's definition; <code>n_train</code> in "
+                "runs.csv gives the images).</p>")
+    return ("<p>Shots count <b>images</b>: k images per class, one per patient while patients last "
+            "(<code>split.shot_unit: image</code>).</p>")
+
+
 def _training_curves(results: Path) -> dict[str, list[dict]]:
     """Fine-tuning loss curves (``<results>/**/training/*.json``), seed-0 runs, grouped by strategy."""
     out: dict[str, list[dict]] = {}
@@ -155,6 +165,7 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
                 "<code>split.val_policy: matched</code> keeps to the k-shot budget" if policy != "matched" else
                 "<b>a val subset of k images per class</b> per seed and k (<code>split.val_policy: matched</code>, the "
                 "true few-shot setting: 2k labelled images per class in all)") + ".</p>"
+             + _shot_unit_note(s.raw)
              + (f"<p class=\"note\">{html.escape(set_aside)}.</p>" if set_aside else ""))
     sections = [("Data set", scope + _dataset_section(inp, s.raw))]
 
