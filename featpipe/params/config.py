@@ -230,6 +230,14 @@ class EngineParams:
 
 
 @dataclass(frozen=True)
+class ZeroshotParams:
+    """Zero-shot configurations (shots = 0) of backbones with a text tower (``featpipe zeroshot``)."""
+
+    prompts: str = "prompts.yaml"  # the prompts file: prompt sets, each with positive (and negative) prompts per class
+    backbones: tuple[str, ...] = ()  # empty = the extract.backbones that have a text tower
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     split: SplitParams = field(default_factory=SplitParams)
@@ -243,6 +251,7 @@ class Params:
     report: ReportParams = field(default_factory=ReportParams)
     compare: CompareParams = field(default_factory=CompareParams)
     engine: EngineParams = field(default_factory=EngineParams)
+    zeroshot: ZeroshotParams = field(default_factory=ZeroshotParams)
 
 
 def configured_backbones(params: Params) -> list[str]:

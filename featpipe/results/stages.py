@@ -20,6 +20,7 @@ from featpipe.data.manifest import read_manifest
 from featpipe.data.splits import Splits, load_splits
 from featpipe.evaluation.table import write_records
 from featpipe.fewshot.fit import RunResult, load_cache, run_grid
+from featpipe.fewshot.zeroshot import zeroshot_runs
 from featpipe.params.config import Params
 from featpipe.results.stats import bootstrap_ci
 from featpipe.results.summary import summarize_runs, write_metrics_json
@@ -70,6 +71,28 @@ def sweep(splits_path: str | Path, *, params: Params, cache_dir: str | Path = "c
                     models_dir=models_dir, n_jobs=n_jobs, engine=engine)
     write_runs(runs, params=params, results_dir=results_dir, splits=splits)
     return runs
+
+
+def zeroshot(splits_path: str | Path, *, params: Params, cache_dir: str | Path = "cache",
+             results_dir: str | Path = "results", backbones: Sequence[str] | None = None,
+             prompts: str | Path | None = None) -> list:
+    """Zero-shot runs (shots = 0, one per prompt set) of ``backbones`` (default: ``zeroshot.backbones``, else the
+    ``extract.backbones`` with a text tower) written like :func:`sweep`'s; returns the run records."""
+    from featpipe.backbones.registry import get as get_backbone
+
+    splits = load_splits(splits_path)
+    names = list(backbones or params.zeroshot.backbones
+                 or [b for b in params.extract.backbones if get_backbone(b).text is not None])
+    if not names:
+        raise FeatpipeError("no backbone with a text tower to run zero-shot with: set zeroshot.backbones "
+                            "(e.g. [medsiglip]) or pass --backbones")
+    records = []
+    for b in names:
+        data = load_cache(cache_dir, splits, b, weights=params.extract.weights)
+        records += zeroshot_runs(data, splits, prompts_path=prompts or params.zeroshot.prompts, cache_dir=cache_dir,
+                                 with_curves=params.fit.curves)
+    write_runs(records, params=params, results_dir=results_dir, splits=splits)
+    return records
 
 
 def summarize_results(runs: Iterable[RunResult], *, params: Params) -> dict:
