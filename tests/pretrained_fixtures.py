@@ -50,8 +50,12 @@ def plant_torchvision(home: Path, spec) -> Path:
 
 
 def plant_hub(home: Path, spec) -> Path:
-    """A hub cache snapshot of ``spec``'s default hub id: a one-layer model of the real width."""
+    """A hub cache snapshot of ``spec``'s default hub id: a one-layer model of the real width (a backbone with a
+    text tower: the full model, vision + text, with a tokenizer: :func:`plant_medsiglip_full`)."""
     import torch
+
+    if spec.text is not None:
+        return plant_medsiglip_full(home)
 
     repo = home / "hf" / "hub" / ("models--" + spec.pretrained.replace("/", "--"))
     snap = repo / "snapshots" / COMMIT

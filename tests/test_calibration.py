@@ -66,17 +66,22 @@ def test_fit_with_temperature_scaling_records_it_and_keeps_the_ranking(tmp_path)
     assert meta["temperature"] == pytest.approx(cal["temperature"])
 
 
-def test_report_has_the_calibration_section_and_a_reliability_diagram(tmp_path):
-    from featpipe.cli.main import main
-
-    (tmp_path / "none.yaml").write_text("fit:\n  n_jobs: 1\n  bootstrap: 0\n")
-    fx = write_fixture(tmp_path)
-    splits = fx["splits"]  # + the counts `featpipe prepare` writes, which the report's data section shows
+def with_counts(root, fx) -> dict:
+    """The fixture's splits.json plus the counts `featpipe prepare` writes (the report's data section shows them)."""
+    splits = fx["splits"]
     label = dict(zip(fx["ids"], fx["y"]))
     splits["counts"] = {p: {c: int(sum(label[i] == j for i in splits[p])) for j, c in enumerate(splits["classes"])}
                         for p in ("train", "val", "test")}
     splits["patients"] = {p: len(splits[p]) for p in ("train", "val", "test")}
-    (tmp_path / "data/splits.json").write_text(json.dumps(splits))
+    (root / "data/splits.json").write_text(json.dumps(splits))
+    return fx
+
+
+def test_report_has_the_calibration_section_and_a_reliability_diagram(tmp_path):
+    from featpipe.cli.main import main
+
+    (tmp_path / "none.yaml").write_text("fit:\n  n_jobs: 1\n  bootstrap: 0\n")
+    with_counts(tmp_path, write_fixture(tmp_path))
     for head in ("logistic", "svc"):
         for k in ("2", "5"):
             assert fit_cli(tmp_path, "--head", head, "--shots", k, "--seeds", "0", "1") == 0

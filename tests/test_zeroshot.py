@@ -19,7 +19,8 @@ from featpipe.cli.main import main
 from featpipe.core.errors import ConfigError
 from featpipe.features.textcache import cached_text_embeddings
 from featpipe.fewshot.zeroshot import read_prompts
-from test_fit import write_cache, write_fixture
+from test_calibration import with_counts
+from test_fit import fit_cli, write_cache, write_fixture
 
 PROMPTS = """
 sets:
@@ -76,7 +77,7 @@ def test_text_embeddings_are_cached_with_their_prompts(planted, tmp_path):
 
 
 def test_zeroshot_scores_rank_a_planted_separable_case(planted, tmp_path):
-    fx = write_fixture(tmp_path, n_train=10, n_val=30, n_test=60, seeds=(0,), shots=(2,))
+    fx = with_counts(tmp_path, write_fixture(tmp_path, n_train=10, n_val=30, n_test=60, seeds=(0, 1), shots=(2,)))
     (tmp_path / "prompts.yaml").write_text(PROMPTS)
     # image embeddings planted near each class's text: class c = its first set's positive centre + noise
     te = embed_prompts("medsiglip", ["a chest x-ray of healthy lungs", "normal lungs", "a chest x-ray showing pneumonia"])
@@ -85,7 +86,8 @@ def test_zeroshot_scores_rank_a_planted_separable_case(planted, tmp_path):
     X = centres[fx["y"]] + 0.02 * rng.standard_normal((len(fx["y"]), 1152))
     write_cache(tmp_path / "cache/toyset/medsiglip.h5", fx["ids"], X, fx["y"], backbone="medsiglip",
                 weights="google/medsiglip-448", weights_id=f"hf:google/medsiglip-448@{pf.COMMIT}", features="pooler")
-    (tmp_path / "p.yaml").write_text("fit:\n  bootstrap: 0\n")
+    (tmp_path / "p.yaml").write_text("fit:\n  bootstrap: 0\n  n_jobs: 1\n")
+    (tmp_path / "none.yaml").write_text("fit:\n  bootstrap: 0\n  n_jobs: 1\n")
     assert main(["zeroshot", "--splits", str(tmp_path / "data/splits.json"), "--cache-dir", str(tmp_path / "cache"),
                  "--results", str(tmp_path / "results"), "--backbones", "medsiglip", "--prompts",
                  str(tmp_path / "prompts.yaml"), "--params", str(tmp_path / "p.yaml")]) == 0
@@ -96,6 +98,17 @@ def test_zeroshot_scores_rank_a_planted_separable_case(planted, tmp_path):
     assert runs["brier"].isna().all() and not runs["calibrated"].any()  # scores, not probabilities
     assert json.loads(runs["prompts"].iloc[0])["pneumonia"]["negative"] == ["normal lungs"]
     assert list((tmp_path / "cache/text").glob("medsiglip-*.npz"))
+
+    # beside a trained head in one report: the learning curves start at k = 0
+    write_cache(tmp_path / "cache/toyset/toy.h5", fx["ids"], fx["X"], fx["y"])
+    assert fit_cli(tmp_path, "--head", "logistic", "--shots", "2", "--seeds", "0", "1") == 0
+    out = tmp_path / "report.html"
+    assert main(["report", "--manifest", str(tmp_path / "data/manifest.csv"), "--splits", str(tmp_path / "data/splits.json"),
+                 "--results", str(tmp_path / "results"), "--out", str(out), "--params", str(tmp_path / "p.yaml")]) == 0
+    html = out.read_text()
+    assert "zeroshot" in html and (tmp_path / "plots/learning_curve.png").is_file()
+    curve = pd.read_csv(tmp_path / "plots/learning_curve.csv")
+    assert set(curve.loc[curve["config"].str.contains("zeroshot"), "shots"]) == {0}
 
 
 def test_bad_prompts_files_are_one_line_errors(tmp_path):

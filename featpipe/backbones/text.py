@@ -81,6 +81,6 @@ def embed_prompts(backbone: str, prompts: Sequence[str], *, weights: str = "defa
             out.append(feats.double().numpy())
     emb = np.concatenate(out) if out else np.zeros((0, spec.embed_dim))
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    scale = float(model.logit_scale.exp()) if hasattr(model, "logit_scale") else 1.0
-    bias = float(model.logit_bias) if getattr(model, "logit_bias", None) is not None else 0.0
+    scale = float(model.logit_scale.detach().exp()) if hasattr(model, "logit_scale") else 1.0
+    bias = float(model.logit_bias.detach()) if getattr(model, "logit_bias", None) is not None else 0.0
     return TextEmbeddings(tuple(prompts), emb, scale, bias, ref.identity)

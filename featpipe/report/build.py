@@ -180,7 +180,7 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
     sections.append(("Learning curves", "".join(_img(f, f.stem.replace("_", " ")) for f in figs)))
 
     spread = _save(plots.lottery_spread(runs, metric), plots_dir / "lottery_spread.png")
-    mid = min(runs["shots"].unique(), key=lambda k: abs(math.log(k / 5)))
+    mid = min(runs["shots"].unique(), key=lambda k: abs(math.log(max(k, 0.5) / 5)))  # k = 0: zero-shot
     strip = _save(plots.seed_strip(runs, metric, int(mid)), plots_dir / "per_seed.png")
     sections.append(("The seed lottery", "<p>Spread = best seed minus worst seed, in points of the metric. "
                      "A wide spread means the result depends on which images happened to be labelled.</p>"

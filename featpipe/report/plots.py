@@ -54,7 +54,11 @@ def _style(ax, *, xlabel: str, ylabel: str, title: str, shots: Sequence[int] = (
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if len(shots):
-        ax.set_xscale("log")
+        # log-spaced shots; zero-shot configurations (k = 0) sit at 0 on a linear stretch below 1
+        if 0 in {int(k) for k in shots}:
+            ax.set_xscale("symlog", linthresh=1, linscale=0.5)
+        else:
+            ax.set_xscale("log")
         ax.set_xticks(sorted(int(k) for k in shots))
         ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%d"))
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())

@@ -75,17 +75,28 @@ def sweep(splits_path: str | Path, *, params: Params, cache_dir: str | Path = "c
 
 def zeroshot(splits_path: str | Path, *, params: Params, cache_dir: str | Path = "cache",
              results_dir: str | Path = "results", backbones: Sequence[str] | None = None,
-             prompts: str | Path | None = None) -> list:
+             prompts: str | Path | None = None, allow_empty: bool = False) -> list:
     """Zero-shot runs (shots = 0, one per prompt set) of ``backbones`` (default: ``zeroshot.backbones``, else the
-    ``extract.backbones`` with a text tower) written like :func:`sweep`'s; returns the run records."""
+    ``extract.backbones`` with a text tower) written like :func:`sweep`'s; returns the run records. With
+    ``allow_empty`` a backbone without a text tower is skipped (the DVC stage runs for every extracted backbone)
+    and a stage with nothing to score writes only ``ZEROSHOT.txt`` saying why."""
     from featpipe.backbones.registry import get as get_backbone
 
     splits = load_splits(splits_path)
     names = list(backbones or params.zeroshot.backbones
                  or [b for b in params.extract.backbones if get_backbone(b).text is not None])
+    without = [b for b in names if get_backbone(b).text is None]
+    if without and not allow_empty:
+        raise FeatpipeError(f"{', '.join(without)} has no text tower: zero-shot needs a CLIP-like backbone (medsiglip)")
+    names = [b for b in names if b not in without]
     if not names:
-        raise FeatpipeError("no backbone with a text tower to run zero-shot with: set zeroshot.backbones "
-                            "(e.g. [medsiglip]) or pass --backbones")
+        if not allow_empty:
+            raise FeatpipeError("no backbone with a text tower to run zero-shot with: set zeroshot.backbones "
+                                "(e.g. [medsiglip]) or pass --backbones")
+        Path(results_dir).mkdir(parents=True, exist_ok=True)
+        (Path(results_dir) / "ZEROSHOT.txt").write_text(
+            f"no zero-shot runs: {', '.join(without) or 'no backbone'} has no text tower\n")
+        return []
     records = []
     for b in names:
         data = load_cache(cache_dir, splits, b, weights=params.extract.weights)
