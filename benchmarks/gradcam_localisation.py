@@ -64,10 +64,12 @@ def main() -> None:
     t0 = time.time()
     cli("fetch", "--out", "data/source.json")
     cli("prepare", "--manifest", "data/manifest.csv", "--splits", "data/splits.json")
-    ft = "models/finetune/demo/demo-tiny_cnn-scratch-k50-s0.safetensors"
-    if not Path(ft).is_file():
+    found = sorted(Path("models/finetune/demo").glob("demo-tiny_cnn-scratch-k50-s0-*.safetensors"))
+    if not found:
         cli("finetune", "--backbone", "tiny_cnn", "--strategy", "scratch", "--shots", "50", "--seed", "0", "--quiet",
             "-S", f"finetune.epochs={args.epochs}", "-S", "finetune.patience=15", "-S", "finetune.lr=3e-3")
+        found = sorted(Path("models/finetune/demo").glob("demo-tiny_cnn-scratch-k50-s0-*.safetensors"))
+    ft = str(found[-1])
     cli("extract", "--backbone", "tiny_cnn", "--no-progress", "--precision", "fp32")
     cli("fit", "--head", "logistic", "--shots", "50", "-S", "fit.seeds=[0]", "-S", "fit.bootstrap=0")
     head = sorted(str(p) for p in Path("models").glob("tiny_cnn-logistic-k50-s0-*.skops"))[-1]

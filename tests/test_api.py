@@ -3,6 +3,7 @@ library's (embeddings = the feature cache's rows; one-line errors as the paramet
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import subprocess
 import sys
@@ -57,7 +58,8 @@ def test_embed_equals_the_feature_cache_row(tmp_path):
         paths.append(p)
     manifest = pd.DataFrame({"id": [p.stem for p in paths], "path": [str(p) for p in paths], "label": [0, 1, 0],
                              "label_name": ["a", "b", "a"], "patient_id": ["p0", "p1", "p2"], "source_split": "",
-                             "sha256": [str(i) for i in range(3)], "width": 45, "height": 37})
+                             "sha256": [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths],
+                             "width": 45, "height": 37})
     params = ExtractParams(backbones=("tiny_cnn",), device="cpu", precision="fp32")
     extract(manifest, backbone="tiny_cnn", dataset="d", cache_dir=tmp_path / "cache", params=params,
             decode=DecodeParams(workers=1), progress=False)

@@ -30,7 +30,8 @@ def _offline(monkeypatch, tmp_path):
 
 def _images(spec, n=3, size=None, seed=0):
     size = size or spec.preprocess.input_size
-    return torch.from_numpy(np.random.default_rng(seed).normal(size=(n, 3, size, size)).astype(np.float32))
+    c = spec.preprocess.channels
+    return torch.from_numpy(np.random.default_rng(seed).normal(size=(n, c, size, size)).astype(np.float32))
 
 
 def _cos(a, b):

@@ -17,6 +17,7 @@ from PIL import Image
 
 from featpipe.backbones import registry
 from featpipe.backbones.model import build
+from featpipe.core import checksums
 from featpipe.features import cache as featcache
 from featpipe.cli.main import main
 from featpipe.params.config import DecodeParams, ExtractParams
@@ -120,6 +121,7 @@ def test_rows_of_another_manifest_version_are_not_reused(tmp_path):
     with h5py.File(r.path, "a") as f:  # row 2 came from a different file with the same id
         f["features"][2] = 0.0
         f["sha256"][2] = "0" * 64
+        f["features_crc32"][...] = checksums.of_dataset(f["features"])  # a sound file, of another manifest
     again = _run(m, tmp_path / "cache")
     assert (again.extracted, again.reused) == (1, 5)
     np.testing.assert_allclose(featcache.read_features(r.path).features, good, atol=1e-6)

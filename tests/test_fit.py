@@ -154,10 +154,13 @@ def test_stale_cache_and_leaky_splits_are_refused(tmp_path, capsys):
     s = json.loads((tmp_path / "data/splits.json").read_text())
     s["fewshot"]["0"]["5"][0] = s["test"][0]
     (tmp_path / "data/splits.json").write_text(json.dumps(s))
-    splits = load_splits(tmp_path / "data/splits.json")
-    data = load_cache(tmp_path / "cache", splits, "toy")
-    with pytest.raises(DataError, match="also in val/test"):
-        fit_run(data, splits, head="svc", shots=5, seed=0, params=load_params(None))
+    with pytest.raises(DataError, match="not in train"):  # refused when the file is read
+        load_splits(tmp_path / "data/splits.json")
+    leaky = load_splits(tmp_path / "data/splits.json", check=False)
+    data = load_cache(tmp_path / "cache", leaky, "toy")
+    with pytest.raises(DataError, match="also in val/test"):  # and by the run itself
+        fit_run(data, leaky, head="svc", shots=5, seed=0, params=load_params(None))
+    splits = load_splits(tmp_path / "data/splits.json", check=False)
     with pytest.raises(CacheError, match="not found"):
         load_cache(tmp_path / "cache", splits, "other_backbone")
 

@@ -216,3 +216,44 @@ def test_every_registered_head_has_its_params_section_and_every_section_a_head()
     for name in registry.names():
         assert registry.get(name).params is SECTIONS[name]
         assert type(getattr(HeadsParams(), name)) is SECTIONS[name]
+
+
+@pytest.mark.parametrize("kernel,n_classes", [("rbf", 2), ("rbf", 3), ("linear", 2)])
+def test_svc_fitted_on_the_blas_kernel_is_libsvms_own_fit(kernel, n_classes):
+    """The final SVC is solved on the kernel matrix computed by BLAS: the same support vectors, dual
+    coefficients and decision values as ``SVC(kernel).fit`` on the raw rows, and a working plain SVC."""
+    rng = np.random.default_rng(11)
+    X, y = gaussian(12, rng, n_classes=n_classes, sep=1.5)
+    Xt, _ = gaussian(30, rng, n_classes=n_classes)
+    head = make_head("svc", HeadsParams(svc=SvcParams(kernel=kernel)), seed=0).fit(X, y)
+    svc, Xs = head[-1].svc_, head[:-1].transform(X)
+    ref = SVC(kernel=kernel, C=svc.C, gamma=head[-1].best_params_.get("gamma", "scale"), class_weight="balanced",
+              random_state=0).fit(Xs, y)
+    assert np.array_equal(svc.support_, ref.support_) and np.array_equal(svc.n_support_, ref.n_support_)
+    np.testing.assert_allclose(svc.dual_coef_, ref.dual_coef_, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(svc.intercept_, ref.intercept_, rtol=0, atol=1e-9)
+    Xts = head[:-1].transform(Xt)
+    np.testing.assert_allclose(svc.decision_function(Xts), ref.decision_function(Xts), rtol=0, atol=1e-8)
+    assert np.array_equal(svc.predict(Xts), ref.predict(Xts))
+
+
+@pytest.mark.parametrize("n_classes,class_weight", [(2, "balanced"), (3, "balanced"), (3, None)])
+def test_cv_fits_call_libsvm_as_svc_does(n_classes, class_weight):
+    """The CV's direct libsvm calls predict what ``SVC(kernel="precomputed").fit(...).predict`` does, for every C."""
+    from featpipe.heads.svc import _libsvm_fit_predict
+
+    rng = np.random.default_rng(8)
+    X, y = gaussian(9, rng, n_classes=n_classes, sep=1.0)
+    y = np.r_[y, 0, 0, 0]  # unequal classes
+    X = np.r_[X, rng.normal(size=(3, D)).astype(np.float32) + 3.0].astype(np.float64)
+    K = np.exp(-0.01 * ((X[:, None] - X[None]) ** 2).sum(-1))
+    tr, te = np.arange(0, len(y), 2), np.arange(1, len(y), 2)
+    seed = np.random.RandomState(0).randint(np.iinfo("i").max)
+    agree = []
+    for C in (0.01, 0.1, 1.0, 10.0, 100.0):
+        ref = SVC(kernel="precomputed", C=C, class_weight=class_weight, random_state=0).fit(K[np.ix_(tr, tr)], y[tr])
+        got = _libsvm_fit_predict(np.ascontiguousarray(K[np.ix_(tr, tr)]), np.ascontiguousarray(K[np.ix_(te, tr)]),
+                                  y[tr], C=C, class_weight=class_weight, seed=seed)
+        np.testing.assert_array_equal(got, ref.predict(K[np.ix_(te, tr)]))
+        agree.append(np.mean(got == y[te]))
+    assert max(agree) > 1 / n_classes  # the predictions carry information

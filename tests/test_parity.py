@@ -118,3 +118,26 @@ def test_which_features_is_recorded_and_a_features_variant_is_its_own_backbone(t
     assert dict(zip(runs["backbone"], runs["features"])) == {"tiny_dino": "cls", "tiny_dino#mean": "mean"}
     with pytest.raises(FeatpipeError, match="cannot embed 'avgpool'"):
         registry.get("tiny_dino#avgpool")
+
+
+@pytest.mark.parametrize("resize,crop,mode", [(235, 224, "shorter"), (226, 224, "shorter"), (256, 224, "shorter"),
+                                              (237, 224, "shorter-floor"), (518, 518, "shorter-floor")])
+def test_the_decoded_square_and_its_crop_equal_the_references_one_crop(resize, crop, mode):
+    """timm's crop_pct can leave an odd margin (resnet18.a1_in1k: 235 -> 224): the decoded square is aligned so
+    that featpipe's two crops (decode, then model input) equal the reference's single centre crop, pixel for pixel,
+    for every image shape."""
+    from PIL import Image
+
+    from featpipe.backbones.modelinput import centre_crop
+    from featpipe.imaging.base import FILTERS, crop_offset, finish
+
+    pre = Preprocess(crop, resize, resize_mode=mode)
+    rng = np.random.default_rng(resize)
+    for w, h in [(300, 301), (301, 300), (640, 481), (481, 640), (1001, 768), (999, 1000), (700, 700)]:
+        im = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8))
+        ow, oh = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
+        ref = im.resize((ow, oh), FILTERS["bilinear"])
+        top, left = crop_offset(oh - crop, mode), crop_offset(ow - crop, mode)  # one crop, the reference's rounding
+        ref = np.asarray(ref.crop((left, top, left + crop, top + crop)))
+        ours = centre_crop(finish(im, pre.decoding, None)[None], pre)[0, ..., 0]
+        np.testing.assert_array_equal(ours, ref, err_msg=f"{w}x{h} {pre.decoding.label}")

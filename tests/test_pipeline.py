@@ -105,7 +105,7 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert comparisons[0].startswith("shots,config_a,config_b,metric,n_seeds,mean_diff,ci_low,ci_high,p_value,p_holm")
     assert list((work / "results/fit").rglob("predictions/*.csv.gz"))
     # predict accepts a fine-tuned model as well as a saved head
-    for model in (next((work / "models/finetune").rglob("*-layerwise-k5-s0.safetensors")),
+    for model in (next((work / "models/finetune").rglob("*-layerwise-k5-s0-*.safetensors")),
                   next((work / "models/fit").rglob("tiny_cnn-svc-k20-s0-*.skops"))):
         _run(sys.executable, "-m", "featpipe", "predict", "--model", str(model), "--out", "pred.csv", "data/synthetic/normal", cwd=work)
         pred = (work / "pred.csv").read_text().splitlines()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Mapping, Optional
 
-from featpipe.backbones.forward import hf_features
+from featpipe.backbones.forward import hf_features, token_features
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,37 @@ def _hf(net, x, features: str, prefix_tokens: int):
     return hf_features(net(pixel_values=x), features, prefix_tokens)
 
 
+def _timm(net, x, features: str, prefix_tokens: int):
+    """timm models built with ``num_classes=0``: ``pooler`` = the model's own pooled pre-logits features (``net(x)``:
+    global average pool for CNNs, the class token or its pooling for ViTs); ``cls``/``mean`` from the tokens of
+    ``forward_features`` (after the final norm)."""
+    if features == "pooler":
+        return net(x)
+    return token_features(net.forward_features(x), features, prefix_tokens)
+
+
+def _open_clip(net, x, features: str, prefix_tokens: int):
+    """An open_clip image tower (``model.visual``): ``image_embeds`` = ``net(x)`` (what ``encode_image`` returns,
+    unnormalised); ``pooler`` = a timm tower's trunk output, before the projection (BiomedCLIP: the 768-d class
+    token after the final norm)."""
+    if features == "image_embeds":
+        return net(x)
+    trunk = getattr(net, "trunk", None)
+    if features == "pooler" and trunk is not None:
+        return trunk(x)
+    raise ValueError(f"features {features!r} cannot be taken from this open_clip tower (image_embeds"
+                     + (", pooler)" if trunk is not None else "; pooler only for timm towers)"))
+
+
+def _xrv(net, x, features: str, prefix_tokens: int):
+    """torchxrayvision DenseNet: ``model.features2(x)`` (relu + global average pool of the DenseNet features)."""
+    return net.features2(x)
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
-    source: str  # torchvision | hub | random: where the default weights come from
+    source: str  # torchvision | hub | timm | open_clip | xrv | hf: where the default weights come from
     forward: Callable = field(default=_call, repr=False, compare=False)  # (net, x, features, prefix_tokens) -> (B, D)
     pooling: str = "avgpool"  # which features its members' embedding is by default (BackboneSpec.features)
     poolings: tuple[str, ...] = ()  # the features ``<name>#<features>`` may choose (forward.POOLINGS); () = the default only
@@ -119,6 +146,25 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                              ("embeddings.", "encoder.layers.0."), "embeddings + encoder layers 0-3")),
     # DINOv2 interpolates its position embeddings to the input size: a checkpoint's config.image_size
     # need not equal the input size (RAD-DINO's preprocessor_config.json decides that, checked on load).
+    # Backbones named by library (featpipe.backbones.libs_*): their default weights come from each library's cache.
+    # timm: CNNs (feature maps) and token models (ViTs: class token / mean of the patch tokens as well).
+    # unmeasured on the CPU: fp32 there (as the HF towers measured), bf16 on CUDA as every family
+    Family("timm", "timm", forward=_timm, pooling="pooler", auto_precision=_FP32_CPU),
+    Family("timm_vit", "timm", forward=_timm, pooling="pooler", poolings=("pooler", "cls", "mean"),
+           auto_precision=_FP32_CPU),
+    # open_clip image towers: a full CLIP checkpoint's other tower (text, logit scale) is dropped, "visual." stripped
+    Family("open_clip", "open_clip", forward=_open_clip, pooling="image_embeds", poolings=("image_embeds", "pooler"),
+           auto_precision=_FP32_CPU, key_rewrites=((r"^(?!visual\.)", "~other."),), drop_prefixes=("~other.",), strip_prefixes=("visual.",)),
+    Family("xrv_densenet", "xrv", forward=_xrv, classifier_prefixes=("classifier.",), drop_prefixes=("op_threshs",),
+           key_rewrites=(_DENSENET_OLD,), channels_last=True, auto_precision=_BF16_CPU,
+           freeze=FreezeRule("densenet", ("features.conv0.", "features.norm0.", "features.denseblock1."),
+                             ("features.conv0.weight", "features.denseblock1."),
+                             "stem (conv0, norm0) + denseblock1 (transition1 trains)")),
+    # any Hugging Face vision model (hf:<hub id or folder>): with a class token (ViT, DINOv2, ...) or without
+    Family("hf_cls", "hf", forward=_hf, pooling="cls", poolings=("cls", "mean", "pooler"), hf_class="AutoModel",
+           check_image_size=False, auto_precision=_FP32_CPU),
+    Family("hf_pooler", "hf", forward=_hf, pooling="pooler", poolings=("pooler", "mean"), hf_class="AutoModel",
+           check_image_size=False, auto_precision=_FP32_CPU),
     Family("dinov2", "hub", forward=_hf, pooling="cls", poolings=("cls", "mean"), hf_class="Dinov2Model", check_image_size=False,
            auto_precision=_BF16_CPU,  # measured: bf16 autocast ~2x fp32 for a 768-d DINOv2 layer at 518 px
            freeze=FreezeRule("dinov2", ("embeddings.",) + tuple(f"encoder.layer.{i}." for i in range(4)),

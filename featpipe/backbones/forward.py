@@ -43,3 +43,16 @@ def hf_features(out, features: str, prefix_tokens: int):
     if features == "mean":
         return hidden[:, prefix_tokens:].mean(dim=1)
     raise ValueError(f"features {features!r} cannot be taken from a {type(out).__name__} (pooler, cls or mean)")
+
+
+def token_features(tokens, features: str, prefix_tokens: int):
+    """``cls`` (the first token) or ``mean`` (the mean of the tokens after the ``prefix_tokens`` leading ones) of
+    final-layer tokens ``(B, T, D)``; a feature map ``(B, C, H, W)`` has no tokens (one-line error)."""
+    if tokens.ndim != 3:
+        raise ValueError(f"features {features!r} need transformer tokens, but the network's last layer gives a "
+                         f"{tokens.ndim}-d output")
+    if features == "cls":
+        return tokens[:, 0]
+    if features == "mean":
+        return tokens[:, prefix_tokens:].mean(dim=1)
+    raise ValueError(f"features {features!r} cannot be taken from tokens (cls or mean)")

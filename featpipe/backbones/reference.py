@@ -9,6 +9,9 @@ A reference is a small frozen, hashable callable returning the :class:`~featpipe
   ``size`` ``{"height", "width"}`` = the whole image resized, ``{"shortest_edge"}`` = shorter side; ``do_center_crop``
   + ``crop_size``; ``resample``; ``rescale_factor``; ``image_mean``/``image_std``); for a hub member the published
   file is registered and a downloaded snapshot's own file wins (:func:`for_folder`);
+- :class:`TimmTransform`, :class:`OpenClipTransform`: the evaluation transform timm / open_clip build for a model,
+  read step by step (:func:`from_transform`: ``Resize``, ``CenterCrop``, ``Normalize``);
+- :class:`XrvTransform`: torchxrayvision's documented pipeline (one channel, [-1024, 1024], its resolution);
 - :class:`Fixed`: a Preprocess given as is (tiny test members, which have no reference).
 """
 
@@ -141,3 +144,104 @@ def folder_config(folder: str | Path) -> Optional[ProcessorConfig]:
         raise WeightsError(f"{path} is not an image processor config (a JSON object)")
     return ProcessorConfig.of(cfg, str(path))
 
+
+# --------------------------------------------------------------------------- transforms of other libraries
+
+
+_PASS_THROUGH = ("ToTensor", "MaybeToTensor", "MaybeConvertMode", "ConvertImageDtype", "PILToTensor")
+
+
+def from_transform(transform, *, where: str) -> Preprocess:
+    """The Preprocess of an evaluation transform built of torchvision steps (what timm's ``create_transform`` and
+    open_clip's ``image_transform_v2`` return): ``Resize`` (an int or one-element size = shorter side; ``(h, w)``
+    = the whole image), ``CenterCrop``, ``Normalize``; conversions to a tensor or to RGB are passed. Any other
+    step (timm's ``ResizeKeepRatio``, ``CenterCropOrPad`` border modes) is a one-line error, never approximated."""
+    size = mode = interp = crop = mean = std = None
+    steps = getattr(transform, "transforms", [transform])
+    for step in steps:
+        kind = type(step).__name__
+        if kind == "Resize":
+            s = step.size if isinstance(step.size, (list, tuple)) else [step.size]
+            if len(s) == 2 and s[0] != s[1]:
+                raise FeatpipeError(f"{where}: resize to {s[0]} x {s[1]} is not square; featpipe decodes square images")
+            size, mode = int(s[0]), "square" if len(s) == 2 else "shorter"
+            interp = getattr(step.interpolation, "value", str(step.interpolation))
+            if getattr(step, "max_size", None) is not None:
+                raise FeatpipeError(f"{where}: a resize with max_size is not one featpipe reproduces")
+        elif kind == "CenterCrop":
+            c = step.size if isinstance(step.size, (list, tuple)) else [step.size, step.size]
+            if c[0] != c[-1]:
+                raise FeatpipeError(f"{where}: centre crop {c} is not square; featpipe decodes square images")
+            crop = int(c[0])
+        elif kind == "Normalize":
+            mean, std = tuple(float(v) for v in step.mean), tuple(float(v) for v in step.std)
+        elif kind not in _PASS_THROUGH and not getattr(step, "__name__", "").endswith("convert_to_rgb"):
+            raise FeatpipeError(f"{where}: the transform step {kind} is not one featpipe reproduces "
+                                "(Resize, CenterCrop, Normalize)")
+    if size is None or mean is None:
+        raise FeatpipeError(f"{where}: the transform has no Resize or no Normalize step")
+    return Preprocess(input_size=crop or size, resize_size=size, mean=mean, std=std, interpolation=interp,
+                      resize_mode=mode)
+
+
+@dataclass(frozen=True)
+class TimmTransform:
+    """timm's evaluation transform, ``timm.data.create_transform(**data_config)``, of a model's data config
+    (``timm.data.resolve_model_data_config``: input size, ``crop_pct`` -> shorter side ``floor(input / crop_pct)``,
+    ``crop_mode``, interpolation, mean, std), kept as JSON text."""
+
+    config: str
+    model: str
+
+    @property
+    def source(self) -> str:
+        return f"timm create_transform(resolve_model_data_config({self.model}))"
+
+    def __call__(self) -> Preprocess:
+        from timm.data import create_transform
+
+        cfg = json.loads(self.config)
+        cfg["input_size"] = tuple(cfg["input_size"])
+        return from_transform(create_transform(**cfg, is_training=False), where=self.source)
+
+
+@dataclass(frozen=True)
+class OpenClipTransform:
+    """open_clip's evaluation transform, ``open_clip.image_transform_v2(PreprocessCfg(**cfg), is_train=False)``,
+    the one ``create_model_and_transforms`` returns for the model (``preprocess_cfg`` of its
+    ``open_clip_config.json`` on open_clip's defaults: shorter side bicubic, centre crop), kept as JSON text."""
+
+    config: str
+    model: str
+
+    @property
+    def source(self) -> str:
+        return f"open_clip image_transform_v2 of {self.model}"
+
+    def __call__(self) -> Preprocess:
+        from open_clip.transform import PreprocessCfg, image_transform_v2
+
+        cfg = json.loads(self.config)
+        return from_transform(image_transform_v2(PreprocessCfg(**cfg), is_train=False), where=self.source)
+
+
+@dataclass(frozen=True)
+class XrvTransform:
+    """torchxrayvision's documented pipeline for weights ``weights``: ``xrv.datasets.normalize(img, 255)`` (to
+    [-1024, 1024]), the mean of the colour channels, ``XRayCenterCrop()`` (a centred square of the shorter side),
+    ``XRayResizer(input_resolution)`` (skimage, linear, antialiased): one channel, ``mean=0.5, std=1/2048`` on
+    [0, 1] pixels, shorter side then (bilinear) to the model's resolution."""
+
+    weights: str
+
+    @property
+    def source(self) -> str:
+        return f"torchxrayvision XRayCenterCrop + XRayResizer + normalize of {self.weights}"
+
+    def __call__(self) -> Preprocess:
+        import torchxrayvision as xrv
+
+        size = int(xrv.models.model_urls[self.weights].get("input_resolution", 224))
+        resizer = xrv.datasets.XRayResizer(size)
+        return Preprocess(input_size=resizer.size, resize_size=resizer.size, mean=(0.5,), std=(1 / 2048,),
+                          interpolation="bilinear", resize_mode="shorter", channels=1)

@@ -14,13 +14,22 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Optional
 
-from featpipe.backbones import nets
+from featpipe.backbones import libs_hf, libs_openclip, libs_timm, libs_xrv, nets
 from featpipe.backbones.families import get_family
 from featpipe.backbones.reference import Fixed, ProcessorConfig, TorchvisionTransforms
 from featpipe.backbones.spec import BackboneSpec, Preprocess, TextTower
 from featpipe.core.errors import FeatpipeError
 
 _REGISTRY: dict[str, BackboneSpec] = {}
+# Backbones named by library, ``<prefix>:<name>`` (featpipe.backbones.libs_*): specs read from the library itself.
+LIBRARIES = {m.PREFIX: m for m in (libs_timm, libs_hf, libs_openclip, libs_xrv)}
+# Named members of those libraries (built on first use: their library is imported then, not here).
+NAMED = {
+    "biomedclip": lambda: libs_openclip.make_spec_from(libs_openclip.BIOMEDCLIP_CONFIG, "biomedclip",
+                                                       libs_openclip.BIOMEDCLIP),
+    "xrv_densenet121": lambda: libs_xrv.make_spec("densenet121-res224-all", "xrv_densenet121"),
+}
+_DYNAMIC: dict[str, BackboneSpec] = {}  # specs of library names and named members, made once per name
 
 
 def _register(**kw) -> BackboneSpec:
@@ -34,6 +43,8 @@ def _register(**kw) -> BackboneSpec:
 def get(name: str | BackboneSpec) -> BackboneSpec:
     """The spec registered as ``name`` (a spec is returned as is); unknown name = one-line error.
 
+    ``<prefix>:<name>`` is a backbone of a library (:data:`LIBRARIES`: ``timm:``, ``hf:``, ``open_clip:``, ``xrv:``),
+    read from the library on first use and kept (the same spec object per name); :data:`NAMED` members likewise.
     ``<name>#<features>`` is the same backbone with another embedding (``rad_dino#mean``: the mean of the patch
     tokens instead of the CLS token; the choices are its family's ``poolings``): a backbone of its own name,
     so its caches and results rows never mix with the default's."""
@@ -41,10 +52,21 @@ def get(name: str | BackboneSpec) -> BackboneSpec:
         return name
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if name in _DYNAMIC:
+        return _DYNAMIC[name]
     base, sep, features = str(name).partition("#")
     if sep:
-        return with_features(get(base), features)
-    raise FeatpipeError(f"unknown backbone '{name}' (registered: {', '.join(names())})") from None
+        spec = with_features(get(base), features)
+    elif name in NAMED:
+        spec = NAMED[name]()
+    elif name.partition(":")[0] in LIBRARIES and name.partition(":")[2]:
+        prefix, _, rest = name.partition(":")
+        spec = LIBRARIES[prefix].make_spec(rest, name)
+    else:
+        raise FeatpipeError(f"unknown backbone '{name}' (registered: {', '.join(names())}; or "
+                            f"{', '.join(p + ':<name>' for p in LIBRARIES)}; see 'featpipe backbones')") from None
+    _DYNAMIC[name] = spec
+    return spec
 
 
 def with_features(spec: BackboneSpec, features: str) -> BackboneSpec:
@@ -54,12 +76,14 @@ def with_features(spec: BackboneSpec, features: str) -> BackboneSpec:
         raise FeatpipeError(f"backbone '{spec.name}' cannot embed '{features}' (choose from: {', '.join(allowed)})")
     if features == spec.features:
         return spec
-    return replace(spec, name=f"{spec.name}#{features}", pooling=features)
+    return replace(spec, name=f"{spec.name}#{features}", pooling=features,
+                   embed_dim=spec.feature_dims.get(features, spec.embed_dim))
 
 
 def names(*, tiny: Optional[bool] = None) -> list[str]:
-    """Registered names; ``tiny=False`` only the real ones, ``tiny=True`` only the test members."""
-    return [n for n, s in _REGISTRY.items() if tiny is None or s.tiny == tiny]
+    """Registered names (the named library members included); ``tiny=False`` only the real ones, ``tiny=True``
+    only the test members."""
+    return [n for n, s in _REGISTRY.items() if tiny is None or s.tiny == tiny] + ([] if tiny else list(NAMED))
 
 
 def hf_names() -> list[str]:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import asdict, dataclass, field, fields
+from types import MappingProxyType
 from typing import Callable, Mapping, Optional
 
 from featpipe.backbones.families import Family, get_family
 from featpipe.core.errors import FeatpipeError
-from featpipe.imaging.base import DEFAULT_MODE, FILTERS, RESIZE_MODES, Resize
+from featpipe.imaging.base import DEFAULT_MODE, FILTERS, RESIZE_MODES, Resize, crop_steps_agree
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,8 +61,10 @@ class Preprocess:
 
     @property
     def decoding(self) -> Resize:
-        """The decoded form this preprocessing reads: ``resize_size`` with its ``interpolation`` and mode."""
-        return Resize(self.resize_size, self.interpolation, self.resize_mode)
+        """The decoded form this preprocessing reads: ``resize_size`` with its ``interpolation`` and mode, its square
+        aligned to the ``input_size`` crop where two centre crops would not equal the reference's one."""
+        agree = crop_steps_agree(self.resize_size, self.input_size, self.resize_mode)
+        return Resize(self.resize_size, self.interpolation, self.resize_mode, 0 if agree else self.input_size)
 
     @property
     def value_range(self) -> tuple[float, float]:
@@ -142,6 +145,8 @@ class BackboneSpec:
     make: Callable = field(default=None, repr=False, compare=False, hash=False)
     pooling: str = ""  # which features are the embedding ("" = the family's, Family.pooling; see POOLINGS)
     text: Optional[TextTower] = None  # its text tower, when it has one (zero-shot: featpipe.backbones.text)
+    # embedding size of other features where it differs from embed_dim (BiomedCLIP: image_embeds 512, pooler 768)
+    feature_dims: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), hash=False, compare=False)
 
     @functools.cached_property
     def preprocess(self) -> Preprocess:
@@ -162,6 +167,9 @@ class BackboneSpec:
     def module_name(self, name: str, net) -> str:
         """``name`` with ``{last}`` replaced by the index of the network's last encoder layer (so a Grad-CAM
         layer can be named for every depth of a family: RAD-DINO's 12 layers, its 1-layer test snapshot)."""
+        if not name:
+            raise FeatpipeError(f"backbone '{self.name}' has no registered Grad-CAM layer; name a module of its "
+                                "network with --layer (gradcam.layer)")
         if "{last}" not in name:
             return name
         return name.replace("{last}", str(int(net.config.num_hidden_layers) - 1))

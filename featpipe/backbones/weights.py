@@ -16,12 +16,17 @@
 - a hub id (``owner/name``): fetched with ``huggingface_hub`` (honours ``HF_HOME``,
   ``HF_HUB_OFFLINE``, ``HF_TOKEN``), then loaded as a folder.
 
+Backbones named by library (``timm:``, ``open_clip:``, ``xrv:``, and ``biomedclip``, ``xrv_densenet121``): their
+``default`` weights come from the library's own cache (:mod:`featpipe.backbones.libs_timm`, ``libs_openclip``,
+``libs_xrv``: kinds ``timm``, ``open_clip``, ``xrv``), a local file is loaded by the library's loader where it has
+one; ``hf:`` backbones are Hugging Face folders or hub ids as above.
+
 Offline: ``FEATPIPE_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1`` / ``TRANSFORMERS_OFFLINE=1``) forbids any
 download attempt. Weights that cannot be had raise :class:`~featpipe.core.errors.WeightsError` (one line:
 which file is missing and how to provide it).
 
 Identity (recorded in every feature cache as ``weights_id``): ``random:seed0``,
-``torchvision:<Enum>:<file name>``, ``sha256:<hex>`` of a local file, ``hf-folder:sha256:<hex>``
+``torchvision:<Enum>:<file name>``, ``sha256:<hex>`` of a local file (and of torchxrayvision's), ``timm:<name>@<commit>``, ``hf-folder:sha256:<hex>``
 over a folder's config and weight files, ``hf:<id>@<commit>`` for a hub snapshot.
 """
 
@@ -34,8 +39,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+from featpipe.backbones.hubcache import offline
 from featpipe.backbones.reference import Fixed, TorchvisionTransforms, folder_config
-from featpipe.backbones.registry import hf_names
+from featpipe.backbones.registry import LIBRARIES, hf_names
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.core.errors import WeightsError
 from featpipe.core.fileio import file_sha256
@@ -54,7 +60,7 @@ def random_seed(weights: str) -> int:
 
 @dataclass(frozen=True)
 class WeightsRef:
-    """Resolved weights: ``kind`` in torchvision | random | file | hf_folder."""
+    """Resolved weights: ``kind`` in torchvision | random | file | hf_folder | timm | open_clip | xrv."""
 
     request: str
     kind: str
@@ -63,16 +69,15 @@ class WeightsRef:
     tag: Optional[str]  # cache file-name tag; None for the backbone's default weights
 
 
-def offline() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
-               for k in ("FEATPIPE_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def resolve(spec: BackboneSpec, weights: str = "default") -> WeightsRef:
     """Identify ``weights`` for ``spec`` without building the network (hub ids are fetched/looked up)."""
     request = str(weights or "default")
     asked = spec.default_weights if request == "default" else request
     is_default = asked == spec.default_weights
+    lib = LIBRARIES.get(spec.traits.source)
+    if is_default and hasattr(lib, "resolve_default"):  # timm, open_clip, torchxrayvision: the library's own cache
+        kind, source, identity = lib.resolve_default(spec)
+        return WeightsRef(request, kind, source, identity, None)
     if asked == "random" or _RANDOM_SEEDED.match(asked):
         seed = random_seed(asked)
         tag = None if is_default else ("random" if seed == RANDOM_SEED else f"random-seed{seed}")
@@ -297,6 +302,12 @@ def load_network(spec: BackboneSpec, ref: WeightsRef):
     """The bare network of ``spec`` (classifier removed) carrying the weights ``ref``."""
     import torch
 
+    lib = LIBRARIES.get(spec.traits.source)
+    if lib is not None and ref.kind != "random":  # the library's own loader, where it has one
+        net = lib.load(spec, ref.kind, ref.source, lambda n, sd: fit_state_dict(n, sd, spec, ref.source),
+                       read_state_dict)
+        if net is not None:
+            return net
     if ref.kind == "hf_folder":
         return load_hf_folder(spec, ref.source)
     with torch.random.fork_rng(devices=[]):  # random init is reproducible and leaves global RNG alone

@@ -6,7 +6,9 @@ Each command is a module ``featpipe.cli.commands.<module>`` with two functions:
 - ``run(args, params) -> int``: calls the library and returns an exit code.
 
 Modules are imported only when their command runs, so ``featpipe --help`` does not import torch.
-A :class:`~featpipe.core.errors.FeatpipeError` becomes one line on stderr and its exit code.
+A :class:`~featpipe.core.errors.FeatpipeError` becomes one line on stderr and its exit code; so does an
+:class:`OSError` (full disk, permissions, read-only file system, wrong path type, name too long: exit 1,
+:func:`featpipe.core.errors.os_error_line`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-from featpipe.core.errors import FeatpipeError
+from featpipe.core.errors import ConfigError, FeatpipeError, os_error_line
 from featpipe.core.log import install_cli_handler
 from featpipe.core.versions import __version__
+from featpipe.evaluation.metrics import SUMMARY_METRICS
 from featpipe.params.config import load_params
 
 # name -> (module under featpipe.cli.commands, one-line description). A command whose module does not
@@ -86,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
 
         params = load_params(args.params, args.overrides)
+        check_metric_names(params)
         module = importlib.import_module(f"featpipe.cli.commands.{COMMANDS[args.command][0]}")
         code = int(module.run(args, params) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
@@ -100,6 +104,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         print("featpipe: error: the output pipe was closed before all output was written", file=sys.stderr)
         return 141  # 128 + SIGPIPE, as a shell reports a process killed by a closed pipe
+    except OSError as exc:  # a full disk, a read-only or wrong-type path, ...: one line, never a traceback
+        print(f"featpipe: error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def check_metric_names(params) -> None:
+    """``report.metric`` and ``compare.metrics`` name metrics of the results table (one line, exit 2)."""
+    for key, names in (("report.metric", [params.report.metric]), ("compare.metrics", params.compare.metrics)):
+        bad = [m for m in names if m not in SUMMARY_METRICS]
+        if bad:
+            raise ConfigError(f"bad value for '{key}': {bad[0]!r} (choose from {', '.join(SUMMARY_METRICS)})")
 
 
 def _silence_stdout() -> None:

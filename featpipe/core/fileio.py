@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from featpipe.core.errors import IntegrityError
+from featpipe.core.errors import FeatpipeError, IntegrityError
 
 
 def _umask() -> int:
@@ -33,7 +33,7 @@ def atomic_path(path: str | Path, *, folder: bool = False) -> Iterator[Path]:
     raises. A folder replaces only a ``path`` that does not exist (or is an empty folder) by then."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{path.name}.tmp-{os.getpid()}-"
+    prefix = f".{path.name[:100]}.tmp-{os.getpid()}-"  # a long name's temporary stays below NAME_MAX
     if folder:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     else:
@@ -49,6 +49,18 @@ def atomic_path(path: str | Path, *, folder: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp)
         elif tmp.exists():
             tmp.unlink()
+
+
+def ensure_space(path: str | Path, need: int, *, what: str) -> None:
+    """One-line error when the folder of ``path`` has less than ``need`` bytes (plus 5% and 16 MiB) free: checked
+    before a large write (HDF5 fails badly when the disk fills during its final write)."""
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < need * 1.05 + (16 << 20):
+        raise FeatpipeError(f"not enough free space for {what} {path}: about {need / 2**20:.0f} MiB needed, "
+                            f"{free / 2**20:.0f} MiB free in {folder}; free some space or choose another folder")
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> Path:

@@ -6,17 +6,21 @@
   and then re-checks what the first one left (usually it reuses it whole); with ``wait=False`` it is told
   at once instead. The kernel releases the lock when its holder dies, whatever kills it (SIGKILL
   included), so a dead builder never blocks anyone. The lock files stay (empty but for the holder's pid):
-  deleting a lock file while another process waits on it would let two builders in.
+  deleting a lock file while another process waits on it would let two builders in. Where the folder
+  cannot be written (a read-only cache), the lock file goes to ``<tmp>/featpipe-locks/`` instead.
 - :func:`clean_leftovers`: temporary files ``.<name>.tmp-<pid>...`` whose process is dead (a run killed
   between writing and renaming) are removed, and returned so the caller reports them.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import hashlib
 import os
 import re
 import shutil
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +49,22 @@ def _holder(fh) -> str:
     except OSError:
         pid = ""
     return f"process {pid}" if pid.isdigit() else "another process"
+
+
+def _open_lock(target: Path):
+    """The lock file beside ``target``; where that folder cannot be written (read-only, no permission), a lock
+    file named after it in the system's temporary folder, so a current read-only cache stays usable (and
+    two processes on this machine still coordinate)."""
+    path = lock_path(target)
+    try:
+        return open(path, "a+")
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+    alt = Path(tempfile.gettempdir()) / "featpipe-locks"
+    alt.mkdir(exist_ok=True)
+    key = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
+    return open(alt / f"{path.name.lstrip('.')[:80]}-{key}", "a+")
 
 
 class LockTimeout(FeatpipeError):
@@ -86,7 +106,7 @@ def build_lock(target: str | Path, *, what: str, timeout: float | None = None, p
     target.parent.mkdir(parents=True, exist_ok=True)
     if timeout is None and os.environ.get("FEATPIPE_LOCK_TIMEOUT"):
         timeout = float(os.environ["FEATPIPE_LOCK_TIMEOUT"])
-    fh = open(lock_path(target), "a+")
+    fh = _open_lock(target)
     waited = 0.0
     try:
         if not _try(fh):
@@ -136,6 +156,19 @@ def clean_leftovers(folder: str | Path, *, report: bool = True) -> list[Path]:
         say(f"removed {len(removed)} leftover temporary file(s) of interrupted runs in {folder}: "
             + ", ".join(p.name for p in removed))
     return removed
+
+
+_CLEANED: set = set()
+
+
+def clean_leftovers_once(folder: str | Path) -> list[Path]:
+    """:func:`clean_leftovers` of ``folder`` the first time this process writes there (a writer of thousands
+    of files in one folder lists it once)."""
+    key = os.path.abspath(folder)
+    if key in _CLEANED:
+        return []
+    _CLEANED.add(key)
+    return clean_leftovers(folder)
 
 
 def remove_stale(path: str | Path, *, why: str) -> bool:

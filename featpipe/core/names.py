@@ -4,9 +4,11 @@
 - :func:`cache_name` the feature cache ``<backbone>[@<layer>][+<weights tag>].h5``;
 - :func:`head_model_path` a saved head ``<label>-<head>-k<k>-s<seed>-<dataset>-<params hash>.skops``;
 - :func:`finetune_run_name` a fine-tuning run ``<dataset>-<backbone>[@<layer>]-<strategy>-k<k>-s<seed>``;
+- :func:`finetune_model_stem` its model and training-curve files: the run name, ``-<hash of its identity>``;
 - :func:`config_name` a configuration in the results table ``<dataset>/<label>/<head>/k<k>[/s<seed>]``;
 - :func:`params_tag` the 8-hex hash of a configuration's head parameters (:func:`canonical_params`);
-- :func:`run_name` the run's name of a saved model file (either file of the pair).
+- :func:`run_name` the run's name of a saved model file (either file of the pair);
+- :func:`short_part` any text (a class name, an image id) as a short file-name part: long ones end in a hash.
 """
 
 from __future__ import annotations
@@ -60,13 +62,28 @@ def params_tag(head_params: Mapping | str | None) -> str:
 
 def head_model_path(models_dir: str | Path, *, backbone: str, layer: Optional[str], weights_tag: Optional[str],
                     head: str, shots: int, seed: int, dataset: str, head_params: Mapping) -> Path:
-    label = backbone_label(backbone, layer=layer, weights_tag=weights_tag)
+    label = _safe(backbone_label(backbone, layer=layer, weights_tag=weights_tag))  # hf:owner/name: one file
     return Path(models_dir) / f"{label}-{head}-k{int(shots)}-s{int(seed)}-{dataset}-{params_tag(head_params)}{HEAD_SUFFIX}"
 
 
 def finetune_run_name(dataset: str, backbone: str, strategy: str, shots: int, seed: int,
                       layer: Optional[str] = None) -> str:
-    return f"{dataset}-{backbone_label(backbone, layer=layer)}-{strategy}-k{int(shots)}-s{int(seed)}"
+    return _safe(f"{dataset}-{backbone_label(backbone, layer=layer)}-{strategy}-k{int(shots)}-s{int(seed)}")
+
+
+def short_part(text: str, limit: int = 60) -> str:
+    """``text`` as one file-name part: characters outside ``[A-Za-z0-9._-]`` become ``_``; longer than
+    ``limit``, it is cut and ends in ``-<8 hex of sha256(text)>`` (distinct texts keep distinct names)."""
+    part = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_.") or "x"
+    if len(part) <= limit:
+        return part
+    return part[:limit - 9] + "-" + hashlib.sha256(str(text).encode()).hexdigest()[:8]
+
+
+def finetune_model_stem(run: str, identity: Mapping) -> str:
+    """``<run name>-<8-hex hash of identity>``: the stem of a fine-tuned model's files (``identity``: every
+    setting that changes the model, so two configurations never share a file)."""
+    return f"{run}-{params_tag(dict(identity))}"
 
 
 def config_name(row: Mapping, *, with_seed: bool = False) -> str:

@@ -48,6 +48,8 @@ def die_with_parent(parent_pid: int | None = None, interval: float = 1.0, *, pde
     """
     global _armed_for
     parent = os.getppid() if parent_pid is None else int(parent_pid)
+    if parent == os.getpid():  # run in the parent itself (a pool that ran the task in-process): nothing to watch
+        return
     if _armed_for == parent:
         return
     _armed_for = parent

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from featpipe.core.fileio import atomic_write, file_sha256
 from featpipe.data import sources, synthetic
+from featpipe.data.changes import compare, previous_manifest
 from featpipe.data.fetch import ensure_source
 from featpipe.data.manifest import DecodeHook, build_manifest, relative_paths, write_root
 from featpipe.data.splits import make_splits, write_splits
@@ -34,6 +35,7 @@ class PrepareSummary:
     splits_sha256: str
     conflicting: int = 0
     decode: dict | None = None  # the first pass: decoded, sizes, seconds (None when prepare wrote no cache)
+    changes: str = ""  # the line on what changed against the manifest this one replaced ("" when there was none)
 
     def lines(self) -> list[str]:
         out = [f"{self.images} images, {len(self.classes)} classes ({', '.join(self.classes)}), "
@@ -52,6 +54,8 @@ class PrepareSummary:
             out.append(f"  {self.excluded - self.conflicting} images left out of train/val because their patient or "
                        "file is in test/val")
         out.append(f"  manifest sha256 {self.manifest_sha256[:12]}, splits sha256 {self.splits_sha256[:12]}")
+        if self.changes:
+            out.append(f"  {self.changes}")
         return out
 
 
@@ -98,6 +102,8 @@ def prepare(params: Params, *, manifest_path: str | Path, splits_path: str | Pat
     _write_csv(result.rejects, rejects_path)
     _write_csv(result.duplicates, duplicates_path)
     root = data_root(params.data, source_path)
+    previous = previous_manifest(manifest_path)
+    changes = compare(previous, result.manifest).line(f"the previous {manifest_path}") if previous is not None else ""
     _write_csv(relative_paths(result.manifest, root), manifest_path)
     write_root(manifest_path, root)
     msha = file_sha256(manifest_path)
@@ -107,4 +113,4 @@ def prepare(params: Params, *, manifest_path: str | Path, splits_path: str | Pat
     return PrepareSummary(len(result.manifest), len(result.rejects), len(result.duplicates), result.classes,
                           obj["counts"], obj["patients"], len(obj["excluded"]), time.perf_counter() - t0, msha,
                           file_sha256(splits_path), sum(e["from"] == "all" for e in obj["excluded"]),
-                          getattr(decode, "figures", None))
+                          getattr(decode, "figures", None), changes)

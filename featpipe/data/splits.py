@@ -312,7 +312,9 @@ def write_splits(obj: dict, path: str | Path, manifest: pd.DataFrame) -> Path:
     return atomic_write(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
-def load_splits(path: str | Path) -> Splits:
+def load_splits(path: str | Path, *, check: bool = True) -> Splits:
+    """The splits file; one-line DataError when it is missing, not JSON, of another format, lacks a field, or
+    (``check``) names a k-shot id that is not in train."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"splits file {path} not found: run 'featpipe prepare' first")
@@ -323,6 +325,17 @@ def load_splits(path: str | Path) -> Splits:
         raise DataError(f"{path} is not valid JSON: rerun 'featpipe prepare'") from None
     if obj.get("format") != FORMAT:
         raise DataError(f"{path} has split format {obj.get('format')!r}, expected {FORMAT}: rerun 'featpipe prepare'")
-    fewshot = {int(s): {int(k): list(v) for k, v in per_k.items()} for s, per_k in obj["fewshot"].items()}
-    return Splits(obj["dataset"], list(obj["classes"]), obj["manifest_sha256"], list(obj["train"]), list(obj["val"]),
-                  list(obj["test"]), fewshot, hashlib.sha256(data).hexdigest(), obj)
+    try:
+        fewshot = {int(s): {int(k): list(v) for k, v in per_k.items()} for s, per_k in obj["fewshot"].items()}
+        out = Splits(obj["dataset"], list(obj["classes"]), obj["manifest_sha256"], list(obj["train"]),
+                     list(obj["val"]), list(obj["test"]), fewshot, hashlib.sha256(data).hexdigest(), obj)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DataError(f"{path} is damaged or edited ({type(exc).__name__}: {exc}): rerun 'featpipe prepare'") from None
+    train = set(out.train) if check else None
+    for s, per_k in fewshot.items() if check else ():
+        for k, ids in per_k.items():
+            stray = [i for i in ids if i not in train]
+            if stray:
+                raise DataError(f"{path}: the {k}-shot subset of seed {s} names {stray[0]!r}, which is not in train "
+                                "(edited?): rerun 'featpipe prepare'")
+    return out

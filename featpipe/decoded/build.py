@@ -36,6 +36,7 @@ from featpipe.core.workers import pool_kwargs
 from featpipe.decoded.cache import (
     DecodeOptions,
     content_sha256,
+    damaged_rows,
     decoder_settings,
     image_refs,
     open_reusable,
@@ -139,6 +140,8 @@ def _plans(ids: list[str], shas: list[str], result: BuildResult, *, draft: bool
         rows = np.full(n, -1, dtype=np.int64)
         if old is not None:
             old_ids, old_shas = strings(old["ids"]), strings(old["sha256"])
+            damaged = damaged_rows(old, path)
+            old_shas = [None if j in damaged else s for j, s in enumerate(old_shas)]  # decoded again
             if old_ids == ids and old_shas == shas:  # exactly these rows: nothing to write
                 result.stats[size] = {"images": n, "decoded": 0, "reused": n, "rewritten": False,
                                       "channels": int(old["images"].shape[-1])}
@@ -161,12 +164,13 @@ def build_decoded(manifest: pd.DataFrame, *, size: int | Resize, path: Path, wor
 # --------------------------------------------------------------------------- decoding
 
 
-def _decode_task(jobs: Sequence[tuple[str, tuple]], draft: bool, max_pixels: int) -> list:
-    """Worker: per (ref, forms) ``(pixels by form, (w, h))`` or the reject reason (a string)."""
+def _decode_task(jobs: Sequence[tuple[str, tuple, str]], draft: bool, max_pixels: int) -> list:
+    """Worker: per (ref, forms, manifest sha256) ``(pixels by form, (w, h))`` or the reject reason (a string);
+    the bytes are hashed and checked against the manifest first (``"changed since prepare"``)."""
     out = []
-    for ref, sizes in jobs:
+    for ref, sizes, sha in jobs:
         try:
-            out.append(decode_sizes(ref, sizes, draft=draft, max_pixels=max_pixels))
+            out.append(decode_sizes(ref, sizes, draft=draft, max_pixels=max_pixels, sha256=sha))
         except ImageRejected as exc:
             out.append(exc.reason)
     return out
@@ -210,7 +214,7 @@ def mp_context():
 
 
 def jobs_for(writers: dict, shas: list[str], refs: list[str]) -> list[tuple[int, str, tuple]]:
-    """One job per distinct sha256 that some file lacks: (first row, ref, the forms that lack it). A row
+    """One job per distinct sha256 that some file lacks: (first row, ref, the forms that lack it, sha256). A row
     whose bytes some other row of the same file already holds (same sha256) is copied, not decoded."""
     need: dict[str, tuple[int, set]] = {}
     for size, w in writers.items():
@@ -220,7 +224,7 @@ def jobs_for(writers: dict, shas: list[str], refs: list[str]) -> list[tuple[int,
                 w.put(int(r), w.get(held[shas[r]]))
             else:
                 need.setdefault(shas[r], (int(r), set()))[1].add(size)
-    return sorted((r, refs[r], tuple(sorted(s, key=as_resize))) for r, s in need.values())
+    return sorted((r, refs[r], tuple(sorted(s, key=as_resize)), shas[r]) for r, s in need.values())
 
 
 def decode_into(jobs, writers: dict, shas, ids, refs, *, options, pool, result, rejects: bool) -> None:
@@ -232,6 +236,9 @@ def decode_into(jobs, writers: dict, shas, ids, refs, *, options, pool, result, 
     for row, out in _stream(jobs, draft=options.draft, max_pixels=options.max_pixels, pool=pool):
         same = rows_of[shas[row]]
         if isinstance(out, str):
+            if not rejects and out == "changed since prepare":
+                raise DataError(f"image {ids[row]} ({refs[row]}) changed since 'featpipe prepare' (its sha256 is not "
+                                "the manifest's): re-run 'featpipe prepare', or restore the file")
             if not rejects:
                 raise DataError(f"cannot decode image {ids[row]} ({refs[row]}): {out}; re-run 'featpipe prepare' "
                                 "to reject it, or fix the file")

@@ -6,6 +6,9 @@ Layout of ``cache/<dataset>/decoded-<size>.h5`` (bilinear; another filter: ``dec
 - ``images``: uint8 ``(N, size, size, C)``, chunked one image per chunk; C = 1 when every image is
   grayscale, else 3 (grayscale images replicated);
 - ``ids``: utf-8 strings, the manifest ids in manifest order; ``sha256``: the manifest's sha256 per row;
+- ``images_crc32``: a CRC-32 per block of 64 rows of ``images`` (:mod:`featpipe.core.checksums`): the reader
+  checks each block it reads once per process (a mismatch is a one-line error), a build decodes the rows of
+  damaged blocks again instead of reusing them;
 - attrs: ``format, size, channels, resize_method`` (names the filter), ``draft, draft_factor, decoder_version, rows_sha256``
   (a hash of the (id, sha256) rows), ``featpipe_version, pillow_version, pydicom_version, numpy_version,
   complete`` and the last build's ``n_decoded, n_reused, seconds``.
@@ -33,7 +36,9 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from featpipe.core import checksums
 from featpipe.core.errors import CacheError
+from featpipe.core.log import notice
 from featpipe.core.provenance import mismatch
 from featpipe.core.versions import versions
 from featpipe.imaging.base import DECODER_VERSION, DEFAULT_DRAFT, DEFAULT_MAX_PIXELS, Resize, as_resize
@@ -123,6 +128,20 @@ def open_reusable(path: Path, wanted: dict) -> h5py.File | None:
     return f
 
 
+def damaged_rows(f: h5py.File, path: Path) -> set[int]:
+    """Rows of a previous file whose ``images`` fail their checksums (every row when it records none), said
+    in one line: a build decodes them again instead of reusing them."""
+    bad = checksums.bad_blocks(f, "images")
+    n = int(f["images"].shape[0])
+    if bad is None:
+        notice(f"{path} has no checksums (made by an older featpipe): decoding its images again")
+        return set(range(n))
+    if bad:
+        notice(f"{path}: {checksums.span(bad, checksums.stored(f, 'images')[1], n)} do not match their checksums "
+               "(damaged): decoding them again")
+    return set(checksums.rows_of(bad, checksums.stored(f, "images")[1], n).tolist())
+
+
 def strings(ds: h5py.Dataset) -> list[str]:
     return [s.decode() if isinstance(s, bytes) else str(s) for s in ds[()]]
 
@@ -164,6 +183,8 @@ class DecodedImages:
         self._pid: int | None = None
         self._ids: np.ndarray | None = None
         self._index: dict | None = None
+        self._sums: tuple | None = None  # (checksums, block_rows) of ``images``, read with the file
+        self._ok: set = set()  # blocks checked in this process
 
     def _file(self) -> h5py.File:
         if self._h5 is None or self._pid != os.getpid():
@@ -174,7 +195,24 @@ class DecodedImages:
                 f.close()
                 raise CacheError(f"decoded-image cache {self.path} is incomplete: run 'featpipe decode' again")
             self._h5, self._pid = f, os.getpid()
+            self._sums, self._ok = checksums.stored(f, "images"), set()
         return self._h5
+
+    def _check(self, rows: np.ndarray) -> None:
+        """The blocks holding ``rows`` checked against their checksums, each once per process; a damaged
+        one is a one-line CacheError (a file with no checksums cannot be checked: its build redoes it)."""
+        f = self._file()
+        if self._sums is None or not len(rows):
+            return
+        block_rows = self._sums[1]
+        todo = set(np.unique(np.asarray(rows) // block_rows).tolist()) - self._ok
+        if not todo:
+            return
+        bad = checksums.bad_blocks(f, "images", todo)
+        if bad:
+            raise CacheError(f"decoded-image cache {self.path} is damaged ({checksums.span(bad, block_rows, len(self))} "
+                             "do not match their checksums): run 'featpipe decode' (it decodes them again)")
+        self._ok |= todo
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -230,6 +268,7 @@ class DecodedImages:
         i = int(i)
         if not -n <= i < n:
             raise IndexError(f"row {i} out of range for {n} images")
+        self._check(np.array([i % n]))
         return self._file()["images"][i % n]
 
     def read(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -238,6 +277,7 @@ class DecodedImages:
         n = len(self)
         if len(idx) and (idx.min() < -n or idx.max() >= n):
             raise IndexError(f"rows out of range for {n} images")
+        self._check(idx % n if n else idx)
         return read_rows(self._file()["images"], idx % n if n else idx)
 
     def close(self) -> None:

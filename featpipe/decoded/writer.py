@@ -4,7 +4,8 @@ Rows arrive in any order with their natural channels (1 for grey content, 3 for 
 written as ``<path>.partial`` with one channel until the first colour row arrives; it is then widened:
 a 3-channel file is started (``<path>.partial3``), the rows written so far are copied into it with their
 grey channel replicated, and the one-channel file is removed. Nothing is decoded twice. Rows left out
-at the end (rejected images) are compacted away before the file is renamed into place.
+at the end (rejected images) are compacted away; the CRC-32 of every block of rows (``images_crc32``,
+:mod:`featpipe.core.checksums`) is written, and the file is renamed into place.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from featpipe.core import checksums
 from featpipe.core.errors import CacheError
+from featpipe.core.fileio import ensure_space
 
 _BLOCK = 64  # rows per copy block (flat memory)
+_CHECK_ROWS = 64  # rows per checksum block of ``images`` (featpipe.core.checksums)
 
 
 class Writer:
@@ -32,6 +36,7 @@ class Writer:
         self.f: h5py.File | None = self._create(self.tmp, 1)
 
     def _create(self, tmp: Path, channels: int) -> h5py.File:
+        ensure_space(self.path, self.n * (self.size * self.size * channels + 200), what="the decoded-image cache")
         f = h5py.File(tmp, "w")
         s = self.size
         f.create_dataset("images", shape=(self.n, s, s, channels), maxshape=(None, s, s, channels), dtype=np.uint8,
@@ -81,6 +86,7 @@ class Writer:
                 if j != r:
                     ds[j] = ds[r]
             ds.resize(len(kept), axis=0)
+        checksums.write(self.f, "images", checksums.of_dataset(ds, _CHECK_ROWS), _CHECK_ROWS)
         self.f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
         self.f.create_dataset("sha256", data=np.array(shas, dtype=object), dtype=h5py.string_dtype("utf-8"))
         self.f.attrs.update({**self.attrs, **attrs, "channels": self.channels, "complete": True})

@@ -28,7 +28,8 @@ def create(settings: Mapping[str, Any], *, workers: int = 1) -> "LocalExecutor":
 
 
 class LocalExecutor(Executor):
-    """``workers``: processes for :meth:`map` (1 = this process; -1 = one per CPU, as joblib counts)."""
+    """``workers``: processes for :meth:`map` (1 = this process; -1 = one per CPU, -2 = all but one, as joblib
+    counts: :func:`effective_workers`)."""
 
     name = "local"
     interactive = True
@@ -41,7 +42,7 @@ class LocalExecutor(Executor):
         shared = dict(shared or {})
         chunks = plan(items, cost)
         out: list = [None] * len(items)
-        if self.workers == 1 or len(chunks) <= 1:
+        if effective_workers(self.workers) == 1 or len(chunks) <= 1:
             for ch in chunks:
                 for i in ch:
                     out[i] = fn(items[i], shared)
@@ -55,13 +56,14 @@ class LocalExecutor(Executor):
             for k, (name, arr) in enumerate(shared.items()):
                 paths[name] = os.path.join(tmp, f"shared{k}.npy")
                 np.save(paths[name], arr)
-            results = Parallel(n_jobs=self.workers)(
-                delayed(_worker)(fn, [items[i] for i in ch], paths, os.getpid(), os.getcwd()) for ch in chunks)
-        for ch, res in zip(chunks, results):
-            for i, r in zip(ch, res):
-                out[i] = r
-                if on_result is not None:
-                    on_result(i, r)
+            results = Parallel(n_jobs=self.workers, return_as="generator_unordered")(
+                delayed(_worker)(fn, [items[i] for i in ch], paths, os.getpid(), os.getcwd(), k)
+                for k, ch in enumerate(chunks))
+            for k, res in results:  # as each chunk finishes: the caller can write its results at once
+                for i, r in zip(chunks[k], res):
+                    out[i] = r
+                    if on_result is not None:
+                        on_result(i, r)
         return out
 
     def embed(self, batches: Sequence, *, read: Callable, model_factory: Callable, prepare: Optional[Callable] = None,
@@ -73,13 +75,23 @@ class LocalExecutor(Executor):
         return fn()
 
 
-def _worker(fn: Callable, items: list, paths: Mapping[str, str], parent: int, cwd: str) -> list:
+def effective_workers(workers: int) -> int:
+    """Processes ``workers`` means, joblib's way: n > 0 is n, -1 every CPU, -2 every CPU but one, ...; 1 when
+    joblib would run in this process anyway (one CPU left, ``JOBLIB_MULTIPROCESSING=0``)."""
+    if workers == 1:
+        return 1
+    from joblib import effective_n_jobs
+
+    return max(1, int(effective_n_jobs(workers)))
+
+
+def _worker(fn: Callable, items: list, paths: Mapping[str, str], parent: int, cwd: str, k: int) -> tuple[int, list]:
     die_with_parent(parent, pdeathsig=False)  # loky workers: never outlive the main process
     # loky reuses worker processes across calls: relative paths must mean what they mean in the caller's
     # working directory now, not in the one the worker was started in
     os.chdir(cwd)
     shared = {name: np.load(p, mmap_mode="r") for name, p in paths.items()}
-    return run_chunk(fn, items, shared)
+    return k, run_chunk(fn, items, shared)
 
 
 def _stream(batches: list, read: Callable, prepare: Optional[Callable], model: Callable):

@@ -26,14 +26,16 @@ import gzip
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from featpipe.core.errors import DataError
 from featpipe.core.fileio import atomic_write
-from featpipe.core.locks import build_lock
+from featpipe.core.locks import build_lock, clean_leftovers, pid_alive, say
 from featpipe.core.names import canonical_params, config_name, params_tag
 from featpipe.evaluation.metrics import SCALAR_METRICS
 
@@ -69,16 +71,42 @@ def key_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_runs(path: str | Path) -> pd.DataFrame:
-    """The table (empty frame with the key columns when it does not exist yet)."""
+    """The table (empty frame with the key columns when it does not exist yet). A table that cannot be parsed,
+    lacks a key column or a metric column, or has non-integer shots/seeds is a one-line :class:`DataError`."""
     path = Path(path)
     if not path.exists():
         return pd.DataFrame(columns=list(KEY_COLUMNS))
-    df = pd.read_csv(path, dtype={k: str for k in (*STR_KEYS, "head_params", "run_id", "degenerate_reason")},
-                     keep_default_na=True, **EXACT_FLOATS)
+    try:
+        df = pd.read_csv(path, dtype={k: str for k in (*STR_KEYS, "head_params", "run_id", "degenerate_reason")},
+                         keep_default_na=True, **EXACT_FLOATS)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"results table {path} is empty (not even a header): delete it, or restore it, "
+                        "and re-run the stages that write it") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"results table {path} is damaged ({first}): restore it, or delete it and re-run the "
+                        "stages that write it") from None
+    _check_table(df, path)
     for k in STR_KEYS:
         if k in df.columns:
             df[k] = df[k].fillna("").astype(object)
     return df
+
+
+def _check_table(df: pd.DataFrame, path: Path) -> None:
+    need = [k for k in KEY_COLUMNS if k not in ("weights_id", "split_sha256")]
+    if len(df):
+        need += [m for m in SCALAR_METRICS if m != "threshold"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise DataError(f"results table {path} is damaged: no column {', '.join(map(repr, missing[:4]))}; "
+                        "restore it, or delete it and re-run the stages that write it")
+    for k in ("shots", "seed"):
+        v = pd.to_numeric(df[k], errors="coerce")
+        bad = (v.isna() | (v != v.round())).to_numpy()
+        if bad.any():
+            raise DataError(f"results table {path} is damaged: column '{k}' is not an integer on line "
+                            f"{int(bad.argmax()) + 2}; restore it, or delete it and re-run the stages that write it")
 
 
 def _order(columns: Iterable[str]) -> list[str]:
@@ -105,17 +133,87 @@ def upsert_runs(path: str | Path, rows: Iterable[Mapping]) -> pd.DataFrame:
         raise ValueError("two rows with the same key in one write")
     path.parent.mkdir(parents=True, exist_ok=True)
     with build_lock(path, what="the results table"):
+        for d in (path.parent, path.parent / PREDICTIONS_DIR, path.parent / CURVES_DIR):
+            clean_leftovers(d)  # temporary files of writers killed before their rename, reported
         old = read_runs(path)
-        if len(old):
-            old = key_frame(old)
-            df = pd.concat([old, new], ignore_index=True)
-        else:
-            df = new
+        journals = dead_journals(path)
+        parts = [key_frame(f) for f in (old, *(j[1] for j in journals), new) if len(f)]
+        df = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
         df = df.drop_duplicates(list(KEY_COLUMNS), keep="last")
         df = df.sort_values(list(KEY_COLUMNS), kind="stable").reset_index(drop=True)
         df = df[_order(df.columns)]
         atomic_write(path, df.to_csv(index=False, lineterminator="\n"))  # floats as repr: exact round trip
+        for jpath, rows in journals:
+            jpath.unlink(missing_ok=True)
+            say(f"recovered {len(rows)} row(s) of an interrupted run from {jpath.name} into {path}")
     return df
+
+
+# --------------------------------------------------------------------------- journal of a run in progress
+
+
+def _journal_name(table: Path, pid: int) -> Path:
+    return table.with_name(f".{table.name}.journal-{pid}.jsonl")
+
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else str(v)
+
+
+def _read_journal(path: Path) -> pd.DataFrame:
+    """The complete rows of a journal (a line torn by a kill is dropped)."""
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return pd.DataFrame(rows)
+
+
+def dead_journals(table: str | Path) -> list[tuple[Path, pd.DataFrame]]:
+    """(file, rows) of the journals beside ``table`` left by processes that died before writing their rows
+    into it (call with the table's lock held)."""
+    table = Path(table)
+    out = []
+    for f in sorted(table.parent.glob(f".{table.name}.journal-*.jsonl")):
+        pid = f.name.rsplit("-", 1)[-1].split(".")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            out.append((f, _read_journal(f)))
+    return out
+
+
+class RunJournal:
+    """The rows of a command that runs many fits, kept as they finish so that an interrupted command loses
+    nothing it computed: :meth:`add` writes a run's predictions and curves and appends its row to
+    ``<results>/.runs.csv.journal-<pid>.jsonl`` (flushed to disk); :meth:`commit` upserts the rows into
+    ``runs.csv`` and removes the journal. A journal left by a killed process is merged into the table by the
+    next write to it (:func:`upsert_runs`), which says so. Opening one fails at once (before any fit) where
+    the results folder cannot be written."""
+
+    def __init__(self, results_dir: str | Path):
+        self.dir = Path(results_dir)
+        self.table = self.dir / RUNS_CSV
+        read_runs(self.table)  # a damaged table fails now, not after every fit
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = _journal_name(self.table, os.getpid())
+        self._fh = open(self.path, "a", encoding="utf-8")
+        self.rows: list[dict] = []
+
+    def add(self, record) -> None:
+        """Write one finished run (a record with ``row``, ``predictions``, ``curves``)."""
+        write_files(self.dir, record)
+        self._fh.write(json.dumps(dict(record.row), default=_plain) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.rows.append(dict(record.row))
+
+    def commit(self) -> pd.DataFrame:
+        """Upsert the rows into the table; the journal is removed once they are in it. Returns the table."""
+        self._fh.close()
+        table = upsert_runs(self.table, self.rows) if self.rows else read_runs(self.table)
+        self.path.unlink(missing_ok=True)
+        return table
 
 
 def run_id(row: Mapping) -> str:
@@ -161,19 +259,22 @@ def write_predictions(results_dir: str | Path, row: Mapping, frame: pd.DataFrame
     return atomic_write(d / f"{_stem(row)}-{rid}.csv.gz", gzip.compress(text, mtime=0))
 
 
-def write_records(results_dir: str | Path, records: Sequence) -> pd.DataFrame:
-    """Every record's predictions file, its row upserted into ``<results_dir>/runs.csv`` (one write) and its
-    curves file (records with ``curves``); returns the table. A record has ``row``, ``predictions`` and
-    ``curves`` (:class:`featpipe.evaluation.record.RunRecord`, or a run result that carries them)."""
+def write_files(results_dir: str | Path, record) -> None:
+    """One record's predictions file and (when it has ``curves``) its curves file."""
     rdir = Path(results_dir)
+    if record.predictions is not None:
+        write_predictions(rdir, record.row, record.predictions)
+    if record.curves:
+        write_curves(rdir / CURVES_DIR, record.row, record.curves)
+
+
+def write_records(results_dir: str | Path, records: Sequence) -> pd.DataFrame:
+    """Every record's predictions and curves files (:func:`write_files`) and its row upserted into
+    ``<results_dir>/runs.csv`` (one write); returns the table. A record has ``row``, ``predictions`` and
+    ``curves`` (:class:`featpipe.evaluation.record.RunRecord`, or a run result that carries them)."""
     for r in records:
-        if r.predictions is not None:
-            write_predictions(rdir, r.row, r.predictions)
-    table = upsert_runs(rdir / RUNS_CSV, [r.row for r in records])
-    for r in records:
-        if r.curves:
-            write_curves(rdir / CURVES_DIR, r.row, r.curves)
-    return table
+        write_files(results_dir, r)
+    return upsert_runs(Path(results_dir) / RUNS_CSV, [r.row for r in records])
 
 
 def prediction_files(results_dir: str | Path) -> dict[str, Path]:
@@ -190,6 +291,19 @@ def read_predictions(results_dir: str | Path, run_ids: Iterable[str] | None = No
     want = list(files) if run_ids is None else [r for r in run_ids if r in files]
     if not want:
         return pd.DataFrame(columns=["run_id", "split", "id", "label", "threshold"])
-    return pd.concat([pd.read_csv(files[r], dtype={"run_id": str, "id": str, "split": str}, **EXACT_FLOATS)
-                      for r in want],
-                     ignore_index=True)
+    return pd.concat([_read_prediction_file(files[r]) for r in want], ignore_index=True)
+
+
+def _read_prediction_file(path: Path) -> pd.DataFrame:
+    """One predictions file; a damaged one (not gzip, torn, unparsable, without its columns) is one line."""
+    try:
+        df = pd.read_csv(path, dtype={"run_id": str, "id": str, "split": str}, **EXACT_FLOATS)
+    except (OSError, EOFError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"predictions file {path} is damaged ({first}): delete it and re-run its run "
+                        "(fit, sweep or finetune)") from None
+    missing = [c for c in ("run_id", "split", "id", "label") if c not in df.columns]
+    if missing:
+        raise DataError(f"predictions file {path} is damaged (no column {missing[0]!r}): delete it and re-run "
+                        "its run (fit, sweep or finetune)")
+    return df

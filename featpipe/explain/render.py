@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from featpipe.core.fileio import atomic_write
+from featpipe.core.names import short_part
 
 ALPHA = 0.45  # overlay opacity of the heat map
 CMAP = "jet"
@@ -34,7 +35,9 @@ class Example:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_")[:120] or "image"
+    """A file-name part of ``text`` (:func:`featpipe.core.names.short_part`: long class names and ids are cut
+    and end in a hash, so every file name stays far below the file system's limit)."""
+    return short_part(text) if str(text).strip() else "image"
 
 
 def _gray(img: np.ndarray) -> np.ndarray:

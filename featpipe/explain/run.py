@@ -12,6 +12,7 @@ image in the backbone's decoded form, size and filter (from the decoded-image ca
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -30,6 +31,8 @@ from featpipe.evaluation.metrics import predict_labels
 from featpipe.explain.gradcam import feature_model, gradcam, layer_grid, logits
 from featpipe.explain.render import Example, slug, write_run
 from featpipe.explain.sanity import sanity_check
+from featpipe.imaging.base import ImageRejected
+from featpipe.imaging.decode import content_sha256
 from featpipe.explain.select import outcome_cells, select_examples
 from featpipe.predict import image_files
 from featpipe.saved.load import LoadedModel, load_model
@@ -69,8 +72,10 @@ def test_images(preprocess: Preprocess, *, manifest: str | Path, splits: str | P
         with DecodedImages(_decoded_cache(m, preprocess, cache_dir=cache_dir, dataset=sp.dataset,
                                           options=options)) as r:
             pixels = np.asarray(r.read(r.require(rows)))
-    except DataError:  # a test image no longer decodes (changed since prepare): skipped and named, cache untouched
-        ok, decoded, rejects = decode_files(rows["path"].astype(str).tolist(), preprocess.decoding)
+    except DataError:  # a test image changed or no longer decodes since prepare: skipped and named, cache untouched
+        rows, rejects = _unchanged(rows)
+        ok, decoded, bad = decode_files(rows["path"].astype(str).tolist(), preprocess.decoding)
+        rejects += bad
         if not ok:
             raise DataError(f"none of the {len(ids)} test images could be decoded (first: {rejects[0]['path']}: "
                             f"{rejects[0]['reason']}); re-run 'featpipe prepare'") from None
@@ -78,6 +83,20 @@ def test_images(preprocess: Preprocess, *, manifest: str | Path, splits: str | P
         ids = rows["id"].astype(str).tolist()
         pixels = same_channels(decoded)
     return ImageSet(ids, centre_crop(pixels, preprocess), rows["label"].to_numpy(dtype=np.int64), tuple(rejects))
+
+
+def _unchanged(rows):
+    """(the rows whose image still has the manifest's sha256, a reject entry for each one that changed)."""
+    keep, rejects = [], []
+    for path, sha in zip(rows["path"].astype(str), rows["sha256"].astype(str)):
+        try:
+            same = content_sha256(path) == sha
+        except ImageRejected:
+            same = True  # missing or unreadable: the decode below names it with its reason
+        keep.append(same)
+        if not same:
+            rejects.append({"path": path, "reason": "changed since prepare"})
+    return rows[np.asarray(keep, dtype=bool)], rejects
 
 
 def _decoded_cache(manifest, preprocess: Preprocess, *, cache_dir, dataset: str, options) -> Path:
@@ -190,6 +209,13 @@ def sanity_model(model_path: str | Path, *, out_dir: str | Path = "reports/gradc
     return p.ex.run, result
 
 
+def _names(stem: str, entry: str) -> bool:
+    """Whether a model file's stem is run ``entry``: a saved head's stem starts with it, a fine-tuned model's
+    ends with it before its identity hash (``<dataset>-<run>-<hash>``)."""
+    bare = re.sub(r"-[0-9a-f]{8}$", "", stem)
+    return stem.startswith(f"{entry}-") or bare.endswith(f"-{entry}") or entry in (stem, bare)
+
+
 def resolve_models(entries: Sequence[str], models_dir: str | Path = "models") -> list[Path]:
     """Model files for ``gradcam.runs`` entries: a path, or a run name such as ``tiny_cnn-logistic-k20-s0``
     (a saved head) or ``tiny_cnn-layerwise-k10-s0`` (a fine-tuned model), found under ``models_dir``."""
@@ -201,7 +227,7 @@ def resolve_models(entries: Sequence[str], models_dir: str | Path = "models") ->
             out.append(p)
             continue
         hits = sorted(f for f in root.rglob("*") if f.suffix in (".skops", ".safetensors")
-                      and (f.stem.startswith(f"{entry}-") or f.stem.endswith(f"-{entry}") or f.stem == entry))
+                      and _names(f.stem, entry))
         if len(hits) != 1:
             found = "no model" if not hits else f"{len(hits)} models ({', '.join(h.name for h in hits[:3])})"
             raise ConfigError(f"gradcam.runs entry '{entry}': {found} under {root}; give a file path or a unique run name")

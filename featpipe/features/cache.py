@@ -7,6 +7,9 @@ Layout (readable with plain ``h5py``, ``pandas`` or ``h5dump``; no featpipe need
       ids       (N,) utf-8 strings: the manifest ids, in manifest order
       labels    (N,) int64: the manifest labels
       sha256    (N,) utf-8 strings: sha256 of each image's bytes (what incremental runs compare)
+      features_crc32  (ceil(N / block_rows),) uint32: CRC-32 per block of rows of ``features``
+                (:mod:`featpipe.core.checksums`), checked on every read: a mismatch is a one-line error,
+                and ``extract`` re-extracts the rows of the damaged blocks
       attrs     backbone, weights, weights_id, layer ("" = final embedding), features (which embedding:
                 avgpool, cls, mean, pooler, image_embeds), preprocess (JSON),
                 manifest_sha256, embedding_dim, precision, device, featpipe_version, torch_version,
@@ -30,8 +33,9 @@ from typing import Iterable, Iterator, Mapping, Optional, Sequence
 import h5py
 import numpy as np
 
+from featpipe.core import checksums
 from featpipe.core.errors import CacheError
-from featpipe.core.fileio import atomic_path, atomic_write
+from featpipe.core.fileio import atomic_path, atomic_write, ensure_space
 from featpipe.core.locks import LockTimeout, build_lock
 from featpipe.core.names import cache_name
 from featpipe.core.provenance import mismatch
@@ -125,11 +129,48 @@ def read_features(path: str | Path, *, require_complete: bool = True) -> Feature
             if name not in f:
                 raise CacheError(f"{path} is not a featpipe feature cache (no '{name}' dataset)")
         ids = f["ids"].asstr()[()]
-        feats = f["features"][()].astype(np.float32, copy=False)
+        raw = f["features"][()]
+        _check_rows(f, raw, path)
+        feats = raw.astype(np.float32, copy=False)
         labels = f["labels"][()].astype(np.int64, copy=False)
         sha = f["sha256"].asstr()[()] if "sha256" in f else None
     return FeatureSet(np.asarray(ids, dtype=object).astype(str), feats, labels, attrs,
                       None if sha is None else np.asarray(sha, dtype=object).astype(str))
+
+
+def _check_rows(f: h5py.File, raw: np.ndarray, path) -> None:
+    """``raw`` (all of ``features`` as stored) against the file's checksums; a mismatch is a CacheError."""
+    rec = checksums.stored(f, "features")
+    if rec is None:
+        return
+    sums, rows = rec
+    n_blocks = -(-len(raw) // rows)
+    bad = [b for b in range(n_blocks) if b >= len(sums) or checksums.crc(raw[b * rows:(b + 1) * rows]) != int(sums[b])]
+    if bad or len(sums) != n_blocks:
+        raise damaged(path, checksums.span(bad, rows, len(raw)) if bad else "its checksum list")
+
+
+def damaged(path, where: str) -> CacheError:
+    """The one-line error for a feature cache whose rows fail their checksums."""
+    return CacheError(f"feature cache {path} is damaged ({where} do not match their checksums): re-run "
+                      "'featpipe extract' for it (the damaged rows are extracted again)")
+
+
+_VERIFIED: set = set()
+
+
+def verify(path: str | Path) -> None:
+    """Check every row of a cache file against its checksums, once per file version per process."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    with _open(p) as f:
+        bad = checksums.bad_blocks(f, "features")
+        if bad:
+            raise damaged(p, checksums.span(bad, checksums.stored(f, "features")[1], f["features"].shape[0]))
+    _VERIFIED.add(key)
 
 
 class LazyFeatures:
@@ -139,6 +180,7 @@ class LazyFeatures:
         self.path = Path(path)
         self._file: Optional[h5py.File] = None
         self._pid: Optional[int] = None
+        verify(self.path)
         with _open(self.path) as f:
             self.ids = np.asarray(f["ids"].asstr()[()], dtype=object).astype(str)
             self.attrs = _attrs(f)
@@ -226,17 +268,20 @@ def write_features(path: str | Path, *, ids: Sequence[str], features: np.ndarray
         blocks = features
     if len(labels) != n or (sha256 is not None and len(sha256) != n):
         raise ValueError("ids, labels and sha256 must have the same length")
+    ensure_space(path, n * (int(dim) * np.dtype(dtype).itemsize + 200), what="the feature cache")
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             rows = max(1, min(n, _CHUNK_BYTES // max(1, dim * np.dtype(dtype).itemsize)))
             ds = f.create_dataset("features", shape=(n, dim), dtype=dtype, chunks=(rows, dim) if n else None)
-            at = 0
+            at, sums = 0, checksums.Running()
             for block in blocks:
-                block = np.asarray(block)
-                ds[at:at + len(block)] = block.astype(dtype, copy=False)
+                block = np.asarray(block).astype(dtype, copy=False)
+                ds[at:at + len(block)] = block
+                sums.add(block)
                 at += len(block)
             if at != n:
                 raise ValueError(f"got {at} feature rows for {n} ids")
+            checksums.write(f, "features", sums.sums, sums.block_rows)
             f.create_dataset("ids", data=np.asarray(list(ids), dtype=object), dtype=STR)
             f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
             if sha256 is not None:
@@ -253,7 +298,9 @@ def write_features(path: str | Path, *, ids: Sequence[str], features: np.ndarray
 
 
 def iter_rows(path: str | Path, rows: np.ndarray, *, block: int = 4096) -> Iterator[np.ndarray]:
-    """Feature rows ``rows`` (any order, repeats allowed) of a cache file, in blocks, as float32."""
+    """Feature rows ``rows`` (any order, repeats allowed) of a cache file, in blocks, as float32 (the file is
+    checked against its checksums first, once per process: :func:`verify`)."""
+    verify(path)
     with _open(path) as f:
         ds = f["features"]
         for start in range(0, len(rows), block):
@@ -268,6 +315,7 @@ def merge_files(paths: Sequence[str | Path], out: str | Path, *, ignore: Sequenc
         raise CacheError(f"no shard files to merge into {out}")
     metas = []
     for p in paths:
+        verify(p)
         with _open(p) as f:
             a = _attrs(f)
             if not a.get("complete", False):

@@ -25,7 +25,7 @@ import pandas as pd
 
 from featpipe.backbones import weights as weights_mod
 from featpipe.backbones.registry import get
-from featpipe.core import locks
+from featpipe.core import checksums, locks
 from featpipe.core.errors import CacheError
 from featpipe.core.log import logger, notice
 from featpipe.core.runtime import Runtime
@@ -185,6 +185,7 @@ def _reusable_rows(out: Path, expected: dict, ids: list, shas: list,
     """For each manifest row, its row in the existing cache (-1 = extract); the existing cache's ids; and why
     nothing could be reused ("" when rows were reusable or there was no cache)."""
     rows = np.full(len(ids), -1, dtype=np.int64)
+    bad_rows: set = set()
     if not out.exists():
         return rows, [], ""
     try:
@@ -193,12 +194,20 @@ def _reusable_rows(out: Path, expected: dict, ids: list, shas: list,
         if why is None:
             with featcache._open(out) as f:
                 old_ids, old_sha = f["ids"].asstr()[()], f["sha256"].asstr()[()]
+                bad = checksums.bad_blocks(f, "features")
+                if bad is None:
+                    why = "no checksums (made by an older featpipe)"
+                else:
+                    block_rows = checksums.stored(f, "features")[1]
+                    bad_rows = set(checksums.rows_of(bad, block_rows, len(old_ids)).tolist())
     except (CacheError, KeyError, OSError) as exc:
         why = f"unreadable ({exc})"
     if why is not None:
         _say(f"{out} does not match this request ({why}): extracting every image again", progress)
         return rows, [], why
-    where = {(i, s): j for j, (i, s) in enumerate(zip(old_ids, old_sha))}
+    if bad_rows:
+        _say(f"{out}: {len(bad_rows)} row(s) do not match their checksums (damaged): extracting them again", progress)
+    where = {(i, s): j for j, (i, s) in enumerate(zip(old_ids, old_sha)) if j not in bad_rows}
     rows[:] = [where.get(k, -1) for k in zip(ids, shas)]
     return rows, old_ids.tolist(), ""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -98,8 +98,9 @@ def load_cache(cache_dir: str | Path, splits: Splits, backbone: str, *, layer: s
     fs = read_features(path)
     a = fs.attrs
     if a.get("manifest_sha256") != splits.manifest_sha256:
-        raise CacheError(f"{path} was extracted from another manifest than {splits.dataset}'s splits "
-                         f"(stale cache): re-run 'featpipe extract --backbone {backbone}'")
+        raise CacheError(f"{path} was extracted from another manifest than {splits.dataset}'s splits were made "
+                         f"from (stale cache): if the manifest changed since 'featpipe prepare', re-run 'featpipe prepare', then "
+                         f"'featpipe extract --backbone {backbone}'")
     if a.get("backbone") not in (None, backbone):
         raise CacheError(f"{path} holds features of backbone {a.get('backbone')!r}, not {backbone!r}")
     if (a.get("layer") or "") != (layer or ""):
@@ -221,10 +222,11 @@ def _fit_task(task: tuple, shared, *, metas: list, splits: Splits, params: Param
 
 def run_grid(splits: Splits, caches: Sequence[CacheData], *, heads: Sequence[str], shots: Sequence[int],
              seeds: Sequence[int], params: Params, models_dir: str | Path | None = None,
-             n_jobs: int | None = None, engine: Executor | None = None) -> list[RunResult]:
+             n_jobs: int | None = None, engine: Executor | None = None,
+             on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
     """Every (cache, head, k, seed) run, in grid order, mapped over ``engine`` (default: the local engine with
     ``n_jobs`` processes, ``fit.n_jobs`` by default); the feature matrices are shared read-only, each run asks
-    ``engine.fit_cpus`` CPUs."""
+    ``engine.fit_cpus`` CPUs. ``on_result(run)`` is called in this process as each run finishes."""
     for h in heads:
         head_params(h, params.heads)  # unknown head names fail before any work
     n_jobs = params.fit.n_jobs if n_jobs is None else n_jobs
@@ -233,5 +235,6 @@ def run_grid(splits: Splits, caches: Sequence[CacheData], *, heads: Sequence[str
     metas = [{f: getattr(c, f) for f in _META} for c in caches]
     task = functools.partial(_fit_task, metas=metas, splits=splits, params=params, models_dir=models_dir)
     return engine.map(task, grid, cpus=params.engine.fit_cpus, cost=_cost,
-                      shared={f"X{i}": c.X for i, c in enumerate(caches)})
+                      shared={f"X{i}": c.X for i, c in enumerate(caches)},
+                      on_result=None if on_result is None else (lambda i, r: on_result(r)))
 

@@ -25,6 +25,7 @@ from featpipe.backbones.model import build
 from featpipe.backbones.spec import Preprocess
 from featpipe.core.errors import DataError, IntegrityError
 from featpipe.core.fileio import atomic_write, check_seal, seal
+from featpipe.core.locks import build_lock, clean_leftovers_once
 from featpipe.core.runtime import Runtime
 from featpipe.finetune.data import DecodingImages, Prep
 from featpipe.finetune.loop import predict_proba
@@ -90,10 +91,13 @@ def save_finetuned(model: FinetuneModel, meta: dict[str, Any], path: str | Path)
 
     tensors_path, sidecar = paths_for(path)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    atomic_write(tensors_path, save(state, metadata={"featpipe": f"{KIND}/{FORMAT}"}))
+    data = save(state, metadata={"featpipe": f"{KIND}/{FORMAT}"})
     full = {"kind": KIND, "format": FORMAT, **meta, "tensors": tensors_path.name,
-            "tensors_sha256": _sha256(tensors_path)}
-    atomic_write(sidecar, seal(full, default=_jsonable))
+            "tensors_sha256": hashlib.sha256(data).hexdigest()}
+    with build_lock(tensors_path, what="the fine-tuned model"):  # the pair is one process's, never a mix
+        clean_leftovers_once(tensors_path.parent)
+        atomic_write(tensors_path, data)
+        atomic_write(sidecar, seal(full, default=_jsonable))
     return tensors_path
 
 

@@ -31,7 +31,7 @@ from featpipe.backbones import registry
 from featpipe.backbones.modelinput import decode_key, ensure_decoded
 from featpipe.core.errors import ConfigError, DataError
 from featpipe.core.fileio import atomic_write, file_sha256
-from featpipe.core.names import finetune_run_name
+from featpipe.core.names import canonical_params, finetune_model_stem, finetune_run_name
 from featpipe.core.runtime import Runtime
 from featpipe.core.versions import versions
 from featpipe.data.manifest import read_manifest
@@ -81,6 +81,15 @@ def grid(p) -> list[Job]:
         raise ConfigError("finetune.strategies has 'truncated' but finetune.layer is not set")
     return [Job(b, s, int(k), int(seed), p.layer if s == "truncated" else None)
             for b in p.backbones for s in p.strategies for k in p.shots for seed in p.seeds]
+
+
+def model_identity(key: dict, p, *, precision: str) -> dict:
+    """Everything besides the run's name that changes a fine-tuned model: the training settings
+    (``head_params``), the starting weights and their identity, the precision trained in, the split and the
+    optimizer. Its hash ends the model's file name (as a saved head's name ends with its params' hash)."""
+    return {"head_params": canonical_params(key["head_params"]), "weights": key["weights"],
+            "weights_id": key["weights_id"], "precision": precision, "split_sha256": key["split_sha256"],
+            "optimizer": p.optimizer}
 
 
 def head_params(job: Job, p) -> dict:
@@ -190,9 +199,10 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
             "preprocess": spec.preprocess.to_dict(), "params": to_dict(p), "head_params": row["head_params"],
             "ids_sha256": row["ids_sha256"], "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
             "precision": rt.precision, **describe(model), **versions("torch", "torchvision", "transformers")}
+    stem = finetune_model_stem(name, model_identity(key, p, precision=rt.precision))
     if p.save_models:
-        row["model_path"] = str(save_finetuned(model, meta, Path(paths.models) / "finetune" / d.splits.dataset / name))
-    write_training_curve(Path(paths.results) / TRAINING_DIR / f"{name}.json", meta, res)
+        row["model_path"] = str(save_finetuned(model, meta, Path(paths.models) / "finetune" / d.splits.dataset / stem))
+    write_training_curve(Path(paths.results) / TRAINING_DIR / f"{stem}.json", meta, res)
     write_records(paths.results, [rec])
     return row
 

@@ -101,7 +101,8 @@ def unused_parameter_names(features: nn.Module, input_size: int) -> list[str]:
     try:
         features.eval()
         with torch.no_grad():
-            features(torch.zeros(1, 3, input_size, input_size))
+            spec = getattr(features, "spec", None)  # a FeatureModel: its input's channels (torchxrayvision: 1)
+            features(torch.zeros(1, spec.preprocess.channels if spec is not None else 3, input_size, input_size))
     finally:
         for h in handles:
             h.remove()

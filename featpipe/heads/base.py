@@ -72,10 +72,18 @@ def grid_cv(fit_predict, n_candidates: int, y: np.ndarray, *, folds: int, seed: 
     """``GridSearchCV``'s choice without its per-fit overhead: folds from a seeded ``StratifiedKFold``,
     mean fold score per candidate, the first best candidate in grid order wins (GridSearchCV's rank
     'min'). ``fit_predict(candidate, train_idx, test_idx) -> predicted labels``. Returns (index, score)."""
+    return grid_cv_folds(lambda tr, te: [fit_predict(c, tr, te) for c in range(n_candidates)], n_candidates, y,
+                         folds=folds, seed=seed, scoring=scoring)
+
+
+def grid_cv_folds(fit_predict_all, n_candidates: int, y: np.ndarray, *, folds: int, seed: int,
+                  scoring: str) -> tuple[int, float]:
+    """:func:`grid_cv` with every candidate of a fold fitted in one call (warm starts along the grid):
+    ``fit_predict_all(train_idx, test_idx) -> predicted labels of each candidate, in grid order``."""
     scores = np.zeros((n_candidates, folds))
     for f, (tr, te) in enumerate(_cv(folds, seed).split(np.zeros(len(y)), y)):
-        for c in range(n_candidates):
-            scores[c, f] = _fold_score(y[te], fit_predict(c, tr, te), scoring)
+        for c, pred in enumerate(fit_predict_all(tr, te)):
+            scores[c, f] = _fold_score(y[te], pred, scoring)
     means = scores.mean(axis=1)
     best = int(np.argmax(means))
     return best, float(means[best])

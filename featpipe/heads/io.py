@@ -29,6 +29,7 @@ import numpy as np
 
 from featpipe.core.errors import CacheError, FeatpipeError, IntegrityError
 from featpipe.core.fileio import atomic_write, check_seal, seal
+from featpipe.core.locks import build_lock, clean_leftovers_once
 from featpipe.core.provenance import mismatch
 from featpipe.heads.registry import HEAD_CLASSES
 
@@ -66,9 +67,11 @@ def save_head(path: str | Path, pipeline, meta: Mapping) -> Path:
         raise ValueError("a saved head's file name must end in .skops")
     data = sio.dumps(pipeline)
     _check_archive(data, path)  # what we write must pass what we read
-    atomic_write(path, data)
     side = dict(meta) | {"format": 1, "model_file": path.name, "model_sha256": hashlib.sha256(data).hexdigest()}
-    atomic_write(sidecar(path), seal(side, default=_json_default))
+    with build_lock(path.parent / "saved-heads", what="a saved head in"):  # a pair is one process's, never a mix
+        clean_leftovers_once(path.parent)
+        atomic_write(path, data)
+        atomic_write(sidecar(path), seal(side, default=_json_default))
     return path
 
 

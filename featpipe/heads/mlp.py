@@ -9,6 +9,24 @@ from featpipe.heads.base import _Head, _proba_from_decision, _softmax, build_pip
 from featpipe.params.heads import MlpParams
 
 
+def _adamw(p, g, m, v, buf, *, lr: float, weight_decay: float, t: int, b1=0.9, b2=0.999, eps=1e-8) -> None:
+    """One AdamW step (PyTorch's rule) on ``p`` in place, with the moments ``m``, ``v`` and two scratch arrays
+    ``buf``: ``p *= 1 - lr wd; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+    p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``, each operation rounded as written."""
+    num, den = buf
+    p *= 1 - lr * weight_decay
+    m *= b1
+    m += np.multiply(g, 1 - b1, out=num)
+    v *= b2
+    np.multiply(g, 1 - b2, out=num)
+    v += np.multiply(num, g, out=num)
+    np.sqrt(np.divide(v, 1 - b2 ** t, out=den), out=den)
+    den += eps
+    np.divide(m, 1 - b1 ** t, out=num)
+    num *= lr
+    p -= np.divide(num, den, out=num)
+
+
 class MLPHead(_Head):
     """embedding -> hidden -> ReLU -> dropout -> classes, trained full-batch with AdamW (PyTorch's update
     rule, betas 0.9/0.999, eps 1e-8) on a class-balanced cross-entropy. Written in numpy (forward and
@@ -54,29 +72,28 @@ class MLPHead(_Head):
         w = (n / (C * np.maximum(counts, 1))).astype(f32)[y]  # balanced class weights, per image
         onehot = np.eye(C, dtype=f32)[y]
         keep = 1.0 - self.dropout
-        b1, b2, eps = 0.9, 0.999, 1e-8
         best, stale, loss = np.inf, 0, np.nan
         self.n_iter_ = 0
+        bufs = [(np.empty_like(p), np.empty_like(p)) for p in params]
+        h, draw = np.empty((n, H), dtype=f32), np.empty((n, H), dtype=f32)
         for t in range(1, self.epochs + 1):
             W1, c1, W2, c2 = params
-            pre = Z @ W1.T + c1
-            h = np.maximum(pre, 0)
-            mask = (rng.random(h.shape, dtype=f32) < keep) / f32(keep) if self.dropout > 0 else f32(1)
-            hd = h * mask
+            pre = Z @ W1.T
+            pre += c1
+            np.maximum(pre, 0, out=h)
+            mask = (rng.random(out=draw, dtype=f32) < keep) / f32(keep) if self.dropout > 0 else f32(1)
+            hd = np.multiply(h, mask, out=h)
             logits = hd @ W2.T + c2
             logits -= logits.max(axis=1, keepdims=True)
             logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
             loss = float(-(w * (logp * onehot).sum(1)).sum() / w.sum())
             dlog = (np.exp(logp) - onehot) * (w / w.sum())[:, None]
-            dh = (dlog @ W2) * mask * (pre > 0)
+            dh = dlog @ W2
+            dh *= mask
+            dh *= pre > 0
             grads = [dh.T @ Z, dh.sum(0), dlog.T @ hd, dlog.sum(0)]
-            for p, g, mi, vi in zip(params, grads, m, v):
-                p *= 1 - self.lr * self.weight_decay
-                mi *= b1
-                mi += (1 - b1) * g
-                vi *= b2
-                vi += (1 - b2) * g * g
-                p -= self.lr * (mi / (1 - b1 ** t)) / (np.sqrt(vi / (1 - b2 ** t)) + eps)
+            for p, g, mi, vi, buf in zip(params, grads, m, v, bufs):
+                _adamw(p, g, mi, vi, buf, lr=self.lr, weight_decay=self.weight_decay, t=t)
             self.n_iter_ = t
             if loss > best - self.tol:
                 stale += 1

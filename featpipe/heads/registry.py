@@ -21,10 +21,12 @@ smaller C): :func:`~featpipe.heads.base.grid_cv` makes exactly ``GridSearchCV``'
 overhead; otherwise the documented default ``heads.<head>.C`` (and ``gamma``) is used. The scaler sees the
 whole k-shot set before the CV (an unsupervised step; the test and val splits are never seen).
 
-Speed without changing the answer: with n k-shot images of dimension D >> n, the CV runs on the n x n Gram
-matrix (SVC, ``kernel="precomputed"``) or on the n-dimensional coordinates of the images in the span of the
-training embeddings (logistic). An L2-penalised linear model's weights lie in that span (representer
-theorem), so these give the same solution as fitting on the raw D-dim vectors.
+Speed without changing the answer: with n k-shot images of dimension D >> n, the SVC's CV and final fit run on
+the n x n kernel matrix computed by BLAS (``kernel="precomputed"``); the binary logistic head is solved exactly by
+Newton's method on the n x n Gram matrix (:mod:`featpipe.heads.newton`, warm starts along the C grid), the
+multiclass one by lbfgs on the n-dimensional coordinates of the images in the span of the training embeddings.
+An L2-penalised linear model's weights lie in that span (representer theorem), so these give the same solution
+as fitting on the raw D-dim vectors. ``benchmarks/bench_heads.py`` times each head before / after a change.
 """
 
 from __future__ import annotations

@@ -39,6 +39,13 @@ def resize_method(interpolation: str = DEFAULT_INTERPOLATION, mode: str = DEFAUL
     return f"shorter-side:pil-{interpolation}-antialias;center-crop" + ("-floor" if mode == "shorter-floor" else "")
 
 
+def crop_steps_agree(size: int, crop: int, mode: str = DEFAULT_MODE) -> bool:
+    """Whether a centre crop to ``size`` then one to ``crop`` always equals one centre crop to ``crop``: with
+    offsets rounded down when ``size - crop`` is even; rounded half to even (torchvision) when it is a multiple of 4."""
+    extra = size - crop
+    return extra == 0 or mode == "square" or extra % (4 if mode == "shorter" else 2) == 0
+
+
 def crop_offset(extra: int, mode: str = DEFAULT_MODE) -> int:
     """Offset of a centre crop that leaves ``extra`` pixels: rounded half to even as torchvision's ``CenterCrop``
     (``shorter``), rounded down as Hugging Face's ``center_crop`` (every other mode)."""
@@ -58,12 +65,18 @@ class Resize:
     size: int
     interpolation: str = DEFAULT_INTERPOLATION
     mode: str = DEFAULT_MODE
+    # the centre crop a later step takes from this square (0: none needed): the square's offsets are then chosen so
+    # that its centre crop of ``align`` px is exactly the reference's one centre crop of the resized image
+    # (two rounded offsets differ from one by a pixel unless the difference suits the rounding: crop_steps_agree)
+    align: int = 0
 
     def __post_init__(self):
         if int(self.size) < 1:
             raise ValueError(f"sizes must be positive, got {self.size!r}")
         object.__setattr__(self, "size", int(self.size))
         resize_method(self.interpolation, self.mode)  # a known filter and mode
+        if not 0 <= int(self.align) <= self.size:
+            raise ValueError(f"align must be between 0 and the size {self.size}, got {self.align!r}")
 
     @property
     def label(self) -> str:
@@ -72,12 +85,13 @@ class Resize:
         out = str(self.size)
         if self.interpolation != DEFAULT_INTERPOLATION:
             out += f"-{self.interpolation}"
-        return out + ("" if self.mode == DEFAULT_MODE else f"-{self.mode.removeprefix('shorter-')}")
+        out += "" if self.mode == DEFAULT_MODE else f"-{self.mode.removeprefix('shorter-')}"
+        return out + (f"-a{self.align}" if self.align else "")
 
     @property
     def method(self) -> str:
         """:func:`resize_method` of this filter and mode (what the decoded cache records)."""
-        return resize_method(self.interpolation, self.mode)
+        return resize_method(self.interpolation, self.mode) + (f";aligned-to-{self.align}" if self.align else "")
 
 
 def as_resize(key: int | Resize) -> Resize:
@@ -85,7 +99,8 @@ def as_resize(key: int | Resize) -> Resize:
     return key if isinstance(key, Resize) else Resize(int(key))
 DEFAULT_MAX_PIXELS = 100_000_000
 
-REASONS = ("zero bytes", "not an image", "truncated", "unreadable", "unsupported mode", "too large", "missing")
+REASONS = ("zero bytes", "not an image", "truncated", "unreadable", "unsupported mode", "too large", "missing",
+           "changed since prepare")
 
 
 class ImageRejected(DataError):
@@ -156,10 +171,10 @@ def array_to_uint8(img: np.ndarray) -> np.ndarray:
 
 
 def resize_crop(im: Image.Image, size: int, interpolation: str = DEFAULT_INTERPOLATION,
-                mode: str = DEFAULT_MODE) -> Image.Image:
-    """Shorter side to ``size`` (Pillow's antialiased ``interpolation`` filter), then center crop ``size x size``;
-    ``mode="square"``: the whole image to ``size x size`` (as Hugging Face image processors resize to a
-    ``{"height", "width"}`` size)."""
+                mode: str = DEFAULT_MODE, align: int = 0) -> Image.Image:
+    """Shorter side to ``size`` (Pillow's antialiased ``interpolation`` filter), then center crop ``size x size``
+    (``align``: see :class:`Resize`); ``mode="square"``: the whole image to ``size x size`` (as Hugging Face image
+    processors resize to a ``{"height", "width"}`` size)."""
     w, h = im.size
     if mode == "square":
         return im if (w, h) == (size, size) else im.resize((size, size), FILTERS[interpolation])
@@ -169,7 +184,11 @@ def resize_crop(im: Image.Image, size: int, interpolation: str = DEFAULT_INTERPO
         ow, oh = max(size, int(size * w / h)), size
     if (ow, oh) != (w, h):
         im = im.resize((ow, oh), FILTERS[interpolation])
-    top, left = crop_offset(oh - size, mode), crop_offset(ow - size, mode)
+    if align:
+        inner = crop_offset(size - align, mode)
+        top, left = crop_offset(oh - align, mode) - inner, crop_offset(ow - align, mode) - inner
+    else:
+        top, left = crop_offset(oh - size, mode), crop_offset(ow - size, mode)
     if (ow, oh) != (size, size):
         im = im.crop((left, top, left + size, top + size))
     return im
@@ -181,7 +200,7 @@ def finish(pixels: Image.Image | np.ndarray, resize: int | Resize, channels: int
     im = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB")
     if im.mode == "RGB" and channels == 1:
         im = im.convert("L")
-    out = np.asarray(resize_crop(im, resize.size, resize.interpolation, resize.mode))
+    out = np.asarray(resize_crop(im, resize.size, resize.interpolation, resize.mode, resize.align))
     if out.ndim == 2:
         out = out[..., None]
     elif channels is None and np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 0], out[..., 2]):

@@ -28,7 +28,11 @@ Decoding, in this order:
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
+
+from featpipe.core.fileio import file_sha256
 
 from featpipe.imaging.base import (
     DEFAULT_DRAFT,
@@ -40,7 +44,7 @@ from featpipe.imaging.base import (
     finish,
 )
 from featpipe.imaging.dicom import dicom_to_uint8, is_dicom
-from featpipe.imaging.npz import npz_to_uint8, split_ref
+from featpipe.imaging.npz import npz_slice, npz_to_uint8, split_ref
 from featpipe.imaging.pil import header_size, pil_pixels
 
 
@@ -74,14 +78,31 @@ def _decoded(ref: str, sizes: tuple[Resize, ...], *, draft: bool, max_pixels: in
     return {s: finish(px, s, channels) for s in sizes}, (int(px.shape[1]), int(px.shape[0]))
 
 
-def decode_sizes(ref: str, sizes, *, draft: bool = DEFAULT_DRAFT,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict, tuple[int, int]]:
+def content_sha256(ref: str) -> str:
+    """The sha256 the manifest records for an image reference: of the file's bytes, or (npz) of the image array."""
+    file, array, index = split_ref(str(ref))
+    if array is None:
+        try:
+            return file_sha256(ref)
+        except FileNotFoundError:
+            raise ImageRejected("missing", ref) from None
+        except OSError:
+            raise ImageRejected("unreadable", ref) from None
+    return hashlib.sha256(np.ascontiguousarray(npz_slice(ref, file, array, index)).tobytes()).hexdigest()
+
+
+def decode_sizes(ref: str, sizes, *, draft: bool = DEFAULT_DRAFT, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 sha256: str | None = None) -> tuple[dict, tuple[int, int]]:
     """One image decoded once for several forms: ``({key: uint8 (size, size, C)}, upright (width, height))``
     with natural channels (as :func:`decode` with ``channels=None``); each key of ``sizes`` is a size (bilinear)
     or a :class:`~featpipe.imaging.base.Resize` (size and filter), and keys the result as given. With
-    ``draft``, JPEG sizes that need different DCT scales get one decode each; a truncated file is still an error."""
+    ``draft``, JPEG sizes that need different DCT scales get one decode each; a truncated file is still an error.
+    With ``sha256`` (the manifest's), the content is hashed first (:func:`content_sha256`) and a difference
+    is :class:`ImageRejected` ``"changed since prepare"``."""
     if any(not isinstance(s, Resize) and int(s) < 1 for s in sizes):
         raise ValueError(f"sizes must be positive, got {list(sizes)}")
+    if sha256 is not None and content_sha256(ref) != sha256:
+        raise ImageRejected("changed since prepare", str(ref))
     keys = {s: as_resize(s) for s in sizes}
     pixels, dims = _decoded(str(ref), tuple(sorted(set(keys.values()))), draft=draft, max_pixels=max_pixels)
     return {s: pixels[r] for s, r in keys.items()}, dims
@@ -103,8 +124,8 @@ def decode(
         raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
     form = as_resize(size)
     if interpolation is not None:
-        form = Resize(form.size, interpolation, form.mode)
+        form = Resize(form.size, interpolation, form.mode, form.align)
     return _decoded(str(ref), (form,), draft=draft, max_pixels=max_pixels, channels=channels)[0][form]
 
 
-__all__ = ["decode", "decode_sizes", "image_size", "probe"]
+__all__ = ["content_sha256", "decode", "decode_sizes", "image_size", "probe"]

@@ -32,7 +32,8 @@ def _npz_array(file: str, array: str, mtime_ns: int, nbytes: int) -> np.ndarray:
         return z[array]
 
 
-def _npz_slice(ref: str, file: str, array: str, index: int) -> np.ndarray:
+def npz_slice(ref: str, file: str, array: str, index: int) -> np.ndarray:
+    """The image array of an npz reference as stored (a trailing channel of 1 dropped); else ImageRejected."""
     try:
         st = os.stat(file)
     except FileNotFoundError:
@@ -60,4 +61,4 @@ def _npz_slice(ref: str, file: str, array: str, index: int) -> np.ndarray:
 
 def npz_to_uint8(ref: str, file: str, array: str, index: int) -> np.ndarray:
     """An npz slice (H, W) / (H, W, 3|4) of any numeric dtype -> uint8, alpha composited on black."""
-    return array_to_uint8(_npz_slice(ref, file, array, index))
+    return array_to_uint8(npz_slice(ref, file, array, index))

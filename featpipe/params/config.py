@@ -1,7 +1,8 @@
 """Parameters: ``params.yaml`` read once into frozen dataclasses, with ``-S section.key=value`` overrides.
 
-Every command goes through :func:`load_params`. Unknown keys and values of the wrong type are a
-:class:`~featpipe.core.errors.ConfigError` whose one-line message names the key (exit code 2).
+Every command goes through :func:`load_params`. Unknown keys, values of the wrong type and values out of
+range (:mod:`featpipe.params.checks`) are a :class:`~featpipe.core.errors.ConfigError` whose one-line message
+names the key (exit code 2); so are a params file that is a folder, not UTF-8, or over 1 MiB.
 
 Each section below is owned by the module that reads it; add a field with its default here and
 the key becomes valid in ``params.yaml`` and on the command line.
@@ -19,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from featpipe.core.errors import ConfigError
+from featpipe.params.checks import check
 from featpipe.params.heads import SECTIONS as HEAD_SECTIONS
 
 # --------------------------------------------------------------------------- sections
@@ -269,7 +271,7 @@ def load_params(path: str | Path | None = "params.yaml", overrides: typing.Seque
         p = Path(path)
         if p.exists():
             try:
-                loaded = yaml.safe_load(p.read_text()) or {}
+                loaded = yaml.safe_load(_read_text(p)) or {}
             except yaml.YAMLError as exc:
                 raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
             if not isinstance(loaded, dict):
@@ -280,7 +282,29 @@ def load_params(path: str | Path | None = "params.yaml", overrides: typing.Seque
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
-    return build(Params, raw, "")
+    params = build(Params, raw, "")
+    check(params)
+    return params
+
+
+MAX_BYTES = 1 << 20  # a params file larger than this is refused (a mistake, or /dev/zero)
+
+
+def _read_text(p: Path) -> str:
+    """The params file's text: a regular (or special) file of at most :data:`MAX_BYTES`, UTF-8."""
+    if p.is_dir():
+        raise ConfigError(f"parameter file {p} is a folder: give a YAML file (--params FILE)")
+    try:
+        with open(p, "rb") as fh:
+            data = fh.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"parameter file {p} cannot be read ({exc.strerror or exc})") from None
+    if len(data) > MAX_BYTES:
+        raise ConfigError(f"parameter file {p} is larger than {MAX_BYTES // 1024} KiB: not a params file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"parameter file {p} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -21,6 +21,7 @@ import yaml
 
 from featpipe.core.errors import DataError
 from featpipe.core.fileio import atomic_write
+from featpipe.core.locks import clean_leftovers
 from featpipe.core.versions import versions as core_versions
 from featpipe.data.manifest import read_manifest
 from featpipe.data.splits import load_splits
@@ -31,7 +32,7 @@ from featpipe.report import plots, selection
 from featpipe.report.calibration import calibration_section
 from featpipe.report.html import page, table
 from featpipe.results.predictions import TestPredictions
-from featpipe.results.summary import current_split
+from featpipe.results.summary import check_metrics_json, current_split
 
 CURVE_METRICS = ("macro_f1", "accuracy", "balanced_accuracy", "auroc", "auprc")
 
@@ -148,6 +149,9 @@ def _provenance(inp: ReportInputs, params: Params, runs: pd.DataFrame) -> str:
 def build_report(inp: ReportInputs, params: Params) -> Path:
     s = load_splits(inp.splits)
     inp.splits_sha = s.sha256
+    check_metrics_json(inp.results)
+    for folder in (inp.out.parent, inp.out.parent / "plots"):
+        clean_leftovers(folder)  # temporaries of a report killed before its renames, reported
     runs, set_aside = current_split(read_runs(inp.results / "runs.csv"), s.sha256)
     if runs.empty:
         raise DataError(f"{inp.results / 'runs.csv'} has no results of the current split {s.sha256[:12]}: "

@@ -230,9 +230,25 @@ def compare(results_dir: str | Path, *, splits_path: str | Path, manifest_path: 
         raise DataError(f"{Path(results_dir) / RUNS_CSV} has no runs of the current split: run fit/sweep first")
     preds = TestPredictions(results_dir, read_manifest(manifest_path), splits.classes)
     table = compare_runs(runs, preds, settings=params.compare, select_metric=params.report.metric)
+    table.attrs["notes"] = seed_gaps(runs)
     path = Path(out) if out else Path(results_dir) / COMPARISONS_CSV
     atomic_write(path, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
     return table
+
+
+def seed_gaps(runs: pd.DataFrame, limit: int = 10) -> list[str]:
+    """Lines naming the configurations that lack seeds others have at the same shot count: their comparisons
+    are paired on the seeds both sides have (``n_seeds``), the others are left out, and this says which."""
+    t = runs.assign(config=config_labels(runs).to_numpy(), seed=runs["seed"].astype(int))
+    lines = []
+    for k, g in t.groupby("shots", sort=True):
+        every = set(g["seed"])
+        for cfg, h in g.groupby("config", sort=True):
+            lacking = sorted(every - set(h["seed"]))
+            if lacking:
+                lines.append(f"{cfg} at k={int(k)} has no run of seed(s) {', '.join(map(str, lacking))}: its "
+                             "comparisons are paired on the seeds both sides have, those are left out")
+    return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
 
 
 def verdict(row: Mapping, alpha: float = 0.05) -> str:

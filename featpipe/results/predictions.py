@@ -105,8 +105,13 @@ def bootstrap_interval(preds: TestPredictions, runs_a: list[str], runs_b: list[s
     """Percentile interval, over patient resamples of the test split, of the mean over seeds of ``metric``
     for the runs ``runs_a`` (or of the paired difference mean(A) - mean(B) when ``runs_b`` is given)."""
     loaded = preds.load([*runs_a, *(runs_b or [])])
-    a = [loaded[r] for r in runs_a if r in loaded]
-    b = [loaded[r] for r in (runs_b or []) if r in loaded]
+    missing = [r for r in [*runs_a, *(runs_b or [])] if r not in loaded]
+    if missing:  # an interval over fewer seeds, no longer paired, would be reported as if it were not
+        where = f"{preds.results_dir}/predictions" if preds.results_dir is not None else "the predictions given"
+        raise DataError(f"{len(missing)} compared run(s) have no test predictions in {where} (first run_id "
+                        f"{missing[0]}): re-run them (fit, sweep or finetune), or set compare.bootstrap=0")
+    a = [loaded[r] for r in runs_a]
+    b = [loaded[r] for r in (runs_b or [])]
     if not a or (runs_b is not None and not b) or n_boot <= 0:
         return math.nan, math.nan
     ids = a[0][0]

@@ -2,8 +2,9 @@
 
 :func:`fit` (one head at one k on every seed) and :func:`sweep` (backbones x heads x shots x seeds) read
 the splits and the feature caches, run the grid (:func:`featpipe.fewshot.fit.run_grid`), write every run's
-row, predictions and curves (:func:`featpipe.evaluation.table.write_records`) and recompute
-``metrics.json`` from the table (:func:`featpipe.results.summary.write_metrics_json`).
+predictions, curves and row as it finishes (a journal, :class:`featpipe.evaluation.table.RunJournal`, so an
+interrupted sweep keeps what it computed), upsert the rows into the table and recompute ``metrics.json``
+from it (:func:`featpipe.results.summary.write_metrics_json`).
 :func:`bootstrap_table` adds the patient-level bootstrap intervals of one seed's run.
 """
 
@@ -18,7 +19,7 @@ import pandas as pd
 from featpipe.core.errors import DataError, FeatpipeError
 from featpipe.data.manifest import read_manifest
 from featpipe.data.splits import Splits, load_splits
-from featpipe.evaluation.table import write_records
+from featpipe.evaluation.table import RunJournal
 from featpipe.fewshot.fit import RunResult, load_cache, run_grid
 from featpipe.fewshot.zeroshot import zeroshot_runs
 from featpipe.params.config import Params
@@ -26,13 +27,35 @@ from featpipe.results.stats import bootstrap_ci
 from featpipe.results.summary import summarize_runs, write_metrics_json
 
 
-def write_runs(results: Sequence[RunResult], *, params: Params, results_dir: str | Path,
-               splits: Splits) -> pd.DataFrame:
-    """Rows, predictions and curves of ``results`` into ``results_dir``, then its ``metrics.json``; the table."""
-    table = write_records(results_dir, results)
+def finish(journal: RunJournal, *, params: Params, results_dir: str | Path, splits: Splits) -> pd.DataFrame:
+    """The journal's rows into ``results_dir``'s table, then its ``metrics.json``; the table."""
+    table = journal.commit()
     write_metrics_json(results_dir, clinical=params.clinical, split_sha256=splits.sha256,
                        select_metric=params.report.metric)
     return table
+
+
+def check_grid(splits: Splits, *, shots: Sequence[int], seeds: Sequence[int]) -> None:
+    """Every (seed, k) of the grid has its k-shot subset in the splits, and the grid is not empty: else one
+    line naming what is missing (before any fit)."""
+    if not seeds or not shots:
+        raise DataError(f"nothing to fit: no {'seeds' if not seeds else 'shots'} (fit.seeds / fit.shots, or "
+                        "split.seeds / split.shots of the splits file)")
+    for s in seeds:
+        for k in shots:
+            splits.shots(s, k)  # one-line DataError naming the seeds and shots the file has
+
+
+def grid_into(results_dir: str | Path, splits: Splits, caches, *, params: Params, **grid) -> list[RunResult]:
+    """:func:`run_grid` with each run written as it finishes (a journal: an interruption, an error or a kill
+    keeps the runs already done), then the table and ``metrics.json``."""
+    check_grid(splits, shots=grid["shots"], seeds=grid["seeds"])
+    j = RunJournal(results_dir)
+    try:
+        runs = run_grid(splits, caches, params=params, on_result=j.add, **grid)
+    finally:
+        finish(j, params=params, results_dir=results_dir, splits=splits)
+    return runs
 
 
 def fit(splits_path: str | Path, *, head: str, shots: int, seeds: Sequence[int] | None, params: Params,
@@ -45,9 +68,8 @@ def fit(splits_path: str | Path, *, head: str, shots: int, seeds: Sequence[int] 
     seeds = list(seeds or params.fit.seeds or sorted(splits.fewshot))
     data = load_cache(cache_dir, splits, backbone, layer=layer if layer is not None else params.extract.layer,
                       weights=weights or params.extract.weights)
-    runs = run_grid(splits, [data], heads=[head], shots=[shots], seeds=seeds, params=params,
-                    models_dir=models_dir, n_jobs=n_jobs)
-    write_runs(runs, params=params, results_dir=results_dir, splits=splits)
+    runs = grid_into(results_dir, splits, [data], heads=[head], shots=[shots], seeds=seeds, params=params,
+                     models_dir=models_dir, n_jobs=n_jobs)
     return runs, summarize_results(runs, params=params)
 
 
@@ -64,12 +86,11 @@ def sweep(splits_path: str | Path, *, params: Params, cache_dir: str | Path = "c
     caches = [load_cache(cache_dir, splits, b, layer=params.extract.layer, weights=params.extract.weights)
               for b in backbones]
     seeds = list(seeds or f.seeds or sorted(splits.fewshot))
-    if not shots and not f.shots and seeds and seeds[0] in splits.fewshot:
-        shots = sorted(splits.fewshot[seeds[0]])
+    if not shots and not f.shots:  # the splits file's shots (those of its first seed: every seed has the same)
+        shots = sorted(splits.fewshot.get(seeds[0] if seeds else None) or next(iter(splits.fewshot.values()), {}))
     shots = list(shots or f.shots)
-    runs = run_grid(splits, caches, heads=list(heads or f.heads), shots=shots, seeds=seeds, params=params,
-                    models_dir=models_dir, n_jobs=n_jobs, engine=engine)
-    write_runs(runs, params=params, results_dir=results_dir, splits=splits)
+    runs = grid_into(results_dir, splits, caches, heads=list(heads or f.heads), shots=shots, seeds=seeds,
+                     params=params, models_dir=models_dir, n_jobs=n_jobs, engine=engine)
     return runs
 
 

@@ -19,7 +19,9 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
-from featpipe.core.fileio import atomic_write
+from featpipe.core.errors import DataError
+from featpipe.core.fileio import atomic_write, file_sha256
+from featpipe.core.locks import build_lock
 from featpipe.core.names import config_name, params_tag
 from featpipe.evaluation.metrics import SUMMARY_METRICS
 from featpipe.evaluation.table import KEY_COLUMNS, RUNS_CSV, key_frame, read_runs
@@ -175,26 +177,52 @@ def selection_metric(summary: Mapping[str, Mapping], metric: str, shots: int) ->
 def write_metrics_json(results_dir: str | Path, *, clinical, split_sha256: str | None = None,
                        select_metric: str | None = None) -> Path:
     """Recompute ``<results_dir>/metrics.json`` from ``<results_dir>/runs.csv`` (rows of ``split_sha256``
-    only; NaN written as null). ``_provenance`` records the split, the selection rule and what was set aside."""
+    only; NaN written as null). ``_provenance`` records the split, the selection rule, what was set aside
+    and ``runs_sha256``, the hash of the table it summarises (:func:`check_metrics_json`). Done under the
+    table's lock, so the last writer's summary is of the last table."""
     d = Path(results_dir)
-    table = read_runs(d / RUNS_CSV)
-    kept, note = current_split(table, split_sha256)
-    summary = summarize_runs(kept, clinical=clinical, select_metric=select_metric)
-    summary["_provenance"] = {"split_sha256": split_sha256, "runs": int(len(kept)),
-                              "set_aside": int(len(table) - len(kept)), "note": note,
-                              "selection": f"best mean val_{select_metric}, reported on test" if select_metric else None}
-
-    def clean(v):
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        return v
-
     d.mkdir(parents=True, exist_ok=True)
-    path = d / METRICS_JSON
-    atomic_write(path, json.dumps(clean(summary), indent=1, sort_keys=True))
+    with build_lock(d / RUNS_CSV, what="the results table"):
+        table = read_runs(d / RUNS_CSV)
+        kept, note = current_split(table, split_sha256)
+        summary = summarize_runs(kept, clinical=clinical, select_metric=select_metric)
+        summary["_provenance"] = {"split_sha256": split_sha256, "runs": int(len(kept)),
+                                  "set_aside": int(len(table) - len(kept)), "note": note,
+                                  "runs_sha256": _table_sha256(d),
+                                  "selection": f"best mean val_{select_metric}, reported on test" if select_metric else None}
+        path = d / METRICS_JSON
+        atomic_write(path, json.dumps(_clean(summary), indent=1, sort_keys=True))
     return path
+
+
+def _clean(v):
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _table_sha256(results_dir: Path) -> str | None:
+    table = results_dir / RUNS_CSV
+    return file_sha256(table) if table.is_file() else None
+
+
+def check_metrics_json(results_dir: str | Path) -> None:
+    """One-line :class:`DataError` when ``<results_dir>/metrics.json`` does not summarise the ``runs.csv``
+    beside it (a write of one was interrupted before the other); nothing when it does, is absent or was
+    written before metrics.json recorded the table's hash."""
+    d = Path(results_dir)
+    path = d / METRICS_JSON
+    if not path.is_file():
+        return
+    try:
+        prov = json.loads(path.read_text(encoding="utf-8")).get("_provenance", {})
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        raise DataError(f"{path} is damaged: re-run 'featpipe collect' (or the stage that wrote {d / RUNS_CSV})") from None
+    if isinstance(prov, dict) and "runs_sha256" in prov and prov["runs_sha256"] != _table_sha256(d):
+        raise DataError(f"{path} does not summarise {d / RUNS_CSV} (written from another version of the table): "
+                        f"re-run 'featpipe collect' (or the stage that wrote it)")
 
 
 def degenerate_lines(rows: Iterable[Mapping], limit: int = 10) -> list[str]:

@@ -27,4 +27,6 @@ def run(args, params) -> int:
     for r in sig.sort_values(["metric", "shots"]).head(20).to_dict("records"):
         print(f"  k={r['shots']} {r['metric']}: {r['config_a']} - {r['config_b']} = {r['mean_diff']:+.3f} "
               f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] over {r['n_seeds']} seeds: {verdict(r)}")
+    for line in table.attrs.get("notes", []):
+        print(f"note: {line}")
     return 0

@@ -4,7 +4,9 @@ optionally the stamp of featpipe's own code (what every DVC stage depends on).""
 from __future__ import annotations
 
 from featpipe.core.codestamp import write_code_stamp
+from featpipe.data.changes import against_manifest
 from featpipe.data.fetch import write_fingerprint
+from featpipe.data.prepare import load_records
 
 
 def add_arguments(parser) -> None:
@@ -12,11 +14,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--code-stamp", default=None, metavar="FILE",
                         help="also write featpipe's version and a hash of its sources to FILE (the DVC stages "
                              "depend on it, so a change to the code reruns them)")
+    parser.add_argument("--manifest", default="data/manifest.csv",
+                        help="the current manifest: say which images were added, removed, changed or relabelled "
+                             "since it was written (default: data/manifest.csv)")
 
 
 def run(args, params) -> int:
     fp = write_fingerprint(params.data, args.out)
     print(f"{fp['source']} source {fp['path']}: {fp['files']} files, fingerprint {fp['sha256'][:12]}")
+    changes = against_manifest(load_records(params.data), args.manifest)
+    if changes is not None:
+        print(changes.line(args.manifest))
     if args.code_stamp:
         stamp = write_code_stamp(args.code_stamp)
         print(f"featpipe {stamp['featpipe_version']}: {stamp['files']} source files, "
