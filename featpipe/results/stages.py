@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from featpipe.backbones.registry import get as get_backbone
 from featpipe.core.errors import DataError, FeatpipeError
 from featpipe.data.manifest import read_manifest
 from featpipe.data.splits import Splits, load_splits
@@ -101,8 +102,6 @@ def zeroshot(splits_path: str | Path, *, params: Params, cache_dir: str | Path =
     ``extract.backbones`` with a text tower) written like :func:`sweep`'s; returns the run records. With
     ``allow_empty`` a backbone without a text tower is skipped (the DVC stage runs for every extracted backbone)
     and a stage with nothing to score writes only ``ZEROSHOT.txt`` saying why."""
-    from featpipe.backbones.registry import get as get_backbone
-
     splits = load_splits(splits_path)
     names = list(backbones or params.zeroshot.backbones
                  or [b for b in params.extract.backbones if get_backbone(b).text is not None])
@@ -123,7 +122,10 @@ def zeroshot(splits_path: str | Path, *, params: Params, cache_dir: str | Path =
         data = load_cache(cache_dir, splits, b, weights=params.extract.weights)
         records += zeroshot_runs(data, splits, prompts_path=prompts or params.zeroshot.prompts, cache_dir=cache_dir,
                                  with_curves=params.fit.curves)
-    write_runs(records, params=params, results_dir=results_dir, splits=splits)
+    j = RunJournal(results_dir)
+    for r in records:
+        j.add(r)
+    finish(j, params=params, results_dir=results_dir, splits=splits)
     return records
 
 
