@@ -19,6 +19,7 @@ from featpipe.cli.main import main
 from featpipe.core.errors import ConfigError
 from featpipe.features.textcache import cached_text_embeddings
 from featpipe.fewshot.zeroshot import read_prompts
+from featpipe.heads.io import load_head
 from test_calibration import with_counts
 from test_fit import fit_cli, write_cache, write_fixture
 
@@ -98,6 +99,22 @@ def test_zeroshot_scores_rank_a_planted_separable_case(planted, tmp_path):
     assert runs["brier"].isna().all() and not runs["calibrated"].any()  # scores, not probabilities
     assert json.loads(runs["prompts"].iloc[0])["pneumonia"]["negative"] == ["normal lungs"]
     assert list((tmp_path / "cache/text").glob("medsiglip-*.npz"))
+
+    # the text-initialised logistic head on the same cache: its prior is the zero-shot classifier of these prompts
+    prompts = str(tmp_path / "prompts.yaml")
+    for head in ("textlogistic", "logistic"):
+        assert fit_cli(tmp_path, "--head", head, "--shots", "2", "--seeds", "0", "1", "--backbone", "medsiglip",
+                       "-S", f"zeroshot.prompts={prompts}") == 0
+    runs = pd.read_csv(tmp_path / "results/runs.csv")
+    text = runs[runs["head"] == "textlogistic"].set_index("seed")
+    plain = runs[runs["head"] == "logistic"].set_index("seed")
+    assert len(text) == 2 and (text["n_train"] == 4).all()
+    # the planted text is right (images sit at their class's prompts), so its prior helps on every seed
+    assert (text["auroc"] > plain["auroc"]).all()
+    clf = load_head(text["model_path"].iloc[0]).pipeline[-1]
+    assert clf.prior.shape == (2, 1152) and np.abs(clf.prior).sum() > 0
+    assert fit_cli(tmp_path, "--head", "textlogistic", "--shots", "2", "--seeds", "0", "--backbone", "medsiglip",
+                   "-S", f"zeroshot.prompts={prompts}", "-S", "heads.scaler=kshot") != 0  # its prior needs a fixed scaler
 
     # beside a trained head in one report: the learning curves start at k = 0
     write_cache(tmp_path / "cache/toyset/toy.h5", fx["ids"], fx["X"], fx["y"])

@@ -33,6 +33,7 @@ from featpipe.engine.local import LocalExecutor
 from featpipe.evaluation.calibration import apply_temperature, fit_temperature
 from featpipe.evaluation.record import Outputs, RunRecord, check_disjoint, record_run
 from featpipe.features.cache import cache_path, read_features
+from featpipe.fewshot.zeroshot import text_prior
 from featpipe.heads.base import one_blas_thread
 from featpipe.heads.io import save_head
 from featpipe.heads.registry import get as get_head
@@ -142,7 +143,10 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
         raise DataError(f"the {shots}-shot subset of seed {seed} lacks a class; rerun 'featpipe prepare'")
     hp = head_params(head, params.heads)
     with single_threaded():
-        model = fit_pipeline(make_head(head, params.heads, seed=seed), data.X[tr], y_tr, kind=params.heads.scaler,
+        pipe = make_head(head, params.heads, seed=seed)
+        if get_head(head).text_prior:  # the zero-shot classifier's weights, written for the head's input
+            pipe[-1].set_params(prior=_text_prior(data, splits, params))
+        model = fit_pipeline(pipe, data.X[tr], y_tr, kind=params.heads.scaler,
                              pool=lambda center: _pool(data, splits, center))
         proba = model.predict_proba(data.X[np.r_[va, data.test]])  # one pass over val + test
     proba, temperature = _calibrate(proba, data.y[va], params.heads.calibrate)
@@ -170,6 +174,16 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
         result.model_path = str(path)
     rec.row["model_path"] = result.model_path or ""
     return result
+
+
+def _text_prior(data: CacheData, splits: Splits, params: Params) -> np.ndarray:
+    """The text-initialised head's prior (:func:`featpipe.fewshot.zeroshot.text_prior`) for this cache."""
+    kind = params.heads.scaler
+    scaler = {"pool": lambda: _pool(data, splits, False), "center": lambda: _pool(data, splits, True),
+              "none": lambda: "passthrough"}.get(kind, lambda: None)()
+    idx = np.fromiter((data.row[k] for k in splits.train), np.int64, len(splits.train))
+    return text_prior(data, list(splits.classes), prompts_path=params.zeroshot.prompts, cache_dir=data.path.parent.parent,
+                      scaler=scaler, pool_rows=data.X[idx], l2_normalize=params.heads.l2_normalize)
 
 
 def _calibrate(proba: np.ndarray, y_val: np.ndarray, how: str) -> tuple[np.ndarray, float]:

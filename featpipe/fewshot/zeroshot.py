@@ -34,9 +34,9 @@ from featpipe.core.names import canonical_params
 from featpipe.data.splits import Splits
 from featpipe.evaluation.record import Outputs, RunRecord, record_run
 from featpipe.features.textcache import cached_text_embeddings
-from featpipe.fewshot.fit import CacheData
 
 PromptSet = dict[str, dict[str, tuple[str, ...]]]  # class -> {"positive": (...), "negative": (...)}
+# ``data`` below is a :class:`featpipe.fewshot.fit.CacheData` (the rows of one feature cache; fit.py uses this module)
 
 
 def read_prompts(path: str | Path, classes: Sequence[str]) -> tuple[list[PromptSet], str]:
@@ -68,23 +68,49 @@ def read_prompts(path: str | Path, classes: Sequence[str]) -> tuple[list[PromptS
     return out, hashlib.sha256(data).hexdigest()
 
 
+def class_vectors(emb: dict[str, np.ndarray], prompt_set: PromptSet, classes: Sequence[str]) -> np.ndarray:
+    """(C, D): per class, the unit centre of its positive prompts minus that of its negative ones (if any)."""
+    def centre(prompts):
+        m = np.mean([emb[p] for p in prompts], axis=0)
+        return m / max(np.linalg.norm(m), 1e-12)
+
+    return np.stack([centre(prompt_set[c]["positive"])
+                     - (centre(prompt_set[c]["negative"]) if prompt_set[c]["negative"] else 0.0) for c in classes])
+
+
 def class_logits(X: np.ndarray, emb: dict[str, np.ndarray], prompt_set: PromptSet, classes: Sequence[str],
                  scale: float) -> np.ndarray:
     """(N, C) logits of images ``X`` for one prompt set (``emb``: prompt -> unit text embedding)."""
     Xn = np.asarray(X, dtype=np.float64)
     Xn = Xn / np.maximum(np.linalg.norm(Xn, axis=1, keepdims=True), 1e-12)
+    return scale * Xn @ class_vectors(emb, prompt_set, classes).T
 
-    def centre(prompts):
-        m = np.mean([emb[p] for p in prompts], axis=0)
-        return m / max(np.linalg.norm(m), 1e-12)
 
-    cols = []
-    for c in classes:
-        z = Xn @ centre(prompt_set[c]["positive"])
-        if prompt_set[c]["negative"]:
-            z = z - Xn @ centre(prompt_set[c]["negative"])
-        cols.append(scale * z)
-    return np.column_stack(cols)
+def _text(data, classes: Sequence[str], prompts_path, cache_dir):
+    """(prompt sets, prompts file sha256, TextEmbeddings of every prompt, the text cache file, prompt -> row)."""
+    sets, file_sha = read_prompts(prompts_path, classes)
+    every = list(dict.fromkeys(p for s in sets for c in classes for k in ("positive", "negative") for p in s[c][k]))
+    te, text_file, _ = cached_text_embeddings(cache_dir, data.backbone, every, weights=data.weights_request)
+    if data.attrs.get("weights_id") and te.weights_id != data.attrs.get("weights_id"):
+        raise CacheError(f"{data.path} was extracted with weights {data.attrs.get('weights_id')}, the text tower is "
+                         f"{te.weights_id}: re-run 'featpipe extract --backbone {data.backbone}'")
+    return sets, file_sha, te, text_file, dict(zip(every, te.embeddings))
+
+
+def text_prior(data, classes: Sequence[str], *, prompts_path, cache_dir, scaler, pool_rows: np.ndarray,
+               l2_normalize: bool) -> np.ndarray:
+    """(C, D) weights of the zero-shot classifier (class vectors averaged over the prompt sets) written for the
+    head's input ``(x - mean) / scale`` of a fixed ``scaler`` (a fitted StandardScaler or "passthrough"):
+    ``W0 = logit_scale / r * class_vector * scale`` with ``r`` the mean norm of the pool rows (the cosine's
+    denominator, taken as constant); the rest is a constant per class (the head's free bias)."""
+    if l2_normalize or scaler is None:
+        raise ConfigError("the text-initialised head needs heads.scaler pool, center or none and "
+                          "heads.l2_normalize false (its text weights are written for that input)")
+    sets, _, te, _, emb = _text(data, classes, prompts_path, cache_dir)
+    vec = np.mean([class_vectors(emb, s, classes) for s in sets], axis=0)
+    scale = np.ones(vec.shape[1]) if isinstance(scaler, str) or scaler.scale_ is None else scaler.scale_
+    r = float(np.mean(np.linalg.norm(np.asarray(pool_rows, dtype=np.float64), axis=1)))
+    return te.logit_scale / max(r, 1e-12) * vec * scale
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -93,7 +119,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def zeroshot_runs(data: CacheData, splits: Splits, *, prompts_path: str | Path, cache_dir: str | Path,
+def zeroshot_runs(data, splits: Splits, *, prompts_path: str | Path, cache_dir: str | Path,
                   with_curves: bool = True) -> list[RunRecord]:
     """One run per prompt set of ``prompts_path`` on the val and test images of ``data`` (a feature cache of a
     backbone with a text tower, its ``pooler`` features)."""
@@ -102,13 +128,7 @@ def zeroshot_runs(data: CacheData, splits: Splits, *, prompts_path: str | Path, 
         raise CacheError(f"{data.path} holds {data.layer or data.attrs.get('features')} features: zero-shot needs "
                          f"the image embedding ('{spec.name.split('#')[0]}', final layer, pooler features)")
     classes = list(splits.classes)
-    sets, file_sha = read_prompts(prompts_path, classes)
-    every = list(dict.fromkeys(p for s in sets for c in classes for k in ("positive", "negative") for p in s[c][k]))
-    te, text_file, _ = cached_text_embeddings(cache_dir, data.backbone, every, weights=data.weights_request)
-    if data.attrs.get("weights_id") and te.weights_id != data.attrs.get("weights_id"):
-        raise CacheError(f"{data.path} was extracted with weights {data.attrs.get('weights_id')}, the text tower is "
-                         f"{te.weights_id}: re-run 'featpipe extract --backbone {data.backbone}'")
-    emb = dict(zip(every, te.embeddings))
+    sets, file_sha, te, text_file, emb = _text(data, classes, prompts_path, cache_dir)
     hp = {"prompts_sha256": file_sha, "prompt_sets": len(sets), "text_cache": text_file.name}
     rows = np.r_[data.val, data.test]
     records = []

@@ -1,8 +1,7 @@
 """The head registry: one :class:`HeadSpec` per head module, the one list of heads.
 
 A head is one module of :mod:`featpipe.heads` (``svc.py``, ``logistic.py``, ``mlp.py``, ``prototype.py``,
-``knn.py``) that
-holds its scikit-learn estimator and factory, which of its settings name a configuration, and ends with
+``knn.py``, ``textlogistic.py``) that holds its scikit-learn estimator and factory, which of its settings name a configuration, and ends with
 ``HEAD = dict(...)`` (the fields of :class:`HeadSpec`). Its parameters dataclass (the ``heads.<name>`` section
 of ``params.yaml``) lives in :mod:`featpipe.params.heads`, its torch twin for Grad-CAM in
 :data:`featpipe.heads.torch_twin.TWINS`. Adding a head is its module, one entry in :data:`_MODULES` below, its
@@ -36,7 +35,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from featpipe.core.errors import ConfigError
-from featpipe.heads import knn, logistic, mlp, prototype, svc
+from featpipe.heads import knn, logistic, mlp, prototype, svc, textlogistic
 
 
 @dataclass(frozen=True)
@@ -49,9 +48,10 @@ class HeadSpec:
     cross_validated: bool = False  # heads.cv_folds / heads.cv_scoring name its configurations too
     also_explains: tuple = ()  # bare scikit-learn classes its torch twin also converts
     calibrated: bool = True  # predict_proba is a fitted probability (logistic, MLP); False: a monotone score
+    text_prior: bool = False  # fitted towards weights from the class prompts' text embeddings (set as ``prior``)
 
 
-_MODULES = (knn, logistic, mlp, prototype, svc)  # the head modules; the package's other modules are shared code
+_MODULES = (knn, logistic, mlp, prototype, svc, textlogistic)  # the head modules; the package's other modules are shared code
 
 REGISTRY: dict[str, HeadSpec] = dict(sorted((m.HEAD["name"], HeadSpec(**m.HEAD)) for m in _MODULES))
 HEADS: dict[str, Callable] = {name: spec.factory for name, spec in REGISTRY.items()}

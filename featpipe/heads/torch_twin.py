@@ -304,7 +304,13 @@ def knn_twin(clf, pre):
     return pre, core, "knn", "similarity", 1.0
 
 
-TWINS = {"knn": knn_twin, "logistic": logistic_twin, "mlp": mlp_twin, "prototype": prototype_twin, "svc": svc_twin}
+def textlogistic_twin(clf, pre):
+    """A fitted TextPriorLogistic: one Linear (binary: the class-1 minus class-0 row), the scaler folded in."""
+    pre, core = fold(pre, linear(clf.coef_, clf.intercept_))
+    return pre, core, "textlogistic", "binary" if len(clf.classes_) == 2 else "scores", 1.0
+
+
+TWINS = {"knn": knn_twin, "textlogistic": textlogistic_twin, "logistic": logistic_twin, "mlp": mlp_twin, "prototype": prototype_twin, "svc": svc_twin}
 
 
 def _core(clf, pre: list[nn.Module]):
