@@ -50,8 +50,12 @@ def plant_torchvision(home: Path, spec) -> Path:
 
 
 def plant_hub(home: Path, spec) -> Path:
-    """A hub cache snapshot of ``spec``'s default hub id: a one-layer model of the real width."""
+    """A hub cache snapshot of ``spec``'s default hub id: a one-layer model of the real width (a backbone with a
+    text tower: the full model, vision + text, with a tokenizer: :func:`plant_medsiglip_full`)."""
     import torch
+
+    if spec.text is not None:
+        return plant_medsiglip_full(home)
 
     repo = home / "hf" / "hub" / ("models--" + spec.pretrained.replace("/", "--"))
     snap = repo / "snapshots" / COMMIT
@@ -113,3 +117,38 @@ def tiny_npz(src: Path, dest: Path, per_class: dict) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     np.savez(dest, **out)
     return dest
+
+
+# A small word-level tokenizer for the planted MedSigLIP snapshot (the real one is a SentencePiece model): saved
+# under the hub layout with the model, loaded by AutoTokenizer offline.
+TOKENIZER_WORDS = ("<pad>", "</s>", "<unk>", "a", "an", "chest", "x-ray", "of", "normal", "healthy", "lungs",
+                   "pneumonia", "no", "with", "showing", "opacity", "clear", "photo", "the")
+
+
+def plant_medsiglip_full(home: Path) -> Path:
+    """A FULL MedSigLIP snapshot (``SiglipModel``: vision + text, one layer each, the real widths and image
+    size, text positions = 64) with a small tokenizer, as ``google/medsiglip-448`` in ``home``'s hub cache."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, SiglipConfig, SiglipModel
+
+    repo = home / "hf" / "hub" / "models--google--medsiglip-448"
+    snap = repo / "snapshots" / COMMIT
+    if not (snap / "tokenizer.json").is_file():
+        tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(TOKENIZER_WORDS)}, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                model_max_length=64).save_pretrained(snap)
+        cfg = SiglipConfig(
+            text_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=1, num_attention_heads=16,
+                             vocab_size=len(TOKENIZER_WORDS), max_position_embeddings=64, projection_size=1152,
+                             pad_token_id=0, eos_token_id=1),
+            vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=1, num_attention_heads=16,
+                               image_size=448, patch_size=14))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_SEED)
+            SiglipModel(cfg).save_pretrained(snap)
+        (snap / "preprocessor_config.json").write_text(json.dumps(MEDSIGLIP_PROCESSOR, indent=1))
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(COMMIT)
+    return snap

@@ -178,8 +178,8 @@ def test_factories_and_registry():
     steps = [s for s, _ in make_head("prototype", HeadsParams(l2_normalize=True)).steps]
     assert steps == ["scale", "l2", "clf"]
     assert [s for s, _ in make_head("svc", HeadsParams()).steps] == ["scale", "clf"]
-    with pytest.raises(ConfigError, match="unknown head 'knn'"):
-        make_head("knn", HeadsParams())
+    with pytest.raises(ConfigError, match="unknown head 'nearest'"):
+        make_head("nearest", HeadsParams())
     hp = head_params("svc", HeadsParams())
     assert hp["kernel"] == "rbf" and hp["cv_folds"] == 5 and "hidden" not in hp
     assert "gamma_grid" not in head_params("svc", dataclasses.replace(HeadsParams(), svc=SvcParams(kernel="linear")))
@@ -202,8 +202,8 @@ def test_the_head_registry_is_the_one_list_of_heads():
         assert heads.spec_for(spec.estimator()) is spec  # Grad-CAM finds its torch twin
     p = load_params(None, ["heads.prototype.temperature=0.5"])
     assert p.heads.prototype.temperature == 0.5
-    with pytest.raises(ConfigError, match="heads.knn"):
-        load_params(None, ["heads.knn.k=3"])
+    with pytest.raises(ConfigError, match="heads.nearest"):
+        load_params(None, ["heads.nearest.k=3"])
 
 
 def test_every_registered_head_has_its_params_section_and_every_section_a_head():

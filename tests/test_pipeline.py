@@ -65,6 +65,7 @@ def test_dvc_repro_end_to_end(tmp_path):
     work = tmp_path / "project"
     work.mkdir()
     shutil.copy(ROOT / "dvc.yaml", work / "dvc.yaml")
+    shutil.copy(ROOT / "prompts.yaml", work / "prompts.yaml")
     params = yaml.safe_load((ROOT / "params.demo.yaml").read_text())
     for section, values in SMALL.items():
         params[section].update(values)
@@ -75,7 +76,8 @@ def test_dvc_repro_end_to_end(tmp_path):
 
     first = _run(DVC, "repro", cwd=work)
     stages = {"fetch", "prepare", "decode", "extract@tiny_cnn", "fit@tiny_cnn-svc", "fit@tiny_cnn-logistic",
-              "finetune@tiny_cnn-head", "finetune@tiny_cnn-layerwise", "collect", "compare", "gradcam", "report"}
+              "finetune@tiny_cnn-head", "finetune@tiny_cnn-layerwise", "zeroshot@tiny_cnn", "collect", "compare",
+              "gradcam", "report"}
     assert _ran(first) == stages
     # one decode per image: prepare's verification filled the decoded cache, the decode stage found it current
     assert "decoded-32.h5: 300 images (1 channel), already current (not rewritten)" in first
@@ -151,6 +153,7 @@ def test_dvc_repro_on_the_default_params_with_planted_weights(tmp_path, monkeypa
     # 28 images: 24 to draw train (10 per class for k = 10) and val from, 4 to test
     pf.tiny_npz(pneumoniamnist, work / "data" / "cxr-slice.npz", {"train": 11, "val": 1, "test": 2})
     shutil.copy(ROOT / "dvc.yaml", work / "dvc.yaml")
+    shutil.copy(ROOT / "prompts.yaml", work / "prompts.yaml")
     params = reduced_params("data/cxr-slice.npz")
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run("git", "init", "-q", cwd=work)
@@ -161,6 +164,7 @@ def test_dvc_repro_on_the_default_params_with_planted_weights(tmp_path, monkeypa
     backs, heads = params["extract"]["backbones"], params["fit"]["heads"]
     expected = ({"fetch", "prepare", "decode", "collect", "compare", "gradcam", "report"}
                 | {f"extract@{b}" for b in backs} | {f"fit@{b}-{h}" for b in backs for h in heads}
+                | {f"zeroshot@{b}" for b in backs}
                 | {f"finetune@{b}-{s}" for b in params["finetune"]["backbones"] for s in params["finetune"]["strategies"]})
     assert _ran(out) == expected
     html = (work / "reports/report.html").read_text()
@@ -169,5 +173,7 @@ def test_dvc_repro_on_the_default_params_with_planted_weights(tmp_path, monkeypa
         index = json.loads(next((work / "reports/gradcam").glob(f"*{run}*/index.json")).read_text())
         assert index["images"] and index["info"]["backbone"] == run.split("-")[0]
     runs = (work / "results/runs.csv").read_text().splitlines()
-    assert len(runs) == 1 + len(backs) * len(heads) + 2 * 4  # heads x 1 shot x 1 seed + strategies
+    n_sets = len(yaml.safe_load((ROOT / "prompts.yaml").read_text())["sets"])  # zero-shot: one run per prompt set
+    assert len(runs) == 1 + len(backs) * len(heads) + 2 * 4 + n_sets  # heads x 1 shot x 1 seed + strategies + medsiglip
+    assert ",zeroshot," in "".join(runs) and "Calibration" in html
     assert "DenseNet161_Weights.IMAGENET1K_V1" in runs[1] + "".join(runs) and "google/medsiglip-448" in "".join(runs)

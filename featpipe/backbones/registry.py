@@ -17,7 +17,7 @@ from typing import Optional
 from featpipe.backbones import libs_hf, libs_openclip, libs_timm, libs_xrv, nets
 from featpipe.backbones.families import get_family
 from featpipe.backbones.reference import Fixed, ProcessorConfig, TorchvisionTransforms
-from featpipe.backbones.spec import BackboneSpec, Preprocess
+from featpipe.backbones.spec import BackboneSpec, Preprocess, TextTower
 from featpipe.core.errors import FeatpipeError
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -156,6 +156,7 @@ _register(name="medsiglip", family="siglip", embed_dim=1152,
           gradcam_layer="post_layernorm",
           layers={f"encoder.layers.{i}": 1152 for i in (8, 13, 18, 22)},
           default_weights="google/medsiglip-448", pretrained="google/medsiglip-448",
+          text=TextTower(hf_class="SiglipModel", padding="max_length", max_length=64, truncation=True),
           make=nets.make_siglip(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
                                 num_attention_heads=16, image_size=448, patch_size=14))
 

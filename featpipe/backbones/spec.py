@@ -110,6 +110,22 @@ class Preprocess:
 
 
 @dataclass(frozen=True)
+class TextTower:
+    """A backbone's text tower (CLIP-like models: zero-shot classification, text-initialised heads) and the
+    tokenizer settings the model needs, pinned here. SigLIP pools the text at the LAST position, so its prompts
+    must be padded to ``max_length`` (MedSigLIP: 64 tokens, its ``max_position_embeddings``): a prompt padded
+    only to its own length is pooled at another position and zero-shot falls to chance."""
+
+    hf_class: str = "SiglipModel"  # the full model class (vision + text) in transformers
+    padding: str = "max_length"
+    max_length: int = 64
+    truncation: bool = True
+
+    def tokenizer_kwargs(self) -> dict:
+        return {"padding": self.padding, "max_length": self.max_length, "truncation": self.truncation}
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     """A registered backbone. ``make`` builds the bare network with random weights (lazy imports)."""
 
@@ -128,6 +144,7 @@ class BackboneSpec:
     tiny: bool = False
     make: Callable = field(default=None, repr=False, compare=False, hash=False)
     pooling: str = ""  # which features are the embedding ("" = the family's, Family.pooling; see POOLINGS)
+    text: Optional[TextTower] = None  # its text tower, when it has one (zero-shot: featpipe.backbones.text)
     # embedding size of other features where it differs from embed_dim (BiomedCLIP: image_embeds 512, pooler 768)
     feature_dims: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), hash=False, compare=False)
 

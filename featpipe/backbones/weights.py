@@ -171,7 +171,7 @@ def _hub_snapshot(spec: BackboneSpec, repo_id: str) -> tuple[Path, str]:
         # read the environment now (huggingface_hub reads it once, at import)
         cache = os.environ.get("HF_HUB_CACHE") or (
             str(Path(os.environ["HF_HOME"]).expanduser() / "hub") if os.environ.get("HF_HOME") else None)
-        folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"], cache_dir=cache,
+        folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model"], cache_dir=cache,
                                         local_files_only=offline(), token=os.environ.get("HF_TOKEN") or None))
     except Exception as exc:
         kind = type(exc).__name__

@@ -17,13 +17,14 @@ from featpipe.core.errors import FeatpipeError
 
 def setup_workspace(project: str | Path, workdir: str | Path) -> Path:
     project, workdir = Path(project), Path(workdir)
-    missing = [f for f in ("dvc.yaml", "params.demo.yaml") if not (project / f).is_file()]
+    missing = [f for f in ("dvc.yaml", "params.demo.yaml", "prompts.yaml") if not (project / f).is_file()]
     if missing:
         raise FeatpipeError(f"{', '.join(missing)} not found in {project.resolve()}: run 'featpipe demo' in the featpipe "
                             f"checkout or pass --project DIR")
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(project / "dvc.yaml", workdir / "dvc.yaml")
     shutil.copyfile(project / "params.demo.yaml", workdir / "params.yaml")
+    shutil.copyfile(project / "prompts.yaml", workdir / "prompts.yaml")  # the zeroshot stage's prompts (a dependency)
     if not (workdir / ".dvc").is_dir():
         dvc(["init", "--no-scm", "-q"], workdir)
         dvc(["config", "core.analytics", "false"], workdir)

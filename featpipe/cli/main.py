@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("fit", "fit a head (svc, logistic, mlp, prototype) on the k-shot subsets of every seed and score it"),
     "fit-svc": ("fit_svc", "same as 'fit --head svc'"),
     "sweep": ("sweep", "fit the whole grid of backbones x heads x shots x seeds from params.yaml"),
+    "zeroshot": ("zeroshot", "score class prompts against cached image embeddings (shots = 0) for text-tower backbones"),
     "predict": ("predict", "classify images with a saved head or fine-tuned model; write per-image probabilities"),
     "finetune": ("finetune", "fine-tune a backbone (scratch, head, layerwise, full, truncated) on the same splits"),
     "gradcam": ("gradcam", "render Grad-CAM heat maps for a saved head or fine-tuned model"),

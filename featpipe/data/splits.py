@@ -7,7 +7,9 @@ drawn from train. Draws are stratified by class and grouped, from ``numpy.random
 
 k-shot subsets: for one seed, each class's train groups are put in a random order and their images dealt
 round-robin (one image per patient while patients last); the k-shot subset is the first k images, so the
-5-shot subset is inside the 10-shot subset (nested), and learning curves compare like with like.
+5-shot subset is inside the 10-shot subset (nested), and learning curves compare like with like. With
+``split.shot_unit: patient`` a shot is a patient (a group): each class's groups are put in a random order and the
+k-shot subset is every image of that class of the first k groups (MedFMC's definition; nested the same way).
 
 ``split.val_policy: matched`` also draws, per seed and k, a val subset of k images per class (``valshot``,
 nested the same way, from val only, with its own random stream): fitting then chooses thresholds, models
@@ -154,20 +156,25 @@ def _fewshot(train_rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, ids
              params: SplitParams) -> tuple[dict, dict, dict]:
     fewshot: dict[str, dict[str, list[str]]] = {}
     capped: dict[str, dict[str, int]] = {}
-    counts = {c: int((labels[train_rows] == c).sum()) for c in range(len(classes))}
+    unit = "patients" if params.shot_unit == "patient" else "images"
+    counts = {c: _units(train_rows[labels[train_rows] == c], groups, params.shot_unit) for c in range(len(classes))}
     for k in params.shots:
         if k < 1:
-            raise DataError(f"bad value for 'split.shots': {k} (shots are images per class, at least 1)")
+            raise DataError(f"bad value for 'split.shots': {k} (shots are {unit} per class, at least 1)")
         short = {classes[c]: n for c, n in counts.items() if n < k}
         if short and params.shots_policy == "error":
             name, n = next(iter(short.items()))
-            raise DataError(f"{k}-shot subsets need {k} training images of class '{name}', which has {n}: "
+            raise DataError(f"{k}-shot subsets need {k} training {unit} of class '{name}', which has {n}: "
                             f"lower split.shots or set split.shots_policy=cap")
         if short:
             capped[str(k)] = short
     planned = fractions.plan(params.fractions, counts, classes) if params.fractions else {}
     for seed in params.seeds:
-        order = _deal(train_rows, labels, groups, ids, len(classes), np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        if params.shot_unit == "patient":  # k patients per class with all their images (no fractions: refused)
+            fewshot[str(seed)] = _subsets(train_rows, labels, groups, ids, len(classes), rng, params)
+            continue
+        order = _deal(train_rows, labels, groups, ids, len(classes), rng)
         fewshot[str(seed)] = {str(k): sorted(x for o in order for x in o[:k]) for k in params.shots}
         fewshot[str(seed)] |= fractions.subsets(order, planned, classes)
     return fewshot, capped, planned
@@ -182,6 +189,35 @@ def capping_lines(capped: dict) -> list[str]:
     """One line per capped shot count (the splits' ``capped``), as prepare and the report state it."""
     return [f"{k}-shot subsets capped to the class size: {', '.join(f'{c} has {n} training images (all used)' for c, n in short.items())}; "
             f"runs at k={k} are labelled 'capped {capped_text(short)}'" for k, short in sorted(capped.items(), key=lambda x: int(x[0]))]
+
+
+def _units(rows: np.ndarray, groups: np.ndarray, shot_unit: str) -> int:
+    """How many shots ``rows`` (one class's) can give: images, or patients (groups) with ``shot_unit: patient``."""
+    return int(len(np.unique(groups[rows]))) if shot_unit == "patient" else int(len(rows))
+
+
+def _subsets(rows_in: np.ndarray, labels: np.ndarray, groups: np.ndarray, ids: np.ndarray, n_classes: int,
+             rng: np.random.Generator, params: SplitParams) -> dict[str, list[str]]:
+    """{k: ids} for every k of ``split.shots``: the first k images (``shot_unit: image``) or every image of the
+    first k groups (``patient``) of each class's dealing order; nested in k."""
+    if params.shot_unit == "patient":
+        order = _deal_groups(rows_in, labels, groups, ids, n_classes, rng)
+        return {str(k): sorted(x for o in order for g in o[:k] for x in g) for k in params.shots}
+    order = _deal(rows_in, labels, groups, ids, n_classes, rng)
+    return {str(k): sorted(x for o in order for x in o[:k]) for k in params.shots}
+
+
+def _deal_groups(rows_in: np.ndarray, labels: np.ndarray, groups: np.ndarray, ids: np.ndarray, n_classes: int,
+                 rng: np.random.Generator) -> list[list[list[str]]]:
+    """Per class, its groups (patients) of ``rows_in`` in a random order, each as the ids of its class's images."""
+    order: list[list[list[str]]] = []
+    for c in range(n_classes):
+        by_group: dict[int, list[str]] = {}
+        for r in rows_in[labels[rows_in] == c]:
+            by_group.setdefault(int(groups[r]), []).append(str(ids[r]))
+        keys = sorted(by_group)
+        order.append([sorted(by_group[keys[j]]) for j in rng.permutation(len(keys))])
+    return order
 
 
 def _deal(rows_in: np.ndarray, labels: np.ndarray, groups: np.ndarray, ids: np.ndarray, n_classes: int,
@@ -205,12 +241,10 @@ VAL_STREAM = 0x76616C  # "val": the matched val subsets draw from default_rng([s
 
 def _valshot(val_rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, ids: np.ndarray, n_classes: int,
              params: SplitParams) -> dict:
-    """{seed: {k: ids}}: k val images per class (all of a class when it has fewer), nested in k."""
-    out: dict[str, dict[str, list[str]]] = {}
-    for seed in params.seeds:
-        order = _deal(val_rows, labels, groups, ids, n_classes, np.random.default_rng([seed, VAL_STREAM]))
-        out[str(seed)] = {str(k): sorted(x for o in order for x in o[:k]) for k in params.shots}
-    return out
+    """{seed: {k: ids}}: k val images (or patients, ``shot_unit: patient``) per class (all of a class when it has
+    fewer), nested in k."""
+    return {str(seed): _subsets(val_rows, labels, groups, ids, n_classes, np.random.default_rng([seed, VAL_STREAM]),
+                                params) for seed in params.seeds}
 
 
 def conflicting_rows(manifest: pd.DataFrame) -> dict[int, str]:

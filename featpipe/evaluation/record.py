@@ -15,7 +15,8 @@ alike:
   class shares); test outputs are never looked at, so selection never depends on test. A run without val
   outputs is not judged. Flagged runs stay in the table;
 - **Brier** only for calibrated outputs (``calibrated``; NaN for the SVC and prototype heads, whose outputs are
-  monotone scores); classes absent from val or test are named in ``val_absent`` / ``test_absent``;
+  monotone scores), likewise the **expected calibration error** ``ece`` / ``val_ece`` (top-label, 15 equal-width
+  bins: :mod:`featpipe.evaluation.calibration`); classes absent from val or test are named in ``val_absent`` / ``test_absent``;
 - **row**: the key columns, provenance (``ids_sha256``, ``n_*``), metrics, ``val_policy``, the caller's own
   columns, the confusion matrix, ``run_id``, per-class precision/recall/F1 and ``model_path`` ("" until
   the caller saves a model);
@@ -41,6 +42,7 @@ from featpipe.core.errors import DataError
 from featpipe.core.names import proba_column
 from featpipe.core.versions import __version__
 from featpipe.data.manifest import ids_sha256
+from featpipe.evaluation.calibration import ece
 from featpipe.evaluation.metrics import SCALAR_METRICS, choose_threshold, curves, degenerate, score
 from featpipe.evaluation.table import run_id
 
@@ -85,7 +87,7 @@ def record_run(key: Mapping, *, classes: Sequence[str], train_ids: Sequence[str]
     them: ``head_params`` a canonical string or a dict); ``columns`` are the caller's own columns (placed
     after ``val_policy``). ``calibrated=False`` (outputs that are monotone scores, not fitted probabilities: the
     SVC's sigmoid of its decision values, the prototype's softmax at a fixed temperature) leaves ``brier`` and
-    ``val_brier`` NaN: their value would depend on an arbitrary scale. Classes absent from val or test are named
+    ``val_brier`` (and ``ece``, ``val_ece``) NaN: their value would depend on an arbitrary scale. Classes absent from val or test are named
     in ``val_absent`` / ``test_absent``."""
     classes = list(classes)
     check_disjoint(train_ids, val.ids, test.ids)
@@ -103,6 +105,8 @@ def record_run(key: Mapping, *, classes: Sequence[str], train_ids: Sequence[str]
         "degenerate": bool(why), "degenerate_reason": why,
         **{k: v for k, v in s.items() if k not in ("per_class", "confusion_matrix", "n")},
         **{f"val_{k}": sv.get(k, float("nan")) for k in SCALAR_METRICS if k != "threshold"},
+        "ece": ece(test.labels, test.proba) if calibrated and _scored(test) else float("nan"),
+        "val_ece": ece(val.labels, val.proba) if calibrated and _scored(val) else float("nan"),
         "val_policy": val_policy, "calibrated": bool(calibrated),
         "val_absent": _absent(val, classes), "test_absent": _absent(test, classes), **(columns or {}),
         "confusion_matrix": json.dumps(s["confusion_matrix"], separators=(",", ":")),

@@ -30,8 +30,10 @@ from featpipe.data.manifest import ids_sha256
 from featpipe.data.splits import Splits
 from featpipe.engine.base import Executor
 from featpipe.engine.local import LocalExecutor
+from featpipe.evaluation.calibration import apply_temperature, fit_temperature
 from featpipe.evaluation.record import Outputs, RunRecord, check_disjoint, record_run
 from featpipe.features.cache import cache_path, read_features
+from featpipe.fewshot.zeroshot import text_prior
 from featpipe.heads.base import one_blas_thread
 from featpipe.heads.io import save_head
 from featpipe.heads.registry import get as get_head
@@ -143,9 +145,13 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
         raise DataError(f"the {shots}-shot subset of seed {seed} lacks a class; rerun 'featpipe prepare'")
     hp = head_params(head, params.heads)
     with single_threaded():
-        model = fit_pipeline(make_head(head, params.heads, seed=seed), data.X[tr], y_tr, kind=params.heads.scaler,
+        pipe = make_head(head, params.heads, seed=seed)
+        if get_head(head).text_prior:  # the zero-shot classifier's weights, written for the head's input
+            pipe[-1].set_params(prior=_text_prior(data, splits, params))
+        model = fit_pipeline(pipe, data.X[tr], y_tr, kind=params.heads.scaler,
                              pool=lambda center: _pool(data, splits, center))
         proba = model.predict_proba(data.X[np.r_[va, data.test]])  # one pass over val + test
+    proba, temperature = _calibrate(proba, data.y[va], params.heads.calibrate)
     clf = model[-1]
     key = {"dataset": splits.dataset, "backbone": data.backbone, "weights": data.weights,
            "weights_id": data.attrs.get("weights_id", ""), "layer": data.layer, "head": head,
@@ -154,20 +160,45 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
            "scaler_ids_sha256": ids_sha256(splits.train) if params.heads.scaler in ("pool", "center") else "",
            "cv_used": bool(getattr(clf, "cv_used_", False)),
            "chosen_params": canonical_params(getattr(clf, "best_params_", {})), "capped": splits.capped(shots),
-           "fraction": splits.fraction(shots), "images_per_class": splits.images_per_class(shots)}
+           "fraction": splits.fraction(shots), "images_per_class": splits.images_per_class(shots),
+           "calibration": params.heads.calibrate, "temperature": temperature}
     test = Outputs(list(splits.test), data.y[data.test], proba[va.size:])
     rec = record_run(key, classes=classes, train_ids=train_ids,
                      val=Outputs(val_ids, data.y[va], proba[: va.size] if va.size else None), test=test,
                      val_policy=splits.val_policy, manifest_sha256=splits.manifest_sha256, columns=own,
-                     with_curves=params.fit.curves, calibrated=get_head(head).calibrated)
+                     with_curves=params.fit.curves,
+                     calibrated=get_head(head).calibrated or params.heads.calibrate == "temperature")
     result = RunResult(rec.row, classes, list(test.ids), test.labels, test.proba, curves=rec.curves,
                        predictions=rec.predictions)
     if models_dir is not None and params.fit.save_models:
         path = model_file(models_dir, data, splits.dataset, head, shots, seed, hp)
-        save_head(path, model, _sidecar(data, rec, head=head, hp=hp))
+        save_head(path, model, _sidecar(data, rec, head=head, hp=hp)
+                  | {"temperature": None if np.isnan(temperature) else temperature})
         result.model_path = str(path)
     rec.row["model_path"] = result.model_path or ""
     return result
+
+
+def _text_prior(data: CacheData, splits: Splits, params: Params) -> np.ndarray:
+    """The text-initialised head's prior (:func:`featpipe.fewshot.zeroshot.text_prior`) for this cache."""
+    kind = params.heads.scaler
+    scaler = {"pool": lambda: _pool(data, splits, False), "center": lambda: _pool(data, splits, True),
+              "none": lambda: "passthrough"}.get(kind, lambda: None)()
+    idx = np.fromiter((data.row[k] for k in splits.train), np.int64, len(splits.train))
+    return text_prior(data, list(splits.classes), prompts_path=params.zeroshot.prompts, cache_dir=data.path.parent.parent,
+                      scaler=scaler, pool_rows=data.X[idx], l2_normalize=params.heads.l2_normalize)
+
+
+def _calibrate(proba: np.ndarray, y_val: np.ndarray, how: str) -> tuple[np.ndarray, float]:
+    """``heads.calibrate``: none -> (proba, NaN); temperature -> T fitted on the val rows (the first
+    ``len(y_val)`` rows of ``proba``, val then test) and applied to all of them."""
+    if how == "none":
+        return proba, float("nan")
+    if not len(y_val):
+        raise DataError("heads.calibrate=temperature needs val images: use split.val_policy full or matched "
+                        "with a val split, or heads.calibrate=none")
+    t = fit_temperature(y_val, proba[: len(y_val)])
+    return apply_temperature(proba, t), t
 
 
 def _pool(data: CacheData, splits: Splits, center_only: bool):
@@ -187,7 +218,7 @@ def _sidecar(data: CacheData, rec: RunRecord, *, head: str, hp: dict) -> dict:
 # --------------------------------------------------------------------------- many runs
 
 
-_COST = {"mlp": 3.0, "logistic": 2.0, "svc": 2.0, "prototype": 0.2}  # relative time of one run, by head
+_COST = {"mlp": 3.0, "logistic": 2.0, "svc": 2.0, "prototype": 0.2, "knn": 0.3}  # relative time of one run, by head
 
 
 def _cost(task: tuple) -> float:

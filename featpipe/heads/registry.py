@@ -1,7 +1,7 @@
 """The head registry: one :class:`HeadSpec` per head module, the one list of heads.
 
-A head is one module of :mod:`featpipe.heads` (``svc.py``, ``logistic.py``, ``mlp.py``, ``prototype.py``) that
-holds its scikit-learn estimator and factory, which of its settings name a configuration, and ends with
+A head is one module of :mod:`featpipe.heads` (``svc.py``, ``logistic.py``, ``mlp.py``, ``prototype.py``,
+``knn.py``, ``textlogistic.py``) that holds its scikit-learn estimator and factory, which of its settings name a configuration, and ends with
 ``HEAD = dict(...)`` (the fields of :class:`HeadSpec`). Its parameters dataclass (the ``heads.<name>`` section
 of ``params.yaml``) lives in :mod:`featpipe.params.heads`, its torch twin for Grad-CAM in
 :data:`featpipe.heads.torch_twin.TWINS`. Adding a head is its module, one entry in :data:`_MODULES` below, its
@@ -14,7 +14,7 @@ Every head is an UNFITTED ``Pipeline``: ``StandardScaler`` -> optional L2 ``Norm
 ``predict_proba`` (columns in ``classes_`` order) and ``decision_function``.
 
 Hyper-parameter choice happens inside ``fit``, on the k-shot training set only: when every class has at
-least ``heads.cv_folds`` images, C (and gamma for an RBF SVC) is chosen by grid search over a seeded
+least ``heads.cv_folds`` images, C (and gamma for an RBF SVC, k for kNN) is chosen by grid search over a seeded
 ``StratifiedKFold`` (scoring ``heads.cv_scoring``; ties go to the first candidate in grid order, i.e. the
 smaller C): :func:`~featpipe.heads.base.grid_cv` makes exactly ``GridSearchCV``'s choice without its per-fit
 overhead; otherwise the documented default ``heads.<head>.C`` (and ``gamma``) is used. The scaler sees the
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from featpipe.core.errors import ConfigError
-from featpipe.heads import logistic, mlp, prototype, svc
+from featpipe.heads import knn, logistic, mlp, prototype, svc, textlogistic
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,10 @@ class HeadSpec:
     cross_validated: bool = False  # heads.cv_folds / heads.cv_scoring name its configurations too
     also_explains: tuple = ()  # bare scikit-learn classes its torch twin also converts
     calibrated: bool = True  # predict_proba is a fitted probability (logistic, MLP); False: a monotone score
+    text_prior: bool = False  # fitted towards weights from the class prompts' text embeddings (set as ``prior``)
 
 
-_MODULES = (logistic, mlp, prototype, svc)  # the head modules; the package's other modules are shared code
+_MODULES = (knn, logistic, mlp, prototype, svc, textlogistic)  # the head modules; the package's other modules are shared code
 
 REGISTRY: dict[str, HeadSpec] = dict(sorted((m.HEAD["name"], HeadSpec(**m.HEAD)) for m in _MODULES))
 HEADS: dict[str, Callable] = {name: spec.factory for name, spec in REGISTRY.items()}
@@ -83,6 +84,8 @@ def head_params(name: str, params) -> dict:
     shared = {"scaler": params.scaler, "l2_normalize": params.l2_normalize}
     if spec.cross_validated:
         shared |= {"cv_folds": params.cv_folds, "cv_scoring": params.cv_scoring}
+    if params.calibrate != "none":  # named only when on: rows and saved heads of the default keep their names
+        shared["calibrate"] = params.calibrate
     return shared | own
 
 

@@ -10,7 +10,9 @@ equals the pipeline's ``decision_function`` on the same features (float64 inside
   binary or one-vs-one multi-class (scikit-learn's vote + confidence "ovr" shape, whose confidence
   part carries the gradient); a multi-class linear SVC is the same expansion with a linear kernel;
 - MLP: its two layers (the span projection folded into the first);
-- nearest prototype: cosine similarity to the class means (logits = similarity / temperature).
+- nearest prototype: cosine similarity to the class means (logits = similarity / temperature);
+- kNN: the temperature-weighted soft vote over the k most similar training images (logits = log votes); the
+  choice of the k neighbours is piecewise constant, the gradient flows through their similarities.
 
 Binary heads have one decision value d; their logits are ``[-d/2, d/2]`` (times 1/temperature for the
 prototype), so that softmax gives the head's sigmoid probability and the map of class 0 explains -d.
@@ -128,6 +130,32 @@ class Prototypes(nn.Module):
         with torch.no_grad():
             p = torch.randn(self.prototypes.shape, generator=generator, dtype=DTYPE)
             self.prototypes.copy_(p / torch.linalg.vector_norm(p, dim=1, keepdim=True))
+
+
+class SoftVote(nn.Module):
+    """log of the kNN head's votes, (B, C): the ``k`` most cosine-similar training images (unit rows ``train``, kept
+    as ``references``; labels ``labels``) vote with ``exp(similarity / temperature)``; a class without a vote gets log(1e-300)."""
+
+    def __init__(self, train, labels, n_classes: int, *, k: int, temperature: float):
+        super().__init__()
+        self.references = nn.Parameter(_t(train), requires_grad=False)
+        self.register_buffer("onehot", torch.nn.functional.one_hot(torch.as_tensor(np.asarray(labels, dtype=np.int64)),
+                                                                   n_classes).to(DTYPE))
+        self.k, self.temperature = int(min(k, len(labels))), float(temperature)
+
+    def forward(self, x):
+        xn = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12)
+        s = xn @ self.references.T
+        # a stable descending sort (ties: lower training index first), as the scikit-learn head
+        idx = torch.sort(-s.detach(), dim=1, stable=True).indices[:, :self.k]
+        w = torch.exp(torch.gather(s, 1, idx) / self.temperature)
+        votes = torch.einsum("bk,bkc->bc", w, self.onehot[idx])
+        return torch.log(votes.clamp_min(1e-300))
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        with torch.no_grad():
+            p = torch.randn(self.references.shape, generator=generator, dtype=DTYPE)
+            self.references.copy_(p / torch.linalg.vector_norm(p, dim=1, keepdim=True))
 
 
 class TorchHead(nn.Module):
@@ -270,7 +298,19 @@ def prototype_twin(clf, pre):
     return pre, Prototypes(clf.prototypes_), "prototype", "similarity", float(clf.temperature)
 
 
-TWINS = {"logistic": logistic_twin, "mlp": mlp_twin, "prototype": prototype_twin, "svc": svc_twin}
+def knn_twin(clf, pre):
+    """A fitted KNNHead: the soft vote over its k nearest training images (logits = log votes)."""
+    core = SoftVote(clf.train_, clf.y_, len(clf.classes_), k=clf.k_, temperature=clf.temperature)
+    return pre, core, "knn", "similarity", 1.0
+
+
+def textlogistic_twin(clf, pre):
+    """A fitted TextPriorLogistic: one Linear (binary: the class-1 minus class-0 row), the scaler folded in."""
+    pre, core = fold(pre, linear(clf.coef_, clf.intercept_))
+    return pre, core, "textlogistic", "binary" if len(clf.classes_) == 2 else "scores", 1.0
+
+
+TWINS = {"knn": knn_twin, "textlogistic": textlogistic_twin, "logistic": logistic_twin, "mlp": mlp_twin, "prototype": prototype_twin, "svc": svc_twin}
 
 
 def _core(clf, pre: list[nn.Module]):

@@ -84,6 +84,9 @@ class SplitParams:
     # (seed, k), nested like the train subsets: a k-shot result uses 2k labelled images per class, as it claims;
     # full: the whole val split (more labelled images than k; benchmarks/results/val_policy.md measures the gap)
     val_policy: Literal["full", "matched"] = "matched"
+    # what a shot is: image = k images per class, one per patient while patients last; patient = k patients per
+    # class with all their images of that class (MedFMC's definition; the matched val subsets count the same way)
+    shot_unit: Literal["image", "patient"] = "image"
     # alternative to shots: fractions of the training set (stratified, grouped, nested), e.g. [0.01, 0.05, 0.1];
     # set shots: [] to use them (featpipe.data.fractions)
     fractions: tuple[float, ...] = ()
@@ -95,6 +98,9 @@ class SplitParams:
         bad = [f for f in self.fractions if not 0 < f <= 1]
         if bad:
             raise ConfigError(f"bad value for 'split.fractions': {bad[0]} (a fraction of the training set, in (0, 1])")
+        if self.fractions and self.shot_unit == "patient":
+            raise ConfigError("split.shot_unit: patient counts shots in patients; fractions are of the training "
+                              "images: use shot_unit: image with split.fractions")
         if self.fractions and self.val_policy == "matched":
             raise ConfigError("split.val_policy: matched draws k val images per class and needs split.shots; "
                               "use val_policy: full with split.fractions")
@@ -128,6 +134,8 @@ class HeadsParams:
     l2_normalize: bool = False  # L2-normalise each standardised embedding before the classifier
     cv_folds: int = 5  # C (and gamma) are cross-validated when every class has at least this many images
     cv_scoring: Literal["balanced_accuracy", "accuracy"] = "balanced_accuracy"
+    # temperature = the head's log-probabilities divided by a T fitted on the val outputs (NLL), recorded per row
+    calibrate: Literal["none", "temperature"] = "none"
 
 
 def _with_head_sections(shared: type) -> type:
@@ -276,6 +284,14 @@ class EngineParams:
 
 
 @dataclass(frozen=True)
+class ZeroshotParams:
+    """Zero-shot configurations (shots = 0) of backbones with a text tower (``featpipe zeroshot``)."""
+
+    prompts: str = "prompts.yaml"  # the prompts file: prompt sets, each with positive (and negative) prompts per class
+    backbones: tuple[str, ...] = ()  # empty = the extract.backbones that have a text tower
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     split: SplitParams = field(default_factory=SplitParams)
@@ -290,6 +306,7 @@ class Params:
     compare: CompareParams = field(default_factory=CompareParams)
     engine: EngineParams = field(default_factory=EngineParams)
     networks: tuple[NetworkParams, ...] = ()  # networks of your own, registered as backbones by name
+    zeroshot: ZeroshotParams = field(default_factory=ZeroshotParams)
 
 
 def configured_backbones(params: Params) -> list[str]:

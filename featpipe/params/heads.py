@@ -13,6 +13,19 @@ from typing import Literal
 
 
 @dataclass(frozen=True)
+class KnnParams:
+    k: int = 20  # used when the k-shot set is too small for cross-validation (capped by the training images)
+    k_grid: tuple[int, ...] = (10, 20, 100, 200)  # DINOv2's kNN grid; each capped by the training images
+    temperature: float = 0.07  # vote weight = exp(cosine similarity / temperature) (DINOv2's 0.07)
+
+
+@dataclass(frozen=True)
+class TextlogisticParams:
+    C: float = 1.0  # weight of the k-shot loss against the pull towards the text weights (sum loss * C + |W - W0|^2 / 2)
+    max_iter: int = 1000
+
+
+@dataclass(frozen=True)
 class LogisticParams:
     C: float = 1.0  # used when the k-shot set is too small for cross-validation
     C_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -49,5 +62,5 @@ class SvcParams:
 
 
 # head name -> its section (the order of the fields of HeadsParams)
-SECTIONS: dict[str, type] = {"logistic": LogisticParams, "mlp": MlpParams, "prototype": PrototypeParams,
-                             "svc": SvcParams}
+SECTIONS: dict[str, type] = {"knn": KnnParams, "logistic": LogisticParams, "mlp": MlpParams,
+                             "prototype": PrototypeParams, "svc": SvcParams, "textlogistic": TextlogisticParams}

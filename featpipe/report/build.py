@@ -31,6 +31,7 @@ from featpipe.evaluation.metrics import curves
 from featpipe.evaluation.table import read_predictions, read_runs
 from featpipe.params.config import Params, to_dict
 from featpipe.report import plots, selection
+from featpipe.report.calibration import calibration_section
 from featpipe.report.html import page, table
 from featpipe.results.predictions import TestPredictions
 from featpipe.results.summary import check_metrics_json, current_split
@@ -89,6 +90,16 @@ def _dataset_section(inp: ReportInputs, splits: dict) -> str:
                f"Split hash (sha256 of the splits file): <code>{html.escape(inp.splits_sha)}</code>; manifest sha256 "
                f"<code>{html.escape(splits['manifest_sha256'])}</code>.</p>")
     return "".join(out)
+
+
+def _shot_unit_note(splits: dict) -> str:
+    """What one shot is (``split.shot_unit`` as recorded in splits.json; files without it: images)."""
+    if splits.get("params", {}).get("shot_unit", "image") == "patient":
+        return ("<p>Shots count <b>patients</b>: a k-shot row was fitted on k patients per class with all their images "
+                "of that class (<code>split.shot_unit: patient</code>, MedFMC's definition; <code>n_train</code> in "
+                "runs.csv gives the images).</p>")
+    return ("<p>Shots count <b>images</b>: k images per class, one per patient while patients last "
+            "(<code>split.shot_unit: image</code>).</p>")
 
 
 def _training_curves(results: Path) -> dict[str, list[dict]]:
@@ -162,6 +173,7 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
                 "<code>split.val_policy: matched</code> keeps to the k-shot budget" if policy != "matched" else
                 "<b>a val subset of k images per class</b> per seed and k (<code>split.val_policy: matched</code>, the "
                 "true few-shot setting: 2k labelled images per class in all)") + ".</p>"
+             + _shot_unit_note(s.raw)
              + (f"<p class=\"note\">{html.escape(set_aside)}.</p>" if set_aside else ""))
     sections = [("Data set", scope + _dataset_section(inp, s.raw))]
 
@@ -179,7 +191,7 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
     sections.append(("Learning curves", "".join(_img(f, f.stem.replace("_", " ")) for f in figs)))
 
     spread = _save(plots.lottery_spread(runs, metric), plots_dir / "lottery_spread.png")
-    mid = min(runs["shots"].unique(), key=lambda k: abs(math.log(k / 5)))
+    mid = min(runs["shots"].unique(), key=lambda k: abs(math.log(max(k, 0.5) / 5)))  # k = 0: zero-shot
     strip = _save(plots.seed_strip(runs, metric, int(mid)), plots_dir / "per_seed.png")
     sections.append(("The seed lottery", "<p>Spread = best seed minus worst seed, in points of the metric. "
                      "A wide spread means the result depends on which images happened to be labelled.</p>"
@@ -191,6 +203,8 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
     sections.append(("Is A better than B? Paired comparisons", selection.comparison_section(
         selection.read_comparisons(inp.results, runs, params), best, metric)))
     sections.append(("Degenerate runs", selection.degenerate_section(runs)))
+    sections.append(("Calibration", calibration_section(runs, inp.results, s.classes, save=_save, img=_img,
+                                                        plots_dir=plots_dir)))
     sections.append(("ROC and precision-recall curves of the best runs", _roc_section(inp, runs, s, best, int(mid), plots_dir)))
     training = _training_curves(inp.results)
     if training:

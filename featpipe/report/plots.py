@@ -112,7 +112,11 @@ def _style(ax, *, xlabel: str, ylabel: str, title: str, shots: Sequence[float] =
     ax.set_title(title)
     if len(shots):
         fractions = any(0 < float(k) < 1 for k in shots) or xlabel.startswith("fraction")
-        ax.set_xscale("log")
+        # log-spaced shots; zero-shot configurations (k = 0) sit at 0 on a linear stretch below 1
+        if 0 in {float(k) for k in shots}:
+            ax.set_xscale("symlog", linthresh=1, linscale=0.5)
+        else:
+            ax.set_xscale("log")
         ax.set_xticks(sorted(float(k) for k in shots))
         ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=None) if fractions
                                      else matplotlib.ticker.FormatStrFormatter("%d"))

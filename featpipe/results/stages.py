@@ -16,11 +16,13 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from featpipe.backbones.registry import get as get_backbone
 from featpipe.core.errors import DataError, FeatpipeError
 from featpipe.data.manifest import read_manifest
 from featpipe.data.splits import Splits, load_splits
 from featpipe.evaluation.table import RunJournal
 from featpipe.fewshot.fit import RunResult, load_cache, run_grid
+from featpipe.fewshot.zeroshot import zeroshot_runs
 from featpipe.params.config import Params
 from featpipe.results.stats import bootstrap_ci
 from featpipe.results.summary import format_per_class, per_class_summary, summarize_runs, write_metrics_json
@@ -91,6 +93,41 @@ def sweep(splits_path: str | Path, *, params: Params, cache_dir: str | Path = "c
     runs = grid_into(results_dir, splits, caches, heads=list(heads or f.heads), shots=shots, seeds=seeds,
                      params=params, models_dir=models_dir, n_jobs=n_jobs, engine=engine)
     return runs
+
+
+def zeroshot(splits_path: str | Path, *, params: Params, cache_dir: str | Path = "cache",
+             results_dir: str | Path = "results", backbones: Sequence[str] | None = None,
+             prompts: str | Path | None = None, allow_empty: bool = False) -> list:
+    """Zero-shot runs (shots = 0, one per prompt set) of ``backbones`` (default: ``zeroshot.backbones``, else the
+    ``extract.backbones`` with a text tower) written like :func:`sweep`'s; returns the run records. With
+    ``allow_empty`` a backbone without a text tower is skipped (the DVC stage runs for every extracted backbone)
+    and a stage with nothing to score writes only ``ZEROSHOT.txt`` saying why."""
+    splits = load_splits(splits_path)
+    names = list(backbones or params.zeroshot.backbones
+                 or [b for b in params.extract.backbones if get_backbone(b).text is not None])
+    without = [b for b in names if get_backbone(b).text is None]
+    if without and not allow_empty:
+        raise FeatpipeError(f"{', '.join(without)} has no text tower: zero-shot needs a CLIP-like backbone (medsiglip)")
+    names = [b for b in names if b not in without]
+    if not names:
+        if not allow_empty:
+            raise FeatpipeError("no backbone with a text tower to run zero-shot with: set zeroshot.backbones "
+                                "(e.g. [medsiglip]) or pass --backbones")
+        Path(results_dir).mkdir(parents=True, exist_ok=True)
+        (Path(results_dir) / "ZEROSHOT.txt").write_text(
+            f"no zero-shot runs: {', '.join(without) or 'no backbone'} has no text tower\n")
+        return []
+    records = []
+    for b in names:
+        data = load_cache(cache_dir, splits, b, weights=params.extract.weights)
+        records += zeroshot_runs(data, splits, prompts_path=prompts or params.zeroshot.prompts, cache_dir=cache_dir,
+                                 with_curves=params.fit.curves)
+    j = RunJournal(results_dir)
+    for r in records:
+        j.add(r)
+    finish(j, params=params, results_dir=results_dir, splits=splits)
+    return records
+
 
 
 def summarize_results(runs: Iterable[RunResult | Mapping], *, params: Params) -> dict:

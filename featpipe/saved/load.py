@@ -25,6 +25,7 @@ from featpipe.backbones.modelinput import model_input, same_channels
 from featpipe.backbones.registry import get
 from featpipe.backbones.spec import Preprocess
 from featpipe.core.runtime import Runtime
+from featpipe.evaluation.calibration import apply_temperature
 from featpipe.features.batches import embed_batch
 from featpipe.finetune.checkpoint import load_finetuned
 from featpipe.finetune.data import ArrayImages, Prep
@@ -120,9 +121,12 @@ class LoadedModel:
 
     def predict_proba(self, images, *, batch_size: int = 32) -> np.ndarray:
         """Class probabilities ``(n, C)`` (columns in :attr:`classes` order) of decoded images: a head's pipeline
-        on :meth:`embed`, or the fine-tuned network's softmax as its own test pass computes it."""
+        on :meth:`embed` (with the run's val-fitted temperature, if any), or the fine-tuned network's softmax as
+        its own test pass computes it."""
         if self.kind == "head":
-            return self.pipeline.predict_proba(self.embed(images, batch_size=batch_size))
+            proba = self.pipeline.predict_proba(self.embed(images, batch_size=batch_size))
+            t = self.meta.get("temperature")  # heads.calibrate=temperature: the T fitted on val
+            return proba if t is None or not np.isfinite(t) else apply_temperature(proba, t)
         pixels = _stack(images)
         ids = [str(i) for i in range(len(pixels))]
         return finetuned_proba(self.network, ArrayImages(ids, pixels), ids, prep=Prep.from_preprocess(self.preprocess),

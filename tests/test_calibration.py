@@ -1,0 +1,101 @@
+"""Calibration: ECE against a hand computation, temperature scaling (lower val NLL, same ranks), and
+`heads.calibrate: temperature` through `featpipe fit` (recorded in the row, Brier/ECE then reported)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import rankdata
+
+from featpipe.evaluation.calibration import apply_temperature, ece, fit_temperature, nll, reliability
+from test_fit import fit_cli, write_fixture
+
+
+def test_ece_equals_a_hand_computation():
+    # binary p(class 1); confidence = max(p, 1 - p): 0.9, 0.9, 0.6, 0.7, 0.95; bin = ceil(confidence * 15) - 1
+    p1 = np.array([0.9, 0.1, 0.6, 0.3, 0.95])
+    y = np.array([1, 1, 0, 0, 1])
+    # confidence (max prob), prediction (arg-max), correct:
+    # 0.9 -> 1 ok; 0.9 -> 0 wrong; 0.6 -> 1 wrong; 0.7 -> 0 ok; 0.95 -> 1 ok
+    # 15 bins: 0.9 -> bin 13 (0.8667, 0.9333]; 0.6 -> bin 8 (0.5333, 0.6]; 0.7 -> bin 10 (0.6667, 0.7333];
+    # 0.95 -> bin 14 (0.9333, 1]
+    # bin 13: 2 images, acc 0.5, conf 0.9 -> |0.5 - 0.9| * 2/5 = 0.16
+    # bin 8: 1 image, acc 0, conf 0.6 -> 0.6 / 5 = 0.12;  bin 10: acc 1, conf 0.7 -> 0.3 / 5 = 0.06
+    # bin 14: acc 1, conf 0.95 -> 0.05 / 5 = 0.01
+    assert ece(y, p1) == pytest.approx(0.16 + 0.12 + 0.06 + 0.01, abs=1e-12)
+    r = reliability(y, np.column_stack([1 - p1, p1]))
+    assert r["count"].sum() == 5 and r["count"][13] == 2 and r["accuracy"][13] == 0.5
+    assert len(r["edges"]) == 16 and np.isnan(r["accuracy"][0])
+    assert ece(y, np.column_stack([1 - y, y]).astype(float)) == 0.0  # certain and right: perfectly calibrated
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_temperature_lowers_val_nll_and_never_changes_ranks(n_classes):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, n_classes, 200)
+    logits = rng.normal(size=(200, n_classes)) + 1.5 * np.eye(n_classes)[y]
+    over = np.exp(6 * logits) / np.exp(6 * logits).sum(1, keepdims=True)  # over-confident scores
+    t = fit_temperature(y, over)
+    cal = apply_temperature(over, t)
+    assert t > 1.5  # softens an over-confident model
+    assert nll(y, cal) < nll(y, over) - 0.1
+    assert ece(y, cal) < ece(y, over)
+    assert np.array_equal(cal.argmax(1), over.argmax(1))
+    if n_classes == 2:  # every image keeps its rank: AUROC / AUPRC unchanged
+        assert np.array_equal(rankdata(cal[:, 1]), rankdata(over[:, 1]))
+    np.testing.assert_allclose(cal.sum(1), 1.0)
+
+
+def test_fit_with_temperature_scaling_records_it_and_keeps_the_ranking(tmp_path):
+    (tmp_path / "none.yaml").write_text("fit:\n  n_jobs: 1\n  bootstrap: 0\n")
+    write_fixture(tmp_path)
+    assert fit_cli(tmp_path, "--head", "svc", "--shots", "10", "--seeds", "0") == 0
+    assert fit_cli(tmp_path, "--head", "svc", "--shots", "10", "--seeds", "0", "-S", "heads.calibrate=temperature") == 0
+    runs = pd.read_csv(tmp_path / "results/runs.csv").set_index("calibration")
+    assert len(runs) == 2  # the calibrated configuration is its own row (calibrate is in head_params)
+    plain, cal = runs.loc["none"], runs.loc["temperature"]
+    assert np.isnan(plain["temperature"]) and not plain["calibrated"] and np.isnan(plain["ece"])
+    assert np.isfinite(cal["temperature"]) and cal["calibrated"] and 0 <= cal["ece"] <= 1 and np.isfinite(cal["brier"])
+    assert json.loads(cal["head_params"])["calibrate"] == "temperature"
+    for m in ("auroc", "auprc", "accuracy", "sensitivity", "specificity"):  # ranks and val threshold move together
+        assert cal[m] == pytest.approx(plain[m]), m
+    meta = json.loads(pd.Series([cal["model_path"]]).map(lambda p: open(p[:-6] + ".json").read())[0])
+    assert meta["temperature"] == pytest.approx(cal["temperature"])
+
+
+def with_counts(root, fx) -> dict:
+    """The fixture's splits.json plus the counts `featpipe prepare` writes (the report's data section shows them)."""
+    splits = fx["splits"]
+    label = dict(zip(fx["ids"], fx["y"]))
+    splits["counts"] = {p: {c: int(sum(label[i] == j for i in splits[p])) for j, c in enumerate(splits["classes"])}
+                        for p in ("train", "val", "test")}
+    splits["patients"] = {p: len(splits[p]) for p in ("train", "val", "test")}
+    (root / "data/splits.json").write_text(json.dumps(splits))
+    return fx
+
+
+def test_report_has_the_calibration_section_and_a_reliability_diagram(tmp_path):
+    from featpipe.cli.main import main
+
+    (tmp_path / "none.yaml").write_text("fit:\n  n_jobs: 1\n  bootstrap: 0\n")
+    with_counts(tmp_path, write_fixture(tmp_path))
+    for head in ("logistic", "svc"):
+        for k in ("2", "5"):
+            assert fit_cli(tmp_path, "--head", head, "--shots", k, "--seeds", "0", "1") == 0
+    assert fit_cli(tmp_path, "--head", "svc", "--shots", "5", "--seeds", "0", "1", "-S", "heads.calibrate=temperature") == 0
+    out = tmp_path / "reports/report.html"
+    assert main(["report", "--manifest", str(tmp_path / "data/manifest.csv"), "--splits", str(tmp_path / "data/splits.json"),
+                 "--results", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+                 "--params", str(tmp_path / "none.yaml")]) == 0
+    html = out.read_text()
+    section = html.split("<h2>Calibration</h2>", 1)[1].split("</section>", 1)[0]
+    assert "15 equal-width confidence bins" in section and "reliability diagrams at 5 shots" in section
+    runs = pd.read_csv(tmp_path / "results/runs.csv")
+    logistic5 = runs[(runs["head"] == "logistic") & (runs["shots"] == 5)]
+    assert f"{logistic5['ece'].mean():.3f}" in section  # the table shows the runs' mean ECE
+    assert section.count("<tr>") == 1 + 3  # header + logistic k2, logistic k5, temperature-scaled svc k5
+    assert "temperature" in section and (tmp_path / "reports/plots/reliability.png").is_file()
+    assert "Shots count <b>images</b>" in html  # the report states the shot unit (split.shot_unit)
