@@ -369,13 +369,13 @@ def test_decoder_and_dtype_edits_re_extract_and_say_why(project, capsys, monkeyp
     assert main([*EXTRACT, "--cache-dir", cache]) == 0
     assert "(re-extracted: decoder pillow_version '9.0.0' != requested" in capsys.readouterr().out
     assert np.array_equal(featcache.read_features(path).features, ref)
-    # decode.draft changed: the decoded cache is rebuilt with it and the features re-extracted
-    assert main([*EXTRACT, "--cache-dir", cache, "-S", "decode.draft=false"]) == 0
-    assert "(re-extracted: decoder draft True != requested False)" in capsys.readouterr().out
-    assert featcache.read_attrs(path)["decoder"]["draft"] is False
+    # decode.draft changed (default off): the decoded cache is rebuilt with it and the features re-extracted
+    assert main([*EXTRACT, "--cache-dir", cache, "-S", "decode.draft=true"]) == 0
+    assert "(re-extracted: decoder draft False != requested True)" in capsys.readouterr().out
+    assert featcache.read_attrs(path)["decoder"]["draft"] is True
     with h5py.File(project / cache / "demo" / "decoded-32.h5", "r") as f:
-        assert not bool(f.attrs["draft"])  # the decoded cache was rebuilt with the setting, not reused
-    assert main([*EXTRACT, "--cache-dir", cache, "-S", "decode.draft=false"]) == 0
+        assert bool(f.attrs["draft"])  # the decoded cache was rebuilt with the setting, not reused
+    assert main([*EXTRACT, "--cache-dir", cache, "-S", "decode.draft=true"]) == 0
     assert "0 extracted, 96 reused" in capsys.readouterr().out  # and then it is current
 
 
