@@ -263,14 +263,15 @@ def write_predictions(results_dir: str | Path, row: Mapping, frame: pd.DataFrame
     """Per-image outputs of one run as ``<results_dir>/predictions/<config>-s<seed>-<run_id>.csv.gz``.
 
     ``frame`` has ``split`` (val | test), ``id``, ``label`` and ``p[<class>]`` columns; ``run_id`` and
-    ``threshold`` are added. Floats are written as ``repr`` (float64 round trip, never rounded). gzip with a
-    fixed mtime: the same predictions give the same bytes."""
+    ``threshold`` are added. Floats are written as ``repr`` (float64 round trip, never rounded). gzip level 1
+    (7x faster than level 9 for files 7% larger: a sweep writes one per run) with a fixed mtime: the same
+    predictions give the same bytes."""
     d = Path(results_dir) / PREDICTIONS_DIR
     out = prediction_table(row, frame)
     rid = str(out["run_id"].iat[0]) if len(out) else run_id(row)
     text = out.to_csv(index=False, lineterminator="\n").encode()
     d.mkdir(parents=True, exist_ok=True)
-    return atomic_write(d / f"{_stem(row)}-{rid}.csv.gz", gzip.compress(text, mtime=0))
+    return atomic_write(d / f"{_stem(row)}-{rid}.csv.gz", gzip.compress(text, compresslevel=1, mtime=0))
 
 
 def write_files(results_dir: str | Path, record) -> None:

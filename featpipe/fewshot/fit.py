@@ -36,7 +36,7 @@ from featpipe.heads.base import one_blas_thread
 from featpipe.heads.io import save_head
 from featpipe.heads.registry import get as get_head
 from featpipe.heads.registry import head_params, make_head
-from featpipe.heads.scaling import fit_pipeline, pool_scaler
+from featpipe.heads.scaling import fit_pipeline, pool_scaler, scaled_rows
 from featpipe.params.config import Params
 
 
@@ -143,7 +143,7 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
     with single_threaded():
         model = fit_pipeline(make_head(head, params.heads, seed=seed), data.X[tr], y_tr, kind=params.heads.scaler,
                              pool=lambda center: _pool(data, splits, center))
-        proba = model.predict_proba(data.X[np.r_[va, data.test]])  # one pass over val + test
+        proba = _scores(model, data, va)  # one pass over val + test
     clf = model[-1]
     key = {"dataset": splits.dataset, "backbone": data.backbone, "weights": data.weights,
            "weights_id": data.attrs.get("weights_id", ""), "layer": data.layer, "head": head,
@@ -165,6 +165,14 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
         result.model_path = str(path)
     rec.row["model_path"] = result.model_path or ""
     return result
+
+
+def _scores(model, data: CacheData, va: np.ndarray) -> np.ndarray:
+    """``model``'s probabilities on the rows ``va`` then test; with the pool scaler the scaled rows are computed
+    once per cache and val rows (:func:`featpipe.heads.scaling.scaled_rows`), not once per run."""
+    rows = np.r_[va, data.test]
+    scaled = scaled_rows(model, (str(data.path), data.X.shape, va.tobytes()), lambda: data.X[rows])
+    return model.predict_proba(data.X[rows]) if scaled is None else model[1:].predict_proba(scaled)
 
 
 def _pool(data: CacheData, splits: Splits, center_only: bool):
