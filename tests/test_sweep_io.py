@@ -80,36 +80,3 @@ def test_svc_head_fits_silently(capfd):
     out, err = capfd.readouterr()
     assert "optimization finished" not in out + err
 
-
-def _frame_part_by_part(classes, **parts) -> pd.DataFrame:
-    """The predictions frame as it was built before (one frame per part, concatenated)."""
-    frames = []
-    for name, (ids, y, proba) in parts.items():
-        if proba is None or not len(ids):
-            continue
-        p = np.asarray(proba, dtype=np.float64)
-        p = np.column_stack([1 - p, p]) if p.ndim == 1 else p
-        f = pd.DataFrame({"split": name, "id": list(ids), "label": np.asarray(y, dtype=np.int64)})
-        for j, c in enumerate(classes):
-            f[f"p[{c}]"] = p[:, j]
-        frames.append(f)
-    return pd.concat(frames, ignore_index=True)
-
-
-@pytest.mark.parametrize("shape", ["binary", "one column", "three classes", "no val"])
-def test_prediction_frame_is_the_part_by_part_frame(shape):
-    from featpipe.evaluation.record import prediction_frame
-
-    rng = np.random.default_rng(1)
-    c = 3 if shape == "three classes" else 2
-    val = ([f"val/{i}" for i in range(5)], rng.integers(0, c, 5), rng.dirichlet(np.ones(c), 5))
-    test = ([f"test/{i}" for i in range(7)], rng.integers(0, c, 7), rng.dirichlet(np.ones(c), 7))
-    if shape == "one column":
-        val, test = (val[0], val[1], val[2][:, 1]), (test[0], test[1], test[2][:, 1])
-    if shape == "no val":
-        val = (val[0], val[1], None)
-    classes = ["a", "b", "c"][:c]
-    got = prediction_frame(classes, val=val, test=test)
-    want = _frame_part_by_part(classes, val=val, test=test)
-    pd.testing.assert_frame_equal(got, want)
-    assert list(got["split"]).count("test") == 7

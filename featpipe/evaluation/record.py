@@ -148,17 +148,16 @@ def _degenerate(val: Outputs, *, n_classes: int, threshold: float | None) -> str
 
 
 def prediction_frame(classes: Sequence[str], **parts) -> pd.DataFrame:
-    """Per-image outputs: ``split, id, label, p[<class>]...`` for each ``name=(ids, labels, proba)`` (a part
-    without outputs or images is left out); built in one go, column by column (a sweep makes one per run)."""
-    keep = [(name, ids, y, np.asarray(p, dtype=np.float64)) for name, (ids, y, p) in parts.items()
-            if p is not None and len(ids)]
-    if not keep:
-        return pd.DataFrame(columns=["split", "id", "label"])
-    probas = [np.column_stack([1 - p, p]) if p.ndim == 1 else p for *_, p in keep]
-    cols = {"split": [name for name, ids, *_ in keep for _ in range(len(ids))],
-            "id": [i for _, ids, *_ in keep for i in ids],
-            "label": np.concatenate([np.asarray(y, dtype=np.int64) for _, _, y, _ in keep])}
-    P = np.concatenate(probas)
-    for j, c in enumerate(classes):
-        cols[f"p[{c}]"] = P[:, j]
-    return pd.DataFrame(cols)
+    """Per-image outputs: ``split, id, label, p[<class>]...`` for each ``name=(ids, labels, proba)``."""
+    frames = []
+    for name, (ids, y, proba) in parts.items():
+        if proba is None or not len(ids):
+            continue
+        p = np.asarray(proba, dtype=np.float64)
+        if p.ndim == 1:
+            p = np.column_stack([1 - p, p])
+        f = pd.DataFrame({"split": name, "id": list(ids), "label": np.asarray(y, dtype=np.int64)})
+        for j, c in enumerate(classes):
+            f[f"p[{c}]"] = p[:, j]
+        frames.append(f)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["split", "id", "label"])
