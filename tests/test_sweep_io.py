@@ -80,3 +80,20 @@ def test_svc_head_fits_silently(capfd):
     out, err = capfd.readouterr()
     assert "optimization finished" not in out + err
 
+
+
+@pytest.mark.parametrize("head", ["logistic", "prototype"])
+def test_pool_scaled_rows_are_memoised_and_score_bit_for_bit_as_the_pipeline(head):
+    from featpipe.heads.scaling import fit_pipeline, pool_scaler, scaled_rows
+
+    rng = np.random.default_rng(2)
+    y = np.arange(60) % 2
+    X = (rng.normal(size=(60, 16)) * 3 + y[:, None]).astype(np.float32)  # float32, as caches hold them
+    pool = lambda center: pool_scaler(("test_sweep_io", head), lambda: X[:40], center_only=center)  # noqa: E731
+    model = fit_pipeline(make_head(head, HeadsParams(), seed=0), X[:10], y[:10], kind="pool", pool=pool)
+    rows = np.arange(10, 60)
+    scaled = scaled_rows(model, ("cache", head), lambda: X[rows])
+    np.testing.assert_array_equal(model[1:].predict_proba(scaled), model.predict_proba(X[rows]))
+    assert scaled_rows(model, ("cache", head), lambda: 1 / 0) is scaled  # computed once per cache and rows
+    kshot = fit_pipeline(make_head(head, HeadsParams(), seed=0), X[:10], y[:10], kind="kshot")
+    assert scaled_rows(kshot, ("cache", head), lambda: X[rows]) is None  # its own scaler: scored as before
