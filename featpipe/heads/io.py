@@ -65,23 +65,33 @@ def skops_io():
     to list its modules, ``sklearn.externals.array_api_compat.torch`` (hence torch: seconds per process) among
     them, although ``all_estimators`` then drops every module under ``externals``, ``tests``, ... and every
     private (``._``) one. During that import the walk does not descend into such packages: every module below
-    one is dropped anyway, so the list is the same (a test compares it with skops' own)."""
+    one is dropped anyway, so the list is the same (a test compares it with skops' own). A scikit-learn whose
+    ``all_estimators`` works otherwise gets the plain import."""
     if "skops.io" in sys.modules:
         return sys.modules["skops.io"]
     from sklearn.utils import discovery
 
+    ignore = getattr(discovery, "_MODULE_TO_IGNORE", None)
+    if ignore is None or getattr(discovery, "pkgutil", None) is not pkgutil:  # another scikit-learn: plain import
+        import skops.io
+
+        return skops.io
+
     def dropped(name: str) -> bool:
-        return any(p in discovery._MODULE_TO_IGNORE for p in name.split(".")) or "._" in name
+        return any(p in ignore for p in name.split(".")) or "._" in name
 
     def walk(path=None, prefix="", onerror=None):
         for info in pkgutil.iter_modules(path, prefix):
             yield info
             if info.ispkg and not dropped(info.name):
-                __import__(info.name)
+                try:
+                    __import__(info.name)
+                except ImportError:  # as pkgutil.walk_packages: a package that cannot be imported is not descended
+                    continue
                 yield from walk(getattr(sys.modules[info.name], "__path__", None) or [], info.name + ".", onerror)
 
     real = discovery.pkgutil
-    discovery.pkgutil = types.SimpleNamespace(walk_packages=walk)
+    discovery.pkgutil = types.SimpleNamespace(**{**vars(pkgutil), "walk_packages": walk})
     try:
         import skops.io
     finally:
