@@ -133,6 +133,23 @@ def naive_run(cache: Path, splits: dict, head: str, k: int, seed: int) -> None:
     score(te.labels, pt, classes=["n", "p"], threshold=choose_threshold(va.labels, pv))
 
 
+def _cpu_seconds() -> dict:
+    """User + system CPU seconds of this process and of its live child processes (the engine's workers stay up
+    after the sweep: joblib reuses them), so that the sweep's work is measured apart from the machine's load."""
+    import psutil
+
+    me = psutil.Process()
+    kids = 0.0
+    for c in me.children(recursive=True):
+        try:
+            t = c.cpu_times()
+            kids += t.user + t.system
+        except psutil.Error:
+            continue
+    t = me.cpu_times()
+    return {"self": t.user + t.system, "workers": kids}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None, help="working folder (default: a temporary one)")
@@ -149,12 +166,17 @@ def main(argv=None) -> int:
     print(f"synthetic caches written in {time.perf_counter() - t:.1f} s under {root}")
     overrides = ["fit.n_jobs=2"] + (["fit.save_models=false"] if args.no_models else [])
     params = load_params(None, overrides)
+    cpu0, load0 = _cpu_seconds(), os.getloadavg()[0]
     t = time.perf_counter()
     runs = sweep(root / "data/splits.json", params=params, cache_dir=root / "cache", results_dir=root / "results",
                  models_dir=root / "models", backbones=list(DIMS), heads=list(HEADS), shots=list(SHOTS),
                  seeds=list(SEEDS))
     wall = time.perf_counter() - t
     print(f"featpipe sweep: {len(runs)} runs in {wall:.1f} s wall (n_jobs=2, models saved: {not args.no_models})")
+    cpu = {k: v - cpu0.get(k, 0.0) for k, v in _cpu_seconds().items()}
+    print(f"featpipe sweep CPU: {cpu['self']:.1f} s in this process + {cpu['workers']:.1f} s in its worker processes "
+          f"= {cpu['self'] + cpu['workers']:.1f} s; load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after "
+          f"({os.cpu_count()} CPUs)")
     import pandas as pd
 
     table = pd.read_csv(root / "results/runs.csv")

@@ -95,12 +95,13 @@ def _wait_for(fh, target: Path, *, what: str, timeout: float | None, poll: float
 
 @contextmanager
 def build_lock(target: str | Path, *, what: str, timeout: float | None = None, poll: float = 0.2,
-               wait: bool = True) -> Iterator[float]:
+               wait: bool = True, brief: bool = False) -> Iterator[float]:
     """Hold the exclusive build lock of ``target``; yields the seconds spent waiting for another builder.
 
     ``timeout`` (default: ``$FEATPIPE_LOCK_TIMEOUT``, else wait as long as the other builder runs) turns a
     wait that is too long into a one-line :class:`LockTimeout`; ``wait=False`` raises it at once, silently,
-    when another process holds the lock.
+    when another process holds the lock. ``brief``: a lock every holder keeps for milliseconds (a pair of small
+    files renamed into place): wait in the kernel's blocking ``flock``, silently, without polling or a timeout.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +113,12 @@ def build_lock(target: str | Path, *, what: str, timeout: float | None = None, p
         if not _try(fh):
             if not wait:
                 raise LockTimeout(f"{_holder(fh)} is building {what} {target}")
-            waited = _wait_for(fh, target, what=what, timeout=timeout, poll=poll)
+            if brief:
+                t0 = time.monotonic()
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                waited = time.monotonic() - t0
+            else:
+                waited = _wait_for(fh, target, what=what, timeout=timeout, poll=poll)
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")

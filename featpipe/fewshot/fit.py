@@ -38,7 +38,7 @@ from featpipe.heads.base import one_blas_thread
 from featpipe.heads.io import save_head
 from featpipe.heads.registry import get as get_head
 from featpipe.heads.registry import head_params, make_head
-from featpipe.heads.scaling import fit_pipeline, pool_scaler
+from featpipe.heads.scaling import fit_pipeline, pool_scaler, scaled_rows
 from featpipe.params.config import Params
 
 
@@ -150,7 +150,7 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
             pipe[-1].set_params(prior=_text_prior(data, splits, params))
         model = fit_pipeline(pipe, data.X[tr], y_tr, kind=params.heads.scaler,
                              pool=lambda center: _pool(data, splits, center))
-        proba = model.predict_proba(data.X[np.r_[va, data.test]])  # one pass over val + test
+        proba = _scores(model, data, va)  # one pass over val + test
     proba, temperature = _calibrate(proba, data.y[va], params.heads.calibrate)
     clf = model[-1]
     key = {"dataset": splits.dataset, "backbone": data.backbone, "weights": data.weights,
@@ -199,6 +199,14 @@ def _calibrate(proba: np.ndarray, y_val: np.ndarray, how: str) -> tuple[np.ndarr
                         "with a val split, or heads.calibrate=none")
     t = fit_temperature(y_val, proba[: len(y_val)])
     return apply_temperature(proba, t), t
+
+
+def _scores(model, data: CacheData, va: np.ndarray) -> np.ndarray:
+    """``model``'s probabilities on the rows ``va`` then test; with the pool scaler the scaled rows are computed
+    once per cache and val rows (:func:`featpipe.heads.scaling.scaled_rows`), not once per run."""
+    rows = np.r_[va, data.test]
+    scaled = scaled_rows(model, (str(data.path), data.X.shape, va.tobytes()), lambda: data.X[rows])
+    return model.predict_proba(data.X[rows]) if scaled is None else model[1:].predict_proba(scaled)
 
 
 def _pool(data: CacheData, splits: Splits, center_only: bool):

@@ -20,6 +20,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pkgutil
+import sys
+import types
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,13 +57,55 @@ class SavedHead:
     path: Path
 
 
+def skops_io():
+    """``skops.io``, imported without the package walk that imports torch.
+
+    skops builds its list of trusted scikit-learn types at import time with
+    ``sklearn.utils.discovery.all_estimators()``, whose ``pkgutil.walk_packages`` imports every sklearn package
+    to list its modules, ``sklearn.externals.array_api_compat.torch`` (hence torch: seconds per process) among
+    them, although ``all_estimators`` then drops every module under ``externals``, ``tests``, ... and every
+    private (``._``) one. During that import the walk does not descend into such packages: every module below
+    one is dropped anyway, so the list is the same (a test compares it with skops' own). A scikit-learn whose
+    ``all_estimators`` works otherwise gets the plain import."""
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    from sklearn.utils import discovery
+
+    ignore = getattr(discovery, "_MODULE_TO_IGNORE", None)
+    if ignore is None or getattr(discovery, "pkgutil", None) is not pkgutil:  # another scikit-learn: plain import
+        import skops.io
+
+        return skops.io
+
+    def dropped(name: str) -> bool:
+        return any(p in ignore for p in name.split(".")) or "._" in name
+
+    def walk(path=None, prefix="", onerror=None):
+        for info in pkgutil.iter_modules(path, prefix):
+            yield info
+            if info.ispkg and not dropped(info.name):
+                try:
+                    __import__(info.name)
+                except ImportError:  # as pkgutil.walk_packages: a package that cannot be imported is not descended
+                    continue
+                yield from walk(getattr(sys.modules[info.name], "__path__", None) or [], info.name + ".", onerror)
+
+    real = discovery.pkgutil
+    discovery.pkgutil = types.SimpleNamespace(**{**vars(pkgutil), "walk_packages": walk})
+    try:
+        import skops.io
+    finally:
+        discovery.pkgutil = real
+    return skops.io
+
+
 def sidecar(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
 def save_head(path: str | Path, pipeline, meta: Mapping) -> Path:
     """Write ``path`` (.skops) and its JSON sidecar atomically; returns the .skops path."""
-    import skops.io as sio
+    sio = skops_io()
 
     path = Path(path)
     if path.suffix != ".skops":
@@ -68,7 +113,7 @@ def save_head(path: str | Path, pipeline, meta: Mapping) -> Path:
     data = sio.dumps(pipeline)
     _check_archive(data, path)  # what we write must pass what we read
     side = dict(meta) | {"format": 1, "model_file": path.name, "model_sha256": hashlib.sha256(data).hexdigest()}
-    with build_lock(path.parent / "saved-heads", what="a saved head in"):  # a pair is one process's, never a mix
+    with build_lock(path.parent / "saved-heads", what="a saved head in", brief=True):  # a pair is one process's, never a mix
         clean_leftovers_once(path.parent)
         atomic_write(path, data)
         atomic_write(sidecar(path), seal(side, default=_json_default))
@@ -126,7 +171,7 @@ def _check_archive(data: bytes, path: Path) -> None:
 
 def load_head(path: str | Path) -> SavedHead:
     """Load a saved head safely (see the module docstring); no code in the file can run."""
-    import skops.io as sio
+    sio = skops_io()
 
     path = Path(path)
     if not path.is_file():

@@ -38,6 +38,25 @@ def pool_scaler(key: tuple, features: Callable[[], np.ndarray], *, center_only: 
     return _POOL[k]
 
 
+_SCALED: dict[tuple, tuple[StandardScaler, np.ndarray]] = {}
+
+
+def scaled_rows(model: Pipeline, key: tuple, rows: Callable[[], np.ndarray]) -> np.ndarray | None:
+    """``model``'s ``scale`` step applied to ``rows()``, memoised under ``key`` when that step is a memoised pool
+    scaler (:func:`pool_scaler`: the same for every run of a cache, so the scored rows are too); None for any
+    other scaler. The transform works row by row: the rows equal what ``model.predict_proba(rows())`` scales."""
+    scaler = model.steps[0][1]
+    if not any(scaler is s for s in _POOL.values()):
+        return None
+    k = (*key, id(scaler))
+    hit = _SCALED.get(k)
+    if hit is None or hit[0] is not scaler:
+        if len(_SCALED) > 4:
+            _SCALED.clear()
+        hit = _SCALED[k] = (scaler, scaler.transform(rows()))
+    return hit[1]
+
+
 def fit_pipeline(pipe: Pipeline, X: np.ndarray, y: np.ndarray, *, kind: str,
                  pool: Callable[[bool], StandardScaler] | None = None) -> Pipeline:
     """Fit ``pipe`` (its first step is ``scale``) on (X, y) with the ``kind`` of standardiser.

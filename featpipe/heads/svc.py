@@ -16,6 +16,7 @@ def _libsvm_fit_predict(K_train, K_test, y, *, C: float, class_weight, seed: int
     folds; a CV is 25 of them). Tests compare the CV's choice with ``GridSearchCV``."""
     n_cls = int(y.max()) + 1
     weights = len(y) / (n_cls * np.bincount(y, minlength=n_cls)) if class_weight == "balanced" else np.ones(n_cls)
+    _libsvm.set_verbosity_wrap(0)  # as SVC.fit does (verbose=False): libsvm prints its solver log otherwise
     model = _libsvm.fit(K_train, y.astype(np.float64), svm_type=0, kernel="precomputed", C=C, class_weight=weights,
                         sample_weight=np.empty(0), cache_size=200.0, random_seed=seed)
     support, sv, n_sv, dual, icpt, prob_a, prob_b = model[:7]

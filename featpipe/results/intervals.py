@@ -36,6 +36,7 @@ sqrt(t_{n-1}^2 s^2 / n + z^2 V_test)`` with the test variance of the difference.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterable
 
@@ -50,8 +51,10 @@ def _clean(values: Iterable[float]) -> np.ndarray:
     return v[np.isfinite(v)]
 
 
+@functools.lru_cache(maxsize=4096)
 def _quantiles(confidence: float, df: float) -> tuple[float, float]:
-    """(z, t_df) two-sided quantiles of ``confidence``; ``df = inf`` gives t = z."""
+    """(z, t_df) two-sided quantiles of ``confidence``; ``df = inf`` gives t = z (memoised: a summary of a sweep
+    asks for the same few thousands of times)."""
     from scipy import stats
 
     q = 0.5 + confidence / 2
