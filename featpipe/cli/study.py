@@ -152,7 +152,8 @@ def _smoke_gradcam(raw: dict) -> list[str]:
 
 def setup_study(project: str | Path, name: str, data: str | Path, workdir: str | Path, *, smoke: bool = False,
                 overrides=()) -> Path:
-    """The workspace of preset ``name`` on ``data``: ``dvc.yaml``, the complete ``params.yaml``, ``dvc init``."""
+    """The workspace of preset ``name`` on ``data``: ``dvc.yaml``, the complete ``params.yaml``, the zero-shot
+    prompts file the pipeline depends on, ``dvc init``."""
     found = presets(project)
     if name not in found:
         raise ConfigError(f"no study preset {name!r} in {Path(project) / PRESETS} (presets: {', '.join(found) or 'none'})")
@@ -160,6 +161,9 @@ def setup_study(project: str | Path, name: str, data: str | Path, workdir: str |
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(project) / "dvc.yaml", work / "dvc.yaml")
+    prompts = Path(str((params.get("zeroshot") or {}).get("prompts") or "prompts.yaml"))
+    if not prompts.is_absolute() and (Path(project) / prompts).is_file() and not (work / prompts).exists():
+        shutil.copyfile(Path(project) / prompts, work / prompts)  # the zeroshot stage's prompts (a dependency)
     header = f"# featpipe study {name}: {describe(found[name])}\n# data: {data}{' (smoke run)' if smoke else ''}\n"
     (work / "params.yaml").write_text(header + yaml.safe_dump(params, sort_keys=False))
     if not (work / ".dvc").is_dir():
