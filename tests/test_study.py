@@ -7,6 +7,7 @@ import itertools
 import json
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,7 @@ def _study(tmp_path, monkeypatch, **sections) -> dict:
         for section, values in changes.items():
             params[section].update(values)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copyfile(ROOT / "prompts.yaml", tmp_path / "prompts.yaml")  # the zero-shot stage's dependency
     return params
 
 
@@ -261,7 +263,8 @@ def test_fractions_are_stratified_grouped_nested_and_recorded():
 
     df = fake_manifest(n_patients=120, per_patient=2)
     df = df[(df["label"] == 0) | (df["patient_id"].str[3:].astype(int) % 6 == 1)].reset_index(drop=True)  # 3:1
-    params = SplitParams(seeds=(0, 1), shots=(), fractions=(0.05, 0.1, 0.5), test_fraction=0.2, val_fraction=0.1)
+    params = SplitParams(seeds=(0, 1), shots=(), fractions=(0.05, 0.1, 0.5), test_fraction=0.2, val_fraction=0.1,
+                         val_policy="full")
     obj = make_splits(df, ["c0", "c1"], params, dataset="t", manifest_sha256="abc")
     train = obj["counts"]["train"]
     assert train["c0"] > 2 * train["c1"]  # imbalanced
@@ -307,7 +310,7 @@ def test_a_fraction_study_on_real_images_labels_runs_by_fraction_and_images_per_
     monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
     (tmp_path / "params.yaml").write_text(
         f"data: {{name: pm, source: npz, path: {pneumoniamnist}, class_names: [normal, pneumonia]}}\n"
-        "split: {seeds: [0, 1], shots: [], fractions: [0.02, 0.05, 0.1]}\n"
+        "split: {seeds: [0, 1], shots: [], fractions: [0.02, 0.05, 0.1], val_policy: full}\n"
         "extract: {backbones: [tiny_cnn], precision: fp32, device: cpu}\n"
         "fit: {n_jobs: 1, heads: [prototype]}\n"
         "finetune: {backbones: [tiny_cnn], strategies: [head], shots: [], seeds: [0], epochs: 1, precision: fp32, "

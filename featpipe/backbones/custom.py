@@ -19,6 +19,7 @@ import hashlib
 import json
 
 from featpipe.backbones import nets
+from featpipe.backbones.reference import Fixed
 from featpipe.backbones.registry import register_custom
 from featpipe.backbones.spec import BackboneSpec, Preprocess
 from featpipe.core.errors import ConfigError
@@ -46,7 +47,7 @@ def register_network(net: NetworkParams) -> BackboneSpec:
                              "layers": layers}, sort_keys=True)
     tag = hashlib.sha256(definition.encode()).hexdigest()[:12]
     pre = Preprocess(input_size=size, resize_size=int(net.resize_size or size), mean=tuple(net.mean), std=tuple(net.std))
-    return register_custom(name=net.name, family="custom", embed_dim=dim, preprocess=pre, gradcam_layer=gradcam,
+    return register_custom(name=net.name, family="custom", embed_dim=dim, reference=Fixed(pre, f"params networks: {net.name}"), gradcam_layer=gradcam,
                            layers=layers, default_weights="random", pretrained=f"custom:{tag}", make=make)
 
 

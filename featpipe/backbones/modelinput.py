@@ -166,7 +166,9 @@ def first_pass(params: Params, *, cache_dir: str | Path, progress: bool = True) 
     ``prepare`` verifies by a plain decode)."""
     weights = {name: params.extract.weights for name in params.extract.backbones}
     weights.update({name: params.finetune.weights for name in params.finetune.backbones if name not in weights})
-    backbones = [local_preprocess(get(name), weights[name]) for name in configured_backbones(params)]
+    weights.update({a.backbone: a.weights or params.finetune.weights for a in params.finetune.arms
+                    if a.backbone not in weights})
+    backbones = [local_preprocess(get(name), weights.get(name, "default")) for name in configured_backbones(params)]
     if not backbones:
         return None
     return FirstPass(backbones, cache_dir=cache_dir, dataset=params.data.name,

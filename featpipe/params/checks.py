@@ -37,9 +37,8 @@ AT_MOST_ONE = (  # in [0, 1]
 BELOW_ONE = ("split.test_fraction", "split.val_fraction", "heads.mlp.dropout")  # in [0, 1)
 AT_LEAST_TWO = ("data.synthetic.classes", "heads.cv_folds")
 NON_EMPTY = (
-    "split.seeds", "split.shots", "extract.backbones", "fit.heads", "compare.metrics", "heads.logistic.C_grid",
-    "heads.svc.C_grid", "heads.svc.gamma_grid",
-)  # finetune.* may be empty: no fine-tuning
+    "split.seeds", "compare.metrics", "heads.logistic.C_grid", "heads.svc.C_grid", "heads.svc.gamma_grid",
+)  # extract.backbones / fit.heads / finetune.* may be empty: a branch the study leaves out (checked in _cross)
 POSITIVE_ITEMS = ("split.shots", "fit.shots", "finetune.shots", "heads.logistic.C_grid", "heads.svc.C_grid")
 NON_NEGATIVE_ITEMS = ("split.seeds", "fit.seeds", "finetune.seeds")
 
@@ -106,6 +105,13 @@ def _cross(params: Any) -> None:
     if s.val_fraction + s.test_fraction >= 1:
         raise ConfigError(f"split.val_fraction + split.test_fraction = {s.val_fraction + s.test_fraction:g}: "
                           "must be below 1 (something must be left for train)")
+    if not s.shots and not s.fractions:
+        raise _bad("split.shots", [], "must list at least one value (or set split.fractions)")
+    frozen = bool((params.fit.backbones or params.extract.backbones) and params.fit.heads)
+    tuned = bool((params.finetune.backbones and params.finetune.strategies) or params.finetune.arms)
+    if not frozen and not tuned:
+        raise ConfigError("nothing to run: list extract.backbones and fit.heads (frozen features + heads), "
+                          "finetune.backbones and finetune.strategies (or finetune.arms), or both")
     if params.fit.n_jobs == 0:
         raise _bad("fit.n_jobs", 0, "1 or more processes, or joblib's negative count: -1 = every CPU, "
                                     "-2 = every CPU but one")
