@@ -93,8 +93,9 @@ def torchvision_reference(name: str, files: list[Path], state_dict_path: Path):
 
 
 def hub_reference(name: str, files: list[Path], snapshot: Path):
-    """``AutoImageProcessor`` of the snapshot + ``AutoModel`` of the snapshot, ``pooler_output`` (MedSigLIP: the
-    model card's image embedding; RAD-DINO: the CLS token after the final layer norm)."""
+    """``AutoImageProcessor`` of the snapshot + ``AutoModel`` of the snapshot: ``get_image_features`` of a full SigLIP
+    (MedSigLIP: the model card's image embedding, the vision tower's pooled output) or ``pooler_output`` (RAD-DINO:
+    the CLS token after the final layer norm)."""
     import torch
     from transformers import AutoImageProcessor, AutoModel
 
@@ -102,8 +103,12 @@ def hub_reference(name: str, files: list[Path], snapshot: Path):
     net = AutoModel.from_pretrained(str(snapshot), dtype=torch.float32).eval()
     x = proc(images=[load_reference_image(f) for f in files], return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        emb = net(pixel_values=x).pooler_output
-    return x.numpy(), emb.numpy(), f"{type(proc).__name__} + {type(net).__name__}.pooler_output"
+        if hasattr(net, "get_image_features"):  # a full SigLIP snapshot (vision + text): the model card's call
+            out = net.get_image_features(pixel_values=x)
+            emb, call = (out if torch.is_tensor(out) else out.pooler_output), "get_image_features"
+        else:
+            emb, call = net(pixel_values=x).pooler_output, "pooler_output"
+    return x.numpy(), emb.numpy(), f"{type(proc).__name__} + {type(net).__name__}.{call}"
 
 
 def compare(name: str, files: list[Path], tmp: Path, home: Path, *, draft: bool = DEFAULT_DRAFT) -> Parity:

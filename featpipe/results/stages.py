@@ -130,20 +130,20 @@ def zeroshot(splits_path: str | Path, *, params: Params, cache_dir: str | Path =
 
 
 
-def summarize_results(runs: Iterable[RunResult | Mapping], *, params: Params) -> dict:
+def summarize_results(runs: Iterable, *, params: Params) -> dict:
     """{config name: per-metric summary across seeds + clinical flag} for these runs (results or rows) only."""
     return summarize_runs(_frame(runs), clinical=params.clinical, select_metric=params.report.metric)
 
 
-def per_class_results(runs: Iterable[RunResult | Mapping], *, params: Params) -> str:
+def per_class_results(runs: Iterable, *, params: Params) -> str:
     """The per-class table (precision, recall, F1 over seeds) of the val-chosen configurations of these runs."""
     df = _frame(runs)
     summary = summarize_runs(df, clinical=params.clinical, select_metric=params.report.metric)
     return format_per_class(per_class_summary(df, summary, params.report.metric))
 
 
-def _frame(runs: Iterable[RunResult | Mapping]) -> pd.DataFrame:
-    return pd.DataFrame([r.row if isinstance(r, RunResult) else dict(r) for r in runs])
+def _frame(runs: Iterable) -> pd.DataFrame:
+    return pd.DataFrame([dict(r) if isinstance(r, Mapping) else r.row for r in runs])  # RunResult, RunRecord or a row
 
 
 def bootstrap_table(runs: Sequence[RunResult], *, seed: int, manifest_path: str | Path, n_boot: int) -> str:
