@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +56,29 @@ def fit_tiny_project(tmp_path: Path, monkeypatch, *, precision: str = "fp32") ->
     assert main(["extract", "--no-progress"]) == 0
     assert main(["fit", "--head", "logistic", "--shots", "5", "--seeds", "0"]) == 0
     return next(Path("models").glob("tiny_cnn-logistic-k5-s0-*.skops"))
+
+
+def extracted_project(root: Path, params: str, *prepare_args: str) -> Path:
+    """In ``root``: ``params`` as params.yaml, then ``featpipe prepare`` (with ``prepare_args``) and ``extract``
+    (offline); the working directory is restored. For module-scoped project fixtures copied per test."""
+    from featpipe.cli.main import main
+
+    (root / "params.yaml").write_text(params)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        os.environ["FEATPIPE_OFFLINE"] = "1"
+        assert main(["prepare", *prepare_args]) == 0
+        assert main(["extract", "--no-progress"]) == 0
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+def copy_project(base: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A private copy of the project ``base`` under ``tmp_path``, made the working directory (offline)."""
+    root = tmp_path / "p"
+    shutil.copytree(base, root, symlinks=True)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
+    return root

@@ -4,8 +4,6 @@ the next ``extract`` / ``decode`` rebuilds exactly the damaged rows to the origi
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import h5py
@@ -15,6 +13,7 @@ import pytest
 from featpipe.cli.main import main
 from featpipe.core.errors import CacheError
 from featpipe.decoded.cache import DecodedImages
+from tests.conftest import copy_project, extracted_project
 
 PARAMS = ("data: {name: demo, source: synthetic, path: data/synthetic, synthetic: {images_per_class: 16, size: 32}}\n"
           "split: {seeds: [0], shots: [5], val_fraction: 0.2, test_fraction: 0.2}\n"
@@ -25,26 +24,12 @@ PARAMS = ("data: {name: demo, source: synthetic, path: data/synthetic, synthetic
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rot")
-    (root / "params.yaml").write_text(PARAMS)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        os.environ["FEATPIPE_OFFLINE"] = "1"
-        assert main(["prepare", "--no-progress"]) == 0
-        assert main(["extract", "--no-progress"]) == 0
-    finally:
-        os.chdir(cwd)
-    return root
+    return extracted_project(tmp_path_factory.mktemp("rot"), PARAMS, "--no-progress")
 
 
 @pytest.fixture
 def project(base, tmp_path, monkeypatch):
-    root = tmp_path / "p"
-    shutil.copytree(base, root, symlinks=True)
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
-    return root
+    return copy_project(base, tmp_path, monkeypatch)
 
 
 def _flip(path: Path, dataset: str, chunk: int, n: int) -> None:

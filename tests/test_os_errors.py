@@ -16,6 +16,7 @@ from featpipe.cli.main import main
 from featpipe.core import fileio, locks
 from featpipe.core.names import short_part
 from featpipe.evaluation import table
+from tests.conftest import copy_project, extracted_project
 
 PARAMS = ("data: {name: demo, source: synthetic, path: data/synthetic, synthetic: {images_per_class: 16, size: 32}}\n"
           "split: {seeds: [0], shots: [5], val_fraction: 0.2, test_fraction: 0.2}\n"
@@ -27,26 +28,12 @@ FIT = ["fit", "--head", "logistic", "--shots", "5", "--seeds", "0"]
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    root = tmp_path_factory.mktemp("oserr")
-    (root / "params.yaml").write_text(PARAMS)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        os.environ["FEATPIPE_OFFLINE"] = "1"
-        assert main(["prepare", "--no-progress"]) == 0
-        assert main(["extract", "--no-progress"]) == 0
-    finally:
-        os.chdir(cwd)
-    return root
+    return extracted_project(tmp_path_factory.mktemp("oserr"), PARAMS, "--no-progress")
 
 
 @pytest.fixture
 def project(base, tmp_path, monkeypatch):
-    root = tmp_path / "p"
-    shutil.copytree(base, root, symlinks=True)
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
-    return root
+    return copy_project(base, tmp_path, monkeypatch)
 
 
 def _one_line(capsys) -> str:

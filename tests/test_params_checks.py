@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +14,7 @@ import pytest
 
 from featpipe.cli.main import main
 from featpipe.fewshot import fit as fitmod
+from tests.conftest import copy_project, extracted_project
 
 BAD = [
     ("split.seeds=[-5]", "split.seeds"), ("heads.svc.C=-1", "heads.svc.C"), ("heads.svc.C=0", "heads.svc.C"),
@@ -65,26 +65,12 @@ PARAMS = ("data: {name: demo, source: synthetic, path: data/synthetic, synthetic
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    root = tmp_path_factory.mktemp("checks")
-    (root / "params.yaml").write_text(PARAMS)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        os.environ["FEATPIPE_OFFLINE"] = "1"
-        assert main(["prepare", "--no-progress"]) == 0
-        assert main(["extract", "--no-progress"]) == 0
-    finally:
-        os.chdir(cwd)
-    return root
+    return extracted_project(tmp_path_factory.mktemp("checks"), PARAMS, "--no-progress")
 
 
 @pytest.fixture
 def project(base, tmp_path, monkeypatch):
-    root = tmp_path / "p"
-    shutil.copytree(base, root, symlinks=True)
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
-    return root
+    return copy_project(base, tmp_path, monkeypatch)
 
 
 def _no_fits(monkeypatch) -> list:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from featpipe.cli.main import main
 from featpipe.core.fileio import file_sha256
 from featpipe.fewshot import fit as fitmod
+from tests.conftest import copy_project, extracted_project
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = ("data: {name: demo, source: synthetic, path: data/synthetic, synthetic: {images_per_class: 16, size: 32}}\n"
@@ -55,26 +55,12 @@ sys.exit(main(sys.argv[1:]))
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A prepared and extracted synthetic project (no results yet)."""
-    root = tmp_path_factory.mktemp("results-safety")
-    (root / "params.yaml").write_text(PARAMS)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        os.environ["FEATPIPE_OFFLINE"] = "1"
-        assert main(["prepare"]) == 0
-        assert main(["extract", "--no-progress"]) == 0
-    finally:
-        os.chdir(cwd)
-    return root
+    return extracted_project(tmp_path_factory.mktemp("results-safety"), PARAMS)
 
 
 @pytest.fixture
 def project(base, tmp_path, monkeypatch):
-    root = tmp_path / "p"
-    shutil.copytree(base, root, symlinks=True)
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
-    return root
+    return copy_project(base, tmp_path, monkeypatch)
 
 
 def _spawn(root: Path, *args: str, die_at: str) -> subprocess.CompletedProcess:

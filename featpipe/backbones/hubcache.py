@@ -74,3 +74,23 @@ def commit_of(path: Path) -> str:
     """The snapshot commit of a file in the hub cache (``.../snapshots/<commit>/<file>``)."""
     parts = Path(path).parts
     return parts[parts.index("snapshots") + 1] if "snapshots" in parts else "local"
+
+
+def load_folder(model_class: str, folder: str | Path, backbone: str):
+    """A ``transformers`` model of class ``model_class`` from a local model folder, strictly: every weight present
+    and of the right shape (a missing or mismatched key, or a folder transformers cannot read, is one-line
+    :class:`~featpipe.core.errors.WeightsError`); fp32, nothing downloaded. The one loader of model folders."""
+    import torch
+    import transformers
+
+    try:
+        net, info = getattr(transformers, model_class).from_pretrained(
+            str(folder), local_files_only=True, dtype=torch.float32, output_loading_info=True)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsError(f"cannot load a {model_class} from {folder} ({reason[:200]})") from None
+    missing = list(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
+    if missing:
+        raise WeightsError(f"weights folder {folder} does not fit {backbone}: {len(missing)} missing or "
+                           f"mismatched keys ({', '.join(map(str, missing[:3]))})")
+    return net

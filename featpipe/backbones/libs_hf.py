@@ -126,19 +126,4 @@ def load(spec: BackboneSpec, kind: str, source: str, fit, read):
     state dict file (featpipe's strict loader)."""
     if kind != "hf_folder":
         return None
-    import torch
-    import transformers
-
-    config = _read_json(Path(source) / "config.json")
-    cls = getattr(transformers, model_class(config))
-    try:
-        net, info = cls.from_pretrained(str(source), local_files_only=True, dtype=torch.float32,
-                                        output_loading_info=True)
-    except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WeightsError(f"cannot load a {cls.__name__} from {source} ({reason[:200]})") from None
-    missing = list(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
-    if missing:
-        raise WeightsError(f"weights folder {source} does not fit {spec.name}: {len(missing)} missing or "
-                           f"mismatched keys ({', '.join(map(str, missing[:3]))})")
-    return net
+    return hubcache.load_folder(model_class(_read_json(Path(source) / "config.json")), source, spec.name)

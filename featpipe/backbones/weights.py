@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from featpipe.backbones.hubcache import offline
+from featpipe.backbones.hubcache import load_folder, offline
 from featpipe.backbones.reference import Fixed, TorchvisionTransforms, folder_config
 from featpipe.backbones.registry import LIBRARIES, hf_names
 from featpipe.backbones.spec import BackboneSpec
@@ -242,19 +242,7 @@ def load_hf_folder(spec: BackboneSpec, folder: str | Path):
     if fam.hf_class is None:
         raise WeightsError(f"{folder} is a Hugging Face folder but {spec.name} is a torchvision network; "
                            "pass its .pth or .safetensors state dict")
-    import torch
-    import transformers
-
-    try:
-        net, info = getattr(transformers, fam.hf_class).from_pretrained(
-            str(folder), local_files_only=True, dtype=torch.float32, output_loading_info=True)
-    except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WeightsError(f"cannot load a {fam.hf_class} from {folder} ({reason[:200]})") from None
-    missing = list(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
-    if missing:
-        raise WeightsError(f"weights folder {folder} does not fit {spec.name}: {len(missing)} missing or "
-                           f"mismatched keys ({', '.join(map(str, missing[:3]))})")
+    net = load_folder(fam.hf_class, folder, spec.name)
     cfg = net.config
     size = getattr(cfg, "image_size", None)
     if cfg.hidden_size != spec.embed_dim or (fam.check_image_size and size != spec.preprocess.input_size):
