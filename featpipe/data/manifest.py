@@ -1,7 +1,8 @@
 """The manifest: one row per usable image, plus a rejects report and a duplicates report.
 
 ``data/manifest.csv`` columns: ``id, path, label, label_name, patient_id, source_split, sha256, width,
-height``. ``path`` is relative to the data root (posix; npz entries ``<file.npz>#<array>/<index>``), and
+height``, then the metadata columns a CSV source carries (``data.csv.metadata``: sex, age, view, ..., as
+text) for subgroup metrics. ``path`` is relative to the data root (posix; npz entries ``<file.npz>#<array>/<index>``), and
 the root is recorded once, in ``<manifest stem>.root.json`` beside the manifest: the same data in two
 folders give byte-identical manifests and splits (so the same split hash). :func:`read_manifest` joins
 the root back, so every reader gets paths it can open. Every file is hashed (sha256 of its bytes; npz
@@ -118,7 +119,7 @@ def build_manifest(records: Sequence[Record], *, max_pixels: int, verify: bool =
         else:
             rows.append({"id": r.id, "path": r.path, "label_name": r.label_name, "patient_id": r.patient_id,
                          "source_split": r.source_split, "sha256": digest, "width": w, "height": h,
-                         "_index": r.label_index})
+                         "_index": r.label_index, **(r.meta or {})})
     if not rows:
         raise DataError("no usable images: every file was rejected (see the rejects report)")
     names = sorted({row["label_name"] for row in rows})
@@ -135,8 +136,18 @@ def build_manifest(records: Sequence[Record], *, max_pixels: int, verify: bool =
     for row in rows:
         row["label"] = lookup[row["label_name"]]
         row.pop("_index")
-    manifest = pd.DataFrame(rows, columns=COLUMNS)
+    manifest = pd.DataFrame(rows, columns=COLUMNS + metadata_columns(records))
     return ManifestResult(manifest, pd.DataFrame(rejects, columns=REJECT_COLUMNS), find_duplicates(manifest), names)
+
+
+def metadata_columns(records: Sequence[Record]) -> list[str]:
+    """The metadata columns the records carry (first record's order); one that clashes with a manifest column
+    is a one-line error."""
+    cols = list(next((r.meta for r in records if r.meta), None) or {})
+    clash = [c for c in cols if c in COLUMNS or c.startswith("_")]
+    if clash:
+        raise DataError(f"data.csv.metadata column '{clash[0]}' clashes with a manifest column: rename it in the CSV")
+    return cols
 
 
 def _decode_candidates(records, checked: dict, decode: DecodeHook, *, max_pixels: int, npz_keys: set) -> None:
@@ -211,8 +222,10 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"manifest {path} not found: run 'featpipe prepare' first")
-    df = pd.read_csv(path, dtype={c: str for c in ("id", "path", "label_name", "patient_id", "source_split", "sha256")},
-                     keep_default_na=False)
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)  # metadata columns stay text
+    for c in ("width", "height"):
+        if c in df.columns:
+            df[c] = pd.to_numeric(df[c], errors="coerce")
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{path} is not a featpipe manifest (missing columns: {', '.join(missing)})")

@@ -38,6 +38,7 @@ class Record:
     source_split: str = ""  # train | val | test | "" (none)
     reject: str | None = None  # set when the source already knows the row is unusable
     label_index: int | None = None  # npz: the class index as stored
+    meta: dict | None = None  # CSV sources: the data.csv.metadata columns of its row (carried into the manifest)
 
 
 def _join(root: str, rel: str) -> str:
@@ -248,6 +249,9 @@ def _scan_one(src: Path, cfg: CsvParams, root_text: str, file_split: str | None,
     columns = reader.fieldnames or []
     rows = list(reader)
     label_col = cfg.task or cfg.label_col
+    for col in cfg.metadata:
+        if col not in columns:
+            raise DataError(f"{src}: no column '{col}' (from data.csv.metadata); columns are: {', '.join(columns)}")
     wanted = {"data.csv.path_col": cfg.path_col, ("data.csv.task" if cfg.task else "data.csv.label_col"): label_col,
               "data.csv.patient_col": cfg.patient_col, "data.csv.split_col": cfg.split_col}
     for key, col in wanted.items():
@@ -275,7 +279,9 @@ def _scan_one(src: Path, cfg: CsvParams, root_text: str, file_split: str | None,
         reject = reject or why
         patient = (row[cfg.patient_col] or "").strip() if cfg.patient_col else ""
         split = SPLIT_NAMES.get((row[cfg.split_col] or "").strip().lower(), "") if cfg.split_col else ""
-        records.append(Record(rel, _join(root_text, rel), label, patient or rules(rel), file_split or split, reject))
+        meta = {c: (row[c] or "").strip() for c in cfg.metadata} if cfg.metadata else None
+        records.append(Record(rel, _join(root_text, rel), label, patient or rules(rel), file_split or split, reject,
+                              meta=meta))
     if not records:
         raise DataError(f"{src} has no rows")
     return records

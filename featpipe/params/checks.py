@@ -22,13 +22,13 @@ POSITIVE = (  # > 0
     "heads.mlp.n_iter_no_change", "heads.prototype.temperature", "finetune.lr", "finetune.batch_size",
     "finetune.epochs", "finetune.eval_batch_size", "finetune.crop_scale_min", "clinical.min_seeds",
     "gradcam.per_outcome", "gradcam.sanity_layers", "engine.fit_cpus", "engine.finetune_cpus", "engine.decode_cpus",
-    "engine.embed_cpus", "engine.num_cpus",
+    "engine.embed_cpus", "engine.num_cpus", "report.min_subgroup",
 )
 NON_NEGATIVE = (  # >= 0
     "split.seed", "split.min_source_val_per_class", "data.synthetic.seed", "heads.mlp.weight_decay",
     "finetune.weight_decay", "finetune.patience", "finetune.backbone_lr_factor", "finetune.rotation_degrees",
     "finetune.brightness", "finetune.contrast", "finetune.threads", "fit.bootstrap", "compare.bootstrap",
-    "compare.seed", "gradcam.seed", "engine.embed_gpus", "engine.finetune_gpus", "engine.actors",
+    "compare.seed", "gradcam.seed", "report.subgroup_bootstrap", "engine.embed_gpus", "engine.finetune_gpus", "engine.actors",
 )
 AT_MOST_ONE = (  # in [0, 1]
     "clinical.min_accuracy_binary", "clinical.min_accuracy_multiclass", "clinical.max_std", "clinical.min_auroc",
@@ -97,6 +97,20 @@ def check(params: Any) -> None:
     _cross(params)
     for key in NAMES:
         check_name(get(params, key), key)
+    _external(params)
+
+
+def _external(params: Any) -> None:
+    """evaluate.external: names safe in paths, unique and not the study's; report.age_bands increasing."""
+    names = [e.name for e in params.evaluate.external]
+    for i, name in enumerate(names):
+        check_name(name, f"evaluate.external[{i}].name")
+        if name == params.data.name or names.count(name) > 1:
+            raise _bad(f"evaluate.external[{i}].name", name, "must differ from data.name and from the other "
+                                                             "external sets (it names their cache folder)")
+    edges = list(params.report.age_bands)
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise _bad("report.age_bands", edges, "at least two edges, strictly increasing")
 
 
 def _cross(params: Any) -> None:

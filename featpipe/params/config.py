@@ -42,6 +42,8 @@ class CsvParams:
     # CSVs read as one source, each file's rows in the split its name says (CheXpert: [train.csv, valid.csv]);
     # data.path is then the folder holding them (and the default root)
     split_files: tuple[str, ...] = ()
+    # CSV columns copied into the manifest as they are (subgroup metrics: report.subgroups), e.g. [sex, age, view]
+    metadata: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,13 @@ class GradcamParams:
 class ReportParams:
     metric: str = "macro_f1"  # best configurations are chosen on val_<metric> and reported on test (METRIC_NAMES)
     title: str = "featpipe report"
+    # subgroup metrics (featpipe.results.subgroups): manifest columns (data.csv.metadata) or age_band (report.age_column
+    # binned at report.age_bands: [lo, hi) bands); groups under min_subgroup test images are shown as "too few"
+    subgroups: tuple[str, ...] = ()
+    age_column: str = "age"
+    age_bands: tuple[float, ...] = (0.0, 18.0, 40.0, 65.0, 120.0)
+    min_subgroup: int = 20
+    subgroup_bootstrap: int = 1000  # resamples of test images for the AUROC and worst-group-gap intervals
 
     def __post_init__(self):
         check_metric("report.metric", self.metric)
@@ -292,6 +301,34 @@ class ZeroshotParams:
 
 
 @dataclass(frozen=True)
+class ExternalSetParams:
+    """One external test set (``evaluate.external``): another source prepared under its own data name
+    (``featpipe prepare --external <name>``: ``data/external/<name>/``, ``cache/<name>/``) and scored by every
+    saved model (``featpipe evaluate-external``)."""
+
+    name: str = ""  # the data name of the set: cache/<name>/, data/external/<name>/, results/external/<name>/
+    source: Literal["folder", "csv", "npz"] = "folder"
+    path: str = ""  # folder, CSV file or npz file
+    patient_regex: str | None = None
+    class_names: tuple[str, ...] = ()  # npz: names of labels 0, 1, ...
+    csv: CsvParams = field(default_factory=CsvParams)
+    # its label -> a study class; labels not listed are rejected by name (empty: labels that are study classes)
+    label_map: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    external: tuple[ExternalSetParams, ...] = ()  # external test sets (never in the study's splits)
+
+    def external_set(self, name: str) -> ExternalSetParams:
+        for e in self.external:
+            if e.name == name:
+                return e
+        known = ", ".join(e.name for e in self.external) or "none"
+        raise ConfigError(f"no external set '{name}' in evaluate.external (listed: {known})")
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     split: SplitParams = field(default_factory=SplitParams)
@@ -307,6 +344,7 @@ class Params:
     engine: EngineParams = field(default_factory=EngineParams)
     networks: tuple[NetworkParams, ...] = ()  # networks of your own, registered as backbones by name
     zeroshot: ZeroshotParams = field(default_factory=ZeroshotParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
 
 def configured_backbones(params: Params) -> list[str]:
@@ -439,6 +477,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value not in args:
             raise ConfigError(f"bad value for '{key}': {value!r} (choose from {', '.join(map(str, args))})")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"bad value for '{key}': {value!r} (expected a mapping)")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             value = [value]
