@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sanity-check": ("sanity_check", "Adebayo et al. model-randomisation check of a model's Grad-CAM maps"),
     "collect": ("collect", "merge the per-stage results tables into results/runs.csv and results/metrics.json"),
     "compare": ("compare", "paired comparisons of configurations by seed (permutation test, Holm) and patient bootstrap -> results/comparisons.csv"),
+    "evaluate-external": ("evaluate_external", "score every saved model on the external test sets of evaluate.external -> results/external/<name>/"),
     "report": ("report", "write reports/report.html with learning curves, the seed lottery, ROC/PR curves and Grad-CAM"),
 }
 

@@ -44,7 +44,7 @@ from featpipe.core.versions import __version__
 from featpipe.data.manifest import ids_sha256
 from featpipe.evaluation.calibration import ece
 from featpipe.evaluation.metrics import SCALAR_METRICS, choose_threshold, curves, degenerate, score
-from featpipe.evaluation.table import run_id
+from featpipe.evaluation.table import INTERNAL, run_id
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def record_run(key: Mapping, *, classes: Sequence[str], train_ids: Sequence[str]
         **{f"val_{k}": sv.get(k, float("nan")) for k in SCALAR_METRICS if k != "threshold"},
         "ece": ece(test.labels, test.proba) if calibrated and _scored(test) else float("nan"),
         "val_ece": ece(val.labels, val.proba) if calibrated and _scored(val) else float("nan"),
-        "val_policy": val_policy, "calibrated": bool(calibrated),
+        "val_policy": val_policy, "calibrated": bool(calibrated), "test_set": INTERNAL,
         "val_absent": _absent(val, classes), "test_absent": _absent(test, classes), **(columns or {}),
         "confusion_matrix": json.dumps(s["confusion_matrix"], separators=(",", ":")),
     }
@@ -124,6 +124,35 @@ def record_run(key: Mapping, *, classes: Sequence[str], train_ids: Sequence[str]
     frame = prediction_frame(classes, val=(val.ids, val.labels, val.proba), test=(test.ids, test.labels, test.proba))
     return RunRecord(row, frame, curves(test.labels, test.proba, classes=classes) if with_curves else None,
                      threshold, sidecar)
+
+
+def record_external(row: Mapping, *, classes: Sequence[str], test: Outputs, test_set: str,
+                    with_curves: bool = True) -> RunRecord:
+    """The row, predictions and curves of a run's saved model scored on an external test set.
+
+    ``row`` is the run's own (internal) row: its key, training provenance, degenerate flag and ``val_`` columns are
+    kept (the model and its val-chosen threshold are the same), every test column is replaced by the scores on
+    ``test`` at the row's ``threshold`` with the same :func:`featpipe.evaluation.metrics.score`, and ``test_set``
+    (``external:<name>``) makes its ``run_id`` its own."""
+    classes = list(classes)
+    thr = row.get("threshold")
+    threshold = None if len(classes) != 2 or thr is None or not np.isfinite(float(thr)) else float(thr)
+    s = score(test.labels, test.proba, classes=classes, threshold=threshold)
+    calibrated = bool(row.get("calibrated", True))
+    out = {k: v for k, v in row.items() if not k.startswith(("precision[", "recall[", "f1["))}
+    out |= {k: v for k, v in s.items() if k not in ("per_class", "confusion_matrix", "n")}
+    out |= {"n_test": len(test), "test_set": test_set, "test_absent": _absent(test, classes),
+            "ece": ece(test.labels, test.proba) if calibrated and _scored(test) else float("nan"),
+            "confusion_matrix": json.dumps(s["confusion_matrix"], separators=(",", ":"))}
+    if not calibrated:
+        out["brier"] = float("nan")
+    for name, pc in s["per_class"].items():
+        for m in ("precision", "recall", "f1"):
+            out[f"{m}[{name}]"] = pc[m]
+    out["run_id"] = run_id(out)
+    frame = prediction_frame(classes, test=(test.ids, test.labels, test.proba))
+    return RunRecord(out, frame, curves(test.labels, test.proba, classes=classes) if with_curves else None,
+                     threshold, {})
 
 
 def _absent(o: Outputs, classes: Sequence[str]) -> str:

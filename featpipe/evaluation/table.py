@@ -44,6 +44,7 @@ KEY_COLUMNS = ("dataset", "backbone", "weights", "weights_id", "layer", "head", 
 STR_KEYS = ("dataset", "backbone", "weights", "weights_id", "layer", "head", "split_sha256")
 PROVENANCE_COLUMNS = ("run_id", "ids_sha256", "n_classes", "n_train", "n_test", "degenerate", "degenerate_reason")
 RUNS_CSV = "runs.csv"
+INTERNAL = "internal"  # the test_set of a row scored on the study's own test split (rows without the column too)
 PREDICTIONS_DIR = "predictions"
 CURVES_DIR = "curves"
 VAL_METRICS = tuple(f"val_{m}" for m in SCALAR_METRICS if m != "threshold")
@@ -232,8 +233,13 @@ def _key_value(row: Mapping, k: str) -> str:
 
 def run_id(row: Mapping) -> str:
     """12 hex digits naming one run: a hash of its key (split and weights identity included), normalised as
-    :func:`key_frame` does (without building a frame: this runs several times per run)."""
-    text = json.dumps([_key_value(row, k) for k in KEY_COLUMNS], separators=(",", ":"))
+    :func:`key_frame` does (without building a frame: this runs several times per run), and of its ``test_set``
+    when that is an external set."""
+    parts = [_key_value(row, k) for k in KEY_COLUMNS]
+    test_set = str(row.get("test_set") or INTERNAL)
+    if test_set != INTERNAL:  # the same run scored on an external set: its own id (internal ids unchanged)
+        parts.append(test_set)
+    text = json.dumps(parts, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -59,6 +59,14 @@ def rebuild_backbone(meta: Mapping):
     return model
 
 
+def head_proba(pipeline, meta: Mapping, embeddings: np.ndarray) -> np.ndarray:
+    """A saved head's class probabilities of backbone embeddings: its pipeline, then the val-fitted temperature
+    its sidecar records (``heads.calibrate: temperature``), if any."""
+    proba = pipeline.predict_proba(embeddings)
+    t = meta.get("temperature")
+    return proba if t is None or not np.isfinite(t) else apply_temperature(proba, t)
+
+
 def _stack(images) -> np.ndarray:
     """uint8 ``(n, S, S, C)`` from an array or a sequence of decoded images (grey replicated where mixed)."""
     if isinstance(images, np.ndarray):
@@ -124,9 +132,7 @@ class LoadedModel:
         on :meth:`embed` (with the run's val-fitted temperature, if any), or the fine-tuned network's softmax as
         its own test pass computes it."""
         if self.kind == "head":
-            proba = self.pipeline.predict_proba(self.embed(images, batch_size=batch_size))
-            t = self.meta.get("temperature")  # heads.calibrate=temperature: the T fitted on val
-            return proba if t is None or not np.isfinite(t) else apply_temperature(proba, t)
+            return head_proba(self.pipeline, self.meta, self.embed(images, batch_size=batch_size))
         pixels = _stack(images)
         ids = [str(i) for i in range(len(pixels))]
         return finetuned_proba(self.network, ArrayImages(ids, pixels), ids, prep=Prep.from_preprocess(self.preprocess),
