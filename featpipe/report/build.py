@@ -32,6 +32,8 @@ from featpipe.evaluation.table import read_predictions, read_runs
 from featpipe.params.config import Params, to_dict
 from featpipe.report import plots, selection
 from featpipe.report.calibration import calibration_section
+from featpipe.report.external import external_section
+from featpipe.report.subgroups import subgroup_section
 from featpipe.report.html import page, table
 from featpipe.results.predictions import TestPredictions
 from featpipe.results.summary import check_metrics_json, current_split
@@ -49,6 +51,7 @@ class ReportInputs:
     cache_dir: Optional[Path] = None
     gradcam_dir: Optional[Path] = None
     splits_sha: str = ""
+    external_dir: Path = Path("data/external")  # prepared external test sets (evaluate.external)
 
 
 def _save(fig, path: Path) -> Path:
@@ -197,9 +200,16 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
                      "A wide spread means the result depends on which images happened to be labelled.</p>"
                      + _img(spread, "lottery spread vs shots") + _img(strip, f"per-seed results at {plots.subset_words(runs, int(mid))}")))
 
-    preds = TestPredictions(inp.results, read_manifest(inp.manifest), s.classes) if inp.manifest.is_file() else None
+    preds_manifest = read_manifest(inp.manifest) if inp.manifest.is_file() else None
+    preds = TestPredictions(inp.results, preds_manifest, s.classes) if preds_manifest is not None else None
     best_html, best = selection.best_configurations(runs, params=params, n_classes=n_classes, preds=preds)
     sections.append(("Best configuration per shot count (chosen on val, reported on test)", best_html))
+    for title, part in (("External validation: internal and external test sets side by side", external_section(
+            inp.results, runs, best, params=params, classes=s.classes, internal_preds=preds, external_dir=inp.external_dir)),
+            ("Subgroups", subgroup_section(inp.results, runs, best, params=params, classes=s.classes,
+                                           manifest=preds_manifest, external_dir=inp.external_dir) if preds else "")):
+        if part:
+            sections.append((title, part))
     sections.append(("Is A better than B? Paired comparisons", selection.comparison_section(
         selection.read_comparisons(inp.results, runs, params), best, metric)))
     sections.append(("Degenerate runs", selection.degenerate_section(runs)))

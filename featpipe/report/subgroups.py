@@ -1,0 +1,100 @@
+"""The report's subgroup section (``report.subgroups``): per-group metrics and the worst-group gap of one run.
+
+The run: the configuration chosen on val at the largest shot count, its lowest seed (named in the section), on the
+study's test split and on every scored external set (the same saved model). The numbers and intervals are
+:func:`featpipe.results.subgroups.subgroup_metrics`; the groups come from each test set's manifest columns.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from featpipe.core.errors import DataError
+from featpipe.core.names import proba_column
+from featpipe.data.external import EXTERNAL_DIR, read_external
+from featpipe.evaluation.table import RUNS_CSV, read_predictions, run_id
+from featpipe.report.html import table
+from featpipe.results.subgroups import TOO_FEW, SubgroupSettings, group_labels, subgroup_metrics
+from featpipe.saved.external import RESULTS_DIR, test_set_name
+
+
+def _num(x, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def _ci(r, m: str) -> str:
+    v = r.get(m, math.nan)
+    if not isinstance(v, float) or not math.isfinite(v):
+        return "–"
+    return f"{v:.3f} [{_num(r.get(f'{m}_low'))}, {_num(r.get(f'{m}_high'))}]"
+
+
+def _tables(tab: pd.DataFrame, gaps: pd.DataFrame) -> str:
+    rows = []
+    for r in tab.to_dict("records"):
+        if r["status"] == TOO_FEW:
+            rows.append([r["attribute"], r["group"], r["n"], _num(r["prevalence"]), "too few", "", "", ""])
+        else:
+            rows.append([r["attribute"], r["group"], r["n"], _num(r["prevalence"]), _ci(r, "auroc"), _ci(r, "accuracy"),
+                         _ci(r, "sensitivity"), _ci(r, "specificity")])
+    out = table(["attribute", "group", "n", "prevalence", "AUROC [95%]", "accuracy [95%]", "sensitivity [95%]",
+                 "specificity [95%]"], rows)
+    if len(gaps):
+        out += table(["attribute", "metric", "worst group", "best group", "gap (best - worst) [95%]"],
+                     [[g["attribute"], g["metric"], g["worst_group"], g["best_group"],
+                       f"{g['gap']:.3f} [{_num(g['gap_low'])}, {_num(g['gap_high'])}]"] for g in gaps.to_dict("records")])
+    return out
+
+
+def _one(folder: Path, rid: str, manifest: pd.DataFrame, classes, settings: SubgroupSettings) -> str:
+    pred = read_predictions(folder, [rid])
+    pred = pred[pred["split"] == "test"]
+    if pred.empty:
+        return "<p class=\"note\">no predictions file for this run.</p>"
+    try:
+        groups = group_labels(manifest, pred["id"].astype(str).tolist(), settings)
+    except DataError as exc:
+        return f"<p class=\"note\">{html.escape(str(exc))}.</p>"
+    patients = manifest.set_index(manifest["id"].astype(str))["patient_id"].reindex(pred["id"].astype(str))
+    thr = pred["threshold"].iloc[0]
+    tab, gaps = subgroup_metrics(pred["label"].to_numpy(), pred[[proba_column(c) for c in classes]].to_numpy(float),
+                                 groups, threshold=float(thr) if len(classes) == 2 and math.isfinite(thr) else None,
+                                 settings=settings, patients=patients.fillna("").astype(str).tolist())
+    return _tables(tab, gaps)
+
+
+def subgroup_section(results: Path, runs: pd.DataFrame, best: list[dict], *, params, classes, manifest: pd.DataFrame,
+                     external_dir: Path = EXTERNAL_DIR) -> str:
+    """HTML of the subgroup tables ("" when report.subgroups is empty or no configuration was chosen)."""
+    if not params.report.subgroups or not best:
+        return ""
+    settings = SubgroupSettings.from_params(params.report, seed=params.compare.seed)
+    top = max(best, key=lambda b: b["shots"])
+    if not top["run_ids"]:
+        return ""
+    rid = top["run_ids"][0]
+    row = runs[runs["run_id"].astype(str) == rid].iloc[0].to_dict()
+    parts = [f"<p>Run: <b>{html.escape(top['config'])}</b>, {top['shots']} shots, seed {int(row['seed'])} (the "
+             f"configuration chosen on val at the largest shot count, its lowest seed), at its val-chosen threshold. "
+             f"Groups with fewer than {settings.min_size} test images are shown as \"too few\" (report.min_subgroup). "
+             "Intervals (95%): accuracy, sensitivity and specificity Agresti-Coull on the group's images (its "
+             "positives, its negatives); AUROC percentile bootstrap; gap = best minus worst scored group (named on the "
+             f"observed data), percentile interval of the paired difference over the same {settings.n_boot} "
+             "resamples of the test set's patients (seed compare.seed).</p>", "<h3>internal test</h3>",
+             _one(Path(results), rid, manifest, classes, settings)]
+    for e in params.evaluate.external:
+        folder = Path(results) / RESULTS_DIR.name / e.name
+        if not (folder / RUNS_CSV).is_file():
+            continue
+        try:
+            ext_manifest = read_external(e.name, classes, base=external_dir)
+        except DataError as exc:
+            parts.append(f"<p class=\"note\">{html.escape(str(exc))}.</p>")
+            continue
+        parts += [f"<h3>{html.escape(test_set_name(e.name))}</h3>",
+                  _one(folder, run_id({**row, "test_set": test_set_name(e.name)}), ext_manifest, classes, settings)]
+    return "".join(parts)
