@@ -1,0 +1,186 @@
+"""External validation: fit on the balanced PneumoniaMNIST file, score every saved head on the real Figure 1
+radiographs (a second data set prepared under its own name), rows, metrics against scikit-learn, the report section;
+the overlap check and the label map."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
+
+from featpipe.cli.main import main
+from featpipe.core.names import proba_column
+from featpipe.data.external import check_outside_study
+from featpipe.core.errors import DataError
+from featpipe.evaluation.table import read_predictions, read_runs
+from featpipe.params.config import load_params
+from featpipe.report.build import ReportInputs, build_report
+from featpipe.results.stats import seed_summary
+from tests.conftest import FIGURE1, PNEUMONIAMNIST, write_image
+
+LABEL_MAP = {"COVID-19": "pneumonia", "Pneumonia": "pneumonia", "No finding": "normal"}
+
+
+def _params(label_map: dict) -> str:
+    lm = ", ".join(f"'{k}': {v}" for k, v in label_map.items())
+    return (f"data: {{name: pmnist, source: npz, path: {PNEUMONIAMNIST}, class_names: [normal, pneumonia]}}\n"
+            "split: {seeds: [0, 1], shots: [5]}\n"
+            "extract: {backbones: [tiny_cnn], device: cpu, precision: fp32}\n"
+            "fit: {n_jobs: 1, heads: [logistic]}\n"
+            "report: {subgroups: [sex, age_band, view], min_subgroup: 5, subgroup_bootstrap: 50}\n"
+            "evaluate:\n  external:\n    - name: figure1\n      source: csv\n"
+            f"      path: {FIGURE1 / 'metadata.csv'}\n"
+            f"      csv: {{root: {FIGURE1 / 'images'}, path_col: patientid, label_col: finding, metadata: [sex, age, view]}}\n"
+            f"      label_map: {{{lm}}}\n")
+
+
+def _expected_labels() -> dict[str, str]:
+    """Image stem -> study class, read straight from the Figure 1 CSV (findings the map names)."""
+    with open(FIGURE1 / "metadata.csv", newline="", encoding="cp1252") as fh:
+        return {r["patientid"]: LABEL_MAP[r["finding"]] for r in csv.DictReader(fh) if r["finding"] in LABEL_MAP}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    if not (PNEUMONIAMNIST.is_file() and (FIGURE1 / "metadata.csv").is_file()):
+        pytest.skip("real data not found in the shared data folder beside the repo")
+    root = tmp_path_factory.mktemp("external")
+    (root / "params.yaml").write_text(_params(LABEL_MAP))
+    cwd = os.getcwd()
+    os.chdir(root)
+    os.environ["FEATPIPE_OFFLINE"] = "1"
+    try:
+        assert main(["prepare", "--no-progress"]) == 0
+        assert main(["prepare", "--external", "figure1", "--no-progress"]) == 0
+        assert main(["extract", "--no-progress"]) == 0
+        assert main(["sweep"]) == 0
+        assert main(["evaluate-external"]) == 0
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+def test_every_saved_head_has_an_external_row(project):
+    internal = read_runs(project / "results/runs.csv")
+    external = read_runs(project / "results/external/figure1/runs.csv")
+    assert set(internal["test_set"]) == {"internal"}
+    assert len(external) == len(internal) == 2  # logistic x k=5 x seeds 0, 1
+    assert set(external["test_set"]) == {"external:figure1"}
+    assert not set(external["run_id"]) & set(internal["run_id"])
+    keys = ["backbone", "head", "shots", "seed", "split_sha256", "weights_id"]
+    pd.testing.assert_frame_equal(internal[keys].sort_values(keys).reset_index(drop=True),
+                                  external[keys].sort_values(keys).reset_index(drop=True))
+    expected = _expected_labels()
+    assert (external["n_test"] == len(expected)).all()
+    man = pd.read_csv(project / "data/external/figure1/manifest.csv", dtype=str, keep_default_na=False)
+    assert {Path(i).stem: c for i, c in zip(man["id"], man["label_name"])} == expected
+    assert {"sex", "age", "view"} <= set(man.columns)
+    # the thresholds are the runs' own (val-chosen on the study's val split)
+    merged = internal.merge(external, on=keys, suffixes=("_int", "_ext"))
+    np.testing.assert_array_equal(merged["threshold_int"], merged["threshold_ext"])
+
+
+def test_external_metrics_equal_sklearn_on_saved_predictions(project):
+    external = read_runs(project / "results/external/figure1/runs.csv")
+    pred = read_predictions(project / "results/external/figure1", external["run_id"])
+    assert set(pred["split"]) == {"test"}
+    for row in external.to_dict("records"):
+        g = pred[pred["run_id"] == row["run_id"]]
+        y, p = g["label"].to_numpy(), g[proba_column("pneumonia")].to_numpy()
+        yhat = (p >= row["threshold"]).astype(int)
+        assert len(g) == row["n_test"]
+        assert row["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+        assert row["accuracy"] == pytest.approx(accuracy_score(y, yhat), abs=1e-12)
+        assert row["sensitivity"] == pytest.approx(recall_score(y, yhat, pos_label=1), abs=1e-12)
+        assert row["specificity"] == pytest.approx(recall_score(y, yhat, pos_label=0), abs=1e-12)
+
+
+def test_external_predictions_are_the_saved_models_outputs(project, monkeypatch):
+    from featpipe.predict import predict
+
+    monkeypatch.chdir(project)
+    internal = read_runs(project / "results/runs.csv")
+    external = read_runs(project / "results/external/figure1/runs.csv")
+    row = external.sort_values("seed").iloc[0]
+    model = internal[(internal["seed"] == row["seed"])]["model_path"].iloc[0]
+    got = read_predictions(project / "results/external/figure1", [row["run_id"]])
+    files = sorted(str(FIGURE1 / "images" / i) for i in got["id"])
+    ref = predict(model, files).table
+    ref["id"] = [Path(f).name for f in ref["path"]]
+    both = got.merge(ref, on="id", suffixes=("", "_ref"))
+    assert len(both) == len(got)
+    np.testing.assert_allclose(both[proba_column("pneumonia")], both[proba_column("pneumonia") + "_ref"], atol=1e-6)
+
+
+def _section(page: str, title: str) -> str:
+    start = page.index(f"<h2>{title}")
+    return page[start:page.index("</section>", start)]
+
+
+def test_report_shows_internal_and_external_side_by_side(project, monkeypatch):
+    monkeypatch.chdir(project)
+    params = load_params("params.yaml")
+    out = build_report(ReportInputs(manifest=Path("data/manifest.csv"), splits=Path("data/splits.json"),
+                                    results=Path("results"), out=Path("reports/report.html")), params)
+    page = out.read_text()
+    ext = _section(page, "External validation")
+    assert "<th>internal test</th>" in ext and "<th>external:figure1</th>" in ext
+    external = read_runs(project / "results/external/figure1/runs.csv")
+    mean = seed_summary(external, "auroc")["mean"]
+    row = re.search(r"<td>auroc</td><td>([^<]*)</td><td>([^<]*)</td>", ext)
+    assert row is not None and row.group(2).startswith(f"{mean:.3f}")
+    assert f"(n={len(_expected_labels())})" in row.group(2)
+    sub = _section(page, "Subgroups")
+    assert "external:figure1" in sub and "too few" in sub
+    assert "the manifest has no column &#x27;sex&#x27;" in sub  # PneumoniaMNIST carries no metadata: said, not scored
+
+
+def test_unmapped_labels_are_named_rejects(project, tmp_path, monkeypatch):
+    root = tmp_path / "p"
+    shutil.copytree(project, root, ignore=shutil.ignore_patterns("cache", "results", "models"))
+    monkeypatch.chdir(root)
+    (root / "params.yaml").write_text(_params({"COVID-19": "pneumonia", "No finding": "normal"}))
+    assert main(["prepare", "--external", "figure1", "--no-cache"]) == 0
+    rej = pd.read_csv("data/external/figure1/rejects.csv")
+    named = rej[rej["reason"].str.contains("label 'Pneumonia' not in evaluate.external\\[figure1\\].label_map")]
+    with open(FIGURE1 / "metadata.csv", newline="", encoding="cp1252") as fh:
+        assert len(named) == sum(r["finding"] == "Pneumonia" for r in csv.DictReader(fh)) == 2
+
+
+def test_overlap_with_the_study_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
+    (tmp_path / "params.yaml").write_text(
+        "data: {name: demo, source: synthetic, path: data/synthetic, synthetic: {images_per_class: 20, size: 32}}\n"
+        "split: {seeds: [0], shots: [2], val_fraction: 0.2, test_fraction: 0.2}\n"
+        "extract: {backbones: [tiny_cnn]}\nfit: {heads: [logistic]}\n"
+        "evaluate: {external: [{name: other, source: folder, path: ext}]}\n")
+    assert main(["prepare", "--no-cache"]) == 0
+    study = sorted(Path("data/synthetic").rglob("*.png"))
+    for i, f in enumerate(study[:3]):  # three study files copied under new names
+        dest = Path("ext") / f.parent.name / f"copy{i}.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dest)
+    for c in sorted({f.parent.name for f in study}):
+        for i in range(4):
+            write_image(Path("ext") / c / f"new{i}.png", seed=1000 + i + 10 * len(c))
+    capsys.readouterr()
+    assert main(["prepare", "--external", "other", "--no-cache"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "3 image(s) are in the study's data (3 identical files" in err[0] and "copy0.png" in err[0]
+    assert not Path("data/external/other/manifest.csv").exists()
+
+
+def test_overlap_by_patient_id():
+    study = pd.DataFrame({"id": ["a.png"], "sha256": ["x"], "patient_id": ["P1"]})
+    ext = pd.DataFrame({"id": ["b.png", "c.png"], "sha256": ["y", "z"], "patient_id": ["P1", "P2"]})
+    with pytest.raises(DataError, match=r"1 image\(s\) are in the study's data \(0 identical files, 1 study patient"):
+        check_outside_study(study, ext, "other")
+    check_outside_study(study, ext.iloc[1:], "other")
