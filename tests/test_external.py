@@ -34,6 +34,7 @@ def _params(label_map: dict) -> str:
             "split: {seeds: [0, 1], shots: [5]}\n"
             "extract: {backbones: [tiny_cnn], device: cpu, precision: fp32}\n"
             "fit: {n_jobs: 1, heads: [logistic]}\n"
+            "finetune: {backbones: [tiny_cnn], strategies: [head], shots: [5], seeds: [0], epochs: 2, device: cpu}\n"
             "report: {subgroups: [sex, age_band, view], min_subgroup: 5, subgroup_bootstrap: 50}\n"
             "evaluate:\n  external:\n    - name: figure1\n      source: csv\n"
             f"      path: {FIGURE1 / 'metadata.csv'}\n"
@@ -61,17 +62,19 @@ def project(tmp_path_factory):
         assert main(["prepare", "--external", "figure1", "--no-progress"]) == 0
         assert main(["extract", "--no-progress"]) == 0
         assert main(["sweep"]) == 0
+        assert main(["finetune", "--quiet"]) == 0
         assert main(["evaluate-external"]) == 0
     finally:
         os.chdir(cwd)
     return root
 
 
-def test_every_saved_head_has_an_external_row(project):
+def test_every_saved_model_has_an_external_row(project):
     internal = read_runs(project / "results/runs.csv")
     external = read_runs(project / "results/external/figure1/runs.csv")
     assert set(internal["test_set"]) == {"internal"}
-    assert len(external) == len(internal) == 2  # logistic x k=5 x seeds 0, 1
+    assert len(external) == len(internal) == 3  # logistic x k=5 x seeds 0, 1; fine-tuned head k=5 seed 0
+    assert sorted(external["head"]) == ["finetune:head", "logistic", "logistic"]
     assert set(external["test_set"]) == {"external:figure1"}
     assert not set(external["run_id"]) & set(internal["run_id"])
     keys = ["backbone", "head", "shots", "seed", "split_sha256", "weights_id"]
@@ -103,20 +106,25 @@ def test_external_metrics_equal_sklearn_on_saved_predictions(project):
 
 
 def test_external_predictions_are_the_saved_models_outputs(project, monkeypatch):
+    """Each external row's predictions are what `featpipe predict` gives with its run's saved model (a head and a
+    fine-tuned network)."""
     from featpipe.predict import predict
 
     monkeypatch.chdir(project)
     internal = read_runs(project / "results/runs.csv")
     external = read_runs(project / "results/external/figure1/runs.csv")
-    row = external.sort_values("seed").iloc[0]
-    model = internal[(internal["seed"] == row["seed"])]["model_path"].iloc[0]
-    got = read_predictions(project / "results/external/figure1", [row["run_id"]])
-    files = sorted(str(FIGURE1 / "images" / i) for i in got["id"])
-    ref = predict(model, files).table
-    ref["id"] = [Path(f).name for f in ref["path"]]
-    both = got.merge(ref, on="id", suffixes=("", "_ref"))
-    assert len(both) == len(got)
-    np.testing.assert_allclose(both[proba_column("pneumonia")], both[proba_column("pneumonia") + "_ref"], atol=1e-6)
+    keys = ["head", "shots", "seed"]
+    for row in external.merge(internal[keys + ["model_path"]], on=keys, suffixes=("_x", "")).to_dict("records"):
+        if row["head"] == "logistic" and row["seed"] == 1:
+            continue
+        got = read_predictions(project / "results/external/figure1", [row["run_id"]])
+        files = sorted(str(FIGURE1 / "images" / i) for i in got["id"])
+        ref = predict(row["model_path"], files).table
+        ref["id"] = [Path(f).name for f in ref["path"]]
+        both = got.merge(ref, on="id", suffixes=("", "_ref"))
+        assert len(both) == len(got) == len(files)
+        col = proba_column("pneumonia")
+        np.testing.assert_allclose(both[col], both[col + "_ref"], atol=1e-6)
 
 
 def _section(page: str, title: str) -> str:
@@ -133,10 +141,12 @@ def test_report_shows_internal_and_external_side_by_side(project, monkeypatch):
     ext = _section(page, "External validation")
     assert "<th>internal test</th>" in ext and "<th>external:figure1</th>" in ext
     external = read_runs(project / "results/external/figure1/runs.csv")
-    mean = seed_summary(external, "auroc")["mean"]
-    row = re.search(r"<td>auroc</td><td>([^<]*)</td><td>([^<]*)</td>", ext)
-    assert row is not None and row.group(2).startswith(f"{mean:.3f}")
-    assert f"(n={len(_expected_labels())})" in row.group(2)
+    row = re.search(r"<td>5</td><td>([^<]*)</td><td>auroc</td><td>([^<]*)</td><td>([^<]*)</td>", ext)
+    assert row is not None
+    chosen = external[[h in row.group(1) for h in external["head"]]]  # the configuration chosen on internal val
+    assert len(chosen) == (2 if "logistic" in row.group(1) else 1)
+    assert row.group(3).startswith(f"{seed_summary(chosen, 'auroc')['mean']:.3f}")
+    assert f"(n={len(_expected_labels())})" in row.group(3) and "(n=468)" in row.group(2)
     sub = _section(page, "Subgroups")
     assert "external:figure1" in sub and "too few" in sub
     assert "the manifest has no column &#x27;sex&#x27;" in sub  # PneumoniaMNIST carries no metadata: said, not scored
