@@ -16,9 +16,9 @@ import pytest
 from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
 
 from featpipe.cli.main import main
+from featpipe.core.errors import DataError
 from featpipe.core.names import proba_column
 from featpipe.data.external import check_outside_study
-from featpipe.core.errors import DataError
 from featpipe.evaluation.table import read_predictions, read_runs
 from featpipe.params.config import load_params
 from featpipe.report.build import ReportInputs, build_report

@@ -13,7 +13,13 @@ from featpipe.data.manifest import build_manifest
 from featpipe.data.sources import scan_csv
 from featpipe.params.config import CsvParams
 from featpipe.results.intervals import interval
-from featpipe.results.subgroups import TOO_FEW, SubgroupSettings, age_bands, group_labels, subgroup_metrics
+from featpipe.results.subgroups import (
+    TOO_FEW,
+    SubgroupSettings,
+    age_bands,
+    group_labels,
+    subgroup_metrics,
+)
 
 
 def _data(n=240, seed=0):
@@ -54,7 +60,7 @@ def test_groups_below_the_minimum_are_too_few_and_leave_the_gap_alone():
     lat = tab[tab["group"] == "LAT"].iloc[0]
     assert lat["status"] == TOO_FEW and lat["n"] == 12 and np.isnan(lat["auroc"]) and np.isnan(lat["accuracy"])
     assert "LAT" not in set(gaps["worst_group"]) | set(gaps["best_group"])
-    tab2, gaps2 = subgroup_metrics(y, p, groups, threshold=0.5, settings=SubgroupSettings(("view",), min_size=12,
+    tab2, _ = subgroup_metrics(y, p, groups, threshold=0.5, settings=SubgroupSettings(("view",), min_size=12,
                                                                                           n_boot=20))
     assert tab2[tab2["group"] == "LAT"].iloc[0]["status"] == "scored"
     one = {"view": np.where(groups["view"] == "AP", "AP", "other")}

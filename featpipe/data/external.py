@@ -15,15 +15,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
 from featpipe.core.errors import DataError
 from featpipe.core.fileio import atomic_write, file_sha256
-from featpipe.data.manifest import DecodeHook, build_manifest, read_manifest, relative_paths, write_root
+from featpipe.data.manifest import (
+    DecodeHook,
+    build_manifest,
+    read_manifest,
+    relative_paths,
+    write_root,
+)
 from featpipe.data.prepare import data_root, load_records
 from featpipe.data.sources import Record
 from featpipe.data.splits import load_splits

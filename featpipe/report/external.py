@@ -8,7 +8,6 @@ external set of ``evaluate.external`` scored by ``featpipe evaluate-external`` (
 
 from __future__ import annotations
 
-import html
 import math
 from pathlib import Path
 

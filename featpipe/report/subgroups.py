@@ -18,7 +18,12 @@ from featpipe.core.names import proba_column
 from featpipe.data.external import EXTERNAL_DIR, read_external
 from featpipe.evaluation.table import RUNS_CSV, read_predictions, run_id
 from featpipe.report.html import table
-from featpipe.results.subgroups import TOO_FEW, SubgroupSettings, group_labels, subgroup_metrics
+from featpipe.results.subgroups import (
+    TOO_FEW,
+    SubgroupSettings,
+    group_labels,
+    subgroup_metrics,
+)
 from featpipe.saved.external import RESULTS_DIR, test_set_name
 
 

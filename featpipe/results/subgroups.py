@@ -24,8 +24,8 @@ part in the gap. An attribute with fewer than two scored groups has no gap.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,7 +53,7 @@ class SubgroupSettings:
     seed: int = 0
 
     @classmethod
-    def from_params(cls, report, seed: int = 0) -> "SubgroupSettings":
+    def from_params(cls, report, seed: int = 0) -> SubgroupSettings:
         return cls(tuple(report.subgroups), report.age_column, tuple(report.age_bands), report.min_subgroup,
                    report.subgroup_bootstrap, seed)
 

@@ -68,7 +68,7 @@ class _Images:
     def pixels(self, decoding) -> list:
         key = repr(decoding)
         if key not in self._pixels:
-            ok, pixels, bad = decode_files(self.paths, decoding, max_pixels=self.max_pixels)
+            _, pixels, bad = decode_files(self.paths, decoding, max_pixels=self.max_pixels)
             if bad:
                 raise DataError(f"external image {bad[0]['path']} no longer decodes ({bad[0]['reason']}): rerun "
                                 "'featpipe prepare --external'")
