@@ -23,6 +23,7 @@ from featpipe.evaluation.table import read_predictions, read_runs
 from featpipe.params.config import load_params
 from featpipe.report.build import ReportInputs, build_report
 from featpipe.results.stats import seed_summary
+from featpipe.saved.external import side_by_side
 from tests.conftest import FIGURE1, PNEUMONIAMNIST, write_image
 
 LABEL_MAP = {"COVID-19": "pneumonia", "Pneumonia": "pneumonia", "No finding": "normal"}
@@ -88,6 +89,14 @@ def test_every_saved_model_has_an_external_row(project):
     # the thresholds are the runs' own (val-chosen on the study's val split)
     merged = internal.merge(external, on=keys, suffixes=("_int", "_ext"))
     np.testing.assert_array_equal(merged["threshold_int"], merged["threshold_ext"])
+    # the command's side-by-side lines: mean over seeds per configuration, internal then external
+    line = next(x for x in side_by_side(internal, external, "figure1") if "/logistic" in x)
+    means = [float(v) for v in re.findall(r"(\d\.\d{3}) \[", line)]
+    logi = lambda t: t[t["head"] == "logistic"]  # noqa: E731
+    assert means == [round(seed_summary(logi(internal), "auroc")["mean"], 3),
+                     round(seed_summary(logi(external), "auroc")["mean"], 3),
+                     round(seed_summary(logi(internal), "accuracy")["mean"], 3),
+                     round(seed_summary(logi(external), "accuracy")["mean"], 3)]
 
 
 def test_external_metrics_equal_sklearn_on_saved_predictions(project):

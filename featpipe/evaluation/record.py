@@ -25,6 +25,10 @@ alike:
 - **sidecar**: the fields that both kinds of saved model record about the run (dataset, classes,
   backbone, weights, split and manifest hashes, shots, seed, threshold, training ids, featpipe version).
 
+Every row says which test set it was scored on: ``test_set = internal`` (the study's test split). A saved model
+scored on an external set (``featpipe evaluate-external``) becomes :func:`record_external` of its internal row:
+``test_set = external:<name>``, its own ``run_id``, the test columns replaced, everything else kept.
+
 Test labels are used for scoring and nothing else. :func:`featpipe.evaluation.table.write_records`
 writes what this returns.
 """

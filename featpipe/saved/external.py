@@ -27,7 +27,8 @@ from featpipe.data.splits import load_splits
 from featpipe.evaluation.record import Outputs, record_external
 from featpipe.evaluation.table import RUNS_CSV, read_runs, write_records
 from featpipe.heads.io import load_head
-from featpipe.results.summary import current_split
+from featpipe.results.stats import seed_summary
+from featpipe.results.summary import config_labels, current_split
 from featpipe.saved.load import head_proba, load_model
 from featpipe.saved.models import kind_of
 
@@ -46,14 +47,37 @@ class ExternalResult:
     n_images: int
     unsaved: int = 0  # study rows without a saved model (not scored)
     missing: list = field(default_factory=list)  # model files named by rows but not found
+    internal: pd.DataFrame | None = None  # the study's rows of the scored runs (for the side-by-side lines)
 
     def lines(self) -> list[str]:
         out = [f"external set '{self.name}': {len(self.table)} run(s) scored on {self.n_images} images"]
+        out += side_by_side(self.internal, self.table, self.name) if self.internal is not None else []
         if self.unsaved:
             out.append(f"  {self.unsaved} run(s) saved no model (fit.save_models: false, zero-shot): not scored")
         if self.missing:
             out.append(f"  {len(self.missing)} model file(s) not found, not scored, e.g. {self.missing[0]}")
         return out
+
+
+def side_by_side(internal: pd.DataFrame, external: pd.DataFrame, name: str, metrics=("auroc", "accuracy")) -> list[str]:
+    """One line per configuration and shot count: mean [95% interval] over seeds (:func:`seed_summary`, image units)
+    of ``metrics`` on the internal test split and on the external set."""
+    if internal.empty or external.empty:
+        return []
+    both = pd.concat([internal.assign(_set="internal"), external.assign(_set=name)], ignore_index=True)
+    both["_config"] = config_labels(both).to_numpy()
+    head = "  ".join(f"{m + ' ' + s:>28s}" for m in metrics for s in ("internal", name[:19]))
+    out = [f"  {'configuration':40s} {'k':>4s}  {head}"]
+    for (config, k), g in both.groupby(["_config", "shots"], sort=True):
+        cells = []
+        for m in metrics:
+            for s in ("internal", name):
+                v = seed_summary(g[g["_set"] == s], m)
+                lo, hi = v["ci_low"], v["ci_high"]
+                iv = f" [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else ""
+                cells.append(f"{v['mean']:.3f}{iv}".rjust(28))
+        out.append(f"  {config[:40]:40s} {int(k):4d}  " + "  ".join(cells))
+    return out
 
 
 class _Images:
@@ -114,4 +138,5 @@ def evaluate_external(name: str, *, splits_path: str | Path, manifest_path: str 
     out = Path(out_base) / name
     out.mkdir(parents=True, exist_ok=True)
     table = write_records(out, records) if records else read_runs(out / RUNS_CSV)
-    return ExternalResult(name, table, len(ext), unsaved=len(runs) - len(saved), missing=missing)
+    return ExternalResult(name, table, len(ext), unsaved=len(runs) - len(saved), missing=missing,
+                          internal=saved[~saved["model_path"].isin(missing)])
