@@ -24,11 +24,16 @@ def table_metrics(select_metric: str | None) -> tuple[str, ...]:
 
 def cell(s: Mapping | None) -> str:
     """``mean [low, high]`` of a seed summary (``-`` when it has no run)."""
-    if not s or not s.get("n"):
+    if not s or not s.get("n") or not _finite(s.get("mean")):
         return "-"
-    lo, hi = s.get("ci_low", math.nan), s.get("ci_high", math.nan)
-    ci = f" [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) and math.isfinite(hi) else ""
+    lo, hi = s.get("ci_low"), s.get("ci_high")
+    ci = f" [{lo:.3f}, {hi:.3f}]" if _finite(lo) and _finite(hi) else ""
     return f"{s['mean']:.3f}{ci}"
+
+
+def _finite(v) -> bool:
+    """A number that is not NaN or infinite (``summary.json`` writes NaN as null)."""
+    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def format_overview(summary: Mapping[str, Mapping], *, metrics: Sequence[str] = TABLE_METRICS,
