@@ -250,7 +250,7 @@ def test_shots_capped_to_the_class_size_are_stated_in_prepare_tables_and_report(
     assert json.loads(Path("results/metrics.json").read_text())["k30"]["capped"].endswith(label)
     assert main(["report", *cap]) == 0
     html = Path("reports/report.html").read_text()
-    assert "30-shot subsets capped to the class size" in html and f"<td>30 (capped finding1=" in html
+    assert "30-shot subsets capped to the class size" in html and "<td>30 (capped finding1=" in html
 
 
 # --------------------------------------------------------------------------- training-set fractions
