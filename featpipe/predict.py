@@ -11,9 +11,10 @@ the cached embeddings, and the scores the head gives them.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -80,24 +81,32 @@ CHUNK = 256  # images decoded and classified at a time (flat memory on large fol
 
 
 def predict(model_path: str | Path, inputs: Sequence[str | Path], *, out_csv: str | Path | None = None,
-            device: str = "cpu", batch_size: int = 32, max_pixels: int | None = None) -> Prediction:
+            device: str = "cpu", batch_size: int = 32, max_pixels: int | None = None,
+            progress: Callable[[str], None] | None = None) -> Prediction:
     """Class probabilities for every image in ``inputs`` (files or folders); writes ``out_csv`` when given.
 
     ``model_path`` is a saved head (``.skops``, applied to the recorded backbone's embeddings) or a fine-tuned
     model (``.safetensors`` or its ``.json`` sidecar). Files that cannot be read as images are skipped and listed,
-    with the reason, in ``<out_csv stem>.rejects.csv``; the others are classified."""
+    with the reason, in ``<out_csv stem>.rejects.csv``; the others are classified. ``progress(line)`` is called
+    once the model is loaded and after every batch of ``batch_size`` images (a plain line with the count and
+    the seconds elapsed)."""
+    t0 = time.perf_counter()
+    say = progress or (lambda line: None)
     model = load_model(model_path, device=device)  # a device that cannot be used: one line, before any image
     classes = model.classes
     if not classes:
         raise FeatpipeError(f"{model_path}: the sidecar records no class names; refit or retrain the model")
     refs, rejects = image_files(inputs)
+    say(f"model loaded ({time.perf_counter() - t0:.1f} s); {len(refs)} image file(s) to classify")
     done, probas = [], []
     for s in range(0, len(refs), CHUNK):
         ok, pixels, bad = decode_files(refs[s:s + CHUNK], model.decoding, max_pixels=max_pixels)
         rejects += bad
-        if ok:
-            done += ok
-            probas.append(model.predict_proba(pixels, batch_size=batch_size))
+        for b in range(0, len(ok), batch_size):
+            probas.append(model.predict_proba(pixels[b:b + batch_size], batch_size=batch_size))
+            done += ok[b:b + batch_size]
+            say(f"{len(done)}/{len(refs)} images classified"
+                + (f", {len(rejects)} rejected" if rejects else "") + f" ({time.perf_counter() - t0:.1f} s)")
     rej = pd.DataFrame(rejects, columns=["path", "reason"])
     rej_path = None
     if out_csv is not None and len(rej):

@@ -49,8 +49,14 @@ def test_compare_cli_writes_comparisons_with_a_patient_bootstrap(tmp_path, capsy
     capsys.readouterr()
     assert main(["compare", *base, "--results", str(tmp_path / "results"),
                  "--manifest", str(tmp_path / "data/manifest.csv")]) == 0
-    assert "paired comparisons" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "paired comparisons" in out
     table = pd.read_csv(tmp_path / "results/comparisons.csv")
+    listed = [ln for ln in out.splitlines() if ln.startswith("  k=")]
+    assert len(listed) == (table["p_holm"] < 0.05).sum()  # the significant ones only; --verbose lists them all
+    assert main(["compare", *base, "--results", str(tmp_path / "results"), "--verbose",
+                 "--manifest", str(tmp_path / "data/manifest.csv")]) == 0
+    assert len([ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  k=")]) == len(table) == 4
     runs = pd.read_csv(tmp_path / "results/runs.csv")
     # the family the report states: per shot count, the configuration chosen on val against each other one
     assert len(table) == 2 * 2 and (table["family"] == 2).all()

@@ -253,3 +253,33 @@ def test_a_task_s_own_error_stays_one_line(cluster, tmp_path, capsys):
     assert code == 1 and "Traceback" not in err and "RayTaskError" not in err
     assert err.strip().splitlines()[-1].startswith("featpipe: error:") and "cuda:3" in err
     assert not (tmp_path / "c" / "t" / "tiny_cnn.h5").exists()
+
+
+def test_networks_of_your_own_run_on_ray_workers(cluster, tmp_path):
+    """A network defined in params (``networks:``) is rebuilt in every Ray worker from its definition: extraction
+    (Ray Data actors) and fine-tuning (Ray tasks) give what the local engine gives."""
+    from featpipe.backbones import registry
+    from featpipe.data.prepare import prepare
+    from featpipe.params.config import load_params
+
+    net = "networks=[{name: raynet, factory: simple_cnn, channels: [4, 8], input_size: 32}]"
+    sets = [net, f"data.path={tmp_path / 'synthetic'}", "data.synthetic.images_per_class=12", "data.synthetic.size=32",
+            "split.seeds=[0]", "split.shots=[2]", "split.val_fraction=0.25", "split.test_fraction=0.25",
+            "decode.workers=1", "extract.precision=fp32", "extract.device=cpu", "finetune.strategies=[scratch]",
+            "finetune.backbones=[raynet]", "finetune.shots=[2]", "finetune.seeds=[0]", "finetune.epochs=1",
+            "finetune.precision=fp32", "finetune.device=cpu", "finetune.threads=1", "finetune.save_models=false"]
+    (tmp_path / "none.yaml").write_text("{}\n")
+    prepare(load_params(None, sets), manifest_path=tmp_path / "manifest.csv", splits_path=tmp_path / "splits.json")
+    flags = ["--manifest", str(tmp_path / "manifest.csv"), "--params", str(tmp_path / "none.yaml"),
+             *[a for s in sets for a in ("-S", s)]]
+    for where, engine in (("local", []), ("ray", ["--engine", "ray"])):
+        assert main(["extract", "--backbone", "raynet", "--no-progress", "--cache-dir", str(tmp_path / where),
+                     *flags, *engine]) == 0
+        assert main(["finetune", "--quiet", "--splits", str(tmp_path / "splits.json"), "--cache-dir",
+                     str(tmp_path / where), "--results", str(tmp_path / where / "results"), *flags, *engine]) == 0
+    assert "raynet" in registry.names()
+    local, on_ray = (next((tmp_path / w).rglob("raynet.h5")) for w in ("local", "ray"))
+    _same_cache(local, on_ray)
+    a, b = (pd.read_csv(tmp_path / w / "results" / "runs.csv").drop(columns="train_seconds") for w in ("local", "ray"))
+    assert len(a) == 1 and a["weights_id"].str.match(r"^random:seed0@custom:[0-9a-f]{12}$").all()
+    pd.testing.assert_frame_equal(a, b)

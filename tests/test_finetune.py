@@ -356,3 +356,49 @@ def test_cli_runs_one_job_and_speaks_to_the_user(project, capsys, monkeypatch):
     assert main(["finetune", "--backbone", "tiny_cnn", "--strategy", "head", "--shots", "3", "--seed", "1",
                  *common]) == 1
     assert "no 3-shot subset" in capsys.readouterr().err
+
+
+def test_cli_progress_lines_per_epoch_and_run_and_a_summary_across_seeds(project, capsys, monkeypatch):
+    """Fine-tuning speaks as it goes, in plain lines (DVC logs them): a line when a run starts, one per epoch, one
+    per finished run with the count and the elapsed time; then one summary row per configuration over its seeds.
+    ``--quiet`` drops the per-epoch lines only."""
+    import re
+
+    from featpipe.cli.main import main
+
+    params, paths = project
+    monkeypatch.chdir(paths.manifest.parent.parent)
+    common = ["finetune", "--backbone", "tiny_cnn", "--strategy", "head", "--shots", "2", "--manifest",
+              str(paths.manifest), "--splits", str(paths.splits), "--cache-dir", str(paths.cache_dir), "--results",
+              str(paths.results / "progress"), "--models", str(paths.models), "-S", "finetune.epochs=2",
+              "-S", "finetune.patience=2", "-S", "finetune.seeds=[0,1]", "-S", "finetune.precision=fp32",
+              "-S", "finetune.save_models=false", "-S", f"data.path={params.data.path}"]
+    capsys.readouterr()
+    assert main(common) == 0
+    lines = capsys.readouterr().out.splitlines()
+    name = "tiny_cnn-head-k2-s{}"
+    for seed in (0, 1):
+        mine = [ln for ln in lines if name.format(seed) in ln]
+        assert "training on 4 images, at most 2 epochs" in mine[0]
+        assert [m for ln in mine for m in re.findall(r" epoch (\d+/\d+): train_loss", ln)] == ["1/2", "2/2"]
+    done = [ln for ln in lines if re.match(r"\[\d/2 runs, [^\]]+ s\] ", ln)]
+    assert [ln[:9] for ln in done] == ["[1/2 runs", "[2/2 runs"] and name.format(1) in done[1]
+    runs = pd.read_csv(paths.results / "progress" / "runs.csv")
+    row = next(ln for ln in lines if "/finetune:head/k2" in ln)
+    assert row.split()[2] == "2" and f"{runs['balanced_accuracy'].mean():.3f}" in row  # the summary across seeds
+    assert main([*common, "--quiet"]) == 0
+    quiet = capsys.readouterr().out
+    assert not re.search(r" epoch \d+/\d+:", quiet) and "training on" not in quiet and "[2/2 runs, " in quiet
+
+
+def test_stdout_is_line_buffered_when_it_is_not_a_terminal(monkeypatch):
+    """Under ``dvc repro`` stdout is a pipe: each progress line is written when printed, not at exit."""
+    import io
+    import sys
+
+    from featpipe.cli.main import main
+
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdout", stream)
+    assert main(["backbones"]) == 0
+    assert stream.line_buffering

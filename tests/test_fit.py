@@ -84,7 +84,7 @@ def project(tmp_path):
 def test_fit_end_to_end_writes_rows_metrics_and_models(project, capsys):
     assert fit_cli(project, "--head", "svc", "--shots", "10", "--seeds", "0", "1", "2", "--bootstrap-seed", "1") == 0
     out = capsys.readouterr().out
-    assert "toyset/toy+random/svc/k10" in out and "accuracy" in out and "95% CI" in out and "spread" in out
+    assert "toyset/toy+random/svc/k10" in out and "balanced_accuracy" in out and "95% CI" in out
     assert "patient-level bootstrap" in out
     runs = pd.read_csv(project / "results/runs.csv")
     assert len(runs) == 3 and sorted(runs["seed"]) == [0, 1, 2]
@@ -102,6 +102,34 @@ def test_fit_end_to_end_writes_rows_metrics_and_models(project, capsys):
         assert Path(path).is_file() and Path(path).with_suffix(".json").is_file()
         assert Path(path).name.startswith("toy-svc-k10-s")
     assert list((project / "results/curves").glob("*.json"))
+
+
+def test_fit_prints_one_summary_row_per_configuration_and_the_details_only_with_verbose(project, capsys):
+    """The default output is one table row per configuration whose numbers are runs.csv's across seeds (mean and
+    the summary's 95% interval of balanced accuracy, AUROC and the selection metric macro F1); ``--verbose`` adds
+    every metric's mean/std/intervals/min/max/spread."""
+    import re
+
+    assert fit_cli(project, "--head", "logistic", "--shots", "5", "--seeds", "0", "1", "2") == 0
+    out = capsys.readouterr().out
+    runs = pd.read_csv(project / "results/runs.csv")
+    entry = json.loads((project / "results/summary.json").read_text())["toyset/toy+random/logistic/k5"]
+    rows = [ln for ln in out.splitlines() if "toyset/toy+random/logistic/k5" in ln]
+    assert len(rows) == 1 and rows[0].startswith("* ")  # one row; the configuration chosen on val (the only one)
+    assert rows[0].split()[2] == "3"  # seeds
+    cells = re.findall(r"(\d\.\d{3}) \[(\d\.\d{3}), (\d\.\d{3})\]", rows[0])
+    assert len(cells) == 3
+    for (mean, lo, hi), metric in zip(cells, ("balanced_accuracy", "auroc", "macro_f1")):
+        assert float(mean) == pytest.approx(runs[metric].mean(), abs=5e-4)
+        assert (float(lo), float(hi)) == pytest.approx((entry[metric]["ci_low"], entry[metric]["ci_high"]), abs=5e-4)
+    assert rows[0].split()[-1] == ("yes" if entry["clinical_grade"] else "no")
+    assert "spread" not in out and "brier" not in out and len(out.splitlines()) < 15
+    assert fit_cli(project, "--head", "logistic", "--shots", "5", "--seeds", "0", "1", "2", "--verbose") == 0
+    verbose = capsys.readouterr().out
+    assert verbose.startswith(out.split("per class")[0])  # the same table first, then the details
+    assert "details per configuration (--verbose)" in verbose and "spread" in verbose
+    brier = next(ln for ln in verbose.splitlines() if ln.split()[:1] == ["brier"])
+    assert float(brier.split()[1]) == pytest.approx(runs["brier"].mean(), abs=5e-4)
 
 
 def test_rerun_replaces_rows_and_reproduces_numbers(project):

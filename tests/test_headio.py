@@ -145,8 +145,13 @@ def test_predict_on_training_images_reproduces_the_scores(tmp_path, monkeypatch,
 
     manifest = read_manifest("data/manifest.csv").set_index("id")  # paths joined to the recorded data root
     capsys.readouterr()
-    assert main(["predict", "--model", str(model), "--out", "pred.csv", *manifest.loc[ids, "path"]]) == 0
-    assert "10 images classified" in capsys.readouterr().out
+    assert main(["predict", "--model", str(model), "--out", "pred.csv", "--batch-size", "4", *manifest.loc[ids, "path"]]) == 0
+    out, err = capsys.readouterr()
+    assert "10 images classified" in out
+    # progress on stderr, in plain lines: the model loaded, then one line per batch of 4 (4, 8, 10 of 10)
+    progress = [ln for ln in err.splitlines() if ln.startswith("featpipe: predict: ")]
+    assert "model loaded" in progress[0] and "10 image file(s) to classify" in progress[0]
+    assert [ln.split()[2] for ln in progress[1:]] == ["4/10", "8/10", "10/10"] and "\r" not in err
     pred = pd.read_csv("pred.csv")
     fs = read_features(next(Path("cache/demo").glob("tiny_cnn*.h5"))).select(ids)
     expected = head.pipeline.predict_proba(fs.features)

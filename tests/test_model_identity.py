@@ -5,7 +5,6 @@ two processes saving one name never leave a sidecar that describes the other one
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,19 +52,27 @@ def test_two_saves_of_one_name_never_mix_tensors_and_sidecar(tmp_path, monkeypat
                       "preprocess": spec.preprocess.to_dict(), "threshold": 0.5, "precision": "fp32",
                       "family": spec.family, "weights_id": build(spec, weights="random").weights_id, "who": who}
     real = checkpoint.atomic_write
+    between, fast_done = threading.Event(), threading.Event()
 
-    def slow_write(path, data):  # the slow writer pauses between its tensors and its sidecar
+    def paused_write(path, data):
+        """The slow writer stops between its tensors and its sidecar until the fast one has written both (an
+        unprotected pair would mix here, every time) or, as the lock makes it wait, for a few seconds: the
+        outcome never depends on the machine's speed, only how long a correct run waits."""
         out = real(path, data)
-        if str(path).endswith(".safetensors") and threading.current_thread().name == "slow":
-            time.sleep(0.4)
+        who = threading.current_thread().name
+        if str(path).endswith(".safetensors") and who == "slow":
+            between.set()
+            fast_done.wait(timeout=3)
+        elif str(path).endswith(".json") and who == "fast":
+            fast_done.set()
         return out
 
-    monkeypatch.setattr(checkpoint, "atomic_write", slow_write)
+    monkeypatch.setattr(checkpoint, "atomic_write", paused_write)
     stem = tmp_path / "m" / "demo-tiny_cnn-head-k2-s0-0000aaaa"
     slow = threading.Thread(target=checkpoint.save_finetuned, args=(models["slow"], metas["slow"], stem), name="slow")
     fast = threading.Thread(target=checkpoint.save_finetuned, args=(models["fast"], metas["fast"], stem), name="fast")
     slow.start()
-    time.sleep(0.1)
+    assert between.wait(timeout=600)  # the fast writer starts once the slow one holds half its pair
     fast.start()
     slow.join()
     fast.join()

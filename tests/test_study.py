@@ -243,14 +243,14 @@ def test_shots_capped_to_the_class_size_are_stated_in_prepare_tables_and_report(
     assert main(["sweep", "--heads", "prototype", *cap]) == 0
     out = capsys.readouterr().out
     label = f"normal={train['normal']}"
-    assert f"prototype/k30  (2 seeds; capped to the class size: " in out and label in out
+    assert "prototype/k30: capped to the class size: " in out and label in out
     runs = pd.read_csv("results/runs.csv")
     assert set(runs.loc[runs["shots"] == 30, "capped"]) == {f"finding1={train['finding1']} {label}"}
     assert runs.loc[runs["shots"] == 5, "capped"].isna().all()
     assert json.loads(Path("results/metrics.json").read_text())["k30"]["capped"].endswith(label)
     assert main(["report", *cap]) == 0
     html = Path("reports/report.html").read_text()
-    assert "30-shot subsets capped to the class size" in html and f"<td>30 (capped finding1=" in html
+    assert "30-shot subsets capped to the class size" in html and "<td>30 (capped finding1=" in html
 
 
 # --------------------------------------------------------------------------- training-set fractions
@@ -330,7 +330,7 @@ def test_a_fraction_study_on_real_images_labels_runs_by_fraction_and_images_per_
         rec = fr[str(r["shots"])]
         assert r["fraction"] == rec["fraction"] and r["n_train"] == r["shots"]
         assert r["images_per_class"] == f"normal={rec['per_class']['normal']} pneumonia={rec['per_class']['pneumonia']}"
-    assert "pm/tiny_cnn+random/prototype/f0.05  (2 seeds; " in out
+    assert "pm/tiny_cnn+random/prototype/f0.05: fraction 0.05 of the training set" in out
     assert main(["collect", "results", "--out", "merged"]) == 0
     headline = json.loads(Path("merged/metrics.json").read_text())
     assert {k for k in headline if k.startswith("f")} <= {"f0.02", "f0.05", "f0.1"}

@@ -9,8 +9,9 @@ imported when the network is built. Either is then a backbone like the built-in 
 definition under the same name never reuses old features or models.
 
 The command line registers ``params.networks`` before every command; in Python call :func:`register_network`
-(or :func:`register_networks`) before naming the network. On a Ray cluster the workers do not see them (use
-the local engine).
+(or :func:`register_networks`) before naming the network. Worker processes (a Ray cluster, a local pool) register
+them again from their definition: the command line hands the executor that step (its ``setup``); a
+``module:callable`` factory must be importable on the workers.
 """
 
 from __future__ import annotations

@@ -74,6 +74,8 @@ def build_parser(load: str | None = None) -> argparse.ArgumentParser:
             "-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
             help="override a parameter, e.g. -S split.seeds=[0,1,2] (repeatable)",
         )
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="details after the summary table (per-configuration tables, per-epoch lines, ...)")
         if name == load:
             importlib.import_module(f"featpipe.cli.commands.{module}").add_arguments(p)
     return parser
@@ -82,6 +84,7 @@ def build_parser(load: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     install_cli_handler()  # the library logs its notices; the CLI prints them as "featpipe: ..." lines
+    _line_buffered()  # progress lines show as they come under DVC or a pipe, not at exit
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
         parser = build_parser(load=command if command in COMMANDS else None)
@@ -109,6 +112,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a full disk, a read-only or wrong-type path, ...: one line, never a traceback
         print(f"featpipe: error: {os_error_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _line_buffered() -> None:
+    """stdout flushed at every line also when it is not a terminal (``dvc repro`` reads it through a pipe, where
+    Python would otherwise hold minutes of progress lines in its buffer)."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)  # absent on a test's or a caller's own stream
+    if reconfigure is not None and not sys.stdout.isatty():
+        try:
+            reconfigure(line_buffering=True)
+        except (ValueError, OSError):  # pragma: no cover - a closed stream
+            pass
 
 
 def _silence_stdout() -> None:

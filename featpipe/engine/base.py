@@ -64,6 +64,12 @@ def run_chunk(fn: Callable, items: Sequence, shared: Mapping[str, np.ndarray]) -
     return [fn(item, shared) for item in items]
 
 
+def run_setup(setup: Sequence[Callable]) -> None:
+    """Run an executor's :attr:`Executor.setup` callables (in a worker, before its work)."""
+    for fn in setup:
+        fn()
+
+
 def user_error(exc: BaseException) -> BaseException:
     """The run's own :class:`FeatpipeError` inside an engine's wrapper error, else ``exc``."""
     seen, depth = exc, 0
@@ -80,6 +86,14 @@ class Executor(abc.ABC):
 
     name: str = ""
     interactive: bool = False  # True: work runs where its own output (progress bars, log lines) reaches the user
+    # picklable callables every worker process runs before its work (e.g. registering the networks of your own
+    # that the params define, which a fresh process does not know); idempotent, as a worker may run them again
+    setup: tuple = ()
+
+    def with_setup(self, *fns: Callable[[], Any]) -> "Executor":
+        """This executor, with ``fns`` added to :attr:`setup`."""
+        self.setup = (*self.setup, *fns)
+        return self
 
     def __enter__(self) -> "Executor":
         return self

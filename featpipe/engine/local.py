@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 import numpy as np
 
 from featpipe.core.workers import die_with_parent
-from featpipe.engine.base import Executor, plan, run_chunk
+from featpipe.engine.base import Executor, plan, run_chunk, run_setup
 
 
 def create(settings: Mapping[str, Any], *, workers: int = 1) -> "LocalExecutor":
@@ -57,7 +57,7 @@ class LocalExecutor(Executor):
                 paths[name] = os.path.join(tmp, f"shared{k}.npy")
                 np.save(paths[name], arr)
             results = Parallel(n_jobs=self.workers, return_as="generator_unordered")(
-                delayed(_worker)(fn, [items[i] for i in ch], paths, os.getpid(), os.getcwd(), k)
+                delayed(_worker)(fn, [items[i] for i in ch], paths, os.getpid(), os.getcwd(), k, self.setup)
                 for k, ch in enumerate(chunks))
             for k, res in results:  # as each chunk finishes: the caller can write its results at once
                 for i, r in zip(chunks[k], res):
@@ -85,11 +85,13 @@ def effective_workers(workers: int) -> int:
     return max(1, int(effective_n_jobs(workers)))
 
 
-def _worker(fn: Callable, items: list, paths: Mapping[str, str], parent: int, cwd: str, k: int) -> tuple[int, list]:
+def _worker(fn: Callable, items: list, paths: Mapping[str, str], parent: int, cwd: str, k: int,
+            setup: Sequence = ()) -> tuple[int, list]:
     die_with_parent(parent, pdeathsig=False)  # loky workers: never outlive the main process
     # loky reuses worker processes across calls: relative paths must mean what they mean in the caller's
     # working directory now, not in the one the worker was started in
     os.chdir(cwd)
+    run_setup(setup)
     shared = {name: np.load(p, mmap_mode="r") for name, p in paths.items()}
     return k, run_chunk(fn, items, shared)
 

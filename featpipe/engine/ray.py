@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from featpipe.core.optional import require
-from featpipe.engine.base import EngineError, Executor, plan, run_chunk, user_error
+from featpipe.engine.base import EngineError, Executor, plan, run_chunk, run_setup, user_error
 
 INSTALL_HINT = "pip install 'featpipe[ray]'"
 RETRIES = 2  # a task whose worker died is run again this many times
@@ -119,8 +119,8 @@ class RayExecutor(Executor):
         shared = dict(shared or {})
         names, refs = list(shared), [ray.put(shared[n]) for n in shared]
         task = ray.remote(num_cpus=_cpus(cpus), num_gpus=_gpus(gpus), max_retries=RETRIES)(_chunk)
-        fn_ref, cwd = ray.put(fn), os.getcwd()
-        futures = [task.remote(fn_ref, [items[i] for i in ch], cwd, names, *refs) for ch in chunks]
+        fn_ref, where = ray.put(fn), (os.getcwd(), self.setup)
+        futures = [task.remote(fn_ref, [items[i] for i in ch], where, names, *refs) for ch in chunks]
         out: list = [None] * len(items)
         chunk_of = {f: ch for f, ch in zip(futures, chunks)}
         pending = list(futures)
@@ -139,7 +139,7 @@ class RayExecutor(Executor):
         ray = import_ray()
         o = self.options
         task = ray.remote(num_cpus=o.embed_cpus, num_gpus=_gpus(o.embed_gpus))(_call)
-        return _fetch(task.remote(fn, os.getcwd()))
+        return _fetch(task.remote(fn, (os.getcwd(), self.setup)))
 
     def embed(self, batches: Sequence, *, read: Callable, model_factory: Callable, prepare: Optional[Callable] = None,
               item_bytes: int = 0, progress: bool = False):
@@ -149,7 +149,7 @@ class RayExecutor(Executor):
         gpus = _gpus(self.options.embed_gpus)
         actors = _actor_count(self.options, gpus)
         ds = _pipeline(ray, batches, read=read, prepare=prepare, model_factory=model_factory, options=self.options,
-                       gpus=gpus, actors=actors, item_bytes=item_bytes, progress=progress)
+                       gpus=gpus, actors=actors, item_bytes=item_bytes, progress=progress, setup=self.setup)
         return _in_order(ds, batches)
 
 
@@ -206,7 +206,7 @@ def _actor_count(o: RayOptions, gpus: float) -> int:
 
 
 def _pipeline(ray, batches: list, *, read, prepare, model_factory, options: RayOptions, gpus: float, actors: int,
-              item_bytes: int, progress: bool):
+              item_bytes: int, progress: bool, setup: tuple = ()):
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = bool(progress)
     if not progress:
@@ -226,7 +226,7 @@ def _pipeline(ray, batches: list, *, read, prepare, model_factory, options: RayO
     return ds.map_batches(_Embedder, batch_size=1, num_cpus=options.embed_cpus, num_gpus=gpus,
                           compute=ray.data.ActorPoolStrategy(size=actors),
                           fn_constructor_args=(model_factory, prepare),
-                          fn_constructor_kwargs={"threads": threads, "cwd": cwd})
+                          fn_constructor_kwargs={"threads": threads, "where": (cwd, setup)})
 
 
 def _in_order(ds, batches: list):
@@ -253,19 +253,22 @@ def _in_order(ds, batches: list):
 # --------------------------------------------------------------------------- cluster side
 
 
-def _in_dir(cwd: Optional[str]) -> None:
-    """Run in the driver's working directory (relative paths mean the same on every node)."""
+def _in_dir(where) -> None:
+    """Run in the driver's working directory (relative paths mean the same on every node); ``where`` is that
+    directory, or (directory, the executor's setup callables), which then run here."""
+    cwd, setup = where if isinstance(where, tuple) else (where, ())
     if cwd and os.getcwd() != cwd and os.path.isdir(cwd):
         os.chdir(cwd)
+    run_setup(setup)
 
 
-def _chunk(fn, items: list, cwd: str, names: list, *arrays) -> list:
-    _in_dir(cwd)
+def _chunk(fn, items: list, where: tuple, names: list, *arrays) -> list:
+    _in_dir(where)
     return run_chunk(fn, items, dict(zip(names, arrays)))
 
 
-def _call(fn, cwd: str):
-    _in_dir(cwd)
+def _call(fn, where: tuple):
+    _in_dir(where)
     return fn()
 
 
@@ -279,8 +282,8 @@ def _read(batch: dict, *, read, batches: list, cwd: str) -> dict:
 class _Embedder:
     """Actor: one model, made once; a read batch in, its (n, D) float32 embeddings out."""
 
-    def __init__(self, model_factory, prepare, *, threads: int, cwd: str):
-        _in_dir(cwd)
+    def __init__(self, model_factory, prepare, *, threads: int, where: tuple):
+        _in_dir(where)
         if threads > 0:
             try:
                 import torch

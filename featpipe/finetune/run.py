@@ -205,12 +205,14 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
     opt = make_optimizer(p.optimizer, param_groups(model, job.strategy, lr=p.lr, backbone_lr_factor=p.backbone_lr_factor,
                                                    truncated_mode=p.truncated_mode),
                          weight_decay=p.weight_decay, momentum=p.momentum)
-    say = log or (print if progress else None)
+    say = log or (_say if progress else None)
     name = job.name(d.splits.dataset)
+    if say:
+        say(f"{name}: training on {len(tr)} images, at most {p.epochs} epochs (val {len(va)}, test {len(te)})")
     with torch_threads(p.threads):
         res = train(model, source, tr, va, optimizer=opt, cfg=TrainConfig.from_params(p), prep=prep, rt=rt,
                     seed=job.seed, n_classes=len(d.classes), val_metrics=_val_metrics(d.classes),
-                    log=(lambda r: say(_epoch_line(name, r))) if say else None)
+                    log=(lambda r: say(_epoch_line(name, r, p.epochs))) if say else None)
         pv = predict_proba(model, source, va.ids, prep=prep, rt=rt, batch_size=p.eval_batch_size)
         pt = predict_proba(model, source, te.ids, prep=prep, rt=rt, batch_size=p.eval_batch_size)
     weights, weights_id = weights_columns(model.features)
@@ -265,9 +267,13 @@ def resolve_job(job: Job) -> Job:
     return replace(job, layer=registry.get(job.backbone).resolve_layer(job.layer))
 
 
-def _epoch_line(name: str, r: dict) -> str:
+def _say(line: str) -> None:
+    print(line, flush=True)  # a plain line, flushed: progress under DVC or a pipe as it happens
+
+
+def _epoch_line(name: str, r: dict, epochs: int) -> str:
     extra = f" val_auroc={r['val_auroc']:.3f}" if not math.isnan(r.get("val_auroc", math.nan)) else ""
-    return (f"{name} epoch {r['epoch']}: train_loss={r['train_loss']:.4f} val_loss={r['val_loss']:.4f}"
+    return (f"{name} epoch {r['epoch']}/{epochs}: train_loss={r['train_loss']:.4f} val_loss={r['val_loss']:.4f}"
             f"{extra} ({r['seconds']:.1f}s){' *' if r['best'] else ''}")
 
 

@@ -1,11 +1,12 @@
-"""featpipe collect: merge per-stage runs.csv files into results/runs.csv and results/metrics.json."""
+"""featpipe collect: merge per-stage runs.csv files into results/runs.csv and results/metrics.json; prints the
+summary table of every configuration of the current split (``--verbose``: each one's full table)."""
 
 from __future__ import annotations
 
-from featpipe.cli.commands.fit import print_table
+from featpipe.cli.output import print_summary
 from featpipe.data.splits import load_splits
 from featpipe.results.collect import collect
-from featpipe.results.stages import per_class_results
+from featpipe.results.stages import per_class_results, summarize_results
 from featpipe.results.summary import degenerate_lines, split_note
 
 
@@ -21,7 +22,8 @@ def run(args, params) -> int:
     table = collect(args.sources, args.out, clinical=params.clinical, split_sha256=sha, select_metric=params.report.metric)
     print(f"{len(table)} runs from {len(args.sources)} source(s) -> {args.out}/runs.csv, {args.out}/metrics.json")
     rows = table[table["split_sha256"] == sha].to_dict("records")
-    print_table(per_class_results(rows, params=params))
+    print_summary(summarize_results(rows, params=params), params=params, verbose=args.verbose,  # = summary.json
+                  per_class=per_class_results(rows, params=params))
     n_degen = len(degenerate_lines(rows, limit=10**9))
     if n_degen:
         print(f"warning: {n_degen} degenerate run(s) of the current split (column 'degenerate' in runs.csv); never chosen as best")

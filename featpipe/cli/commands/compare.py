@@ -1,4 +1,5 @@
-"""featpipe compare: paired comparisons of configurations (by seed, plus a patient bootstrap) -> comparisons.csv."""
+"""featpipe compare: paired comparisons of configurations (by seed, plus a patient bootstrap) -> comparisons.csv;
+prints the significant ones (at most 20; ``--verbose``: every comparison)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def run(args, params) -> int:
     if len(blind):
         print(f"  {len(blind)} comparison(s) cannot be significant with their seeds: the smallest attainable Holm p "
               f"(family x 2 / 2^n) is >= 0.05 (column min_p_holm); run more seeds")
-    for r in sig.sort_values(["metric", "shots"]).head(20).to_dict("records"):
+    shown = (table if args.verbose else sig).sort_values(["metric", "shots"])  # --verbose: every comparison
+    for r in (shown if args.verbose else shown.head(20)).to_dict("records"):
         print(f"  k={r['shots']} {r['metric']}: {r['config_a']} - {r['config_b']} = {r['mean_diff']:+.3f} "
               f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] over {r['n_seeds']} seeds: {verdict(r)}")
     for line in table.attrs.get("notes", []):

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
 from featpipe.cli import executor
 from featpipe.core.errors import ConfigError
-from featpipe.cli.commands.fit import print_table
+from featpipe.cli.output import elapsed, print_summary
 from featpipe.data.splits import load_splits
 from featpipe.finetune.run import Job, Paths, arm_jobs, decode_options, grid, resolve_job, run_jobs
 from featpipe.results.stages import per_class_results, summarize_results
-from featpipe.results.summary import degenerate_lines, format_summary, split_note, write_metrics_json
+from featpipe.results.summary import degenerate_lines, split_note, write_metrics_json
 
 
 def add_arguments(parser) -> None:
@@ -30,7 +31,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--arm", action="append", default=None, metavar="NAME",
                         help="run this arm of finetune.arms (its own backbone, strategy and settings); repeatable "
                              "(default without --backbone/--strategy: backbones x strategies and every arm)")
-    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no per-epoch lines (a line per finished run, with the elapsed time, stays)")
     executor.add_argument(parser)
 
 
@@ -59,8 +61,12 @@ def run(args, params) -> int:
     build = decode_options(params, args.manifest)
     ep = params.engine
 
+    t0, done = time.perf_counter(), []
+
     def say(job, row):
-        print(f"{resolve_job(job).name(row['dataset'])}: test balanced_accuracy={row['balanced_accuracy']:.3f} "
+        done.append(job)
+        print(f"[{len(done)}/{len(jobs)} runs, {elapsed(time.perf_counter() - t0)}] "
+              f"{resolve_job(job).name(row['dataset'])}: test balanced_accuracy={row['balanced_accuracy']:.3f} "
               f"auroc={row['auroc']:.3f} (best epoch {row['best_epoch']} of {row['epochs_run']})"
               + (f" -> {row['model_path']}" if row.get("model_path") else ""))
 
@@ -70,8 +76,8 @@ def run(args, params) -> int:
     sha = load_splits(args.splits).sha256
     write_metrics_json(args.results, clinical=params.clinical, split_sha256=sha, select_metric=params.report.metric)
     if rows:  # the summary across seeds of these runs, as fit and sweep print it
-        print(format_summary(summarize_results(rows, params=params)))
-        print_table(per_class_results(rows, params=params))
+        print_summary(summarize_results(rows, params=params), params=params, verbose=args.verbose,
+                      per_class=per_class_results(rows, params=params))
     for line in degenerate_lines(rows):
         print(line)
     if split_note(args.results, sha):

@@ -1,10 +1,12 @@
-"""featpipe fit: one head at k shots on every seed; prints mean/std/95% CI/min/max/spread per metric."""
+"""featpipe fit: one head at k shots on every seed; prints the summary table across seeds (``--verbose``: mean, std,
+95% CI, min, max and spread of every metric)."""
 
 from __future__ import annotations
 
+from featpipe.cli.output import print_summary
 from featpipe.heads.registry import names as _head_names
 from featpipe.results.stages import bootstrap_table, fit, per_class_results
-from featpipe.results.summary import degenerate_lines, format_summary, split_note
+from featpipe.results.summary import degenerate_lines, split_note
 
 HEAD_CHOICES = tuple(_head_names())  # the head registry
 
@@ -32,8 +34,7 @@ def run(args, params, head: str | None = None) -> int:
     runs, summary = fit(args.splits, head=head, shots=args.shots, seeds=args.seeds, params=params,
                         backbone=args.backbone, cache_dir=args.cache_dir, results_dir=args.results,
                         models_dir=args.models, layer=args.layer, weights=args.weights, n_jobs=args.n_jobs)
-    print(format_summary(summary))
-    print_table(per_class_results(runs, params=params))
+    print_summary(summary, params=params, verbose=args.verbose, per_class=per_class_results(runs, params=params))
     print_notes(runs, args.results)
     print(f"wrote {len(runs)} rows to {args.results}/runs.csv and {args.results}/metrics.json"
           + (f"; heads in {args.models}/" if params.fit.save_models else ""))

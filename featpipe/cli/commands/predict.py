@@ -11,13 +11,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="predictions.csv", help="per-image probabilities (default: predictions.csv)")
     parser.add_argument("--device", default="cpu", help="torch device for the backbone (default: cpu)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--no-progress", action="store_true", help="no progress lines (one per batch, on stderr)")
 
 
 def run(args, params) -> int:
     import sys
 
+    def say(line: str) -> None:
+        print(f"featpipe: predict: {line}", file=sys.stderr, flush=True)
+
     result = predict(args.model, args.inputs, out_csv=args.out, device=args.device, batch_size=args.batch_size,
-                     max_pixels=params.data.max_image_pixels)
+                     max_pixels=params.data.max_image_pixels, progress=None if args.no_progress else say)
     print(result.summary())
     print(f"wrote {args.out}")
     for row in result.rejects.head(10).itertuples():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 from featpipe.cli import executor
-from featpipe.cli.commands.fit import print_notes, print_table
+from featpipe.cli.commands.fit import print_notes
+from featpipe.cli.output import print_summary
 from featpipe.results.stages import per_class_results, summarize_results, sweep
-from featpipe.results.summary import format_summary
 
 
 def add_arguments(parser) -> None:
@@ -27,8 +27,8 @@ def run(args, params) -> int:
     with executor.from_args(args, params, workers=workers) as engine:
         runs = sweep(args.splits, params=params, cache_dir=args.cache_dir, results_dir=args.results,
                      models_dir=args.models, backbones=args.backbones, heads=args.heads, engine=engine)
-    print(format_summary(summarize_results(runs, params=params)))
-    print_table(per_class_results(runs, params=params))
+    print_summary(summarize_results(runs, params=params), params=params, verbose=args.verbose,
+                  per_class=per_class_results(runs, params=params))
     print_notes(runs, args.results)
     print(f"{len(runs)} runs in {time.perf_counter() - t0:.1f} s; wrote {args.results}/runs.csv and {args.results}/metrics.json")
     return 0

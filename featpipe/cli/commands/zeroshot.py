@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from featpipe.cli.commands.fit import print_notes
+from featpipe.cli.output import print_summary
 from featpipe.results.stages import summarize_results, zeroshot
-from featpipe.results.summary import format_summary
 
 
 def add_arguments(parser) -> None:
@@ -24,7 +24,7 @@ def run(args, params) -> int:
     if not records:
         print(f"no zero-shot runs (no backbone with a text tower); wrote {args.results}/ZEROSHOT.txt")
         return 0
-    print(format_summary(summarize_results(records, params=params)))
+    print_summary(summarize_results(records, params=params), params=params, verbose=args.verbose)
     print_notes(records, args.results)
     print(f"{len(records)} zero-shot runs; wrote {args.results}/runs.csv and {args.results}/metrics.json")
     return 0
