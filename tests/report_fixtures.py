@@ -4,9 +4,14 @@ and a reader of the report's HTML tables."""
 from __future__ import annotations
 
 import os
+import json
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
+import pytest
+
+from featpipe.results.summary import config_labels
 from tests.conftest import extracted_project
 
 PARAMS = ("data: {name: demo, source: synthetic, path: data/synthetic, synthetic: {classes: 7, images_per_class: 14, "
@@ -32,6 +37,19 @@ def build_study(root: Path) -> Path:
     finally:
         os.chdir(cwd)
     return root / "reports" / "report.html"
+
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory):
+    """The study's report, tables, runs (with their configuration label), summary.json and metrics.json; built
+    once for the report tests of the session."""
+    root = tmp_path_factory.mktemp("report-study")
+    out = build_study(root)
+    runs = pd.read_csv(root / "results/runs.csv")
+    runs["config"] = config_labels(runs.assign(layer=runs["layer"].astype(object).fillna(""))).to_numpy()
+    return {"root": root, "report": out, "html": out.read_text(), "tables": Tables(out.read_text()), "runs": runs,
+            "summary": json.loads((root / "results/summary.json").read_text()),
+            "metrics": json.loads((root / "results/metrics.json").read_text())}
 
 
 class Tables(HTMLParser):

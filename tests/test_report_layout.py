@@ -4,7 +4,6 @@ class, titles that wrap; every number checked against runs.csv, summary.json and
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
@@ -14,19 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from featpipe.evaluation.table import read_predictions
 from featpipe.report import plots
-from featpipe.results.summary import config_labels
-from tests.report_fixtures import Tables, build_study
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("report-study")
-    out = build_study(root)
-    runs = pd.read_csv(root / "results/runs.csv")
-    runs["config"] = config_labels(runs.assign(layer=runs["layer"].astype(object).fillna(""))).to_numpy()
-    return {"root": root, "html": out.read_text(), "tables": Tables(out.read_text()), "runs": runs,
-            "summary": json.loads((root / "results/summary.json").read_text()),
-            "metrics": json.loads((root / "results/metrics.json").read_text())}
+from tests.report_fixtures import study  # noqa: F401 (the session's study fixture)
 
 
 def pct(x: float) -> str:

@@ -31,7 +31,7 @@ from featpipe.data.splits import capping_lines, load_splits
 from featpipe.evaluation.metrics import curves
 from featpipe.evaluation.table import read_predictions, read_runs
 from featpipe.params.config import Params, to_dict
-from featpipe.report import comparisons, overview, plots, selection
+from featpipe.report import comparisons, interactive, overview, plots, selection
 from featpipe.report.calibration import calibration_section
 from featpipe.report.html import Section, folded, page, table
 from featpipe.results.predictions import TestPredictions
@@ -189,11 +189,12 @@ def _figure_sections(runs: pd.DataFrame, metric: str, plots_dir: Path) -> tuple[
     spread = _save(plots.lottery_spread(runs, metric), plots_dir / "lottery_spread.png")
     mid = int(min(runs["shots"].unique(), key=lambda k: abs(math.log(max(k, 0.5) / 5))))  # k = 0: zero-shot
     strip = _save(plots.seed_strip(runs, metric, mid), plots_dir / "per_seed.png")
-    return [Section("Learning curves", "".join(_img(f, f.stem.replace("_", " ")) for f in figs), "curves"),
+    return [Section("Learning curves", interactive.chart("curve", "curves", "".join(
+                _img(f, f.stem.replace("_", " ")) for f in figs)), "curves"),
             Section("The seed lottery", "<p>Spread = best seed minus worst seed, in points of the metric. "
                     "A wide spread means the result depends on which images happened to be labelled.</p>"
-                    + _img(spread, "lottery spread vs shots") + _img(strip, f"per-seed results at {plots.subset_words(runs, mid)}"),
-                    "lottery")], mid
+                    + interactive.chart("spread", "spread", _img(spread, "lottery spread vs shots"))
+                    + _img(strip, f"per-seed results at {plots.subset_words(runs, mid)}"), "lottery")], mid
 
 
 def build_report(inp: ReportInputs, params: Params) -> Path:
@@ -242,7 +243,9 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
                             or "<p>No Grad-CAM grids were rendered.</p>", "gradcam"))
     sections.append(Section("Provenance", _provenance(inp, params), "provenance"))
     _write_dvc_plot_data(runs, metric, plots_dir)
-    atomic_write(inp.out, page(params.report.title, s.dataset, sections))
+    data = interactive.data_script(interactive.chart_data(runs, CURVE_METRICS, metric))
+    atomic_write(inp.out, page(params.report.title, s.dataset, sections, data=data, scripts=[interactive.SCRIPT],
+                               css=interactive.CSS))
     return inp.out
 
 

@@ -109,8 +109,10 @@ def script_tag(code: str) -> str:
     return "<script>" + code.replace("</", "<\\/") + "</script>"
 
 
-def page(title: str, dataset: str, sections: Sequence[Section], *, scripts: Sequence[str] = ()) -> str:
-    """The whole page: header, nav (one entry per section), the sections in order, then the inline scripts."""
+def page(title: str, dataset: str, sections: Sequence[Section], *, scripts: Sequence[str] = (), data: str = "",
+         css: str = "") -> str:
+    """The whole page: header, nav (one entry per section), the sections in order, then ``data`` (HTML: e.g.
+    embedded JSON) and the inline scripts; ``css`` is added to the page's style."""
     anchors = [s.key or f"s{i}" for i, s in enumerate(sections)]
     nav = "".join(f'<a href="#{a}">{html.escape(s.title)}</a>' for a, s in zip(anchors, sections))
     body = "".join(f'<section id="{a}"{" class=summary" if a == "summary" else ""}><h2>{html.escape(s.title)}</h2>'
@@ -118,6 +120,6 @@ def page(title: str, dataset: str, sections: Sequence[Section], *, scripts: Sequ
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     js = "".join(script_tag(c) for c in (SORT_JS, *scripts))
     return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{CSS}</style></head><body>"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{CSS}{css}</style></head><body>"
             f"<header><h1>{html.escape(title)}</h1><p>data set <b>{html.escape(dataset)}</b> · generated {stamp} by featpipe</p></header>"
-            f"<nav>{nav}</nav><main>{body}</main>{js}</body></html>\n")
+            f"<nav>{nav}</nav><main>{body}</main>{data}{js}</body></html>\n")

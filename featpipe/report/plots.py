@@ -90,6 +90,22 @@ def _order(names) -> list[str]:
     return sorted(set(names))
 
 
+def looks(runs: pd.DataFrame) -> list[tuple[str, dict]]:
+    """(configuration label, {"color", "marker"}) of every configuration of ``runs``, in the figures' order: the
+    look each one has in every figure (matplotlib colour names)."""
+    return [(name, _look(i)) for i, name in enumerate(_order(config_keys(runs)))]
+
+
+def is_finetune(name: str) -> bool:
+    """A fine-tuned configuration (dashed in the figures)."""
+    return _is_finetune(name)
+
+
+def x_label(table: pd.DataFrame) -> str:
+    """The x axis of a :func:`by_config` table: shots, or the fraction of the training set."""
+    return _xlabel(table)
+
+
 def _xlabel(table: pd.DataFrame) -> str:
     """The x axis: shots, or the fraction of the training set (``split.fractions``)."""
     if len(table) and (table["x"] != table["shots"]).any():
