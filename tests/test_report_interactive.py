@@ -84,6 +84,26 @@ def test_the_page_loads_offline_with_no_console_error_and_every_chart_renders(pa
     assert _points(page, "spread") == pytest.approx({(c, int(k)): v for (c, k), v in spread.items()}, abs=1e-6)
 
 
+def test_tables_fit_the_page_and_sort_on_a_click(page, study):
+    """No table is wider than its section on a 1300-px window, the page never scrolls sideways (a 900-px window
+    included), and a click on a header of the all-configurations table sorts its rows by that column."""
+    wide = page.eval_on_selector_all("table", "ts => ts.filter(t => t.getBoundingClientRect().right > "
+                                     "t.closest('section').getBoundingClientRect().right + 1).map(t => t.id)")
+    assert wide == []
+    for width in (1300, 900):
+        page.set_viewport_size({"width": width, "height": 900})
+        assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+    table = "#all-configurations"
+    header = page.locator(f"{table} th").nth(4)  # test macro F1
+    values = lambda: [float(v) for v in page.eval_on_selector_all(f"{table} tbody tr", "rs => rs.map(r => r.cells[4].dataset.v)")]
+    header.click()
+    assert values() == sorted(values()) and len(values()) == 8
+    header.click()
+    assert values() == sorted(values(), reverse=True)
+    assert sorted(values()) == sorted(_table(study, 4).values())
+    assert page.errors == []
+
+
 def test_a_click_hides_a_configuration_and_the_metric_chooser_plots_the_tables_values(page, study):
     chart = 'div.fp-chart[data-kind="curve"]'
     name = sorted({c for c, _ in _table(study, 4)})[1]

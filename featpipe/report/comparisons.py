@@ -17,7 +17,7 @@ from featpipe.results.compare import COMPARISONS_CSV, seed_comparisons, smallest
 from featpipe.results.summary import config_labels, select_best, summarize_runs
 
 HEADER = ["shots", "chosen on val (A)", "other (B)", "paired seeds", "mean {label} A − B",
-          "95% interval (seeds + test patients)", "seed part", "bootstrap (test patients)", "p (paired permutation)",
+          "95% interval (seeds + test patients)", "seed part", "bootstrap (test patients)", "p (permutation)",
           "p (Holm)", "answer"]
 
 

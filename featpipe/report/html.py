@@ -16,10 +16,12 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;col
 header{background:#1d3557;color:#fff;padding:18px 32px}header h1{margin:0;font-size:22px}
 header p{margin:4px 0 0;opacity:.85;font-size:13px}
 nav{padding:8px 32px;background:#e9edf3;font-size:13px}nav a{margin-right:14px;color:#1d3557}
-main{padding:8px 32px 40px;max-width:1200px}section{background:#fff;border-radius:8px;padding:14px 22px;margin:16px 0;
+main{padding:8px 24px 40px;max-width:1240px}section{background:#fff;border-radius:8px;padding:12px 16px;margin:16px 0;
 box-shadow:0 1px 2px rgba(0,0,0,.08);overflow-wrap:break-word}h2{font-size:18px;color:#1d3557;border-bottom:1px solid #e3e6ea;padding-bottom:6px}
-h3{font-size:15px;margin-top:18px}table{border-collapse:collapse;font-size:13px;margin:8px 0;max-width:100%}
-th,td{border:1px solid #dde1e7;padding:4px 9px;text-align:left;max-width:480px;overflow-wrap:break-word}
+h3{font-size:15px;margin-top:18px}table{border-collapse:collapse;font-size:12.5px;margin:8px 0}
+.tw{max-width:100%;overflow-x:auto}
+th,td{border:1px solid #dde1e7;padding:4px 6px;text-align:left;max-width:480px;overflow-wrap:break-word}
+td.long,td summary,td code{overflow-wrap:anywhere}
 th{background:#f0f3f7}tr:nth-child(even) td{background:#fafbfc}
 table.sortable th{cursor:pointer}table.sortable th::after{content:" \\21C5";color:#9aa3b0;font-size:11px}
 figure{display:inline-block;margin:8px 12px 8px 0;vertical-align:top;max-width:100%}figure img{max-width:100%;border:1px solid #e3e6ea}
@@ -71,23 +73,29 @@ class Section:
     key: str = ""
 
 
+LONG_WORD = 32  # a cell with a longer unbroken token (an id, a path) may break it anywhere: no table wider than the page
+
+
 def _cell(c) -> str:
+    text = str(c.text if isinstance(c, Cell) else c)
+    long = "" if isinstance(c, Raw) or max(map(len, text.split()), default=0) <= LONG_WORD else ' class="long"'
     if isinstance(c, Cell):
         v = "" if c.value is None or c.value != c.value else f' data-v="{c.value:.6g}"'
-        return f"<td{v}>{html.escape(str(c.text))}</td>"
-    return f"<td>{c}</td>" if isinstance(c, Raw) else f"<td>{html.escape(str(c))}</td>"
+        return f"<td{long}{v}>{html.escape(text)}</td>"
+    return f"<td>{c}</td>" if isinstance(c, Raw) else f"<td{long}>{html.escape(text)}</td>"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence], *, row_classes: Sequence[str] | None = None,
           sortable: bool = False, attrs: str = "") -> str:
     """An HTML table (cells escaped unless :class:`Raw`; :class:`Cell` adds a numeric sort key); ``row_classes``
-    gives a CSS class per row (e.g. "degenerate": grey); ``sortable``: click a header to sort (:data:`SORT_JS`)."""
+    gives a CSS class per row (e.g. "degenerate": grey); ``sortable``: click a header to sort (:data:`SORT_JS`).
+    Wrapped in a ``div.tw`` that scrolls the table, never the page, on a screen too narrow for it."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     classes = row_classes or [""] * len(rows)
     body = "".join((f'<tr class="{html.escape(k)}">' if k else "<tr>") + "".join(_cell(c) for c in r) + "</tr>"
                    for r, k in zip(rows, classes))
     cls = ' class="sortable"' if sortable else ""
-    return f"<table{cls}{attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="tw"><table{cls}{attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def details(summary: str, content: str, *, open_: bool = False) -> str:
@@ -95,7 +103,7 @@ def details(summary: str, content: str, *, open_: bool = False) -> str:
     return f"<details{' open' if open_ else ''}><summary>{html.escape(summary)}</summary>{content}</details>"
 
 
-def folded(text: str, limit: int = 60) -> Raw:
+def folded(text: str, limit: int = 40) -> Raw:
     """A long value (e.g. head params JSON) as a cell: its first ``limit`` characters, the whole in a details
     element (wrapped), so that no table is wider than the page."""
     text = str(text)
