@@ -1,4 +1,6 @@
-"""``featpipe report``: one self-contained HTML page (images embedded) plus the plots as PNG files.
+"""``featpipe report``: one self-contained offline HTML page (images, chart data and scripts inlined) plus the
+plots as PNG files. The page is a list of :class:`~featpipe.report.html.Section` (summary first); a new section
+is one more entry in :func:`build_report`'s list.
 
 Everything is derived from files earlier stages wrote: the manifest, splits and rejects, the results
 table and per-run curve files, fine-tuning training curves, Grad-CAM grids and the feature caches'
