@@ -32,6 +32,8 @@ def test_the_summary_comes_first_and_answers_with_the_chosen_configuration_and_i
         sel = runs[(runs["config"] == config) & (runs["shots"] == k)]
         assert len(sel) == 3 and mean == pct(sel["macro_f1"].mean())  # the mean over seeds of runs.csv
         assert r[4] == "3" and r[5] == "no"
+        val = runs[runs["shots"] == k].groupby("config")["val_macro_f1"].mean().sort_values(ascending=False)
+        assert val.index[0] == config and r[6].startswith(f"{val.index[1]}: ")  # the runner-up on val, named
         # the best-configuration table's row: the same configuration, mean and headline interval
         assert best[str(k)][1] == config and best[str(k)][4].startswith(f"{mean} ± ") and best[str(k)][5] == interval
     summary = study["html"].split('id="summary"')[1].split("</section>")[0]

@@ -54,7 +54,7 @@ def _rows(c: pd.DataFrame, best: Sequence[Mapping]) -> list[dict]:
 
 def comparison_section(comparisons: pd.DataFrame, best: Sequence[Mapping], metric: str,
                        runner_up: Mapping[int, str]) -> tuple[str, dict[int, str], list[str]]:
-    """(HTML, {shots: answer of chosen vs runner-up}, [lines of shot counts whose comparisons cannot be
+    """(HTML, {shots: "<runner-up>: <answer of chosen vs runner-up>"}, [lines of shot counts whose comparisons cannot be
     significant]). Shown: per shot count the chosen configuration against the runner-up on val, and every
     comparison with a detectable difference; the others collapsed (with their count)."""
     if comparisons.empty:
@@ -66,7 +66,7 @@ def comparison_section(comparisons: pd.DataFrame, best: Sequence[Mapping], metri
     rows = _rows(c, best)
     shown = [r for r in rows if r["significant"] or r["b"] == runner_up.get(r["shots"])]
     rest = [r for r in rows if r not in shown]
-    verdicts = {r["shots"]: r["answer"] for r in rows if r["b"] == runner_up.get(r["shots"])}
+    verdicts = {r["shots"]: f"{r['b']}: {r['answer']}" for r in rows if r["b"] == runner_up.get(r["shots"])}
     label = METRIC_LABELS.get(metric, metric)
     head = [h.format(label=label) for h in HEADER]
     mk = lambda rs, id_: table(head, [r["cells"] + [r["answer"]] for r in rs],
