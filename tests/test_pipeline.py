@@ -101,7 +101,7 @@ def test_dvc_repro_end_to_end(tmp_path):
 
     html = (work / "reports/report.html").read_text()
     assert html.count("data:image/png;base64,") >= 6  # learning curves, lottery, ROC/PR, Grad-CAM embedded
-    assert "src=\"http" not in html and "<script" not in html  # self-contained
+    assert "src=\"http" not in html and "<script src" not in html  # self-contained: scripts inlined, nothing fetched
     assert "Grad-CAM" in html and "grid.png" not in html
     assert "chosen on val" in html and "Paired comparisons" in html and "split.val_policy: full" in html
     comparisons = (work / "results/comparisons.csv").read_text().splitlines()

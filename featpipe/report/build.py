@@ -1,4 +1,6 @@
-"""``featpipe report``: one self-contained HTML page (images embedded) plus the plots as PNG files.
+"""``featpipe report``: one self-contained offline HTML page (images, chart data and scripts inlined) plus the
+plots as PNG files. The page is a list of :class:`~featpipe.report.html.Section` (summary first); a new section
+is one more entry in :func:`build_report`'s list.
 
 Everything is derived from files earlier stages wrote: the manifest, splits and rejects, the results
 table and per-run curve files, fine-tuning training curves, Grad-CAM grids and the feature caches'
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -30,11 +33,11 @@ from featpipe.data.splits import capping_lines, load_splits
 from featpipe.evaluation.metrics import curves
 from featpipe.evaluation.table import read_predictions, read_runs
 from featpipe.params.config import Params, to_dict
-from featpipe.report import plots, selection
+from featpipe.report import comparisons, interactive, overview, plots, selection
 from featpipe.report.calibration import calibration_section
 from featpipe.report.external import external_section
+from featpipe.report.html import Section, folded, page, table
 from featpipe.report.subgroups import subgroup_section
-from featpipe.report.html import page, table
 from featpipe.results.predictions import TestPredictions
 from featpipe.results.summary import check_metrics_json, current_split
 
@@ -149,40 +152,37 @@ def _provenance(inp: ReportInputs, params: Params) -> str:
     return "".join(out)
 
 
-def build_report(inp: ReportInputs, params: Params) -> Path:
-    s = load_splits(inp.splits)
-    inp.splits_sha = s.sha256
-    check_metrics_json(inp.results)
-    for folder in (inp.out.parent, inp.out.parent / "plots"):
-        clean_leftovers(folder)  # temporaries of a report killed before its renames, reported
+def _scope(runs: pd.DataFrame, s, set_aside: str) -> str:
+    policy = s.val_policy
+    return (f"<p>Every number below comes from the {len(runs)} runs of the current splits file "
+            f"(<code>{html.escape(s.sha256[:12])}</code>). Thresholds, model selection and early stopping used "
+            + ("<b>the whole val split</b> (<code>split.val_policy: full</code>): a k-shot row used more labelled "
+               "images than k per class (the table below gives each row's count); "
+               "<code>split.val_policy: matched</code> keeps to the k-shot budget" if policy != "matched" else
+               "<b>a val subset of k images per class</b> per seed and k (<code>split.val_policy: matched</code>, the "
+               "true few-shot setting: 2k labelled images per class in all)") + ".</p>"
+            + _shot_unit_note(s.raw)
+            + (f"<p class=\"note\">{html.escape(set_aside)}.</p>" if set_aside else ""))
+
+
+def _load_runs(inp: ReportInputs, s, metric: str) -> tuple[pd.DataFrame, str]:
+    """The runs of the current split (one-line errors: none, or no column for ``report.metric``) and the note on
+    rows set aside."""
     runs, set_aside = current_split(read_runs(inp.results / "runs.csv"), s.sha256)
     if runs.empty:
         raise DataError(f"{inp.results / 'runs.csv'} has no results of the current split {s.sha256[:12]}: "
                         "run 'featpipe sweep' or 'featpipe fit' first" + (f" ({set_aside})" if set_aside else ""))
     runs = runs.reset_index(drop=True)
     runs["layer"] = runs["layer"].fillna("")
-    plots_dir = inp.out.parent / "plots"
-    metric = params.report.metric
     if metric not in runs.columns or f"val_{metric}" not in runs.columns:
         raise ConfigError(f"report.metric {metric!r}: runs.csv has no column {metric!r} and val_{metric} (a per-class "
-                        f"metric names one of the classes {', '.join(s.classes)}; tables written before featpipe "
-                        "recorded val per-class scores need their runs re-run)")
-    n_classes = len(s.classes)
-    policy = s.val_policy
-    scope = (f"<p>Every number below comes from the {len(runs)} runs of the current splits file "
-             f"(<code>{html.escape(s.sha256[:12])}</code>). Thresholds, model selection and early stopping used "
-             + ("<b>the whole val split</b> (<code>split.val_policy: full</code>): a k-shot row used more labelled "
-                "images than k per class (the table below gives each row's count); "
-                "<code>split.val_policy: matched</code> keeps to the k-shot budget" if policy != "matched" else
-                "<b>a val subset of k images per class</b> per seed and k (<code>split.val_policy: matched</code>, the "
-                "true few-shot setting: 2k labelled images per class in all)") + ".</p>"
-             + _shot_unit_note(s.raw)
-             + (f"<p class=\"note\">{html.escape(set_aside)}.</p>" if set_aside else ""))
-    sections = [("Data set", scope + _dataset_section(inp, s.raw))]
+                          f"metric names one of the classes {', '.join(s.classes)}; tables written before featpipe "
+                          "recorded val per-class scores need their runs re-run)")
+    return runs, set_aside
 
-    sections.append(("Configurations (the figures' legend)", "<p>Every line, column and row below is one of these "
-                     "configurations; a label's <code>#hash</code> tells apart configurations that differ only in head "
-                     "params or weights identity.</p>" + table(plots.LEGEND_HEADER, plots.legend_rows(runs))))
+
+def _figure_sections(runs: pd.DataFrame, metric: str, plots_dir: Path) -> tuple[list[Section], int]:
+    """The learning curves and the seed lottery (and the middle shot count the per-seed plot shows)."""
     figs = []
     for m in CURVE_METRICS:
         if m in runs.columns and runs[m].notna().any():
@@ -191,44 +191,80 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
                 _save(fig, plots_dir / "learning_curve.png")  # the fixed name dvc.yaml's plots list
                 fig = plots.learning_curve(runs, m)
             figs.append(_save(fig, plots_dir / f"learning_curve_{m}.png"))
-    sections.append(("Learning curves", "".join(_img(f, f.stem.replace("_", " ")) for f in figs)))
-
     spread = _save(plots.lottery_spread(runs, metric), plots_dir / "lottery_spread.png")
-    mid = min(runs["shots"].unique(), key=lambda k: abs(math.log(max(k, 0.5) / 5)))  # k = 0: zero-shot
-    strip = _save(plots.seed_strip(runs, metric, int(mid)), plots_dir / "per_seed.png")
-    sections.append(("The seed lottery", "<p>Spread = best seed minus worst seed, in points of the metric. "
-                     "A wide spread means the result depends on which images happened to be labelled.</p>"
-                     + _img(spread, "lottery spread vs shots") + _img(strip, f"per-seed results at {plots.subset_words(runs, int(mid))}")))
+    mid = int(min(runs["shots"].unique(), key=lambda k: abs(math.log(max(k, 0.5) / 5))))  # k = 0: zero-shot
+    strip = _save(plots.seed_strip(runs, metric, mid), plots_dir / "per_seed.png")
+    return [Section("Learning curves", interactive.chart("curve", "curves", "".join(
+                _img(f, f.stem.replace("_", " ")) for f in figs)), "curves"),
+            Section("The seed lottery", "<p>Spread = best seed minus worst seed, in points of the metric. "
+                    "A wide spread means the result depends on which images happened to be labelled.</p>"
+                    + interactive.chart("spread", "spread", _img(spread, "lottery spread vs shots"))
+                    + _img(strip, f"per-seed results at {plots.subset_words(runs, mid)}"), "lottery")], mid
 
+
+def build_report(inp: ReportInputs, params: Params) -> Path:
+    """Write the report page (a list of :class:`~featpipe.report.html.Section`, the summary first) and its plots."""
+    s = load_splits(inp.splits)
+    inp.splits_sha = s.sha256
+    check_metrics_json(inp.results)
+    for folder in (inp.out.parent, inp.out.parent / "plots"):
+        clean_leftovers(folder)  # temporaries of a report killed before its renames, reported
+    metric = params.report.metric
+    runs, set_aside = _load_runs(inp, s, metric)
+    plots_dir = inp.out.parent / "plots"
     preds_manifest = read_manifest(inp.manifest) if inp.manifest.is_file() else None
     preds = TestPredictions(inp.results, preds_manifest, s.classes) if preds_manifest is not None else None
-    best_html, best = selection.best_configurations(runs, params=params, n_classes=n_classes, preds=preds)
-    sections.append(("Best configuration per shot count (chosen on val, reported on test)", best_html))
-    for title, part in (("External validation: internal and external test sets side by side", external_section(
-            inp.results, runs, best, params=params, classes=s.classes, internal_preds=preds, external_dir=inp.external_dir)),
+    summary, chosen = selection.summarize(runs, params=params, preds=preds)
+    best_html, best = selection.best_configurations(runs, summary, chosen, params=params)
+    compare_html, verdicts, floors = comparisons.comparison_section(
+        comparisons.read_comparisons(inp.results, runs, params), best, metric,
+        comparisons.runners_up(summary, chosen, metric))
+    n_configs = len({e["config"] for e in summary.values() if isinstance(e, dict) and "config" in e})
+    figure_sections, mid = _figure_sections(runs, metric, plots_dir)
+    sections = [
+        Section("Summary", overview.summary_section(
+            metric=metric, best=best, splits=s, runs=runs, params=params, n_configs=n_configs, verdicts=verdicts,
+            warnings=overview.warning_lines(runs, summary, set_aside=set_aside, chosen=chosen, floors=floors)), "summary"),
+        Section("Data set", _scope(runs, s, set_aside) + _dataset_section(inp, s.raw), "data"),
+        Section("Configurations (the figures' legend)", "<p>Every line, column and row below is one of these "
+                "configurations; a label's <code>#hash</code> tells apart configurations that differ only in head "
+                "params or weights identity.</p>" + table(plots.LEGEND_HEADER, _folded_legend(runs)), "legend"),
+        Section("All configurations", overview.all_configurations_section(summary, metric), "all"),
+        *figure_sections,
+        Section("Best configuration per shot count (chosen on val, reported on test)", best_html, "best"),
+        *[Section(title, part, key) for title, part, key in (
+            ("External validation: internal and external test sets side by side", external_section(
+                inp.results, runs, best, params=params, classes=s.classes, internal_preds=preds,
+                external_dir=inp.external_dir), "external"),
             ("Subgroups", subgroup_section(inp.results, runs, best, params=params, classes=s.classes,
-                                           manifest=preds_manifest, external_dir=inp.external_dir) if preds else "")):
-        if part:
-            sections.append((title, part))
-    sections.append(("Is A better than B? Paired comparisons", selection.comparison_section(
-        selection.read_comparisons(inp.results, runs, params), best, metric)))
-    sections.append(("Degenerate runs", selection.degenerate_section(runs)))
-    sections.append(("Calibration", calibration_section(runs, inp.results, s.classes, save=_save, img=_img,
-                                                        plots_dir=plots_dir)))
-    sections.append(("ROC and precision-recall curves of the best runs", _roc_section(inp, runs, s, best, int(mid), plots_dir)))
+                                           manifest=preds_manifest, external_dir=inp.external_dir) if preds else "",
+             "subgroups")) if part],
+        Section("Is A better than B? Paired comparisons", compare_html, "comparisons"),
+        Section("Degenerate runs", selection.degenerate_section(runs), "degenerate"),
+        Section("Calibration", calibration_section(runs, inp.results, s.classes, save=_save, img=_img,
+                                                   plots_dir=plots_dir), "calibration"),
+        Section("ROC and precision-recall curves of the best runs", _roc_section(inp, runs, s, best, mid, plots_dir), "roc"),
+    ]
     training = _training_curves(inp.results)
     if training:
-        sections.append(("Fine-tuning training curves", "".join(
+        sections.append(Section("Fine-tuning training curves", "".join(
             _img(_save(plots.training_curves(curves, title=f"Fine-tuning {strategy}: loss per epoch (seed 0 runs; dashed = val)"),
                        plots_dir / f"training_{strategy}.png"), f"training curves, {strategy}")
-            for strategy, curves in training.items())))
-
+            for strategy, curves in training.items()), "training"))
     grids = sorted(inp.gradcam_dir.rglob("grid*.png")) if inp.gradcam_dir and inp.gradcam_dir.is_dir() else []
-    sections.append(("Grad-CAM", "".join(_img(g, f"Grad-CAM: {g.parent.name}") for g in grids) or "<p>No Grad-CAM grids were rendered.</p>"))
-    sections.append(("Provenance", _provenance(inp, params)))
+    sections.append(Section("Grad-CAM", "".join(_img(g, f"Grad-CAM: {g.parent.name}") for g in grids)
+                            or "<p>No Grad-CAM grids were rendered.</p>", "gradcam"))
+    sections.append(Section("Provenance", _provenance(inp, params), "provenance"))
     _write_dvc_plot_data(runs, metric, plots_dir)
-    atomic_write(inp.out, page(params.report.title, s.dataset, sections))
+    data = interactive.data_script(interactive.chart_data(runs, CURVE_METRICS, metric))
+    atomic_write(inp.out, page(params.report.title, s.dataset, sections, data=data, scripts=[interactive.SCRIPT],
+                               css=interactive.CSS))
     return inp.out
+
+
+def _folded_legend(runs: pd.DataFrame) -> list[list]:
+    """The legend rows with long cells (head params JSON, weights identities) folded into a details element."""
+    return [[*r[:4], folded(r[4]), r[5], folded(r[6])] for r in plots.legend_rows(runs)]
 
 
 def _roc_section(inp: ReportInputs, runs: pd.DataFrame, s, best: list[dict], mid: int, plots_dir: Path) -> str:
@@ -240,7 +276,7 @@ def _roc_section(inp: ReportInputs, runs: pd.DataFrame, s, best: list[dict], mid
     if n_classes == 2:
         test_counts = s.raw["counts"]["test"]
         prevalence = test_counts[s.classes[1]] / max(1, sum(test_counts.values()))
-    figs = []
+    figs, tables = [], []
     if not best:
         return "<p>No configuration was chosen on val.</p>"
     top = max(b["shots"] for b in best)
@@ -253,9 +289,12 @@ def _roc_section(inp: ReportInputs, runs: pd.DataFrame, s, best: list[dict], mid
                     for rid in b["run_ids"] for _, g in [(rid, pred[pred["run_id"] == rid])] if len(g)]
         if not per_seed:
             continue
-        fig = plots.roc_pr(per_seed, title=f"{b['config']}, {b['shots']} shots, {len(per_seed)} seeds (test)",
-                           prevalence=prevalence)
+        title = f"{b['config']}, {b['shots']} shots, {len(per_seed)} seeds (test)"
+        fig = (plots.roc_pr(per_seed, title=title, prevalence=prevalence) if n_classes <= 2
+               else plots.roc_pr_per_class(per_seed, title=title))
         figs.append(_save(fig, plots_dir / f"roc_pr_{tag}.png"))
+        if n_classes > 2:
+            tables.append(_auroc_table(per_seed, f"{b['config']}, {b['shots']} shots", tag))
         if tag == "best":
             _write_curve_csvs(per_seed[0], plots_dir)
         sel = runs[runs["run_id"].astype(str).isin(b["run_ids"])] if "run_id" in runs.columns else runs.iloc[:0]
@@ -266,7 +305,19 @@ def _roc_section(inp: ReportInputs, runs: pd.DataFrame, s, best: list[dict], mid
                               plots_dir / f"confusion_{tag}.png"))
             if tag == "best":
                 _write_confusion_csv(cms[0], s.classes, plots_dir / "confusion_best.csv")
-    return "".join(_img(f, f.stem.replace("_", " ")) for f in figs) or "<p>No per-run predictions files found.</p>"
+    return ("".join(_img(f, f.stem.replace("_", " ")) for f in figs) + "".join(tables)
+            or "<p>No per-run predictions files found.</p>")
+
+
+def _auroc_table(per_seed: list[dict], what: str, tag: str) -> str:
+    """Per class: the one-vs-rest AUROC of each seed's ROC curve (:func:`plots.roc_auc`, as the panel titles),
+    their mean, min and max."""
+    rows = []
+    for cls in dict.fromkeys(c for cur in per_seed for c in cur):
+        a = [plots.roc_auc(cur[cls]["roc"]) for cur in per_seed if cls in cur]
+        rows.append([cls, len(a), f"{np.mean(a):.3f}", f"{min(a):.3f}", f"{max(a):.3f}"])
+    return (f"<h3>Per-class AUROC (one-vs-rest, test): {html.escape(what)}</h3>"
+            + table(["class", "seeds", "AUROC (mean)", "min", "max"], rows, attrs=f' id="auroc-{tag}"'))
 
 
 def _write_curve_csvs(curves: dict, plots_dir: Path) -> None:

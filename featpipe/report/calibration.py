@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from featpipe.evaluation.calibration import ECE_BINS, reliability
 from featpipe.evaluation.table import read_predictions
 from featpipe.report.html import table
+from featpipe.report.plots import wrap
 from featpipe.results.summary import config_labels
 
 MAX_DIAGRAMS = 6
@@ -36,9 +37,9 @@ def reliability_diagram(panels: Sequence[tuple[str, dict]], *, title: str) -> Fi
         ax.set_ylim(0, 1.05)
         ax.set_xlabel("confidence (top class probability)")
         ax.set_ylabel("accuracy")
-        ax.set_title(label, fontsize=8)
+        ax.set_title(wrap(label, 3.2, 8), fontsize=8)
     axes[0].legend(fontsize=7, loc="upper left")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(wrap(title, fig.get_figwidth()), fontsize=10)
     fig.tight_layout()
     return fig
 

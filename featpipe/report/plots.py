@@ -9,6 +9,7 @@ explained by the report's legend table (:func:`legend_rows`).
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Mapping, Sequence
 
 import matplotlib.ticker
@@ -89,6 +90,22 @@ def _order(names) -> list[str]:
     return sorted(set(names))
 
 
+def looks(runs: pd.DataFrame) -> list[tuple[str, dict]]:
+    """(configuration label, {"color", "marker"}) of every configuration of ``runs``, in the figures' order: the
+    look each one has in every figure (matplotlib colour names)."""
+    return [(name, _look(i)) for i, name in enumerate(_order(config_keys(runs)))]
+
+
+def is_finetune(name: str) -> bool:
+    """A fine-tuned configuration (dashed in the figures)."""
+    return _is_finetune(name)
+
+
+def x_label(table: pd.DataFrame) -> str:
+    """The x axis of a :func:`by_config` table: shots, or the fraction of the training set."""
+    return _xlabel(table)
+
+
 def _xlabel(table: pd.DataFrame) -> str:
     """The x axis: shots, or the fraction of the training set (``split.fractions``)."""
     if len(table) and (table["x"] != table["shots"]).any():
@@ -106,10 +123,19 @@ def _is_finetune(name: str) -> bool:
     return "/finetune:" in name
 
 
+def wrap(text: str, width_in: float, fontsize: float = 10) -> str:
+    """``text`` wrapped to lines that fit ``width_in`` inches at ``fontsize`` points (long configuration names
+    in titles wrap instead of being cut at the figure's edge)."""
+    chars = max(16, int(0.9 * width_in * 72 / (0.65 * fontsize)))  # DejaVu Sans: ~0.65 em per character
+    return "\n".join(textwrap.wrap(text, chars, break_long_words=True, break_on_hyphens=False)) or text
+
+
 def _style(ax, *, xlabel: str, ylabel: str, title: str, shots: Sequence[float] = ()) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    width = ax.get_position().width * ax.figure.get_figwidth()
+    wrapped = wrap(title, width, 12)
+    ax.set_title(wrapped, fontsize=10 if "\n" in wrapped else None)
     if len(shots):
         fractions = any(0 < float(k) < 1 for k in shots) or xlabel.startswith("fraction")
         # log-spaced shots; zero-shot configurations (k = 0) sit at 0 on a linear stretch below 1
@@ -216,8 +242,52 @@ def roc_pr(curves_by_seed: Sequence[Mapping], *, title: str, prevalence: float |
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=8, loc="lower right" if ax is roc else "lower left", title="positive class, one line per seed",
                   title_fontsize=7)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(wrap(title, fig.get_figwidth()), fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def roc_auc(points) -> float:
+    """The area under ROC curve points ``[[fpr, tpr], ...]`` (trapezoids): the AUROC the per-class panels and
+    the per-class table show."""
+    x, y = np.asarray(points, dtype=float).T
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
+
+
+def roc_pr_per_class(curves_by_seed: Sequence[Mapping], *, title: str) -> Figure:
+    """One small panel per class (one-vs-rest), its ROC curves in the upper block of rows and its
+    precision-recall curves in the lower block, one faint line per seed; a ROC panel's title gives the class and
+    its mean AUROC over seeds (:func:`roc_auc`). Many classes stay readable: no panel holds two classes."""
+    classes = list(dict.fromkeys(c for cur in curves_by_seed for c in cur))
+    ncols = min(4, max(1, len(classes)))
+    nrows = max(1, math.ceil(len(classes) / ncols))
+    fig = Figure(figsize=(2.6 * ncols + 0.6, 2.3 * 2 * nrows + 0.8))
+    axes = fig.subplots(2 * nrows, ncols, squeeze=False)
+    for block, kind in enumerate(("roc", "pr")):
+        flat = axes[block * nrows:(block + 1) * nrows].ravel()
+        for ax, cls in zip(flat, classes):
+            seeds = [cur[cls][kind] for cur in curves_by_seed if cls in cur]
+            for pts in seeds:
+                x, y = np.asarray(pts).T
+                ax.plot(x, y, color="C0" if kind == "roc" else "C1", alpha=0.6, lw=1)
+            if kind == "roc":
+                ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
+                ax.set_title(wrap(f"ROC {cls}: AUROC {np.mean([roc_auc(p) for p in seeds]):.3f}", 2.6, 8), fontsize=8)
+            else:
+                ax.set_title(wrap(f"PR {cls}", 2.6, 8), fontsize=8)
+            ax.set_xlabel("false positive rate" if kind == "roc" else "recall", fontsize=7)
+            ax.set_ylabel("true positive rate" if kind == "roc" else "precision", fontsize=7)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.02)
+            ax.tick_params(labelsize=7)
+            ax.grid(True, alpha=0.3)
+        for ax in flat[len(classes):]:
+            ax.set_visible(False)
+    suptitle = wrap(title + " — one panel per class (one-vs-rest), one line per seed", fig.get_figwidth())
+    fig.suptitle(suptitle, fontsize=10)
+    height = fig.get_figheight()  # fixed margins: tight_layout over 2 x classes panels costs seconds
+    fig.subplots_adjust(left=0.5 / fig.get_figwidth() + 0.02, right=0.98, bottom=0.45 / height,
+                        top=1 - (0.45 + 0.2 * (suptitle.count("\n") + 1)) / height, wspace=0.35, hspace=0.55)
     return fig
 
 
@@ -234,7 +304,7 @@ def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], *, title:
     ax.set_yticklabels(classes)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(wrap(title, fig.get_figwidth(), 9), fontsize=9)
     fig.tight_layout()
     return fig
 

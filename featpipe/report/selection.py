@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import html
 import math
-from pathlib import Path
 
 import pandas as pd
 
 from featpipe.core.names import config_name
 from featpipe.report.html import table
 from featpipe.report.plots import METRIC_LABELS
-from featpipe.results.compare import COMPARISONS_CSV, seed_comparisons, smallest_p, verdict
 from featpipe.results.summary import config_labels, degenerate_flags, per_class_summary, select_best, summarize_runs
 
 
@@ -35,14 +33,21 @@ def _iv(s: dict, lo: str, hi: str) -> str:
     return f"[{_f(s.get(lo))}, {_f(s.get(hi))}]"
 
 
-def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=None) -> tuple[str, list[dict]]:
-    """(HTML, [{"shots", "config", "run_ids"}]) of the configuration chosen on ``val_<report.metric>`` per shot
-    count among those without degenerate runs, reported on test. ``preds``
-    (:class:`featpipe.results.predictions.TestPredictions`): test-sampling variance by patient."""
+def summarize(runs: pd.DataFrame, *, params, preds=None) -> tuple[dict, dict[int, str]]:
+    """(every configuration's summary, {shots: name chosen on val}) of ``runs``, once for the whole report.
+    ``preds`` (:class:`featpipe.results.predictions.TestPredictions`): test-sampling variance by patient for the
+    chosen configurations."""
     metric = params.report.metric
     summary = summarize_runs(runs, clinical=params.clinical, select_metric=metric,
                              sampling=preds.sampling if preds is not None else None)
-    chosen = select_best(summary, metric)
+    return summary, select_best(summary, metric)
+
+
+def best_configurations(runs: pd.DataFrame, summary: dict, chosen: dict[int, str], *, params) -> tuple[str, list[dict]]:
+    """(HTML, [{"shots", "config", "run_ids", "entry"}]) of the configuration chosen on ``val_<report.metric>``
+    per shot count among those without degenerate runs (:func:`summarize`), reported on test; ``entry`` is the
+    configuration's summary."""
+    metric = params.report.metric
     original = runs
     runs = runs.assign(config=config_labels(runs).to_numpy())
     label = METRIC_LABELS.get(metric, metric)
@@ -64,7 +69,7 @@ def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=Non
                      _f(e.get("accuracy", {}).get("mean")), _f(e.get("auroc", {}).get("mean"), pct=False),
                      e["n_seeds"], _f(e.get("sensitivity", {}).get("mean")) + " / " + _f(e.get("specificity", {}).get("mean")),
                      flag])
-        best.append({"shots": k, "config": e["config"], "run_ids": ids})
+        best.append({"shots": k, "config": e["config"], "run_ids": ids, "entry": e})
     head = ["shots", "chosen on val", "labelled images per run (k-shot + val)", f"val {label} (%)", f"test {label} (mean ± std, %)",
             "95% interval (seeds + test patients)", "seed part", "test-sampling part", "test accuracy (%)",
             "test AUROC", "seeds", "sens / spec (%)", f"clinical-grade ({params.clinical.rule} rule)"]
@@ -78,7 +83,7 @@ def best_configurations(runs: pd.DataFrame, *, params, n_classes: int, preds=Non
             "and the <i>test-sampling part</i>.</p>"
             + clinical_rule_text(c))
     text += "".join(f"<p class=\"note\">{html.escape(n)}.</p>" for n in notes)
-    return table(head, rows) + text + per_class_section(original, summary, metric), best
+    return table(head, rows, attrs=' id="best-configurations"') + text + per_class_section(original, summary, metric), best
 
 
 
@@ -119,58 +124,6 @@ def per_class_section(runs: pd.DataFrame, summary: dict, metric: str) -> str:
             + table(["shots", "chosen on val", "class", "precision (%)", "recall (%)", "F1 (%)"], body))
 
 
-def comparison_section(comparisons: pd.DataFrame, best: list[dict], metric: str) -> str:
-    """Per shot count: the val-chosen configuration against every other, on ``metric``."""
-    if comparisons.empty:
-        return "<p>No comparisons (fewer than two configurations per shot count).</p>"
-    c = comparisons[comparisons["metric"] == metric]
-    if c.empty:
-        c = comparisons[comparisons["metric"] == comparisons["metric"].iloc[0]]
-        metric = str(c["metric"].iloc[0])
-    rows, classes = [], []
-    for b in best:
-        a = b["config"]
-        sub = c[(c["shots"] == b["shots"]) & ((c["config_a"] == a) | (c["config_b"] == a))]
-        for r in sub.sort_values("p_holm").to_dict("records"):
-            flip = r["config_b"] == a
-            other = r["config_a"] if flip else r["config_b"]
-            s = -1 if flip else 1
-            d, lo, hi = s * r["mean_diff"], (s * (r["ci_high"] if flip else r["ci_low"])), (s * (r["ci_low"] if flip else r["ci_high"]))
-            blo, bhi = (s * r["boot_ci_high"], s * r["boot_ci_low"]) if flip else (r["boot_ci_low"], r["boot_ci_high"])
-            v = verdict({**r, "mean_diff": d}).replace("A better", "chosen better").replace("B better", f"{other} better")
-            slo, shi = ((s * r["seed_ci_high"], s * r["seed_ci_low"]) if flip else (r["seed_ci_low"], r["seed_ci_high"])) \
-                if "seed_ci_low" in r else (math.nan, math.nan)
-            rows.append([b["shots"], a, other, r["n_seeds"], f"{d:+.3f}", f"[{lo:+.3f}, {hi:+.3f}]",
-                         "–" if not math.isfinite(slo) else f"[{slo:+.3f}, {shi:+.3f}]",
-                         "–" if not math.isfinite(blo) else f"[{blo:+.3f}, {bhi:+.3f}]", f"{r['p_value']:.3g}",
-                         f"{r['p_holm']:.3g}", v])
-            classes.append("degenerate" if (r["degenerate_b"] if not flip else r["degenerate_a"]) else "")
-    label = METRIC_LABELS.get(metric, metric)
-    head = ["shots", "chosen on val (A)", "other (B)", "paired seeds", f"mean {label} A − B",
-            "95% interval (seeds + test patients)", "seed part", "bootstrap (test patients)", "p (paired permutation)",
-            "p (Holm)", "answer"]
-    return (f"<p>Is the configuration chosen on val better than each other one at k shots? Differences in {html.escape(label)} "
-            "are paired by seed (every configuration saw the same labelled images for a seed); p-values come from an exact "
-            "paired permutation (sign-flip) test and are Holm-corrected within the <b>family stated here</b>: per shot "
-            "count, the chosen configuration against each of the others (or every one against "
-            "<code>compare.reference</code>). " + _floor_text(c) + " A difference is called only when the Holm p is "
-            "below 0.05 and the 95% interval (seeds + test patients) excludes 0. Grey rows: B has degenerate runs.</p>"
-            + table(head, rows, row_classes=classes))
-
-
-def _floor_text(c: pd.DataFrame) -> str:
-    """The smallest Holm p attainable per shot count (family size m, n seeds: m x 2 / 2^n)."""
-    if c.empty:
-        return ""
-    parts = []
-    for k, g in c.groupby("shots"):
-        n, m = int(g["n_seeds"].max()), int(g["family"].max()) if "family" in g.columns else len(g)
-        floor = min(1.0, m * smallest_p(n))
-        parts.append(f"k = {k}: {m} comparison(s), {n} seeds, smallest attainable Holm p {floor:.3g}"
-                     + (f" — <b>cannot be significant with {n} seeds</b>" if floor >= 0.05 else ""))
-    return "Smallest attainable p with n seeds is 2 / 2^n; " + "; ".join(parts) + "."
-
-
 def degenerate_section(runs: pd.DataFrame) -> str:
     bad = runs[degenerate_flags(runs).to_numpy()]
     if bad.empty:
@@ -182,17 +135,3 @@ def degenerate_section(runs: pd.DataFrame) -> str:
             "images into one class. Their metrics describe a constant, not a classifier; they stay in the table, and "
             "their configurations are never chosen as best (grey crosses in the per-seed plot).</p>"
             + table(["", "run", "why"], rows, row_classes=["degenerate"] * len(rows)))
-
-
-def read_comparisons(results_dir: Path, runs: pd.DataFrame, params) -> pd.DataFrame:
-    """``<results>/comparisons.csv`` when it was written for these runs (every configuration it names is one of
-    them), else the seed comparisons computed now."""
-    f = Path(results_dir) / COMPARISONS_CSV
-    if f.is_file():
-        t = pd.read_csv(f)
-        if set(t["config_a"]) | set(t["config_b"]) <= set(config_labels(runs)):
-            return t
-    metric = params.report.metric
-    summary = summarize_runs(runs, clinical=params.clinical, select_metric=metric)
-    chosen = {k: summary[n]["config"] for k, n in select_best(summary, metric).items()}
-    return seed_comparisons(runs, metrics=[metric], reference=params.compare.reference, chosen=chosen)
