@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from featpipe.core.errors import DataError
+from featpipe.data import multilabel
 from featpipe.data.patients import PatientRules
 from featpipe.params.config import CsvParams
 
@@ -38,6 +39,7 @@ class Record:
     source_split: str = ""  # train | val | test | "" (none)
     reject: str | None = None  # set when the source already knows the row is unusable
     label_index: int | None = None  # npz: the class index as stored
+    labels: tuple[int, ...] | None = None  # multi-label (data.csv.labels): 1 / 0 / -1 unknown per label
 
 
 def _join(root: str, rel: str) -> str:
@@ -247,13 +249,16 @@ def _scan_one(src: Path, cfg: CsvParams, root_text: str, file_split: str | None,
     reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = reader.fieldnames or []
     rows = list(reader)
-    label_col = cfg.task or cfg.label_col
+    label_col = None if cfg.labels else cfg.task or cfg.label_col
+    names = multilabel.label_names(cfg.labels)
     wanted = {"data.csv.path_col": cfg.path_col, ("data.csv.task" if cfg.task else "data.csv.label_col"): label_col,
-              "data.csv.patient_col": cfg.patient_col, "data.csv.split_col": cfg.split_col}
+              "data.csv.patient_col": cfg.patient_col, "data.csv.split_col": cfg.split_col,
+              **{f"data.csv.labels": n for n in names if n not in columns}}
     for key, col in wanted.items():
         if col is not None and col not in columns:
             raise DataError(f"{src}: no column '{col}' (from {key}); columns are: {', '.join(columns)}")
-    if label_col is None:
+    policy = multilabel.policy_of(cfg.labels_uncertain, cfg.labels_blank, names)
+    if label_col is None and not names:
         raise DataError("set data.csv.label_col (the class column) or data.csv.task (a CheXpert pathology column)")
     rules = PatientRules(patient_regex)
     index: dict[str, list[str]] | None = None
@@ -271,11 +276,18 @@ def _scan_one(src: Path, cfg: CsvParams, root_text: str, file_split: str | None,
                 rel = hits[0]
             else:
                 reject = "missing" if not hits else f"ambiguous: {len(hits)} files named {ref}.*"
-        label, why = _label(row[label_col], task=cfg.task, uncertain=cfg.uncertain)
+        vector = None
+        if names:
+            cells = [multilabel.cell(row[n], n, policy[n]) for n in names]
+            vector = tuple(v for v, _ in cells)
+            label, why = multilabel.finding_name(vector), next((w for _, w in cells if w), None)
+        else:
+            label, why = _label(row[label_col], task=cfg.task, uncertain=cfg.uncertain)
         reject = reject or why
         patient = (row[cfg.patient_col] or "").strip() if cfg.patient_col else ""
         split = SPLIT_NAMES.get((row[cfg.split_col] or "").strip().lower(), "") if cfg.split_col else ""
-        records.append(Record(rel, _join(root_text, rel), label, patient or rules(rel), file_split or split, reject))
+        records.append(Record(rel, _join(root_text, rel), label, patient or rules(rel), file_split or split, reject,
+                              labels=vector))
     if not records:
         raise DataError(f"{src} has no rows")
     return records

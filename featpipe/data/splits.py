@@ -32,7 +32,7 @@ import pandas as pd
 
 from featpipe.core.errors import DataError
 from featpipe.core.fileio import atomic_write
-from featpipe.data import fractions
+from featpipe.data import fractions, multilabel
 from featpipe.params.config import SplitParams
 
 FORMAT = 1
@@ -56,8 +56,29 @@ class Splits:
 
     def capped(self, k: int) -> str:
         """How the ``k``-shot subsets were capped to the class size (``split.shots_policy: cap``):
-        ``"normal=150"`` (each short class and the images it has, all used), "" when every class has k."""
+        ``"normal=150"`` (each short class and the images it has, all used), "" when every class has k.
+        Multi-label: ``"Edema: positives 3"`` per short label."""
+        if self.labels:
+            short = self.raw["multilabel"].get("capped", {}).get(str(int(k)), {})
+            return "; ".join(f"{n}: {why}" for n, why in short.items())
         return capped_text(self.raw.get("capped", {}).get(str(int(k)), {}))
+
+    @property
+    def labels(self) -> list[str]:
+        """The labels of a multi-label task (``multilabel.labels``); [] for a single-label one."""
+        return list(self.raw.get("multilabel", {}).get("labels", []))
+
+    def label_matrix(self, ids) -> np.ndarray:
+        """(len(ids), L) int8 labels of a multi-label task: 1, 0, or -1 (unknown: ignored for that label)."""
+        m = self.raw["multilabel"]["matrix"]
+        try:
+            return np.array([multilabel.decode(m[str(i)]) for i in ids], dtype=np.int8).reshape(len(ids), len(self.labels))
+        except KeyError as exc:
+            raise DataError(f"image {exc.args[0]!r} has no labels in the splits file: rerun 'featpipe prepare'") from None
+
+    def achieved(self, seed: int, k: int) -> dict:
+        """{label: [positives, negatives]} of the multi-label k-shot set of (seed, k)."""
+        return dict(self.raw["multilabel"]["achieved"][str(seed)][str(k)])
 
     def subset_keys(self) -> list[int]:
         """The keys of the subsets every seed has (k shots, or a fraction's subset size), ascending."""
@@ -259,10 +280,14 @@ def conflicting_rows(manifest: pd.DataFrame) -> dict[int, str]:
 
 
 def make_splits(manifest: pd.DataFrame, classes: Sequence[str], params: SplitParams, *, dataset: str,
-                manifest_sha256: str, keep_conflicting: bool = False) -> dict:
-    """The split file's content (a plain dict); a pure function of its inputs."""
+                manifest_sha256: str, keep_conflicting: bool = False, labels: Sequence[str] = (),
+                label_policy: dict | None = None) -> dict:
+    """The split file's content (a plain dict); a pure function of its inputs. ``labels`` (a multi-label task,
+    :mod:`featpipe.data.multilabel`): the k-shot (and matched val) sets are drawn per label, and the
+    ``multilabel`` section carries the labels, their policy, counts, label matrix and achieved k-shot counts."""
     if not 0 <= params.test_fraction < 1 or not 0 <= params.val_fraction < 1:
         raise DataError("split.test_fraction and split.val_fraction must be in [0, 1)")
+    names = list(labels)
     ids = manifest["id"].to_numpy(dtype=str)
     labels = manifest["label"].to_numpy(dtype=int)
     source = manifest["source_split"].to_numpy(dtype=str)
@@ -299,9 +324,12 @@ def make_splits(manifest: pd.DataFrame, classes: Sequence[str], params: SplitPar
         else:
             train_rows = np.setdiff1d(train_rows, bad)
 
-    fewshot, capped, planned = _fewshot(train_rows, labels, groups, ids, classes, params)
     parts = {"train": train_rows, "val": val_rows, "test": test_rows}
-    extra = {"valshot": _valshot(val_rows, labels, groups, ids, n_classes, params)} if params.val_policy == "matched" else {}
+    if names:
+        fewshot, capped, planned, extra = _multilabel(manifest, names, label_policy or {}, parts, groups, ids, params)
+    else:
+        fewshot, capped, planned = _fewshot(train_rows, labels, groups, ids, classes, params)
+        extra = {"valshot": _valshot(val_rows, labels, groups, ids, n_classes, params)} if params.val_policy == "matched" else {}
     return {
         "format": FORMAT, "dataset": dataset, "classes": list(classes), "manifest_sha256": manifest_sha256,
         "params": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(params).items()},
@@ -312,6 +340,24 @@ def make_splits(manifest: pd.DataFrame, classes: Sequence[str], params: SplitPar
         "fewshot": fewshot, "capped": capped, **({"fractions": planned} if planned else {}), "excluded": sorted(excluded, key=lambda e: (e["id"], e["from"])),
         "keep_conflicting": bool(keep_conflicting), **extra,
     }
+
+
+def _multilabel(manifest: pd.DataFrame, names: list[str], policy: dict, parts: dict, groups: np.ndarray,
+                ids: np.ndarray, params: SplitParams) -> tuple[dict, dict, dict, dict]:
+    """(fewshot, capped, fractions, extra fields) of a multi-label split: the greedy per-label k-shot sets of
+    :func:`featpipe.data.multilabel.kshot_sets` (and matched val sets from val, their own stream)."""
+    if params.fractions:
+        raise DataError("split.fractions is not available for multi-label tasks yet: use split.shots")
+    Y = multilabel.manifest_matrix(manifest, names)
+    section = multilabel.block(manifest, names, parts, policy)
+    kw = dict(shots=params.shots, seeds=params.seeds, unit=params.shot_unit, policy=params.shots_policy)
+    fewshot, achieved, capped = multilabel.kshot_sets(parts["train"], Y, groups, ids, names, **kw)
+    section |= {"achieved": achieved, "capped": capped,
+                "rule": "per label, rarest first: at least k positives and k negatives (all when fewer), nested in k"}
+    extra = {"multilabel": section}
+    if params.val_policy == "matched":
+        extra["valshot"] = multilabel.kshot_sets(parts["val"], Y, groups, ids, names, **kw, stream=VAL_STREAM)[0]
+    return fewshot, {}, {}, extra
 
 
 def check_splits(obj: dict, manifest: pd.DataFrame) -> None:

@@ -1,0 +1,137 @@
+"""Multi-label tasks (CheXpert-style: several label columns with 1 / 0 / -1 / blank): the source and its policy,
+the greedy per-label k-shot sets, one-vs-rest heads with per-label thresholds and metrics, and the report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from featpipe.cli.main import main
+from featpipe.data import multilabel
+from featpipe.data.splits import load_splits
+
+LABELS = ["Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion"]
+# per image i: the cell of each label (cycled); Edema is rare (2 positives in all), Pleural Effusion has -1 and blanks
+PATTERNS = {"Atelectasis": ["1.0", "0.0", "", "0.0"], "Cardiomegaly": ["0.0", "1.0", "-1.0", "1.0", "", "0.0"],
+            "Edema": None, "Pleural Effusion": ["-1.0", "", "1.0", "0.0", "0.0"]}
+
+
+def chexpert_multilabel(figure1_dir: Path, root: Path, n: int = 48) -> Path:
+    """A CheXpert-v1.0-small-style ``train.csv`` over ``n`` real radiographs of ``../shared/data``, two images per
+    patient, with the label columns of :data:`LABELS` (1.0 / 0.0 / -1.0 / blank) and the usual metadata."""
+    images = sorted((figure1_dir / "images").glob("*.jpg"))[:n]
+    assert len(images) == n
+    top = root / "CheXpert-v1.0-small"
+    lines = []
+    for i, img in enumerate(images):
+        rel = f"CheXpert-v1.0-small/train/patient{1 + i // 2:05d}/study1/view{1 + i % 2}_frontal.jpg"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(img, root / rel)
+        cells = [p[i % len(p)] if p else ("1.0" if i in (3, 20) else "") for p in PATTERNS.values()]
+        lines.append(f"{rel},Female,60,Frontal,AP," + ",".join(cells))
+    (top / "train.csv").write_text("Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(LABELS) + "\n"
+                                   + "\n".join(lines) + "\n")
+    return top / "train.csv"
+
+
+def _prepare_args(csv: Path, *extra: str) -> list[str]:
+    return ["prepare", "--no-cache", "-S", "data.source=csv", "-S", f"data.path={csv}", "-S", "data.name=cxml",
+            "-S", f"data.csv.root={csv.parent.parent}", "-S", "data.csv.path_col=Path",
+            "-S", f"data.csv.labels=[{', '.join(LABELS)}]", "-S", "split.shots=[1,2,4]", "-S", "split.seeds=[0,1,2]",
+            "-S", "split.shots_policy=cap", "-S", "split.val_policy=full", "-S", "split.test_fraction=0.3",
+            "-S", "split.val_fraction=0.25", *extra]
+
+
+def test_label_columns_are_read_with_the_stated_policy_into_manifest_and_splits(tmp_path, monkeypatch, figure1_dir,
+                                                                                 capsys):
+    csv = chexpert_multilabel(figure1_dir, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    pol = "data.csv.labels_uncertain={default: zeros, Cardiomegaly: ones, Pleural Effusion: ignore}"
+    assert main(_prepare_args(csv, "-S", pol)) == 0
+    out = capsys.readouterr().out
+    assert "multi-label task: 4 labels" in out
+    m = pd.read_csv("data/manifest.csv", dtype=str, keep_default_na=False)
+    assert len(m) == 48 and m["patient_id"].str.match(r"^patient\d{5}$").all()
+    raw = pd.read_csv(csv, dtype=str, keep_default_na=False).set_index("Path")
+    for _, row in m.iterrows():
+        src = raw.loc[row["path"]]
+        want = {"Atelectasis": {"1.0": "1", "0.0": "0", "": "0"}[src["Atelectasis"]],
+                "Cardiomegaly": {"1.0": "1", "0.0": "0", "-1.0": "1", "": "0"}[src["Cardiomegaly"]],
+                "Edema": {"1.0": "1", "": "0"}[src["Edema"]],
+                "Pleural Effusion": {"1.0": "1", "0.0": "0", "-1.0": "", "": "0"}[src["Pleural Effusion"]]}
+        assert {n: row[f"y[{n}]"] for n in LABELS} == want
+        assert row["label_name"] == ("finding" if "1" in want.values() else "no finding")
+    s = load_splits("data/splits.json")
+    assert s.labels == LABELS
+    ids = s.train + s.val + s.test
+    by_id = m.set_index("id")
+    Y = s.label_matrix(ids)
+    assert (Y == multilabel.manifest_matrix(by_id.loc[ids].reset_index(), LABELS)).all()
+    assert len(ids) == 48 and (Y[:, 3] == -1).sum() == (raw["Pleural Effusion"] == "-1.0").sum() == 10
+    pats = {p: set(by_id.loc[getattr(s, p), "patient_id"]) for p in ("train", "val", "test")}
+    assert not pats["train"] & pats["test"] and not pats["train"] & pats["val"] and not pats["val"] & pats["test"]
+    assert s.raw["multilabel"]["policy"]["Cardiomegaly"] == {"uncertain": "ones", "blank": "negative"}
+    # blanks as unknown
+    assert main(_prepare_args(csv, "-S", "data.csv.labels_blank=ignore")) == 0
+    m2 = pd.read_csv("data/manifest.csv", dtype=str, keep_default_na=False).set_index("id")
+    assert (m2["y[Edema]"] == "").sum() == 46  # Edema: two positives, every other cell blank
+
+
+@pytest.mark.parametrize("override, words", [
+    ("data.csv.labels_uncertain={Edema: maybe}", "data.csv.labels_uncertain.Edema"),
+    ("data.csv.labels_uncertain={Fracture: ones}", "not one of data.csv.labels"),
+    ("data.csv.task=Edema", "alternatives"),
+    ("data.csv.labels=[Atelectasis, Nodule]", "no column 'Nodule'"),
+    ("data.csv.labels_blank=zeros", "data.csv.labels_blank"),
+])
+def test_multilabel_mistakes_are_one_line(tmp_path, monkeypatch, figure1_dir, capsys, override, words):
+    csv = chexpert_multilabel(figure1_dir, tmp_path / "data", n=8)
+    monkeypatch.chdir(tmp_path)
+    assert main(_prepare_args(csv, "-S", override)) != 0
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1
+
+
+def _pool(n: int = 60, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    Y = (rng.random((n, 4)) < np.array([0.5, 0.2, 0.05, 0.3])).astype(np.int8)
+    Y[rng.random((n, 4)) < 0.1] = multilabel.UNKNOWN
+    groups = np.arange(n) // 2
+    ids = np.array([f"img{i:03d}" for i in range(n)])
+    return np.arange(n), Y, groups, ids
+
+
+def test_kshot_sets_hold_k_positives_and_negatives_per_label_nested_seeded_and_capped():
+    rows, Y, groups, ids = _pool()
+    names = ["a", "b", "rare", "d"]
+    pool_pos = (Y == 1).sum(axis=0)
+    sets, achieved, capped = multilabel.kshot_sets(rows, Y, groups, ids, names, shots=[1, 2, 5], seeds=[0, 1],
+                                                   unit="image", policy="cap")
+    at = {i: r for r, i in enumerate(ids)}
+    for seed in ("0", "1"):
+        prev: set = set()
+        for k in ("1", "2", "5"):
+            cur = set(sets[seed][k])
+            assert prev <= cur  # nested
+            sub = Y[[at[i] for i in cur]]
+            for j, n in enumerate(names):
+                pos, neg = int((sub[:, j] == 1).sum()), int((sub[:, j] == 0).sum())
+                assert achieved[seed][k][n] == [pos, neg]
+                assert pos >= min(int(k), pool_pos[j]) and neg >= min(int(k), int((Y[:, j] == 0).sum()))
+            prev = cur
+    assert sets["0"] != sets["1"]  # seeds draw different sets
+    again = multilabel.kshot_sets(rows, Y, groups, ids, names, shots=[1, 2, 5], seeds=[0, 1], unit="image",
+                                  policy="cap")
+    assert again[0] == sets  # seeded
+    assert pool_pos[2] < 5 and "rare" in capped["5"] and capped["5"]["rare"] == f"{pool_pos[2]} positives"
+    with pytest.raises(Exception, match="label 'rare'.*shots_policy=cap"):
+        multilabel.kshot_sets(rows, Y, groups, ids, names, shots=[5], seeds=[0], unit="image", policy="error")
+    # patient unit: whole patients are added, so a patient's two images are in or out together
+    psets, _, _ = multilabel.kshot_sets(rows, Y, groups, ids, names, shots=[2], seeds=[0], unit="patient", policy="cap")
+    chosen = {at[i] for i in psets["0"]["2"]}
+    assert all((r ^ 1) in chosen for r in chosen)
