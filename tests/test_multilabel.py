@@ -15,10 +15,10 @@ from featpipe.cli.main import main
 from featpipe.data import multilabel
 from featpipe.data.splits import load_splits
 
-LABELS = ["Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion"]
+LABELS = ["Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion", "Fracture"]
 # per image i: the cell of each label (cycled); Edema is rare (2 positives in all), Pleural Effusion has -1 and blanks
 PATTERNS = {"Atelectasis": ["1.0", "0.0", "", "0.0"], "Cardiomegaly": ["0.0", "1.0", "-1.0", "1.0", "", "0.0"],
-            "Edema": None, "Pleural Effusion": ["-1.0", "", "1.0", "0.0", "0.0"]}
+            "Edema": None, "Pleural Effusion": ["-1.0", "", "1.0", "0.0", "0.0"], "Fracture": [""]}  # never positive
 
 
 def chexpert_multilabel(figure1_dir: Path, root: Path, n: int = 48) -> Path:
@@ -54,7 +54,7 @@ def test_label_columns_are_read_with_the_stated_policy_into_manifest_and_splits(
     pol = "data.csv.labels_uncertain={default: zeros, Cardiomegaly: ones, Pleural Effusion: ignore}"
     assert main(_prepare_args(csv, "-S", pol)) == 0
     out = capsys.readouterr().out
-    assert "multi-label task: 4 labels" in out
+    assert "multi-label task: 5 labels" in out
     m = pd.read_csv("data/manifest.csv", dtype=str, keep_default_na=False)
     assert len(m) == 48 and m["patient_id"].str.match(r"^patient\d{5}$").all()
     raw = pd.read_csv(csv, dtype=str, keep_default_na=False).set_index("Path")
@@ -63,7 +63,8 @@ def test_label_columns_are_read_with_the_stated_policy_into_manifest_and_splits(
         want = {"Atelectasis": {"1.0": "1", "0.0": "0", "": "0"}[src["Atelectasis"]],
                 "Cardiomegaly": {"1.0": "1", "0.0": "0", "-1.0": "1", "": "0"}[src["Cardiomegaly"]],
                 "Edema": {"1.0": "1", "": "0"}[src["Edema"]],
-                "Pleural Effusion": {"1.0": "1", "0.0": "0", "-1.0": "", "": "0"}[src["Pleural Effusion"]]}
+                "Pleural Effusion": {"1.0": "1", "0.0": "0", "-1.0": "", "": "0"}[src["Pleural Effusion"]],
+                "Fracture": "0"}
         assert {n: row[f"y[{n}]"] for n in LABELS} == want
         assert row["label_name"] == ("finding" if "1" in want.values() else "no finding")
     s = load_splits("data/splits.json")
@@ -84,7 +85,7 @@ def test_label_columns_are_read_with_the_stated_policy_into_manifest_and_splits(
 
 @pytest.mark.parametrize("override, words", [
     ("data.csv.labels_uncertain={Edema: maybe}", "data.csv.labels_uncertain.Edema"),
-    ("data.csv.labels_uncertain={Fracture: ones}", "not one of data.csv.labels"),
+    ("data.csv.labels_uncertain={Nodule: ones}", "not one of data.csv.labels"),
     ("data.csv.task=Edema", "alternatives"),
     ("data.csv.labels=[Atelectasis, Nodule]", "no column 'Nodule'"),
     ("data.csv.labels_blank=zeros", "data.csv.labels_blank"),
@@ -135,3 +136,72 @@ def test_kshot_sets_hold_k_positives_and_negatives_per_label_nested_seeded_and_c
     psets, _, _ = multilabel.kshot_sets(rows, Y, groups, ids, names, shots=[2], seeds=[0], unit="patient", policy="cap")
     chosen = {at[i] for i in psets["0"]["2"]}
     assert all((r ^ 1) in chosen for r in chosen)
+
+
+def _params(csv: Path, **extra) -> str:
+    import yaml
+
+    p = {"data": {"name": "cxml", "source": "csv", "path": str(csv),
+                  "csv": {"root": str(csv.parent.parent), "path_col": "Path", "labels": LABELS,
+                          "labels_uncertain": {"default": "zeros", "Pleural Effusion": "ignore"}}},
+         "split": {"seeds": [0, 1, 2], "shots": [1, 4], "shots_policy": "cap", "val_policy": "full",
+                   "test_fraction": 0.3, "val_fraction": 0.25},
+         "extract": {"backbones": ["tiny_cnn"], "precision": "fp32", "device": "cpu", "batch_size": 16},
+         "fit": {"n_jobs": 1, "heads": ["logistic", "prototype"]}}
+    for section, values in extra.items():
+        p[section] |= values
+    return yaml.safe_dump(p, sort_keys=False)
+
+
+def test_one_vs_rest_heads_give_per_label_thresholds_and_metrics_and_macro_rows(tmp_path, monkeypatch, figure1_dir):
+    from featpipe.evaluation.metrics import choose_threshold
+    from featpipe.features.cache import read_features
+
+    csv = chexpert_multilabel(figure1_dir, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
+    Path("params.yaml").write_text(_params(csv))
+    assert main(["prepare"]) == 0 and main(["extract", "--no-progress"]) == 0
+    assert main(["sweep"]) == 0
+    runs = pd.read_csv("results/runs.csv")
+    assert len(runs) == 2 * 2 * 3 and (runs["task"] == "multilabel").all()
+    s = load_splits("data/splits.json")
+    fs = read_features(next(Path("cache/cxml").glob("tiny_cnn*.h5")))
+    X = dict(zip(fs.ids, fs.features))
+    run = runs[(runs["head"] == "logistic") & (runs["shots"] == 4) & (runs["seed"] == 1)].iloc[0]
+    # refit label by label with the library's own head: the row's per-label threshold and AUROC follow
+    from featpipe.heads.registry import make_head
+    from featpipe.heads.scaling import fit_pipeline
+    from featpipe.params.config import load_params
+    from sklearn.preprocessing import StandardScaler
+
+    params = load_params("params.yaml")
+    tr, va, te = s.shots(1, 4), s.val, s.test
+    pool = StandardScaler().fit(np.stack([X[i] for i in s.train]).astype(np.float64))
+    Ytr, Yva, Yte = s.label_matrix(tr), s.label_matrix(va), s.label_matrix(te)
+    aurocs = []
+    for j, n in enumerate(LABELS):
+        known = Ytr[:, j] >= 0
+        if len(np.unique(Ytr[known, j])) < 2:
+            assert n in run["unfit_labels"] and np.isnan(run[f"auroc[{n}]"])
+            continue
+        model = fit_pipeline(make_head("logistic", params.heads, seed=1), np.stack([X[i] for i in np.array(tr)[known]]),
+                             Ytr[known, j], kind="pool", pool=lambda c: pool)
+        pv = model.predict_proba(np.stack([X[i] for i in va]))[:, 1]
+        pt = model.predict_proba(np.stack([X[i] for i in te]))[:, 1]
+        kv, kt = Yva[:, j] >= 0, Yte[:, j] >= 0
+        assert run[f"threshold[{n}]"] == pytest.approx(choose_threshold(Yva[kv, j], pv[kv]), abs=1e-9)
+        from sklearn.metrics import roc_auc_score
+
+        if len(np.unique(Yte[kt, j])) == 2:
+            assert run[f"auroc[{n}]"] == pytest.approx(roc_auc_score(Yte[kt, j], pt[kt]), abs=1e-9)
+            aurocs.append(run[f"auroc[{n}]"])
+        else:
+            assert n in run["test_absent"] and np.isnan(run[f"auroc[{n}]"])
+    assert run["unfit_labels"] == "Fracture: no positives in the k-shot set"  # named, not a crash
+    assert run["auroc"] == pytest.approx(np.mean(aurocs))
+    assert run["auprc"] == pytest.approx(np.nanmean([run[f"auprc[{n}]"] for n in LABELS]))
+    counts = dict(item.split("=") for item in run["kshot_counts"].split("; "))
+    assert set(counts) == set(LABELS)
+    assert all(int(v.split("/")[0]) >= min(4, s.raw["multilabel"]["counts"]["train"][n][0])
+               for n, v in counts.items())

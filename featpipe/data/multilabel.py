@@ -217,5 +217,5 @@ def summary_lines(section: dict) -> list[str]:
 
 
 def kshot_text(achieved: dict) -> str:
-    """``{label: [pos, neg]}`` -> ``"Atelectasis=5/12 Edema=0/17"`` (positives/negatives in a k-shot set)."""
-    return " ".join(f"{n}={p}/{q}" for n, (p, q) in achieved.items())
+    """``{label: [pos, neg]}`` -> ``"Atelectasis=5/12; Edema=0/17"`` (positives/negatives in a k-shot set)."""
+    return "; ".join(f"{n}={p}/{q}" for n, (p, q) in achieved.items())

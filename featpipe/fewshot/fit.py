@@ -27,12 +27,15 @@ from featpipe.backbones.weights import resolve
 from featpipe.core.errors import CacheError, DataError
 from featpipe.core.names import canonical_params, head_model_path, weights_name
 from featpipe.data.manifest import ids_sha256
+from featpipe.data.multilabel import kshot_text
 from featpipe.data.splits import Splits
 from featpipe.engine.base import Executor
 from featpipe.engine.local import LocalExecutor
 from featpipe.evaluation.calibration import apply_temperature, fit_temperature
+from featpipe.evaluation.multilabel import record_multilabel
 from featpipe.evaluation.record import Outputs, RunRecord, check_disjoint, record_run
 from featpipe.features.cache import cache_path, read_features
+from featpipe.fewshot.labels import fit_per_label
 from featpipe.fewshot.zeroshot import text_prior
 from featpipe.heads.base import one_blas_thread
 from featpipe.heads.io import save_head
@@ -136,6 +139,8 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
     (:func:`featpipe.evaluation.record.record_run`); save the head when ``models_dir`` and ``fit.save_models``."""
     train_ids = splits.shots(seed, shots)
     check_disjoint(train_ids, splits.val, splits.test)  # before fitting
+    if splits.labels:  # a multi-label task: one head per label (featpipe.fewshot.labels)
+        return _fit_multilabel(data, splits, train_ids, head=head, shots=shots, seed=seed, params=params)
     tr = np.fromiter((data.row[k] for k in train_ids), np.int64, len(train_ids))
     val_ids = splits.val_for(seed, shots)
     va = np.fromiter((data.row[k] for k in val_ids), np.int64, len(val_ids))
@@ -177,6 +182,43 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
         result.model_path = str(path)
     rec.row["model_path"] = result.model_path or ""
     return result
+
+
+def _fit_multilabel(data: CacheData, splits: Splits, train_ids: list[str], *, head: str, shots: int, seed: int,
+                    params: Params) -> RunResult:
+    """One multi-label run: ``head`` fitted one-vs-rest per label on the k-shot set's known labels
+    (:func:`featpipe.fewshot.labels.fit_per_label`), thresholds per label on val, the row of
+    :func:`featpipe.evaluation.multilabel.record_multilabel`. Heads are not saved (not yet)."""
+    if get_head(head).text_prior:
+        raise DataError(f"head {head} (text-initialised) is not available for multi-label tasks: drop it from fit.heads")
+    if params.heads.calibrate != "none":
+        raise DataError("heads.calibrate=temperature is not available for multi-label tasks: set heads.calibrate=none")
+    tr = np.fromiter((data.row[k] for k in train_ids), np.int64, len(train_ids))
+    val_ids = splits.val_for(seed, shots)
+    va = np.fromiter((data.row[k] for k in val_ids), np.int64, len(val_ids))
+    labels = splits.labels
+    hp = head_params(head, params.heads)
+    with single_threaded():
+        models, unfit = fit_per_label(lambda: make_head(head, params.heads, seed=seed), data.X[tr],
+                                      splits.label_matrix(train_ids), labels, kind=params.heads.scaler,
+                                      pool=lambda center: _pool(data, splits, center))
+        proba = np.full((va.size + data.test.size, len(labels)), np.nan)
+        for j, model in enumerate(models):
+            if model is not None:
+                proba[:, j] = _scores(model, data, va)[:, 1]
+    key = {"dataset": splits.dataset, "backbone": data.backbone, "weights": data.weights,
+           "weights_id": data.attrs.get("weights_id", ""), "layer": data.layer, "head": head,
+           "head_params": canonical_params(hp), "shots": int(shots), "seed": int(seed), "split_sha256": splits.sha256}
+    own = {"features": data.attrs.get("features", ""),
+           "scaler_ids_sha256": ids_sha256(splits.train) if params.heads.scaler in ("pool", "center") else "",
+           "capped": splits.capped(shots), "kshot_counts": kshot_text(splits.achieved(seed, shots)),
+           "calibration": params.heads.calibrate}
+    rec = record_multilabel(key, labels=labels, train_ids=train_ids, unfit=unfit,
+                            val=(val_ids, splits.label_matrix(val_ids), proba[: va.size]),
+                            test=(list(splits.test), splits.label_matrix(splits.test), proba[va.size:]),
+                            val_policy=splits.val_policy, manifest_sha256=splits.manifest_sha256, columns=own,
+                            calibrated=get_head(head).calibrated)
+    return RunResult(rec.row, labels, list(splits.test), splits.label_matrix(splits.test), proba[va.size:])
 
 
 def _text_prior(data: CacheData, splits: Splits, params: Params) -> np.ndarray:
