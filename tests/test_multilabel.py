@@ -205,3 +205,40 @@ def test_one_vs_rest_heads_give_per_label_thresholds_and_metrics_and_macro_rows(
     assert set(counts) == set(LABELS)
     assert all(int(v.split("/")[0]) >= min(4, s.raw["multilabel"]["counts"]["train"][n][0])
                for n, v in counts.items())
+
+
+@pytest.mark.slow
+def test_a_chexpert_style_study_runs_dvc_stages_in_order_to_a_report_with_per_label_tables(tmp_path, monkeypatch,
+                                                                                          figure1_dir):
+    """Done-when of the multi-label item: a CheXpert-style CSV over real radiographs (label columns with blanks and
+    -1) through dvc.yaml's own commands, in order, to a report with the per-label tables."""
+    import yaml
+
+    from tests.test_study import ROOT, _pipeline_commands
+
+    csv = chexpert_multilabel(figure1_dir, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
+    params = yaml.safe_load((ROOT / "params.demo.yaml").read_text())
+    mine = yaml.safe_load(_params(csv))
+    params["data"] |= {k: v for k, v in mine["data"].items() if k != "csv"}
+    params["data"]["csv"] |= mine["data"]["csv"]
+    params["split"] |= mine["split"]
+    params["extract"] |= mine["extract"]
+    params["fit"] |= mine["fit"]
+    params["finetune"]["backbones"] = []  # frozen heads only (multi-label fine-tuning: not yet)
+    params["compare"]["bootstrap"] = 50
+    params["gradcam"]["runs"] = []  # multi-label heads are not saved (yet): nothing to render
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copyfile(ROOT / "prompts.yaml", tmp_path / "prompts.yaml")
+    for name, argv, deps in _pipeline_commands(params):
+        missing = [d for d in deps if not Path(d).exists()]
+        assert not missing, f"stage {name}: DVC refuses to run it, dependencies missing: {missing}"
+        assert main(argv) == 0, f"stage {name} failed: featpipe {' '.join(argv)}"
+    runs = pd.read_csv("results/runs.csv")
+    assert (runs["task"] == "multilabel").all() and len(runs) == 2 * 2 * 3
+    html = Path("reports/report.html").read_text()
+    assert "Per-label results" in html
+    for n in LABELS:
+        assert n in html
+    assert "Fracture: no positives in the k-shot set" in html
