@@ -10,8 +10,9 @@ Each label is its own binary decision (one-vs-rest), scored only on the images w
   ``sensitivity[<label>]`` (also as ``recall[<label>]``), ``specificity[<label>]``, ``precision[<label>]``,
   ``f1[<label>]`` at that
   threshold, ``threshold[<label>]``, ``prevalence[<label>]``;
-- **macro** in the usual columns, the mean over the labels scorable on the split (a label with one class there,
-  or without a fitted head, is left out and named in ``test_absent`` / ``val_absent`` or ``unfit_labels``):
+- **macro** in the usual columns, the mean over the labels where the metric is defined on the split (AUROC and
+  AP need both classes: a label with one class there is left out and named in ``test_absent`` / ``val_absent``; a
+  label without a fitted head is left out of every mean and named in ``unfit_labels``):
   ``auroc`` = macro AUROC, ``auprc`` = mAP (mean average precision), ``auprc_baseline`` = mean prevalence,
   ``sensitivity``, ``specificity``, ``balanced_accuracy``, ``accuracy`` (per-label accuracy: 1 - Hamming loss
   over known cells), ``macro_f1``, ``brier`` (calibrated heads only); ``threshold`` is NaN (one per label);

@@ -33,6 +33,7 @@ from featpipe.params.config import Params, to_dict
 from featpipe.report import plots, selection
 from featpipe.report.calibration import calibration_section
 from featpipe.report.html import page, table
+from featpipe.report.multilabel import multilabel_section
 from featpipe.results.predictions import TestPredictions
 from featpipe.results.summary import check_metrics_json, current_split
 
@@ -200,6 +201,8 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
     preds = TestPredictions(inp.results, read_manifest(inp.manifest), s.classes) if inp.manifest.is_file() else None
     best_html, best = selection.best_configurations(runs, params=params, n_classes=n_classes, preds=preds)
     sections.append(("Best configuration per shot count (chosen on val, reported on test)", best_html))
+    if s.labels:  # a multi-label task
+        sections.append(("Per-label results", multilabel_section(runs, s.raw, best)))
     sections.append(("Is A better than B? Paired comparisons", selection.comparison_section(
         selection.read_comparisons(inp.results, runs, params), best, metric)))
     sections.append(("Degenerate runs", selection.degenerate_section(runs)))
