@@ -226,9 +226,10 @@ def test_a_chexpert_style_study_runs_dvc_stages_in_order_to_a_report_with_per_la
     params["split"] |= mine["split"]
     params["extract"] |= mine["extract"]
     params["fit"] |= mine["fit"]
-    params["finetune"]["backbones"] = []  # frozen heads only (multi-label fine-tuning: not yet)
+    params["finetune"] |= {"backbones": ["tiny_cnn"], "strategies": ["head"], "shots": [4], "seeds": [0, 1],
+                           "epochs": 2, "patience": 1, "precision": "fp32", "device": "cpu"}
     params["compare"]["bootstrap"] = 50
-    params["gradcam"]["runs"] = []  # multi-label heads are not saved (yet): nothing to render
+    params["gradcam"]["runs"] = []  # multi-label models are not saved (yet): nothing to render
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copyfile(ROOT / "prompts.yaml", tmp_path / "prompts.yaml")
     for name, argv, deps in _pipeline_commands(params):
@@ -236,10 +237,52 @@ def test_a_chexpert_style_study_runs_dvc_stages_in_order_to_a_report_with_per_la
         assert not missing, f"stage {name}: DVC refuses to run it, dependencies missing: {missing}"
         assert main(argv) == 0, f"stage {name} failed: featpipe {' '.join(argv)}"
     runs = pd.read_csv("results/runs.csv")
-    assert (runs["task"] == "multilabel").all() and len(runs) == 2 * 2 * 3
+    assert (runs["task"] == "multilabel").all() and len(runs) == 2 * 2 * 3 + 2
+    ft = runs[runs["head"] == "finetune:head"]  # BCEWithLogits over the known cells, sigmoid per label
+    assert len(ft) == 2 and ft["auroc[Atelectasis]"].notna().all() and ft["threshold[Cardiomegaly]"].notna().all()
+    assert (ft["unfit_labels"] == "Fracture: no positives in the k-shot set").all()
+    assert len(list(Path("results/finetune").rglob("training/*.json"))) == 2
     html = Path("reports/report.html").read_text()
     assert "Per-label results" in html
     for n in LABELS:
         assert n in html
     assert "no head in 3 of 3 seeds (no positives in the k-shot set)" in html  # Fracture: named, not a crash
     assert "Test AUROC per label of every configuration at 4 shots" in html and "(mAP)" in html
+
+
+def test_identical_files_with_different_label_vectors_are_excluded():
+    from featpipe.data.splits import make_splits
+    from featpipe.params.config import SplitParams
+
+    n = 40
+    rng = np.random.default_rng(0)
+    Y = (rng.random((n, 2)) < 0.4).astype(int)
+    m = pd.DataFrame({"id": [f"i{j:02d}" for j in range(n)], "path": "", "patient_id": [f"p{j // 2}" for j in range(n)],
+                      "source_split": "", "sha256": [f"h{j}" for j in range(n)], "width": 1, "height": 1,
+                      "y[a]": Y[:, 0].astype(str), "y[b]": Y[:, 1].astype(str)})
+    m.loc[[0, 1, 2, 3], ["y[a]", "y[b]"]] = [["1", "0"], ["1", "1"], ["0", "1"], ["0", "1"]]  # both "finding"
+    m.loc[1, "sha256"] = m.loc[0, "sha256"]  # same bytes, a label differs: conflicting
+    m.loc[3, "sha256"] = m.loc[2, "sha256"]  # same bytes, same labels: kept
+    m["label_name"] = [multilabel.finding_name([int(a), int(b)]) for a, b in zip(m["y[a]"], m["y[b]"])]
+    m["label"] = (m["label_name"] == "no finding").astype(int)
+    obj = make_splits(m, ["finding", "no finding"], SplitParams(seeds=(0,), shots=(2,), shots_policy="cap",
+                                                                val_policy="full"),
+                      dataset="d", manifest_sha256="x", labels=["a", "b"], label_policy={})
+    gone = {e["id"]: e["reason"] for e in obj["excluded"] if e["from"] == "all"}
+    assert set(gone) == {"i00", "i01"} and "a=1 b=0" in gone["i00"] and "a=1 b=1" in gone["i00"]
+    assert {"i02", "i03"} <= set(obj["train"] + obj["val"] + obj["test"])
+
+
+def test_masked_bce_leaves_unknown_cells_out_and_weights_positives_per_label():
+    import torch
+
+    from featpipe.finetune.loop import label_pos_weight, masked_bce
+
+    y = np.array([[1, 0], [0, -1], [0, 1], [-1, 1]])
+    logits = torch.tensor([[0.3, -1.0], [2.0, 5.0], [-0.5, 0.7], [9.0, 0.1]])
+    pw = label_pos_weight(y)
+    assert pw.tolist() == [2.0, 0.5]  # negatives / positives among each label's known cells
+    cells = [(0, 0), (0, 1), (1, 0), (2, 0), (2, 1), (3, 1)]
+    want = np.mean([torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[i, j], torch.tensor(float(y[i, j])), pos_weight=pw[j]).item() for i, j in cells])
+    assert masked_bce(logits, torch.as_tensor(y), pw).item() == pytest.approx(want, rel=1e-6)

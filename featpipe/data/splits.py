@@ -268,11 +268,14 @@ def _valshot(val_rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, ids: 
                                 params) for seed in params.seeds}
 
 
-def conflicting_rows(manifest: pd.DataFrame) -> dict[int, str]:
-    """{row: reason} for byte-identical images whose labels disagree (every copy is excluded)."""
+def conflicting_rows(manifest: pd.DataFrame, labels: Sequence[str] = ()) -> dict[int, str]:
+    """{row: reason} for byte-identical images whose labels disagree (every copy is excluded); a multi-label task
+    (``labels``) compares the whole label vector."""
     out = {}
-    for digest, grp in manifest.groupby("sha256", sort=True):
-        names = sorted(set(grp["label_name"].astype(str)))
+    key = (manifest[[multilabel.column(n) for n in labels]].astype(str).apply(
+        lambda r: " ".join(f"{n}={v or '?'}" for n, v in zip(labels, r)), axis=1) if labels else manifest["label_name"])
+    for digest, grp in manifest.assign(_key=key.to_numpy()).groupby("sha256", sort=True):
+        names = sorted(set(grp["_key"].astype(str)))
         if len(names) > 1:
             for r in np.flatnonzero(manifest["sha256"].to_numpy() == digest):
                 out[int(r)] = f"identical file with conflicting labels ({', '.join(names)})"
@@ -294,7 +297,7 @@ def make_splits(manifest: pd.DataFrame, classes: Sequence[str], params: SplitPar
     groups = groups_of(manifest)
     n_classes = len(classes)
     rng = np.random.default_rng(params.seed)
-    conflicts = {} if keep_conflicting else conflicting_rows(manifest)
+    conflicts = {} if keep_conflicting else conflicting_rows(manifest, names)
     everything = np.setdiff1d(np.arange(len(manifest)), np.array(sorted(conflicts), dtype=int))
     how = {}
 

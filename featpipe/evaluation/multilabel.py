@@ -40,6 +40,13 @@ REPORTED = ("auroc", "auprc", "sensitivity", "specificity", "precision", "recall
 NAN = float("nan")
 
 
+def unfit_reason(y: np.ndarray) -> str:
+    """Why a label with k-shot labels ``y`` (1 / 0 / -1 unknown) gets no head: "no positives in the k-shot set",
+    "no negatives ...", both; "" when it has both classes (the frozen heads and fine-tuning share this rule)."""
+    missing = [w for w, v in (("positives", 1), ("negatives", 0)) if not (np.asarray(y) == v).any()]
+    return f"no {' and no '.join(missing)} in the k-shot set" if missing else ""
+
+
 def label_scores(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
     """Scores of one label: ``y`` 1 / 0 / -1 (unknown, left out), ``p`` its probability (NaN: no head)."""
     known = y >= 0

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from sklearn.pipeline import Pipeline
 
+from featpipe.evaluation.multilabel import unfit_reason
 from featpipe.heads.scaling import fit_pipeline
 
 
@@ -25,9 +26,9 @@ def fit_per_label(make: Callable[[], Pipeline], X: np.ndarray, Y: np.ndarray, la
     for j, name in enumerate(labels):
         known = Y[:, j] >= 0
         y = Y[known, j].astype(np.int64)
-        missing = [w for w, v in (("positives", 1), ("negatives", 0)) if not (y == v).any()]
-        if missing:
-            unfit[name] = f"no {' and no '.join(missing)} in the k-shot set"
+        why = unfit_reason(y)
+        if why:
+            unfit[name] = why
             models.append(None)
             continue
         models.append(fit_pipeline(make(), X[known], y, kind=kind, pool=pool))
