@@ -229,7 +229,7 @@ def test_a_chexpert_style_study_runs_dvc_stages_in_order_to_a_report_with_per_la
     params["finetune"] |= {"backbones": ["tiny_cnn"], "strategies": ["head"], "shots": [4], "seeds": [0, 1],
                            "epochs": 2, "patience": 1, "precision": "fp32", "device": "cpu"}
     params["compare"]["bootstrap"] = 50
-    params["gradcam"]["runs"] = []  # multi-label models are not saved (yet): nothing to render
+    params["gradcam"]["runs"] = ["tiny_cnn-head-k4-s0"]  # the multi-label fine-tuned network: Grad-CAM per label
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copyfile(ROOT / "prompts.yaml", tmp_path / "prompts.yaml")
     for name, argv, deps in _pipeline_commands(params):
@@ -246,11 +246,25 @@ def test_a_chexpert_style_study_runs_dvc_stages_in_order_to_a_report_with_per_la
     assert "Per-label results" in html
     for n in LABELS:
         assert n in html
+    index = json.loads(next(Path("reports/gradcam").rglob("index.json")).read_text())
+    targets = {r["target"] for r in index["images"]}
+    assert index["info"]["task"] == "multilabel" and len(targets) >= 2 and "Fracture" not in targets
+    assert all(r["outcome"].split(":")[0] == r["target"] and r["outcome"].split(":")[1] in ("TP", "FP", "FN")
+               for r in index["images"])
+    assert "Grad-CAM: " in html
+    model = next(Path("models/finetune").rglob("*tiny_cnn-head-k4-s0*.safetensors"))  # predict: labels at thresholds
+    side = json.loads(model.with_suffix(".json").read_text())
+    assert main(["predict", "--model", str(model), str(csv.parent), "--out", "pred.csv"]) == 0
+    pred = pd.read_csv("pred.csv", keep_default_na=False)
+    assert len(pred) == 48 and [c for c in pred.columns if c.startswith("p[")] == [f"p[{n}]" for n in LABELS]
+    for _, r in pred.iterrows():  # probabilities are written to 6 decimals: a cell within 1e-6 of its threshold is not judged
+        if all(abs(r[f"p[{n}]"] - side["thresholds"][n]) > 1e-6 for n in LABELS):
+            assert r["predicted"] == "; ".join(n for n in LABELS if r[f"p[{n}]"] >= side["thresholds"][n])
     assert "no head in 3 of 3 seeds (no positives in the k-shot set)" in html  # Fracture: named, not a crash
     assert "Test AUROC per label of every configuration at 4 shots" in html and "(mAP)" in html
 
 
-def test_identical_files_with_different_label_vectors_are_excluded():
+def test_identical_files_with_different_label_vectors_are_excluded_and_matched_val_sets_are_nested():
     from featpipe.data.splits import make_splits
     from featpipe.params.config import SplitParams
 
@@ -265,9 +279,10 @@ def test_identical_files_with_different_label_vectors_are_excluded():
     m.loc[3, "sha256"] = m.loc[2, "sha256"]  # same bytes, same labels: kept
     m["label_name"] = [multilabel.finding_name([int(a), int(b)]) for a, b in zip(m["y[a]"], m["y[b]"])]
     m["label"] = (m["label_name"] == "no finding").astype(int)
-    obj = make_splits(m, ["finding", "no finding"], SplitParams(seeds=(0,), shots=(2,), shots_policy="cap",
-                                                                val_policy="full"),
+    obj = make_splits(m, ["finding", "no finding"], SplitParams(seeds=(0,), shots=(1, 2), shots_policy="cap"),
                       dataset="d", manifest_sha256="x", labels=["a", "b"], label_policy={})
+    one, two = set(obj["valshot"]["0"]["1"]), set(obj["valshot"]["0"]["2"])  # matched val: drawn the same way
+    assert one <= two <= set(obj["val"]) and one
     gone = {e["id"]: e["reason"] for e in obj["excluded"] if e["from"] == "all"}
     assert set(gone) == {"i00", "i01"} and "a=1 b=0" in gone["i00"] and "a=1 b=1" in gone["i00"]
     assert {"i02", "i03"} <= set(obj["train"] + obj["val"] + obj["test"])

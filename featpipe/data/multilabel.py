@@ -219,3 +219,20 @@ def summary_lines(section: dict) -> list[str]:
 def kshot_text(achieved: dict) -> str:
     """``{label: [pos, neg]}`` -> ``"Atelectasis=5/12; Edema=0/17"`` (positives/negatives in a k-shot set)."""
     return "; ".join(f"{n}={p}/{q}" for n, (p, q) in achieved.items())
+
+
+def split_section(manifest: pd.DataFrame, names: list[str], policy: dict, parts: dict, groups: np.ndarray,
+                  ids: np.ndarray, params, *, val_stream: int) -> tuple[dict, dict]:
+    """(fewshot, extra fields) of a multi-label split (``params``: the ``split`` section): the greedy per-label
+    k-shot sets of :func:`kshot_sets`, the ``multilabel`` section and, under ``val_policy: matched``, ``valshot``
+    drawn the same way from val (its own random stream ``[seed, val_stream]``)."""
+    Y = manifest_matrix(manifest, names)
+    section = block(manifest, names, parts, policy)
+    kw = dict(shots=params.shots, seeds=params.seeds, unit=params.shot_unit, policy=params.shots_policy)
+    fewshot, achieved, capped = kshot_sets(parts["train"], Y, groups, ids, names, **kw)
+    section |= {"achieved": achieved, "capped": capped,
+                "rule": "per label, rarest first: at least k positives and k negatives (all when fewer), nested in k"}
+    extra = {"multilabel": section}
+    if params.val_policy == "matched":
+        extra["valshot"] = kshot_sets(parts["val"], Y, groups, ids, names, **kw, stream=val_stream)[0]
+    return fewshot, extra

@@ -329,7 +329,11 @@ def make_splits(manifest: pd.DataFrame, classes: Sequence[str], params: SplitPar
 
     parts = {"train": train_rows, "val": val_rows, "test": test_rows}
     if names:
-        fewshot, capped, planned, extra = _multilabel(manifest, names, label_policy or {}, parts, groups, ids, params)
+        if params.fractions:
+            raise DataError("split.fractions is not available for multi-label tasks yet: use split.shots")
+        fewshot, extra = multilabel.split_section(manifest, names, label_policy or {}, parts, groups, ids, params,
+                                                  val_stream=VAL_STREAM)
+        capped, planned = {}, {}
     else:
         fewshot, capped, planned = _fewshot(train_rows, labels, groups, ids, classes, params)
         extra = {"valshot": _valshot(val_rows, labels, groups, ids, n_classes, params)} if params.val_policy == "matched" else {}
@@ -343,24 +347,6 @@ def make_splits(manifest: pd.DataFrame, classes: Sequence[str], params: SplitPar
         "fewshot": fewshot, "capped": capped, **({"fractions": planned} if planned else {}), "excluded": sorted(excluded, key=lambda e: (e["id"], e["from"])),
         "keep_conflicting": bool(keep_conflicting), **extra,
     }
-
-
-def _multilabel(manifest: pd.DataFrame, names: list[str], policy: dict, parts: dict, groups: np.ndarray,
-                ids: np.ndarray, params: SplitParams) -> tuple[dict, dict, dict, dict]:
-    """(fewshot, capped, fractions, extra fields) of a multi-label split: the greedy per-label k-shot sets of
-    :func:`featpipe.data.multilabel.kshot_sets` (and matched val sets from val, their own stream)."""
-    if params.fractions:
-        raise DataError("split.fractions is not available for multi-label tasks yet: use split.shots")
-    Y = multilabel.manifest_matrix(manifest, names)
-    section = multilabel.block(manifest, names, parts, policy)
-    kw = dict(shots=params.shots, seeds=params.seeds, unit=params.shot_unit, policy=params.shots_policy)
-    fewshot, achieved, capped = multilabel.kshot_sets(parts["train"], Y, groups, ids, names, **kw)
-    section |= {"achieved": achieved, "capped": capped,
-                "rule": "per label, rarest first: at least k positives and k negatives (all when fewer), nested in k"}
-    extra = {"multilabel": section}
-    if params.val_policy == "matched":
-        extra["valshot"] = multilabel.kshot_sets(parts["val"], Y, groups, ids, names, **kw, stream=VAL_STREAM)[0]
-    return fewshot, {}, {}, extra
 
 
 def check_splits(obj: dict, manifest: pd.DataFrame) -> None:

@@ -31,6 +31,7 @@ from featpipe.decoded.cache import DecodedImages, DecodeOptions
 from featpipe.evaluation.metrics import predict_labels
 from featpipe.params.config import Params
 from featpipe.explain.gradcam import feature_model, gradcam, layer_grid, logits
+from featpipe.explain.labels import explain_labels
 from featpipe.explain.render import Example, slug, write_run
 from featpipe.explain.sanity import sanity_check
 from featpipe.imaging.base import ImageRejected
@@ -39,6 +40,7 @@ from featpipe.explain.select import outcome_cells, select_examples
 from featpipe.finetune.strategies import STRATEGIES
 from featpipe.predict import image_files
 from featpipe.saved.load import LoadedModel, load_model
+from featpipe.saved.models import read_sidecar
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,14 @@ def explain_model(model_path: str | Path, *, out_dir: str | Path = "reports/grad
                   cache_dir: str | Path = "cache", images: Optional[Sequence[str]] = None, per_outcome: int = 2,
                   seed: int = 0, layer: Optional[str] = None, max_pixels: Optional[int] = None,
                   decode=None) -> dict:
-    """Render Grad-CAM for one saved model; returns the index written to ``<out_dir>/<run>/index.json``."""
+    """Render Grad-CAM for one saved model; returns the index written to ``<out_dir>/<run>/index.json``. A
+    multi-label model: Grad-CAM per label (:func:`featpipe.explain.labels.explain_labels`)."""
+    if _multilabel(model_path, images):
+        ex = load_model(model_path, precision="fp32")
+        data = test_images(ex.preprocess, manifest=manifest, splits=splits, cache_dir=cache_dir,
+                           dataset=ex.meta.get("dataset"), options=decode)
+        return explain_labels(ex, data, to_input(data.pixels, ex.preprocess), splits=splits, out_dir=out_dir,
+                              per_outcome=per_outcome, seed=seed, layer=layer, model_path=model_path)
     p = prepare(model_path, manifest=manifest, splits=splits, cache_dir=cache_dir, images=images,
                 per_outcome=per_outcome, seed=seed, max_pixels=max_pixels, decode=decode)
     ex, data, pick, pred, proba = p.ex, p.data, p.pick, p.pred, p.proba
@@ -202,6 +211,8 @@ def sanity_model(model_path: str | Path, *, out_dir: str | Path = "reports/gradc
                  seed: int = 0, layer: Optional[str] = None, layers: int = 4, threshold: float = 0.5, decode=None):
     """The model-randomisation check on the picked images; writes ``<out_dir>/<run>/sanity.json``.
     Returns ``(run, SanityResult)``."""
+    if _multilabel(model_path, ()):
+        raise DataError(f"{model_path} is a multi-label model: the randomisation check is not available for it yet")
     p = prepare(model_path, manifest=manifest, splits=splits, cache_dir=cache_dir, images=images,
                 per_outcome=per_outcome, seed=seed, decode=decode)
     idx = np.asarray(p.pick)
@@ -210,6 +221,17 @@ def sanity_model(model_path: str | Path, *, out_dir: str | Path = "reports/gradc
     body = {"run": p.ex.run, "model": str(model_path), "ids": [p.data.ids[i] for i in p.pick], **asdict(result)}
     atomic_write(Path(out_dir) / slug(p.ex.run) / "sanity.json", json.dumps(body, indent=1))
     return p.ex.run, result
+
+
+def _multilabel(model_path: str | Path, images) -> bool:
+    """Whether ``model_path`` is a multi-label model (its sidecar's ``task``); images given by path have no
+    labels to pick per-label outcomes from: one line."""
+    if read_sidecar(model_path).get("task") != "multilabel":
+        return False
+    if images:
+        raise DataError(f"{model_path} is a multi-label model: Grad-CAM per label picks TP/FP/FN test images of "
+                        "each label; --images is not available for it yet")
+    return True
 
 
 def _names(stem: str, entry: str) -> bool:

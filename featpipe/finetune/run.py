@@ -241,7 +241,13 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
            "images_per_class": d.splits.images_per_class(job.shots)}
     if multilabel:
         stem = finetune_model_stem(name, model_identity(key, p, precision=rt.precision))
-        return _record_multilabel(key, own, d, pv, pt, paths=paths, res=res, stem=stem)
+        meta = {"family": spec.family, "layer": job.layer, "strategy": job.strategy, "arm": job.arm,
+                "preprocess": spec.preprocess.to_dict(), "params": to_dict(p), "precision": rt.precision,
+                **describe(model), **versions("torch", "torchvision", "transformers")}
+        return _record_multilabel(key, own, d, pv, pt, paths=paths, res=res, stem=stem,
+                                  save=(lambda m: save_finetuned(model, m, Path(paths.models) / "finetune"
+                                                                 / d.splits.dataset / stem)) if p.save_models else None,
+                                  meta=meta)
     rec = record_run(key, classes=d.classes, train_ids=tr.ids, val=Outputs(va.ids, va.labels, pv),
                      test=Outputs(te.ids, te.labels, pt), val_policy=d.splits.val_policy,
                      manifest_sha256=d.splits.manifest_sha256, columns=own)
@@ -258,10 +264,11 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
     return row
 
 
-def _record_multilabel(key: dict, own: dict, d: RunData, pv, pt, *, paths: Paths, res, stem: str) -> dict:
+def _record_multilabel(key: dict, own: dict, d: RunData, pv, pt, *, paths: Paths, res, stem: str, save, meta: dict) -> dict:
     """A multi-label fine-tuning run's row (:func:`featpipe.evaluation.multilabel.record_multilabel`): a label
     without positives or negatives in the k-shot set is named in ``unfit_labels`` and scored NaN, as for the
-    frozen heads; its training curve is written, the model is not saved (not yet for multi-label tasks)."""
+    frozen heads; its training curve is written and (``save``) the network with a sidecar whose ``classes`` are
+    the labels, ``task: multilabel`` and the per-label val ``thresholds`` (Grad-CAM per label reads it)."""
     unfit = {n: unfit_reason(d.train.labels[:, j]) for j, n in enumerate(d.classes)}
     unfit = {n: why for n, why in unfit.items() if why}
     for j, n in enumerate(d.classes):
@@ -271,9 +278,12 @@ def _record_multilabel(key: dict, own: dict, d: RunData, pv, pt, *, paths: Paths
     rec = record_multilabel(key, labels=d.classes, train_ids=d.train.ids, unfit=unfit,
                             val=(d.val.ids, d.val.labels, pv), test=(d.test.ids, d.test.labels, pt),
                             val_policy=d.splits.val_policy, manifest_sha256=d.splits.manifest_sha256, columns=own)
-    write_training_curve(Path(paths.results) / TRAINING_DIR / f"{stem}.json",
-                         {"backbone": key["backbone"], "strategy": key["head"].split(":")[1], "shots": key["shots"],
-                          "seed": key["seed"], "layer": key["layer"] or None}, res)
+    full = {**rec.sidecar, **meta, "classes": list(d.classes), "task": "multilabel", "threshold": None,
+            "head_params": rec.row["head_params"], "ids_sha256": rec.row["ids_sha256"], "best_epoch": res.best_epoch,
+            "epochs_run": res.epochs_run, "unfit_labels": rec.row["unfit_labels"]}
+    if save is not None:
+        rec.row["model_path"] = str(save(full))
+    write_training_curve(Path(paths.results) / TRAINING_DIR / f"{stem}.json", full, res)
     write_records(paths.results, [rec])
     return rec.row
 
