@@ -4,7 +4,9 @@
 - the k-shot sampling rule and the achieved positives / negatives per label (min-max over seeds), capping stated;
 - per shot count, the configuration chosen on val (the same choice as the "Best configuration" table): per label
   the test AUROC, average precision, sensitivity and specificity at the label's val threshold (mean and 95%
-  interval over seeds: :func:`featpipe.results.stats.seed_summary`), the test prevalence, and labels without a
+  interval, seeds and test sampling: :func:`featpipe.results.stats.summarize` on that label's known test images,
+  positives for sensitivity, negatives for specificity, the smaller class for AUROC/AP; the macro row on the mean
+  of those over labels), the test prevalence, and labels without a
   head (no positives or negatives in the k-shot set) or with one class on test named; macro AUROC and mAP last;
 - per-label test AUROC of every configuration at the largest shot count (mean over seeds), to compare them.
 """
@@ -19,16 +21,27 @@ import numpy as np
 import pandas as pd
 
 from featpipe.report.html import table
-from featpipe.results.stats import seed_summary
+from featpipe.results.stats import metric_units, summarize
 from featpipe.results.summary import config_labels
 
 METRICS = (("auroc", "AUROC"), ("auprc", "AP"), ("sensitivity", "sensitivity"), ("specificity", "specificity"))
 
 
-def _mean_ci(g: pd.DataFrame, col: str) -> str:
+def _units(raw: dict, metric: str, labels: Sequence[str]) -> float:
+    """Test units a label's ``metric`` is measured on (its known test images: positives for sensitivity, negatives
+    for specificity, the smaller class for AUROC/AP: :func:`featpipe.results.stats.metric_units`); for the macro
+    value the mean of that over the labels where it is defined."""
+    counts = raw["multilabel"]["counts"]["test"]
+    units = [metric_units(metric, np.array([counts[n][1], counts[n][0]], dtype=float), counts[n][0] + counts[n][1])
+             for n in labels]
+    units = [u for u in units if np.isfinite(u) and u > 0]
+    return float(np.mean(units)) if units else math.nan
+
+
+def _mean_ci(g: pd.DataFrame, col: str, units: float) -> str:
     if col not in g.columns or not g[col].notna().any():
         return "–"
-    s = seed_summary(g[g[col].notna()], col, n_classes=2)
+    s = summarize(g[col].astype(float), n_units=units)
     lo, hi = s.get("ci_low", math.nan), s.get("ci_high", math.nan)
     ci = f" [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) and np.isfinite(hi) else ""
     return f"{s['mean']:.3f}{ci}"
@@ -83,7 +96,7 @@ def _range(v: Sequence[int]) -> str:
     return f"{min(v)}" if min(v) == max(v) else f"{min(v)}-{max(v)}"
 
 
-def _chosen_table(runs: pd.DataFrame, labels: list[str], b: dict) -> str:
+def _chosen_table(runs: pd.DataFrame, raw: dict, labels: list[str], b: dict) -> str:
     g = runs[runs["run_id"].astype(str).isin(b["run_ids"])] if "run_id" in runs.columns else runs.iloc[:0]
     if g.empty:
         return ""
@@ -91,11 +104,11 @@ def _chosen_table(runs: pd.DataFrame, labels: list[str], b: dict) -> str:
     for n in labels:
         prev = g.get(f"prevalence[{n}]", pd.Series(dtype=float)).astype(float)
         rows.append([n, f"{prev.mean():.3f}" if prev.notna().any() else "–",
-                     *[_mean_ci(g, f"{m}[{n}]") for m, _ in METRICS], _notes(g, n)])
-    rows.append(["macro (mean over the labels where defined)", "–", _mean_ci(g, "auroc"), _mean_ci(g, "auprc") + " (mAP)",
-                 _mean_ci(g, "sensitivity"), _mean_ci(g, "specificity"), ""])
+                     *[_mean_ci(g, f"{m}[{n}]", _units(raw, m, [n])) for m, _ in METRICS], _notes(g, n)])
+    macro = [_mean_ci(g, m, _units(raw, m, labels)) for m, _ in METRICS]
+    rows.append(["macro (mean over the labels where defined)", "–", macro[0], macro[1] + " (mAP)", *macro[2:], ""])
     return (f"<h3>{html.escape(b['config'])}, {b['shots']} shots ({len(g)} seeds, test)</h3>"
-            + table(["label", "test prevalence", *[f"{w} (mean [95% interval over seeds])" for _, w in METRICS], "note"],
+            + table(["label", "test prevalence", *[f"{w} (mean [95% interval])" for _, w in METRICS], "note"],
                     rows))
 
 
@@ -119,6 +132,6 @@ def multilabel_section(runs: pd.DataFrame, raw: dict, best: list[dict]) -> str:
     labels = list(raw["multilabel"]["labels"])
     out = [_data_part(raw)]
     for b in sorted(best, key=lambda b: b["shots"]):
-        out.append(_chosen_table(runs, labels, b))
+        out.append(_chosen_table(runs, raw, labels, b))
     out.append(_all_configs(runs, labels))
     return "".join(out)
