@@ -301,3 +301,23 @@ def test_masked_bce_leaves_unknown_cells_out_and_weights_positives_per_label():
     want = np.mean([torch.nn.functional.binary_cross_entropy_with_logits(
         logits[i, j], torch.tensor(float(y[i, j])), pos_weight=pw[j]).item() for i, j in cells])
     assert masked_bce(logits, torch.as_tensor(y), pw).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_a_rebuilt_cache_at_the_same_path_never_reuses_the_old_pool_scaler():
+    """Found by this file: the dvc-stage study (decode.draft on) reused the pool scaler memoised for the previous
+    test's cache at the same relative path, shape and split; its rows then differed from a fresh process's."""
+    from types import SimpleNamespace
+
+    from featpipe.fewshot.fit import CacheData, _pool
+
+    rng = np.random.default_rng(0)
+    split = SimpleNamespace(train=["a", "b", "c"], sha256="s")
+
+    def data(X):
+        return CacheData(Path("cache/d/tiny_cnn.h5"), "tiny_cnn", "w", "", "", "default", {}, X, np.zeros(3, int),
+                         {"a": 0, "b": 1, "c": 2}, np.array([], int), np.array([], int))
+
+    X1 = rng.normal(size=(3, 4)).astype(np.float32)
+    X2 = X1 + 1.0
+    assert np.allclose(_pool(data(X1), split, False).mean_, X1.mean(axis=0))
+    assert np.allclose(_pool(data(X2), split, False).mean_, X2.mean(axis=0))

@@ -14,6 +14,7 @@ single-threaded inside each run). The fit and sweep stages (rows written, ``metr
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -254,7 +255,14 @@ def _scores(model, data: CacheData, va: np.ndarray) -> np.ndarray:
 def _pool(data: CacheData, splits: Splits, center_only: bool):
     """The standardiser fitted on every train-split row of ``data`` (no labels), memoised per cache."""
     idx = np.fromiter((data.row[k] for k in splits.train), np.int64, len(splits.train))
-    return pool_scaler((str(data.path), data.X.shape, splits.sha256), lambda: data.X[idx], center_only=center_only)
+    return pool_scaler((str(data.path), data.X.shape, splits.sha256, _sample_digest(data.X)), lambda: data.X[idx],
+                       center_only=center_only)
+
+
+def _sample_digest(X: np.ndarray) -> str:
+    """A cheap fingerprint of a feature matrix (a hash of 64 evenly spaced rows): a cache rebuilt at the same path
+    with other features (another decode setting) in one process never reuses the old cache's pool scaler."""
+    return hashlib.sha256(np.ascontiguousarray(X[:: max(1, len(X) // 64)]).tobytes()).hexdigest()[:16]
 
 
 def _sidecar(data: CacheData, rec: RunRecord, *, head: str, hp: dict) -> dict:
