@@ -199,6 +199,13 @@ def test_one_vs_rest_heads_give_per_label_thresholds_and_metrics_and_macro_rows(
         else:
             assert n in run["test_absent"] and np.isnan(run[f"auroc[{n}]"])
     assert run["unfit_labels"] == "Fracture: no positives in the k-shot set"  # named, not a crash
+    saved = {json.loads(Path(f).with_suffix(".json").read_text())["label"]: Path(f) for f in run["model_path"].split("; ")}
+    assert sorted(saved) == sorted(n for n in LABELS if n != "Fracture")  # one binary head per fitted label
+    from featpipe.saved.load import load_model
+
+    for n, f in saved.items():  # each a binary head "no <label>" / "<label>" with the row's val threshold
+        m = load_model(f)
+        assert m.classes == [f"no {n}", n] and m.threshold == run[f"threshold[{n}]"]
     assert run["auroc"] == pytest.approx(np.mean(aurocs))
     assert run["auprc"] == pytest.approx(np.nanmean([run[f"auprc[{n}]"] for n in LABELS]))
     counts = dict(item.split("=") for item in run["kshot_counts"].split("; "))
@@ -208,34 +215,40 @@ def test_one_vs_rest_heads_give_per_label_thresholds_and_metrics_and_macro_rows(
 
 
 @pytest.mark.slow
-def test_a_chexpert_style_study_runs_dvc_stages_in_order_to_a_report_with_per_label_tables(tmp_path, monkeypatch,
-                                                                                          figure1_dir):
+def test_a_chexpert_style_study_runs_through_dvc_repro_to_a_report_with_per_label_tables(tmp_path, monkeypatch,
+                                                                                       figure1_dir):
     """Done-when of the multi-label item: a CheXpert-style CSV over real radiographs (label columns with blanks and
-    -1) through dvc.yaml's own commands, in order, to a report with the per-label tables."""
+    -1) through ``dvc repro`` of the repository's dvc.yaml to a report with the per-label tables; the multi-label
+    fine-tuned network gets Grad-CAM per label and ``predict`` calls labels at their val thresholds."""
     import yaml
 
-    from tests.test_study import ROOT, _pipeline_commands
+    from tests.test_pipeline import DVC, _ran, _run
+    from tests.test_study import ROOT
 
     csv = chexpert_multilabel(figure1_dir, tmp_path / "data")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
+    work = tmp_path / "project"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    shutil.copy(ROOT / "dvc.yaml", work / "dvc.yaml")
+    shutil.copy(ROOT / "prompts.yaml", work / "prompts.yaml")
     params = yaml.safe_load((ROOT / "params.demo.yaml").read_text())
     mine = yaml.safe_load(_params(csv))
     params["data"] |= {k: v for k, v in mine["data"].items() if k != "csv"}
     params["data"]["csv"] |= mine["data"]["csv"]
-    params["split"] |= mine["split"]
-    params["extract"] |= mine["extract"]
-    params["fit"] |= mine["fit"]
+    for section in ("split", "extract", "fit"):
+        params[section] |= mine[section]
     params["finetune"] |= {"backbones": ["tiny_cnn"], "strategies": ["head"], "shots": [4], "seeds": [0, 1],
                            "epochs": 2, "patience": 1, "precision": "fp32", "device": "cpu"}
     params["compare"]["bootstrap"] = 50
-    params["gradcam"]["runs"] = ["tiny_cnn-head-k4-s0"]  # the multi-label fine-tuned network: Grad-CAM per label
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    shutil.copyfile(ROOT / "prompts.yaml", tmp_path / "prompts.yaml")
-    for name, argv, deps in _pipeline_commands(params):
-        missing = [d for d in deps if not Path(d).exists()]
-        assert not missing, f"stage {name}: DVC refuses to run it, dependencies missing: {missing}"
-        assert main(argv) == 0, f"stage {name} failed: featpipe {' '.join(argv)}"
+    # the multi-label fine-tuned network (Grad-CAM per label) and the logistic heads of one run (one per label)
+    params["gradcam"]["runs"] = ["tiny_cnn-head-k4-s0", "tiny_cnn-logistic-k4-s0"]
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run("git", "init", "-q", cwd=work)
+    _run(DVC, "init", "-q", cwd=work)
+    _run(DVC, "config", "core.analytics", "false", cwd=work)
+    out = _run(DVC, "repro", cwd=work)
+    assert {"prepare", "fit@tiny_cnn-logistic", "fit@tiny_cnn-prototype", "finetune@tiny_cnn-head", "collect",
+            "compare", "gradcam", "report"} <= _ran(out)
     runs = pd.read_csv("results/runs.csv")
     assert (runs["task"] == "multilabel").all() and len(runs) == 2 * 2 * 3 + 2
     ft = runs[runs["head"] == "finetune:head"]  # BCEWithLogits over the known cells, sigmoid per label
@@ -243,10 +256,14 @@ def test_a_chexpert_style_study_runs_dvc_stages_in_order_to_a_report_with_per_la
     assert (ft["unfit_labels"] == "Fracture: no positives in the k-shot set").all()
     assert len(list(Path("results/finetune").rglob("training/*.json"))) == 2
     html = Path("reports/report.html").read_text()
-    assert "Per-label results" in html
-    for n in LABELS:
-        assert n in html
-    index = json.loads(next(Path("reports/gradcam").rglob("index.json")).read_text())
+    indexes = [json.loads(f.read_text()) for f in Path("reports/gradcam").rglob("index.json")]
+    index = next(i for i in indexes if i["info"].get("task") == "multilabel")
+    heads = {i["info"]["classes"][1]: i for i in indexes if i is not index}
+    assert sorted(heads) == sorted(n for n in LABELS if n != "Fracture")  # one binary head per fitted label
+    s = load_splits("data/splits.json")
+    for name, i in heads.items():  # outcomes against that label, images where it is unknown left out
+        y = dict(zip(s.test, s.label_matrix(s.test)[:, LABELS.index(name)]))
+        assert all(y[r["id"]] >= 0 and (r["outcome"] in ("TP", "FN")) == (y[r["id"]] == 1) for r in i["images"])
     targets = {r["target"] for r in index["images"]}
     assert index["info"]["task"] == "multilabel" and len(targets) >= 2 and "Fracture" not in targets
     assert all(r["outcome"].split(":")[0] == r["target"] and r["outcome"].split(":")[1] in ("TP", "FP", "FN")
@@ -260,6 +277,9 @@ def test_a_chexpert_style_study_runs_dvc_stages_in_order_to_a_report_with_per_la
     for _, r in pred.iterrows():  # probabilities are written to 6 decimals: a cell within 1e-6 of its threshold is not judged
         if all(abs(r[f"p[{n}]"] - side["thresholds"][n]) > 1e-6 for n in LABELS):
             assert r["predicted"] == "; ".join(n for n in LABELS if r[f"p[{n}]"] >= side["thresholds"][n])
+    assert "Per-label results" in html
+    for n in LABELS:
+        assert n in html
     assert "no head in 3 of 3 seeds (no positives in the k-shot set)" in html  # Fracture: named, not a crash
     assert "Test AUROC per label of every configuration at 4 shots" in html and "(mAP)" in html
 

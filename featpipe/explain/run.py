@@ -25,6 +25,7 @@ from featpipe.backbones.spec import Preprocess
 from featpipe.core.errors import ConfigError, DataError
 from featpipe.core.fileio import atomic_write
 from featpipe.core.log import notice
+from featpipe.core.names import short_part
 from featpipe.data.manifest import read_manifest
 from featpipe.data.splits import load_splits
 from featpipe.decoded.cache import DecodedImages, DecodeOptions
@@ -88,6 +89,17 @@ def test_images(preprocess: Preprocess, *, manifest: str | Path, splits: str | P
         ids = rows["id"].astype(str).tolist()
         pixels = same_channels(decoded)
     return ImageSet(ids, centre_crop(pixels, preprocess), rows["label"].to_numpy(dtype=np.int64), tuple(rejects))
+
+
+def label_images(data: ImageSet, splits: str | Path, label: str) -> ImageSet:
+    """The test images of a multi-label task's per-label head (sidecar ``label``): labelled 1 / 0 for ``label``
+    (its column of the splits' label matrix), the images where it is unknown left out."""
+    sp = load_splits(splits)
+    if label not in sp.labels:
+        raise DataError(f"the model is the head of label {label!r}, which {splits} does not have: re-run 'featpipe prepare'")
+    y = sp.label_matrix(data.ids)[:, sp.labels.index(label)].astype(np.int64)
+    keep = np.flatnonzero(y >= 0)
+    return ImageSet([data.ids[i] for i in keep], data.pixels[keep], y[keep], data.rejects)
 
 
 def _unchanged(rows):
@@ -154,6 +166,8 @@ def prepare(model_path: str | Path, *, manifest, splits, cache_dir, images, per_
     else:
         data = test_images(ex.preprocess, manifest=manifest, splits=splits, cache_dir=cache_dir,
                            dataset=ex.meta.get("dataset"), options=decode)
+        if ex.meta.get("label"):  # one label's head of a multi-label task: outcomes against that label
+            data = label_images(data, splits, ex.meta["label"])
     x = to_input(data.pixels, ex.preprocess)
     proba = probabilities(ex.torch_module(), x, runtime=ex.runtime)
     if proba.shape[1] != len(ex.classes):
@@ -224,9 +238,11 @@ def sanity_model(model_path: str | Path, *, out_dir: str | Path = "reports/gradc
 
 
 def _multilabel(model_path: str | Path, images) -> bool:
-    """Whether ``model_path`` is a multi-label model (its sidecar's ``task``); images given by path have no
+    """Whether ``model_path`` is a multi-label network (its sidecar's ``task``; not one label's head, which is a
+    binary head); images given by path have no
     labels to pick per-label outcomes from: one line."""
-    if read_sidecar(model_path).get("task") != "multilabel":
+    side = read_sidecar(model_path)
+    if side.get("task") != "multilabel" or side.get("label"):  # one label's head is a binary head
         return False
     if images:
         raise DataError(f"{model_path} is a multi-label model: Grad-CAM per label picks TP/FP/FN test images of "
@@ -240,6 +256,17 @@ def _names(stem: str, entry: str) -> bool:
     bare = re.sub(r"-[0-9a-f]{8}$", "", stem)
     return stem.startswith(f"{entry}-") or bare.endswith(f"-{entry}") or entry in (stem, bare)
 
+
+
+def _label_heads(paths: Sequence[Path]) -> bool:
+    """Whether ``paths`` are the per-label heads of one multi-label run (``<stem>-<label>.skops``, one stem)."""
+    stems = set()
+    for p in paths:
+        label = read_sidecar(p).get("label") if p.suffix == ".skops" else None
+        if not label:
+            return False
+        stems.add(p.stem[: -len(short_part(label)) - 1])
+    return len(stems) == 1
 
 
 def empty_branches(params: Params) -> set[str]:
@@ -279,6 +306,9 @@ def resolve_models(entries: Sequence[str], models_dir: str | Path = "models", *,
                       and _names(f.stem, entry))
         if not hits and run_branch(entry) in skip_branches:
             notice(f"gradcam.runs entry '{entry}' skipped: this study has no {run_branch(entry)} runs")
+            continue
+        if len(hits) > 1 and _label_heads(hits):  # a multi-label run's heads, one per label: each rendered
+            out += hits
             continue
         if len(hits) != 1:
             found = "no model" if not hits else f"{len(hits)} models ({', '.join(h.name for h in hits[:3])})"

@@ -26,7 +26,7 @@ import sklearn
 from featpipe.backbones.registry import get as get_backbone
 from featpipe.backbones.weights import resolve
 from featpipe.core.errors import CacheError, DataError
-from featpipe.core.names import canonical_params, head_model_path, weights_name
+from featpipe.core.names import canonical_params, head_model_path, short_part, weights_name
 from featpipe.data.manifest import ids_sha256
 from featpipe.data.multilabel import kshot_text
 from featpipe.data.splits import Splits
@@ -141,7 +141,8 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
     train_ids = splits.shots(seed, shots)
     check_disjoint(train_ids, splits.val, splits.test)  # before fitting
     if splits.labels:  # a multi-label task: one head per label (featpipe.fewshot.labels)
-        return _fit_multilabel(data, splits, train_ids, head=head, shots=shots, seed=seed, params=params)
+        return _fit_multilabel(data, splits, train_ids, head=head, shots=shots, seed=seed, params=params,
+                               models_dir=models_dir)
     tr = np.fromiter((data.row[k] for k in train_ids), np.int64, len(train_ids))
     val_ids = splits.val_for(seed, shots)
     va = np.fromiter((data.row[k] for k in val_ids), np.int64, len(val_ids))
@@ -186,10 +187,11 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
 
 
 def _fit_multilabel(data: CacheData, splits: Splits, train_ids: list[str], *, head: str, shots: int, seed: int,
-                    params: Params) -> RunResult:
+                    params: Params, models_dir: str | Path | None) -> RunResult:
     """One multi-label run: ``head`` fitted one-vs-rest per label on the k-shot set's known labels
     (:func:`featpipe.fewshot.labels.fit_per_label`), thresholds per label on val, the row of
-    :func:`featpipe.evaluation.multilabel.record_multilabel`. Heads are not saved (not yet)."""
+    :func:`featpipe.evaluation.multilabel.record_multilabel`. With ``models_dir`` and ``fit.save_models`` each
+    label's head is saved as a binary head of its own (:func:`_save_labels`)."""
     if get_head(head).text_prior:
         raise DataError(f"head {head} (text-initialised) is not available for multi-label tasks: drop it from fit.heads")
     if params.heads.calibrate != "none":
@@ -219,7 +221,29 @@ def _fit_multilabel(data: CacheData, splits: Splits, train_ids: list[str], *, he
                             test=(list(splits.test), splits.label_matrix(splits.test), proba[va.size:]),
                             val_policy=splits.val_policy, manifest_sha256=splits.manifest_sha256, columns=own,
                             calibrated=get_head(head).calibrated)
+    if models_dir is not None and params.fit.save_models:
+        _save_labels(models_dir, data, splits, rec, models, head=head, hp=hp, train_ids=train_ids)
     return RunResult(rec.row, labels, list(splits.test), splits.label_matrix(splits.test), proba[va.size:])
+
+
+def _save_labels(models_dir, data: CacheData, splits: Splits, rec: RunRecord, models: list, *, head: str, hp: dict,
+                 train_ids: list[str]) -> None:
+    """Each fitted label's head as a binary head ``<head file stem>-<label>.skops``: classes ``[no <label>,
+    <label>]``, its val threshold, the k-shot ids whose label is known; ``task: multilabel`` and ``label`` in the
+    sidecar (Grad-CAM scores it against that label). ``predict``, Grad-CAM and the loader read it as any head."""
+    labels = splits.labels
+    base = model_file(models_dir, data, splits.dataset, head, int(rec.row["shots"]), int(rec.row["seed"]), hp)
+    Y = splits.label_matrix(train_ids)
+    paths = []
+    for j, (name, model) in enumerate(zip(labels, models)):
+        if model is None:
+            continue
+        path = base.with_name(f"{base.stem}-{short_part(name)}{base.suffix}")
+        side = {**rec.sidecar, "classes": [f"no {name}", name], "threshold": rec.sidecar["thresholds"][name],
+                "train_ids": [i for i, y in zip(train_ids, Y[:, j]) if y >= 0], "task": "multilabel", "label": name}
+        save_head(path, model, _sidecar(data, RunRecord(rec.row, None, None, None, side), head=head, hp=hp))
+        paths.append(str(path))
+    rec.row["model_path"] = "; ".join(paths)
 
 
 def _text_prior(data: CacheData, splits: Splits, params: Params) -> np.ndarray:
