@@ -83,17 +83,19 @@ def test_label_columns_are_read_with_the_stated_policy_into_manifest_and_splits(
     assert (m2["y[Edema]"] == "").sum() == 46  # Edema: two positives, every other cell blank
 
 
-@pytest.mark.parametrize("override, words", [
-    ("data.csv.labels_uncertain={Edema: maybe}", "data.csv.labels_uncertain.Edema"),
-    ("data.csv.labels_uncertain={Nodule: ones}", "not one of data.csv.labels"),
-    ("data.csv.task=Edema", "alternatives"),
-    ("data.csv.labels=[Atelectasis, Nodule]", "no column 'Nodule'"),
-    ("data.csv.labels_blank=zeros", "data.csv.labels_blank"),
+@pytest.mark.parametrize("overrides, words", [
+    (["data.csv.labels_uncertain={Edema: maybe}"], "data.csv.labels_uncertain.Edema"),
+    (["data.csv.labels_uncertain={Nodule: ones}"], "not one of data.csv.labels"),
+    (["data.csv.task=Edema"], "alternatives"),
+    (["data.csv.labels=[Atelectasis, Nodule]"], "no column 'Nodule'"),
+    (["data.csv.labels_blank=zeros"], "data.csv.labels_blank"),
+    (["data.source=folder"], "needs data.source: csv"),
+    (["split.fractions=[0.5]", "split.shots=[]"], "split.fractions is not available for multi-label"),
 ])
-def test_multilabel_mistakes_are_one_line(tmp_path, monkeypatch, figure1_dir, capsys, override, words):
+def test_multilabel_mistakes_are_one_line(tmp_path, monkeypatch, figure1_dir, capsys, overrides, words):
     csv = chexpert_multilabel(figure1_dir, tmp_path / "data", n=8)
     monkeypatch.chdir(tmp_path)
-    assert main(_prepare_args(csv, "-S", override)) != 0
+    assert main(_prepare_args(csv, *[a for o in overrides for a in ("-S", o)])) != 0
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
 

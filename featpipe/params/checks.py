@@ -112,6 +112,10 @@ def _cross(params: Any) -> None:
     if not frozen and not tuned:
         raise ConfigError("nothing to run: list extract.backbones and fit.heads (frozen features + heads), "
                           "finetune.backbones and finetune.strategies (or finetune.arms), or both")
+    if params.data.csv.labels and params.data.source != "csv":  # a multi-label task (featpipe.data.multilabel)
+        raise ConfigError(f"data.csv.labels (a multi-label task) needs data.source: csv, not {params.data.source!r}")
+    if params.data.csv.labels and s.fractions:
+        raise ConfigError("split.fractions is not available for multi-label tasks (data.csv.labels) yet: use split.shots")
     if params.fit.n_jobs == 0:
         raise _bad("fit.n_jobs", 0, "1 or more processes, or joblib's negative count: -1 = every CPU, "
                                     "-2 = every CPU but one")
