@@ -38,36 +38,15 @@ class CsvParams:
     split_col: str | None = None
     task: str | None = None  # CheXpert: the pathology column that is the task (binary)
     uncertain: Literal["ignore", "positive", "negative"] = "ignore"  # CheXpert -1 labels
+    # multi-label tasks (featpipe.data.multilabel): several label columns at once, e.g. [Atelectasis, Cardiomegaly]
+    # or [chexpert] (CheXpert's 14 observations); cells 1 / 0 / -1 (uncertain) / blank (checked in params.checks)
+    labels: tuple[str, ...] = ()
+    labels_uncertain: dict[str, str] = field(default_factory=dict)  # -1: {default: zeros|ones|ignore, <label>: ...}
+    labels_blank: Literal["negative", "ignore"] = "negative"  # blank = not mentioned = negative (CheXpert), or unknown
     allow_outside_root: bool = False  # paths outside `root` (../, absolute) are rejected unless this is true
     # CSVs read as one source, each file's rows in the split its name says (CheXpert: [train.csv, valid.csv]);
     # data.path is then the folder holding them (and the default root)
     split_files: tuple[str, ...] = ()
-    # multi-label tasks (featpipe.data.multilabel): several label columns at once, e.g. [Atelectasis, Cardiomegaly]
-    # or [chexpert] (CheXpert's 14 observations); cells 1 / 0 / -1 (uncertain) / blank
-    labels: tuple[str, ...] = ()
-    labels_uncertain: dict[str, str] = field(default_factory=dict)  # -1: {default: zeros|ones|ignore, <label>: ...}
-    labels_blank: Literal["negative", "ignore"] = "negative"  # blank = not mentioned = negative (CheXpert), or unknown
-
-    def __post_init__(self):
-        if not self.labels:
-            if self.labels_uncertain:
-                raise ConfigError("data.csv.labels_uncertain needs data.csv.labels (the label columns of a "
-                                  "multi-label task)")
-            return
-        if self.task:
-            raise ConfigError("data.csv.task (one binary column) and data.csv.labels (a multi-label task) are "
-                              "alternatives: set one of them")
-        names = [n for n in self.labels if n != "chexpert"]
-        dup = next((n for n in names if names.count(n) > 1), None)
-        if dup:
-            raise ConfigError(f"data.csv.labels names {dup!r} twice")
-        for key, value in self.labels_uncertain.items():
-            if key != "default" and key not in names and "chexpert" not in self.labels:
-                raise ConfigError(f"data.csv.labels_uncertain.{key}: not one of data.csv.labels "
-                                  f"({', '.join(names)}) nor 'default'")
-            if value not in ("zeros", "ones", "ignore"):
-                raise ConfigError(f"bad value for 'data.csv.labels_uncertain.{key}': {value!r} "
-                                  "(choose from zeros, ones, ignore)")
 
 
 @dataclass(frozen=True)
@@ -465,9 +444,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value not in args:
             raise ConfigError(f"bad value for '{key}': {value!r} (choose from {', '.join(map(str, args))})")
         return value
-    if origin is dict:  # a mapping of names to values (data.csv.labels_uncertain)
+    if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"'{key}' must be a mapping (name: value), got {value!r}")
+            raise ConfigError(f"bad value for '{key}': {value!r} (expected a mapping)")
         return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, (list, tuple)):

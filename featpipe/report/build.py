@@ -201,10 +201,10 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
     preds = TestPredictions(inp.results, read_manifest(inp.manifest), s.classes) if inp.manifest.is_file() else None
     best_html, best = selection.best_configurations(runs, params=params, n_classes=n_classes, preds=preds)
     sections.append(("Best configuration per shot count (chosen on val, reported on test)", best_html))
-    if s.labels:  # a multi-label task
-        sections.append(("Per-label results", multilabel_section(runs, s.raw, best)))
     sections.append(("Is A better than B? Paired comparisons", selection.comparison_section(
         selection.read_comparisons(inp.results, runs, params), best, metric)))
+    if s.labels:  # a multi-label task
+        sections.append(("Per-label results", multilabel_section(runs, s.raw, best)))
     sections.append(("Degenerate runs", selection.degenerate_section(runs)))
     sections.append(("Calibration", calibration_section(runs, inp.results, s.classes, save=_save, img=_img,
                                                         plots_dir=plots_dir)))
