@@ -85,10 +85,8 @@ DecodeHook = Callable[[pd.DataFrame], tuple[dict, dict]]  # (id, path, sha256) r
 
 
 def build_manifest(records: Sequence[Record], *, max_pixels: int, verify: bool = True, workers: int = 2,
-                   class_order: Sequence[str] | None = None, decode: DecodeHook | None = None,
-                   labels: Sequence[str] = ()) -> ManifestResult:
-    """Hash and check every record; classes are sorted by name unless ``class_order`` is given. ``labels``
-    (a multi-label task): one more column ``y[<label>]`` per label after the usual ones (1, 0, empty = unknown).
+                   class_order: Sequence[str] | None = None, decode: DecodeHook | None = None) -> ManifestResult:
+    """Hash and check every record; classes are sorted by name unless ``class_order`` is given.
 
     ``decode`` (with ``verify``): called once with the hashed candidates; returns the ids that do not
     decode with their reason, and the upright (width, height) of those it decoded (the others, already
@@ -120,8 +118,7 @@ def build_manifest(records: Sequence[Record], *, max_pixels: int, verify: bool =
         else:
             rows.append({"id": r.id, "path": r.path, "label_name": r.label_name, "patient_id": r.patient_id,
                          "source_split": r.source_split, "sha256": digest, "width": w, "height": h,
-                         "_index": r.label_index,
-                         **{f"y[{n}]": ("" if v < 0 else str(v)) for n, v in zip(labels, r.labels or ())}})
+                         "_index": r.label_index})
     if not rows:
         raise DataError("no usable images: every file was rejected (see the rejects report)")
     names = sorted({row["label_name"] for row in rows})
@@ -138,7 +135,7 @@ def build_manifest(records: Sequence[Record], *, max_pixels: int, verify: bool =
     for row in rows:
         row["label"] = lookup[row["label_name"]]
         row.pop("_index")
-    manifest = pd.DataFrame(rows, columns=COLUMNS + [f"y[{n}]" for n in labels])
+    manifest = pd.DataFrame(rows, columns=COLUMNS)
     return ManifestResult(manifest, pd.DataFrame(rejects, columns=REJECT_COLUMNS), find_duplicates(manifest), names)
 
 

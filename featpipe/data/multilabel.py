@@ -93,6 +93,16 @@ def manifest_matrix(manifest: pd.DataFrame, labels: Sequence[str]) -> np.ndarray
     return out
 
 
+def with_columns(manifest: pd.DataFrame, records, labels: Sequence[str]) -> pd.DataFrame:
+    """``manifest`` with one column ``y[<label>]`` per label after its own (``1``, ``0``, empty = unknown), from the
+    source records' label vectors (``Record.labels``)."""
+    by_id = {r.id: r.labels for r in records if r.labels is not None}
+    out = manifest.copy()
+    for j, n in enumerate(labels):
+        out[column(n)] = ["" if by_id[i][j] < 0 else str(by_id[i][j]) for i in out["id"].astype(str)]
+    return out
+
+
 def encode(row: np.ndarray) -> str:
     return "".join(CHARS[int(v)] for v in row)
 

@@ -106,7 +106,9 @@ def prepare(params: Params, *, manifest_path: str | Path, splits_path: str | Pat
         order = synthetic.class_names(params.data.synthetic.classes)
     labels = multilabel.label_names(params.data.csv.labels) if params.data.source == "csv" else []
     result = build_manifest(records, max_pixels=params.data.max_image_pixels, verify=params.data.verify_images,
-                            workers=params.decode.workers, class_order=order, decode=decode, labels=labels)
+                            workers=params.decode.workers, class_order=order, decode=decode)
+    if labels:  # a multi-label task: its label columns y[<label>]
+        result.manifest = multilabel.with_columns(result.manifest, records, labels)
     _write_csv(result.rejects, rejects_path)
     _write_csv(result.duplicates, duplicates_path)
     root = data_root(params.data, source_path)

@@ -11,6 +11,7 @@ Nothing is decoded here; :mod:`featpipe.data.manifest` hashes and checks every i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 from dataclasses import dataclass
@@ -237,6 +238,8 @@ def _unique(records: list[Record], src: Path) -> list[Record]:
 def _scan_one(src: Path, cfg: CsvParams, root_text: str, file_split: str | None,
               patient_regex: str | None) -> list[Record]:
     """The records of one CSV file (``file_split``: the split of all its rows, from ``split_files``)."""
+    if cfg.labels:  # a multi-label task: the label columns, never data.csv.label_col
+        cfg = dataclasses.replace(cfg, label_col=None)
     if not src.is_file():
         raise DataError(f"CSV manifest {src} not found: set data.path to your CSV file"
                         + (" folder (data.csv.split_files)" if file_split else ""))
@@ -249,20 +252,23 @@ def _scan_one(src: Path, cfg: CsvParams, root_text: str, file_split: str | None,
     reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = reader.fieldnames or []
     rows = list(reader)
-    label_col = None if cfg.labels else cfg.task or cfg.label_col
-    names = multilabel.label_names(cfg.labels)
+    label_col = cfg.task or cfg.label_col
     wanted = {"data.csv.path_col": cfg.path_col, ("data.csv.task" if cfg.task else "data.csv.label_col"): label_col,
-              "data.csv.patient_col": cfg.patient_col, "data.csv.split_col": cfg.split_col,
-              **{f"data.csv.labels": n for n in names if n not in columns}}
+              "data.csv.patient_col": cfg.patient_col, "data.csv.split_col": cfg.split_col}
     for key, col in wanted.items():
         if col is not None and col not in columns:
             raise DataError(f"{src}: no column '{col}' (from {key}); columns are: {', '.join(columns)}")
+    names = multilabel.label_names(cfg.labels)
+    for col in names:
+        if col not in columns:
+            raise DataError(f"{src}: no column '{col}' (from data.csv.labels); columns are: {', '.join(columns)}")
     policy = multilabel.policy_of(cfg.labels_uncertain, cfg.labels_blank, names)
     if label_col is None and not names:
         raise DataError("set data.csv.label_col (the class column) or data.csv.task (a CheXpert pathology column)")
     rules = PatientRules(patient_regex)
     index: dict[str, list[str]] | None = None
     records: list[Record] = []
+    vectors: list[tuple[int, ...]] = []
     for row in rows:
         ref = (row[cfg.path_col] or "").strip().replace("\\", "/")
         rel, reject = ref, None
@@ -276,20 +282,20 @@ def _scan_one(src: Path, cfg: CsvParams, root_text: str, file_split: str | None,
                 rel = hits[0]
             else:
                 reject = "missing" if not hits else f"ambiguous: {len(hits)} files named {ref}.*"
-        vector = None
         if names:
             cells = [multilabel.cell(row[n], n, policy[n]) for n in names]
-            vector = tuple(v for v, _ in cells)
-            label, why = multilabel.finding_name(vector), next((w for _, w in cells if w), None)
+            vectors.append(tuple(v for v, _ in cells))
+            label, why = multilabel.finding_name(vectors[-1]), next((w for _, w in cells if w), None)
         else:
             label, why = _label(row[label_col], task=cfg.task, uncertain=cfg.uncertain)
         reject = reject or why
         patient = (row[cfg.patient_col] or "").strip() if cfg.patient_col else ""
         split = SPLIT_NAMES.get((row[cfg.split_col] or "").strip().lower(), "") if cfg.split_col else ""
-        records.append(Record(rel, _join(root_text, rel), label, patient or rules(rel), file_split or split, reject,
-                              labels=vector))
+        records.append(Record(rel, _join(root_text, rel), label, patient or rules(rel), file_split or split, reject))
     if not records:
         raise DataError(f"{src} has no rows")
+    for r, v in zip(records, vectors):  # multi-label: each row's label vector
+        r.labels = v
     return records
 
 
