@@ -15,7 +15,11 @@ k-shot subset is every image of that class of the first k groups (MedFMC's defin
 nested the same way, from val only, with its own random stream): fitting then chooses thresholds, models
 and early-stopping epochs on it (:meth:`Splits.val_for`), as a user with k labelled images per class would.
 
-Byte-identical images (same sha256) carrying different labels are excluded from every split and listed
+A multi-label task (``labels``: ``data.csv.labels``) draws its k-shot (and matched val) sets per label instead,
+greedily, at least k positives and k negatives per label (:mod:`featpipe.data.multilabel`), and records the label
+matrix, the policy and the achieved counts under ``multilabel``.
+
+Byte-identical images (same sha256) carrying different labels (a multi-label task: label vectors) are excluded from every split and listed
 under ``excluded`` with the reason, unless ``keep_conflicting`` is set (``data.keep_conflicting``).
 """
 
