@@ -117,8 +117,13 @@ def predict(model_path: str | Path, inputs: Sequence[str | Path], *, out_csv: st
         raise DataError(f"no images could be classified in the given paths{first}")
     proba = np.concatenate(probas)
     threshold = model.threshold
-    pred = predict_labels(proba, n_classes=len(classes), threshold=threshold)
-    table = pd.DataFrame({"path": done, "predicted": [classes[i] for i in pred]})
+    if model.multilabel:  # each label at its own val threshold; predicted = the labels called positive
+        thr = model.meta.get("thresholds") or {}
+        hit = proba >= np.array([float(thr.get(c, 0.5)) for c in classes])
+        table = pd.DataFrame({"path": done, "predicted": ["; ".join(c for c, h in zip(classes, r) if h) for r in hit]})
+    else:
+        pred = predict_labels(proba, n_classes=len(classes), threshold=threshold)
+        table = pd.DataFrame({"path": done, "predicted": [classes[i] for i in pred]})
     for i, c in enumerate(classes):
         table[proba_column(c)] = proba[:, i]
     if out_csv is not None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from featpipe.core.fileio import atomic_write, file_sha256
-from featpipe.data import sources, synthetic
+from featpipe.data import multilabel, sources, synthetic
 from featpipe.data.changes import compare, previous_manifest
 from featpipe.data.fetch import ensure_source
 from featpipe.data.fractions import fraction_lines
@@ -39,6 +39,7 @@ class PrepareSummary:
     changes: str = ""  # the line on what changed against the manifest this one replaced ("" when there was none)
     capped: dict | None = None  # the splits' "capped": {k: {class: images}} (split.shots_policy: cap)
     fractions: dict | None = None  # the splits' "fractions": {images: {fraction, per_class}} (split.fractions)
+    multilabel: dict | None = None  # the splits' "multilabel" section (a multi-label task)
 
     def lines(self) -> list[str]:
         out = [f"{self.images} images, {len(self.classes)} classes ({', '.join(self.classes)}), "
@@ -57,6 +58,8 @@ class PrepareSummary:
             out.append(f"  {self.excluded - self.conflicting} images left out of train/val because their patient or "
                        "file is in test/val")
         out += [f"  {line}" for line in capping_lines(self.capped or {}) + fraction_lines(self.fractions or {})]
+        if self.multilabel:
+            out += [f"  {line}" for line in multilabel.summary_lines(self.multilabel)]
         out.append(f"  manifest sha256 {self.manifest_sha256[:12]}, splits sha256 {self.splits_sha256[:12]}")
         if self.changes:
             out.append(f"  {self.changes}")
@@ -101,8 +104,11 @@ def prepare(params: Params, *, manifest_path: str | Path, splits_path: str | Pat
     order = params.data.class_names if params.data.class_names and params.data.source != "npz" else None
     if order is None and params.data.source == "synthetic":
         order = synthetic.class_names(params.data.synthetic.classes)
+    labels = multilabel.label_names(params.data.csv.labels) if params.data.source == "csv" else []
     result = build_manifest(records, max_pixels=params.data.max_image_pixels, verify=params.data.verify_images,
                             workers=params.decode.workers, class_order=order, decode=decode)
+    if labels:  # a multi-label task: its label columns y[<label>]
+        result.manifest = multilabel.with_columns(result.manifest, records, labels)
     _write_csv(result.rejects, rejects_path)
     _write_csv(result.duplicates, duplicates_path)
     root = data_root(params.data, source_path)
@@ -111,10 +117,12 @@ def prepare(params: Params, *, manifest_path: str | Path, splits_path: str | Pat
     _write_csv(relative_paths(result.manifest, root), manifest_path)
     write_root(manifest_path, root)
     msha = file_sha256(manifest_path)
+    policy = multilabel.policy_of(params.data.csv.labels_uncertain, params.data.csv.labels_blank, labels)
     obj = make_splits(result.manifest, result.classes, params.split, dataset=params.data.name, manifest_sha256=msha,
-                      keep_conflicting=params.data.keep_conflicting)
+                      keep_conflicting=params.data.keep_conflicting, labels=labels, label_policy=policy)
     write_splits(obj, splits_path, result.manifest)
     return PrepareSummary(len(result.manifest), len(result.rejects), len(result.duplicates), result.classes,
                           obj["counts"], obj["patients"], len(obj["excluded"]), time.perf_counter() - t0, msha,
                           file_sha256(splits_path), sum(e["from"] == "all" for e in obj["excluded"]),
-                          getattr(decode, "figures", None), changes, obj["capped"], obj.get("fractions"))
+                          getattr(decode, "figures", None), changes, obj["capped"], obj.get("fractions"),
+                          obj.get("multilabel"))

@@ -11,6 +11,7 @@ Nothing is decoded here; :mod:`featpipe.data.manifest` hashes and checks every i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from featpipe.core.errors import DataError
+from featpipe.data import multilabel
 from featpipe.data.patients import PatientRules
 from featpipe.params.config import CsvParams
 
@@ -39,6 +41,7 @@ class Record:
     reject: str | None = None  # set when the source already knows the row is unusable
     label_index: int | None = None  # npz: the class index as stored
     meta: dict | None = None  # CSV sources: the data.csv.metadata columns of its row (carried into the manifest)
+    labels: tuple[int, ...] | None = None  # multi-label (data.csv.labels): 1 / 0 / -1 unknown per label
 
 
 def _join(root: str, rel: str) -> str:
@@ -236,6 +239,8 @@ def _unique(records: list[Record], src: Path) -> list[Record]:
 def _scan_one(src: Path, cfg: CsvParams, root_text: str, file_split: str | None,
               patient_regex: str | None) -> list[Record]:
     """The records of one CSV file (``file_split``: the split of all its rows, from ``split_files``)."""
+    if cfg.labels:  # a multi-label task: the label columns, never data.csv.label_col
+        cfg = dataclasses.replace(cfg, label_col=None)
     if not src.is_file():
         raise DataError(f"CSV manifest {src} not found: set data.path to your CSV file"
                         + (" folder (data.csv.split_files)" if file_split else ""))
@@ -257,11 +262,17 @@ def _scan_one(src: Path, cfg: CsvParams, root_text: str, file_split: str | None,
     for key, col in wanted.items():
         if col is not None and col not in columns:
             raise DataError(f"{src}: no column '{col}' (from {key}); columns are: {', '.join(columns)}")
-    if label_col is None:
+    names = multilabel.label_names(cfg.labels)
+    for col in names:
+        if col not in columns:
+            raise DataError(f"{src}: no column '{col}' (from data.csv.labels); columns are: {', '.join(columns)}")
+    policy = multilabel.policy_of(cfg.labels_uncertain, cfg.labels_blank, names)
+    if label_col is None and not names:
         raise DataError("set data.csv.label_col (the class column) or data.csv.task (a CheXpert pathology column)")
     rules = PatientRules(patient_regex)
     index: dict[str, list[str]] | None = None
     records: list[Record] = []
+    vectors: list[tuple[int, ...]] = []
     for row in rows:
         ref = (row[cfg.path_col] or "").strip().replace("\\", "/")
         rel, reject = ref, None
@@ -275,7 +286,12 @@ def _scan_one(src: Path, cfg: CsvParams, root_text: str, file_split: str | None,
                 rel = hits[0]
             else:
                 reject = "missing" if not hits else f"ambiguous: {len(hits)} files named {ref}.*"
-        label, why = _label(row[label_col], task=cfg.task, uncertain=cfg.uncertain)
+        if names:
+            cells = [multilabel.cell(row[n], n, policy[n]) for n in names]
+            vectors.append(tuple(v for v, _ in cells))
+            label, why = multilabel.finding_name(vectors[-1]), next((w for _, w in cells if w), None)
+        else:
+            label, why = _label(row[label_col], task=cfg.task, uncertain=cfg.uncertain)
         reject = reject or why
         patient = (row[cfg.patient_col] or "").strip() if cfg.patient_col else ""
         split = SPLIT_NAMES.get((row[cfg.split_col] or "").strip().lower(), "") if cfg.split_col else ""
@@ -284,6 +300,8 @@ def _scan_one(src: Path, cfg: CsvParams, root_text: str, file_split: str | None,
                               meta=meta))
     if not records:
         raise DataError(f"{src} has no rows")
+    for r, v in zip(records, vectors):  # multi-label: each row's label vector
+        r.labels = v
     return records
 
 

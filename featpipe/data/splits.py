@@ -15,7 +15,11 @@ k-shot subset is every image of that class of the first k groups (MedFMC's defin
 nested the same way, from val only, with its own random stream): fitting then chooses thresholds, models
 and early-stopping epochs on it (:meth:`Splits.val_for`), as a user with k labelled images per class would.
 
-Byte-identical images (same sha256) carrying different labels are excluded from every split and listed
+A multi-label task (``labels``: ``data.csv.labels``) draws its k-shot (and matched val) sets per label instead,
+greedily, at least k positives and k negatives per label (:mod:`featpipe.data.multilabel`), and records the label
+matrix, the policy and the achieved counts under ``multilabel``.
+
+Byte-identical images (same sha256) carrying different labels (a multi-label task: label vectors) are excluded from every split and listed
 under ``excluded`` with the reason, unless ``keep_conflicting`` is set (``data.keep_conflicting``).
 """
 
@@ -32,7 +36,7 @@ import pandas as pd
 
 from featpipe.core.errors import DataError
 from featpipe.core.fileio import atomic_write
-from featpipe.data import fractions
+from featpipe.data import fractions, multilabel
 from featpipe.params.config import SplitParams
 
 FORMAT = 1
@@ -56,8 +60,29 @@ class Splits:
 
     def capped(self, k: int) -> str:
         """How the ``k``-shot subsets were capped to the class size (``split.shots_policy: cap``):
-        ``"normal=150"`` (each short class and the images it has, all used), "" when every class has k."""
+        ``"normal=150"`` (each short class and the images it has, all used), "" when every class has k.
+        Multi-label: ``"Edema: positives 3"`` per short label."""
+        if self.labels:
+            short = self.raw["multilabel"].get("capped", {}).get(str(int(k)), {})
+            return "; ".join(f"{n}: {why}" for n, why in short.items())
         return capped_text(self.raw.get("capped", {}).get(str(int(k)), {}))
+
+    @property
+    def labels(self) -> list[str]:
+        """The labels of a multi-label task (``multilabel.labels``); [] for a single-label one."""
+        return list(self.raw.get("multilabel", {}).get("labels", []))
+
+    def label_matrix(self, ids) -> np.ndarray:
+        """(len(ids), L) int8 labels of a multi-label task: 1, 0, or -1 (unknown: ignored for that label)."""
+        m = self.raw["multilabel"]["matrix"]
+        try:
+            return np.array([multilabel.decode(m[str(i)]) for i in ids], dtype=np.int8).reshape(len(ids), len(self.labels))
+        except KeyError as exc:
+            raise DataError(f"image {exc.args[0]!r} has no labels in the splits file: rerun 'featpipe prepare'") from None
+
+    def achieved(self, seed: int, k: int) -> dict:
+        """{label: [positives, negatives]} of the multi-label k-shot set of (seed, k)."""
+        return dict(self.raw["multilabel"]["achieved"][str(seed)][str(k)])
 
     def subset_keys(self) -> list[int]:
         """The keys of the subsets every seed has (k shots, or a fraction's subset size), ascending."""
@@ -247,11 +272,14 @@ def _valshot(val_rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, ids: 
                                 params) for seed in params.seeds}
 
 
-def conflicting_rows(manifest: pd.DataFrame) -> dict[int, str]:
-    """{row: reason} for byte-identical images whose labels disagree (every copy is excluded)."""
+def conflicting_rows(manifest: pd.DataFrame, labels: Sequence[str] = ()) -> dict[int, str]:
+    """{row: reason} for byte-identical images whose labels disagree (every copy is excluded); a multi-label task
+    (``labels``) compares the whole label vector."""
     out = {}
-    for digest, grp in manifest.groupby("sha256", sort=True):
-        names = sorted(set(grp["label_name"].astype(str)))
+    key = (manifest[[multilabel.column(n) for n in labels]].astype(str).apply(
+        lambda r: " ".join(f"{n}={v or '?'}" for n, v in zip(labels, r)), axis=1) if labels else manifest["label_name"])
+    for digest, grp in manifest.assign(_key=key.to_numpy()).groupby("sha256", sort=True):
+        names = sorted(set(grp["_key"].astype(str)))
         if len(names) > 1:
             for r in np.flatnonzero(manifest["sha256"].to_numpy() == digest):
                 out[int(r)] = f"identical file with conflicting labels ({', '.join(names)})"
@@ -259,17 +287,21 @@ def conflicting_rows(manifest: pd.DataFrame) -> dict[int, str]:
 
 
 def make_splits(manifest: pd.DataFrame, classes: Sequence[str], params: SplitParams, *, dataset: str,
-                manifest_sha256: str, keep_conflicting: bool = False) -> dict:
-    """The split file's content (a plain dict); a pure function of its inputs."""
+                manifest_sha256: str, keep_conflicting: bool = False, labels: Sequence[str] = (),
+                label_policy: dict | None = None) -> dict:
+    """The split file's content (a plain dict); a pure function of its inputs. ``labels`` (a multi-label task,
+    :mod:`featpipe.data.multilabel`): the k-shot (and matched val) sets are drawn per label, and the
+    ``multilabel`` section carries the labels, their policy, counts, label matrix and achieved k-shot counts."""
     if not 0 <= params.test_fraction < 1 or not 0 <= params.val_fraction < 1:
         raise DataError("split.test_fraction and split.val_fraction must be in [0, 1)")
+    names = list(labels)
     ids = manifest["id"].to_numpy(dtype=str)
     labels = manifest["label"].to_numpy(dtype=int)
     source = manifest["source_split"].to_numpy(dtype=str)
     groups = groups_of(manifest)
     n_classes = len(classes)
     rng = np.random.default_rng(params.seed)
-    conflicts = {} if keep_conflicting else conflicting_rows(manifest)
+    conflicts = {} if keep_conflicting else conflicting_rows(manifest, names)
     everything = np.setdiff1d(np.arange(len(manifest)), np.array(sorted(conflicts), dtype=int))
     how = {}
 
@@ -299,9 +331,16 @@ def make_splits(manifest: pd.DataFrame, classes: Sequence[str], params: SplitPar
         else:
             train_rows = np.setdiff1d(train_rows, bad)
 
-    fewshot, capped, planned = _fewshot(train_rows, labels, groups, ids, classes, params)
     parts = {"train": train_rows, "val": val_rows, "test": test_rows}
-    extra = {"valshot": _valshot(val_rows, labels, groups, ids, n_classes, params)} if params.val_policy == "matched" else {}
+    if names:
+        if params.fractions:
+            raise DataError("split.fractions is not available for multi-label tasks yet: use split.shots")
+        fewshot, extra = multilabel.split_section(manifest, names, label_policy or {}, parts, groups, ids, params,
+                                                  val_stream=VAL_STREAM)
+        capped, planned = {}, {}
+    else:
+        fewshot, capped, planned = _fewshot(train_rows, labels, groups, ids, classes, params)
+        extra = {"valshot": _valshot(val_rows, labels, groups, ids, n_classes, params)} if params.val_policy == "matched" else {}
     return {
         "format": FORMAT, "dataset": dataset, "classes": list(classes), "manifest_sha256": manifest_sha256,
         "params": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(params).items()},

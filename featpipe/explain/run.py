@@ -25,12 +25,14 @@ from featpipe.backbones.spec import Preprocess
 from featpipe.core.errors import ConfigError, DataError
 from featpipe.core.fileio import atomic_write
 from featpipe.core.log import notice
+from featpipe.core.names import short_part
 from featpipe.data.manifest import read_manifest
 from featpipe.data.splits import load_splits
 from featpipe.decoded.cache import DecodedImages, DecodeOptions
 from featpipe.evaluation.metrics import predict_labels
 from featpipe.params.config import Params
 from featpipe.explain.gradcam import feature_model, gradcam, layer_grid, logits
+from featpipe.explain.labels import explain_labels
 from featpipe.explain.render import Example, slug, write_run
 from featpipe.explain.sanity import sanity_check
 from featpipe.imaging.base import ImageRejected
@@ -39,6 +41,7 @@ from featpipe.explain.select import outcome_cells, select_examples
 from featpipe.finetune.strategies import STRATEGIES
 from featpipe.predict import image_files
 from featpipe.saved.load import LoadedModel, load_model
+from featpipe.saved.models import read_sidecar
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,17 @@ def test_images(preprocess: Preprocess, *, manifest: str | Path, splits: str | P
         ids = rows["id"].astype(str).tolist()
         pixels = same_channels(decoded)
     return ImageSet(ids, centre_crop(pixels, preprocess), rows["label"].to_numpy(dtype=np.int64), tuple(rejects))
+
+
+def label_images(data: ImageSet, splits: str | Path, label: str) -> ImageSet:
+    """The test images of a multi-label task's per-label head (sidecar ``label``): labelled 1 / 0 for ``label``
+    (its column of the splits' label matrix), the images where it is unknown left out."""
+    sp = load_splits(splits)
+    if label not in sp.labels:
+        raise DataError(f"the model is the head of label {label!r}, which {splits} does not have: re-run 'featpipe prepare'")
+    y = sp.label_matrix(data.ids)[:, sp.labels.index(label)].astype(np.int64)
+    keep = np.flatnonzero(y >= 0)
+    return ImageSet([data.ids[i] for i in keep], data.pixels[keep], y[keep], data.rejects)
 
 
 def _unchanged(rows):
@@ -152,6 +166,8 @@ def prepare(model_path: str | Path, *, manifest, splits, cache_dir, images, per_
     else:
         data = test_images(ex.preprocess, manifest=manifest, splits=splits, cache_dir=cache_dir,
                            dataset=ex.meta.get("dataset"), options=decode)
+        if ex.meta.get("label"):  # one label's head of a multi-label task: outcomes against that label
+            data = label_images(data, splits, ex.meta["label"])
     x = to_input(data.pixels, ex.preprocess)
     proba = probabilities(ex.torch_module(), x, runtime=ex.runtime)
     if proba.shape[1] != len(ex.classes):
@@ -172,7 +188,14 @@ def explain_model(model_path: str | Path, *, out_dir: str | Path = "reports/grad
                   cache_dir: str | Path = "cache", images: Optional[Sequence[str]] = None, per_outcome: int = 2,
                   seed: int = 0, layer: Optional[str] = None, max_pixels: Optional[int] = None,
                   decode=None) -> dict:
-    """Render Grad-CAM for one saved model; returns the index written to ``<out_dir>/<run>/index.json``."""
+    """Render Grad-CAM for one saved model; returns the index written to ``<out_dir>/<run>/index.json``. A
+    multi-label model: Grad-CAM per label (:func:`featpipe.explain.labels.explain_labels`)."""
+    if _multilabel(model_path, images):
+        ex = load_model(model_path, precision="fp32")
+        data = test_images(ex.preprocess, manifest=manifest, splits=splits, cache_dir=cache_dir,
+                           dataset=ex.meta.get("dataset"), options=decode)
+        return explain_labels(ex, data, to_input(data.pixels, ex.preprocess), splits=splits, out_dir=out_dir,
+                              per_outcome=per_outcome, seed=seed, layer=layer, model_path=model_path)
     p = prepare(model_path, manifest=manifest, splits=splits, cache_dir=cache_dir, images=images,
                 per_outcome=per_outcome, seed=seed, max_pixels=max_pixels, decode=decode)
     ex, data, pick, pred, proba = p.ex, p.data, p.pick, p.pred, p.proba
@@ -202,6 +225,8 @@ def sanity_model(model_path: str | Path, *, out_dir: str | Path = "reports/gradc
                  seed: int = 0, layer: Optional[str] = None, layers: int = 4, threshold: float = 0.5, decode=None):
     """The model-randomisation check on the picked images; writes ``<out_dir>/<run>/sanity.json``.
     Returns ``(run, SanityResult)``."""
+    if _multilabel(model_path, ()):
+        raise DataError(f"{model_path} is a multi-label model: the randomisation check is not available for it yet")
     p = prepare(model_path, manifest=manifest, splits=splits, cache_dir=cache_dir, images=images,
                 per_outcome=per_outcome, seed=seed, decode=decode)
     idx = np.asarray(p.pick)
@@ -212,12 +237,36 @@ def sanity_model(model_path: str | Path, *, out_dir: str | Path = "reports/gradc
     return p.ex.run, result
 
 
+def _multilabel(model_path: str | Path, images) -> bool:
+    """Whether ``model_path`` is a multi-label network (its sidecar's ``task``; not one label's head, which is a
+    binary head); images given by path have no
+    labels to pick per-label outcomes from: one line."""
+    side = read_sidecar(model_path)
+    if side.get("task") != "multilabel" or side.get("label"):  # one label's head is a binary head
+        return False
+    if images:
+        raise DataError(f"{model_path} is a multi-label model: Grad-CAM per label picks TP/FP/FN test images of "
+                        "each label; --images is not available for it yet")
+    return True
+
+
 def _names(stem: str, entry: str) -> bool:
     """Whether a model file's stem is run ``entry``: a saved head's stem starts with it, a fine-tuned model's
     ends with it before its identity hash (``<dataset>-<run>-<hash>``)."""
     bare = re.sub(r"-[0-9a-f]{8}$", "", stem)
     return stem.startswith(f"{entry}-") or bare.endswith(f"-{entry}") or entry in (stem, bare)
 
+
+
+def _label_heads(paths: Sequence[Path]) -> bool:
+    """Whether ``paths`` are the per-label heads of one multi-label run (``<stem>-<label>.skops``, one stem)."""
+    stems = set()
+    for p in paths:
+        label = read_sidecar(p).get("label") if p.suffix == ".skops" else None
+        if not label:
+            return False
+        stems.add(p.stem[: -len(short_part(label)) - 1])
+    return len(stems) == 1
 
 
 def empty_branches(params: Params) -> set[str]:
@@ -257,6 +306,9 @@ def resolve_models(entries: Sequence[str], models_dir: str | Path = "models", *,
                       and _names(f.stem, entry))
         if not hits and run_branch(entry) in skip_branches:
             notice(f"gradcam.runs entry '{entry}' skipped: this study has no {run_branch(entry)} runs")
+            continue
+        if len(hits) > 1 and _label_heads(hits):  # a multi-label run's heads, one per label: each rendered
+            out += hits
             continue
         if len(hits) != 1:
             found = "no model" if not hits else f"{len(hits)} models ({', '.join(h.name for h in hits[:3])})"

@@ -94,7 +94,7 @@ def _cache_data(X: np.ndarray, y: np.ndarray, ids: list[str], attrs: dict, split
 
 def _predictions(results) -> pd.DataFrame:
     """Per-image val and test outputs of every run, as ``results/predictions/*.csv.gz`` hold them."""
-    frames = [prediction_table(r.row, r.predictions) for r in results]
+    frames = [prediction_table(r.row, r.predictions) for r in results if r.predictions is not None]  # multi-label: none
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "split", "id", "label"])
 
 

@@ -14,6 +14,7 @@ single-threaded inside each run). The fit and sweep stages (rows written, ``metr
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,14 +26,17 @@ import sklearn
 from featpipe.backbones.registry import get as get_backbone
 from featpipe.backbones.weights import resolve
 from featpipe.core.errors import CacheError, DataError
-from featpipe.core.names import canonical_params, head_model_path, weights_name
+from featpipe.core.names import canonical_params, head_model_path, short_part, weights_name
 from featpipe.data.manifest import ids_sha256
+from featpipe.data.multilabel import kshot_text
 from featpipe.data.splits import Splits
 from featpipe.engine.base import Executor
 from featpipe.engine.local import LocalExecutor
 from featpipe.evaluation.calibration import apply_temperature, fit_temperature
+from featpipe.evaluation.multilabel import record_multilabel
 from featpipe.evaluation.record import Outputs, RunRecord, check_disjoint, record_run
 from featpipe.features.cache import cache_path, read_features
+from featpipe.fewshot.labels import fit_per_label
 from featpipe.fewshot.zeroshot import text_prior
 from featpipe.heads.base import one_blas_thread
 from featpipe.heads.io import save_head
@@ -136,6 +140,9 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
     (:func:`featpipe.evaluation.record.record_run`); save the head when ``models_dir`` and ``fit.save_models``."""
     train_ids = splits.shots(seed, shots)
     check_disjoint(train_ids, splits.val, splits.test)  # before fitting
+    if splits.labels:  # a multi-label task: one head per label (featpipe.fewshot.labels)
+        return _fit_multilabel(data, splits, train_ids, head=head, shots=shots, seed=seed, params=params,
+                               models_dir=models_dir)
     tr = np.fromiter((data.row[k] for k in train_ids), np.int64, len(train_ids))
     val_ids = splits.val_for(seed, shots)
     va = np.fromiter((data.row[k] for k in val_ids), np.int64, len(val_ids))
@@ -179,6 +186,66 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
     return result
 
 
+def _fit_multilabel(data: CacheData, splits: Splits, train_ids: list[str], *, head: str, shots: int, seed: int,
+                    params: Params, models_dir: str | Path | None) -> RunResult:
+    """One multi-label run: ``head`` fitted one-vs-rest per label on the k-shot set's known labels
+    (:func:`featpipe.fewshot.labels.fit_per_label`), thresholds per label on val, the row of
+    :func:`featpipe.evaluation.multilabel.record_multilabel`. With ``models_dir`` and ``fit.save_models`` each
+    label's head is saved as a binary head of its own (:func:`_save_labels`)."""
+    if get_head(head).text_prior:
+        raise DataError(f"head {head} (text-initialised) is not available for multi-label tasks: drop it from fit.heads")
+    if params.heads.calibrate != "none":
+        raise DataError("heads.calibrate=temperature is not available for multi-label tasks: set heads.calibrate=none")
+    tr = np.fromiter((data.row[k] for k in train_ids), np.int64, len(train_ids))
+    val_ids = splits.val_for(seed, shots)
+    va = np.fromiter((data.row[k] for k in val_ids), np.int64, len(val_ids))
+    labels = splits.labels
+    hp = head_params(head, params.heads)
+    with single_threaded():
+        models, unfit = fit_per_label(lambda: make_head(head, params.heads, seed=seed), data.X[tr],
+                                      splits.label_matrix(train_ids), labels, kind=params.heads.scaler,
+                                      pool=lambda center: _pool(data, splits, center))
+        proba = np.full((va.size + data.test.size, len(labels)), np.nan)
+        for j, model in enumerate(models):
+            if model is not None:
+                proba[:, j] = _scores(model, data, va)[:, 1]
+    key = {"dataset": splits.dataset, "backbone": data.backbone, "weights": data.weights,
+           "weights_id": data.attrs.get("weights_id", ""), "layer": data.layer, "head": head,
+           "head_params": canonical_params(hp), "shots": int(shots), "seed": int(seed), "split_sha256": splits.sha256}
+    own = {"features": data.attrs.get("features", ""),
+           "scaler_ids_sha256": ids_sha256(splits.train) if params.heads.scaler in ("pool", "center") else "",
+           "capped": splits.capped(shots), "kshot_counts": kshot_text(splits.achieved(seed, shots)),
+           "calibration": params.heads.calibrate}
+    rec = record_multilabel(key, labels=labels, train_ids=train_ids, unfit=unfit,
+                            val=(val_ids, splits.label_matrix(val_ids), proba[: va.size]),
+                            test=(list(splits.test), splits.label_matrix(splits.test), proba[va.size:]),
+                            val_policy=splits.val_policy, manifest_sha256=splits.manifest_sha256, columns=own,
+                            calibrated=get_head(head).calibrated)
+    if models_dir is not None and params.fit.save_models:
+        _save_labels(models_dir, data, splits, rec, models, head=head, hp=hp, train_ids=train_ids)
+    return RunResult(rec.row, labels, list(splits.test), splits.label_matrix(splits.test), proba[va.size:])
+
+
+def _save_labels(models_dir, data: CacheData, splits: Splits, rec: RunRecord, models: list, *, head: str, hp: dict,
+                 train_ids: list[str]) -> None:
+    """Each fitted label's head as a binary head ``<head file stem>-<label>.skops``: classes ``[no <label>,
+    <label>]``, its val threshold, the k-shot ids whose label is known; ``task: multilabel`` and ``label`` in the
+    sidecar (Grad-CAM scores it against that label). ``predict``, Grad-CAM and the loader read it as any head."""
+    labels = splits.labels
+    base = model_file(models_dir, data, splits.dataset, head, int(rec.row["shots"]), int(rec.row["seed"]), hp)
+    Y = splits.label_matrix(train_ids)
+    paths = []
+    for j, (name, model) in enumerate(zip(labels, models)):
+        if model is None:
+            continue
+        path = base.with_name(f"{base.stem}-{short_part(name)}{base.suffix}")
+        side = {**rec.sidecar, "classes": [f"no {name}", name], "threshold": rec.sidecar["thresholds"][name],
+                "train_ids": [i for i, y in zip(train_ids, Y[:, j]) if y >= 0], "task": "multilabel", "label": name}
+        save_head(path, model, _sidecar(data, RunRecord(rec.row, None, None, None, side), head=head, hp=hp))
+        paths.append(str(path))
+    rec.row["model_path"] = "; ".join(paths)
+
+
 def _text_prior(data: CacheData, splits: Splits, params: Params) -> np.ndarray:
     """The text-initialised head's prior (:func:`featpipe.fewshot.zeroshot.text_prior`) for this cache."""
     kind = params.heads.scaler
@@ -212,7 +279,14 @@ def _scores(model, data: CacheData, va: np.ndarray) -> np.ndarray:
 def _pool(data: CacheData, splits: Splits, center_only: bool):
     """The standardiser fitted on every train-split row of ``data`` (no labels), memoised per cache."""
     idx = np.fromiter((data.row[k] for k in splits.train), np.int64, len(splits.train))
-    return pool_scaler((str(data.path), data.X.shape, splits.sha256), lambda: data.X[idx], center_only=center_only)
+    return pool_scaler((str(data.path), data.X.shape, splits.sha256, _sample_digest(data.X)), lambda: data.X[idx],
+                       center_only=center_only)
+
+
+def _sample_digest(X: np.ndarray) -> str:
+    """A cheap fingerprint of a feature matrix (a hash of 64 evenly spaced rows): a cache rebuilt at the same path
+    with other features (another decode setting) in one process never reuses the old cache's pool scaler."""
+    return hashlib.sha256(np.ascontiguousarray(X[:: max(1, len(X) // 64)]).tobytes()).hexdigest()[:16]
 
 
 def _sidecar(data: CacheData, rec: RunRecord, *, head: str, hp: dict) -> dict:

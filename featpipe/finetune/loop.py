@@ -3,6 +3,11 @@ bf16 autocast and channels_last where supported (the run's :class:`~featpipe.cor
 extraction decides it), early stopping on val loss with the best epoch's
 weights restored, and batched no-grad val/test passes.
 
+A multi-label task (labels an ``(N, L)`` matrix of 1 / 0 / -1 unknown) trains ``L`` outputs with binary cross
+entropy on logits (``BCEWithLogits``) over the known cells only (:func:`masked_bce`), each label's positives
+weighted by its negatives / positives ratio under ``imbalance: weighted_loss`` (:func:`label_pos_weight`; the
+balanced sampler is for single-label tasks), and outputs sigmoid probabilities per label.
+
 Randomness: data order, sampling and augmentation draw from one ``torch.Generator`` seeded with the
 run's seed. Randomness inside the network (dropout, stochastic depth) uses torch's global RNG, so the
 loop runs inside ``torch.random.fork_rng`` seeded from the same seed: the caller's RNG state is
@@ -63,10 +68,24 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
+def label_pos_weight(labels: np.ndarray) -> torch.Tensor:
+    """Multi-label: per label, negatives / positives among its known cells (1 where either is missing)."""
+    pos, neg = (labels == 1).sum(axis=0).astype(np.float64), (labels == 0).sum(axis=0).astype(np.float64)
+    return torch.tensor(np.where((pos > 0) & (neg > 0), neg / np.maximum(pos, 1), 1.0), dtype=torch.float32)
+
+
+def masked_bce(logits: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean binary cross entropy on logits over the known cells of ``y`` (1 / 0; -1 unknown: left out)."""
+    known = (y >= 0).float()
+    per = nn.functional.binary_cross_entropy_with_logits(logits, y.clamp(min=0).float(), reduction="none",
+                                                         pos_weight=pos_weight)
+    return (per * known).sum() / known.sum().clamp(min=1.0)
+
+
 def epoch_order(labels: np.ndarray, *, balanced: bool, g: torch.Generator) -> np.ndarray:
     """Indices for one epoch: a permutation, or (balanced) ``n`` draws with replacement, each class
     equally likely."""
-    n = labels.size
+    n = len(labels)
     if not balanced:
         return torch.randperm(n, generator=g).numpy()
     counts = np.bincount(labels)
@@ -100,10 +119,10 @@ def embed_or_logits(model: nn.Module, source: ImageSource, ids, *, prep: Prep, r
 
 
 def predict_proba(model: nn.Module, source: ImageSource, ids, *, prep: Prep, rt: Runtime,
-                  batch_size: int = 64) -> np.ndarray:
-    """Softmax probabilities ``(n, C)`` (float64) in the order of ``ids``."""
+                  batch_size: int = 64, multilabel: bool = False) -> np.ndarray:
+    """Softmax probabilities ``(n, C)`` (float64) in the order of ``ids``; ``multilabel``: sigmoid per label."""
     logits = embed_or_logits(model, source, list(ids), prep=prep, rt=rt, batch_size=batch_size)
-    return torch.softmax(logits, dim=1).double().numpy()
+    return (torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)).double().numpy()
 
 
 def _val_loss(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None) -> float:
@@ -150,14 +169,22 @@ def train(model: nn.Module, source: ImageSource, train_set: Labeled, val_set: La
     """Train ``model`` (already on ``rt.device``, strategy applied) in place; restore the best-val epoch.
 
     Val loss is cross entropy weighted so each val class counts equally (plain mean with
-    ``imbalance="none"``). ``val_metrics(y_val, proba_val)`` adds entries to each epoch's record.
+    ``imbalance="none"``); multi-label (labels ``(N, L)``): :func:`masked_bce` with val's own per-label weights. ``val_metrics(y_val, proba_val)`` adds entries to each epoch's record.
     """
     g = torch.Generator().manual_seed(int(seed))
     ytr = torch.as_tensor(train_set.labels)
     yva = torch.as_tensor(val_set.labels)
-    w_train = class_weights(train_set.labels, n_classes) if cfg.imbalance == "weighted_loss" else None
-    w_val = class_weights(val_set.labels, n_classes) if cfg.imbalance != "none" else None
-    loss_fn = nn.CrossEntropyLoss(weight=None if w_train is None else w_train.to(rt.device))
+    multilabel = train_set.labels.ndim == 2
+    if multilabel:
+        pw = label_pos_weight(train_set.labels).to(rt.device) if cfg.imbalance == "weighted_loss" else None
+        w_val = label_pos_weight(val_set.labels) if cfg.imbalance != "none" else None
+        loss_fn = lambda logits, y: masked_bce(logits, y, pw)  # noqa: E731
+        val_loss = lambda logits, y, w: float(masked_bce(logits, y, w).item())  # noqa: E731
+    else:
+        w_train = class_weights(train_set.labels, n_classes) if cfg.imbalance == "weighted_loss" else None
+        w_val = class_weights(val_set.labels, n_classes) if cfg.imbalance != "none" else None
+        loss_fn = nn.CrossEntropyLoss(weight=None if w_train is None else w_train.to(rt.device))
+        val_loss = _val_loss
     frozen_backbone = not any(p.requires_grad for p in model.features.parameters())
     res = TrainResult()
     best_state = None
@@ -175,12 +202,13 @@ def train(model: nn.Module, source: ImageSource, train_set: Labeled, val_set: La
                                        prep=prep, rt=rt, g=g)
             t_train = time.perf_counter() - t0
             logits = _val_logits(model, source, val_set, val_emb, prep=prep, rt=rt, cfg=cfg)
-            vloss = _val_loss(logits, yva, w_val)
+            vloss = val_loss(logits, yva, w_val)
             rec = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": vloss,
                    "seconds": time.perf_counter() - t0, "train_seconds": t_train,
                    "train_images_per_s": seen / t_train if t_train > 0 else math.nan}
             if val_metrics is not None:
-                rec.update(val_metrics(val_set.labels, torch.softmax(logits, 1).double().numpy()))
+                probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1)
+                rec.update(val_metrics(val_set.labels, probs.double().numpy()))
             if not math.isfinite(vloss):
                 rec["note"] = "non-finite val loss"
             improved = math.isfinite(vloss) and vloss < res.best_val_loss

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from featpipe.backbones import registry
@@ -39,7 +40,9 @@ from featpipe.data.splits import load_splits
 from featpipe.decoded.cache import DecodeOptions
 from featpipe.engine.base import Executor
 from featpipe.engine.local import LocalExecutor
+from featpipe.data.multilabel import kshot_text
 from featpipe.evaluation.metrics import score
+from featpipe.evaluation.multilabel import label_scores, macro_row, record_multilabel, unfit_reason
 from featpipe.evaluation.record import Outputs, check_disjoint, record_run
 from featpipe.evaluation.table import write_records
 from featpipe.finetune.checkpoint import build_model, save_finetuned
@@ -134,6 +137,10 @@ def head_params(job: Job, p) -> dict:
 
 def _val_metrics(classes):
     def f(y, proba) -> dict:
+        if y.ndim == 2:  # multi-label: macro over labels (featpipe.evaluation.multilabel)
+            per = {n: label_scores(y[:, j], proba[:, j], 0.5) for j, n in enumerate(classes)}
+            m = macro_row(per, calibrated=True)
+            return {"val_balanced_accuracy": m["balanced_accuracy"], "val_auroc": m["auroc"], "val_accuracy": m["accuracy"]}
         s = score(y, proba, classes=classes, detail=False)
         return {"val_balanced_accuracy": s["balanced_accuracy"], "val_auroc": s["auroc"], "val_accuracy": s["accuracy"]}
 
@@ -174,6 +181,13 @@ def load_run_data(job: Job, paths: Paths) -> RunData:
     manifest = read_manifest(paths.manifest)
     if splits.manifest_sha256 and file_sha256(paths.manifest) != splits.manifest_sha256:
         raise DataError(f"{paths.splits} was made from a different {paths.manifest}: re-run 'featpipe prepare'")
+    if splits.labels:  # a multi-label task: the label matrix of each part (1 / 0 / -1 unknown)
+        parts = [splits.shots(job.seed, job.shots), splits.val_for(job.seed, job.shots), splits.test]
+        tr, va, te = (Labeled(tuple(map(str, ids)), splits.label_matrix(ids).astype(np.int64)) for ids in parts)
+        if len(va) == 0:
+            raise DataError("the splits have no val images: fine-tuning needs them for early stopping")
+        check_disjoint(tr.ids, va.ids, te.ids)
+        return RunData(splits, manifest, list(splits.labels), tr, va, te)
     label_of = dict(zip(manifest["id"].astype(str), manifest["label"].astype(int)))
     classes = list(splits.classes)
     tr = Labeled.of(splits.shots(job.seed, job.shots), label_of)
@@ -194,6 +208,10 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
     p = p.arm(job.arm)  # an arm's own optimizer, lr, epochs, weights, ...
     d = load_run_data(job, paths)
     tr, va, te = d.train, d.val, d.test
+    multilabel = bool(d.splits.labels)
+    if multilabel and p.imbalance == "balanced_sampler":
+        raise ConfigError("finetune.imbalance: balanced_sampler is for single-label tasks: use weighted_loss "
+                          "(per-label positive weights) or none for a multi-label task")
     model, spec = build_model(job.backbone, job.strategy, len(d.classes), weights=p.weights, freeze=p.layerwise_freeze,
                               layer=job.layer, truncated_mode=p.truncated_mode, seed=job.seed)
     prep = Prep.from_preprocess(spec.preprocess)
@@ -213,8 +231,8 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
         res = train(model, source, tr, va, optimizer=opt, cfg=TrainConfig.from_params(p), prep=prep, rt=rt,
                     seed=job.seed, n_classes=len(d.classes), val_metrics=_val_metrics(d.classes),
                     log=(lambda r: say(_epoch_line(name, r, p.epochs))) if say else None)
-        pv = predict_proba(model, source, va.ids, prep=prep, rt=rt, batch_size=p.eval_batch_size)
-        pt = predict_proba(model, source, te.ids, prep=prep, rt=rt, batch_size=p.eval_batch_size)
+        pv = predict_proba(model, source, va.ids, prep=prep, rt=rt, batch_size=p.eval_batch_size, multilabel=multilabel)
+        pt = predict_proba(model, source, te.ids, prep=prep, rt=rt, batch_size=p.eval_batch_size, multilabel=multilabel)
     weights, weights_id = weights_columns(model.features)
     key = {"dataset": d.splits.dataset, "backbone": job.backbone, "weights": weights, "weights_id": weights_id,
            "layer": job.layer or "", "head": job.head, "head_params": head_params(job, p),
@@ -223,6 +241,15 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
            "precision": rt.precision, "device": rt.device.type, "trainable_params": describe(model)["trainable"],
            "capped": d.splits.capped(job.shots), "fraction": d.splits.fraction(job.shots),
            "images_per_class": d.splits.images_per_class(job.shots)}
+    if multilabel:
+        stem = finetune_model_stem(name, model_identity(key, p, precision=rt.precision))
+        meta = {"family": spec.family, "layer": job.layer, "strategy": job.strategy, "arm": job.arm,
+                "preprocess": spec.preprocess.to_dict(), "params": to_dict(p), "precision": rt.precision,
+                **describe(model), **versions("torch", "torchvision", "transformers")}
+        return _record_multilabel(key, own, d, pv, pt, paths=paths, res=res, stem=stem,
+                                  save=(lambda m: save_finetuned(model, m, Path(paths.models) / "finetune"
+                                                                 / d.splits.dataset / stem)) if p.save_models else None,
+                                  meta=meta)
     rec = record_run(key, classes=d.classes, train_ids=tr.ids, val=Outputs(va.ids, va.labels, pv),
                      test=Outputs(te.ids, te.labels, pt), val_policy=d.splits.val_policy,
                      manifest_sha256=d.splits.manifest_sha256, columns=own)
@@ -237,6 +264,30 @@ def run_job(job: Job, p, paths: Paths, *, build: dict | None = None, progress: b
     write_training_curve(Path(paths.results) / TRAINING_DIR / f"{stem}.json", meta, res)
     write_records(paths.results, [rec])
     return row
+
+
+def _record_multilabel(key: dict, own: dict, d: RunData, pv, pt, *, paths: Paths, res, stem: str, save, meta: dict) -> dict:
+    """A multi-label fine-tuning run's row (:func:`featpipe.evaluation.multilabel.record_multilabel`): a label
+    without positives or negatives in the k-shot set is named in ``unfit_labels`` and scored NaN, as for the
+    frozen heads; its training curve is written and (``save``) the network with a sidecar whose ``classes`` are
+    the labels, ``task: multilabel`` and the per-label val ``thresholds`` (Grad-CAM per label reads it)."""
+    unfit = {n: unfit_reason(d.train.labels[:, j]) for j, n in enumerate(d.classes)}
+    unfit = {n: why for n, why in unfit.items() if why}
+    for j, n in enumerate(d.classes):
+        if n in unfit:
+            pv[:, j], pt[:, j] = np.nan, np.nan
+    own = {**own, "kshot_counts": kshot_text(d.splits.achieved(key["seed"], key["shots"]))}
+    rec = record_multilabel(key, labels=d.classes, train_ids=d.train.ids, unfit=unfit,
+                            val=(d.val.ids, d.val.labels, pv), test=(d.test.ids, d.test.labels, pt),
+                            val_policy=d.splits.val_policy, manifest_sha256=d.splits.manifest_sha256, columns=own)
+    full = {**rec.sidecar, **meta, "classes": list(d.classes), "task": "multilabel", "threshold": None,
+            "head_params": rec.row["head_params"], "ids_sha256": rec.row["ids_sha256"], "best_epoch": res.best_epoch,
+            "epochs_run": res.epochs_run, "unfit_labels": rec.row["unfit_labels"]}
+    if save is not None:
+        rec.row["model_path"] = str(save(full))
+    write_training_curve(Path(paths.results) / TRAINING_DIR / f"{stem}.json", full, res)
+    write_records(paths.results, [rec])
+    return rec.row
 
 
 @contextmanager

@@ -126,6 +126,7 @@ def _cross(params: Any) -> None:
     if not frozen and not tuned:
         raise ConfigError("nothing to run: list extract.backbones and fit.heads (frozen features + heads), "
                           "finetune.backbones and finetune.strategies (or finetune.arms), or both")
+    _multilabel(params)
     if params.fit.n_jobs == 0:
         raise _bad("fit.n_jobs", 0, "1 or more processes, or joblib's negative count: -1 = every CPU, "
                                     "-2 = every CPU but one")
@@ -135,6 +136,32 @@ def _cross(params: Any) -> None:
             raise _bad(key, v, "must be greater than 0, 'scale' or 'auto'")
         if isinstance(v, str) and v not in ("scale", "auto"):
             raise _bad(key, v, "must be a number, 'scale' or 'auto'")
+
+
+def _multilabel(params: Any) -> None:
+    """A multi-label task's keys (``data.csv.labels``, ``labels_uncertain``; featpipe.data.multilabel)."""
+    c = params.data.csv
+    if not c.labels:
+        if c.labels_uncertain:
+            raise ConfigError("data.csv.labels_uncertain needs data.csv.labels (the label columns of a multi-label task)")
+        return
+    if params.data.source != "csv":
+        raise ConfigError(f"data.csv.labels (a multi-label task) needs data.source: csv, not {params.data.source!r}")
+    if params.split.fractions:
+        raise ConfigError("split.fractions is not available for multi-label tasks (data.csv.labels) yet: use split.shots")
+    if c.task:
+        raise ConfigError("data.csv.task (one binary column) and data.csv.labels (a multi-label task) are "
+                          "alternatives: set one of them")
+    names = [n for n in c.labels if n != "chexpert"]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise ConfigError(f"data.csv.labels names {dup!r} twice")
+    for key, value in c.labels_uncertain.items():
+        if key != "default" and key not in names and "chexpert" not in c.labels:
+            raise ConfigError(f"data.csv.labels_uncertain.{key}: not one of data.csv.labels ({', '.join(names)}) "
+                              "nor 'default'")
+        if value not in ("zeros", "ones", "ignore"):
+            raise ConfigError(f"bad value for 'data.csv.labels_uncertain.{key}': {value!r} (choose from zeros, ones, ignore)")
 
 
 def check_name(value: str, key: str) -> str:

@@ -38,6 +38,11 @@ class CsvParams:
     split_col: str | None = None
     task: str | None = None  # CheXpert: the pathology column that is the task (binary)
     uncertain: Literal["ignore", "positive", "negative"] = "ignore"  # CheXpert -1 labels
+    # multi-label tasks (featpipe.data.multilabel): several label columns at once, e.g. [Atelectasis, Cardiomegaly]
+    # or [chexpert] (CheXpert's 14 observations); cells 1 / 0 / -1 (uncertain) / blank (checked in params.checks)
+    labels: tuple[str, ...] = ()
+    labels_uncertain: dict[str, str] = field(default_factory=dict)  # -1: {default: zeros|ones|ignore, <label>: ...}
+    labels_blank: Literal["negative", "ignore"] = "negative"  # blank = not mentioned = negative (CheXpert), or unknown
     allow_outside_root: bool = False  # paths outside `root` (../, absolute) are rejected unless this is true
     # CSVs read as one source, each file's rows in the split its name says (CheXpert: [train.csv, valid.csv]);
     # data.path is then the folder holding them (and the default root)

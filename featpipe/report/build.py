@@ -38,6 +38,7 @@ from featpipe.report.calibration import calibration_section
 from featpipe.report.external import external_section
 from featpipe.report.html import Section, folded, page, table
 from featpipe.report.subgroups import subgroup_section
+from featpipe.report.multilabel import multilabel_section
 from featpipe.results.predictions import TestPredictions
 from featpipe.results.summary import check_metrics_json, current_split
 
@@ -240,6 +241,7 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
                                            manifest=preds_manifest, external_dir=inp.external_dir) if preds else "",
              "subgroups")) if part],
         Section("Is A better than B? Paired comparisons", compare_html, "comparisons"),
+        *([Section("Per-label results", multilabel_section(runs, s.raw, best), "labels")] if s.labels else []),
         Section("Degenerate runs", selection.degenerate_section(runs), "degenerate"),
         Section("Calibration", calibration_section(runs, inp.results, s.classes, save=_save, img=_img,
                                                    plots_dir=plots_dir), "calibration"),

@@ -229,7 +229,8 @@ def compare(results_dir: str | Path, *, splits_path: str | Path, manifest_path: 
     runs, _ = current_split(read_runs(Path(results_dir) / RUNS_CSV), splits.sha256)
     if runs.empty:
         raise DataError(f"{Path(results_dir) / RUNS_CSV} has no runs of the current split: run fit/sweep first")
-    preds = TestPredictions(results_dir, read_manifest(manifest_path), splits.classes)
+    # a multi-label task writes no predictions files (yet): its comparisons are paired by seed only
+    preds = None if splits.labels else TestPredictions(results_dir, read_manifest(manifest_path), splits.classes)
     table = compare_runs(runs, preds, settings=params.compare, select_metric=params.report.metric)
     table.attrs["notes"] = seed_gaps(runs)
     path = Path(out) if out else Path(results_dir) / COMPARISONS_CSV

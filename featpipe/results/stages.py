@@ -103,6 +103,12 @@ def zeroshot(splits_path: str | Path, *, params: Params, cache_dir: str | Path =
     ``allow_empty`` a backbone without a text tower is skipped (the DVC stage runs for every extracted backbone)
     and a stage with nothing to score writes only ``ZEROSHOT.txt`` saying why."""
     splits = load_splits(splits_path)
+    if splits.labels:  # prompts name classes; a multi-label task has one prompt pair per label (not yet)
+        if not allow_empty:
+            raise FeatpipeError("zero-shot is not available for multi-label tasks (data.csv.labels) yet")
+        Path(results_dir).mkdir(parents=True, exist_ok=True)
+        (Path(results_dir) / "ZEROSHOT.txt").write_text("no zero-shot runs: not available for multi-label tasks yet\n")
+        return []
     names = list(backbones or params.zeroshot.backbones
                  or [b for b in params.extract.backbones if get_backbone(b).text is not None])
     without = [b for b in names if get_backbone(b).text is None]
@@ -152,6 +158,8 @@ def bootstrap_table(runs: Sequence[RunResult], *, seed: int, manifest_path: str 
     if not chosen:
         raise FeatpipeError(f"seed {seed} is not among the seeds fitted ({sorted({r.row['seed'] for r in runs})})")
     run = chosen[0]
+    if run.row.get("task") == "multilabel":
+        return f"seed {seed}: no patient-level bootstrap for multi-label runs yet (intervals over seeds: see the report)"
     ci = bootstrap_run(run, manifest_path=manifest_path, n_boot=n_boot, seed=seed)
     lines = [f"seed {seed}: patient-level bootstrap 95% intervals on test ({n_boot} resamples of patients)"]
     for metric, iv in ci.items():

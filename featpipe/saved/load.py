@@ -130,13 +130,19 @@ class LoadedModel:
     def predict_proba(self, images, *, batch_size: int = 32) -> np.ndarray:
         """Class probabilities ``(n, C)`` (columns in :attr:`classes` order) of decoded images: a head's pipeline
         on :meth:`embed` (with the run's val-fitted temperature, if any), or the fine-tuned network's softmax as
-        its own test pass computes it."""
+        its own test pass computes it (a multi-label network: a sigmoid per label)."""
         if self.kind == "head":
             return head_proba(self.pipeline, self.meta, self.embed(images, batch_size=batch_size))
         pixels = _stack(images)
         ids = [str(i) for i in range(len(pixels))]
         return finetuned_proba(self.network, ArrayImages(ids, pixels), ids, prep=Prep.from_preprocess(self.preprocess),
-                               rt=self.runtime, batch_size=batch_size)
+                               rt=self.runtime, batch_size=batch_size, multilabel=self.multilabel)
+
+    @property
+    def multilabel(self) -> bool:
+        """A multi-label model: :attr:`classes` are its labels, each with a sigmoid output and its own val
+        threshold (``thresholds`` in the sidecar)."""
+        return self.meta.get("task") == "multilabel"
 
     def torch_module(self):
         """The model as one torch module: normalised ``(B, 3, H, W)`` -> class logits ``(B, C)``, eval mode (a
