@@ -24,7 +24,7 @@ from featpipe.params.config import load_params
 from featpipe.report.build import ReportInputs, build_report
 from featpipe.results.stats import seed_summary
 from featpipe.saved.external import side_by_side
-from tests.conftest import FIGURE1, PNEUMONIAMNIST, write_image
+from tests.conftest import FIGURE1, PNEUMONIAMNIST, copy_project, write_image
 
 LABEL_MAP = {"COVID-19": "pneumonia", "Pneumonia": "pneumonia", "No finding": "normal"}
 
@@ -92,7 +92,7 @@ def test_every_saved_model_has_an_external_row(project):
     # the command's side-by-side lines: mean over seeds per configuration, internal then external
     line = next(x for x in side_by_side(internal, external, "figure1") if "/logistic" in x)
     means = [float(v) for v in re.findall(r"(\d\.\d{3}) \[", line)]
-    logi = lambda t: t[t["head"] == "logistic"]  # noqa: E731
+    logi = lambda t: t[t["head"] == "logistic"]
     assert means == [round(seed_summary(logi(internal), "auroc")["mean"], 3),
                      round(seed_summary(logi(external), "auroc")["mean"], 3),
                      round(seed_summary(logi(internal), "accuracy")["mean"], 3),
@@ -159,6 +159,39 @@ def test_report_shows_internal_and_external_side_by_side(project, monkeypatch):
     sub = _section(page, "Subgroups")
     assert "external:figure1" in sub and "too few" in sub
     assert "the manifest has no column &#x27;sex&#x27;" in sub  # PneumoniaMNIST carries no metadata: said, not scored
+
+
+def test_evaluate_external_reads_the_cache_prepare_filled(project, tmp_path, monkeypatch, capsys):
+    """`prepare --external` filled cache/figure1/: `evaluate-external` reads it (no file is decoded again, the cache
+    file is not rewritten), and its scores equal those of a run that decodes the files."""
+    import featpipe.saved.external as saved_external
+
+    root = copy_project(project, tmp_path, monkeypatch)
+    caches = sorted(Path("cache/figure1").glob("decoded-*.h5"))
+    assert caches
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in caches}
+
+    def no_decode(*a, **k):
+        raise AssertionError("external images decoded again")
+
+    monkeypatch.setattr(saved_external, "decode_files", no_decode)
+    capsys.readouterr()
+    assert main(["evaluate-external", "--out", "results/ext_cached"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"read from {p}" in out for p in caches) and "decoded from their files" not in out
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in caches} == before
+    monkeypatch.undo()
+    monkeypatch.chdir(root)
+    assert main(["evaluate-external", "--out", "results/ext_files", "--cache-dir", "no-cache-here"]) == 0
+    assert "decoded from their files" in capsys.readouterr().out
+    cached, files = (read_runs(root / f"results/{d}/figure1/runs.csv") for d in ("ext_cached", "ext_files"))
+    cols = ["run_id", "auroc", "accuracy", "sensitivity", "specificity", "brier", "threshold"]
+    pd.testing.assert_frame_equal(cached[cols].sort_values("run_id").reset_index(drop=True),
+                                  files[cols].sort_values("run_id").reset_index(drop=True))
+    pc, pf = (read_predictions(root / f"results/{d}/figure1", cached["run_id"]) for d in ("ext_cached", "ext_files"))
+    col = proba_column("pneumonia")
+    key = ["run_id", "id"]
+    np.testing.assert_array_equal(pc.sort_values(key)[col].to_numpy(), pf.sort_values(key)[col].to_numpy())
 
 
 def test_unmapped_labels_are_named_rejects(project, tmp_path, monkeypatch):

@@ -73,11 +73,11 @@ def _internal_rows(page: str) -> tuple[str, list[list[str]]]:
     """(the "Run:" paragraph, the cells of the internal-test group table) of the report's subgroup section."""
     start = page.index("<h2>Subgroups")
     sec = page[start:page.index("</section>", start)]
-    intro = re.search(r"<p>Run: (.*?)</p>", sec, re.S).group(1)
+    intro = re.search(r"<p>Run: (.*?)</p>", sec, re.DOTALL).group(1)
     internal = sec[sec.index("<h3>internal test</h3>"):]
     first = internal[:internal.index("</table>")]
-    rows = [[html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", tr, re.S)]
-            for tr in re.findall(r"<tr>(.*?)</tr>", first, re.S)]
+    rows = [[html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", tr, re.DOTALL)]
+            for tr in re.findall(r"<tr>(.*?)</tr>", first, re.DOTALL)]
     return intro, [r for r in rows if r]
 
 
@@ -111,7 +111,7 @@ def test_internal_subgroup_table_equals_sklearn_on_the_saved_predictions(study):
             too_few += 1
             continue
         scored += 1
-        lead = lambda cell: float(cell.split(" ")[0])  # noqa: E731  "0.750 [0.412, 0.927]"
+        lead = lambda cell: float(cell.split(" ")[0])
         assert lead(acc) == pytest.approx(accuracy_score(y[m], yhat[m]), abs=5e-4)
         if len(set(y[m])) == 2:
             assert lead(auroc) == pytest.approx(roc_auc_score(y[m], p[m]), abs=5e-4)
