@@ -7,12 +7,14 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
 
 from featpipe.cli.main import main
@@ -236,3 +238,33 @@ def test_overlap_by_patient_id():
     with pytest.raises(DataError, match=r"1 image\(s\) are in the study's data \(0 identical files, 1 study patient"):
         check_outside_study(study, ext, "other")
     check_outside_study(study, ext.iloc[1:], "other")
+
+
+def test_prepare_external_depends_on_the_csv_and_its_image_folder(tmp_path, monkeypatch, figure1_dir):
+    """dvc.yaml: prepare_external depends on the set's fingerprint, which fetch_external (always run) writes from
+    the CSV and its image root (csv.root, a folder beside the CSV's): a changed image changes it, so DVC reruns
+    prepare_external; an untouched set writes the same bytes, so it does not."""
+    stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
+    fetch, prep = stages["fetch_external"], stages["prepare_external"]
+    assert fetch["foreach"] == prep["foreach"] == "${evaluate.external}" and fetch["do"]["always_changed"] is True
+    sub = lambda text: text.replace("${item.name}", "fig").replace("${item.path}", "ext/meta.csv")
+    stamp = sub(next(iter(fetch["do"]["outs"][0])))
+    assert stamp in [sub(d) for d in prep["do"]["deps"]]
+    monkeypatch.chdir(tmp_path)
+    images = sorted((figure1_dir / "images").glob("*.jpg"))[:4]
+    Path("imgs").mkdir()
+    for f in images:
+        shutil.copy(f, Path("imgs") / f.name)
+    Path("ext").mkdir()
+    Path("ext/meta.csv").write_text("file,label\n" + "".join(f"{f.name},{'ab'[i % 2]}\n" for i, f in enumerate(images)))
+    Path("params.yaml").write_text(
+        "data: {name: demo, source: synthetic, path: data/synthetic}\n"
+        "evaluate: {external: [{name: fig, source: csv, path: ext/meta.csv, "
+        "csv: {root: imgs, path_col: file, label_col: label}}]}\n")
+    argv = shlex.split(sub(fetch["do"]["cmd"]))[1:]
+    assert main(argv) == 0
+    first = Path(stamp).read_bytes()
+    assert main(argv) == 0 and Path(stamp).read_bytes() == first  # unchanged: prepare_external stays
+    with open(Path("imgs") / images[0].name, "ab") as fh:  # one image changed, the CSV untouched
+        fh.write(b"\0")
+    assert main(argv) == 0 and Path(stamp).read_bytes() != first
