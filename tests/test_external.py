@@ -20,10 +20,12 @@ from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
 from featpipe.cli.main import main
 from featpipe.core.errors import DataError
 from featpipe.core.names import proba_column
-from featpipe.data.external import check_outside_study
+from featpipe.data.external import check_outside_study, read_external
+from featpipe.data.manifest import read_manifest
 from featpipe.evaluation.table import read_predictions, read_runs
 from featpipe.params.config import load_params
 from featpipe.report.build import ReportInputs, build_report
+from featpipe.results import predictions
 from featpipe.results.stats import seed_summary
 from featpipe.saved.external import side_by_side
 from tests.conftest import FIGURE1, PNEUMONIAMNIST, copy_project, write_image
@@ -158,6 +160,21 @@ def test_report_shows_internal_and_external_side_by_side(project, monkeypatch):
     assert len(chosen) == (2 if "logistic" in row.group(1) else 1)
     assert row.group(3).startswith(f"{seed_summary(chosen, 'auroc')['mean']:.3f}")
     assert f"(n={len(_expected_labels())})" in row.group(3) and "(n=468)" in row.group(2)
+    # one interval method on both sides, the best-configuration table's (seeds + test patients): seed_summary with
+    # each test set's own test-sampling variance, patients resampled from its own predictions and manifest
+    internal = read_runs(project / "results/runs.csv")
+    chosen_int = internal[internal["head"].isin(chosen["head"])]
+    classes = ["normal", "pneumonia"]
+    sampling = {"int": predictions.TestPredictions(Path("results"), read_manifest("data/manifest.csv"), classes).sampling,
+                "ext": predictions.TestPredictions(Path("results/external/figure1"), read_external("figure1", classes),
+                                                   classes).sampling}
+    for m in ("auroc", "accuracy", "sensitivity", "specificity"):
+        cells = re.search(rf"<td>5</td><td>[^<]*</td><td>{m}</td><td>([^<]*)</td><td>([^<]*)</td>", ext)
+        for cell, runs, side in ((cells.group(1), chosen_int, "int"), (cells.group(2), chosen, "ext")):
+            s = seed_summary(runs, m, sampling=sampling[side])
+            assert cell.startswith(f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"), (m, side, cell)
+    assert "the same 95% interval (seeds and test patients)" in ext
+    assert "95% interval (seeds + test patients)" in _section(page, "Best configuration")
     sub = _section(page, "Subgroups")
     assert "external:figure1" in sub and "too few" in sub
     assert "the manifest has no column &#x27;sex&#x27;" in sub  # PneumoniaMNIST carries no metadata: said, not scored

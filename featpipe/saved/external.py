@@ -78,7 +78,9 @@ def side_by_side(internal: pd.DataFrame, external: pd.DataFrame, name: str, metr
     both = pd.concat([internal.assign(_set="internal"), external.assign(_set=name)], ignore_index=True)
     both["_config"] = config_labels(both).to_numpy()
     head = "  ".join(f"{m + ' ' + s:>28s}" for m in metrics for s in ("internal", name[:19]))
-    out = [f"  {'configuration':40s} {'k':>4s}  {head}"]
+    note = ("  mean over seeds [95% interval: seeds + test sampling, on each test set's own images, as the internal "
+            "summary tables]")
+    out = [note, f"  {'configuration':40s} {'k':>4s}  {head}"]
     for (config, k), g in both.groupby(["_config", "shots"], sort=True):
         cells = []
         for m in metrics:
