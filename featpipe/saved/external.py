@@ -3,7 +3,9 @@
 The runs are the rows of the study's results table (current split) that saved a model (``model_path``): frozen heads
 and fine-tuned networks alike. Each is loaded by :func:`featpipe.saved.load.load_model` (a head's backbone rebuilt
 and checked against its sidecar), the external images (``data/external/<name>/manifest.csv``, labels mapped to the
-study's classes) are decoded as ``predict`` decodes them, and each run is scored with its own val-chosen threshold
+study's classes) are read from the decoded caches ``prepare --external`` filled in ``cache/<name>/`` where they hold
+exactly what ``predict``'s decode would give (same decoder settings, every row's sha256), else decoded as ``predict``
+decodes them, and each run is scored with its own val-chosen threshold
 by :func:`featpipe.evaluation.record.record_external`: the same metrics as its internal row, in a row of its own
 (``test_set = external:<name>``) in ``results/external/<name>/runs.csv`` with its predictions beside it. Heads on
 the same backbone, weights, layer and precision share one embedding pass. A run whose model file is missing is
