@@ -7,24 +7,28 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
 
 from featpipe.cli.main import main
 from featpipe.core.errors import DataError
 from featpipe.core.names import proba_column
-from featpipe.data.external import check_outside_study
+from featpipe.data.external import check_outside_study, read_external
+from featpipe.data.manifest import read_manifest
 from featpipe.evaluation.table import read_predictions, read_runs
 from featpipe.params.config import load_params
 from featpipe.report.build import ReportInputs, build_report
+from featpipe.results import predictions
 from featpipe.results.stats import seed_summary
 from featpipe.saved.external import side_by_side
-from tests.conftest import FIGURE1, PNEUMONIAMNIST, write_image
+from tests.conftest import FIGURE1, PNEUMONIAMNIST, copy_project, write_image
 
 LABEL_MAP = {"COVID-19": "pneumonia", "Pneumonia": "pneumonia", "No finding": "normal"}
 
@@ -92,7 +96,7 @@ def test_every_saved_model_has_an_external_row(project):
     # the command's side-by-side lines: mean over seeds per configuration, internal then external
     line = next(x for x in side_by_side(internal, external, "figure1") if "/logistic" in x)
     means = [float(v) for v in re.findall(r"(\d\.\d{3}) \[", line)]
-    logi = lambda t: t[t["head"] == "logistic"]  # noqa: E731
+    logi = lambda t: t[t["head"] == "logistic"]
     assert means == [round(seed_summary(logi(internal), "auroc")["mean"], 3),
                      round(seed_summary(logi(external), "auroc")["mean"], 3),
                      round(seed_summary(logi(internal), "accuracy")["mean"], 3),
@@ -156,9 +160,57 @@ def test_report_shows_internal_and_external_side_by_side(project, monkeypatch):
     assert len(chosen) == (2 if "logistic" in row.group(1) else 1)
     assert row.group(3).startswith(f"{seed_summary(chosen, 'auroc')['mean']:.3f}")
     assert f"(n={len(_expected_labels())})" in row.group(3) and "(n=468)" in row.group(2)
+    # one interval method on both sides, the best-configuration table's (seeds + test patients): seed_summary with
+    # each test set's own test-sampling variance, patients resampled from its own predictions and manifest
+    internal = read_runs(project / "results/runs.csv")
+    chosen_int = internal[internal["head"].isin(chosen["head"])]
+    classes = ["normal", "pneumonia"]
+    sampling = {"int": predictions.TestPredictions(Path("results"), read_manifest("data/manifest.csv"), classes).sampling,
+                "ext": predictions.TestPredictions(Path("results/external/figure1"), read_external("figure1", classes),
+                                                   classes).sampling}
+    for m in ("auroc", "accuracy", "sensitivity", "specificity"):
+        cells = re.search(rf"<td>5</td><td>[^<]*</td><td>{m}</td><td>([^<]*)</td><td>([^<]*)</td>", ext)
+        for cell, runs, side in ((cells.group(1), chosen_int, "int"), (cells.group(2), chosen, "ext")):
+            s = seed_summary(runs, m, sampling=sampling[side])
+            assert cell.startswith(f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"), (m, side, cell)
+    assert "the same 95% interval (seeds and test patients)" in ext
+    assert "95% interval (seeds + test patients)" in _section(page, "Best configuration")
     sub = _section(page, "Subgroups")
     assert "external:figure1" in sub and "too few" in sub
     assert "the manifest has no column &#x27;sex&#x27;" in sub  # PneumoniaMNIST carries no metadata: said, not scored
+
+
+def test_evaluate_external_reads_the_cache_prepare_filled(project, tmp_path, monkeypatch, capsys):
+    """`prepare --external` filled cache/figure1/: `evaluate-external` reads it (no file is decoded again, the cache
+    file is not rewritten), and its scores equal those of a run that decodes the files."""
+    import featpipe.saved.external as saved_external
+
+    root = copy_project(project, tmp_path, monkeypatch)
+    caches = sorted(Path("cache/figure1").glob("decoded-*.h5"))
+    assert caches
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in caches}
+
+    def no_decode(*a, **k):
+        raise AssertionError("external images decoded again")
+
+    monkeypatch.setattr(saved_external, "decode_files", no_decode)
+    capsys.readouterr()
+    assert main(["evaluate-external", "--out", "results/ext_cached"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"read from {p}" in out for p in caches) and "decoded from their files" not in out
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in caches} == before
+    monkeypatch.undo()
+    monkeypatch.chdir(root)
+    assert main(["evaluate-external", "--out", "results/ext_files", "--cache-dir", "no-cache-here"]) == 0
+    assert "decoded from their files" in capsys.readouterr().out
+    cached, files = (read_runs(root / f"results/{d}/figure1/runs.csv") for d in ("ext_cached", "ext_files"))
+    cols = ["run_id", "auroc", "accuracy", "sensitivity", "specificity", "brier", "threshold"]
+    pd.testing.assert_frame_equal(cached[cols].sort_values("run_id").reset_index(drop=True),
+                                  files[cols].sort_values("run_id").reset_index(drop=True))
+    pc, pf = (read_predictions(root / f"results/{d}/figure1", cached["run_id"]) for d in ("ext_cached", "ext_files"))
+    col = proba_column("pneumonia")
+    key = ["run_id", "id"]
+    np.testing.assert_array_equal(pc.sort_values(key)[col].to_numpy(), pf.sort_values(key)[col].to_numpy())
 
 
 def test_unmapped_labels_are_named_rejects(project, tmp_path, monkeypatch):
@@ -203,3 +255,33 @@ def test_overlap_by_patient_id():
     with pytest.raises(DataError, match=r"1 image\(s\) are in the study's data \(0 identical files, 1 study patient"):
         check_outside_study(study, ext, "other")
     check_outside_study(study, ext.iloc[1:], "other")
+
+
+def test_prepare_external_depends_on_the_csv_and_its_image_folder(tmp_path, monkeypatch, figure1_dir):
+    """dvc.yaml: prepare_external depends on the set's fingerprint, which fetch_external (always run) writes from
+    the CSV and its image root (csv.root, a folder beside the CSV's): a changed image changes it, so DVC reruns
+    prepare_external; an untouched set writes the same bytes, so it does not."""
+    stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
+    fetch, prep = stages["fetch_external"], stages["prepare_external"]
+    assert fetch["foreach"] == prep["foreach"] == "${evaluate.external}" and fetch["do"]["always_changed"] is True
+    sub = lambda text: text.replace("${item.name}", "fig").replace("${item.path}", "ext/meta.csv")
+    stamp = sub(next(iter(fetch["do"]["outs"][0])))
+    assert stamp in [sub(d) for d in prep["do"]["deps"]]
+    monkeypatch.chdir(tmp_path)
+    images = sorted((figure1_dir / "images").glob("*.jpg"))[:4]
+    Path("imgs").mkdir()
+    for f in images:
+        shutil.copy(f, Path("imgs") / f.name)
+    Path("ext").mkdir()
+    Path("ext/meta.csv").write_text("file,label\n" + "".join(f"{f.name},{'ab'[i % 2]}\n" for i, f in enumerate(images)))
+    Path("params.yaml").write_text(
+        "data: {name: demo, source: synthetic, path: data/synthetic}\n"
+        "evaluate: {external: [{name: fig, source: csv, path: ext/meta.csv, "
+        "csv: {root: imgs, path_col: file, label_col: label}}]}\n")
+    argv = shlex.split(sub(fetch["do"]["cmd"]))[1:]
+    assert main(argv) == 0
+    first = Path(stamp).read_bytes()
+    assert main(argv) == 0 and Path(stamp).read_bytes() == first  # unchanged: prepare_external stays
+    with open(Path("imgs") / images[0].name, "ab") as fh:  # one image changed, the CSV untouched
+        fh.write(b"\0")
+    assert main(argv) == 0 and Path(stamp).read_bytes() != first

@@ -177,3 +177,36 @@ def test_dvc_repro_on_the_default_params_with_planted_weights(tmp_path, monkeypa
     assert len(runs) == 1 + len(backs) * len(heads) + 2 * 4 + n_sets  # heads x 1 shot x 1 seed + strategies + medsiglip
     assert ",zeroshot," in "".join(runs) and "Calibration" in html
     assert "DenseNet161_Weights.IMAGENET1K_V1" in runs[1] + "".join(runs) and "google/medsiglip-448" in "".join(runs)
+
+
+@pytest.mark.slow
+def test_a_failed_repro_reruns_only_what_it_left_undone(tmp_path, figure1_dir):
+    """A `dvc repro` in a git repository that fails at prepare_external (a label_map to a class the study lacks),
+    then the map fixed: the next repro runs the external stages and the report, and not collect or compare. DVC
+    removes the .gitignore entries it added in a failed run; without the project's .dvcignore, collect (which
+    depends on results/fit, the folder holding those files) saw its folders changed and reran."""
+    work = tmp_path / "project"
+    work.mkdir()
+    for name in ("dvc.yaml", "prompts.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, work / name)
+    params = yaml.safe_load((ROOT / "params.demo.yaml").read_text())
+    params["split"].update({"seeds": [0, 1], "shots": [5]})
+    params["fit"].update({"heads": ["logistic"]})
+    params["finetune"].update({"strategies": ["head"], "shots": [5], "seeds": [0], "epochs": 1, "patience": 1})
+    params["gradcam"].update({"runs": []})
+    ext = {"name": "figure1", "source": "csv", "path": str(figure1_dir / "metadata.csv"),
+           "csv": {"root": str(figure1_dir / "images"), "path_col": "patientid", "label_col": "finding"},
+           "label_map": {"COVID-19": "pneumonia", "No finding": "normal"}}  # 'pneumonia' is no class of the demo
+    params["evaluate"] = {"external": [ext]}
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run("git", "init", "-q", cwd=work)
+    _run(DVC, "init", "-q", cwd=work)
+    _run(DVC, "config", "core.analytics", "false", cwd=work)
+    failed = subprocess.run([DVC, "repro"], check=False, cwd=work, capture_output=True, text=True, timeout=3600)
+    assert failed.returncode != 0 and "which is not a study class (normal, finding1)" in failed.stderr + failed.stdout
+    assert {"collect", "compare", "fetch_external@0", "prepare_external@0"} <= _ran(failed.stdout + failed.stderr)
+    ext["label_map"] = {"COVID-19": "finding1", "Pneumonia": "finding1", "No finding": "normal"}
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    again = _ran(_run(DVC, "repro", cwd=work))
+    assert again == {"fetch", "fetch_external@0", "prepare_external@0", "evaluate_external@0", "gradcam", "report"}
+    assert _ran(_run(DVC, "repro", cwd=work)) == {"fetch", "fetch_external@0"}  # always run, nothing after them

@@ -25,10 +25,18 @@ def setup_workspace(project: str | Path, workdir: str | Path) -> Path:
     shutil.copyfile(project / "dvc.yaml", workdir / "dvc.yaml")
     shutil.copyfile(project / "params.demo.yaml", workdir / "params.yaml")
     shutil.copyfile(project / "prompts.yaml", workdir / "prompts.yaml")  # the zeroshot stage's prompts (a dependency)
+    copy_dvcignore(project, workdir)
     if not (workdir / ".dvc").is_dir():
         dvc(["init", "--no-scm", "-q"], workdir)
         dvc(["config", "core.analytics", "false"], workdir)
     return workdir
+
+
+def copy_dvcignore(project: Path, workdir: Path) -> None:
+    """The checkout's ``.dvcignore`` (DVC's own .gitignore files left out of folder hashes: a failed repro in a git
+    repository then reruns no stage that depends on a folder of outputs) into a workspace that has none."""
+    if (project / ".dvcignore").is_file() and not (workdir / ".dvcignore").exists():
+        shutil.copyfile(project / ".dvcignore", workdir / ".dvcignore")
 
 
 def dvc(args: list[str], cwd: Path) -> None:

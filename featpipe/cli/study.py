@@ -18,7 +18,7 @@ import yaml
 
 from featpipe.backbones.registry import get as get_backbone
 from featpipe.backbones.weights import FILE_SUFFIXES
-from featpipe.cli.demo import dvc
+from featpipe.cli.demo import copy_dvcignore, dvc
 from featpipe.core.errors import ConfigError
 from featpipe.core.names import finetune_run_name
 from featpipe.params.config import Params, apply_overrides, build, to_dict
@@ -153,7 +153,7 @@ def _smoke_gradcam(raw: dict) -> list[str]:
 def setup_study(project: str | Path, name: str, data: str | Path, workdir: str | Path, *, smoke: bool = False,
                 overrides=()) -> Path:
     """The workspace of preset ``name`` on ``data``: ``dvc.yaml``, the complete ``params.yaml``, the zero-shot
-    prompts file the pipeline depends on, ``dvc init``."""
+    prompts file the pipeline depends on, the checkout's ``.dvcignore``, ``dvc init``."""
     found = presets(project)
     if name not in found:
         raise ConfigError(f"no study preset {name!r} in {Path(project) / PRESETS} (presets: {', '.join(found) or 'none'})")
@@ -161,6 +161,7 @@ def setup_study(project: str | Path, name: str, data: str | Path, workdir: str |
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(project) / "dvc.yaml", work / "dvc.yaml")
+    copy_dvcignore(Path(project), work)
     prompts = Path(str((params.get("zeroshot") or {}).get("prompts") or "prompts.yaml"))
     if not prompts.is_absolute() and (Path(project) / prompts).is_file() and not (work / prompts).exists():
         shutil.copyfile(Path(project) / prompts, work / prompts)  # the zeroshot stage's prompts (a dependency)

@@ -3,7 +3,9 @@
 The runs are the rows of the study's results table (current split) that saved a model (``model_path``): frozen heads
 and fine-tuned networks alike. Each is loaded by :func:`featpipe.saved.load.load_model` (a head's backbone rebuilt
 and checked against its sidecar), the external images (``data/external/<name>/manifest.csv``, labels mapped to the
-study's classes) are decoded as ``predict`` decodes them, and each run is scored with its own val-chosen threshold
+study's classes) are read from the decoded caches ``prepare --external`` filled in ``cache/<name>/`` where they hold
+exactly what ``predict``'s decode would give (same decoder settings, every row's sha256), else decoded as ``predict``
+decodes them, and each run is scored with its own val-chosen threshold
 by :func:`featpipe.evaluation.record.record_external`: the same metrics as its internal row, in a row of its own
 (``test_set = external:<name>``) in ``results/external/<name>/runs.csv`` with its predictions beside it. Heads on
 the same backbone, weights, layer and precision share one embedding pass. A run whose model file is missing is
@@ -20,13 +22,21 @@ import numpy as np
 import pandas as pd
 
 from featpipe.backbones.modelinput import decode_files
-from featpipe.core.errors import DataError
+from featpipe.core.errors import CacheError, DataError
+from featpipe.core.log import notice
 from featpipe.data.external import EXTERNAL_DIR, check_outside_study, read_external
 from featpipe.data.manifest import read_manifest
 from featpipe.data.splits import load_splits
+from featpipe.decoded.cache import (
+    DecodedImages,
+    decoded_path,
+    decoder_settings,
+    settings_mismatch,
+)
 from featpipe.evaluation.record import Outputs, record_external
 from featpipe.evaluation.table import RUNS_CSV, read_runs, write_records
 from featpipe.heads.io import load_head
+from featpipe.imaging.base import DEFAULT_DRAFT, as_resize
 from featpipe.results.stats import seed_summary
 from featpipe.results.summary import config_labels, current_split
 from featpipe.saved.load import head_proba, load_model
@@ -48,10 +58,13 @@ class ExternalResult:
     unsaved: int = 0  # study rows without a saved model (not scored)
     missing: list = field(default_factory=list)  # model files named by rows but not found
     internal: pd.DataFrame | None = None  # the study's rows of the scored runs (for the side-by-side lines)
+    sources: dict = field(default_factory=dict)  # decoded form -> "files" or the decoded cache it was read from
 
     def lines(self) -> list[str]:
         out = [f"external set '{self.name}': {len(self.table)} run(s) scored on {self.n_images} images"]
         out += side_by_side(self.internal, self.table, self.name) if self.internal is not None else []
+        for form, src in sorted(self.sources.items()):
+            out.append(f"  images at {form}: " + ("decoded from their files" if src == "files" else f"read from {src}"))
         if self.unsaved:
             out.append(f"  {self.unsaved} run(s) saved no model (fit.save_models: false, zero-shot): not scored")
         if self.missing:
@@ -67,7 +80,9 @@ def side_by_side(internal: pd.DataFrame, external: pd.DataFrame, name: str, metr
     both = pd.concat([internal.assign(_set="internal"), external.assign(_set=name)], ignore_index=True)
     both["_config"] = config_labels(both).to_numpy()
     head = "  ".join(f"{m + ' ' + s:>28s}" for m in metrics for s in ("internal", name[:19]))
-    out = [f"  {'configuration':40s} {'k':>4s}  {head}"]
+    note = ("  mean over seeds [95% interval: seeds + test sampling, on each test set's own images, as the internal "
+            "summary tables]")
+    out = [note, f"  {'configuration':40s} {'k':>4s}  {head}"]
     for (config, k), g in both.groupby(["_config", "shots"], sort=True):
         cells = []
         for m in metrics:
@@ -82,20 +97,49 @@ def side_by_side(internal: pd.DataFrame, external: pd.DataFrame, name: str, metr
 
 class _Images:
     """The external images decoded once per decoded form, and embedded once per (backbone, weights, layer,
-    precision)."""
+    precision).
 
-    def __init__(self, paths: list[str], max_pixels: int | None):
-        self.paths, self.max_pixels = paths, max_pixels
-        self._pixels: dict[str, list] = {}
+    A decoded form is read from ``<cache_dir>/<name>/decoded-<form>.h5`` when ``prepare --external`` filled it with
+    the decoder settings a fresh decode would use (:func:`~featpipe.decoded.cache.decoder_settings` at the default
+    draft setting, as ``predict`` decodes) and it holds every external image with its sha256: the same pixels,
+    without decoding the files again. Otherwise (no cache, other settings, stale or damaged rows) the files are
+    decoded. ``sources`` records where each form came from (file or cache path)."""
+
+    def __init__(self, manifest: pd.DataFrame, max_pixels: int | None, cache_dir: str | Path | None = None,
+                 dataset: str = ""):
+        self.manifest, self.max_pixels = manifest, max_pixels
+        self.cache_dir, self.dataset = cache_dir, dataset
+        self._pixels: dict[str, list | np.ndarray] = {}
         self._emb: dict[tuple, np.ndarray] = {}
+        self.sources: dict[str, str] = {}
 
-    def pixels(self, decoding) -> list:
+    def _cached(self, decoding) -> np.ndarray | None:
+        if self.cache_dir is None:
+            return None
+        path = decoded_path(self.cache_dir, self.dataset, decoding)
+        if not path.is_file():
+            return None
+        with DecodedImages(path) as cache:
+            try:
+                if settings_mismatch(cache.attrs, decoder_settings(decoding, DEFAULT_DRAFT)) is not None:
+                    return None
+                pixels = cache.read(cache.require(self.manifest))
+            except CacheError as exc:
+                notice(f"{exc}; decoding the external images from their files instead")
+                return None
+        self.sources[as_resize(decoding).label] = str(path)
+        return pixels
+
+    def pixels(self, decoding) -> list | np.ndarray:
         key = repr(decoding)
         if key not in self._pixels:
-            _, pixels, bad = decode_files(self.paths, decoding, max_pixels=self.max_pixels)
-            if bad:
-                raise DataError(f"external image {bad[0]['path']} no longer decodes ({bad[0]['reason']}): rerun "
-                                "'featpipe prepare --external'")
+            pixels = self._cached(decoding)
+            if pixels is None:
+                _, pixels, bad = decode_files(list(self.manifest["path"]), decoding, max_pixels=self.max_pixels)
+                if bad:
+                    raise DataError(f"external image {bad[0]['path']} no longer decodes ({bad[0]['reason']}): rerun "
+                                    "'featpipe prepare --external'")
+                self.sources[as_resize(decoding).label] = "files"
             self._pixels[key] = pixels
         return self._pixels[key]
 
@@ -117,16 +161,19 @@ def _proba(path: Path, images: _Images, batch_size: int, device: str) -> np.ndar
 
 def evaluate_external(name: str, *, splits_path: str | Path, manifest_path: str | Path, runs_path: str | Path,
                       out_base: str | Path = RESULTS_DIR, external_base: str | Path = EXTERNAL_DIR,
-                      device: str = "cpu", batch_size: int = 32, max_pixels: int | None = None) -> ExternalResult:
+                      device: str = "cpu", batch_size: int = 32, max_pixels: int | None = None,
+                      cache_dir: str | Path | None = "cache") -> ExternalResult:
     """Score every saved model of ``runs_path`` (current split) on the prepared external set ``name``; rows,
-    predictions and curves go to ``<out_base>/<name>/``."""
+    predictions and curves go to ``<out_base>/<name>/``. The images are read from the decoded caches
+    ``prepare --external`` filled in ``<cache_dir>/<name>/`` where they match (:class:`_Images`; None: always
+    decoded from the files)."""
     splits = load_splits(splits_path)
     ext = read_external(name, splits.classes, base=external_base)
     check_outside_study(read_manifest(manifest_path), ext, name)
     runs, _ = current_split(read_runs(runs_path), splits.sha256)
     saved = runs[runs.get("model_path", pd.Series("", index=runs.index)).fillna("").astype(str) != ""]
     missing = [p for p in saved["model_path"] if not Path(p).exists()]
-    images = _Images(list(ext["path"]), max_pixels)
+    images = _Images(ext, max_pixels, cache_dir, name)
     labels = ext["label"].to_numpy(dtype=np.int64)
     records = []
     for row in saved.to_dict("records"):
@@ -139,4 +186,4 @@ def evaluate_external(name: str, *, splits_path: str | Path, manifest_path: str 
     out.mkdir(parents=True, exist_ok=True)
     table = write_records(out, records) if records else read_runs(out / RUNS_CSV)
     return ExternalResult(name, table, len(ext), unsaved=len(runs) - len(saved), missing=missing,
-                          internal=saved[~saved["model_path"].isin(missing)])
+                          internal=saved[~saved["model_path"].isin(missing)], sources=dict(images.sources))

@@ -15,6 +15,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--runs", default="results/runs.csv", help="the study's results table (its saved models)")
     parser.add_argument("--external-dir", default=str(EXTERNAL_DIR), help="prepared external sets (default: data/external)")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="results per external set (default: results/external)")
+    parser.add_argument("--cache-dir", default="cache",
+                        help="decoded-image caches: <cache-dir>/NAME/ as 'prepare --external NAME' filled them are read "
+                             "instead of decoding the files again where they match (default: cache)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=32)
 
@@ -28,7 +31,8 @@ def run(args, params) -> int:
     for name in names:
         result = evaluate_external(name, splits_path=args.splits, manifest_path=args.manifest, runs_path=args.runs,
                                    out_base=args.out, external_base=args.external_dir, device=args.device,
-                                   batch_size=args.batch_size, max_pixels=params.data.max_image_pixels)
+                                   batch_size=args.batch_size, max_pixels=params.data.max_image_pixels,
+                                   cache_dir=args.cache_dir)
         for line in result.lines():
             print(line)
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from featpipe.core.codestamp import write_code_stamp
 from featpipe.data.changes import against_manifest
+from featpipe.data.external import external_params
 from featpipe.data.fetch import write_fingerprint
 from featpipe.data.prepare import load_records
 
@@ -23,9 +24,17 @@ def add_arguments(parser) -> None:
                         help="make these folders if missing (the DVC pipeline's results/models folders: a branch "
                              "a study leaves empty, e.g. finetune.backbones: [], is then an empty folder, not a "
                              "missing dependency)")
+    parser.add_argument("--external", default=None, metavar="NAME",
+                        help="fingerprint the external test set NAME of evaluate.external instead (its CSV and image "
+                             "root, folder or npz file) into --out: what 'prepare --external NAME' depends on in dvc.yaml")
 
 
 def run(args, params) -> int:
+    if args.external:
+        fp = write_fingerprint(external_params(params, args.external).data, args.out)
+        print(f"external set '{args.external}': {fp['source']} source {fp['path']}: {fp['files']} files, "
+              f"fingerprint {fp['sha256'][:12]}")
+        return 0
     fp = write_fingerprint(params.data, args.out)
     print(f"{fp['source']} source {fp['path']}: {fp['files']} files, fingerprint {fp['sha256'][:12]}")
     changes = against_manifest(load_records(params.data), args.manifest)
