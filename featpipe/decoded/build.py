@@ -32,6 +32,7 @@ import pandas as pd
 
 from featpipe.core.errors import DataError
 from featpipe.core.locks import build_lock, clean_leftovers, remove_stale
+from featpipe.core.progress import progress as progress_bar
 from featpipe.core.workers import pool_kwargs
 from featpipe.decoded.cache import (
     DecodeOptions,
@@ -258,13 +259,7 @@ def decode_into(jobs, writers: dict, shas, ids, refs, *, options, pool, result, 
 
 
 def _progress(total: int, enabled: bool):
-    if not enabled or total == 0:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(total=total, unit="img", desc="decode", leave=False)
+    return progress_bar(total, "decode", enabled=enabled, leave=False) if enabled and total else None
 
 
 def checked_rows(manifest: pd.DataFrame) -> tuple[list[str], list[str], list[str]]:

@@ -28,6 +28,7 @@ from featpipe.backbones.registry import get
 from featpipe.core import checksums, locks
 from featpipe.core.errors import CacheError
 from featpipe.core.log import logger, notice
+from featpipe.core.progress import progress as progress_bar
 from featpipe.core.runtime import Runtime
 from featpipe.core.versions import versions
 from featpipe.data.manifest import load_manifest
@@ -229,8 +230,6 @@ def _run_batches(job: _Job, todo: np.ndarray, partial, *, cache_dir, dataset, pa
     start = partial.done
     if start >= partial.total:
         return 0, 0.0
-    from tqdm import tqdm
-
     spec, df, engine = job.spec, job.df, job.engine
     find = functools.partial(decoded_rows, full=df, pre=spec.preprocess, cache_dir=str(cache_dir), dataset=dataset,
                              decode=decode, shard=shard, progress=progress)
@@ -245,8 +244,7 @@ def _run_batches(job: _Job, todo: np.ndarray, partial, *, cache_dir, dataset, pa
                                                      precision=job.precision, net=net),
                           item_bytes=b * side * side * spec.preprocess.channels)
     where = "" if engine.interactive else f" ({engine.name})"
-    bar = tqdm(total=partial.total, initial=start, unit="img", desc=f"extract {spec.name}{where}",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(partial.total, f"extract {spec.name}{where}", enabled=progress, initial=start)
     t0 = time.perf_counter()
     try:
         for _, emb in stream:
