@@ -71,7 +71,8 @@ def plant_biomedbert_config(home: Path) -> Path:
     snap = _snapshot(home, BIOMEDBERT)
     if not (snap / "config.json").is_file():
         BertConfig(vocab_size=len(BERT_WORDS), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                   intermediate_size=128, max_position_embeddings=512, pad_token_id=0).save_pretrained(snap)
+                   intermediate_size=128, max_position_embeddings=512, pad_token_id=0,
+                   initializer_range=0.5).save_pretrained(snap)  # wide: prompts embed apart (0.02: cosines ~1)
     return snap
 
 

@@ -107,7 +107,8 @@ def zeroshot(splits_path: str | Path, *, params: Params, cache_dir: str | Path =
                  or [b for b in params.extract.backbones if get_backbone(b).text is not None])
     without = [b for b in names if get_backbone(b).text is None]
     if without and not allow_empty:
-        raise FeatpipeError(f"{', '.join(without)} has no text tower: zero-shot needs a CLIP-like backbone (medsiglip)")
+        raise FeatpipeError(f"{', '.join(without)} has no text tower: zero-shot needs a CLIP-like backbone "
+                             "(medsiglip, biomedclip)")
     names = [b for b in names if b not in without]
     if not names:
         if not allow_empty:
