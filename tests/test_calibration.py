@@ -4,13 +4,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import rankdata
 
+from conftest import fit_tiny_project
+from featpipe.cli.main import main
+from featpipe.data.manifest import read_manifest
 from featpipe.evaluation.calibration import apply_temperature, ece, fit_temperature, nll, reliability
+from featpipe.features.cache import read_features
+from featpipe.heads.io import load_head
 from test_fit import fit_cli, write_fixture
 
 
@@ -78,8 +84,6 @@ def with_counts(root, fx) -> dict:
 
 
 def test_report_has_the_calibration_section_and_a_reliability_diagram(tmp_path):
-    from featpipe.cli.main import main
-
     (tmp_path / "none.yaml").write_text("fit:\n  n_jobs: 1\n  bootstrap: 0\n")
     with_counts(tmp_path, write_fixture(tmp_path))
     for head in ("logistic", "svc"):
@@ -99,3 +103,23 @@ def test_report_has_the_calibration_section_and_a_reliability_diagram(tmp_path):
     assert section.count("<tr>") == 1 + 3  # header + logistic k2, logistic k5, temperature-scaled svc k5
     assert "temperature" in section and (tmp_path / "reports/plots/reliability.png").is_file()
     assert "Shots count <b>images</b>" in html  # the report states the shot unit (split.shot_unit)
+
+
+def test_predict_applies_the_saved_heads_temperature(tmp_path, monkeypatch, capsys):
+    """prepare -> extract (tiny_cnn) -> fit svc with heads.calibrate=temperature -> predict on the test images:
+    the probabilities are the head's own, tempered by the T fitted on val and saved beside it."""
+    fit_tiny_project(tmp_path, monkeypatch)
+    assert main(["fit", "--head", "svc", "--shots", "5", "--seeds", "0", "-S", "heads.calibrate=temperature"]) == 0
+    model = next(Path("models").glob("tiny_cnn-svc-k5-s0-*.skops"))
+    head = load_head(model)
+    t = head.meta["temperature"]
+    row = pd.read_csv("results/runs.csv").query("head == 'svc'").iloc[0]
+    assert t == pytest.approx(row["temperature"]) and abs(t - 1.0) > 0.05  # a temperature that changes the scores
+    ids = json.loads(Path("data/splits.json").read_text())["test"]
+    manifest = read_manifest("data/manifest.csv").set_index("id")
+    assert main(["predict", "--model", str(model), "--out", "pred.csv", *manifest.loc[ids, "path"]]) == 0
+    pred = pd.read_csv("pred.csv")
+    raw = head.pipeline.predict_proba(read_features(next(Path("cache/demo").glob("tiny_cnn*.h5"))).select(ids).features)
+    cols = [f"p[{c}]" for c in head.meta["classes"]]
+    np.testing.assert_allclose(pred[cols].to_numpy(), apply_temperature(raw, t), atol=1e-5)
+    assert np.abs(pred[cols].to_numpy() - raw).max() > 1e-3  # ... not the untempered scores
