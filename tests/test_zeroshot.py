@@ -124,6 +124,7 @@ def test_zeroshot_scores_rank_a_planted_separable_case(planted, tmp_path):
                  "--results", str(tmp_path / "results"), "--out", str(out), "--params", str(tmp_path / "p.yaml")]) == 0
     html = out.read_text()
     assert "zeroshot" in html and (tmp_path / "plots/learning_curve.png").is_file()
+    assert "its interval is over prompt sets, not seeds" in html and "<td>2 prompt sets</td>" in html  # k = 0
     curve = pd.read_csv(tmp_path / "plots/learning_curve.csv")
     assert set(curve.loc[curve["config"].str.contains("zeroshot"), "shots"]) == {0}
 

@@ -188,7 +188,9 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
                 _save(fig, plots_dir / "learning_curve.png")  # the fixed name dvc.yaml's plots list
                 fig = plots.learning_curve(runs, m)
             figs.append(_save(fig, plots_dir / f"learning_curve_{m}.png"))
-    sections.append(("Learning curves", "".join(_img(f, f.stem.replace("_", " ")) for f in figs)))
+    zero = ("<p class=\"note\">At k = 0 (zero-shot) nothing is labelled: a point's runs are its <b>prompt sets</b> "
+            "(zeroshot.prompts), and its interval is over prompt sets, not seeds.</p>") if (runs["shots"] == 0).any() else ""
+    sections.append(("Learning curves", zero + "".join(_img(f, f.stem.replace("_", " ")) for f in figs)))
 
     spread = _save(plots.lottery_spread(runs, metric), plots_dir / "lottery_spread.png")
     mid = min(runs["shots"].unique(), key=lambda k: abs(math.log(max(k, 0.5) / 5)))  # k = 0: zero-shot
