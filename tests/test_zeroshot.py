@@ -139,6 +139,12 @@ def test_zeroshot_scores_rank_a_planted_separable_case(planted, tmp_path, capsys
     html = out.read_text()
     assert "zeroshot" in html and (tmp_path / "plots/learning_curve.png").is_file()
     assert "its interval is over prompt sets, not seeds" in html and "<td>2 prompt sets</td>" in html  # k = 0
+    # the text prior beside the plain logistic head on the same backbone, paired by seed
+    prior = html.split("<h2>Text prior against the plain logistic head</h2>", 1)[1].split("</section>", 1)[0]
+    metric = "macro_f1"  # report.metric's default
+    diff = (text[metric] - plain[metric]).mean()
+    assert f"<td>{text[metric].mean():.3f}</td><td>{plain[metric].mean():.3f}</td><td>{diff:+.3f}</td>" in prior
+    assert "<td>2</td>" in prior and "Paired by seed" in prior
     curve = pd.read_csv(tmp_path / "plots/learning_curve.csv")
     assert set(curve.loc[curve["config"].str.contains("zeroshot"), "shots"]) == {0}
 
@@ -153,3 +159,15 @@ def test_bad_prompts_files_are_one_line_errors(tmp_path):
         read_prompts(f, ["normal", "pneumonia"])
     with pytest.raises(ConfigError, match="not found"):
         read_prompts(tmp_path / "none.yaml", ["normal"])
+
+
+def test_the_text_only_sweep_of_a_backbone_without_a_text_tower_writes_why(tmp_path, capsys):
+    write_fixture(tmp_path, seeds=(0,), shots=(2,))
+    (tmp_path / "p.yaml").write_text("fit:\n  n_jobs: 1\n")
+    out = tmp_path / "results/fit/text-tiny_cnn"
+    assert main(["sweep", "--text-only", "--backbones", "tiny_cnn", "--heads", "textlogistic", "--splits",
+                 str(tmp_path / "data/splits.json"), "--cache-dir", str(tmp_path / "cache"), "--results", str(out),
+                 "--models", str(tmp_path / "models/fit/text-tiny_cnn"), "--params", str(tmp_path / "p.yaml")]) == 0
+    assert (out / "TEXT.txt").read_text() == "no text-initialised runs: tiny_cnn has no text tower\n"
+    assert (tmp_path / "models/fit/text-tiny_cnn").is_dir() and not (out / "runs.csv").exists()
+    assert "no runs (no backbone with a text tower)" in capsys.readouterr().out

@@ -33,6 +33,7 @@ from featpipe.params.config import Params, to_dict
 from featpipe.report import plots, selection
 from featpipe.report.calibration import calibration_section
 from featpipe.report.html import page, table
+from featpipe.report.textprior import textprior_section
 from featpipe.results.predictions import TestPredictions
 from featpipe.results.summary import check_metrics_json, current_split
 
@@ -207,6 +208,9 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
     sections.append(("Degenerate runs", selection.degenerate_section(runs)))
     sections.append(("Calibration", calibration_section(runs, inp.results, s.classes, save=_save, img=_img,
                                                         plots_dir=plots_dir)))
+    prior = textprior_section(runs, metric)
+    if prior:
+        sections.append(("Text prior against the plain logistic head", prior))
     sections.append(("ROC and precision-recall curves of the best runs", _roc_section(inp, runs, s, best, int(mid), plots_dir)))
     training = _training_curves(inp.results)
     if training:
