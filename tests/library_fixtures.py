@@ -4,8 +4,9 @@ that featpipe's input and embedding can be compared with what the library does o
 
 - timm: ``timm/<name>`` hub snapshot with the full model's ``model.safetensors`` (classifier included);
 - open_clip (BiomedCLIP): hub snapshot with ``open_clip_config.json`` and ``open_clip_pytorch_model.bin``. The
-  image tower is the published one (timm ViT-B/16, linear projection to 512); the planted text tower is a tiny
-  native one (the published PubMedBERT would need its own repository and tokenizer; images never reach it);
+  towers are the published ones (timm ViT-B/16, linear projection to 512; a BERT text tower, context length 256),
+  the BERT tiny (its config.json planted as ``microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract``) with a small
+  WordPiece tokenizer in the snapshot;
 - torchxrayvision: its file name in a cache folder (``FEATPIPE_XRV_CACHE``), a whole pickled random DenseNet as
   its real files are;
 - hf: a tiny DINOv2 saved as a model folder with a ``preprocessor_config.json`` (BitImageProcessor style: shorter
@@ -55,21 +56,65 @@ def plant_timm(home: Path, name: str = TIMM_NAME) -> Path:
     return snap / "model.safetensors"
 
 
+# A small BERT WordPiece vocabulary for the planted BiomedCLIP text tower (the real one is PubMedBERT's 30522
+# entries, special tokens first in the same order): saved under the hub layout with the snapshot.
+BERT_WORDS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "an", "chest", "x", "-", "ray", "of", "normal",
+              "healthy", "lungs", "pneumonia", "no", "with", "showing", "opacit", "##y", "##ies", "clear", "photo", "the")
+BIOMEDBERT = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
+
+
+def plant_biomedbert_config(home: Path) -> Path:
+    """The config.json of BiomedCLIP's text model (``text_cfg.hf_model_name``: open_clip builds the text tower from
+    it), tiny: one layer of width 64, the planted vocabulary, 512 positions as PubMedBERT's."""
+    from transformers import BertConfig
+
+    snap = _snapshot(home, BIOMEDBERT)
+    if not (snap / "config.json").is_file():
+        BertConfig(vocab_size=len(BERT_WORDS), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                   intermediate_size=128, max_position_embeddings=512, pad_token_id=0,
+                   initializer_range=0.5).save_pretrained(snap)  # wide: prompts embed apart (0.02: cosines ~1)
+    return snap
+
+
 def plant_biomedclip(home: Path) -> Path:
-    import open_clip
+    """The BiomedCLIP snapshot: the published image tower (timm ViT-B/16, linear projection to 512) and text tower
+    (a BERT through open_clip's HFTextEncoder, MLP projection, CLS pooling, context length 256), the BERT tiny
+    (:func:`plant_biomedbert_config`), and a BERT WordPiece tokenizer of :data:`BERT_WORDS` in the snapshot."""
     import torch
+    from open_clip.model import CustomTextCLIP
+    from transformers import BertTokenizerFast
 
     from featpipe.backbones.libs_openclip import BIOMEDCLIP, BIOMEDCLIP_CONFIG
 
+    bert = plant_biomedbert_config(home)
     snap = _snapshot(home, BIOMEDCLIP)
     if not (snap / "open_clip_pytorch_model.bin").is_file():
-        config = json.loads(json.dumps(BIOMEDCLIP_CONFIG))
-        config["model_cfg"]["text_cfg"] = {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}
-        (snap / "open_clip_config.json").write_text(json.dumps(config, indent=1))
+        (snap / "open_clip_config.json").write_text(json.dumps(BIOMEDCLIP_CONFIG, indent=1))
+        BertTokenizerFast(vocab={w: i for i, w in enumerate(BERT_WORDS)}, do_lower_case=True,
+                          model_max_length=512).save_pretrained(snap)
+        (snap / "vocab.txt").write_text("\n".join(BERT_WORDS) + "\n")  # as the published repository has it
+        text_cfg = dict(BIOMEDCLIP_CONFIG["model_cfg"]["text_cfg"], hf_model_name=str(bert), hf_model_pretrained=False)
         torch.manual_seed(SEED)
-        model = open_clip.create_model("local-dir:" + str(snap), load_weights=False)
+        model = CustomTextCLIP(embed_dim=512, vision_cfg=BIOMEDCLIP_CONFIG["model_cfg"]["vision_cfg"], text_cfg=text_cfg)
         torch.save(model.state_dict(), snap / "open_clip_pytorch_model.bin")
     return snap
+
+
+def biomedclip_local_dir(home: Path) -> Path:
+    """The planted snapshot as an open_clip ``local-dir:`` folder (the reference: open_clip's own create_model,
+    transform and tokenizer), its text model named by the planted config's folder (open_clip would look the hub
+    name up through huggingface_hub, whose cache location is fixed at import)."""
+    snap = plant_biomedclip(home)
+    local = home / "biomedclip-local"
+    if not (local / "open_clip_config.json").is_file():
+        local.mkdir(parents=True, exist_ok=True)
+        for f in snap.iterdir():
+            if f.name != "open_clip_config.json":
+                (local / f.name).symlink_to(f)
+        config = json.loads((snap / "open_clip_config.json").read_text())
+        config["model_cfg"]["text_cfg"]["hf_model_name"] = str(plant_biomedbert_config(home))
+        (local / "open_clip_config.json").write_text(json.dumps(config, indent=1))
+    return local
 
 
 def plant_xrv(home: Path, *, legacy: bool = True) -> Path:
@@ -138,7 +183,7 @@ def reference(kind: str, home: Path):
     if kind == "biomedclip":
         import open_clip
 
-        model, _, val = open_clip.create_model_and_transforms("local-dir:" + str(plant_biomedclip(home)))
+        model, _, val = open_clip.create_model_and_transforms("local-dir:" + str(biomedclip_local_dir(home)))
         model.eval()
         return (lambda f: val(rgb(f))), model.encode_image
     if kind == "xrv":

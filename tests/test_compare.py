@@ -107,3 +107,49 @@ def test_family_is_the_chosen_configuration_against_each_other_and_small_familie
     t5 = seed_comparisons(_rows(4, 5, 0.2), metrics=["macro_f1"])
     assert len(t5) == 6 and (t5["min_p_holm"] == min(1.0, 6 * 2 / 32)).all()
     assert all(verdict(r).startswith("cannot be significant with 5 seeds") for r in t5.to_dict("records"))
+
+
+def _zs_rows(trained, zeroshot, *, shots=5):
+    """runs of a trained head 'bb/lr' at ``shots`` (one value per seed) and a zero-shot 'bb/zeroshot' (k = 0, one
+    value per prompt set)."""
+    base = {"dataset": "d", "backbone": "bb", "weights": "default", "weights_id": "w", "layer": "", "head_params": "{}",
+            "split_sha256": "s", "degenerate": False}
+    rows = [base | {"head": "lr", "shots": shots, "seed": i, "auroc": v, "val_auroc": v} for i, v in enumerate(trained)]
+    rows += [base | {"head": "zeroshot", "shots": 0, "seed": i, "auroc": v, "val_auroc": v}
+             for i, v in enumerate(zeroshot)]
+    return pd.DataFrame(rows)
+
+
+def test_zeroshot_is_compared_with_trained_heads_unpaired():
+    from itertools import combinations
+
+    from scipy import stats
+
+    from featpipe.results.unpaired import PAIRING, smallest_p as unpaired_smallest_p
+
+    trained, zero = [0.81, 0.86, 0.78, 0.90, 0.84], [0.70, 0.74, 0.66]
+    t = seed_comparisons(_zs_rows(trained, zero), metrics=["auroc"], chosen={5: "bb/lr", 0: "bb/zeroshot"})
+    r = t[t["pairing"] == PAIRING].iloc[0]
+    assert (r["shots"], r["config_a"], r["config_b"], r["n_seeds"], r["n_b"]) == (5, "bb/lr", "bb/zeroshot", 5, 3)
+    assert r["mean_diff"] == pytest.approx(np.mean(trained) - np.mean(zero))
+    # Welch's interval, as scipy computes it
+    ci = stats.ttest_ind(trained, zero, equal_var=False).confidence_interval(0.95)
+    assert (r["seed_ci_low"], r["seed_ci_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    # exact two-sample permutation p over the 56 splits of the 8 runs, by hand
+    pooled, obs = np.r_[trained, zero], abs(np.mean(trained) - np.mean(zero))
+    diffs = [abs(pooled[list(c)].mean() - np.delete(pooled, list(c)).mean()) for c in combinations(range(8), 5)]
+    assert r["p_value"] == pytest.approx(np.mean(np.array(diffs) >= obs - 1e-12)) == pytest.approx(1 / 56)
+    assert r["min_p_holm"] == pytest.approx(1 / 56) and unpaired_smallest_p(3, 3) == pytest.approx(2 / 20)
+    # never paired by index: prompt set i is not seed i, so renumbering the prompt sets changes nothing
+    again = seed_comparisons(_zs_rows(trained, zero[::-1]), metrics=["auroc"], chosen={5: "bb/lr", 0: "bb/zeroshot"})
+    cols = ["mean_diff", "seed_ci_low", "seed_ci_high", "p_value"]
+    assert np.allclose(again[again["pairing"] == PAIRING][cols].to_numpy(float), t[t["pairing"] == PAIRING][cols].to_numpy(float))
+    assert (t.loc[t["pairing"] != PAIRING, "pairing"] == "seeds").all()
+    # one prompt set: its interval is conditional on it (Welch with the trained side's variance only)
+    one = seed_comparisons(_zs_rows(trained, [0.7]), metrics=["auroc"], chosen={5: "bb/lr", 0: "bb/zeroshot"}).iloc[0]
+    lo, hi = stats.t.interval(0.95, 4, loc=np.mean(trained) - 0.7, scale=np.std(trained, ddof=1) / np.sqrt(5))
+    assert (one["seed_ci_low"], one["seed_ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert r["ci_low"] > 0 and verdict(r) == "A better (Holm p = 0.0179)"  # 1/56, the interval excludes 0
+    few = seed_comparisons(_zs_rows(trained[:2], zero[:2]), metrics=["auroc"], chosen={5: "bb/lr", 0: "bb/zeroshot"})
+    assert verdict(few[few["pairing"] == PAIRING].iloc[0]).startswith("cannot be significant with 2 seeds against "
+                                                                      "2 prompt sets (smallest attainable Holm p 0.33")

@@ -76,9 +76,10 @@ def test_dvc_repro_end_to_end(tmp_path):
 
     first = _run(DVC, "repro", cwd=work)
     stages = {"fetch", "prepare", "decode", "extract@tiny_cnn", "fit@tiny_cnn-svc", "fit@tiny_cnn-logistic",
-              "finetune@tiny_cnn-head", "finetune@tiny_cnn-layerwise", "zeroshot@tiny_cnn", "collect", "compare",
-              "gradcam", "report"}
+              "finetune@tiny_cnn-head", "finetune@tiny_cnn-layerwise", "zeroshot@tiny_cnn", "textfit@tiny_cnn",
+              "collect", "compare", "gradcam", "report"}
     assert _ran(first) == stages
+    assert "has no text tower" in (work / "results/fit/text-tiny_cnn/TEXT.txt").read_text()  # textlogistic: none
     # one decode per image: prepare's verification filled the decoded cache, the decode stage found it current
     assert "decoded-32.h5: 300 images (1 channel), already current (not rewritten)" in first
 
@@ -164,7 +165,7 @@ def test_dvc_repro_on_the_default_params_with_planted_weights(tmp_path, monkeypa
     backs, heads = params["extract"]["backbones"], params["fit"]["heads"]
     expected = ({"fetch", "prepare", "decode", "collect", "compare", "gradcam", "report"}
                 | {f"extract@{b}" for b in backs} | {f"fit@{b}-{h}" for b in backs for h in heads}
-                | {f"zeroshot@{b}" for b in backs}
+                | {f"zeroshot@{b}" for b in backs} | {f"textfit@{b}" for b in backs}
                 | {f"finetune@{b}-{s}" for b in params["finetune"]["backbones"] for s in params["finetune"]["strategies"]})
     assert _ran(out) == expected
     html = (work / "reports/report.html").read_text()
@@ -174,8 +175,10 @@ def test_dvc_repro_on_the_default_params_with_planted_weights(tmp_path, monkeypa
         assert index["images"] and index["info"]["backbone"] == run.split("-")[0]
     runs = (work / "results/runs.csv").read_text().splitlines()
     n_sets = len(yaml.safe_load((ROOT / "prompts.yaml").read_text())["sets"])  # zero-shot: one run per prompt set
-    assert len(runs) == 1 + len(backs) * len(heads) + 2 * 4 + n_sets  # heads x 1 shot x 1 seed + strategies + medsiglip
-    assert ",zeroshot," in "".join(runs) and "Calibration" in html
+    # heads x 1 shot x 1 seed + strategies + medsiglip's zero-shot prompt sets and its text-initialised head
+    assert len(runs) == 1 + len(backs) * len(heads) + 2 * 4 + n_sets + 1
+    assert ",zeroshot," in "".join(runs) and ",textlogistic," in "".join(runs) and "Calibration" in html
+    assert "Text prior against the plain logistic head" in html
     assert "DenseNet161_Weights.IMAGENET1K_V1" in runs[1] + "".join(runs) and "google/medsiglip-448" in "".join(runs)
 
 

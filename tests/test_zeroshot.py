@@ -20,6 +20,7 @@ from featpipe.core.errors import ConfigError
 from featpipe.features.textcache import cached_text_embeddings
 from featpipe.fewshot.zeroshot import read_prompts
 from featpipe.heads.io import load_head
+from featpipe.results.unpaired import PAIRING
 from test_calibration import with_counts
 from test_fit import fit_cli, write_cache, write_fixture
 
@@ -77,7 +78,7 @@ def test_text_embeddings_are_cached_with_their_prompts(planted, tmp_path):
     assert path3 != path and np.allclose(other.embeddings, te.embeddings[::-1])
 
 
-def test_zeroshot_scores_rank_a_planted_separable_case(planted, tmp_path):
+def test_zeroshot_scores_rank_a_planted_separable_case(planted, tmp_path, capsys):
     fx = with_counts(tmp_path, write_fixture(tmp_path, n_train=10, n_val=30, n_test=60, seeds=(0, 1), shots=(2,)))
     (tmp_path / "prompts.yaml").write_text(PROMPTS)
     # image embeddings planted near each class's text: class c = its first set's positive centre + noise
@@ -119,11 +120,31 @@ def test_zeroshot_scores_rank_a_planted_separable_case(planted, tmp_path):
     # beside a trained head in one report: the learning curves start at k = 0
     write_cache(tmp_path / "cache/toyset/toy.h5", fx["ids"], fx["X"], fx["y"])
     assert fit_cli(tmp_path, "--head", "logistic", "--shots", "2", "--seeds", "0", "1") == 0
+    # ... and in compare: zero-shot against the trained heads at k = 2, unpaired (prompt sets are not seeds)
+    capsys.readouterr()
+    assert main(["compare", "--results", str(tmp_path / "results"), "--splits", str(tmp_path / "data/splits.json"),
+                 "--manifest", str(tmp_path / "data/manifest.csv"), "--params", str(tmp_path / "p.yaml")]) == 0
+    assert "against trained heads UNPAIRED: its runs are prompt sets" in capsys.readouterr().out
+    comp = pd.read_csv(tmp_path / "results/comparisons.csv")
+    loose = comp[comp["pairing"] == PAIRING]
+    assert len(loose) and set(loose["shots"]) == {2} and loose["config_b"].str.endswith("zeroshot").all()
+    assert (loose["n_b"] == 2).all() and (loose["n_seeds"] == 2).all()
+    # the shared test-sampling variance (same test images) widens the Welch interval, never narrows it
+    both = loose.dropna(subset=["ci_low", "seed_ci_low"])
+    assert len(both) and (both["ci_low"] <= both["seed_ci_low"] + 1e-12).all()
+    assert set(comp.loc[comp["shots"] == 0, "pairing"]) <= {"seeds"}  # zero-shot among themselves: by prompt set
     out = tmp_path / "report.html"
     assert main(["report", "--manifest", str(tmp_path / "data/manifest.csv"), "--splits", str(tmp_path / "data/splits.json"),
                  "--results", str(tmp_path / "results"), "--out", str(out), "--params", str(tmp_path / "p.yaml")]) == 0
     html = out.read_text()
     assert "zeroshot" in html and (tmp_path / "plots/learning_curve.png").is_file()
+    assert "its interval is over prompt sets, not seeds" in html and "<td>2 prompt sets</td>" in html  # k = 0
+    # the text prior beside the plain logistic head on the same backbone, paired by seed
+    prior = html.split("<h2>Text prior against the plain logistic head</h2>", 1)[1].split("</section>", 1)[0]
+    metric = "macro_f1"  # report.metric's default
+    diff = (text[metric] - plain[metric]).mean()
+    assert f"<td>{text[metric].mean():.3f}</td><td>{plain[metric].mean():.3f}</td><td>{diff:+.3f}</td>" in prior
+    assert "<td>2</td>" in prior and "Paired by seed" in prior
     curve = pd.read_csv(tmp_path / "plots/learning_curve.csv")
     assert set(curve.loc[curve["config"].str.contains("zeroshot"), "shots"]) == {0}
 
@@ -138,3 +159,15 @@ def test_bad_prompts_files_are_one_line_errors(tmp_path):
         read_prompts(f, ["normal", "pneumonia"])
     with pytest.raises(ConfigError, match="not found"):
         read_prompts(tmp_path / "none.yaml", ["normal"])
+
+
+def test_the_text_only_sweep_of_a_backbone_without_a_text_tower_writes_why(tmp_path, capsys):
+    write_fixture(tmp_path, seeds=(0,), shots=(2,))
+    (tmp_path / "p.yaml").write_text("fit:\n  n_jobs: 1\n")
+    out = tmp_path / "results/fit/text-tiny_cnn"
+    assert main(["sweep", "--text-only", "--backbones", "tiny_cnn", "--heads", "textlogistic", "--splits",
+                 str(tmp_path / "data/splits.json"), "--cache-dir", str(tmp_path / "cache"), "--results", str(out),
+                 "--models", str(tmp_path / "models/fit/text-tiny_cnn"), "--params", str(tmp_path / "p.yaml")]) == 0
+    assert (out / "TEXT.txt").read_text() == "no text-initialised runs: tiny_cnn has no text tower\n"
+    assert (tmp_path / "models/fit/text-tiny_cnn").is_dir() and not (out / "runs.csv").exists()
+    assert "no runs (no backbone with a text tower)" in capsys.readouterr().out

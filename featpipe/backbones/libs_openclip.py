@@ -22,7 +22,7 @@ from types import MappingProxyType
 
 from featpipe.backbones import hubcache
 from featpipe.backbones.reference import OpenClipTransform
-from featpipe.backbones.spec import BackboneSpec
+from featpipe.backbones.spec import BackboneSpec, TextTower
 from featpipe.core.errors import FeatpipeError, WeightsError
 from featpipe.core.optional import require
 
@@ -30,8 +30,8 @@ SOURCE = "open_clip"
 PREFIX = "open_clip"
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip's own preference
 
-# microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 open_clip_config.json as published (the text tower,
-# PubMedBERT, is not built by featpipe): a timm ViT-B/16 trunk (class token), a linear projection to 512.
+# microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 open_clip_config.json as published: a timm ViT-B/16 trunk
+# (class token), a linear projection to 512; the text tower (zero-shot only: load_text_model) is PubMedBERT.
 BIOMEDCLIP = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 BIOMEDCLIP_CONFIG = {
     "model_cfg": {
@@ -44,6 +44,11 @@ BIOMEDCLIP_CONFIG = {
     },
     "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
 }
+
+
+# BiomedCLIP's tokenizer as open_clip's HFTokenizer runs it for this config (context_length 256, whitespace clean)
+BIOMEDCLIP_TEXT = TextTower(hf_class="", padding="max_length", max_length=256, truncation=True, library="open_clip",
+                            image_features="image_embeds", clean="whitespace")
 
 
 def _require() -> None:
@@ -184,3 +189,40 @@ def load(spec: BackboneSpec, kind: str, source: str, fit, read):
     net = spec.make()
     fit(net, read(_hub_file(spec)))
     return net
+
+
+def load_text_model(spec: BackboneSpec, source: str):
+    """(full open_clip model (image + text towers) in eval mode, tokenizer) of the repository ``source``, as
+    ``open_clip.create_model("hf-hub:<repo>")`` builds it: the repository's ``open_clip_config.json``, its text
+    model's ``config.json`` (``text_cfg.hf_model_name``, from the hub cache), the checkpoint strictly loaded; the
+    tokenizer (Hugging Face) from the repository's own folder. The config's context length must be the one pinned
+    in ``spec.text``."""
+    _require()
+    import open_clip
+    import transformers
+    from open_clip.model import CustomTextCLIP
+
+    config_path = hubcache.fetch(source, ["open_clip_config.json"], what=f"{spec.name}'s text tower")
+    try:
+        model_cfg = json.loads(config_path.read_text())["model_cfg"]
+    except (OSError, ValueError, KeyError):
+        raise WeightsError(f"{config_path} is not an open_clip config (model_cfg)") from None
+    text_cfg = dict(model_cfg.get("text_cfg", {}))
+    if not text_cfg.get("hf_model_name"):
+        raise WeightsError(f"{source}'s open_clip_config.json has no Hugging Face text model (text_cfg.hf_model_name)")
+    if int(text_cfg.get("context_length", 0)) != spec.text.max_length:
+        raise WeightsError(f"{source}'s open_clip_config.json says context_length {text_cfg.get('context_length')}, "
+                           f"featpipe pins {spec.text.max_length} for {spec.name}: this is not the published model")
+    bert = hubcache.fetch(text_cfg["hf_model_name"], ["config.json"], what=f"{spec.name}'s text model config")
+    text_cfg.update(hf_model_name=str(bert.parent), hf_model_pretrained=False)  # built from its config, then loaded
+    vision_cfg = dict(model_cfg["vision_cfg"], timm_model_pretrained=False)
+    try:
+        model = CustomTextCLIP(embed_dim=int(model_cfg["embed_dim"]), vision_cfg=vision_cfg, text_cfg=text_cfg,
+                               quick_gelu=bool(model_cfg.get("quick_gelu", False)))
+        open_clip.load_checkpoint(model, str(_hub_file(spec)), strict=True, weights_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(config_path.parent), local_files_only=True)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsError(f"cannot load {spec.name}'s text tower and tokenizer from {config_path.parent} "
+                           f"({reason[:200]}): the snapshot needs the full checkpoint and its tokenizer files") from None
+    return model.eval(), tokenizer

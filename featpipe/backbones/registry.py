@@ -25,8 +25,9 @@ _REGISTRY: dict[str, BackboneSpec] = {}
 LIBRARIES = {m.PREFIX: m for m in (libs_timm, libs_hf, libs_openclip, libs_xrv)}
 # Named members of those libraries (built on first use: their library is imported then, not here).
 NAMED = {
-    "biomedclip": lambda: libs_openclip.make_spec_from(libs_openclip.BIOMEDCLIP_CONFIG, "biomedclip",
-                                                       libs_openclip.BIOMEDCLIP),
+    "biomedclip": lambda: replace(libs_openclip.make_spec_from(libs_openclip.BIOMEDCLIP_CONFIG, "biomedclip",
+                                                               libs_openclip.BIOMEDCLIP),
+                                  text=libs_openclip.BIOMEDCLIP_TEXT),
     "xrv_densenet121": lambda: libs_xrv.make_spec("densenet121-res224-all", "xrv_densenet121"),
 }
 _DYNAMIC: dict[str, BackboneSpec] = {}  # specs of library names and named members, made once per name

@@ -112,17 +112,30 @@ class Preprocess:
 @dataclass(frozen=True)
 class TextTower:
     """A backbone's text tower (CLIP-like models: zero-shot classification, text-initialised heads) and the
-    tokenizer settings the model needs, pinned here. SigLIP pools the text at the LAST position, so its prompts
-    must be padded to ``max_length`` (MedSigLIP: 64 tokens, its ``max_position_embeddings``): a prompt padded
-    only to its own length is pooled at another position and zero-shot falls to chance."""
+    tokenizer settings the model needs, pinned here.
 
-    hf_class: str = "SiglipModel"  # the full model class (vision + text) in transformers
+    - MedSigLIP (``library="transformers"``, ``SiglipModel``): SigLIP pools the text at the LAST position, so its
+      prompts must be padded to ``max_length`` (64 tokens, its ``max_position_embeddings``): a prompt padded only
+      to its own length is pooled at another position and zero-shot falls to chance. Image side: ``pooler``.
+    - BiomedCLIP (``library="open_clip"``, PubMedBERT through open_clip's ``HFTextEncoder``): open_clip's
+      ``HFTokenizer`` as the repository's ``open_clip_config.json`` sets it: whitespace collapsed (``clean``),
+      ``[CLS] ... [SEP]`` then ``[PAD]`` to the context length 256, truncated; the attention mask is ``ids !=
+      pad``. Image side: ``image_embeds`` (``encode_image``)."""
+
+    hf_class: str = "SiglipModel"  # the full model class (vision + text) in transformers ("" for open_clip)
     padding: str = "max_length"
     max_length: int = 64
     truncation: bool = True
+    library: str = "transformers"  # transformers | open_clip: who builds the full model
+    image_features: str = "pooler"  # the image features in the text's space (what zero-shot scores)
+    clean: str = ""  # "" | "whitespace": open_clip's HFTokenizer collapses runs of whitespace first
 
     def tokenizer_kwargs(self) -> dict:
         return {"padding": self.padding, "max_length": self.max_length, "truncation": self.truncation}
+
+    def provenance(self) -> dict:
+        """What a text-embedding cache records of the tokenizer (the MedSigLIP record unchanged)."""
+        return self.tokenizer_kwargs() | ({"clean": self.clean} if self.clean else {})
 
 
 @dataclass(frozen=True)

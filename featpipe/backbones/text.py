@@ -1,11 +1,13 @@
-"""Text towers of CLIP-like backbones (MedSigLIP): prompts -> unit text embeddings in the image embedding's space.
+"""Text towers of CLIP-like backbones (MedSigLIP, BiomedCLIP): prompts -> unit text embeddings in the image
+embedding's space.
 
-The backbone's :class:`~featpipe.backbones.spec.TextTower` names the full model class and pins the tokenizer
-settings (SigLIP: ``padding="max_length"``, ``max_length=64``, truncation); :func:`tokenize` is the one place
-prompts are tokenized. The weights are the backbone's own (:func:`featpipe.backbones.weights.resolve`: the
-same hub snapshot or folder whose vision tower made the feature cache), loaded whole (vision + text) with its
-tokenizer from that folder, offline. The image side of a SigLIP model needs no projection: its image
-embedding is the vision tower's pooled output, the ``pooler`` features the cache holds.
+The backbone's :class:`~featpipe.backbones.spec.TextTower` names who builds the full model and pins the tokenizer
+settings (SigLIP: ``padding="max_length"``, ``max_length=64``, truncation; BiomedCLIP: whitespace collapsed,
+padded to 256, truncated); :func:`tokenize` is the one place prompts are tokenized. The weights are the
+backbone's own (:func:`featpipe.backbones.weights.resolve`: the same hub snapshot or folder whose vision tower
+made the feature cache), loaded whole (vision + text) with its tokenizer from that folder, offline. The image
+side of a SigLIP model needs no projection: its image embedding is the vision tower's pooled output, the
+``pooler`` features the cache holds; BiomedCLIP's is ``image_embeds`` (``encode_image``, projected to 512).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from featpipe.backbones import libs_openclip
 from featpipe.backbones.registry import get
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.backbones.weights import WeightsRef, resolve
@@ -36,17 +39,25 @@ def text_spec(backbone: str | BackboneSpec) -> BackboneSpec:
     spec = get(backbone)
     if spec.text is None:
         raise FeatpipeError(f"backbone '{spec.name}' has no text tower: zero-shot needs a CLIP-like backbone "
-                            "(medsiglip)")
+                            "(medsiglip, biomedclip)")
     return spec
 
 
 def tokenize(spec: BackboneSpec, tokenizer, prompts: Sequence[str]):
     """``prompts`` tokenized with the settings pinned in ``spec.text`` (torch tensors)."""
-    return tokenizer(list(prompts), return_tensors="pt", **text_spec(spec).text.tokenizer_kwargs())
+    text = text_spec(spec).text
+    texts = [" ".join(p.split()) for p in prompts] if text.clean == "whitespace" else list(prompts)
+    return tokenizer(texts, return_tensors="pt", **text.tokenizer_kwargs())
 
 
 def load_text_model(spec: BackboneSpec, ref: WeightsRef):
-    """(full model in eval mode, tokenizer) from the weights folder ``ref`` (a hub snapshot or a local folder)."""
+    """(full model in eval mode, tokenizer) from the weights folder ``ref`` (a hub snapshot or a local folder; an
+    open_clip repository: :func:`featpipe.backbones.libs_openclip.load_text_model`)."""
+    if spec.text.library == "open_clip":
+        if ref.kind != "open_clip":
+            raise WeightsError(f"zero-shot with {spec.name} needs its open_clip repository's checkpoint (vision + "
+                               f"text + tokenizer), not {ref.kind} weights '{ref.request}'")
+        return libs_openclip.load_text_model(spec, ref.source)
     if ref.kind != "hf_folder":
         raise WeightsError(f"zero-shot with {spec.name} needs its Hugging Face weights folder (vision + text + "
                            f"tokenizer), not {ref.kind} weights '{ref.request}'")
@@ -76,8 +87,11 @@ def embed_prompts(backbone: str, prompts: Sequence[str], *, weights: str = "defa
     with torch.inference_mode():
         for s in range(0, len(prompts), batch_size):
             enc = tokenize(spec, tokenizer, prompts[s:s + batch_size])
-            feats = model.get_text_features(input_ids=enc["input_ids"])
-            feats = getattr(feats, "pooler_output", feats)
+            if spec.text.library == "open_clip":  # HFTextEncoder: attention mask = ids != pad, CLS pooled, MLP
+                feats = model.encode_text(enc["input_ids"])
+            else:
+                feats = model.get_text_features(input_ids=enc["input_ids"])
+                feats = getattr(feats, "pooler_output", feats)
             out.append(feats.double().numpy())
     emb = np.concatenate(out) if out else np.zeros((0, spec.embed_dim))
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)

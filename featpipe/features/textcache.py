@@ -25,8 +25,8 @@ from featpipe.core.versions import __version__
 
 def provenance(backbone: str, prompts: Sequence[str], *, weights: str = "default") -> dict:
     spec = text_spec(backbone)
-    return {"backbone": spec.name, "weights_id": resolve(spec, weights).identity, "model_class": spec.text.hf_class,
-            "tokenizer": spec.text.tokenizer_kwargs(), "features": spec.features, "prompts": list(prompts)}
+    return {"backbone": spec.name, "weights_id": resolve(spec, weights).identity,
+            "model_class": spec.text.hf_class or spec.text.library, "tokenizer": spec.text.provenance(), "features": spec.features, "prompts": list(prompts)}
 
 
 def text_cache_path(cache_dir: str | Path, prov: dict) -> Path:

@@ -14,8 +14,9 @@ classes. Those are scores that rank, not fitted probabilities (``calibrated = fa
 chosen on the **whole val split** (nothing is labelled at k = 0, so ``val_policy`` is ``full``).
 
 Each prompt set is one run (``seed`` = the set's index in the file), so a configuration's interval is over
-prompt sets, the source of variation at k = 0. The image embedding is the backbone's ``pooler`` features
-(SigLIP's image embedding) from the feature cache; its weights must be the text tower's.
+prompt sets, the source of variation at k = 0. The image embedding is the features the backbone's text tower
+names (``TextTower.image_features``: MedSigLIP's ``pooler``, BiomedCLIP's ``image_embeds``) from the feature
+cache; its weights must be the text tower's.
 """
 
 from __future__ import annotations
@@ -122,11 +123,12 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 def zeroshot_runs(data, splits: Splits, *, prompts_path: str | Path, cache_dir: str | Path,
                   with_curves: bool = True) -> list[RunRecord]:
     """One run per prompt set of ``prompts_path`` on the val and test images of ``data`` (a feature cache of a
-    backbone with a text tower, its ``pooler`` features)."""
+    backbone with a text tower, the image features its text tower names)."""
     spec = get_backbone(data.backbone)
-    if data.attrs.get("features", spec.features) != "pooler" or data.layer:
+    want = spec.text.image_features
+    if data.attrs.get("features", spec.features) != want or data.layer:
         raise CacheError(f"{data.path} holds {data.layer or data.attrs.get('features')} features: zero-shot needs "
-                         f"the image embedding ('{spec.name.split('#')[0]}', final layer, pooler features)")
+                         f"the image embedding ('{spec.name.split('#')[0]}', final layer, {want} features)")
     classes = list(splits.classes)
     sets, file_sha, te, text_file, emb = _text(data, classes, prompts_path, cache_dir)
     hp = {"prompts_sha256": file_sha, "prompt_sets": len(sets), "text_cache": text_file.name}

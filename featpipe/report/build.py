@@ -39,6 +39,7 @@ from featpipe.report.external import external_section
 from featpipe.report.html import Section, folded, page, table
 from featpipe.report.subgroups import subgroup_section
 from featpipe.report.multilabel import multilabel_section
+from featpipe.report.textprior import textprior_section
 from featpipe.results.predictions import TestPredictions
 from featpipe.results.summary import check_metrics_json, current_split
 
@@ -192,10 +193,12 @@ def _figure_sections(runs: pd.DataFrame, metric: str, plots_dir: Path) -> tuple[
                 _save(fig, plots_dir / "learning_curve.png")  # the fixed name dvc.yaml's plots list
                 fig = plots.learning_curve(runs, m)
             figs.append(_save(fig, plots_dir / f"learning_curve_{m}.png"))
+    zero = ("<p class=\"note\">At k = 0 (zero-shot) nothing is labelled: a point's runs are its <b>prompt sets</b> "
+            "(zeroshot.prompts), and its interval is over prompt sets, not seeds.</p>") if (runs["shots"] == 0).any() else ""
     spread = _save(plots.lottery_spread(runs, metric), plots_dir / "lottery_spread.png")
     mid = int(min(runs["shots"].unique(), key=lambda k: abs(math.log(max(k, 0.5) / 5))))  # k = 0: zero-shot
     strip = _save(plots.seed_strip(runs, metric, mid), plots_dir / "per_seed.png")
-    return [Section("Learning curves", interactive.chart("curve", "curves", "".join(
+    return [Section("Learning curves", zero + interactive.chart("curve", "curves", "".join(
                 _img(f, f.stem.replace("_", " ")) for f in figs)), "curves"),
             Section("The seed lottery", "<p>Spread = best seed minus worst seed, in points of the metric. "
                     "A wide spread means the result depends on which images happened to be labelled.</p>"
@@ -245,6 +248,8 @@ def build_report(inp: ReportInputs, params: Params) -> Path:
         Section("Degenerate runs", selection.degenerate_section(runs), "degenerate"),
         Section("Calibration", calibration_section(runs, inp.results, s.classes, save=_save, img=_img,
                                                    plots_dir=plots_dir), "calibration"),
+        *([Section("Text prior against the plain logistic head", prior, "textprior")]
+          if (prior := textprior_section(runs, metric)) else []),
         Section("ROC and precision-recall curves of the best runs", _roc_section(inp, runs, s, best, mid, plots_dir), "roc"),
     ]
     training = _training_curves(inp.results)

@@ -1,6 +1,7 @@
 """The report's calibration section: per configuration with calibrated outputs (``calibrated`` in runs.csv:
 logistic, MLP, fine-tuning, or any head with ``heads.calibrate: temperature``) the mean test and val ECE over its
-seeds (top-label, :data:`~featpipe.evaluation.calibration.ECE_BINS` equal-width bins) and the mean temperature,
+seeds (top-label, :data:`~featpipe.evaluation.calibration.ECE_BINS` equal-width bins) with its bootstrap interval
+(:mod:`featpipe.results.ece_interval`) and the mean temperature,
 and a reliability diagram of the test predictions at the largest shot count (pooled over seeds)."""
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from featpipe.evaluation.calibration import ECE_BINS, reliability
 from featpipe.evaluation.table import read_predictions
 from featpipe.report.html import table
 from featpipe.report.plots import wrap
+from featpipe.results.ece_interval import ece_interval, method
+from featpipe.results.predictions import TestPredictions
 from featpipe.results.summary import config_labels
 
 MAX_DIAGRAMS = 6
@@ -58,14 +61,17 @@ def calibration_section(runs: pd.DataFrame, results_dir: Path, classes: Sequence
     if cal.empty:
         return intro + "<p>No run has calibrated outputs.</p>"
     cal["config"] = config_labels(cal)
-    rows = []
+    rows, preds = [], TestPredictions(results_dir, pd.DataFrame({"id": [], "patient_id": []}), classes)
     for (config, shots), g in cal.groupby(["config", "shots"], sort=True):
         t = g["temperature"] if "temperature" in g.columns else pd.Series(dtype=float)
         how = g["calibration"].iloc[0] if "calibration" in g.columns and isinstance(g["calibration"].iloc[0], str) else "none"
-        rows.append([config, int(shots), len(g), f"{g['ece'].mean():.3f}", f"{g['val_ece'].mean():.3f}", how,
+        iv = ece_interval(preds, g["run_id"].astype(str).tolist()) if "run_id" in g.columns else {}
+        rows.append([config, int(shots), len(g), f"{g['ece'].mean():.3f}",
+                     f"[{iv['ci_low']:.3f}, {iv['ci_high']:.3f}]" if iv else "–", f"{g['val_ece'].mean():.3f}", how,
                      f"{t.mean():.2f}" if t.notna().any() else "–"])
-    html_ = intro + table(["configuration", "shots", "seeds", "test ECE (mean)", "val ECE (mean)", "calibration",
-                           "temperature (mean)"], rows)
+    html_ = intro + table(["configuration", "shots", "seeds", "test ECE (mean)", "95% interval", "val ECE (mean)",
+                           "calibration", "temperature (mean)"], rows)
+    html_ += f"<p class=\"note\">The ECE interval: {method('images')} (as in metrics.json).</p>"
     top = int(cal["shots"].max())
     at_top = cal[cal["shots"] == top]
     panels = []

@@ -163,7 +163,8 @@ def learning_curve(runs: pd.DataFrame, metric: str) -> Figure:
         hi = g["ci_high"].fillna(g["mean"])
         ax.fill_between(g["x"], lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
     label = METRIC_LABELS.get(metric, metric)
-    _style(ax, xlabel=_xlabel(table), ylabel=f"{label} on test (mean, 95% CI over seeds)",
+    over = "seeds; k = 0: prompt sets" if (table["x"] == 0).any() else "seeds"  # zero-shot varies its prompts
+    _style(ax, xlabel=_xlabel(table), ylabel=f"{label} on test (mean, 95% CI over {over})",
            title=f"Learning curve: {label}", shots=table["x"].unique())
     if metric != "brier":
         ax.set_ylim(max(0.0, ax.get_ylim()[0]), min(1.02, max(1.0, ax.get_ylim()[1])))

@@ -67,7 +67,7 @@ def best_configurations(runs: pd.DataFrame, summary: dict, chosen: dict[int, str
         rows.append([_subset_cell(k, e), e["config"], _budget(sel), _f(v.get("mean")), f"{_f(t.get('mean'))} ± {_f(t.get('std'))}",
                      _iv(t, "ci_low", "ci_high"), _iv(t, "seed_low", "seed_high"), _iv(t, "test_low", "test_high"),
                      _f(e.get("accuracy", {}).get("mean")), _f(e.get("auroc", {}).get("mean"), pct=False),
-                     e["n_seeds"], _f(e.get("sensitivity", {}).get("mean")) + " / " + _f(e.get("specificity", {}).get("mean")),
+                     f"{e['n_seeds']} prompt sets" if k == 0 else e["n_seeds"], _f(e.get("sensitivity", {}).get("mean")) + " / " + _f(e.get("specificity", {}).get("mean")),
                      flag])
         best.append({"shots": k, "config": e["config"], "run_ids": ids, "entry": e})
     head = ["shots", "chosen on val", "labelled images per run (k-shot + val)", f"val {label} (%)", f"test {label} (mean ± std, %)",

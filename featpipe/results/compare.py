@@ -20,6 +20,10 @@ For **chosen pairs** (per shot count the configuration chosen on val against the
 ``compare.pairs``), a paired **patient-level bootstrap** over the test images adds the percentile interval of the
 same mean difference over test-patient resamples (``boot_ci_low``, ``boot_ci_high``).
 
+**Zero-shot** configurations (k = 0: their runs are prompt sets, not seeds) are set against the trained ones at
+every k > 0 **unpaired** (``pairing``; :mod:`featpipe.results.unpaired`: Welch interval, two-sample permutation
+test; prompt set i and seed i share nothing), in the same Holm family as the paired rows of that k.
+
 Rows come from the current split only (:func:`featpipe.results.summary.current_split`); rows of degenerate runs
 are compared like any other but flagged (``degenerate_a``, ``degenerate_b``).
 """
@@ -39,6 +43,7 @@ from featpipe.core.fileio import atomic_write
 from featpipe.data.manifest import read_manifest
 from featpipe.data.splits import load_splits
 from featpipe.evaluation.table import RUNS_CSV, read_runs
+from featpipe.results import unpaired
 from featpipe.results.predictions import TestPredictions, bootstrap_interval
 from featpipe.results.stats import summarize
 from featpipe.results.summary import (
@@ -53,7 +58,7 @@ from featpipe.params.study import METRIC_NAMES
 
 COLUMNS = ["shots", "config_a", "config_b", "metric", "n_seeds", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm",
            "seed_ci_low", "seed_ci_high", "family", "min_p_holm", "boot_ci_low", "boot_ci_high", "degenerate_a",
-           "degenerate_b"]
+           "degenerate_b", "pairing", "n_b"]  # pairing: seeds | unpaired (zero-shot: B's runs are prompt sets, n_b)
 COMPARISONS_CSV = "comparisons.csv"
 EXACT_UP_TO = 16  # seeds: all 2^n sign flips; more: random flips
 
@@ -138,13 +143,51 @@ def seed_comparisons(runs: pd.DataFrame, *, metrics: Sequence[str], reference: s
                              "seed_ci_low": s["seed_low"], "seed_ci_high": s["seed_high"],
                              "p_value": permutation_p(d, seed=seed), "boot_ci_low": math.nan, "boot_ci_high": math.nan,
                              "degenerate_a": bool(degen.get(a, False)), "degenerate_b": bool(degen.get(b, False))})
+        rows += _zeroshot_rows(t, metric, reference=reference, chosen=chosen, seed=seed)
     out = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("p_holm", "family", "min_p_holm")])
     out["p_holm"], out["family"], out["min_p_holm"] = np.nan, 0, np.nan
+    out["pairing"] = out["pairing"].astype(object).fillna("seeds")
+    floor = [unpaired.smallest_p(int(n), int(m)) if how == unpaired.PAIRING else smallest_p(int(n))
+             for n, m, how in zip(out["n_seeds"], out["n_b"].fillna(0), out["pairing"])]
     for idx in out.groupby(["metric", "shots"]).groups.values():
         out.loc[idx, "p_holm"] = holm(out.loc[idx, "p_value"].to_numpy())
         out.loc[idx, "family"] = len(idx)
-        out.loc[idx, "min_p_holm"] = [min(1.0, len(idx) * smallest_p(int(n))) for n in out.loc[idx, "n_seeds"]]
+        out.loc[idx, "min_p_holm"] = [min(1.0, len(idx) * floor[out.index.get_loc(i)]) for i in idx]
     return out[COLUMNS]
+
+
+def _zeroshot_rows(t: pd.DataFrame, metric: str, *, reference: str | None, chosen: Mapping[int, str] | None,
+                   seed: int) -> list[dict]:
+    """Trained configurations at each k > 0 against the zero-shot configurations (k = 0), unpaired
+    (:mod:`featpipe.results.unpaired`): ``chosen[k]`` against each zero-shot one, every configuration against a
+    zero-shot ``reference`` (or a trained ``reference`` against each zero-shot one), else every pair."""
+    zero = t[t["shots"] == 0]
+    if zero.empty or metric not in t.columns:
+        return []
+    zconfigs = sorted(set(zero["config"]))
+    rows = []
+    for k, g in t[t["shots"] > 0].groupby("shots", sort=True):
+        trained = sorted(set(g["config"]))
+        if reference in zconfigs:
+            pairs = [(a, reference) for a in trained]
+        elif reference is not None:
+            pairs = [(reference, z) for z in zconfigs] if reference in trained else []
+        elif chosen is not None:
+            pairs = [(chosen[int(k)], z) for z in zconfigs] if chosen.get(int(k)) in trained else []
+        else:
+            pairs = [(a, z) for a in trained for z in zconfigs]
+        for a, b in pairs:
+            va = g.loc[g["config"] == a, metric].astype(float).to_numpy()
+            vb = zero.loc[zero["config"] == b, metric].astype(float).to_numpy()
+            w = unpaired.welch(va, vb)
+            rows.append({"shots": int(k), "config_a": a, "config_b": b, "metric": metric,
+                         "n_seeds": int(np.isfinite(va).sum()), "n_b": int(np.isfinite(vb).sum()),
+                         "pairing": unpaired.PAIRING, "mean_diff": w["mean"], "ci_low": w["ci_low"],
+                         "ci_high": w["ci_high"], "seed_ci_low": w["seed_low"], "seed_ci_high": w["seed_high"],
+                         "p_value": unpaired.permutation_p(va, vb, seed=seed), "boot_ci_low": math.nan,
+                         "boot_ci_high": math.nan, "degenerate_a": bool(g.loc[g["config"] == a, "degenerate_flag"].any()),
+                         "degenerate_b": bool(zero.loc[zero["config"] == b, "degenerate_flag"].any())})
+    return rows
 
 
 def config_entries(runs: pd.DataFrame, metric: str) -> dict[str, dict]:
@@ -195,6 +238,9 @@ def compare_runs(runs: pd.DataFrame, preds: TestPredictions | None, *, settings,
     if preds is None or "run_id" not in runs.columns:
         return table
     for i, r in table.iterrows():
+        if r["pairing"] == unpaired.PAIRING:
+            _widen_unpaired(table, i, r, runs, preds)
+            continue
         seeds = _paired_seeds(runs, r["config_a"], r["config_b"], int(r["shots"]))
         ids_a, ids_b = run_ids(runs, r["config_a"], r["shots"], seeds), run_ids(runs, r["config_b"], r["shots"], seeds)
         tv = preds.pair_variance(ids_a, ids_b, r["metric"])
@@ -215,6 +261,21 @@ def compare_runs(runs: pd.DataFrame, preds: TestPredictions | None, *, settings,
                 table.loc[fwd, ["boot_ci_low", "boot_ci_high"]] = [lo, hi]
                 table.loc[rev, ["boot_ci_low", "boot_ci_high"]] = [-hi, -lo]
     return table
+
+
+def _widen_unpaired(table: pd.DataFrame, i, r, runs: pd.DataFrame, preds: TestPredictions) -> None:
+    """An unpaired row's interval with the test-sampling variance both sides share (same test images)."""
+    ids_a = runs.loc[(runs["config"] == r["config_a"]) & (runs["shots"] == r["shots"]), "run_id"].astype(str).tolist()
+    ids_b = runs.loc[(runs["config"] == r["config_b"]) & (runs["shots"] == 0), "run_id"].astype(str).tolist()
+    got = preds.aligned(ids_a + ids_b)
+    if got is None or len(got[0]) != len(ids_a) + len(ids_b):
+        return
+    scored, patients = got
+    tv = unpaired.shared_test_variance(r["metric"], scored[:len(ids_a)], scored[len(ids_a):], patients,
+                                       n_classes=len(preds.classes))
+    d = runs.set_index(["config", "shots"])[r["metric"]]
+    w = unpaired.welch(d.loc[(r["config_a"], r["shots"])], d.loc[(r["config_b"], 0)], test_var=tv)
+    table.loc[i, ["ci_low", "ci_high"]] = [w["ci_low"], w["ci_high"]]
 
 
 def _paired_seeds(runs: pd.DataFrame, a: str, b: str, k: int) -> list[int]:
@@ -264,7 +325,9 @@ def verdict(row: Mapping, alpha: float = 0.05) -> str:
         return "not enough paired seeds"
     floor = row.get("min_p_holm", math.nan)
     if np.isfinite(floor) and floor >= alpha:
-        return (f"cannot be significant with {n} seeds (smallest attainable Holm p {floor:.2g} in a family of "
+        runs = (f"{n} seeds against {int(row['n_b'])} prompt sets" if row.get("pairing") == unpaired.PAIRING
+                else f"{n} seeds")
+        return (f"cannot be significant with {runs} (smallest attainable Holm p {floor:.2g} in a family of "
                 f"{int(row.get('family', 0))})")
     better = d < 0 if row.get("metric") in LOWER_IS_BETTER else d > 0
     lo, hi = row.get("ci_low", math.nan), row.get("ci_high", math.nan)

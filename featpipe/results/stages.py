@@ -78,12 +78,24 @@ def sweep(splits_path: str | Path, *, params: Params, cache_dir: str | Path = "c
           results_dir: str | Path = "results", models_dir: str | Path | None = "models",
           backbones: Sequence[str] | None = None, heads: Sequence[str] | None = None,
           shots: Sequence[int] | None = None, seeds: Sequence[int] | None = None,
-          n_jobs: int | None = None, engine=None) -> list[RunResult]:
+          n_jobs: int | None = None, engine=None, text_only: bool = False) -> list[RunResult]:
     """The grid backbones x heads x shots x seeds (defaults: ``fit.*``, else ``extract.backbones`` and the
-    seeds and shots present in the splits file)."""
+    seeds and shots present in the splits file). ``text_only``: only the backbones with a text tower (the DVC
+    stage of the text-initialised head runs for every extracted backbone); with none left it writes only
+    ``TEXT.txt`` saying why (and makes the models folder) and returns no runs."""
     splits = load_splits(splits_path)
     f = params.fit
     backbones = list(backbones or f.backbones or params.extract.backbones)
+    if text_only:
+        without = [b for b in backbones if get_backbone(b).text is None]
+        backbones = [b for b in backbones if b not in without]
+        if not backbones:
+            for d in (results_dir, models_dir):
+                if d is not None:
+                    Path(d).mkdir(parents=True, exist_ok=True)
+            (Path(results_dir) / "TEXT.txt").write_text(
+                f"no text-initialised runs: {', '.join(without) or 'no backbone'} has no text tower\n")
+            return []
     caches = [load_cache(cache_dir, splits, b, layer=params.extract.layer, weights=params.extract.weights)
               for b in backbones]
     seeds = list(seeds or f.seeds or sorted(splits.fewshot))
@@ -113,7 +125,8 @@ def zeroshot(splits_path: str | Path, *, params: Params, cache_dir: str | Path =
                  or [b for b in params.extract.backbones if get_backbone(b).text is not None])
     without = [b for b in names if get_backbone(b).text is None]
     if without and not allow_empty:
-        raise FeatpipeError(f"{', '.join(without)} has no text tower: zero-shot needs a CLIP-like backbone (medsiglip)")
+        raise FeatpipeError(f"{', '.join(without)} has no text tower: zero-shot needs a CLIP-like backbone "
+                             "(medsiglip, biomedclip)")
     names = [b for b in names if b not in without]
     if not names:
         if not allow_empty:

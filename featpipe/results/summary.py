@@ -26,6 +26,8 @@ from featpipe.core.locks import build_lock
 from featpipe.core.names import config_name, params_tag
 from featpipe.evaluation.metrics import SUMMARY_METRICS
 from featpipe.evaluation.table import KEY_COLUMNS, RUNS_CSV, key_frame, read_runs
+from featpipe.results.ece_interval import ece_interval
+from featpipe.results.predictions import TestPredictions
 from featpipe.results.stats import Sampling, clinical_failures, n_classes_of, seed_summary, test_size
 
 METRICS_JSON = "metrics.json"  # the headline numbers (dvc metrics show)
@@ -218,6 +220,7 @@ def write_metrics_json(results_dir: str | Path, *, clinical, split_sha256: str |
         atomic_write(d / SUMMARY_JSON, json.dumps(_clean(summary), indent=1, sort_keys=True))
         path = d / METRICS_JSON
         head = headline(summary, select_metric) | {"_provenance": summary["_provenance"]}
+        _add_ece(head, summary, kept, d, select_metric)
         atomic_write(path, json.dumps(_clean(head), indent=1, sort_keys=True))
     return path
 
@@ -225,7 +228,8 @@ def write_metrics_json(results_dir: str | Path, *, clinical, split_sha256: str |
 def headline(summary: Mapping[str, Mapping], metric: str | None) -> dict:
     """The few numbers of a study (``metrics.json``): per shot count ``k<k>``, the configuration chosen on val
     and its test ``metric`` (mean and 95% seed interval) and clinical-grade flag; the run and configuration
-    counts. Everything else is in ``summary.json``."""
+    counts (:func:`write_metrics_json` adds the chosen configuration's test ECE with its interval, where it has one).
+    Everything else is in ``summary.json``."""
     prov = summary.get("_provenance", {})
     entries = [e for n, e in summary.items() if not n.startswith("_")]
     out: dict = {"metric": metric, "clinical_rule": entries[0].get("clinical_rule") if entries else None,
@@ -234,7 +238,7 @@ def headline(summary: Mapping[str, Mapping], metric: str | None) -> dict:
     if metric:
         for k, name in select_best({n: e for n, e in summary.items() if not n.startswith("_")}, metric).items():
             e, s = summary[name], summary[name].get(metric, {})
-            key = f"f{e['fraction']:g}" if e.get("fraction") is not None else f"k{k}"
+            key = _key(e, k)
             out[key] = {"chosen": e["config"], metric: s.get("mean"), "ci_low": s.get("ci_low"),
                             "ci_high": s.get("ci_high"), "seeds": e.get("n_seeds"), "clinical_grade": e.get("clinical_grade")}
             if e.get("capped"):
@@ -242,6 +246,28 @@ def headline(summary: Mapping[str, Mapping], metric: str | None) -> dict:
             if e.get("fraction") is not None:
                 out[key]["images"] = int(k)
     return out
+
+
+def _key(e: Mapping, k: int) -> str:
+    return f"f{e['fraction']:g}" if e.get("fraction") is not None else f"k{k}"
+
+
+def _add_ece(head: dict, summary: Mapping, runs: pd.DataFrame, results_dir: Path, metric: str | None) -> None:
+    """``head[k<k>]["ece"]``: the chosen configuration's mean test ECE with its bootstrap interval
+    (:func:`featpipe.results.ece_interval.ece_interval`, test units = images: no manifest here) where its runs have
+    calibrated outputs and kept test predictions."""
+    if not metric or runs.empty or "ece" not in runs.columns or "run_id" not in runs.columns:
+        return
+    classes = [c[3:-1] for c in runs.columns if c.startswith("f1[")]
+    preds = TestPredictions(results_dir, pd.DataFrame({"id": [], "patient_id": []}), classes)
+    labels, shots = config_labels(runs).to_numpy(), runs["shots"].astype(int).to_numpy()
+    entries = {n: e for n, e in summary.items() if not n.startswith("_")}
+    for k, name in select_best(entries, metric).items():
+        rows = runs[(labels == entries[name]["config"]) & (shots == k)]
+        if pd.to_numeric(rows["ece"], errors="coerce").notna().all() and _key(entries[name], k) in head:
+            got = ece_interval(preds, rows["run_id"].astype(str).tolist())
+            if got:
+                head[_key(entries[name], k)]["ece"] = got
 
 
 def _clean(v):

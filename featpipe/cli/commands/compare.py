@@ -19,8 +19,12 @@ def run(args, params) -> int:
     table = compare(args.results, splits_path=args.splits, manifest_path=args.manifest, params=params, out=args.out)
     out = args.out or str(Path(args.results) / "comparisons.csv")
     sig = table[table["p_holm"] < 0.05]
+    loose = int((table["pairing"] != "seeds").sum()) if "pairing" in table.columns else 0
     print(f"{len(table)} paired comparisons ({table['metric'].nunique()} metric(s), "
           f"{table['shots'].nunique()} shot count(s)) -> {out}; {len(sig)} with Holm p < 0.05")
+    if loose:
+        print(f"  {loose} of them set zero-shot (k = 0) against trained heads UNPAIRED: its runs are prompt sets, not "
+              "seeds (Welch interval, two-sample permutation p; column pairing)")
     blind = table[table["min_p_holm"] >= 0.05]
     if len(blind):
         print(f"  {len(blind)} comparison(s) cannot be significant with their seeds: the smallest attainable Holm p "

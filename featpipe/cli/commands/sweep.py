@@ -18,6 +18,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--heads", nargs="+", default=None, help="heads (default: fit.heads)")
     parser.add_argument("--backbones", nargs="+", default=None, help="backbones (default: fit.backbones, else extract.backbones)")
     parser.add_argument("--n-jobs", type=int, default=None, help="parallel runs of the local engine (default: fit.n_jobs)")
+    parser.add_argument("--text-only", action="store_true",
+                        help="only the backbones with a text tower (the text-initialised head's DVC stage); none: "
+                             "write <results>/TEXT.txt saying why")
     executor.add_argument(parser)
 
 
@@ -26,7 +29,11 @@ def run(args, params) -> int:
     workers = params.fit.n_jobs if args.n_jobs is None else args.n_jobs
     with executor.from_args(args, params, workers=workers) as engine:
         runs = sweep(args.splits, params=params, cache_dir=args.cache_dir, results_dir=args.results,
-                     models_dir=args.models, backbones=args.backbones, heads=args.heads, engine=engine)
+                     models_dir=args.models, backbones=args.backbones, heads=args.heads, engine=engine,
+                     text_only=args.text_only)
+    if not runs and args.text_only:
+        print(f"no runs (no backbone with a text tower); wrote {args.results}/TEXT.txt")
+        return 0
     print_summary(summarize_results(runs, params=params), params=params, verbose=args.verbose,
                   per_class=per_class_results(runs, params=params))
     print_notes(runs, args.results)
