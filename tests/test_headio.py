@@ -77,8 +77,8 @@ def test_the_compact_archive_holds_what_skops_own_dumps_holds(name, tmp_path):
 
     assert plain(ours) == plain(theirs)
     assert len(ours.namelist()) == len(theirs.namelist())
-    loaded = sio.loads(ours.fp.getvalue() if hasattr(ours.fp, "getvalue") else open(ours.filename, "rb").read(),
-                       trusted=sio.get_untrusted_types(file=ours.filename))
+    data = (tmp_path / f"{name}.skops").read_bytes()
+    loaded = sio.loads(data, trusted=sio.get_untrusted_types(data=data))
     assert np.array_equal(loaded.predict_proba(X), model.predict_proba(X))
 
 
