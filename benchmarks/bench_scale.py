@@ -97,7 +97,8 @@ def sizes_of(folder: Path) -> dict[str, float]:
 def measure(n: int, tmp: Path) -> dict:
     folder = tmp / f"n{n}"
     folder.mkdir()
-    params(folder, make_set(folder, n))
+    _in_child(make_set, folder, n)  # the data in a child: this process stays small (see :func:`_in_child`)
+    params(folder, folder / "data" / "scale.npz")
     stages = {}
     for name, argv in STAGES:
         stages[name] = run(folder, argv)
@@ -166,7 +167,7 @@ def chexpert_sweep(tmp: Path, rows: int = CHEXPERT) -> dict:
     folder = tmp / "chexpert"
     folder.mkdir()
     t = time.perf_counter()
-    chexpert_features(folder, rows)
+    _in_child(chexpert_features, folder, rows)
     made = time.perf_counter() - t
     grid = [",".join(CHEX_HEADS), ",".join(map(str, CHEX_SHOTS)), ",".join(map(str, CHEX_SEEDS))]
     sweep = run(folder, grid, code=SWEEP)
@@ -196,6 +197,19 @@ def chexpert_lines(c: dict) -> list[str]:
             "", f"Predictions kept: **{per_run / 2**20:.2f} MiB per run** (val + test rows, float64, ids stored once per "
             f"run log); the default 960-run grid would keep **{per_run * 960 / 2**30:.2f} GiB** "
             f"({960 * (n - int(n * 0.8)):,} rows)."]
+
+
+def _in_child(fn, *args) -> None:
+    """``fn(*args)`` in a forked child process. A stage's peak RSS is read from ``wait4``, and Linux carries the
+    parent's resident size at fork into the child's high-water mark (kept across exec): data generated in this
+    process would become the floor of every stage's peak RSS measured after it."""
+    import multiprocessing
+
+    proc = multiprocessing.get_context("fork").Process(target=fn, args=args)
+    proc.start()
+    proc.join()
+    if proc.exitcode:
+        raise SystemExit(f"{fn.__name__} failed (exit {proc.exitcode})")
 
 
 def growth(a: dict, b: dict, key: int) -> dict[str, float]:
