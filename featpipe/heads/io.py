@@ -122,7 +122,7 @@ def save_head(path: str | Path, pipeline, meta: Mapping) -> Path:
 
 def _dumps(sio, pipeline) -> bytes:
     """``sio.dumps(pipeline)`` with ``schema.json`` written compact (json's C encoder) instead of indented (its
-    pure-Python encoder: two thirds of a saved head's time). The same schema and arrays, read by ``skops.io.loads``
+    pure-Python encoder: most of the time of skops.io.dumps). The same schema and arrays, read by ``skops.io.loads``
     as any archive; a skops without these internals gets its own ``dumps``."""
     try:
         import skops
