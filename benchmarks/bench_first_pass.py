@@ -4,7 +4,7 @@ as ``dvc repro`` runs them, imports and start-up included) against the naive loo
 - ``featpipe``: ``python -m featpipe prepare``, then ``decode``, then ``extract --backbone resnet50`` on a
   class-folder tree of the images (cold: no manifest, no caches), params: source folder, ResNet50 with
   random weights (speed only; pretrained weights cannot be downloaded here), precision auto, batch 32,
-  ``decode.workers`` = 2;
+  ``decode.workers`` = 2, ``decode.draft`` off (the params default; ``--draft`` turns it on);
 - ``naive``: one ``python`` process: torchvision ``ImageFolder`` over the same tree, ``Resize(256)`` +
   ``CenterCrop(224)``, fp32, ``DataLoader(batch_size=32, num_workers=0)``, ``torch.no_grad``, ResNet50
   with random weights.
@@ -69,7 +69,7 @@ finetune:
   backbones: [resnet50]
 decode:
   workers: 2
-  draft: true
+  draft: {draft}
 """
 
 
@@ -98,11 +98,11 @@ def timed(cmd: list[str], cwd: Path) -> dict:
     return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024, "out": out}
 
 
-def run_featpipe(files: list[Path], work: Path) -> dict:
+def run_featpipe(files: list[Path], work: Path, draft: bool = False) -> dict:
     for d in ("data", "cache"):
         shutil.rmtree(work / d, ignore_errors=True)
     t = tree(files, work / "tree")
-    (work / "params.yaml").write_text(PARAMS.format(tree=t))
+    (work / "params.yaml").write_text(PARAMS.format(tree=t, draft=str(draft).lower()))
     fp = [sys.executable, "-m", "featpipe"]
     stages = {
         "prepare": timed(fp + ["prepare", "--no-progress"], work),
@@ -173,14 +173,14 @@ print(json.dumps(out))
     return json.loads(r["out"].strip().splitlines()[-1])
 
 
-def measure(name: str, files: list[Path], work: Path, repeats: int) -> dict:
+def measure(name: str, files: list[Path], work: Path, repeats: int, draft: bool = False) -> dict:
     sizes = (len(files) // 2, len(files))
     runs: dict = {(m, n): [] for m in ("naive", "featpipe") for n in sizes}
     for rep in range(repeats):
         order = ("naive", "featpipe") if rep % 2 == 0 else ("featpipe", "naive")
         for n in sizes:
             for mode in order:
-                r = (run_naive if mode == "naive" else run_featpipe)(files[:n], work / mode)
+                r = run_naive(files[:n], work / mode) if mode == "naive" else run_featpipe(files[:n], work / mode, draft)
                 runs[(mode, n)].append(r)
                 print(f"{name} rep {rep} {mode:8s} N={n:4d} {r['wall']:6.1f} s wall {r['cpu']:6.1f} s CPU  "
                       f"peak {r['rss_mb']:.0f} MB", file=sys.stderr, flush=True)
@@ -252,6 +252,8 @@ def main() -> int:
     ap.add_argument("--jpeg", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", help="also write the results (markdown) here")
+    ap.add_argument("--draft", action="store_true", help="decode.draft: true (JPEG reduced-scale decoding; default "
+                    "off, the params default, for parity with the references)")
     ap.add_argument("--report-only", action="store_true", help="report the runs kept in <images>/work-<set>/runs.jsonl")
     a = ap.parse_args()
     base = Path(a.images)
@@ -262,7 +264,7 @@ def main() -> int:
     for name in a.sets:
         files = made[name]()
         work = base / f"work-{name}"
-        lines += report(name, from_log(files, work) if a.report_only else measure(name, files, work, a.repeats))
+        lines += report(name, from_log(files, work) if a.report_only else measure(name, files, work, a.repeats, a.draft))
     text = "\n".join(lines)
     print(text)
     print(f"benchmark wall time {time.time() - t0:.0f} s", file=sys.stderr)

@@ -28,6 +28,7 @@ _API = {
     "load_splits": "featpipe.data.splits:load_splits",
     "make_head": "featpipe.heads.make:make_head",
     "evaluate_fewshot": "featpipe.fewshot.evaluate:evaluate_fewshot",
+    "read_predictions": "featpipe.evaluation.table:read_predictions",
     "summarize": "featpipe.results.frames:summarize",
     "compare": "featpipe.results.frames:compare",
     "save": "featpipe.saved.store:save",

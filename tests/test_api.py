@@ -105,7 +105,7 @@ def test_evaluate_fewshot_gives_the_rows_and_predictions_featpipe_fit_writes(tmp
     assert list(runs["run_id"]) == list(on_disk["run_id"])
     for col in ("accuracy", "auroc", "threshold", "brier", "val_balanced_accuracy"):
         np.testing.assert_allclose(runs[col].to_numpy(float), on_disk[col].to_numpy(float), rtol=1e-9, err_msg=col)
-    written = pd.concat([pd.read_csv(f) for f in sorted((tmp_path / "results" / "predictions").glob("*.csv.gz"))])
+    written = featpipe.read_predictions(tmp_path / "results")
     key = ["run_id", "split", "id"]
     a, b = preds.sort_values(key).reset_index(drop=True), written.sort_values(key).reset_index(drop=True)
     assert list(a[key].astype(str).itertuples(index=False)) == list(b[key].astype(str).itertuples(index=False))

@@ -22,6 +22,7 @@ from PIL import Image
 from featpipe.features import cache as featcache
 from featpipe.cli.main import main
 from featpipe.engine.ray import RayExecutor
+from featpipe.evaluation.table import read_curves, read_predictions
 from featpipe.params.config import DecodeParams, ExtractParams
 from featpipe.features.extract import extract
 
@@ -197,8 +198,12 @@ def test_sweep_on_ray_writes_byte_identical_results(cluster, tmp_path):
     assert a == b  # every metric, threshold and model path, byte for byte
     for name in ("metrics.json", "summary.json"):
         assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes()
-    curves = sorted(p.name for p in (tmp_path / "ray" / "curves").iterdir())
-    assert curves == sorted(p.name for p in (tmp_path / "local" / "curves").iterdir()) and len(curves) == 16
+    curves = read_curves(tmp_path / "ray")
+    assert curves == read_curves(tmp_path / "local") and len(curves) == 16
+    key = ["run_id", "split", "id"]  # runs finish in another order on ray: the same rows, bit for bit
+    pd.testing.assert_frame_equal(read_predictions(tmp_path / "ray").sort_values(key).reset_index(drop=True),
+                                  read_predictions(tmp_path / "local").sort_values(key).reset_index(drop=True),
+                                  check_exact=True)
 
 
 def test_engine_ray_without_ray_is_a_one_line_error(tmp_path, monkeypatch, capsys):

@@ -14,6 +14,7 @@ from featpipe.cli.main import main
 from featpipe.params.config import load_params
 from featpipe.core.errors import CacheError, DataError
 from featpipe.evaluation.metrics import choose_threshold
+from featpipe.evaluation.table import read_curves
 
 D = 16
 MANIFEST_SHA = "m" * 64
@@ -101,7 +102,8 @@ def test_fit_end_to_end_writes_rows_metrics_and_models(project, capsys):
     for path in runs["model_path"]:
         assert Path(path).is_file() and Path(path).with_suffix(".json").is_file()
         assert Path(path).name.startswith("toy-svc-k10-s")
-    assert list((project / "results/curves").glob("*.json"))
+    curves = read_curves(project / "results")
+    assert set(curves) == set(runs["run_id"]) and all(any(v["roc"] for v in c.values()) for c in curves.values())
 
 
 def test_fit_prints_one_summary_row_per_configuration_and_the_details_only_with_verbose(project, capsys):

@@ -57,6 +57,31 @@ def test_round_trip_without_pickle(name, tmp_path, monkeypatch):
     assert loaded.meta["classes"] == ["a", "b", "c"]
 
 
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_the_compact_archive_holds_what_skops_own_dumps_holds(name, tmp_path):
+    from featpipe.heads.io import skops_io
+
+    sio = skops_io()
+    model, X = fitted(name)
+    ours = zipfile.ZipFile(save_head(tmp_path / f"{name}.skops", model, META))
+    theirs = zipfile.ZipFile(io.BytesIO(sio.dumps(model)))
+    assert b"\n" not in ours.read("schema.json")  # compact (skops indents it)
+
+    def plain(z):  # object ids (node ids, member names) differ between any two saves: compare the rest
+        def walk(node):
+            if isinstance(node, dict):
+                return {k: (hashlib.sha256(z.read(v)).hexdigest() if k == "file" else walk(v))
+                        for k, v in node.items() if k != "__id__"}
+            return [walk(v) for v in node] if isinstance(node, list) else node
+        return walk(json.loads(z.read("schema.json")))
+
+    assert plain(ours) == plain(theirs)
+    assert len(ours.namelist()) == len(theirs.namelist())
+    data = (tmp_path / f"{name}.skops").read_bytes()
+    loaded = sio.loads(data, trusted=sio.get_untrusted_types(data=data))
+    assert np.array_equal(loaded.predict_proba(X), model.predict_proba(X))
+
+
 def test_a_pickle_in_place_of_the_head_is_refused(tmp_path):
     model, _ = fitted("logistic")
     path = save_head(tmp_path / "h.skops", model, META)

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from featpipe.evaluation.table import prediction_files
+
 ROOT = Path(__file__).resolve().parents[1]
 DVC = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
 
@@ -107,7 +109,7 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert "chosen on val" in html and "Paired comparisons" in html and "split.val_policy: full" in html
     comparisons = (work / "results/comparisons.csv").read_text().splitlines()
     assert comparisons[0].startswith("shots,config_a,config_b,metric,n_seeds,mean_diff,ci_low,ci_high,p_value,p_holm")
-    assert list((work / "results/fit").rglob("predictions/*.csv.gz"))
+    assert prediction_files(work / "results/fit")
     # predict accepts a fine-tuned model as well as a saved head
     for model in (next((work / "models/finetune").rglob("*-layerwise-k5-s0-*.safetensors")),
                   next((work / "models/fit").rglob("tiny_cnn-svc-k20-s0-*.skops"))):

@@ -52,12 +52,13 @@ def test_rows_of_an_old_split_are_set_aside_never_pooled(project, capsys):
 
 
 def test_predictions_files_hold_every_val_and_test_image_and_reproduce_the_row(project):
-    from featpipe.evaluation.table import read_predictions
+    import featpipe
+    from featpipe.evaluation.table import prediction_files, read_predictions
 
     assert fit_cli(project, "--head", "svc", "--shots", "10", "--seeds", "0", "1") == 0
     table = pd.read_csv(project / "results/runs.csv", dtype={"run_id": str})
-    files = sorted((project / "results/predictions").glob("*.csv.gz"))
-    assert len(files) == 2
+    files = prediction_files(project / "results")
+    assert set(files) == set(table["run_id"]) and len(set(files.values())) == 1  # one run log for the command
     for row in table.to_dict("records"):
         pred = read_predictions(project / "results", [row["run_id"]])
         assert list(pred.columns) == ["run_id", "split", "id", "label", "p[normal]", "p[pneumonia]", "threshold"]
@@ -74,8 +75,8 @@ def test_predictions_files_hold_every_val_and_test_image_and_reproduce_the_row(p
         assert skm.roc_auc_score(val["label"], val["p[pneumonia]"]) == pytest.approx(row["val_auroc"], abs=1e-6)
         vlab = (val["p[pneumonia]"] >= row["threshold"]).astype(int)
         assert skm.balanced_accuracy_score(val["label"], vlab) == pytest.approx(row["val_balanced_accuracy"], abs=1e-6)
-    # plain pandas reads them too (documented format)
-    assert len(pd.read_csv(files[0])) == 90
+    # the public API reads them too (documented)
+    assert len(featpipe.read_predictions(project / "results", table["run_id"][:1])) == 90
 
 
 def test_best_configuration_is_chosen_on_val_not_test():

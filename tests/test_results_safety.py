@@ -17,6 +17,7 @@ import pytest
 
 from featpipe.cli.main import main
 from featpipe.core.fileio import file_sha256
+from featpipe.evaluation.table import read_predictions
 from featpipe.fewshot import fit as fitmod
 from tests.conftest import copy_project, extracted_project
 
@@ -148,7 +149,9 @@ def test_a_sigkilled_sweep_keeps_its_finished_runs_for_the_next_write(project, c
     assert r.returncode == -9, r.stderr
     journals = list(Path("results").glob(".runs.csv.journal-*.jsonl"))
     assert len(journals) == 1 and len(journals[0].read_text().splitlines()) == 4
-    assert len(list(Path("results/predictions").glob("*.csv.gz"))) == 4
+    kept = read_predictions("results")  # written as each run finished, read back from the killed run's log
+    rows = [json.loads(line) for line in journals[0].read_text().splitlines()]
+    assert set(kept["run_id"]) == {r["run_id"] for r in rows} and len(kept) == 4 * len(kept[kept["run_id"] == rows[0]["run_id"]])
     capsys.readouterr()
     assert main(["fit", "--head", "prototype", "--shots", "5", "--seeds", "2"]) == 0
     assert "recovered 4 row(s) of an interrupted run" in capsys.readouterr().err

@@ -57,14 +57,20 @@ def _open_lock(target: Path):
     two processes on this machine still coordinate)."""
     path = lock_path(target)
     try:
-        return open(path, "a+")
+        return _open_rw(path)
     except OSError as exc:
         if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
     alt = Path(tempfile.gettempdir()) / "featpipe-locks"
     alt.mkdir(exist_ok=True)
     key = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
-    return open(alt / f"{path.name.lstrip('.')[:80]}-{key}", "a+")
+    return _open_rw(alt / f"{path.name.lstrip('.')[:80]}-{key}")
+
+
+def _open_rw(path: Path):
+    """``path`` opened for reading and writing at any position (created when missing; not append mode, so the
+    holder's pid can be written over the last one without truncating the file to zero first)."""
+    return os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), "r+")
 
 
 class LockTimeout(FeatpipeError):
@@ -120,8 +126,8 @@ def build_lock(target: str | Path, *, what: str, timeout: float | None = None, p
             else:
                 waited = _wait_for(fh, target, what=what, timeout=timeout, poll=poll)
         fh.seek(0)
-        fh.truncate()
         fh.write(f"{os.getpid()}\n")
+        fh.truncate()  # to the pid's length: truncating to zero before a write makes ext4 flush the file on close
         fh.flush()
         yield waited
     finally:

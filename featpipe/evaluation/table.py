@@ -6,15 +6,19 @@ a run on another split or other weights is another row, never a replacement. Wri
 table, go to a temporary file and are renamed into place, so a crash or a concurrent writer (the
 fine-tuning stage writes rows with ``head = "finetune:<strategy>"``) never leaves a half-written table.
 
-Per run, :func:`write_predictions` writes ``<results>/predictions/<run>-<run_id>.csv.gz`` beside the
-table: one line per val and test image (``run_id, split, id, label, p[<class>]..., threshold``); ROC/PR,
-bootstrap intervals, comparisons and the report read these (:func:`read_predictions`).
+Per run, the per-image val and test outputs (``run_id, split, id, label, p[<class>]..., threshold``) and, with
+``fit.curves``, the test ROC/PR points (thinned) are appended to a run log beside the table,
+``<results>/predictions/<time_ns>-<pid>.fpruns`` (:mod:`featpipe.evaluation.runlog`: one columnar, append-only file
+per writing command, not two small files per run). ROC/PR, bootstrap intervals, comparisons and the report read
+them through :func:`read_predictions` and :func:`read_curves` only; per-run ``<run>-<run_id>.csv.gz`` files of
+older versions (:func:`write_predictions`) are read too, and the latest write of a run wins. Files whose runs were
+all written again are removed (:func:`prune_predictions`).
 
-**Full precision.** Both files are written with the shortest text that reads back as the same float64
-(Python's ``repr``) and read back exactly (:data:`EXACT_FLOATS`), so metrics recomputed from a predictions file
-equal the row of ``runs.csv`` bit for bit, and a threshold compares the same numbers it was chosen on. Per-run ROC/PR
-points (thinned) also go to ``results/curves/<run>.json`` (:func:`write_curves`). :func:`write_records`
-writes all three for records made by :func:`featpipe.evaluation.record.record_run`.
+**Full precision.** The table is written with the shortest text that reads back as the same float64 (Python's
+``repr``) and read back exactly (:data:`EXACT_FLOATS`); the run log keeps the arrays' bytes. So metrics recomputed
+from the kept predictions equal the row of ``runs.csv`` bit for bit, and a threshold compares the same numbers
+it was chosen on. :func:`write_records` writes both for records made by
+:func:`featpipe.evaluation.record.record_run`.
 
 What is derived from the table (summaries, ``metrics.json``, statistics, comparisons) lives in
 :mod:`featpipe.results`.
@@ -27,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -38,6 +43,8 @@ from featpipe.core.fileio import atomic_write
 from featpipe.core.locks import build_lock, clean_leftovers, pid_alive, say
 from featpipe.core.names import canonical_params, config_name, params_tag
 from featpipe.evaluation.metrics import SCALAR_METRICS
+from featpipe.evaluation.runlog import SUFFIX as LOG_SUFFIX
+from featpipe.evaluation.runlog import Entry, RunLog, read_entry, scan
 
 KEY_COLUMNS = ("dataset", "backbone", "weights", "weights_id", "layer", "head", "head_params", "shots", "seed",
                "split_sha256")
@@ -199,21 +206,30 @@ class RunJournal:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = _journal_name(self.table, os.getpid())
         self._fh = open(self.path, "a", encoding="utf-8")
+        self.log = RunLog(self.dir / PREDICTIONS_DIR)
         self.rows: list[dict] = []
+        self._synced = 0.0
 
     def add(self, record) -> None:
-        """Write one finished run (a record with ``row``, ``predictions``, ``curves``)."""
-        write_files(self.dir, record)
+        """Write one finished run (a record with ``row``, ``predictions``, ``curves``): its predictions and curves
+        to this command's run log, then its row to the journal, both flushed to the OS (a killed process keeps
+        them); the journal is also synced to disk at most once a second (a power cut loses at most that)."""
+        write_files(self.dir, record, log=self.log)
         self._fh.write(json.dumps(dict(record.row), default=_plain) + "\n")
         self._fh.flush()
-        os.fsync(self._fh.fileno())
+        if time.monotonic() - self._synced >= 1.0:
+            os.fsync(self._fh.fileno())
+            self._synced = time.monotonic()
         self.rows.append(dict(record.row))
 
     def commit(self) -> pd.DataFrame:
-        """Upsert the rows into the table; the journal is removed once they are in it. Returns the table."""
+        """Upsert the rows into the table; the journal is removed once they are in it; predictions files every
+        run of which was written again since are removed. Returns the table."""
         self._fh.close()
+        self.log.close()
         table = upsert_runs(self.table, self.rows) if self.rows else read_runs(self.table)
         self.path.unlink(missing_ok=True)
+        prune_predictions(self.dir)
         return table
 
 
@@ -280,39 +296,101 @@ def write_predictions(results_dir: str | Path, row: Mapping, frame: pd.DataFrame
     return atomic_write(d / f"{_stem(row)}-{rid}.csv.gz", gzip.compress(text, compresslevel=1, mtime=0))
 
 
-def write_files(results_dir: str | Path, record) -> None:
-    """One record's predictions file and (when it has ``curves``) its curves file."""
+def write_files(results_dir: str | Path, record, *, log: RunLog | None = None) -> None:
+    """One record's predictions and curves, appended to ``log`` (default: a run log of its own under
+    ``<results_dir>/predictions``); a record without predictions writes its curves file alone."""
     rdir = Path(results_dir)
-    if record.predictions is not None:
-        write_predictions(rdir, record.row, record.predictions)
-    if record.curves:
-        write_curves(rdir / CURVES_DIR, record.row, record.curves)
+    if record.predictions is None:
+        if record.curves:
+            write_curves(rdir / CURVES_DIR, record.row, record.curves)
+        return
+    own = log is None
+    log = RunLog(rdir / PREDICTIONS_DIR) if own else log
+    try:
+        log.add(run_id(record.row), prediction_table(record.row, record.predictions), record.curves or None)
+    finally:
+        if own:
+            log.close()
 
 
 def write_records(results_dir: str | Path, records: Sequence) -> pd.DataFrame:
-    """Every record's predictions and curves files (:func:`write_files`) and its row upserted into
+    """Every record's predictions and curves (:func:`write_files`, one run log) and its row upserted into
     ``<results_dir>/runs.csv`` (one write); returns the table. A record has ``row``, ``predictions`` and
     ``curves`` (:class:`featpipe.evaluation.record.RunRecord`, or a run result that carries them)."""
-    for r in records:
-        write_files(results_dir, r)
-    return upsert_runs(Path(results_dir) / RUNS_CSV, [r.row for r in records])
+    log = RunLog(Path(results_dir) / PREDICTIONS_DIR)
+    try:
+        for r in records:
+            write_files(results_dir, r, log=log)
+    finally:
+        log.close()
+    table = upsert_runs(Path(results_dir) / RUNS_CSV, [r.row for r in records])
+    prune_predictions(results_dir)
+    return table
 
 
-def prediction_files(results_dir: str | Path) -> dict[str, Path]:
-    """{run_id: file} of every predictions file under ``results_dir`` (any depth)."""
-    out = {}
-    for f in sorted(Path(results_dir).rglob(f"{PREDICTIONS_DIR}/*.csv.gz")):
-        out[f.name[: -len(".csv.gz")].rsplit("-", 1)[-1]] = f
+def _sources(results_dir: str | Path) -> dict[str, tuple[int, Path | Entry]]:
+    """{run_id: (when written, source)} of the current predictions of every run under ``results_dir`` (any
+    depth): a run written again (in a run log or a per-run ``.csv.gz`` file of older versions) is the latest."""
+    out: dict[str, tuple[int, Path | Entry]] = {}
+    root = Path(results_dir)
+    for f in sorted(root.rglob(f"{PREDICTIONS_DIR}/*.csv.gz")):
+        rid, when = f.name[: -len(".csv.gz")].rsplit("-", 1)[-1], f.stat().st_mtime_ns
+        if rid not in out or when >= out[rid][0]:
+            out[rid] = (when, f)
+    for f in sorted(root.rglob(f"{PREDICTIONS_DIR}/*{LOG_SUFFIX}")):
+        for e in scan(f)[0]:
+            if e.run_id not in out or e.written >= out[e.run_id][0]:
+                out[e.run_id] = (e.written, e)
     return out
 
 
+def prediction_files(results_dir: str | Path) -> dict[str, Path]:
+    """{run_id: file} of every run with predictions under ``results_dir`` (any depth): the file that holds its
+    current predictions (a run log, or an older version's per-run ``.csv.gz``)."""
+    return {r: (src.path if isinstance(src, Entry) else src) for r, (_, src) in _sources(results_dir).items()}
+
+
 def read_predictions(results_dir: str | Path, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
-    """The per-image predictions of ``run_ids`` (default: every run) found under ``results_dir``."""
-    files = prediction_files(results_dir)
-    want = list(files) if run_ids is None else [r for r in run_ids if r in files]
+    """The per-image predictions of ``run_ids`` (default: every run) found under ``results_dir``: ``run_id,
+    split, id, label, p[<class>]..., threshold`` (floats exactly as computed), one run after another."""
+    sources = _sources(results_dir)
+    want = list(sources) if run_ids is None else [r for r in run_ids if r in sources]
     if not want:
         return pd.DataFrame(columns=["run_id", "split", "id", "label", "threshold"])
-    return pd.concat([_read_prediction_file(files[r]) for r in want], ignore_index=True)
+    frames = []
+    for r in want:
+        src = sources[r][1]
+        frames.append(read_entry(src, scan(src.path)[1]) if isinstance(src, Entry) else _read_prediction_file(src))
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_curves(results_dir: str | Path, run_ids: Iterable[str] | None = None) -> dict[str, dict]:
+    """{run_id: ROC/PR points of its test outputs (:func:`featpipe.evaluation.metrics.curves`)} of the runs
+    (default: every run) whose current predictions carry curves (``fit.curves``) under ``results_dir``."""
+    sources = _sources(results_dir)
+    want = list(sources) if run_ids is None else [r for r in run_ids if r in sources]
+    return {r: sources[r][1].head["curves"] for r in want
+            if isinstance(sources[r][1], Entry) and sources[r][1].head.get("curves")}
+
+
+def prune_predictions(results_dir: str | Path) -> list[Path]:
+    """Remove the predictions files under ``results_dir`` none of whose runs is current any more (each was
+    written again since), but not run logs a live process may still be writing; returns them. Where a file
+    cannot be read nothing is removed (its readers say which file and what to do)."""
+    try:
+        current = {src.path if isinstance(src, Entry) else src for _, src in _sources(results_dir).values()}
+    except DataError:
+        return []
+    removed = []
+    root = Path(results_dir)
+    for f in [*root.rglob(f"{PREDICTIONS_DIR}/*.csv.gz"), *root.rglob(f"{PREDICTIONS_DIR}/*{LOG_SUFFIX}")]:
+        pid = f.stem.rsplit("-", 1)[-1]
+        if f in current or (f.suffix == LOG_SUFFIX and pid.isdigit() and int(pid) != os.getpid()
+                            and pid_alive(int(pid))):
+            continue
+        f.unlink(missing_ok=True)
+        removed.append(f)
+    return removed
 
 
 def _read_prediction_file(path: Path) -> pd.DataFrame:

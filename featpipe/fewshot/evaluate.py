@@ -5,7 +5,7 @@ Every run goes through the library's own path, :func:`featpipe.fewshot.fit.run_g
 :func:`~featpipe.fewshot.fit.fit_run` (k-shot subset of the seed, ``heads.scaler``, threshold chosen on val,
 val and test scored by :func:`featpipe.evaluation.metrics.score`, degenerate flag): a row here is the row
 ``featpipe fit`` writes to ``results/runs.csv`` for the same features, split and settings, and the
-predictions are those it writes under ``results/predictions/``.
+predictions are those it writes under ``results/predictions/`` (read back by ``featpipe.read_predictions``).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def _cache_data(X: np.ndarray, y: np.ndarray, ids: list[str], attrs: dict, split
 
 
 def _predictions(results) -> pd.DataFrame:
-    """Per-image val and test outputs of every run, as ``results/predictions/*.csv.gz`` hold them."""
+    """Per-image val and test outputs of every run, as :func:`featpipe.evaluation.table.read_predictions` reads them."""
     frames = [prediction_table(r.row, r.predictions) for r in results if r.predictions is not None]  # multi-label: none
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "split", "id", "label"])
 

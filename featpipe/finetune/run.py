@@ -9,8 +9,8 @@ rows are: ``head = "finetune:<strategy>"`` and the same provenance columns (spli
 curve hold both. Per run it also writes:
 
 - ``<results>/training/<run>.json``: loss and val metrics per epoch, best epoch (the training curve);
-- ``<results>/curves/...json``: test ROC/PR points (:func:`featpipe.evaluation.table.write_curves`);
-- ``<results>/predictions/...csv.gz``: per-image val and test probabilities (:func:`featpipe.evaluation.table.write_predictions`);
+- ``<results>/predictions/*.fpruns``: test ROC/PR points and
+  per-image val and test probabilities (:func:`featpipe.evaluation.table.write_records`);
 - ``<models>/finetune/<dataset>/<run>.safetensors`` + ``.json`` (when ``save_models``).
 """
 

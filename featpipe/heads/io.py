@@ -110,7 +110,7 @@ def save_head(path: str | Path, pipeline, meta: Mapping) -> Path:
     path = Path(path)
     if path.suffix != ".skops":
         raise ValueError("a saved head's file name must end in .skops")
-    data = sio.dumps(pipeline)
+    data = _dumps(sio, pipeline)
     _check_archive(data, path)  # what we write must pass what we read
     side = dict(meta) | {"format": 1, "model_file": path.name, "model_sha256": hashlib.sha256(data).hexdigest()}
     with build_lock(path.parent / "saved-heads", what="a saved head in", brief=True):  # a pair is one process's, never a mix
@@ -118,6 +118,26 @@ def save_head(path: str | Path, pipeline, meta: Mapping) -> Path:
         atomic_write(path, data)
         atomic_write(sidecar(path), seal(side, default=_json_default))
     return path
+
+
+def _dumps(sio, pipeline) -> bytes:
+    """``sio.dumps(pipeline)`` with ``schema.json`` written compact (json's C encoder) instead of indented (its
+    pure-Python encoder: most of the time of skops.io.dumps). The same schema and arrays, read by ``skops.io.loads``
+    as any archive; a skops without these internals gets its own ``dumps``."""
+    try:
+        import skops
+        from skops.io._utils import SaveContext, get_state
+    except ImportError:
+        return sio.dumps(pipeline)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
+        ctx = SaveContext(zip_file=zf)
+        state = get_state(pipeline, ctx)
+        ctx.clear_memo()
+        state["protocol"] = ctx.protocol
+        state["_skops_version"] = skops.__version__
+        zf.writestr("schema.json", json.dumps(state))
+    return buffer.getvalue()
 
 
 def _json_default(x):
