@@ -166,7 +166,7 @@ class FitParams:
     n_jobs: int = 2
     bootstrap: int = 1000  # patient-level bootstrap resamples for a single run's intervals (0 = none)
     save_models: bool = True
-    curves: bool = True  # write ROC/PR points per run to results/curves/
+    curves: bool = True  # write ROC/PR points per run (into the run log under results/predictions/)
 
 
 @dataclass(frozen=True)

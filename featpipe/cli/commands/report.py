@@ -11,7 +11,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--manifest", default="data/manifest.csv")
     parser.add_argument("--splits", default="data/splits.json")
     parser.add_argument("--rejects", default="data/rejects.csv")
-    parser.add_argument("--results", default="results", help="folder with runs.csv and curves/ (default: results)")
+    parser.add_argument("--results", default="results", help="folder with runs.csv and predictions/ (default: results)")
     parser.add_argument("--cache-dir", default="cache", help="feature caches, for provenance (default: cache)")
     parser.add_argument("--gradcam-dir", default="reports/gradcam")
     parser.add_argument("--out", default="reports/report.html")
