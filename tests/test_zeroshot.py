@@ -139,6 +139,8 @@ def test_zeroshot_scores_rank_a_planted_separable_case(planted, tmp_path, capsys
     html = out.read_text()
     assert "zeroshot" in html and (tmp_path / "plots/learning_curve.png").is_file()
     assert "its interval is over prompt sets, not seeds" in html and "<td>2 prompt sets</td>" in html  # k = 0
+    # the comparisons table says which rows are unpaired and against how many prompt sets
+    assert "<td>2 vs 2 prompt sets (unpaired)</td>" in html and "<td>2 paired</td>" in html
     # the text prior beside the plain logistic head on the same backbone, paired by seed
     prior = html.split("<h2>Text prior against the plain logistic head</h2>", 1)[1].split("</section>", 1)[0]
     metric = "macro_f1"  # report.metric's default

@@ -16,7 +16,7 @@ from featpipe.report.plots import METRIC_LABELS
 from featpipe.results.compare import COMPARISONS_CSV, seed_comparisons, smallest_p, verdict
 from featpipe.results.summary import config_labels, select_best, summarize_runs
 
-HEADER = ["shots", "chosen on val (A)", "other (B)", "paired seeds", "mean {label} A − B",
+HEADER = ["shots", "chosen on val (A)", "other (B)", "seeds (pairing)", "mean {label} A − B",
           "95% interval (seeds + test patients)", "seed part", "bootstrap (test patients)", "p (permutation)",
           "p (Holm)", "answer"]
 
@@ -25,6 +25,13 @@ def runners_up(summary: Mapping[str, Mapping], chosen: Mapping[int, str], metric
     """{shots: configuration label} of the second-best on val per shot count (the chosen one set aside)."""
     rest = {n: e for n, e in summary.items() if n not in set(chosen.values())}
     return {k: str(rest[n]["config"]) for k, n in select_best(rest, metric).items()}
+
+
+def _pairing_cell(r: Mapping) -> str:
+    """``n`` paired seeds, or ``n vs m prompt sets (unpaired)`` for a trained head against zero-shot."""
+    if r.get("pairing", "seeds") in ("seeds", None) or (isinstance(r.get("pairing"), float) and math.isnan(r["pairing"])):
+        return f"{int(r['n_seeds'])} paired"
+    return f"{int(r['n_seeds'])} vs {int(r['n_b'])} prompt sets (unpaired)"
 
 
 def _rows(c: pd.DataFrame, best: Sequence[Mapping]) -> list[dict]:
@@ -45,7 +52,7 @@ def _rows(c: pd.DataFrame, best: Sequence[Mapping]) -> list[dict]:
             out.append({"shots": b["shots"], "a": a, "b": other, "answer": answer.replace("A better", "chosen better")
                         .replace("B better", f"{other} better"), "significant": answer.startswith(("A better", "B better")),
                         "degenerate": bool(r["degenerate_b"] if not flip else r["degenerate_a"]),
-                        "cells": [b["shots"], a, other, r["n_seeds"], f"{d:+.3f}", f"[{lo:+.3f}, {hi:+.3f}]",
+                        "cells": [b["shots"], a, other, _pairing_cell(r), f"{d:+.3f}", f"[{lo:+.3f}, {hi:+.3f}]",
                                   "–" if not math.isfinite(slo) else f"[{slo:+.3f}, {shi:+.3f}]",
                                   "–" if not math.isfinite(blo) else f"[{blo:+.3f}, {bhi:+.3f}]",
                                   f"{r['p_value']:.3g}", f"{r['p_holm']:.3g}"]})
@@ -74,7 +81,8 @@ def comparison_section(comparisons: pd.DataFrame, best: Sequence[Mapping], metri
     floors, floor_html = _floors(c)
     text = (f"<p>Is the configuration chosen on val better than each other one at k shots? Differences in {html.escape(label)} "
             "are paired by seed (every configuration saw the same labelled images for a seed); p-values come from an exact "
-            "paired permutation (sign-flip) test and are Holm-corrected within the <b>family stated here</b>: per shot "
+            "paired permutation (sign-flip) test (a trained head against zero-shot is unpaired: its runs are prompt sets, "
+            "not seeds; Welch interval and a two-sample permutation p) and are Holm-corrected within the <b>family stated here</b>: per shot "
             "count, the chosen configuration against each of the others (or every one against "
             "<code>compare.reference</code>). " + floor_html + " A difference is called only when the Holm p is "
             "below 0.05 and the 95% interval (seeds + test patients) excludes 0. Grey rows: B has degenerate runs.</p>"
