@@ -26,6 +26,8 @@ def chexpert_multilabel(figure1_dir: Path, root: Path, n: int = 48) -> Path:
     patient, with the label columns of :data:`LABELS` (1.0 / 0.0 / -1.0 / blank) and the usual metadata."""
     images = sorted((figure1_dir / "images").glob("*.jpg"))[:n]
     assert len(images) == n
+    meta = pd.read_csv(figure1_dir / "metadata.csv", encoding="latin-1", dtype=str, keep_default_na=False)
+    meta = meta.drop_duplicates("patientid").set_index("patientid")  # the Figure 1 sex / age / view of each image
     top = root / "CheXpert-v1.0-small"
     lines = []
     for i, img in enumerate(images):
@@ -33,7 +35,10 @@ def chexpert_multilabel(figure1_dir: Path, root: Path, n: int = 48) -> Path:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(img, root / rel)
         cells = [p[i % len(p)] if p else ("1.0" if i in (3, 20) else "") for p in PATTERNS.values()]
-        lines.append(f"{rel},Female,60,Frontal,AP," + ",".join(cells))
+        key = next((k for k in (img.stem, img.stem.rstrip("abcdefgh")) if k in meta.index), None)
+        m = meta.loc[key] if key else {"sex": "", "age": "", "view": ""}
+        sex = {"M": "Male", "F": "Female"}.get(m["sex"], "Unknown")
+        lines.append(f"{rel},{sex},{m['age']},Frontal,{m['view'].split()[0] if m['view'] else ''}," + ",".join(cells))
     (top / "train.csv").write_text("Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(LABELS) + "\n"
                                    + "\n".join(lines) + "\n")
     return top / "train.csv"
@@ -91,6 +96,7 @@ def test_label_columns_are_read_with_the_stated_policy_into_manifest_and_splits(
     (["data.csv.labels_blank=zeros"], "data.csv.labels_blank"),
     (["data.source=folder"], "needs data.source: csv"),
     (["split.fractions=[0.5]", "split.shots=[]"], "split.fractions is not available for multi-label"),
+    (["evaluate.external=[{name: other, source: folder, path: elsewhere}]"], "evaluate.external is not available"),
 ])
 def test_multilabel_mistakes_are_one_line(tmp_path, monkeypatch, figure1_dir, capsys, overrides, words):
     csv = chexpert_multilabel(figure1_dir, tmp_path / "data", n=8)
@@ -343,3 +349,55 @@ def test_a_rebuilt_cache_at_the_same_path_never_reuses_the_old_pool_scaler():
     X2 = X1 + 1.0
     assert np.allclose(_pool(data(X1), split, False).mean_, X1.mean(axis=0))
     assert np.allclose(_pool(data(X2), split, False).mean_, X2.mean(axis=0))
+
+
+def test_multilabel_runs_write_predictions_and_subgroups_give_per_label_and_macro_auroc(tmp_path, monkeypatch,
+                                                                                      figure1_dir):
+    """A multi-label sweep writes per-image predictions (y[<label>], p[<label>]) through the predictions writer;
+    the subgroup table of a run (per Sex of the Figure 1 metadata) equals scikit-learn on those predictions, and a
+    group below the minimum size is "too few"."""
+    from sklearn.metrics import roc_auc_score
+
+    from featpipe.evaluation.table import read_predictions
+    from featpipe.results.subgroups import SubgroupSettings, group_labels, multilabel_subgroups
+
+    csv = chexpert_multilabel(figure1_dir, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
+    text = _params(csv).replace("labels_uncertain:", "metadata: [Sex, Age]\n    labels_uncertain:")
+    Path("params.yaml").write_text(text)
+    assert main(["prepare"]) == 0 and main(["extract", "--no-progress"]) == 0 and main(["sweep"]) == 0
+    runs = pd.read_csv("results/runs.csv")
+    run = runs[(runs["head"] == "logistic") & (runs["shots"] == 4) & (runs["seed"] == 0)].iloc[0]
+    pred = read_predictions("results", [run["run_id"]])
+    test = pred[pred["split"] == "test"]
+    s = load_splits("data/splits.json")
+    assert sorted(test["id"]) == sorted(s.test) and len(pred) == len(s.val) + len(s.test)
+    Y = test[[f"y[{n}]" for n in LABELS]].to_numpy()
+    P = test[[f"p[{n}]" for n in LABELS]].to_numpy(float)
+    assert (Y == s.label_matrix(list(test["id"]))).all()
+    for j, n in enumerate(LABELS):  # the file's outputs give the row's per-label AUROC
+        k = Y[:, j] >= 0
+        if np.isfinite(run[f"auroc[{n}]"]):
+            assert roc_auc_score(Y[k, j], P[k, j]) == pytest.approx(run[f"auroc[{n}]"], abs=1e-12)
+    settings = SubgroupSettings(("Sex",), min_size=4)
+    manifest = pd.read_csv("data/manifest.csv", dtype=str, keep_default_na=False)
+    groups = group_labels(manifest, list(test["id"]), settings)
+    tab = multilabel_subgroups(Y, P, LABELS, groups, min_size=4).set_index("group")
+    sex = np.asarray(groups["Sex"])
+    assert set(tab.index) == set(sex)
+    for g, r in tab.iterrows():
+        mask = sex == g
+        assert r["n"] == mask.sum()
+        if mask.sum() < 4:
+            assert r["status"] == "too few" and np.isnan(r.get("auroc", np.nan))
+            continue
+        expect = {}
+        for j, n in enumerate(LABELS):
+            k = mask & (Y[:, j] >= 0) & np.isfinite(P[:, j])
+            if len(np.unique(Y[k, j])) == 2:
+                expect[n] = roc_auc_score(Y[k, j], P[k, j])
+        for n in LABELS:
+            assert (r[f"auroc[{n}]"] == pytest.approx(expect[n], abs=1e-12)) if n in expect else np.isnan(r[f"auroc[{n}]"])
+        assert r["auroc"] == pytest.approx(np.mean(list(expect.values())) if expect else np.nan, nan_ok=True)
+    assert (tab["status"] == "scored").any()

@@ -18,6 +18,10 @@ Each label is its own binary decision (one-vs-rest), scored only on the images w
   over known cells), ``macro_f1``, ``brier`` (calibrated heads only); ``threshold`` is NaN (one per label);
 - a label without a fitted head (no positives, or no negatives, in the k-shot set) is a named entry in
   ``unfit_labels`` with NaN scores, not an error; the run is ``degenerate`` only when no label has a head.
+
+Per-image outputs (:func:`multilabel_predictions`, written by the predictions writer of
+:mod:`featpipe.evaluation.table`): ``split``, ``id``, ``label`` (the image's positive labels, "; "-joined),
+``y[<label>]`` (1 / 0 / -1 unknown) and ``p[<label>]`` (NaN: no head) per label.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ import math
 from typing import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
+from featpipe.core.names import proba_column
 from featpipe.core.versions import __version__
 from featpipe.data.manifest import ids_sha256
 from featpipe.evaluation.metrics import SCALAR_METRICS, choose_threshold, fast_scores, predict_labels
@@ -92,6 +98,25 @@ def macro_row(per: Mapping[str, dict], *, calibrated: bool) -> dict:
     row |= {"macro_f1": _macro(per, "f1"), "auprc_baseline": _macro(per, "prevalence"), "threshold": NAN,
             "brier": _macro(per, "brier") if calibrated else NAN}
     return row
+
+
+def multilabel_predictions(labels: Sequence[str], val_ids, Yv: np.ndarray, Pv: np.ndarray, test_ids, Yt: np.ndarray,
+                           Pt: np.ndarray) -> pd.DataFrame:
+    """The per-image frame of a multi-label run (see the module text): val rows, then test rows."""
+    parts = []
+    for split, ids, Y, P in (("val", val_ids, Yv, Pv), ("test", test_ids, Yt, Pt)):
+        df = pd.DataFrame({"split": split, "id": [str(i) for i in ids],
+                           "label": ["; ".join(n for n, v in zip(labels, y) if v == 1) for y in Y]})
+        for j, n in enumerate(labels):
+            df[label_column(n)] = np.asarray(Y[:, j], dtype=np.int64)
+            df[proba_column(n)] = np.asarray(P[:, j], dtype=np.float64)
+        parts.append(df)
+    return pd.concat(parts, ignore_index=True)
+
+
+def label_column(label: str) -> str:
+    """The predictions-file column of one label's known value (1 / 0 / -1 unknown)."""
+    return f"y[{label}]"
 
 
 def record_multilabel(key: Mapping, *, labels: Sequence[str], train_ids: Sequence[str],

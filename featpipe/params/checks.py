@@ -162,6 +162,9 @@ def _multilabel(params: Any) -> None:
                               "nor 'default'")
         if value not in ("zeros", "ones", "ignore"):
             raise ConfigError(f"bad value for 'data.csv.labels_uncertain.{key}': {value!r} (choose from zeros, ones, ignore)")
+    if params.evaluate.external:
+        raise ConfigError("evaluate.external is not available for multi-label tasks (data.csv.labels) yet: leave "
+                          "evaluate.external empty (report.subgroups works: per-label and macro AUROC per group)")
 
 
 def check_name(value: str, key: str) -> str:

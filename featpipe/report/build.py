@@ -287,6 +287,8 @@ def _roc_section(inp: ReportInputs, runs: pd.DataFrame, s, best: list[dict], mid
         pred = read_predictions(inp.results, b["run_ids"])
         pred = pred[pred["split"] == "test"]
         cols = [proba_column(c) for c in s.classes]
+        if not set(cols) <= set(pred.columns):  # multi-label runs: p[<label>] per label (the per-label section)
+            continue
         per_seed = [curves(g["label"].to_numpy(), g[cols].to_numpy(float), classes=s.classes)
                     for rid in b["run_ids"] for _, g in [(rid, pred[pred["run_id"] == rid])] if len(g)]
         if not per_seed:
