@@ -21,17 +21,18 @@ PATTERNS = {"Atelectasis": ["1.0", "0.0", "", "0.0"], "Cardiomegaly": ["0.0", "1
             "Edema": None, "Pleural Effusion": ["-1.0", "", "1.0", "0.0", "0.0"], "Fracture": [""]}  # never positive
 
 
-def chexpert_multilabel(figure1_dir: Path, root: Path, n: int = 48) -> Path:
-    """A CheXpert-v1.0-small-style ``train.csv`` over ``n`` real radiographs of ``../shared/data``, two images per
-    patient, with the label columns of :data:`LABELS` (1.0 / 0.0 / -1.0 / blank) and the usual metadata."""
-    images = sorted((figure1_dir / "images").glob("*.jpg"))[:n]
+def chexpert_multilabel(figure1_dir: Path, root: Path, n: int = 48, offset: int = 0, columns=LABELS) -> Path:
+    """A CheXpert-v1.0-small-style ``train.csv`` over ``n`` real radiographs of ``../shared/data`` (from the
+    ``offset``-th), two images per patient, with the label columns of :data:`LABELS` (1.0 / 0.0 / -1.0 / blank; named
+    ``columns``) and the usual metadata (sex, age and view of the Figure 1 CSV)."""
+    images = sorted((figure1_dir / "images").glob("*.jpg"))[offset:offset + n]
     assert len(images) == n
     meta = pd.read_csv(figure1_dir / "metadata.csv", encoding="latin-1", dtype=str, keep_default_na=False)
     meta = meta.drop_duplicates("patientid").set_index("patientid")  # the Figure 1 sex / age / view of each image
     top = root / "CheXpert-v1.0-small"
     lines = []
     for i, img in enumerate(images):
-        rel = f"CheXpert-v1.0-small/train/patient{1 + i // 2:05d}/study1/view{1 + i % 2}_frontal.jpg"
+        rel = f"CheXpert-v1.0-small/train/patient{1 + (offset + i) // 2:05d}/study1/view{1 + i % 2}_frontal.jpg"
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(img, root / rel)
         cells = [p[i % len(p)] if p else ("1.0" if i in (3, 20) else "") for p in PATTERNS.values()]
@@ -39,7 +40,7 @@ def chexpert_multilabel(figure1_dir: Path, root: Path, n: int = 48) -> Path:
         m = meta.loc[key] if key else {"sex": "", "age": "", "view": ""}
         sex = {"M": "Male", "F": "Female"}.get(m["sex"], "Unknown")
         lines.append(f"{rel},{sex},{m['age']},Frontal,{m['view'].split()[0] if m['view'] else ''}," + ",".join(cells))
-    (top / "train.csv").write_text("Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(LABELS) + "\n"
+    (top / "train.csv").write_text("Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(columns) + "\n"
                                    + "\n".join(lines) + "\n")
     return top / "train.csv"
 
@@ -96,7 +97,7 @@ def test_label_columns_are_read_with_the_stated_policy_into_manifest_and_splits(
     (["data.csv.labels_blank=zeros"], "data.csv.labels_blank"),
     (["data.source=folder"], "needs data.source: csv"),
     (["split.fractions=[0.5]", "split.shots=[]"], "split.fractions is not available for multi-label"),
-    (["evaluate.external=[{name: other, source: folder, path: elsewhere}]"], "evaluate.external is not available"),
+    (["evaluate.external=[{name: other, source: folder, path: elsewhere}]"], "needs source: csv and csv.labels"),
 ])
 def test_multilabel_mistakes_are_one_line(tmp_path, monkeypatch, figure1_dir, capsys, overrides, words):
     csv = chexpert_multilabel(figure1_dir, tmp_path / "data", n=8)

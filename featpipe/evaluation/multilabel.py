@@ -157,3 +157,25 @@ def record_multilabel(key: Mapping, *, labels: Sequence[str], train_ids: Sequenc
                "shots": int(key["shots"]), "seed": int(key["seed"]), "thresholds": dict(zip(labels, thresholds)),
                "train_ids": list(train_ids), "featpipe_version": __version__}
     return RunRecord(row, None, None, None, sidecar)
+
+
+def record_multilabel_external(row: Mapping, *, labels: Sequence[str], test: tuple[Sequence[str], np.ndarray, np.ndarray],
+                               test_set: str) -> RunRecord:
+    """A multi-label run's saved model(s) scored on an external test set (the twin of
+    :func:`featpipe.evaluation.record.record_external`): the run's own row with every test column replaced by the
+    scores on ``test`` = (ids, Y (N, L) 1 / 0 / -1, P (N, L), NaN: no head) at the row's val-chosen
+    ``threshold[<label>]``, ``test_set`` making its ``run_id`` its own; its predictions frame has test rows only."""
+    labels = list(labels)
+    ids, Y, P = test
+    thresholds = [float(row.get(f"threshold[{n}]", 0.5)) for n in labels]
+    per = _split_scores(Y, P, labels, thresholds)
+    out = {k: v for k, v in row.items() if not any(k.startswith(f"{m}[") for m in (*REPORTED, "prevalence"))}
+    out |= macro_row(per, calibrated=bool(row.get("calibrated", True)))
+    out |= {"n_test": len(ids), "test_set": test_set, "test_absent": _one_class(Y, labels)}
+    for j, n in enumerate(labels):
+        for m in REPORTED:
+            out[f"{m}[{n}]"] = per[n][m]
+        out[f"threshold[{n}]"], out[f"prevalence[{n}]"] = thresholds[j], per[n]["prevalence"]
+    out["run_id"] = run_id(out)
+    empty = np.zeros((0, len(labels)))
+    return RunRecord(out, multilabel_predictions(labels, [], empty, empty, ids, Y, P), None, None, {})

@@ -162,9 +162,10 @@ def _multilabel(params: Any) -> None:
                               "nor 'default'")
         if value not in ("zeros", "ones", "ignore"):
             raise ConfigError(f"bad value for 'data.csv.labels_uncertain.{key}': {value!r} (choose from zeros, ones, ignore)")
-    if params.evaluate.external:
-        raise ConfigError("evaluate.external is not available for multi-label tasks (data.csv.labels) yet: leave "
-                          "evaluate.external empty (report.subgroups works: per-label and macro AUROC per group)")
+    for e in params.evaluate.external:
+        if e.source != "csv" or not e.csv.labels:
+            raise ConfigError(f"evaluate.external[{e.name}]: a multi-label study (data.csv.labels) needs source: csv "
+                              "and csv.labels (its label columns), with label_map onto the study's labels")
 
 
 def check_name(value: str, key: str) -> str:

@@ -61,7 +61,7 @@ def _multilabel(pred: pd.DataFrame, labels: list[str], groups, settings: Subgrou
                                pred[[proba_column(n) for n in labels]].to_numpy(float), labels, groups,
                                min_size=settings.min_size)
     rows = [[r["attribute"], r["group"], r["n"], *(["too few"] + [""] * len(labels) if r["status"] == TOO_FEW else
-             [f"{_num(r['auroc'])} ({r['labels_scored']} labels)"] + [_num(r[f"auroc[{n}]"]) for n in labels])]
+             [f"{_num(r['auroc'])} ({int(r['labels_scored'])} labels)"] + [_num(r[f"auroc[{n}]"]) for n in labels])]
             for r in tab.to_dict("records")]
     return ("<p>Multi-label run: macro AUROC (mean over the labels with both classes known in the group) and AUROC "
             "per label, each on the group's images where that label is known; no intervals or gap for multi-label "
