@@ -156,7 +156,7 @@ def record_multilabel(key: Mapping, *, labels: Sequence[str], train_ids: Sequenc
                "weights_id": key["weights_id"], "split_sha256": key["split_sha256"], "manifest_sha256": manifest_sha256,
                "shots": int(key["shots"]), "seed": int(key["seed"]), "thresholds": dict(zip(labels, thresholds)),
                "train_ids": list(train_ids), "featpipe_version": __version__}
-    return RunRecord(row, None, None, None, sidecar)
+    return RunRecord(row, multilabel_predictions(labels, val_ids, Yv, Pv, test_ids, Yt, Pt), None, None, sidecar)
 
 
 def record_multilabel_external(row: Mapping, *, labels: Sequence[str], test: tuple[Sequence[str], np.ndarray, np.ndarray],

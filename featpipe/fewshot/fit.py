@@ -33,7 +33,7 @@ from featpipe.data.splits import Splits
 from featpipe.engine.base import Executor
 from featpipe.engine.local import LocalExecutor
 from featpipe.evaluation.calibration import apply_temperature, fit_temperature
-from featpipe.evaluation.multilabel import multilabel_predictions, record_multilabel
+from featpipe.evaluation.multilabel import record_multilabel
 from featpipe.evaluation.record import Outputs, RunRecord, check_disjoint, record_run
 from featpipe.features.cache import cache_path, read_features
 from featpipe.fewshot.labels import fit_per_label
@@ -223,10 +223,8 @@ def _fit_multilabel(data: CacheData, splits: Splits, train_ids: list[str], *, he
                             calibrated=get_head(head).calibrated)
     if models_dir is not None and params.fit.save_models:
         _save_labels(models_dir, data, splits, rec, models, head=head, hp=hp, train_ids=train_ids)
-    frame = multilabel_predictions(labels, val_ids, splits.label_matrix(val_ids), proba[: va.size],
-                                   list(splits.test), splits.label_matrix(splits.test), proba[va.size:])
     return RunResult(rec.row, labels, list(splits.test), splits.label_matrix(splits.test), proba[va.size:],
-                     predictions=frame)
+                     predictions=rec.predictions)
 
 
 def _save_labels(models_dir, data: CacheData, splits: Splits, rec: RunRecord, models: list, *, head: str, hp: dict,
