@@ -228,13 +228,18 @@ def test_a_chexpert_style_study_runs_through_dvc_repro_to_a_report_with_per_labe
                                                                                        figure1_dir):
     """Done-when of the multi-label item: a CheXpert-style CSV over real radiographs (label columns with blanks and
     -1) through ``dvc repro`` of the repository's dvc.yaml to a report with the per-label tables; the multi-label
-    fine-tuned network gets Grad-CAM per label and ``predict`` calls labels at their val thresholds."""
+    fine-tuned network gets Grad-CAM per label and ``predict`` calls labels at their val thresholds. The CSV carries
+    the Figure 1 sex / age / view; an external set (other real radiographs and patients, its label columns named
+    otherwise, mapped by label_map) and subgroups (sex, age band) appear in the same report, their numbers equal to
+    scikit-learn on the saved predictions."""
     import yaml
 
     from tests.test_pipeline import DVC, _ran, _run
     from tests.test_study import ROOT
 
-    csv = chexpert_multilabel(figure1_dir, tmp_path / "data")
+    csv = chexpert_multilabel(figure1_dir, tmp_path / "data", n=36)
+    own = ["Atelectasis", "Cardiomegaly", "Edema", "Effusion", "Fracture"]  # the external set's column names
+    ext = chexpert_multilabel(figure1_dir, tmp_path / "hospital2", n=14, offset=36, columns=own)
     work = tmp_path / "project"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -249,6 +254,11 @@ def test_a_chexpert_style_study_runs_through_dvc_repro_to_a_report_with_per_labe
     params["finetune"] |= {"backbones": ["tiny_cnn"], "strategies": ["head"], "shots": [4], "seeds": [0, 1],
                            "epochs": 2, "patience": 1, "precision": "fp32", "device": "cpu"}
     params["compare"]["bootstrap"] = 50
+    params["data"]["csv"]["metadata"] = ["Sex", "Age", "AP/PA"]
+    params["evaluate"] = {"external": [{"name": "hosp2", "source": "csv", "path": str(ext), "label_map": dict(zip(own, LABELS)),
+                                        "csv": {"root": str(ext.parent.parent), "path_col": "Path", "labels": own,
+                                                "metadata": ["Sex", "Age", "AP/PA"]}}]}
+    params["report"] |= {"subgroups": ["Sex", "age_band"], "age_column": "Age", "min_subgroup": 4}
     # the multi-label fine-tuned network (Grad-CAM per label) and the logistic heads of one run (one per label)
     params["gradcam"]["runs"] = ["tiny_cnn-head-k4-s0", "tiny_cnn-logistic-k4-s0"]
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -257,7 +267,7 @@ def test_a_chexpert_style_study_runs_through_dvc_repro_to_a_report_with_per_labe
     _run(DVC, "config", "core.analytics", "false", cwd=work)
     out = _run(DVC, "repro", cwd=work)
     assert {"prepare", "fit@tiny_cnn-logistic", "fit@tiny_cnn-prototype", "finetune@tiny_cnn-head", "collect",
-            "compare", "gradcam", "report"} <= _ran(out)
+            "compare", "gradcam", "prepare_external@0", "evaluate_external@0", "report"} <= _ran(out)
     runs = pd.read_csv("results/runs.csv")
     assert (runs["task"] == "multilabel").all() and len(runs) == 2 * 2 * 3 + 2
     ft = runs[runs["head"] == "finetune:head"]  # BCEWithLogits over the known cells, sigmoid per label
@@ -282,7 +292,7 @@ def test_a_chexpert_style_study_runs_through_dvc_repro_to_a_report_with_per_labe
     side = json.loads(model.with_suffix(".json").read_text())
     assert main(["predict", "--model", str(model), str(csv.parent), "--out", "pred.csv"]) == 0
     pred = pd.read_csv("pred.csv", keep_default_na=False)
-    assert len(pred) == 48 and [c for c in pred.columns if c.startswith("p[")] == [f"p[{n}]" for n in LABELS]
+    assert len(pred) == 36 and [c for c in pred.columns if c.startswith("p[")] == [f"p[{n}]" for n in LABELS]
     for _, r in pred.iterrows():  # probabilities are written to 6 decimals: a cell within 1e-6 of its threshold is not judged
         if all(abs(r[f"p[{n}]"] - side["thresholds"][n]) > 1e-6 for n in LABELS):
             assert r["predicted"] == "; ".join(n for n in LABELS if r[f"p[{n}]"] >= side["thresholds"][n])
@@ -291,6 +301,81 @@ def test_a_chexpert_style_study_runs_through_dvc_repro_to_a_report_with_per_labe
         assert n in html
     assert "no head in 3 of 3 seeds (no positives in the k-shot set)" in html  # Fracture: named, not a crash
     assert "Test AUROC per label of every configuration at 4 shots" in html and "(mAP)" in html
+    _external_and_subgroups_match_sklearn(html, s)
+
+
+def _cells(html: str, section: str) -> list[list[str]]:
+    """The table rows (cell texts) of the report section with id ``section``."""
+    import re
+
+    part = html[html.index(f'id="{section}"'):]
+    part = part[: part.index("</section>")] if "</section>" in part else part
+    return [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row, re.S)]
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", part, re.S)]
+
+
+def _external_and_subgroups_match_sklearn(html: str, s) -> None:
+    """The report's external rows (macro AUROC, AUROC per label, mean over seeds) and its subgroup table of the
+    internal test split equal scikit-learn on the saved predictions files."""
+    from sklearn.metrics import roc_auc_score
+
+    from featpipe.evaluation.table import read_predictions
+    from featpipe.results.subgroups import SubgroupSettings, group_labels
+
+    ext_runs = pd.read_csv("results/external/hosp2/runs.csv")
+    assert (ext_runs["test_set"] == "external:hosp2").all() and (ext_runs["n_test"] == 14).all()
+    preds = read_predictions("results/external/hosp2")
+    m = pd.read_csv("data/external/hosp2/manifest.csv", dtype=str, keep_default_na=False)
+    for r in ext_runs.to_dict("records"):  # every row: per-label AUROC of its predictions, macro their mean
+        p = preds[preds["run_id"] == r["run_id"]].set_index("id").loc[m["id"]]
+        got = []
+        for n, c in zip(LABELS, ["Atelectasis", "Cardiomegaly", "Edema", "Effusion", "Fracture"]):
+            y = m[f"y[{n}]"].replace("", "-1").astype(int).to_numpy()  # the external column c mapped onto n
+            assert (y == p[f"y[{n}]"].to_numpy()).all()
+            k = (y >= 0) & np.isfinite(p[f"p[{n}]"].to_numpy())
+            if len(np.unique(y[k])) == 2:
+                got.append(roc_auc_score(y[k], p[f"p[{n}]"].to_numpy()[k]))
+                assert r[f"auroc[{n}]"] == pytest.approx(got[-1], abs=1e-12)
+        assert r["auroc"] == pytest.approx(np.mean(got), abs=1e-12)
+    rows = _cells(html, "external")
+    assert rows[0][-1] == "external:hosp2"
+    macro = [c for c in rows if len(c) > 3 and c[2] == "auroc" and c[0] == "4"]
+    label_rows = [c for c in rows if len(c) > 3 and c[2].startswith("auroc[") and c[0] == "4"]
+    assert len(macro) == 1 and len(label_rows) == len(LABELS)
+    runs = pd.read_csv("results/runs.csv")
+    config = macro[0][1].split("/")[-1]  # the head (or finetune:head) chosen on val at 4 shots
+    rows4 = ext_runs[(ext_runs["shots"] == 4) & ext_runs["head"].astype(str).str.endswith(config)]
+    assert macro[0][4].startswith(f"{rows4['auroc'].mean():.3f}")
+    sub = _cells(html, "subgroups")
+    header = next(c for c in sub if c[:3] == ["attribute", "group", "n"])
+    assert header[3] == "macro AUROC" and header[4:] == [f"AUROC {n}" for n in LABELS]
+    first = [c for c in sub[sub.index(header) + 1:] if c and c[0] in ("Sex", "age_band")]
+    intro = html[html.index('id="subgroups"'):]
+    rid_seed = int(intro.split(" shots, seed ")[1].split(" ")[0])
+    best = runs[(runs["shots"] == 4) & runs["head"].astype(str).str.endswith(config) & (runs["seed"] == rid_seed)]
+    pred = read_predictions("results", best["run_id"].astype(str))
+    pred = pred[pred["split"] == "test"]
+    groups = group_labels(pd.read_csv("data/manifest.csv", dtype=str, keep_default_na=False), list(pred["id"]),
+                          SubgroupSettings(("Sex", "age_band"), age_column="Age"))
+    seen = 0
+    for attribute, group, n, cell, *per in first[: len({(a, g) for a in groups for g in groups[a]})]:
+        mask = np.asarray(groups[attribute]) == group
+        assert int(n) == mask.sum()
+        if mask.sum() < 4:
+            assert cell == "too few"
+            continue
+        aurocs = []
+        for j, name in enumerate(LABELS):
+            y, p = pred[f"y[{name}]"].to_numpy()[mask], pred[f"p[{name}]"].to_numpy(float)[mask]
+            k = (y >= 0) & np.isfinite(p)
+            if len(np.unique(y[k])) == 2:
+                aurocs.append(roc_auc_score(y[k], p[k]))
+                assert per[j] == f"{aurocs[-1]:.3f}"
+            else:
+                assert per[j] == "–"
+        assert cell.startswith(f"{np.mean(aurocs):.3f}" if aurocs else "–")
+        seen += 1
+    assert seen >= 1  # at least one group scored
 
 
 def test_identical_files_with_different_label_vectors_are_excluded_and_matched_val_sets_are_nested():
