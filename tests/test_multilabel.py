@@ -301,6 +301,7 @@ def test_a_chexpert_style_study_runs_through_dvc_repro_to_a_report_with_per_labe
         assert n in html
     assert "no head in 3 of 3 seeds (no positives in the k-shot set)" in html  # Fracture: named, not a crash
     assert "Test AUROC per label of every configuration at 4 shots" in html and "(mAP)" in html
+    assert Path("reports/plots/roc_pr_labels_best.png").is_file() and "roc pr labels best" in html  # ROC per label
     _external_and_subgroups_match_sklearn(html, s)
 
 
@@ -440,8 +441,8 @@ def test_a_rebuilt_cache_at_the_same_path_never_reuses_the_old_pool_scaler():
 def test_multilabel_runs_write_predictions_and_subgroups_give_per_label_and_macro_auroc(tmp_path, monkeypatch,
                                                                                       figure1_dir):
     """A multi-label sweep writes per-image predictions (y[<label>], p[<label>]) through the predictions writer;
-    the subgroup table of a run (per Sex of the Figure 1 metadata) equals scikit-learn on those predictions, and a
-    group below the minimum size is "too few"."""
+    the report's per-label ROC curves give the row's AUROC; the subgroup table of a run (per Sex of the Figure 1
+    metadata) equals scikit-learn on those predictions, and a group below the minimum size is "too few"."""
     from sklearn.metrics import roc_auc_score
 
     from featpipe.evaluation.table import read_predictions
@@ -466,6 +467,13 @@ def test_multilabel_runs_write_predictions_and_subgroups_give_per_label_and_macr
         k = Y[:, j] >= 0
         if np.isfinite(run[f"auroc[{n}]"]):
             assert roc_auc_score(Y[k, j], P[k, j]) == pytest.approx(run[f"auroc[{n}]"], abs=1e-12)
+    from featpipe.report.multilabel import label_curves
+    from featpipe.report.plots import roc_auc
+
+    cur = label_curves(test)  # the report's per-label ROC curves: their AUROC is the row's, label by label
+    assert len(cur) == 1 and set(cur[0]) == {n for n in LABELS if np.isfinite(run[f"auroc[{n}]"])}
+    for n, c in cur[0].items():
+        assert roc_auc(c["roc"]) == pytest.approx(run[f"auroc[{n}]"], abs=1e-4)  # curve points: 5 decimals
     settings = SubgroupSettings(("Sex",), min_size=4)
     manifest = pd.read_csv("data/manifest.csv", dtype=str, keep_default_na=False)
     groups = group_labels(manifest, list(test["id"]), settings)
