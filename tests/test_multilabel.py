@@ -21,20 +21,26 @@ PATTERNS = {"Atelectasis": ["1.0", "0.0", "", "0.0"], "Cardiomegaly": ["0.0", "1
             "Edema": None, "Pleural Effusion": ["-1.0", "", "1.0", "0.0", "0.0"], "Fracture": [""]}  # never positive
 
 
-def chexpert_multilabel(figure1_dir: Path, root: Path, n: int = 48) -> Path:
-    """A CheXpert-v1.0-small-style ``train.csv`` over ``n`` real radiographs of ``../shared/data``, two images per
-    patient, with the label columns of :data:`LABELS` (1.0 / 0.0 / -1.0 / blank) and the usual metadata."""
-    images = sorted((figure1_dir / "images").glob("*.jpg"))[:n]
+def chexpert_multilabel(figure1_dir: Path, root: Path, n: int = 48, offset: int = 0, columns=LABELS) -> Path:
+    """A CheXpert-v1.0-small-style ``train.csv`` over ``n`` real radiographs of ``../shared/data`` (from the
+    ``offset``-th), two images per patient, with the label columns of :data:`LABELS` (1.0 / 0.0 / -1.0 / blank; named
+    ``columns``) and the usual metadata (sex, age and view of the Figure 1 CSV)."""
+    images = sorted((figure1_dir / "images").glob("*.jpg"))[offset:offset + n]
     assert len(images) == n
+    meta = pd.read_csv(figure1_dir / "metadata.csv", encoding="latin-1", dtype=str, keep_default_na=False)
+    meta = meta.drop_duplicates("patientid").set_index("patientid")  # the Figure 1 sex / age / view of each image
     top = root / "CheXpert-v1.0-small"
     lines = []
     for i, img in enumerate(images):
-        rel = f"CheXpert-v1.0-small/train/patient{1 + i // 2:05d}/study1/view{1 + i % 2}_frontal.jpg"
+        rel = f"CheXpert-v1.0-small/train/patient{1 + (offset + i) // 2:05d}/study1/view{1 + i % 2}_frontal.jpg"
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(img, root / rel)
         cells = [p[i % len(p)] if p else ("1.0" if i in (3, 20) else "") for p in PATTERNS.values()]
-        lines.append(f"{rel},Female,60,Frontal,AP," + ",".join(cells))
-    (top / "train.csv").write_text("Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(LABELS) + "\n"
+        key = next((k for k in (img.stem, img.stem.rstrip("abcdefgh")) if k in meta.index), None)
+        m = meta.loc[key] if key else {"sex": "", "age": "", "view": ""}
+        sex = {"M": "Male", "F": "Female"}.get(m["sex"], "Unknown")
+        lines.append(f"{rel},{sex},{m['age']},Frontal,{m['view'].split()[0] if m['view'] else ''}," + ",".join(cells))
+    (top / "train.csv").write_text("Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(columns) + "\n"
                                    + "\n".join(lines) + "\n")
     return top / "train.csv"
 
@@ -91,6 +97,7 @@ def test_label_columns_are_read_with_the_stated_policy_into_manifest_and_splits(
     (["data.csv.labels_blank=zeros"], "data.csv.labels_blank"),
     (["data.source=folder"], "needs data.source: csv"),
     (["split.fractions=[0.5]", "split.shots=[]"], "split.fractions is not available for multi-label"),
+    (["evaluate.external=[{name: other, source: folder, path: elsewhere}]"], "needs source: csv and csv.labels"),
 ])
 def test_multilabel_mistakes_are_one_line(tmp_path, monkeypatch, figure1_dir, capsys, overrides, words):
     csv = chexpert_multilabel(figure1_dir, tmp_path / "data", n=8)
@@ -221,13 +228,18 @@ def test_a_chexpert_style_study_runs_through_dvc_repro_to_a_report_with_per_labe
                                                                                        figure1_dir):
     """Done-when of the multi-label item: a CheXpert-style CSV over real radiographs (label columns with blanks and
     -1) through ``dvc repro`` of the repository's dvc.yaml to a report with the per-label tables; the multi-label
-    fine-tuned network gets Grad-CAM per label and ``predict`` calls labels at their val thresholds."""
+    fine-tuned network gets Grad-CAM per label and ``predict`` calls labels at their val thresholds. The CSV carries
+    the Figure 1 sex / age / view; an external set (other real radiographs and patients, its label columns named
+    otherwise, mapped by label_map) and subgroups (sex, age band) appear in the same report, their numbers equal to
+    scikit-learn on the saved predictions."""
     import yaml
 
     from tests.test_pipeline import DVC, _ran, _run
     from tests.test_study import ROOT
 
-    csv = chexpert_multilabel(figure1_dir, tmp_path / "data")
+    csv = chexpert_multilabel(figure1_dir, tmp_path / "data", n=36)
+    own = ["Atelectasis", "Cardiomegaly", "Edema", "Effusion", "Fracture"]  # the external set's column names
+    ext = chexpert_multilabel(figure1_dir, tmp_path / "hospital2", n=14, offset=36, columns=own)
     work = tmp_path / "project"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -242,6 +254,11 @@ def test_a_chexpert_style_study_runs_through_dvc_repro_to_a_report_with_per_labe
     params["finetune"] |= {"backbones": ["tiny_cnn"], "strategies": ["head"], "shots": [4], "seeds": [0, 1],
                            "epochs": 2, "patience": 1, "precision": "fp32", "device": "cpu"}
     params["compare"]["bootstrap"] = 50
+    params["data"]["csv"]["metadata"] = ["Sex", "Age", "AP/PA"]
+    params["evaluate"] = {"external": [{"name": "hosp2", "source": "csv", "path": str(ext), "label_map": dict(zip(own, LABELS)),
+                                        "csv": {"root": str(ext.parent.parent), "path_col": "Path", "labels": own,
+                                                "metadata": ["Sex", "Age", "AP/PA"]}}]}
+    params["report"] |= {"subgroups": ["Sex", "age_band"], "age_column": "Age", "min_subgroup": 4}
     # the multi-label fine-tuned network (Grad-CAM per label) and the logistic heads of one run (one per label)
     params["gradcam"]["runs"] = ["tiny_cnn-head-k4-s0", "tiny_cnn-logistic-k4-s0"]
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -250,7 +267,7 @@ def test_a_chexpert_style_study_runs_through_dvc_repro_to_a_report_with_per_labe
     _run(DVC, "config", "core.analytics", "false", cwd=work)
     out = _run(DVC, "repro", cwd=work)
     assert {"prepare", "fit@tiny_cnn-logistic", "fit@tiny_cnn-prototype", "finetune@tiny_cnn-head", "collect",
-            "compare", "gradcam", "report"} <= _ran(out)
+            "compare", "gradcam", "prepare_external@0", "evaluate_external@0", "report"} <= _ran(out)
     runs = pd.read_csv("results/runs.csv")
     assert (runs["task"] == "multilabel").all() and len(runs) == 2 * 2 * 3 + 2
     ft = runs[runs["head"] == "finetune:head"]  # BCEWithLogits over the known cells, sigmoid per label
@@ -275,7 +292,7 @@ def test_a_chexpert_style_study_runs_through_dvc_repro_to_a_report_with_per_labe
     side = json.loads(model.with_suffix(".json").read_text())
     assert main(["predict", "--model", str(model), str(csv.parent), "--out", "pred.csv"]) == 0
     pred = pd.read_csv("pred.csv", keep_default_na=False)
-    assert len(pred) == 48 and [c for c in pred.columns if c.startswith("p[")] == [f"p[{n}]" for n in LABELS]
+    assert len(pred) == 36 and [c for c in pred.columns if c.startswith("p[")] == [f"p[{n}]" for n in LABELS]
     for _, r in pred.iterrows():  # probabilities are written to 6 decimals: a cell within 1e-6 of its threshold is not judged
         if all(abs(r[f"p[{n}]"] - side["thresholds"][n]) > 1e-6 for n in LABELS):
             assert r["predicted"] == "; ".join(n for n in LABELS if r[f"p[{n}]"] >= side["thresholds"][n])
@@ -284,6 +301,82 @@ def test_a_chexpert_style_study_runs_through_dvc_repro_to_a_report_with_per_labe
         assert n in html
     assert "no head in 3 of 3 seeds (no positives in the k-shot set)" in html  # Fracture: named, not a crash
     assert "Test AUROC per label of every configuration at 4 shots" in html and "(mAP)" in html
+    assert Path("reports/plots/roc_pr_labels_best.png").is_file() and "roc pr labels best" in html  # ROC per label
+    _external_and_subgroups_match_sklearn(html, s)
+
+
+def _cells(html: str, section: str) -> list[list[str]]:
+    """The table rows (cell texts) of the report section with id ``section``."""
+    import re
+
+    part = html[html.index(f'id="{section}"'):]
+    part = part[: part.index("</section>")] if "</section>" in part else part
+    return [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row, re.S)]
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", part, re.S)]
+
+
+def _external_and_subgroups_match_sklearn(html: str, s) -> None:
+    """The report's external rows (macro AUROC, AUROC per label, mean over seeds) and its subgroup table of the
+    internal test split equal scikit-learn on the saved predictions files."""
+    from sklearn.metrics import roc_auc_score
+
+    from featpipe.evaluation.table import read_predictions
+    from featpipe.results.subgroups import SubgroupSettings, group_labels
+
+    ext_runs = pd.read_csv("results/external/hosp2/runs.csv")
+    assert (ext_runs["test_set"] == "external:hosp2").all() and (ext_runs["n_test"] == 14).all()
+    preds = read_predictions("results/external/hosp2")
+    m = pd.read_csv("data/external/hosp2/manifest.csv", dtype=str, keep_default_na=False)
+    for r in ext_runs.to_dict("records"):  # every row: per-label AUROC of its predictions, macro their mean
+        p = preds[preds["run_id"] == r["run_id"]].set_index("id").loc[m["id"]]
+        got = []
+        for n, c in zip(LABELS, ["Atelectasis", "Cardiomegaly", "Edema", "Effusion", "Fracture"]):
+            y = m[f"y[{n}]"].replace("", "-1").astype(int).to_numpy()  # the external column c mapped onto n
+            assert (y == p[f"y[{n}]"].to_numpy()).all()
+            k = (y >= 0) & np.isfinite(p[f"p[{n}]"].to_numpy())
+            if len(np.unique(y[k])) == 2:
+                got.append(roc_auc_score(y[k], p[f"p[{n}]"].to_numpy()[k]))
+                assert r[f"auroc[{n}]"] == pytest.approx(got[-1], abs=1e-12)
+        assert r["auroc"] == pytest.approx(np.mean(got), abs=1e-12)
+    rows = _cells(html, "external")
+    assert rows[0][-1] == "external:hosp2"
+    macro = [c for c in rows if len(c) > 3 and c[2] == "auroc" and c[0] == "4"]
+    label_rows = [c for c in rows if len(c) > 3 and c[2].startswith("auroc[") and c[0] == "4"]
+    assert len(macro) == 1 and len(label_rows) == len(LABELS)
+    runs = pd.read_csv("results/runs.csv")
+    config = macro[0][1].split("/")[-1]  # the head (or finetune:head) chosen on val at 4 shots
+    rows4 = ext_runs[(ext_runs["shots"] == 4) & ext_runs["head"].astype(str).str.endswith(config)]
+    assert macro[0][4].startswith(f"{rows4['auroc'].mean():.3f}")
+    sub = _cells(html, "subgroups")
+    header = next(c for c in sub if c[:3] == ["attribute", "group", "n"])
+    assert header[3] == "macro AUROC" and header[4:] == [f"AUROC {n}" for n in LABELS]
+    first = [c for c in sub[sub.index(header) + 1:] if c and c[0] in ("Sex", "age_band")]
+    intro = html[html.index('id="subgroups"'):]
+    rid_seed = int(intro.split(" shots, seed ")[1].split(" ")[0])
+    best = runs[(runs["shots"] == 4) & runs["head"].astype(str).str.endswith(config) & (runs["seed"] == rid_seed)]
+    pred = read_predictions("results", best["run_id"].astype(str))
+    pred = pred[pred["split"] == "test"]
+    groups = group_labels(pd.read_csv("data/manifest.csv", dtype=str, keep_default_na=False), list(pred["id"]),
+                          SubgroupSettings(("Sex", "age_band"), age_column="Age"))
+    seen = 0
+    for attribute, group, n, cell, *per in first[: len({(a, g) for a in groups for g in groups[a]})]:
+        mask = np.asarray(groups[attribute]) == group
+        assert int(n) == mask.sum()
+        if mask.sum() < 4:
+            assert cell == "too few"
+            continue
+        aurocs = []
+        for j, name in enumerate(LABELS):
+            y, p = pred[f"y[{name}]"].to_numpy()[mask], pred[f"p[{name}]"].to_numpy(float)[mask]
+            k = (y >= 0) & np.isfinite(p)
+            if len(np.unique(y[k])) == 2:
+                aurocs.append(roc_auc_score(y[k], p[k]))
+                assert per[j] == f"{aurocs[-1]:.3f}"
+            else:
+                assert per[j] == "–"
+        assert cell.startswith(f"{np.mean(aurocs):.3f}" if aurocs else "–")
+        seen += 1
+    assert seen >= 1  # at least one group scored
 
 
 def test_identical_files_with_different_label_vectors_are_excluded_and_matched_val_sets_are_nested():
@@ -343,3 +436,62 @@ def test_a_rebuilt_cache_at_the_same_path_never_reuses_the_old_pool_scaler():
     X2 = X1 + 1.0
     assert np.allclose(_pool(data(X1), split, False).mean_, X1.mean(axis=0))
     assert np.allclose(_pool(data(X2), split, False).mean_, X2.mean(axis=0))
+
+
+def test_multilabel_runs_write_predictions_and_subgroups_give_per_label_and_macro_auroc(tmp_path, monkeypatch,
+                                                                                      figure1_dir):
+    """A multi-label sweep writes per-image predictions (y[<label>], p[<label>]) through the predictions writer;
+    the report's per-label ROC curves give the row's AUROC; the subgroup table of a run (per Sex of the Figure 1
+    metadata) equals scikit-learn on those predictions, and a group below the minimum size is "too few"."""
+    from sklearn.metrics import roc_auc_score
+
+    from featpipe.evaluation.table import read_predictions
+    from featpipe.results.subgroups import SubgroupSettings, group_labels, multilabel_subgroups
+
+    csv = chexpert_multilabel(figure1_dir, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
+    text = _params(csv).replace("labels_uncertain:", "metadata: [Sex, Age]\n    labels_uncertain:")
+    Path("params.yaml").write_text(text)
+    assert main(["prepare"]) == 0 and main(["extract", "--no-progress"]) == 0 and main(["sweep"]) == 0
+    runs = pd.read_csv("results/runs.csv")
+    run = runs[(runs["head"] == "logistic") & (runs["shots"] == 4) & (runs["seed"] == 0)].iloc[0]
+    pred = read_predictions("results", [run["run_id"]])
+    test = pred[pred["split"] == "test"]
+    s = load_splits("data/splits.json")
+    assert sorted(test["id"]) == sorted(s.test) and len(pred) == len(s.val) + len(s.test)
+    Y = test[[f"y[{n}]" for n in LABELS]].to_numpy()
+    P = test[[f"p[{n}]" for n in LABELS]].to_numpy(float)
+    assert (Y == s.label_matrix(list(test["id"]))).all()
+    for j, n in enumerate(LABELS):  # the file's outputs give the row's per-label AUROC
+        k = Y[:, j] >= 0
+        if np.isfinite(run[f"auroc[{n}]"]):
+            assert roc_auc_score(Y[k, j], P[k, j]) == pytest.approx(run[f"auroc[{n}]"], abs=1e-12)
+    from featpipe.report.multilabel import label_curves
+    from featpipe.report.plots import roc_auc
+
+    cur = label_curves(test)  # the report's per-label ROC curves: their AUROC is the row's, label by label
+    assert len(cur) == 1 and set(cur[0]) == {n for n in LABELS if np.isfinite(run[f"auroc[{n}]"])}
+    for n, c in cur[0].items():
+        assert roc_auc(c["roc"]) == pytest.approx(run[f"auroc[{n}]"], abs=1e-4)  # curve points: 5 decimals
+    settings = SubgroupSettings(("Sex",), min_size=4)
+    manifest = pd.read_csv("data/manifest.csv", dtype=str, keep_default_na=False)
+    groups = group_labels(manifest, list(test["id"]), settings)
+    tab = multilabel_subgroups(Y, P, LABELS, groups, min_size=4).set_index("group")
+    sex = np.asarray(groups["Sex"])
+    assert set(tab.index) == set(sex)
+    for g, r in tab.iterrows():
+        mask = sex == g
+        assert r["n"] == mask.sum()
+        if mask.sum() < 4:
+            assert r["status"] == "too few" and np.isnan(r.get("auroc", np.nan))
+            continue
+        expect = {}
+        for j, n in enumerate(LABELS):
+            k = mask & (Y[:, j] >= 0) & np.isfinite(P[:, j])
+            if len(np.unique(Y[k, j])) == 2:
+                expect[n] = roc_auc_score(Y[k, j], P[k, j])
+        for n in LABELS:
+            assert (r[f"auroc[{n}]"] == pytest.approx(expect[n], abs=1e-12)) if n in expect else np.isnan(r[f"auroc[{n}]"])
+        assert r["auroc"] == pytest.approx(np.mean(list(expect.values())) if expect else np.nan, nan_ok=True)
+    assert (tab["status"] == "scored").any()

@@ -5,7 +5,8 @@ settings) under its own data name: its manifest, rejects and duplicates go to ``
 caches to ``cache/<name>/``, so the two data sets never share a cache file. No splits are drawn: every usable image
 is a test image. Its labels are mapped to the study's classes by ``label_map`` (its label -> a study class); a label
 the map does not name is a reject with that label in the reason (without a map, labels that are study classes are
-kept). An external set must not share a file (sha256 of its bytes) or a patient id with the study's manifest
+kept). For a multi-label study its label columns (``csv.labels``) are mapped onto the study's labels the same way
+(:func:`featpipe.data.multilabel.map_vectors`; a study label no column maps to is unknown there). An external set must not share a file (sha256 of its bytes) or a patient id with the study's manifest
 (:func:`check_outside_study`): that is a one-line error naming how many and a few of them, at prepare and again
 when it is scored.
 """
@@ -23,6 +24,7 @@ import pandas as pd
 
 from featpipe.core.errors import DataError
 from featpipe.core.fileio import atomic_write, file_sha256
+from featpipe.data import multilabel
 from featpipe.data.manifest import (
     DecodeHook,
     build_manifest,
@@ -106,14 +108,24 @@ def prepare_external(params: Params, name: str, *, splits_path: str | Path, stud
     t0 = time.perf_counter()
     ext = params.evaluate.external_set(name)
     ep = external_params(params, name)
-    classes = list(load_splits(splits_path).classes)
+    splits = load_splits(splits_path)
+    classes = list(splits.classes)
+    if splits.labels and not ep.data.csv.labels:
+        raise DataError(f"external set '{name}': the study is multi-label: set evaluate.external[{name}].source: csv "
+                        "and its csv.labels (its label columns), with label_map onto the study's labels")
     records = load_records(ep.data, Path(ext.path))
-    map_labels(records, ext.label_map, classes, name)
+    if splits.labels:
+        multilabel.map_vectors(records, multilabel.label_names(ep.data.csv.labels), ext.label_map, splits.labels,
+                               name)
+    else:
+        map_labels(records, ext.label_map, classes, name)
     kept = [r for r in records if r.reject is None]
     if not kept:
         raise DataError(f"external set '{name}': no image has a label mapped to the study's classes "
                         f"({', '.join(classes)}): set evaluate.external[{name}].label_map")
     result = _manifest(records, ep, classes, decode)
+    if splits.labels:
+        result.manifest = multilabel.with_columns(result.manifest, records, splits.labels)
     check_outside_study(read_manifest(study_manifest), result.manifest, name)
     out = external_dir(name, out_base)
     out.mkdir(parents=True, exist_ok=True)

@@ -246,3 +246,28 @@ def split_section(manifest: pd.DataFrame, names: list[str], policy: dict, parts:
     if params.val_policy == "matched":
         extra["valshot"] = kshot_sets(parts["val"], Y, groups, ids, names, **kw, stream=val_stream)[0]
     return fewshot, extra
+
+
+def map_vectors(records, own: Sequence[str], label_map: dict, labels: Sequence[str], name: str) -> None:
+    """An external set's label vectors (over its columns ``own``) moved onto the study's ``labels`` in place:
+    column ``c`` -> ``label_map[c]`` (without a map: ``c`` when it is a study label; others are dropped); a study
+    label no column maps to is UNKNOWN; ``label_name`` follows (finding / no finding). DataError when the map names
+    a label the study lacks or no column maps onto a study label."""
+    labels = list(labels)
+    target = {}
+    for j, c in enumerate(own):
+        t = label_map.get(c) if label_map else (c if c in labels else None)
+        if t is not None and t not in labels:
+            raise DataError(f"evaluate.external[{name}].label_map maps '{c}' to '{t}', which is not a study label "
+                            f"({', '.join(labels)})")
+        if t is not None:
+            target[labels.index(t)] = j
+    if not target:
+        raise DataError(f"external set '{name}': none of its label columns ({', '.join(own)}) maps onto the study's "
+                        f"labels: set evaluate.external[{name}].label_map")
+    for r in records:
+        if r.labels is None:
+            continue
+        r.labels = tuple(r.labels[target[i]] if i in target else UNKNOWN for i in range(len(labels)))
+        if r.reject is None:
+            r.label_name = finding_name(r.labels)

@@ -18,6 +18,10 @@ Each label is its own binary decision (one-vs-rest), scored only on the images w
   over known cells), ``macro_f1``, ``brier`` (calibrated heads only); ``threshold`` is NaN (one per label);
 - a label without a fitted head (no positives, or no negatives, in the k-shot set) is a named entry in
   ``unfit_labels`` with NaN scores, not an error; the run is ``degenerate`` only when no label has a head.
+
+Per-image outputs (:func:`multilabel_predictions`, written by the predictions writer of
+:mod:`featpipe.evaluation.table`): ``split``, ``id``, ``label`` (the image's positive labels, "; "-joined),
+``y[<label>]`` (1 / 0 / -1 unknown) and ``p[<label>]`` (NaN: no head) per label.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ import math
 from typing import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
+from featpipe.core.names import proba_column
 from featpipe.core.versions import __version__
 from featpipe.data.manifest import ids_sha256
 from featpipe.evaluation.metrics import SCALAR_METRICS, choose_threshold, fast_scores, predict_labels
@@ -94,6 +100,25 @@ def macro_row(per: Mapping[str, dict], *, calibrated: bool) -> dict:
     return row
 
 
+def multilabel_predictions(labels: Sequence[str], val_ids, Yv: np.ndarray, Pv: np.ndarray, test_ids, Yt: np.ndarray,
+                           Pt: np.ndarray) -> pd.DataFrame:
+    """The per-image frame of a multi-label run (see the module text): val rows, then test rows."""
+    parts = []
+    for split, ids, Y, P in (("val", val_ids, Yv, Pv), ("test", test_ids, Yt, Pt)):
+        df = pd.DataFrame({"split": split, "id": [str(i) for i in ids],
+                           "label": ["; ".join(n for n, v in zip(labels, y) if v == 1) for y in Y]})
+        for j, n in enumerate(labels):
+            df[label_column(n)] = np.asarray(Y[:, j], dtype=np.int64)
+            df[proba_column(n)] = np.asarray(P[:, j], dtype=np.float64)
+        parts.append(df)
+    return pd.concat(parts, ignore_index=True)
+
+
+def label_column(label: str) -> str:
+    """The predictions-file column of one label's known value (1 / 0 / -1 unknown)."""
+    return f"y[{label}]"
+
+
 def record_multilabel(key: Mapping, *, labels: Sequence[str], train_ids: Sequence[str],
                       val: tuple[Sequence[str], np.ndarray, np.ndarray],
                       test: tuple[Sequence[str], np.ndarray, np.ndarray], val_policy: str, manifest_sha256: str,
@@ -131,4 +156,26 @@ def record_multilabel(key: Mapping, *, labels: Sequence[str], train_ids: Sequenc
                "weights_id": key["weights_id"], "split_sha256": key["split_sha256"], "manifest_sha256": manifest_sha256,
                "shots": int(key["shots"]), "seed": int(key["seed"]), "thresholds": dict(zip(labels, thresholds)),
                "train_ids": list(train_ids), "featpipe_version": __version__}
-    return RunRecord(row, None, None, None, sidecar)
+    return RunRecord(row, multilabel_predictions(labels, val_ids, Yv, Pv, test_ids, Yt, Pt), None, None, sidecar)
+
+
+def record_multilabel_external(row: Mapping, *, labels: Sequence[str], test: tuple[Sequence[str], np.ndarray, np.ndarray],
+                               test_set: str) -> RunRecord:
+    """A multi-label run's saved model(s) scored on an external test set (the twin of
+    :func:`featpipe.evaluation.record.record_external`): the run's own row with every test column replaced by the
+    scores on ``test`` = (ids, Y (N, L) 1 / 0 / -1, P (N, L), NaN: no head) at the row's val-chosen
+    ``threshold[<label>]``, ``test_set`` making its ``run_id`` its own; its predictions frame has test rows only."""
+    labels = list(labels)
+    ids, Y, P = test
+    thresholds = [float(row.get(f"threshold[{n}]", 0.5)) for n in labels]
+    per = _split_scores(Y, P, labels, thresholds)
+    out = {k: v for k, v in row.items() if not any(k.startswith(f"{m}[") for m in (*REPORTED, "prevalence"))}
+    out |= macro_row(per, calibrated=bool(row.get("calibrated", True)))
+    out |= {"n_test": len(ids), "test_set": test_set, "test_absent": _one_class(Y, labels)}
+    for j, n in enumerate(labels):
+        for m in REPORTED:
+            out[f"{m}[{n}]"] = per[n][m]
+        out[f"threshold[{n}]"], out[f"prevalence[{n}]"] = thresholds[j], per[n]["prevalence"]
+    out["run_id"] = run_id(out)
+    empty = np.zeros((0, len(labels)))
+    return RunRecord(out, multilabel_predictions(labels, [], empty, empty, ids, Y, P), None, None, {})

@@ -223,7 +223,8 @@ def _fit_multilabel(data: CacheData, splits: Splits, train_ids: list[str], *, he
                             calibrated=get_head(head).calibrated)
     if models_dir is not None and params.fit.save_models:
         _save_labels(models_dir, data, splits, rec, models, head=head, hp=hp, train_ids=train_ids)
-    return RunResult(rec.row, labels, list(splits.test), splits.label_matrix(splits.test), proba[va.size:])
+    return RunResult(rec.row, labels, list(splits.test), splits.label_matrix(splits.test), proba[va.size:],
+                     predictions=rec.predictions)
 
 
 def _save_labels(models_dir, data: CacheData, splits: Splits, rec: RunRecord, models: list, *, head: str, hp: dict,

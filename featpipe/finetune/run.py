@@ -270,7 +270,8 @@ def _record_multilabel(key: dict, own: dict, d: RunData, pv, pt, *, paths: Paths
     """A multi-label fine-tuning run's row (:func:`featpipe.evaluation.multilabel.record_multilabel`): a label
     without positives or negatives in the k-shot set is named in ``unfit_labels`` and scored NaN, as for the
     frozen heads; its training curve is written and (``save``) the network with a sidecar whose ``classes`` are
-    the labels, ``task: multilabel`` and the per-label val ``thresholds`` (Grad-CAM per label reads it)."""
+    the labels, ``task: multilabel`` and the per-label val ``thresholds`` (Grad-CAM per label reads it); its
+    per-image predictions (``y[<label>]``, ``p[<label>]``) go through the predictions writer."""
     unfit = {n: unfit_reason(d.train.labels[:, j]) for j, n in enumerate(d.classes)}
     unfit = {n: why for n, why in unfit.items() if why}
     for j, n in enumerate(d.classes):

@@ -162,6 +162,10 @@ def _multilabel(params: Any) -> None:
                               "nor 'default'")
         if value not in ("zeros", "ones", "ignore"):
             raise ConfigError(f"bad value for 'data.csv.labels_uncertain.{key}': {value!r} (choose from zeros, ones, ignore)")
+    for e in params.evaluate.external:
+        if e.source != "csv" or not e.csv.labels:
+            raise ConfigError(f"evaluate.external[{e.name}]: a multi-label study (data.csv.labels) needs source: csv "
+                              "and csv.labels (its label columns), with label_map onto the study's labels")
 
 
 def check_name(value: str, key: str) -> str:

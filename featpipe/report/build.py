@@ -38,7 +38,7 @@ from featpipe.report.calibration import calibration_section
 from featpipe.report.external import external_section
 from featpipe.report.html import Section, folded, page, table
 from featpipe.report.subgroups import subgroup_section
-from featpipe.report.multilabel import multilabel_section
+from featpipe.report.multilabel import label_curves, multilabel_section
 from featpipe.report.textprior import textprior_section
 from featpipe.results.predictions import TestPredictions
 from featpipe.results.summary import check_metrics_json, current_split
@@ -292,6 +292,13 @@ def _roc_section(inp: ReportInputs, runs: pd.DataFrame, s, best: list[dict], mid
         pred = read_predictions(inp.results, b["run_ids"])
         pred = pred[pred["split"] == "test"]
         cols = [proba_column(c) for c in s.classes]
+        if not set(cols) <= set(pred.columns):  # multi-label runs (p[<label>] per label): ROC/PR per label
+            per_label = label_curves(pred)
+            if per_label:
+                what = f"{b['config']}, {b['shots']} shots, {len(per_label)} seeds (test), per label"
+                figs.append(_save(plots.roc_pr_per_class(per_label, title=what), plots_dir / f"roc_pr_labels_{tag}.png"))
+                tables.append(_auroc_table(per_label, what, tag))
+            continue
         per_seed = [curves(g["label"].to_numpy(), g[cols].to_numpy(float), classes=s.classes)
                     for rid in b["run_ids"] for _, g in [(rid, pred[pred["run_id"] == rid])] if len(g)]
         if not per_seed:

@@ -78,7 +78,7 @@ def calibration_section(runs: pd.DataFrame, results_dir: Path, classes: Sequence
     for config, g in list(at_top.groupby("config", sort=True))[:MAX_DIAGRAMS]:
         pred = read_predictions(results_dir, g["run_id"].astype(str))
         pred = pred[pred["split"] == "test"]
-        if pred.empty:
+        if pred.empty or not all(f"p[{c}]" in pred.columns for c in classes):  # none, or multi-label (per label)
             continue
         proba = pred[[f"p[{c}]" for c in classes]].to_numpy(float)
         scaled = ", T-scaled" if "calibration" in g.columns and (g["calibration"] == "temperature").all() else ""

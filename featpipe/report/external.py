@@ -4,6 +4,8 @@ For the configuration chosen on val at each shot count (the internal val: an ext
 choice), each metric's mean over seeds with its headline interval (:func:`featpipe.results.stats.seed_summary`,
 test-sampling variance by patient from each test set's own predictions) on the study's test split and on every
 external set of ``evaluate.external`` scored by ``featpipe evaluate-external`` (``results/external/<name>/``).
+A multi-label study shows macro AUROC (``auroc``), mAP (``auprc``) and AUROC per label (``auroc[<label>]``), their
+intervals from image counts (its predictions files hold no class columns).
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ def external_section(results: Path, runs: pd.DataFrame, best: list[dict], *, par
     if not sets or not best:
         return ""
     metrics = list(dict.fromkeys([params.report.metric, *METRICS]))
+    if "labels" in runs.columns and (runs.get("task") == "multilabel").any():  # macro AUROC, mAP, AUROC per label
+        labels = [n for n in str(runs["labels"].dropna().iloc[0]).split("; ") if n]
+        metrics = list(dict.fromkeys([params.report.metric, "auroc", "auprc", *[f"auroc[{n}]" for n in labels]]))
     head = ["shots", "configuration (chosen on internal val)", "metric", "internal test"] + \
         [f"external:{n}" for n in sets]
     rows = []

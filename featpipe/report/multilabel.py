@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from featpipe.evaluation.metrics import curves
 from featpipe.report.html import table
 from featpipe.results.stats import metric_units, summarize
 from featpipe.results.summary import config_labels
@@ -135,3 +136,20 @@ def multilabel_section(runs: pd.DataFrame, raw: dict, best: list[dict]) -> str:
         out.append(_chosen_table(runs, raw, labels, b))
     out.append(_all_configs(runs, labels))
     return "".join(out)
+
+
+def label_curves(pred: pd.DataFrame) -> list[dict]:
+    """Per run of ``pred`` (test rows of multi-label predictions files, in run order): {label: ROC and PR points}
+    (:func:`featpipe.evaluation.metrics.curves` of that label's binary decision) on the images where the label is
+    known and has a head; a label with one class there has no curve. Runs without any curve are left out."""
+    labels = [c[2:-1] for c in pred.columns if c.startswith("y[") and c.endswith("]")]
+    out = []
+    for _, g in pred.groupby("run_id", sort=False):
+        cur: dict = {}
+        for n in labels:
+            y, p = g[f"y[{n}]"].to_numpy(np.int64), g[f"p[{n}]"].to_numpy(float)
+            k = (y >= 0) & np.isfinite(p)
+            cur |= curves(y[k], np.column_stack([1 - p[k], p[k]]), classes=[f"no {n}", n])
+        if cur:
+            out.append(cur)
+    return out

@@ -22,6 +22,7 @@ from featpipe.results.subgroups import (
     TOO_FEW,
     SubgroupSettings,
     group_labels,
+    multilabel_subgroups,
     subgroup_metrics,
 )
 from featpipe.saved.external import RESULTS_DIR, test_set_name
@@ -55,6 +56,18 @@ def _tables(tab: pd.DataFrame, gaps: pd.DataFrame) -> str:
     return out
 
 
+def _multilabel(pred: pd.DataFrame, labels: list[str], groups, settings: SubgroupSettings) -> str:
+    tab = multilabel_subgroups(pred[[f"y[{n}]" for n in labels]].to_numpy(),
+                               pred[[proba_column(n) for n in labels]].to_numpy(float), labels, groups,
+                               min_size=settings.min_size)
+    rows = [[r["attribute"], r["group"], r["n"], *(["too few"] + [""] * len(labels) if r["status"] == TOO_FEW else
+             [f"{_num(r['auroc'])} ({int(r['labels_scored'])} labels)"] + [_num(r[f"auroc[{n}]"]) for n in labels])]
+            for r in tab.to_dict("records")]
+    return ("<p>Multi-label run: macro AUROC (mean over the labels with both classes known in the group) and AUROC "
+            "per label, each on the group's images where that label is known; no intervals or gap for multi-label "
+            "runs yet.</p>" + table(["attribute", "group", "n", "macro AUROC", *[f"AUROC {n}" for n in labels]], rows))
+
+
 def _one(folder: Path, rid: str, manifest: pd.DataFrame, classes, settings: SubgroupSettings) -> str:
     pred = read_predictions(folder, [rid])
     pred = pred[pred["split"] == "test"]
@@ -64,6 +77,9 @@ def _one(folder: Path, rid: str, manifest: pd.DataFrame, classes, settings: Subg
         groups = group_labels(manifest, pred["id"].astype(str).tolist(), settings)
     except DataError as exc:
         return f"<p class=\"note\">{html.escape(str(exc))}.</p>"
+    ycols = [c for c in pred.columns if c.startswith("y[") and c.endswith("]")]
+    if ycols:  # a multi-label run: per-label and macro AUROC per group
+        return _multilabel(pred, [c[2:-1] for c in ycols], groups, settings)
     patients = manifest.set_index(manifest["id"].astype(str))["patient_id"].reindex(pred["id"].astype(str))
     thr = pred["threshold"].iloc[0]
     tab, gaps = subgroup_metrics(pred["label"].to_numpy(), pred[[proba_column(c) for c in classes]].to_numpy(float),

@@ -38,13 +38,16 @@ class TestPredictions:
 
     def load(self, run_ids: Iterable[str]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float | None]]:
         """{run_id: (ids, labels, proba (N, C), threshold)} of the test rows; runs without a file are left out.
-        Each run's file is read once per object."""
+        Each run's file is read once per object; files without the classes' ``p[<class>]`` columns (multi-label
+        runs) are left out."""
         run_ids = [str(r) for r in run_ids]
         todo = [r for r in run_ids if r not in self._cache]
         if todo:
             df = (self.frame[self.frame["run_id"].astype(str).isin(todo)] if self.frame is not None
                   else read_predictions(self.results_dir, todo))
             cols = [proba_column(c) for c in self.classes]
+            if not set(cols) <= set(df.columns):  # a multi-label run's file (p[<label>] per label): no class columns
+                df = df.iloc[:0]
             for rid, g in df[df["split"] == "test"].groupby("run_id", sort=False):
                 g = g.sort_values("id", kind="stable")
                 thr = g["threshold"].iloc[0]

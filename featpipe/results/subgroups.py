@@ -19,6 +19,9 @@ Intervals (95%):
 
 A group with fewer than ``min_size`` test images is listed with ``status = "too few"`` and no number; it takes no
 part in the gap. An attribute with fewer than two scored groups has no gap.
+
+A multi-label run (:func:`multilabel_subgroups`): per group ``n``, AUROC per label and macro AUROC (no intervals,
+no gap yet).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import pandas as pd
 
 from featpipe.core.errors import DataError
 from featpipe.evaluation.metrics import as_proba, fast_scores
+from featpipe.evaluation.multilabel import label_scores
 from featpipe.results.intervals import interval
 from featpipe.results.stats import PatientResampler
 
@@ -173,4 +177,28 @@ def _gaps(table: pd.DataFrame, boot: dict) -> pd.DataFrame:
             rows.append({"attribute": a, "metric": m, "worst_group": worst["group"], "best_group": best["group"],
                          "gap": float(best[m] - worst[m]), "gap_low": lo, "gap_high": hi,
                          "n_valid": int(np.isfinite(diff).sum())})
+    return pd.DataFrame(rows)
+
+
+def multilabel_subgroups(Y, P, labels: Sequence[str], groups: Mapping[str, Sequence[str]], *,
+                         min_size: int) -> pd.DataFrame:
+    """Per group of a multi-label run's test outputs (``Y`` (N, L) 1 / 0 / -1 unknown, ``P`` (N, L), NaN: no
+    head): ``n`` test images, ``auroc[<label>]`` on the group's images where that label is known (NaN where the
+    group holds one class of it or the label has no head; :func:`featpipe.evaluation.multilabel.label_scores`),
+    ``auroc`` = macro AUROC (mean over the labels scored in the group) and ``labels_scored``. A group below
+    ``min_size`` images is ``status = "too few"`` with no number."""
+    Y, P = np.asarray(Y), np.asarray(P, dtype=float)
+    g = {a: np.asarray(v, dtype=object) for a, v in groups.items()}
+    rows = []
+    for a in g:
+        for v in sorted(set(g[a])):
+            mask = g[a] == v
+            row = {"attribute": a, "group": v, "n": int(mask.sum())}
+            if row["n"] < min_size:
+                rows.append(row | {"status": TOO_FEW})
+                continue
+            per = {n: label_scores(Y[mask, j], P[mask, j], 0.5)["auroc"] for j, n in enumerate(labels)}
+            scored = [x for x in per.values() if math.isfinite(x)]
+            rows.append(row | {"status": "scored", "auroc": float(np.mean(scored)) if scored else math.nan,
+                               "labels_scored": len(scored), **{f"auroc[{n}]": x for n, x in per.items()}})
     return pd.DataFrame(rows)

@@ -7,7 +7,9 @@ study's classes) are read from the decoded caches ``prepare --external`` filled 
 exactly what ``predict``'s decode would give (same decoder settings, every row's sha256), else decoded as ``predict``
 decodes them, and each run is scored with its own val-chosen threshold
 by :func:`featpipe.evaluation.record.record_external`: the same metrics as its internal row, in a row of its own
-(``test_set = external:<name>``) in ``results/external/<name>/runs.csv`` with its predictions beside it. Heads on
+(``test_set = external:<name>``) in ``results/external/<name>/runs.csv`` with its predictions beside it. A
+multi-label run (its per-label heads, or its network) is scored per label against the set's ``y[<label>]`` columns
+at its val-chosen ``threshold[<label>]`` (:func:`featpipe.evaluation.multilabel.record_multilabel_external`). Heads on
 the same backbone, weights, layer and precision share one embedding pass. A run whose model file is missing is
 named in the result (never silently dropped); rows without a saved model (``fit.save_models: false``, zero-shot)
 are counted.
@@ -26,6 +28,7 @@ from featpipe.core.errors import CacheError, DataError
 from featpipe.core.log import notice
 from featpipe.data.external import EXTERNAL_DIR, check_outside_study, read_external
 from featpipe.data.manifest import read_manifest
+from featpipe.data.multilabel import manifest_matrix
 from featpipe.data.splits import load_splits
 from featpipe.decoded.cache import (
     DecodedImages,
@@ -33,6 +36,7 @@ from featpipe.decoded.cache import (
     decoder_settings,
     settings_mismatch,
 )
+from featpipe.evaluation.multilabel import record_multilabel_external
 from featpipe.evaluation.record import Outputs, record_external
 from featpipe.evaluation.table import RUNS_CSV, read_runs, write_records
 from featpipe.heads.io import load_head
@@ -77,7 +81,7 @@ def side_by_side(internal: pd.DataFrame, external: pd.DataFrame, name: str, metr
     of ``metrics`` on the internal test split and on the external set."""
     if internal.empty or external.empty:
         return []
-    both = pd.concat([internal.assign(_set="internal"), external.assign(_set=name)], ignore_index=True)
+    both = pd.concat([internal.copy().assign(_set="internal"), external.copy().assign(_set=name)], ignore_index=True)
     both["_config"] = config_labels(both).to_numpy()
     head = "  ".join(f"{m + ' ' + s:>28s}" for m in metrics for s in ("internal", name[:19]))
     note = ("  mean over seeds [95% interval: seeds + test sampling, on each test set's own images, as the internal "
@@ -159,6 +163,23 @@ def _proba(path: Path, images: _Images, batch_size: int, device: str) -> np.ndar
     return model.predict_proba(images.pixels(model.decoding), batch_size=batch_size)
 
 
+def model_files(model_path: str) -> list[str]:
+    """The files of a row's ``model_path``: one, or a multi-label run's per-label heads ("; "-joined)."""
+    return [f for f in str(model_path).split("; ") if f]
+
+
+def _label_proba(row: dict, labels: list, images: _Images, batch_size: int, device: str) -> np.ndarray:
+    """(N, L) probabilities of a multi-label run: each label's binary head (its sidecar's ``label``) fills its
+    column, NaN where the label has no head; a multi-label network gives every column."""
+    files = model_files(row["model_path"])
+    if len(files) == 1 and kind_of(Path(files[0])) != "head":
+        return np.asarray(_proba(Path(files[0]), images, batch_size, device), dtype=float)
+    P = np.full((len(images.manifest), len(labels)), np.nan)
+    for f in files:
+        P[:, labels.index(load_head(Path(f)).meta["label"])] = _proba(Path(f), images, batch_size, device)[:, 1]
+    return P
+
+
 def evaluate_external(name: str, *, splits_path: str | Path, manifest_path: str | Path, runs_path: str | Path,
                       out_base: str | Path = RESULTS_DIR, external_base: str | Path = EXTERNAL_DIR,
                       device: str = "cpu", batch_size: int = 32, max_pixels: int | None = None,
@@ -172,12 +193,18 @@ def evaluate_external(name: str, *, splits_path: str | Path, manifest_path: str 
     check_outside_study(read_manifest(manifest_path), ext, name)
     runs, _ = current_split(read_runs(runs_path), splits.sha256)
     saved = runs[runs.get("model_path", pd.Series("", index=runs.index)).fillna("").astype(str) != ""]
-    missing = [p for p in saved["model_path"] if not Path(p).exists()]
+    missing = [p for p in saved["model_path"] if not all(Path(f).exists() for f in model_files(p))]
     images = _Images(ext, max_pixels, cache_dir, name)
     labels = ext["label"].to_numpy(dtype=np.int64)
     records = []
     for row in saved.to_dict("records"):
         if row["model_path"] in missing:
+            continue
+        if splits.labels:  # a multi-label run: one binary head per label, or one network with a sigmoid per label
+            test = (list(ext["id"]), manifest_matrix(ext, splits.labels), _label_proba(row, splits.labels, images,
+                                                                                      batch_size, device))
+            records.append(record_multilabel_external(row, labels=splits.labels, test=test,
+                                                      test_set=test_set_name(name)))
             continue
         proba = _proba(Path(row["model_path"]), images, batch_size, device)
         test = Outputs(list(ext["id"]), labels, proba)
