@@ -160,6 +160,9 @@ class FitParams:
     bootstrap: int = 1000  # patient-level bootstrap resamples for a single run's intervals (0 = none)
     save_models: bool = True
     curves: bool = True  # write ROC/PR points per run to results/curves/
+    # Tasks with more classes are refused in one line before any fit (issue 21): every run's predictions, curves and
+    # per-class metrics grow with the classes (1,000 classes: one prototype run ~100-300 s and ~690 MB here).
+    max_classes: int = 1000
 
 
 @dataclass(frozen=True)
