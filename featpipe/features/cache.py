@@ -146,6 +146,7 @@ def _check_rows(f: h5py.File, raw: np.ndarray, path) -> None:
     """``raw`` (all of ``features`` as stored) against the file's checksums; a mismatch is a CacheError."""
     rec = checksums.stored(f, "features")
     if rec is None:
+        checksums.say_unchecked(path, f"featpipe extract --backbone {f.attrs.get('backbone', '<backbone>')}")
         return
     sums, rows = rec
     n_blocks = -(-len(raw) // rows)
@@ -164,7 +165,8 @@ _VERIFIED: set = set()
 
 
 def verify(path: str | Path) -> None:
-    """Check every row of a cache file against its checksums, once per file version per process."""
+    """Check every row of a cache file against its checksums, once per file version per process (a file with
+    none is read unchecked, said once: :func:`featpipe.core.checksums.say_unchecked`)."""
     p = Path(path)
     st = p.stat()
     key = (str(p.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
@@ -172,6 +174,8 @@ def verify(path: str | Path) -> None:
         return
     with _open(p) as f:
         bad = checksums.bad_blocks(f, "features")
+        if bad is None:
+            checksums.say_unchecked(p, f"featpipe extract --backbone {f.attrs.get('backbone', '<backbone>')}")
         if bad:
             raise damaged(p, checksums.span(bad, checksums.stored(f, "features")[1], f["features"].shape[0]))
     _VERIFIED.add(key)
