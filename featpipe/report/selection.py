@@ -13,7 +13,7 @@ import pandas as pd
 from featpipe.core.names import config_name
 from featpipe.report.html import table
 from featpipe.report.plots import METRIC_LABELS
-from featpipe.results.compare import COMPARISONS_CSV, seed_comparisons, smallest_p, verdict
+from featpipe.results.compare import COMPARISONS_CSV, seed_comparisons, seed_gaps, smallest_p, verdict
 from featpipe.results.summary import config_labels, degenerate_flags, per_class_summary, select_best, summarize_runs
 
 
@@ -155,6 +155,7 @@ def comparison_section(comparisons: pd.DataFrame, best: list[dict], metric: str)
             "count, the chosen configuration against each of the others (or every one against "
             "<code>compare.reference</code>). " + _floor_text(c) + " A difference is called only when the Holm p is "
             "below 0.05 and the 95% interval (seeds + test patients) excludes 0. Grey rows: B has degenerate runs.</p>"
+            + "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in comparisons.attrs.get("notes", []))
             + table(head, rows, row_classes=classes))
 
 
@@ -191,6 +192,7 @@ def read_comparisons(results_dir: Path, runs: pd.DataFrame, params) -> pd.DataFr
     if f.is_file():
         t = pd.read_csv(f)
         if set(t["config_a"]) | set(t["config_b"]) <= set(config_labels(runs)):
+            t.attrs["notes"] = seed_gaps(runs)  # seeds left out of the pairing (a CSV does not keep them)
             return t
     metric = params.report.metric
     summary = summarize_runs(runs, clinical=params.clinical, select_metric=metric)
