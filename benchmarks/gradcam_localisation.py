@@ -38,15 +38,15 @@ def localisation(model_path: str, box_px: list[int], layer: str | None, size: in
     p = prepare(model_path, manifest="data/manifest.csv", splits="data/splits.json", cache_dir="cache",
                 images=None, per_outcome=1, seed=0)
     pos = p.ex.classes.index("finding1")
-    tp = np.flatnonzero((p.data.labels == pos) & (p.pred == pos))
-    maps = gradcam(p.ex.model, p.x[tp], [pos] * len(tp), layer=layer)
+    tp = np.flatnonzero((p.labels == pos) & (p.pred == pos))
+    maps = gradcam(p.ex.model, p.inputs(tp), [pos] * len(tp), layer=layer)
     s = p.ex.preprocess.input_size / size  # the box is in the generated image's pixels
     x0, y0, x1, y1 = (int(round(v * s)) for v in box_px)
     total = maps.sum(axis=(1, 2))
     ok = total > 0
     inside = maps[:, y0:y1, x0:x1].sum(axis=(1, 2))[ok] / total[ok]
     area = (x1 - x0) * (y1 - y0) / float(maps.shape[1] * maps.shape[2])
-    return {"layer": layer or p.ex.model.features.spec.gradcam_layer, "grid": layer_grid(p.ex.model, p.x[:1], layer=layer),
+    return {"layer": layer or p.ex.model.features.spec.gradcam_layer, "grid": layer_grid(p.ex.model, p.inputs([0]), layer=layer),
             "n_tp": int(len(tp)), "n_empty": int((~ok).sum()), "mean": float(inside.mean()) if ok.any() else float("nan"),
             "median": float(np.median(inside)) if ok.any() else float("nan"),
             "frac_above_uniform": float((inside > area).mean()) if ok.any() else float("nan"), "uniform": area}

@@ -11,7 +11,13 @@ Families (each trial starts from a fresh copy of one prepared, extracted and fit
 - two saves of one fine-tuned model name at once (random start offsets): sidecar and tensors always match;
 - hostile ``data.name`` values and the issue's bad params: one line, exit 2, nothing written;
 - a full disk (too little free space; a table write failing with ENOSPC): one line, exit 1;
-- a current cache in a folder that cannot be written (lock files refused): decode, extract and fit succeed.
+- a current cache in a folder that cannot be written (lock files refused): decode, extract and fit succeed;
+- a disk that fills during the feature cache's HDF5 write (ENOSPC after a random number of bytes, in a child
+  process, the free-space check passed): one line, exit 1 (never a crash in libhdf5), no temporary left, the
+  journal kept; the next extract computes nothing and writes byte-identical features;
+- more classes than ``fit.max_classes`` (set to 1): one line before any fit, no row;
+- a feature cache written before checksums (its checksums removed): fit reads it and says so in one line; extract
+  rebuilds it with checksums, features identical.
 
 Writes ``benchmarks/results/reliability_attacks.json`` and the "Attacks (issue 21)" section of
 ``benchmarks/results/reliability.md``.
@@ -47,6 +53,7 @@ sys.path.insert(0, str(REPO))
 OUT = REPO / "benchmarks" / "results"
 
 from featpipe.cli.main import main as cli_main  # noqa: E402
+from featpipe.core import checksums  # noqa: E402
 from featpipe.core import fileio, locks  # noqa: E402
 from featpipe.decoded.cache import DecodedImages  # noqa: E402
 from featpipe.evaluation import table as table_mod  # noqa: E402
@@ -71,6 +78,19 @@ if at.startswith("run-"):
             os.kill(os.getpid(), signal.SIGKILL)
         return _fit(*a, **k)
     f.fit_run = dying
+limit = int(os.environ.get("FP_ENOSPC_AFTER", "-1"))
+if limit >= 0:  # the disk fills after `limit` bytes of HDF5 writes (after the free-space check)
+    import errno
+    from featpipe.core import h5out
+    from featpipe.features import cache
+    cache.ensure_space = lambda *a, **k: None
+    real, state = h5out._Sink._write, {"n": 0}
+    def failing(self, data):
+        state["n"] += len(data)
+        if state["n"] > limit:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(self, data)
+    h5out._Sink._write = failing
 from featpipe.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -94,8 +114,9 @@ def one_line(err: str) -> bool:
     return len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def spawn(*args: str, die_at: str = "") -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "FP_DIE_AT": die_at, "FEATPIPE_OFFLINE": "1"}
+def spawn(*args: str, die_at: str = "", enospc_after: int = -1) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FP_DIE_AT": die_at, "FEATPIPE_OFFLINE": "1",
+           "FP_ENOSPC_AFTER": str(enospc_after)}
     return subprocess.Popen([sys.executable, "-c", RUNNER, *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
@@ -256,6 +277,39 @@ def read_only_cache(rng) -> bool:
         del locks.open
 
 
+def hdf5_disk_full(rng) -> bool:
+    cache = Path("cache/demo/tiny_cnn.h5")
+    before, size = array(cache, "features"), cache.stat().st_size
+    cache.unlink()
+    child = spawn("extract", "--no-progress", enospc_after=int(rng.integers(0, size)))
+    _, err = child.communicate(timeout=600)
+    journal = cache.with_name(cache.name + ".partial") / "features.f32"
+    ok = (child.returncode == 1 and one_line(err) and "no space" in err.lower() and not cache.exists()
+          and not [p for p in cache.parent.iterdir() if ".tmp-" in p.name] and journal.stat().st_size == before.nbytes)
+    rc, out, _ = cli("extract", "--no-progress")
+    return ok and rc == 0 and " 0 extracted" in out and np.array_equal(array(cache, "features"), before)
+
+
+def many_classes(rng) -> bool:
+    rows = len(read_runs(Path("results/runs.csv")))
+    rc, _, err = cli(*FIT, "-S", f"fit.max_classes={int(rng.integers(1, 2))}")
+    return rc == 1 and one_line(err) and "fit.max_classes" in err and len(read_runs(Path("results/runs.csv"))) == rows
+
+
+def unchecked_cache(rng) -> bool:
+    cache = Path("cache/demo/tiny_cnn.h5")
+    before = array(cache, "features")
+    with h5py.File(cache, "a") as f:
+        del f["features" + checksums.SUFFIX]
+    checksums._SAID.clear()
+    rc1, _, err1 = cli(*FIT)
+    rc2, _, err2 = cli("extract", "--no-progress")
+    with h5py.File(cache) as f:
+        rebuilt = checksums.bad_blocks(f, "features") == []
+    return (rc1 == 0 and err1.count("no checksums") == 1 and rc2 == 0 and "no checksums" in err2 and rebuilt
+            and np.array_equal(array(cache, "features"), before))
+
+
 ATTACKS = [
     ("feature-cache bit flips (1-256 bytes)", feature_flip, "fit refused in one line; extract rebuilt byte-identical"),
     ("decoded-cache bit flips (1-2048 bytes)", decoded_flip, "read refused; decode rebuilt byte-identical"),
@@ -266,6 +320,11 @@ ATTACKS = [
     ("hostile data.name (8) and bad params (13)", hostile_params, "each one line, exit 2, nothing written"),
     ("disk full (free-space check; ENOSPC on a table write)", disk_full, "one line, exit 1, no traceback"),
     ("current cache in an unwritable folder", read_only_cache, "decode, extract and fit succeed"),
+    ("disk fills during the feature cache's HDF5 write", hdf5_disk_full,
+     "one line, exit 1, no crash, no temporary, journal kept; next extract computes nothing, features identical"),
+    ("more classes than fit.max_classes", many_classes, "one line, exit 1, before any fit, no row"),
+    ("feature cache without checksums (older featpipe)", unchecked_cache,
+     "fit says so in one line; extract rebuilds it with checksums, features identical"),
 ]
 
 
@@ -322,8 +381,9 @@ def write(rows: list[dict], args, seconds: float) -> None:
     (OUT / "reliability_attacks.json").write_text(json.dumps(body, indent=1) + "\n")
     md = OUT / "reliability.md"
     text = md.read_text() if md.exists() else ""
-    text = text.split("\n## Attacks (issue 21)")[0].rstrip("\n")
-    md.write_text(text + "\n\n" + "\n".join(section) + "\n")
+    head, _, rest = text.partition("\n## Attacks (issue 21)")
+    tail = rest[rest.find("\n## "):] if "\n## " in rest else ""  # later sections (other benchmarks) kept
+    md.write_text(head.rstrip("\n") + "\n\n" + "\n".join(section) + "\n" + tail)
     print("\n".join(section))
 
 

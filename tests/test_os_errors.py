@@ -77,21 +77,55 @@ def test_wrong_type_and_too_long_paths_are_one_line(project, capsys):
     assert "file name too long" in _one_line(capsys)
 
 
-def test_a_current_cache_in_a_folder_that_cannot_be_written_is_usable(project, monkeypatch, capsys):
-    real_open = open
-    cache = str(Path("cache").resolve())
+def _read_only_mount(folder: Path) -> bool:
+    """``folder`` replaced by a read-only tmpfs holding the same files (True) where this process may mount one
+    (root with CAP_SYS_ADMIN); else False and nothing changed."""
+    import subprocess
 
-    def read_only(file, mode="r", *a, **k):  # the cache folder as a read-only mount (root ignores chmod)
-        if any(c in mode for c in "wax+") and os.path.abspath(str(file)).startswith(cache):
-            raise PermissionError(errno.EROFS, "Read-only file system", str(file))
-        return real_open(file, mode, *a, **k)
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    kept = folder.with_name(folder.name + "-kept")
+    shutil.copytree(folder, kept, symlinks=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)], capture_output=True).returncode:
+        shutil.rmtree(kept)
+        return False
+    shutil.copytree(kept, folder, symlinks=True, dirs_exist_ok=True)
+    if subprocess.run(["mount", "-o", "remount,ro", str(folder)], capture_output=True).returncode:
+        subprocess.run(["umount", str(folder)], check=True)
+        shutil.rmtree(kept)
+        return False
+    return True
 
-    monkeypatch.setattr(locks, "open", read_only, raising=False)
-    capsys.readouterr()
-    assert main(["decode", "--no-progress"]) == 0
-    assert main(["extract", "--no-progress"]) == 0
-    assert "reused" in capsys.readouterr().out
-    assert main(FIT) == 0
+
+@pytest.mark.parametrize("medium", ["mount", "patched-open"])
+def test_a_current_cache_in_a_folder_that_cannot_be_written_is_usable(project, monkeypatch, capsys, medium):
+    """A real read-only mount where the test may make one (root ignores permissions, so chmod proves
+    nothing); else, and in the second case everywhere, writes under cache/ refused as a read-only mount would."""
+    import subprocess
+
+    cache = Path("cache").resolve()
+    mounted = medium == "mount" and _read_only_mount(cache)
+    if not mounted:
+        real_open = open
+
+        def read_only(file, mode="r", *a, **k):
+            if any(c in mode for c in "wax+") and os.path.abspath(str(file)).startswith(str(cache)):
+                raise PermissionError(errno.EROFS, "Read-only file system", str(file))
+            return real_open(file, mode, *a, **k)
+
+        monkeypatch.setattr(locks, "open", read_only, raising=False)
+    try:
+        if mounted:
+            with pytest.raises(OSError):
+                (cache / "probe").write_text("x")  # it is really read-only
+        capsys.readouterr()
+        assert main(["decode", "--no-progress"]) == 0
+        assert main(["extract", "--no-progress"]) == 0
+        assert "reused" in capsys.readouterr().out
+        assert main(FIT) == 0
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(cache)], check=True)
 
 
 def _dead_pid() -> int:

@@ -138,6 +138,9 @@ def test_compare_states_the_seeds_a_configuration_lacks(project, capsys):
     assert main(["compare", "-S", "compare.bootstrap=0"]) == 0
     notes = [x for x in capsys.readouterr().out.splitlines() if x.startswith("note: ")]
     assert len(notes) == 1 and "prototype at k=5 has no run of seed(s) 1" in notes[0], notes
+    assert main(["report", "-S", "compare.bootstrap=0"]) == 0  # the report prints the same statement
+    page = "".join(p.read_text() for p in Path("reports").rglob("*.html"))
+    assert "prototype at k=5 has no run of seed(s) 1" in page
 
 
 @pytest.mark.parametrize("damage", [b"not gzip at all", b"\x1f\x8b\x08\x00torn"])

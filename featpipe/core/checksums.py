@@ -6,7 +6,8 @@ A cache file holds, beside the dataset ``<name>``, a dataset ``<name>_crc32``: o
 ``block_rows`` rows (its attribute), over the rows' bytes as stored (dtype and shape of the dataset). CRC-32
 costs about a millisecond per megabyte: checking every row a run reads is cheap next to reading them.
 Files written before the checksums have no ``<name>_crc32``: :func:`stored` is None and nothing can be
-checked (the writers rebuild such files, see their modules).
+checked. Readers use such a file unchecked and say so once per file and process (:func:`say_unchecked`);
+the builders (``featpipe extract``, ``featpipe decode``) rebuild it in full, with checksums, and say so.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from typing import Iterator
 
 import numpy as np
 
+from featpipe.core.log import notice
+
 SUFFIX = "_crc32"
+_SAID: set[str] = set()
 BLOCK_ROWS = 256
 
 
@@ -105,3 +109,13 @@ def span(block_list, block_rows: int, n: int) -> str:
     parts = [f"{b * block_rows}-{min(n, (b + 1) * block_rows) - 1}" for b in block_list[:3]]
     more = f" and {len(block_list) - 3} more block(s)" if len(block_list) > 3 else ""
     return "rows " + ", ".join(parts) + more
+
+
+def say_unchecked(path, rebuild: str) -> None:
+    """One notice per file and process: ``path`` has no checksums, it is read unchecked, ``rebuild`` (a command)
+    rebuilds it with them."""
+    key = str(path)
+    if key not in _SAID:
+        _SAID.add(key)
+        notice(f"{path} has no checksums (written by an older featpipe): read unchecked; run '{rebuild}' to "
+               "rebuild it with checksums")

@@ -200,8 +200,10 @@ class DecodedImages:
 
     def _check(self, rows: np.ndarray) -> None:
         """The blocks holding ``rows`` checked against their checksums, each once per process; a damaged
-        one is a one-line CacheError (a file with no checksums cannot be checked: its build redoes it)."""
+        one is a one-line CacheError (a file with no checksums is read unchecked, said once; its build redoes it)."""
         f = self._file()
+        if self._sums is None:
+            checksums.say_unchecked(self.path, "featpipe decode")
         if self._sums is None or not len(rows):
             return
         block_rows = self._sums[1]

@@ -5,7 +5,10 @@ written as ``<path>.partial`` with one channel until the first colour row arrive
 a 3-channel file is started (``<path>.partial3``), the rows written so far are copied into it with their
 grey channel replicated, and the one-channel file is removed. Nothing is decoded twice. Rows left out
 at the end (rejected images) are compacted away; the CRC-32 of every block of rows (``images_crc32``,
-:mod:`featpipe.core.checksums`) is written, and the file is renamed into place.
+:mod:`featpipe.core.checksums`) is written, and the file is renamed into place. Files are written through
+:mod:`featpipe.core.h5out`: a disk that fills during the write is an ``OSError`` naming the cache (one line at
+the CLI), never a crash in libhdf5; the previous cache, if any, stays in place, and the unfinished file is
+removed (the rows it held are decoded again by the next run).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 from featpipe.core import checksums
 from featpipe.core.errors import CacheError
 from featpipe.core.fileio import ensure_space
+from featpipe.core.h5out import H5Out
 
 _BLOCK = 64  # rows per copy block (flat memory)
 _CHECK_ROWS = 64  # rows per checksum block of ``images`` (featpipe.core.checksums)
@@ -33,15 +37,16 @@ class Writer:
         self.channels = 1
         self.done = np.zeros(self.n, dtype=bool)
         self.tmp = self.path.with_name(self.path.name + ".partial")
-        self.f: h5py.File | None = self._create(self.tmp, 1)
+        self.out: H5Out | None = self._create(self.tmp, 1)
+        self.f: h5py.File | None = self.out.file
 
-    def _create(self, tmp: Path, channels: int) -> h5py.File:
+    def _create(self, tmp: Path, channels: int) -> H5Out:
         ensure_space(self.path, self.n * (self.size * self.size * channels + 200), what="the decoded-image cache")
-        f = h5py.File(tmp, "w")
+        out = H5Out(tmp, name=self.path)
         s = self.size
-        f.create_dataset("images", shape=(self.n, s, s, channels), maxshape=(None, s, s, channels), dtype=np.uint8,
-                         chunks=(1, s, s, channels))
-        return f
+        out.file.create_dataset("images", shape=(self.n, s, s, channels), maxshape=(None, s, s, channels),
+                                dtype=np.uint8, chunks=(1, s, s, channels))
+        return out
 
     def has(self, row: int) -> bool:
         return bool(self.done[row])
@@ -55,6 +60,7 @@ class Writer:
         if img.shape[-1] == 1 and self.channels == 3:
             img = np.repeat(img, 3, axis=-1)
         self.f["images"][row] = img
+        self.out.check()
         self.done[row] = True
 
     def get(self, row: int) -> np.ndarray:
@@ -65,15 +71,16 @@ class Writer:
     def _widen(self) -> None:
         tmp = self.path.with_name(self.path.name + ".partial3")
         new = self._create(tmp, 3)
-        old, dst = self.f["images"], new["images"]
+        old, dst = self.f["images"], new.file["images"]
         rows = np.flatnonzero(self.done)
         for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1) if len(rows) else []:
             for b in range(int(run[0]), int(run[-1]) + 1, _BLOCK):
                 e = min(b + _BLOCK, int(run[-1]) + 1)
                 dst[b:e] = np.repeat(old[b:e], 3, axis=-1)
-        self.f.close()
+                new.check()
+        self.out.close()
         os.unlink(self.tmp)
-        self.f, self.tmp, self.channels = new, tmp, 3
+        self.out, self.f, self.tmp, self.channels = new, new.file, tmp, 3
 
     def finish(self, keep: np.ndarray, ids: list[str], shas: list[str], attrs: dict) -> None:
         """Keep the rows where ``keep``, in order, record ids/sha256/attrs and rename into place."""
@@ -90,14 +97,17 @@ class Writer:
         self.f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
         self.f.create_dataset("sha256", data=np.array(shas, dtype=object), dtype=h5py.string_dtype("utf-8"))
         self.f.attrs.update({**self.attrs, **attrs, "channels": self.channels, "complete": True})
-        self.f.close()
-        self.f = None
+        self.out.close()  # raises the first failed write (a full disk) before the file is renamed into place
+        self.out = self.f = None
         os.replace(self.tmp, self.path)
 
     def discard(self) -> None:
         """Close and remove an unfinished file (no-op after :meth:`finish`)."""
-        if self.f is not None:
-            self.f.close()
-            self.f = None
+        if self.out is not None:
+            try:
+                self.out.close()
+            except OSError:
+                pass  # a failed write: the error being raised already says so
+            self.out = self.f = None
             if self.tmp.exists():
                 self.tmp.unlink()

@@ -1,6 +1,8 @@
 """Pictures of Grad-CAM maps: one PNG per image (original | overlay, with true and predicted class and
-probability), one grid per run (``grid.png``), and an index of what was rendered (``index.csv`` and
-``index.json``), all under ``<out>/<run>/``. Matplotlib is used without pyplot (no global state).
+probability), one grid per run (``grid.png``: the same tiles, composed as they are rendered), the maps
+(``maps.npz``) and an index of what was rendered (``index.csv`` and ``index.json``), all under ``<out>/<run>/``,
+written image by image by :class:`RunWriter` (memory flat in the number of images). Matplotlib is used without
+pyplot (no global state).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 
 from featpipe.core.fileio import atomic_write
 from featpipe.core.names import short_part
+from featpipe.explain.stream import GridPNG, MapsNPZ
 
 ALPHA = 0.45  # overlay opacity of the heat map
 CMAP = "jet"
@@ -89,78 +92,126 @@ def _short(text: str, n: int = 28) -> str:
     return text if len(text) <= n else "…" + text[-(n - 1):]
 
 
-def _save(fig, path: Path) -> None:
-    import io
+TILE_INCHES, DPI = (5.2, 3.2), 110  # one original | overlay pair: 572 x 352 px, the grid's cell
 
+
+def _pixels(fig) -> np.ndarray:
+    """The figure drawn as uint8 RGB (h, w, 3) (its size in inches times :data:`DPI`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    FigureCanvasAgg(fig)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write(path, buf.getvalue())
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def render_tile(image: np.ndarray, cam: np.ndarray, ex: Example) -> np.ndarray:
+    """One original | overlay pair, captioned, as uint8 RGB of a fixed size (every tile of a grid alike)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=TILE_INCHES, dpi=DPI)
+    gs = fig.add_gridspec(1, 2, wspace=0.05, left=0.02, right=0.98, bottom=0.03, top=0.74)
+    _pair(fig, [gs[0, 0], gs[0, 1]], image, cam, ex, title_size=9)
+    return _pixels(fig)
 
 
 def render_image(path: str | Path, image: np.ndarray, cam: np.ndarray, ex: Example) -> Path:
-    """One PNG: original | overlay, captioned."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.2, 3.2))
-    gs = fig.add_gridspec(1, 2, wspace=0.05)
-    _pair(fig, [gs[0, 0], gs[0, 1]], image, cam, ex, title_size=9)
-    _save(fig, Path(path))
+    """One PNG: original | overlay, captioned (the grid's tile)."""
+    atomic_write(path, _png(render_tile(image, cam, ex)))
     return Path(path)
 
 
-def render_grid(path: str | Path, images: Sequence[np.ndarray], cams: Sequence[np.ndarray],
-                examples: Sequence[Example], *, title: str = "", per_row: int = 2) -> Path:
-    """All examples as original | overlay pairs, ``per_row`` pairs per row (rows follow the outcome order)."""
+def _title_strip(title: str, width: int) -> np.ndarray:
     from matplotlib.figure import Figure
 
-    n = len(examples)
-    rows = max(1, -(-n // per_row))
-    fig = Figure(figsize=(4.6 * per_row, 3.0 * rows + (0.5 if title else 0)))
-    gs = fig.add_gridspec(rows, 2 * per_row, wspace=0.06, hspace=0.55)
-    for k, (img, cam, ex) in enumerate(zip(images, cams, examples)):
-        r, c = divmod(k, per_row)
-        _pair(fig, [gs[r, 2 * c], gs[r, 2 * c + 1]], img, cam, ex, title_size=9)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    _save(fig, Path(path))
-    return Path(path)
+    lines = title.count("\n") + 1
+    fig = Figure(figsize=(width / DPI, 0.28 * lines + 0.2), dpi=DPI)
+    fig.text(0.5, 0.5, title, ha="center", va="center", fontsize=11)
+    strip = _pixels(fig)
+    return strip[:, :width] if strip.shape[1] >= width else np.pad(
+        strip, ((0, 0), (0, width - strip.shape[1]), (0, 0)), constant_values=255)
 
 
-def write_run(out_dir: str | Path, run: str, images: Sequence[np.ndarray], cams: np.ndarray,
-              examples: Sequence[Example], *, info: dict | None = None, per_row: int = 2) -> dict:
-    """Write ``<out_dir>/<run>/``: one PNG per example, ``grid.png``, ``maps.npz``, ``index.csv`` and
-    ``index.json``; returns the index (a dict with ``run``, ``info``, ``images`` and ``grid``)."""
-    import pandas as pd
-
-    folder = Path(out_dir) / slug(run)
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for k, (img, cam, ex) in enumerate(zip(images, cams, examples)):
-        stem = ex.id.rsplit(".", 1)[0] if re.search(r"\.[A-Za-z]{3,4}$", ex.id) else ex.id
-        name = f"{k:03d}-{slug(ex.outcome or 'image')}-{slug(stem)}.png"
-        render_image(folder / name, img, cam, ex)
-        rows.append(asdict(ex) | {"file": name})
-    info = info or {}
+def _grid_title(run: str, info: dict) -> str:
     title = run + (f"\nGrad-CAM at {info['layer']}" if info.get("layer") else "")
     if info.get("grid"):
         title += f" ({info['grid'][0]}x{info['grid'][1]} grid)"
     if info.get("threshold") is not None:
         title += f"; decision: p({info['classes'][1]}) >= {info['threshold']:.3f}"
-    render_grid(folder / "grid.png", images, cams, examples, title=title, per_row=per_row)
-    import io
+    return title
 
-    buf = io.BytesIO()
-    np.savez_compressed(buf, ids=np.array([e.id for e in examples], dtype=str), maps=np.asarray(cams, np.float16))
-    atomic_write(folder / "maps.npz", buf.getvalue())
-    atomic_write(folder / "index.csv", pd.DataFrame(rows, columns=list(asdict(examples[0]).keys()) if examples
-                                                    else ["id"]).to_csv(index=False))
-    clean = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()} for r in rows]
-    index = {"run": run, "info": info or {}, "grid": "grid.png", "maps": "maps.npz", "images": clean}
-    atomic_write(folder / "index.json", json.dumps(index, indent=1, default=_json_default))
-    return index
+
+class RunWriter:
+    """``<out_dir>/<run>/`` written image by image: one PNG per example, ``grid.png`` (composed tile by tile,
+    :class:`featpipe.explain.stream.GridPNG`), ``maps.npz`` (:class:`~featpipe.explain.stream.MapsNPZ`),
+    ``index.csv`` and ``index.json``. Memory holds one row of the grid, whatever ``n``; the grid and the maps
+    appear when :meth:`close` succeeds, and :meth:`abort` removes their temporaries."""
+
+    def __init__(self, out_dir: str | Path, run: str, *, ids: Sequence[str], map_shape: tuple[int, int],
+                 info: dict | None = None, per_row: int = 2):
+        self.run, self.info, self.n = run, dict(info or {}), len(ids)
+        self.folder = Path(out_dir) / slug(run)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tile = (int(TILE_INCHES[1] * DPI), int(TILE_INCHES[0] * DPI))
+        self.rows: list[dict] = []
+        self.grid = GridPNG(self.folder / "grid.png", n=self.n, tile=tile, per_row=per_row,
+                            title=_title_strip(_grid_title(run, self.info), per_row * tile[1]))
+        try:
+            self.maps = MapsNPZ(self.folder / "maps.npz", list(ids), map_shape)
+        except BaseException:
+            self.grid.abort()
+            raise
+
+    def add(self, image: np.ndarray, cam: np.ndarray, ex: Example) -> None:
+        k = len(self.rows)
+        stem = ex.id.rsplit(".", 1)[0] if re.search(r"\.[A-Za-z]{3,4}$", ex.id) else ex.id
+        name = f"{k:03d}-{slug(ex.outcome or 'image')}-{slug(stem)}.png"
+        tile = render_tile(image, cam, ex)
+        atomic_write(self.folder / name, _png(tile))
+        self.grid.add(tile)
+        self.maps.add(np.asarray(cam)[None])
+        self.rows.append(asdict(ex) | {"file": name})
+
+    def abort(self) -> None:
+        self.grid.abort()
+        self.maps.abort()
+
+    def close(self) -> dict:
+        """Finish the grid and the maps, write the index; returns it (``run``, ``info``, ``images``, ``grid``)."""
+        import pandas as pd
+
+        self.grid.close()
+        self.maps.close()
+        columns = list(self.rows[0]) if self.rows else ["id"]
+        atomic_write(self.folder / "index.csv", pd.DataFrame(self.rows, columns=columns).to_csv(index=False))
+        clean = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
+                 for r in self.rows]
+        index = {"run": self.run, "info": self.info, "grid": "grid.png", "maps": "maps.npz", "images": clean}
+        atomic_write(self.folder / "index.json", json.dumps(index, indent=1, default=_json_default))
+        return index
+
+
+def write_run(out_dir: str | Path, run: str, images: Sequence[np.ndarray], cams: np.ndarray,
+              examples: Sequence[Example], *, info: dict | None = None, per_row: int = 2) -> dict:
+    """:class:`RunWriter` over examples held in memory; returns the index."""
+    cams = np.asarray(cams)
+    w = RunWriter(out_dir, run, ids=[e.id for e in examples], map_shape=cams.shape[1:], info=info, per_row=per_row)
+    try:
+        for img, cam, ex in zip(images, cams, examples):
+            w.add(img, cam, ex)
+        return w.close()
+    except BaseException:
+        w.abort()
+        raise
 
 
 def _json_default(x):

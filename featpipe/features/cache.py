@@ -17,7 +17,10 @@ Layout (readable with plain ``h5py``, ``pandas`` or ``h5dump``; no featpipe need
                 and for a shard file: shard ("i/n"), shard_rows ("start:stop" in the manifest)
 
 A file is only ever written whole: to a temporary name in the same folder, then renamed into place
-(:func:`write_features`), so a reader never sees a half-written cache under its final name.
+(:func:`write_features`), so a reader never sees a half-written cache under its final name. It is written through
+:mod:`featpipe.core.h5out`, so a disk that fills during the write is an ``OSError`` (one line at the CLI), never
+a crash in libhdf5; rows are streamed block by block (memory stays flat), and the rows an extraction computed
+stay in its journal (``<cache>.partial/``) for the next run.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ import numpy as np
 
 from featpipe.core import checksums
 from featpipe.core.errors import CacheError
-from featpipe.core.fileio import atomic_path, atomic_write, ensure_space
+from featpipe.core.fileio import atomic_write, ensure_space
+from featpipe.core.h5out import write_h5
 from featpipe.core.locks import LockTimeout, build_lock
 from featpipe.core.names import cache_name
 from featpipe.core.provenance import mismatch
@@ -142,6 +146,7 @@ def _check_rows(f: h5py.File, raw: np.ndarray, path) -> None:
     """``raw`` (all of ``features`` as stored) against the file's checksums; a mismatch is a CacheError."""
     rec = checksums.stored(f, "features")
     if rec is None:
+        checksums.say_unchecked(path, f"featpipe extract --backbone {f.attrs.get('backbone', '<backbone>')}")
         return
     sums, rows = rec
     n_blocks = -(-len(raw) // rows)
@@ -160,7 +165,8 @@ _VERIFIED: set = set()
 
 
 def verify(path: str | Path) -> None:
-    """Check every row of a cache file against its checksums, once per file version per process."""
+    """Check every row of a cache file against its checksums, once per file version per process (a file with
+    none is read unchecked, said once: :func:`featpipe.core.checksums.say_unchecked`)."""
     p = Path(path)
     st = p.stat()
     key = (str(p.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
@@ -168,6 +174,8 @@ def verify(path: str | Path) -> None:
         return
     with _open(p) as f:
         bad = checksums.bad_blocks(f, "features")
+        if bad is None:
+            checksums.say_unchecked(p, f"featpipe extract --backbone {f.attrs.get('backbone', '<backbone>')}")
         if bad:
             raise damaged(p, checksums.span(bad, checksums.stored(f, "features")[1], f["features"].shape[0]))
     _VERIFIED.add(key)
@@ -269,31 +277,32 @@ def write_features(path: str | Path, *, ids: Sequence[str], features: np.ndarray
     if len(labels) != n or (sha256 is not None and len(sha256) != n):
         raise ValueError("ids, labels and sha256 must have the same length")
     ensure_space(path, n * (int(dim) * np.dtype(dtype).itemsize + 200), what="the feature cache")
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            rows = max(1, min(n, _CHUNK_BYTES // max(1, dim * np.dtype(dtype).itemsize)))
-            ds = f.create_dataset("features", shape=(n, dim), dtype=dtype, chunks=(rows, dim) if n else None)
-            at, sums = 0, checksums.Running()
-            for block in blocks:
-                block = np.asarray(block).astype(dtype, copy=False)
-                ds[at:at + len(block)] = block
-                sums.add(block)
-                at += len(block)
-            if at != n:
-                raise ValueError(f"got {at} feature rows for {n} ids")
-            checksums.write(f, "features", sums.sums, sums.block_rows)
-            f.create_dataset("ids", data=np.asarray(list(ids), dtype=object), dtype=STR)
-            f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
-            if sha256 is not None:
-                f.create_dataset("sha256", data=np.asarray(list(sha256), dtype=object), dtype=STR)
-            for k, v in attrs.items():
-                if isinstance(v, dict):
-                    v = json.dumps(v, sort_keys=True)
-                elif isinstance(v, str):
-                    v = str(v)  # str subclasses (torch's version string) are not storable as is
-                f.attrs[k] = "" if v is None else v
-            f.attrs["embedding_dim"] = int(dim)
-            f.attrs["complete"] = True
+    with write_h5(path) as out:  # a full disk is an OSError here, never a crash in libhdf5
+        f = out.file
+        rows = max(1, min(n, _CHUNK_BYTES // max(1, dim * np.dtype(dtype).itemsize)))
+        ds = f.create_dataset("features", shape=(n, dim), dtype=dtype, chunks=(rows, dim) if n else None)
+        at, sums = 0, checksums.Running()
+        for block in blocks:
+            block = np.asarray(block).astype(dtype, copy=False)
+            ds[at:at + len(block)] = block
+            out.check()
+            sums.add(block)
+            at += len(block)
+        if at != n:
+            raise ValueError(f"got {at} feature rows for {n} ids")
+        checksums.write(f, "features", sums.sums, sums.block_rows)
+        f.create_dataset("ids", data=np.asarray(list(ids), dtype=object), dtype=STR)
+        f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+        if sha256 is not None:
+            f.create_dataset("sha256", data=np.asarray(list(sha256), dtype=object), dtype=STR)
+        for k, v in attrs.items():
+            if isinstance(v, dict):
+                v = json.dumps(v, sort_keys=True)
+            elif isinstance(v, str):
+                v = str(v)  # str subclasses (torch's version string) are not storable as is
+            f.attrs[k] = "" if v is None else v
+        f.attrs["embedding_dim"] = int(dim)
+        f.attrs["complete"] = True
     return path
 
 

@@ -93,6 +93,15 @@ def split_rows(splits: Splits) -> tuple[list[str], dict, np.ndarray, np.ndarray]
     return ids, row, val, test
 
 
+def check_class_count(splits: Splits, limit: int) -> None:
+    """One line, before any fit, when the task has more classes than ``limit`` (``fit.max_classes``)."""
+    n = len(splits.classes)
+    if n > limit:
+        raise DataError(f"{splits.dataset} has {n:,} classes, more than fit.max_classes = {limit:,} (every run's "
+                        "predictions, curves and per-class metrics grow with the classes); merge classes, or raise "
+                        f"the limit with -S fit.max_classes={n} if you accept the time and memory")
+
+
 def load_cache(cache_dir: str | Path, splits: Splits, backbone: str, *, layer: str | None = None,
                weights: str = "default") -> CacheData:
     """Read ``cache/<dataset>/<backbone>[@layer][+tag].h5`` and check it belongs to these splits."""

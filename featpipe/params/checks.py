@@ -16,7 +16,7 @@ from typing import Any, Iterator
 from featpipe.core.errors import ConfigError
 
 POSITIVE = (  # > 0
-    "data.max_image_pixels", "data.medmnist_size", "data.synthetic.images_per_class", "data.synthetic.size",
+    "data.max_image_pixels", "data.medmnist_size", "fit.max_classes", "data.synthetic.images_per_class", "data.synthetic.size",
     "data.synthetic.images_per_patient", "decode.workers", "extract.batch_size", "heads.logistic.C",
     "heads.logistic.max_iter", "heads.svc.C", "heads.mlp.hidden", "heads.mlp.epochs", "heads.mlp.lr", "heads.mlp.tol",
     "heads.mlp.n_iter_no_change", "heads.prototype.temperature", "finetune.lr", "finetune.batch_size",

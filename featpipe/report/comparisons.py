@@ -13,7 +13,7 @@ import pandas as pd
 
 from featpipe.report.html import details, table
 from featpipe.report.plots import METRIC_LABELS
-from featpipe.results.compare import COMPARISONS_CSV, seed_comparisons, smallest_p, verdict
+from featpipe.results.compare import COMPARISONS_CSV, seed_comparisons, seed_gaps, smallest_p, verdict
 from featpipe.results.summary import config_labels, select_best, summarize_runs
 
 HEADER = ["shots", "chosen on val (A)", "other (B)", "seeds (pairing)", "mean {label} A − B",
@@ -87,7 +87,8 @@ def comparison_section(comparisons: pd.DataFrame, best: Sequence[Mapping], metri
             "<code>compare.reference</code>). " + floor_html + " A difference is called only when the Holm p is "
             "below 0.05 and the 95% interval (seeds + test patients) excludes 0. Grey rows: B has degenerate runs.</p>"
             f"<p>Shown: the chosen configuration against the runner-up on val per shot count, and every comparison "
-            f"that found a difference ({sum(r['significant'] for r in rows)} of {len(rows)}).</p>")
+            f"that found a difference ({sum(r['significant'] for r in rows)} of {len(rows)}).</p>"
+            + "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in comparisons.attrs.get("notes", [])))
     out = text + (mk(shown, "comparisons-shown") if shown else "<p>None.</p>")
     if rest:
         out += details(f"{len(rest)} more comparisons, none with a detectable difference", mk(rest, "comparisons-rest"))
@@ -118,6 +119,7 @@ def read_comparisons(results_dir: Path, runs: pd.DataFrame, params) -> pd.DataFr
     if f.is_file():
         t = pd.read_csv(f)
         if set(t["config_a"]) | set(t["config_b"]) <= set(config_labels(runs)):
+            t.attrs["notes"] = seed_gaps(runs)  # seeds left out of the pairing (a CSV does not keep them)
             return t
     metric = params.report.metric
     summary = summarize_runs(runs, clinical=params.clinical, select_metric=metric)

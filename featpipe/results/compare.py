@@ -153,7 +153,9 @@ def seed_comparisons(runs: pd.DataFrame, *, metrics: Sequence[str], reference: s
         out.loc[idx, "p_holm"] = holm(out.loc[idx, "p_value"].to_numpy())
         out.loc[idx, "family"] = len(idx)
         out.loc[idx, "min_p_holm"] = [min(1.0, len(idx) * floor[out.index.get_loc(i)]) for i in idx]
-    return out[COLUMNS]
+    out = out[COLUMNS]
+    out.attrs["notes"] = seed_gaps(runs)  # the seeds left out of the pairing, and why: what compare and report print
+    return out
 
 
 def _zeroshot_rows(t: pd.DataFrame, metric: str, *, reference: str | None, chosen: Mapping[int, str] | None,

@@ -21,7 +21,7 @@ from featpipe.core.errors import DataError, FeatpipeError
 from featpipe.data.manifest import read_manifest
 from featpipe.data.splits import Splits, load_splits
 from featpipe.evaluation.table import RunJournal
-from featpipe.fewshot.fit import RunResult, load_cache, run_grid
+from featpipe.fewshot.fit import RunResult, check_class_count, load_cache, run_grid
 from featpipe.fewshot.zeroshot import zeroshot_runs
 from featpipe.params.config import Params
 from featpipe.results.stats import bootstrap_ci
@@ -65,6 +65,7 @@ def fit(splits_path: str | Path, *, head: str, shots: int, seeds: Sequence[int] 
         n_jobs: int | None = None) -> tuple[list[RunResult], dict]:
     """One head at one k on every seed: writes rows, curves, metrics.json, models; returns (runs, summary)."""
     splits = load_splits(splits_path)
+    check_class_count(splits, params.fit.max_classes)
     backbone = backbone or params.extract.backbones[0]
     seeds = list(seeds or params.fit.seeds or sorted(splits.fewshot))
     data = load_cache(cache_dir, splits, backbone, layer=layer if layer is not None else params.extract.layer,
@@ -85,6 +86,7 @@ def sweep(splits_path: str | Path, *, params: Params, cache_dir: str | Path = "c
     ``TEXT.txt`` saying why (and makes the models folder) and returns no runs."""
     splits = load_splits(splits_path)
     f = params.fit
+    check_class_count(splits, f.max_classes)
     backbones = list(backbones or f.backbones or params.extract.backbones)
     if text_only:
         without = [b for b in backbones if get_backbone(b).text is None]
