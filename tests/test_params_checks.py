@@ -112,7 +112,7 @@ def test_joblib_negative_n_jobs_runs_the_same_sweep(project, capsys):
 def test_compare_refuses_a_comparison_missing_a_runs_predictions(project, capsys):
     assert main(["sweep"]) == 0
     assert main(["compare"]) == 0
-    victim = sorted(Path("results/predictions").glob("*.csv.gz"))[0]
+    victim = sorted(Path("results/predictions").glob("*.fpruns"))[0]  # the sweep's run log: every run's predictions
     victim.unlink()
     capsys.readouterr()
     assert main(["compare"]) == 1
