@@ -143,11 +143,17 @@ def test_compare_states_the_seeds_a_configuration_lacks(project, capsys):
     assert "prototype at k=5 has no run of seed(s) 1" in page
 
 
-@pytest.mark.parametrize("damage", [b"not gzip at all", b"\x1f\x8b\x08\x00torn"])
+@pytest.mark.parametrize("damage", ["not a run log", "bytes flipped inside a record"])
 def test_a_damaged_predictions_file_is_one_line_naming_it(project, capsys, damage):
     assert main(["sweep"]) == 0
-    victim = sorted(Path("results/predictions").glob("*.csv.gz"))[0]
-    victim.write_bytes(damage)
+    victim = sorted(Path("results/predictions").glob("*.fpruns"))[0]
+    data = bytearray(victim.read_bytes())
+    if damage == "not a run log":
+        data = bytearray(b"not a run log at all")
+    else:
+        mid = len(data) // 2
+        data[mid:mid + 16] = bytes(b ^ 0xFF for b in data[mid:mid + 16])
+    victim.write_bytes(bytes(data))
     capsys.readouterr()
     assert main(["compare"]) == 1
     err = capsys.readouterr().err.strip()
