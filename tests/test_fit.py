@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from featpipe.cli.main import main
+from featpipe.core import checksums
 from featpipe.params.config import load_params
 from featpipe.core.errors import CacheError, DataError
 from featpipe.evaluation.metrics import choose_threshold
@@ -21,13 +22,14 @@ MANIFEST_SHA = "m" * 64
 
 
 def write_cache(path: Path, ids, X, y, **attrs) -> Path:
-    """The feature-cache layout of docs/architecture.md, written with h5py directly."""
+    """The feature-cache layout of docs/architecture.md (with its per-block checksums), written with h5py directly."""
     path.parent.mkdir(parents=True, exist_ok=True)
     base = {"backbone": "toy", "weights": "default", "weights_id": "random:seed0", "layer": "",
             "preprocess": json.dumps({"input_size": 28, "mean": [0.5] * 3, "std": [0.5] * 3}),
             "manifest_sha256": MANIFEST_SHA, "embedding_dim": X.shape[1], "precision": "fp32", "complete": True}
     with h5py.File(path, "w") as f:
         f["features"] = np.asarray(X, np.float32)
+        checksums.write(f, "features", checksums.of_dataset(f["features"]), checksums.BLOCK_ROWS)  # as extract writes
         f["ids"] = np.asarray(ids, dtype=object).astype(h5py.string_dtype("utf-8"))
         f["labels"] = np.asarray(y, np.int64)
         for k, v in (base | attrs).items():
