@@ -195,8 +195,7 @@ def prediction_frame(classes: Sequence[str], **parts) -> pd.DataFrame:
         p = np.asarray(proba, dtype=np.float64)
         if p.ndim == 1:
             p = np.column_stack([1 - p, p])
-        f = pd.DataFrame({"split": name, "id": list(ids), "label": np.asarray(y, dtype=np.int64)})
-        for j, c in enumerate(classes):
-            f[proba_column(c)] = p[:, j]
-        frames.append(f)
+        cols = {"split": name, "id": list(ids), "label": np.asarray(y, dtype=np.int64)}
+        cols.update({proba_column(c): p[:, j] for j, c in enumerate(classes)})  # one frame, not a column per insert
+        frames.append(pd.DataFrame(cols))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["split", "id", "label"])
