@@ -185,6 +185,57 @@ def test_dvc_repro_on_the_default_params_with_planted_weights(tmp_path, monkeypa
 
 
 @pytest.mark.slow
+def test_dvc_repro_biomedclip_zero_shot_text_prior_knn_patients_and_temperature(tmp_path, monkeypatch,
+                                                                                 pneumoniamnist, tmp_path_factory):
+    """BiomedCLIP (open_clip, planted snapshot of tests/library_fixtures.py) through `dvc repro` on the study's
+    params reduced to it: its zero-shot stage (one run per prompt set, k = 0), its text-initialised head beside the
+    plain logistic one, kNN, shots counted in patients and temperature scaling, to runs.csv and the report. No
+    fine-tuning and no Grad-CAM runs (the default-params test above covers those)."""
+    import library_fixtures as lf
+    import pandas as pd
+    import pretrained_fixtures as pf
+
+    home = tmp_path_factory.mktemp("biomedclip-weights")
+    lf.plant_biomedclip(home)
+    lf.use(monkeypatch, home)
+    work = tmp_path / "project"
+    pf.tiny_npz(pneumoniamnist, work / "data" / "cxr-slice.npz", {"train": 11, "val": 1, "test": 2})
+    for name in ("dvc.yaml", "prompts.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, work / name)
+    params = reduced_params("data/cxr-slice.npz")
+    params["extract"]["backbones"] = ["biomedclip"]
+    params["fit"].update({"heads": ["logistic", "knn"], "bootstrap": 100})
+    params["finetune"]["backbones"], params["gradcam"]["runs"] = [], []
+    params["split"]["shot_unit"], params["heads"]["calibrate"] = "patient", "temperature"
+    params["compare"]["bootstrap"] = 100
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run("git", "init", "-q", cwd=work)
+    _run(DVC, "init", "-q", cwd=work)
+    _run(DVC, "config", "core.analytics", "false", cwd=work)
+
+    out = _run(DVC, "repro", cwd=work, timeout=3000)
+    assert _ran(out) == {"fetch", "prepare", "decode", "extract@biomedclip", "fit@biomedclip-logistic",
+                         "fit@biomedclip-knn", "zeroshot@biomedclip", "textfit@biomedclip", "collect", "compare",
+                         "gradcam", "report"}
+    runs = pd.read_csv(work / "results/runs.csv")
+    n_sets = len(yaml.safe_load((ROOT / "prompts.yaml").read_text())["sets"])
+    assert set(runs["backbone"]) == {"biomedclip"} and len(runs) == 3 + n_sets
+    zs = runs[runs["head"] == "zeroshot"]  # one run per prompt set at k = 0, its index as the seed
+    assert len(zs) == n_sets and set(zs["shots"]) == {0} and sorted(zs["seed"]) == list(range(n_sets))
+    assert set(zs["features"]) == {"image_embeds"} and zs["auroc"].between(0, 1).all()
+    fitted = runs[runs["head"] != "zeroshot"].set_index("head")
+    assert sorted(fitted.index) == ["knn", "logistic", "textlogistic"] and set(fitted["shots"]) == {10}
+    assert (fitted["n_train"] == 20).all()  # 10 patients per class, one image each (MedMNIST: no patient ids)
+    # temperature scaling on val for the heads whose outputs are probabilities, recorded in the row
+    assert set(fitted["calibration"]) == {"temperature"} and (fitted["temperature"] > 0).all()
+    assert fitted[["ece", "val_ece"]].notna().all().all()
+    assert json.loads((work / "data/splits.json").read_text())["params"]["shot_unit"] == "patient"
+    html = (work / "reports/report.html").read_text()
+    assert "Shots count <b>patients</b>" in html and "Calibration" in html
+    assert "Text prior against the plain logistic head" in html and "src=\"http" not in html
+
+
+@pytest.mark.slow
 def test_a_failed_repro_reruns_only_what_it_left_undone(tmp_path, figure1_dir):
     """A `dvc repro` in a git repository that fails at prepare_external (a label_map to a class the study lacks),
     then the map fixed: the next repro runs the external stages and the report, and not collect or compare. DVC
