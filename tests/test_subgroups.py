@@ -149,7 +149,7 @@ def test_multilabel_intervals_and_gap_equal_a_reference_patient_bootstrap():
     for _ in range(200):
         pick = rng.integers(0, 120, 120)
         idx = np.ravel(np.column_stack([2 * pick, 2 * pick + 1]))
-        for a, v in boot:
+        for a, v in list(boot):
             macro, per = _reference_macro(Y, P, idx[groups[a][idx] == v])
             boot[(a, v)].append(np.r_[macro, per])
     boot = {c: np.asarray(b) for c, b in boot.items()}
