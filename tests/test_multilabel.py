@@ -349,9 +349,10 @@ def _external_and_subgroups_match_sklearn(html: str, s) -> None:
     assert macro[0][4].startswith(f"{rows4['auroc'].mean():.3f}")
     sub = _cells(html, "subgroups")
     header = next(c for c in sub if c[:3] == ["attribute", "group", "n"])
-    assert header[3] == "macro AUROC" and header[4:] == [f"AUROC {n}" for n in LABELS]
+    assert header[3] == "macro AUROC [95%]" and header[4:] == [f"AUROC {n} [95%]" for n in LABELS]
     first = [c for c in sub[sub.index(header) + 1:] if c and c[0] in ("Sex", "age_band")]
     intro = html[html.index('id="subgroups"'):]
+    assert "A multi-label study: per group, macro AUROC" in intro.split("</p>")[0]  # the method stated is multi-label's
     rid_seed = int(intro.split(" shots, seed ")[1].split(" ")[0])
     best = runs[(runs["shots"] == 4) & runs["head"].astype(str).str.endswith(config) & (runs["seed"] == rid_seed)]
     pred = read_predictions("results", best["run_id"].astype(str))
@@ -371,7 +372,7 @@ def _external_and_subgroups_match_sklearn(html: str, s) -> None:
             k = (y >= 0) & np.isfinite(p)
             if len(np.unique(y[k])) == 2:
                 aurocs.append(roc_auc_score(y[k], p[k]))
-                assert per[j] == f"{aurocs[-1]:.3f}"
+                assert per[j].startswith(f"{aurocs[-1]:.3f} [")  # with its bootstrap interval
             else:
                 assert per[j] == "–"
         assert cell.startswith(f"{np.mean(aurocs):.3f}" if aurocs else "–")
@@ -474,10 +475,11 @@ def test_multilabel_runs_write_predictions_and_subgroups_give_per_label_and_macr
     assert len(cur) == 1 and set(cur[0]) == {n for n in LABELS if np.isfinite(run[f"auroc[{n}]"])}
     for n, c in cur[0].items():
         assert roc_auc(c["roc"]) == pytest.approx(run[f"auroc[{n}]"], abs=1e-4)  # curve points: 5 decimals
-    settings = SubgroupSettings(("Sex",), min_size=4)
+    settings = SubgroupSettings(("Sex",), min_size=4, n_boot=20)
     manifest = pd.read_csv("data/manifest.csv", dtype=str, keep_default_na=False)
     groups = group_labels(manifest, list(test["id"]), settings)
-    tab = multilabel_subgroups(Y, P, LABELS, groups, min_size=4).set_index("group")
+    tab, _ = multilabel_subgroups(Y, P, LABELS, groups, settings=settings)
+    tab = tab.set_index("group")
     sex = np.asarray(groups["Sex"])
     assert set(tab.index) == set(sex)
     for g, r in tab.iterrows():

@@ -18,6 +18,7 @@ from featpipe.results.subgroups import (
     SubgroupSettings,
     age_bands,
     group_labels,
+    multilabel_subgroups,
     subgroup_metrics,
 )
 
@@ -107,6 +108,76 @@ def test_gap_interval_covers_the_true_gap_in_a_small_simulation():
         sign = 1 if g["best_group"] == "a" else -1
         hits += g["gap_low"] <= sign * 0.2 <= g["gap_high"]
     assert hits >= 34  # 95% nominal; 34 of 40 leaves room for simulation noise (P(X < 34) ~ 0.7% at 0.95)
+
+
+def _multilabel_data(n=240, seed=0):
+    """Three labels (unknown cells -1) and a label without a head (NaN); the model is worse on sex M; view LAT holds
+    12 images (below min_size); two images per patient."""
+    rng = np.random.default_rng(seed)
+    Y = rng.integers(0, 2, (n, 4))
+    Y[rng.random((n, 4)) < 0.2] = -1
+    sex = rng.choice(["F", "M"], n)
+    view = np.where(np.arange(n) < 12, "LAT", rng.choice(["AP", "PA"], n))
+    noise = np.where(sex == "F", 0.15, 0.35)[:, None]
+    P = np.clip(0.5 * (Y == 1) + 0.25 + rng.normal(0, 1, (n, 4)) * noise, 0, 1)
+    P[:, 3] = np.nan  # no head for the last label
+    patients = [f"{i // 2:05d}" for i in range(n)]
+    return Y, P, {"sex": sex, "view": view}, patients
+
+
+def _reference_macro(Y, P, rows):
+    """Per-label AUROC (scikit-learn) on ``rows`` where the label is known, and their mean over the labels scored."""
+    per = []
+    for j in range(Y.shape[1]):
+        y, p = Y[rows, j], P[rows, j]
+        k = y >= 0
+        per.append(roc_auc_score(y[k], p[k]) if len(np.unique(y[k])) == 2 and np.isfinite(p[k]).all() else np.nan)
+    per = np.asarray(per)
+    return (per[np.isfinite(per)].mean() if np.isfinite(per).any() else np.nan), per
+
+
+def test_multilabel_intervals_and_gap_equal_a_reference_patient_bootstrap():
+    """Macro and per-label AUROC intervals of each group and the macro-AUROC gap's paired interval equal a bootstrap
+    written here over the same resamples (patients drawn with default_rng(seed), both images of a drawn patient);
+    the too-few group LAT is listed with no number and takes no part in the gap."""
+    Y, P, groups, patients = _multilabel_data()
+    labels = ["a", "b", "c", "d"]
+    settings = SubgroupSettings(("sex", "view"), min_size=20, n_boot=200, seed=5)
+    tab, gaps = multilabel_subgroups(Y, P, labels, groups, settings=settings, patients=patients)
+    rng = np.random.default_rng(5)
+    boot = {(a, v): [] for a, v in [("sex", "F"), ("sex", "M"), ("view", "AP"), ("view", "PA")]}
+    for _ in range(200):
+        pick = rng.integers(0, 120, 120)
+        idx = np.ravel(np.column_stack([2 * pick, 2 * pick + 1]))
+        for a, v in list(boot):
+            macro, per = _reference_macro(Y, P, idx[groups[a][idx] == v])
+            boot[(a, v)].append(np.r_[macro, per])
+    boot = {c: np.asarray(b) for c, b in boot.items()}
+    for (a, v), b in boot.items():
+        r = tab[(tab["attribute"] == a) & (tab["group"] == v)].iloc[0]
+        assert r["status"] == "scored"
+        assert r["auroc"] == pytest.approx(_reference_macro(Y, P, np.flatnonzero(groups[a] == v))[0], abs=1e-12)
+        for col, values in [("auroc", b[:, 0]), *[(f"auroc[{n}]", b[:, j + 1]) for j, n in enumerate(labels)]]:
+            v_ok = values[np.isfinite(values)]
+            if not v_ok.size:  # label d: no head, no interval
+                assert np.isnan(r[f"{col}_low"]) and np.isnan(r[f"{col}_high"])
+                continue
+            lo, hi = np.quantile(v_ok, [0.025, 0.975])
+            assert (r[f"{col}_low"], r[f"{col}_high"]) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
+    lat = tab[tab["group"] == "LAT"].iloc[0]
+    assert lat["status"] == TOO_FEW and lat["n"] == 12 and np.isnan(lat["auroc"]) and np.isnan(lat["auroc_low"])
+    assert list(gaps["metric"]) == ["auroc", "auroc"] and list(gaps["attribute"]) == ["sex", "view"]
+    for g in gaps.to_dict("records"):
+        assert "LAT" not in (g["worst_group"], g["best_group"])
+        best, worst = boot[(g["attribute"], g["best_group"])][:, 0], boot[(g["attribute"], g["worst_group"])][:, 0]
+        diff = (best - worst)[np.isfinite(best - worst)]
+        lo, hi = np.quantile(diff, [0.025, 0.975])
+        assert (g["gap_low"], g["gap_high"]) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
+        rows = tab.set_index(["attribute", "group"])
+        assert g["gap"] == pytest.approx(rows.loc[(g["attribute"], g["best_group"]), "auroc"]
+                                         - rows.loc[(g["attribute"], g["worst_group"]), "auroc"])
+    sex = gaps[gaps["attribute"] == "sex"].iloc[0]
+    assert (sex["worst_group"], sex["best_group"]) == ("M", "F") and sex["gap_low"] > 0  # the model is worse on M
 
 
 def test_age_bands_and_unknowns():

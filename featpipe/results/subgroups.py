@@ -20,8 +20,9 @@ Intervals (95%):
 A group with fewer than ``min_size`` test images is listed with ``status = "too few"`` and no number; it takes no
 part in the gap. An attribute with fewer than two scored groups has no gap.
 
-A multi-label run (:func:`multilabel_subgroups`): per group ``n``, AUROC per label and macro AUROC (no intervals,
-no gap yet).
+A multi-label run (:func:`multilabel_subgroups`): per group ``n``, AUROC per label and macro AUROC, each with its
+percentile bootstrap interval over the same resamples of patients (same resampler, ``n_boot`` and seed), and the
+worst-group gap of macro AUROC with its paired interval; "too few" as above.
 """
 
 from __future__ import annotations
@@ -161,13 +162,13 @@ def _percentile(values: np.ndarray, confidence: float = 0.95) -> tuple[float, fl
     return float(lo), float(hi)
 
 
-def _gaps(table: pd.DataFrame, boot: dict) -> pd.DataFrame:
+def _gaps(table: pd.DataFrame, boot: dict, metrics: Sequence[str] = GAP_METRICS) -> pd.DataFrame:
     """Per attribute and gap metric: best - worst scored group, with its paired percentile interval."""
     rows = []
     if table.empty or "status" not in table.columns:
         return pd.DataFrame(rows)
     for a, t in table[table["status"] == "scored"].groupby("attribute", sort=False):
-        for m in GAP_METRICS:
+        for m in metrics:
             t2 = t[np.isfinite(t[m].astype(float))]
             if len(t2) < 2:
                 continue
@@ -180,25 +181,72 @@ def _gaps(table: pd.DataFrame, boot: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _label_aurocs(Y: np.ndarray, P: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """AUROC of each label on the images ``rows`` (repeats allowed) where that label is known; NaN where they hold
+    one class of it or the label has no head (the ``auroc`` of :func:`featpipe.evaluation.multilabel.label_scores`)."""
+    out = np.full(Y.shape[1], math.nan)
+    for j in range(Y.shape[1]):
+        y, p = Y[rows, j], P[rows, j]
+        k = y >= 0
+        if k.any() and not np.isnan(p[k]).any():
+            out[j] = fast_scores(y[k].astype(np.int64), np.column_stack([1 - p[k], p[k]]), n_classes=2,
+                                 threshold=0.5, metrics=("auroc",))["auroc"]
+    return out
+
+
+def _macro_auroc(per: np.ndarray) -> float:
+    return float(np.mean(per[np.isfinite(per)])) if np.isfinite(per).any() else math.nan
+
+
+def _multilabel_bootstrap(Y, P, labels, g, scored, settings: SubgroupSettings, patients) -> dict:
+    """{(attribute, group): {"auroc": macro AUROC, "auroc[<label>]": ...: values over the resamples}}, every group
+    read off the same resamples (:class:`PatientResampler`, ``settings.seed``) as :func:`_bootstrap`."""
+    units = np.asarray(patients).astype(str) if patients is not None else np.arange(Y.shape[0]).astype(str)
+    draws = {c: [] for c in scored}
+    for idx in PatientResampler(units).draws(settings.n_boot, settings.seed):
+        for a, v in scored:
+            per = _label_aurocs(Y, P, idx[g[a][idx] == v])
+            draws[(a, v)].append(np.r_[_macro_auroc(per), per])
+    out = {}
+    for c, d in draws.items():
+        m = np.asarray(d, dtype=float).reshape(-1, len(labels) + 1)
+        out[c] = {"auroc": m[:, 0], **{f"auroc[{n}]": m[:, j + 1] for j, n in enumerate(labels)}}
+    return out
+
+
 def multilabel_subgroups(Y, P, labels: Sequence[str], groups: Mapping[str, Sequence[str]], *,
-                         min_size: int) -> pd.DataFrame:
-    """Per group of a multi-label run's test outputs (``Y`` (N, L) 1 / 0 / -1 unknown, ``P`` (N, L), NaN: no
-    head): ``n`` test images, ``auroc[<label>]`` on the group's images where that label is known (NaN where the
-    group holds one class of it or the label has no head; :func:`featpipe.evaluation.multilabel.label_scores`),
-    ``auroc`` = macro AUROC (mean over the labels scored in the group) and ``labels_scored``. A group below
-    ``min_size`` images is ``status = "too few"`` with no number."""
+                         settings: SubgroupSettings, patients: Sequence[str] | None = None
+                         ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-group table, worst-group gaps) of a multi-label run's test outputs (``Y`` (N, L) 1 / 0 / -1 unknown,
+    ``P`` (N, L), NaN: no head). Per group: ``n`` test images, ``auroc[<label>]`` on the group's images where that
+    label is known (NaN where the group holds one class of it or the label has no head;
+    :func:`featpipe.evaluation.multilabel.label_scores`), ``auroc`` = macro AUROC (mean over the labels scored in
+    the group) and ``labels_scored``. A group below ``settings.min_size`` images is ``status = "too few"`` with no
+    number and no part in the gap.
+
+    Intervals (95%, percentile bootstrap over the same resamples of patients as :func:`subgroup_metrics`: same
+    resampler, ``settings.n_boot`` and ``settings.seed``): ``auroc_low/high`` of the macro AUROC (in a resample, the
+    mean over the labels with both classes known in the group there) and ``auroc[<label>]_low/high``. Gaps: per
+    attribute, the macro AUROC of the best minus the worst scored group, with the percentile interval of the paired
+    difference over those resamples."""
     Y, P = np.asarray(Y), np.asarray(P, dtype=float)
     g = {a: np.asarray(v, dtype=object) for a, v in groups.items()}
-    rows = []
+    rows, scored = [], []
     for a in g:
         for v in sorted(set(g[a])):
             mask = g[a] == v
             row = {"attribute": a, "group": v, "n": int(mask.sum())}
-            if row["n"] < min_size:
+            if row["n"] < settings.min_size:
                 rows.append(row | {"status": TOO_FEW})
                 continue
             per = {n: label_scores(Y[mask, j], P[mask, j], 0.5)["auroc"] for j, n in enumerate(labels)}
-            scored = [x for x in per.values() if math.isfinite(x)]
-            rows.append(row | {"status": "scored", "auroc": float(np.mean(scored)) if scored else math.nan,
-                               "labels_scored": len(scored), **{f"auroc[{n}]": x for n, x in per.items()}})
-    return pd.DataFrame(rows)
+            ok = [x for x in per.values() if math.isfinite(x)]
+            rows.append(row | {"status": "scored", "auroc": float(np.mean(ok)) if ok else math.nan,
+                               "labels_scored": len(ok), **{f"auroc[{n}]": x for n, x in per.items()}})
+            scored.append((a, v))
+    boot = _multilabel_bootstrap(Y, P, list(labels), g, scored, settings, patients)
+    for r in rows:
+        for m, values in boot.get((r["attribute"], r["group"]), {}).items():
+            r[f"{m}_low"], r[f"{m}_high"] = _percentile(values)
+    table = pd.DataFrame(rows)
+    return table, _gaps(table, boot, metrics=("auroc",))
