@@ -173,14 +173,16 @@ def curves(y_true, proba, *, classes: Sequence[str], max_points: int = 200) -> d
     y = np.asarray(y_true).astype(np.int64)
     p = as_proba(proba, len(classes))
     cols = [1] if len(classes) == 2 else range(len(classes))
+    by_class = np.ascontiguousarray(p.T)  # one row per class: contiguous scores (1,000+ classes)
+    counts = np.bincount(y[(y >= 0) & (y < len(classes))], minlength=len(classes))
     out = {}
     for c in cols:
-        pos = y == c
-        n_pos = int(pos.sum())
-        if n_pos == 0 or n_pos == pos.size:
+        n_pos = int(counts[c])
+        if n_pos == 0 or n_pos == y.size:
             continue
-        order = np.argsort(-p[:, c], kind="mergesort")
-        s_sorted = p[order, c]
+        pos = y == c
+        order = np.argsort(-by_class[c], kind="mergesort")
+        s_sorted = by_class[c][order]
         last = np.r_[np.flatnonzero(np.diff(s_sorted)), s_sorted.size - 1]
         tps = np.cumsum(pos[order])[last].astype(float)
         fps = last + 1 - tps
