@@ -29,6 +29,7 @@ numbers describe a constant, not a classifier.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -193,9 +194,18 @@ def curves(y_true, proba, *, classes: Sequence[str], max_points: int = 200) -> d
 
 
 def _thin(x: np.ndarray, y: np.ndarray, n: int) -> list[list[float]]:
-    idx = np.unique(np.linspace(0, len(x) - 1, min(n, len(x))).round().astype(int))
+    idx = _thin_index(len(x), n)
     return [[round(a, 5), round(b, 5)] for a, b in zip(x[idx].tolist(), y[idx].tolist())]  # Python floats: fast
 
+
+
+@functools.lru_cache(maxsize=256)
+def _thin_index(length: int, n: int) -> np.ndarray:
+    """The at most ``n`` evenly spaced indices :func:`_thin` keeps of ``length`` points (the same for every
+    class of a run: computed once)."""
+    idx = np.unique(np.linspace(0, length - 1, min(n, length)).round().astype(int))
+    idx.flags.writeable = False
+    return idx
 
 # --------------------------------------------------------------------------- degenerate runs
 
