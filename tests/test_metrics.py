@@ -87,6 +87,24 @@ def test_three_class_equals_sklearn():
     assert set(curves(y, P, classes=["x", "y", "z"])) == {"x", "y", "z"}
 
 
+
+def test_one_vs_rest_curves_of_many_classes_are_each_class_binary_curve():
+    """With many classes (issue 21: 1,000+) each class's ROC and PR points are those of the binary task
+    "this class or not" on its own score column, ties included; a class without test images has none."""
+    rng = np.random.default_rng(3)
+    n_classes, n = 40, 400
+    y = rng.integers(0, n_classes - 1, n)  # the last class has no image
+    P = rng.dirichlet(np.ones(n_classes), n)
+    P[: n // 4] = np.round(P[: n // 4], 2)  # tied scores
+    names = [f"c{i}" for i in range(n_classes)]
+    out = curves(y, P, classes=names, max_points=50)
+    assert set(out) == set(names[:-1])
+    for c in (0, 17, n_classes - 2):
+        binary = curves((y == c).astype(int), np.c_[1 - P[:, c], P[:, c]], classes=["rest", "this"], max_points=50)
+        assert out[names[c]] == binary["this"]
+        fpr, tpr, _ = skm.roc_curve(y == c, P[:, c], drop_intermediate=False)
+        assert out[names[c]]["roc"][-1] == [1.0, 1.0] and len(out[names[c]]["roc"]) <= 50 < len(fpr)
+
 def test_undefined_metric_is_nan_not_zero():
     s = score(np.array([1, 1, 1]), np.array([0.2, 0.7, 0.9]), classes=["n", "p"])
     assert math.isnan(s["auroc"]) and math.isnan(s["specificity"])

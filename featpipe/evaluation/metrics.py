@@ -29,6 +29,7 @@ numbers describe a constant, not a classifier.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -173,14 +174,16 @@ def curves(y_true, proba, *, classes: Sequence[str], max_points: int = 200) -> d
     y = np.asarray(y_true).astype(np.int64)
     p = as_proba(proba, len(classes))
     cols = [1] if len(classes) == 2 else range(len(classes))
+    by_class = np.ascontiguousarray(p.T)  # one row per class: contiguous scores (1,000+ classes)
+    counts = np.bincount(y[(y >= 0) & (y < len(classes))], minlength=len(classes))
     out = {}
     for c in cols:
-        pos = y == c
-        n_pos = int(pos.sum())
-        if n_pos == 0 or n_pos == pos.size:
+        n_pos = int(counts[c])
+        if n_pos == 0 or n_pos == y.size:
             continue
-        order = np.argsort(-p[:, c], kind="mergesort")
-        s_sorted = p[order, c]
+        pos = y == c
+        order = np.argsort(-by_class[c], kind="mergesort")
+        s_sorted = by_class[c][order]
         last = np.r_[np.flatnonzero(np.diff(s_sorted)), s_sorted.size - 1]
         tps = np.cumsum(pos[order])[last].astype(float)
         fps = last + 1 - tps
@@ -191,9 +194,18 @@ def curves(y_true, proba, *, classes: Sequence[str], max_points: int = 200) -> d
 
 
 def _thin(x: np.ndarray, y: np.ndarray, n: int) -> list[list[float]]:
-    idx = np.unique(np.linspace(0, len(x) - 1, min(n, len(x))).round().astype(int))
-    return [[round(float(x[i]), 5), round(float(y[i]), 5)] for i in idx]
+    idx = _thin_index(len(x), n)
+    return [[round(a, 5), round(b, 5)] for a, b in zip(x[idx].tolist(), y[idx].tolist())]  # Python floats: fast
 
+
+
+@functools.lru_cache(maxsize=256)
+def _thin_index(length: int, n: int) -> np.ndarray:
+    """The at most ``n`` evenly spaced indices :func:`_thin` keeps of ``length`` points (the same for every
+    class of a run: computed once)."""
+    idx = np.unique(np.linspace(0, length - 1, min(n, length)).round().astype(int))
+    idx.flags.writeable = False
+    return idx
 
 # --------------------------------------------------------------------------- degenerate runs
 

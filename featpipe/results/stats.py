@@ -18,6 +18,7 @@ from it, and :func:`featpipe.results.compare.bootstrap_interval` of paired diffe
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
@@ -69,10 +70,17 @@ def class_counts(g: pd.DataFrame, test: bool = True) -> np.ndarray | None:
         return None
     for c in g["confusion_matrix"].dropna():
         try:
-            return np.asarray(json.loads(c), dtype=float).sum(axis=1)
+            return np.array(_row_sums(c))
         except (TypeError, ValueError):
             continue
     return None
+
+
+@functools.lru_cache(maxsize=32)
+def _row_sums(matrix: str) -> tuple[float, ...]:
+    """Row sums of one ``confusion_matrix`` JSON text, parsed once (a summary asks once per metric: with 1,000
+    classes the matrix is a million numbers)."""
+    return tuple(np.asarray(json.loads(matrix), dtype=float).sum(axis=1).tolist())
 
 
 def metric_units(metric: str, counts: np.ndarray | None, total: float) -> float:

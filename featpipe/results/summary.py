@@ -142,11 +142,15 @@ def config_frame(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+NAME_COLUMNS = ("dataset", "backbone", "weights", "layer", "head", "shots", "fraction")  # config_name's
+
+
 def config_labels(df: pd.DataFrame) -> pd.Series:
     """A configuration name per row, without dataset and shots: ``backbone[@layer][+weights]/head``, plus
     ``#<hash>`` of head params and weights identity where two configurations of the table would collide."""
     f = config_frame(df)
-    base = [config_name(r).split("/", 1)[1].rsplit("/", 1)[0] for r in f.to_dict("records")]
+    named = f[[c for c in NAME_COLUMNS if c in f.columns]]  # not the per-class columns (1,000+ with many classes)
+    base = [config_name(r).split("/", 1)[1].rsplit("/", 1)[0] for r in named.to_dict("records")]
     ident = [params_tag([hp, w]) for hp, w in zip(f["head_params"], f["weights_id"])]
     seen: dict[str, set] = {}
     for b, i in zip(base, ident):
