@@ -233,7 +233,7 @@ def decode_into(jobs, writers: dict, shas, ids, refs, *, options, pool, result, 
     rows_of: dict[str, list[int]] = {}
     for r, s in enumerate(shas):
         rows_of.setdefault(s, []).append(r)
-    bar = _progress(len(jobs), options.progress)
+    bar = progress_bar(len(jobs), "decode", enabled=options.progress, leave=False)
     for row, out in _stream(jobs, draft=options.draft, max_pixels=options.max_pixels, pool=pool):
         same = rows_of[shas[row]]
         if isinstance(out, str):
@@ -252,14 +252,8 @@ def decode_into(jobs, writers: dict, shas, ids, refs, *, options, pool, result, 
                 for size, img in pixels.items():
                     if not writers[size].has(r):
                         writers[size].put(r, img)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-
-
-def _progress(total: int, enabled: bool):
-    return progress_bar(total, "decode", enabled=enabled, leave=False) if enabled and total else None
+        bar.update(1)
+    bar.close()
 
 
 def checked_rows(manifest: pd.DataFrame) -> tuple[list[str], list[str], list[str]]:

@@ -15,6 +15,7 @@ from featpipe.report.html import details, table
 from featpipe.report.plots import METRIC_LABELS
 from featpipe.results.compare import COMPARISONS_CSV, seed_comparisons, seed_gaps, smallest_p, verdict
 from featpipe.results.summary import config_labels, select_best, summarize_runs
+from featpipe.results.unpaired import PAIRING
 
 HEADER = ["shots", "chosen on val (A)", "other (B)", "seeds (pairing)", "mean {label} A − B",
           "95% interval (seeds + test patients)", "seed part", "bootstrap (test patients)", "p (permutation)",
@@ -28,10 +29,10 @@ def runners_up(summary: Mapping[str, Mapping], chosen: Mapping[int, str], metric
 
 
 def _pairing_cell(r: Mapping) -> str:
-    """``n`` paired seeds, or ``n vs m prompt sets (unpaired)`` for a trained head against zero-shot."""
-    if r.get("pairing", "seeds") in ("seeds", None) or (isinstance(r.get("pairing"), float) and math.isnan(r["pairing"])):
-        return f"{int(r['n_seeds'])} paired"
-    return f"{int(r['n_seeds'])} vs {int(r['n_b'])} prompt sets (unpaired)"
+    """``n paired`` seeds, or ``n vs m prompt sets (unpaired)`` for a trained head against zero-shot."""
+    if r.get("pairing") == PAIRING:
+        return f"{int(r['n_seeds'])} vs {int(r['n_b'])} prompt sets (unpaired)"
+    return f"{int(r['n_seeds'])} paired"
 
 
 def _rows(c: pd.DataFrame, best: Sequence[Mapping]) -> list[dict]:

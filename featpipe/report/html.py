@@ -7,6 +7,7 @@ script (:data:`SORT_JS`) only adds click-to-sort to tables marked sortable.
 from __future__ import annotations
 
 import html
+import math
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -74,6 +75,13 @@ class Section:
 
 
 LONG_WORD = 32  # a cell with a longer unbroken token (an id, a path) may break it anywhere: no table wider than the page
+
+
+def percent(x, pct: bool = True) -> str:
+    """A table number: ``100 x`` with one decimal (``pct``) or ``x`` with three; "–" for a missing value."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{100 * x:.1f}" if pct else f"{x:.3f}"
 
 
 def _cell(c) -> str:

@@ -15,15 +15,9 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from featpipe.data.splits import capping_lines
-from featpipe.report.html import Cell, table
+from featpipe.report.html import percent as _f, Cell, table
 from featpipe.report.plots import METRIC_LABELS
 from featpipe.results.summary import degenerate_flags
-
-
-def _f(x, pct: bool = True) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    return f"{100 * x:.1f}" if pct else f"{x:.3f}"
 
 
 def _num(x) -> float:

@@ -5,20 +5,13 @@ degenerate runs (greyed out)."""
 from __future__ import annotations
 
 import html
-import math
 
 import pandas as pd
 
 from featpipe.core.names import config_name
-from featpipe.report.html import table
+from featpipe.report.html import percent as _f, table
 from featpipe.report.plots import METRIC_LABELS
 from featpipe.results.summary import config_labels, degenerate_flags, per_class_summary, select_best, summarize_runs
-
-
-def _f(x, pct: bool = True) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    return f"{100 * x:.1f}" if pct else f"{x:.3f}"
 
 
 def _budget(sel: pd.DataFrame) -> str:
