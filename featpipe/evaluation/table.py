@@ -52,8 +52,16 @@ STR_KEYS = ("dataset", "backbone", "weights", "weights_id", "layer", "head", "sp
 PROVENANCE_COLUMNS = ("run_id", "ids_sha256", "n_classes", "n_train", "n_test", "degenerate", "degenerate_reason")
 RUNS_CSV = "runs.csv"
 INTERNAL = "internal"  # the test_set of a row scored on the study's own test split (rows without the column too)
+EXTERNAL_RESULTS = Path("results/external")  # rows, predictions and curves per external set: <this>/<name>/
 PREDICTIONS_DIR = "predictions"
 CURVES_DIR = "curves"
+
+
+def external_test_set(name: str) -> str:
+    """The ``test_set`` of rows scored on the external set ``name`` (:data:`INTERNAL` for the study's own split)."""
+    return f"external:{name}"
+
+
 VAL_METRICS = tuple(f"val_{m}" for m in SCALAR_METRICS if m != "threshold")
 # read_csv keywords that parse every float64 written by repr back to the same bits (pandas 3's default parser does;
 # pandas 2's default "high" parser can be off by one unit in the last place)

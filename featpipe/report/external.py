@@ -17,11 +17,10 @@ import pandas as pd
 
 from featpipe.core.errors import DataError
 from featpipe.data.external import EXTERNAL_DIR, read_external
-from featpipe.evaluation.table import RUNS_CSV, read_runs, run_id
+from featpipe.evaluation.table import EXTERNAL_RESULTS, RUNS_CSV, external_test_set, read_runs, run_id
 from featpipe.report.html import table
 from featpipe.results.predictions import TestPredictions
 from featpipe.results.stats import seed_summary
-from featpipe.saved.external import RESULTS_DIR, test_set_name
 
 METRICS = ("auroc", "accuracy", "sensitivity", "specificity")
 
@@ -39,7 +38,7 @@ def external_section(results: Path, runs: pd.DataFrame, best: list[dict], *, par
     """HTML of the side-by-side table ("" when no external set has been scored)."""
     sets = {}
     for e in params.evaluate.external:
-        folder = Path(results) / RESULTS_DIR.name / e.name
+        folder = Path(results) / EXTERNAL_RESULTS.name / e.name
         if (folder / RUNS_CSV).is_file():
             try:
                 preds = TestPredictions(folder, read_external(e.name, classes, base=external_dir), classes)
@@ -53,13 +52,13 @@ def external_section(results: Path, runs: pd.DataFrame, best: list[dict], *, par
         labels = [n for n in str(runs["labels"].dropna().iloc[0]).split("; ") if n]
         metrics = list(dict.fromkeys([params.report.metric, "auroc", "auprc", *[f"auroc[{n}]" for n in labels]]))
     head = ["shots", "configuration (chosen on internal val)", "metric", "internal test"] + \
-        [f"external:{n}" for n in sets]
+        [external_test_set(n) for n in sets]
     rows = []
     for b in best:
         sel = runs[runs["run_id"].astype(str).isin(b["run_ids"])]
         ext = {}
         for name, (tab, _) in sets.items():
-            ids = {run_id({**r, "test_set": test_set_name(name)}) for r in sel.to_dict("records")}
+            ids = {run_id({**r, "test_set": external_test_set(name)}) for r in sel.to_dict("records")}
             ext[name] = tab[tab["run_id"].astype(str).isin(ids)]
         for m in metrics:
             if m not in sel.columns:

@@ -17,7 +17,7 @@ import pandas as pd
 from featpipe.core.errors import DataError
 from featpipe.core.names import proba_column
 from featpipe.data.external import EXTERNAL_DIR, read_external
-from featpipe.evaluation.table import RUNS_CSV, read_predictions, run_id
+from featpipe.evaluation.table import EXTERNAL_RESULTS, RUNS_CSV, external_test_set, read_predictions, run_id
 from featpipe.report.html import table
 from featpipe.results.subgroups import (
     TOO_FEW,
@@ -26,7 +26,6 @@ from featpipe.results.subgroups import (
     multilabel_subgroups,
     subgroup_metrics,
 )
-from featpipe.saved.external import RESULTS_DIR, test_set_name
 
 
 def _num(x, digits: int = 3) -> str:
@@ -124,7 +123,7 @@ def subgroup_section(results: Path, runs: pd.DataFrame, best: list[dict], *, par
              "<h3>internal test</h3>",
              _one(Path(results), rid, manifest, classes, settings)]
     for e in params.evaluate.external:
-        folder = Path(results) / RESULTS_DIR.name / e.name
+        folder = Path(results) / EXTERNAL_RESULTS.name / e.name
         if not (folder / RUNS_CSV).is_file():
             continue
         try:
@@ -132,6 +131,6 @@ def subgroup_section(results: Path, runs: pd.DataFrame, best: list[dict], *, par
         except DataError as exc:
             parts.append(f"<p class=\"note\">{html.escape(str(exc))}.</p>")
             continue
-        parts += [f"<h3>{html.escape(test_set_name(e.name))}</h3>",
-                  _one(folder, run_id({**row, "test_set": test_set_name(e.name)}), ext_manifest, classes, settings)]
+        parts += [f"<h3>{html.escape(external_test_set(e.name))}</h3>",
+                  _one(folder, run_id({**row, "test_set": external_test_set(e.name)}), ext_manifest, classes, settings)]
     return "".join(parts)

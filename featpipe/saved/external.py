@@ -38,21 +38,13 @@ from featpipe.decoded.cache import (
 )
 from featpipe.evaluation.multilabel import record_multilabel_external
 from featpipe.evaluation.record import Outputs, record_external
-from featpipe.evaluation.table import RUNS_CSV, read_runs, write_records
+from featpipe.evaluation.table import EXTERNAL_RESULTS, RUNS_CSV, external_test_set, read_runs, write_records
 from featpipe.heads.io import load_head
 from featpipe.imaging.base import DEFAULT_DRAFT, as_resize
 from featpipe.results.stats import seed_summary
 from featpipe.results.summary import config_labels, current_split
 from featpipe.saved.load import head_proba, load_model
 from featpipe.saved.models import kind_of
-
-RESULTS_DIR = Path("results/external")
-
-
-def test_set_name(name: str) -> str:
-    """The ``test_set`` value of rows scored on the external set ``name``."""
-    return f"external:{name}"
-
 
 @dataclass
 class ExternalResult:
@@ -181,7 +173,7 @@ def _label_proba(row: dict, labels: list, images: _Images, batch_size: int, devi
 
 
 def evaluate_external(name: str, *, splits_path: str | Path, manifest_path: str | Path, runs_path: str | Path,
-                      out_base: str | Path = RESULTS_DIR, external_base: str | Path = EXTERNAL_DIR,
+                      out_base: str | Path = EXTERNAL_RESULTS, external_base: str | Path = EXTERNAL_DIR,
                       device: str = "cpu", batch_size: int = 32, max_pixels: int | None = None,
                       cache_dir: str | Path | None = "cache") -> ExternalResult:
     """Score every saved model of ``runs_path`` (current split) on the prepared external set ``name``; rows,
@@ -204,11 +196,11 @@ def evaluate_external(name: str, *, splits_path: str | Path, manifest_path: str 
             test = (list(ext["id"]), manifest_matrix(ext, splits.labels), _label_proba(row, splits.labels, images,
                                                                                       batch_size, device))
             records.append(record_multilabel_external(row, labels=splits.labels, test=test,
-                                                      test_set=test_set_name(name)))
+                                                      test_set=external_test_set(name)))
             continue
         proba = _proba(Path(row["model_path"]), images, batch_size, device)
         test = Outputs(list(ext["id"]), labels, proba)
-        records.append(record_external(row, classes=splits.classes, test=test, test_set=test_set_name(name)))
+        records.append(record_external(row, classes=splits.classes, test=test, test_set=external_test_set(name)))
     out = Path(out_base) / name
     out.mkdir(parents=True, exist_ok=True)
     table = write_records(out, records) if records else read_runs(out / RUNS_CSV)

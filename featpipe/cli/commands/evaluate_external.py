@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from featpipe.core.errors import ConfigError
 from featpipe.data.external import EXTERNAL_DIR
-from featpipe.saved.external import RESULTS_DIR, evaluate_external
+from featpipe.evaluation.table import EXTERNAL_RESULTS
+from featpipe.saved.external import evaluate_external
 
 
 def add_arguments(parser) -> None:
@@ -14,7 +15,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--splits", default="data/splits.json")
     parser.add_argument("--runs", default="results/runs.csv", help="the study's results table (its saved models)")
     parser.add_argument("--external-dir", default=str(EXTERNAL_DIR), help="prepared external sets (default: data/external)")
-    parser.add_argument("--out", default=str(RESULTS_DIR), help="results per external set (default: results/external)")
+    parser.add_argument("--out", default=str(EXTERNAL_RESULTS), help="results per external set (default: results/external)")
     parser.add_argument("--cache-dir", default="cache",
                         help="decoded-image caches: <cache-dir>/NAME/ as 'prepare --external NAME' filled them are read "
                              "instead of decoding the files again where they match (default: cache)")
