@@ -30,6 +30,17 @@ def pneumoniamnist() -> Path:
     return PNEUMONIAMNIST
 
 
+def pytest_collection_modifyitems(config, items):
+    """The longest tests first (``@pytest.mark.slow(seconds=N)``: seconds on an idle 2-core machine), then the rest in
+    file order. With ``-n 2`` (the README's test command) the two workers start on the long ``dvc repro`` tests at
+    once and the short ones fill in behind them, instead of one worker finishing a long test alone at the end."""
+    def cost(item):
+        mark = item.get_closest_marker("slow")
+        return -float(mark.kwargs.get("seconds", 1)) if mark is not None else 0.0
+
+    items.sort(key=cost)  # stable: equal costs keep their order
+
+
 def write_image(path: Path, value: int = 128, size: int = 24, seed: int | None = None) -> Path:
     """A small grayscale image; ``seed`` makes its bytes unique, ``value`` sets its level."""
     path.parent.mkdir(parents=True, exist_ok=True)

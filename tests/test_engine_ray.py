@@ -29,6 +29,7 @@ from featpipe.features.extract import extract
 REPO = Path(__file__).resolve().parents[1]
 RAY = RayExecutor()
 ONE_WORKER = DecodeParams(workers=1)
+pytestmark = pytest.mark.xdist_group("ray")  # under -n 2 the module runs on one worker: one cluster, as above
 
 
 @pytest.fixture(scope="module")

@@ -223,7 +223,7 @@ def test_one_vs_rest_heads_give_per_label_thresholds_and_metrics_and_macro_rows(
                for n, v in counts.items())
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=55)
 def test_a_chexpert_style_study_runs_through_dvc_repro_to_a_report_with_per_label_tables(tmp_path, monkeypatch,
                                                                                        figure1_dir):
     """Done-when of the multi-label item: a CheXpert-style CSV over real radiographs (label columns with blanks and

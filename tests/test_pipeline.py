@@ -62,7 +62,7 @@ def test_every_params_key_dvc_reads_exists_in_both_params_files():
         load_params(ROOT / name)  # and it validates
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=105)
 def test_dvc_repro_end_to_end(tmp_path):
     work = tmp_path / "project"
     work.mkdir()
@@ -141,11 +141,16 @@ def reduced_params(data_path: str) -> dict:
     return params
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=210)
 def test_dvc_repro_on_the_default_params_with_planted_weights(tmp_path, monkeypatch, pneumoniamnist,
                                                               tmp_path_factory):
-    """The real study's graph (DenseNet161, ResNet50, MedSigLIP with default weights, four heads, four
-    fine-tuning strategies, Grad-CAM of its named runs) on 28 real chest X-rays, weights planted offline."""
+    """The real study's graph (DenseNet161, ResNet50, MedSigLIP with default weights, every stage of dvc.yaml,
+    Grad-CAM of its named runs) on 28 real chest X-rays, weights planted offline. Seeds, shots and epochs are reduced,
+    and so are the heads and strategies each stage runs (every one is one more process of the same command, ~3 s
+    of imports each): the heads and strategies the Grad-CAM runs name, plus ``scratch`` (the one without
+    pretrained weights) and ``logistic`` (the text-initialised head's comparison needs it); the other heads and
+    strategies run through the same stage commands in other tests (heads: test_fit.py, test_heads.py; strategies:
+    test_finetune.py)."""
     import pretrained_fixtures as pf
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -158,12 +163,17 @@ def test_dvc_repro_on_the_default_params_with_planted_weights(tmp_path, monkeypa
     shutil.copy(ROOT / "dvc.yaml", work / "dvc.yaml")
     shutil.copy(ROOT / "prompts.yaml", work / "prompts.yaml")
     params = reduced_params("data/cxr-slice.npz")
+    named = [run.split("-") for run in params["gradcam"]["runs"]]  # densenet161-svc-k10-s0, resnet50-layerwise-k10-s0
+    assert {"svc"} <= {n[1] for n in named} <= set(params["fit"]["heads"]) | set(params["finetune"]["strategies"])
+    params["fit"]["heads"] = [h for h in params["fit"]["heads"] if h in {n[1] for n in named} | {"logistic"}]
+    params["finetune"]["strategies"] = [s for s in params["finetune"]["strategies"]
+                                        if s in {n[1] for n in named} | {"scratch"}]
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run("git", "init", "-q", cwd=work)
     _run(DVC, "init", "-q", cwd=work)
     _run(DVC, "config", "core.analytics", "false", cwd=work)
 
-    out = _run(DVC, "repro", cwd=work, timeout=3000)  # ~4 min on a quiet 2-core CPU; a shared one is slower
+    out = _run(DVC, "repro", cwd=work, timeout=3000)  # ~2.5 min on a quiet 2-core CPU; a shared one is slower
     backs, heads = params["extract"]["backbones"], params["fit"]["heads"]
     expected = ({"fetch", "prepare", "decode", "collect", "compare", "gradcam", "report"}
                 | {f"extract@{b}" for b in backs} | {f"fit@{b}-{h}" for b in backs for h in heads}
@@ -178,13 +188,15 @@ def test_dvc_repro_on_the_default_params_with_planted_weights(tmp_path, monkeypa
     runs = (work / "results/runs.csv").read_text().splitlines()
     n_sets = len(yaml.safe_load((ROOT / "prompts.yaml").read_text())["sets"])  # zero-shot: one run per prompt set
     # heads x 1 shot x 1 seed + strategies + medsiglip's zero-shot prompt sets and its text-initialised head
-    assert len(runs) == 1 + len(backs) * len(heads) + 2 * 4 + n_sets + 1
+    strategies = params["finetune"]["strategies"]
+    assert len(heads) == 2 and len(strategies) == 2
+    assert len(runs) == 1 + len(backs) * len(heads) + len(params["finetune"]["backbones"]) * len(strategies) + n_sets + 1
     assert ",zeroshot," in "".join(runs) and ",textlogistic," in "".join(runs) and "Calibration" in html
     assert "Text prior against the plain logistic head" in html
     assert "DenseNet161_Weights.IMAGENET1K_V1" in runs[1] + "".join(runs) and "google/medsiglip-448" in "".join(runs)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=75)
 def test_dvc_repro_biomedclip_zero_shot_text_prior_knn_patients_and_temperature(tmp_path, monkeypatch,
                                                                                  pneumoniamnist, tmp_path_factory):
     """BiomedCLIP (open_clip, planted snapshot of tests/library_fixtures.py) through `dvc repro` on the study's
@@ -235,7 +247,7 @@ def test_dvc_repro_biomedclip_zero_shot_text_prior_knn_patients_and_temperature(
     assert "Text prior against the plain logistic head" in html and "src=\"http" not in html
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=63)
 def test_a_failed_repro_reruns_only_what_it_left_undone(tmp_path, figure1_dir):
     """A `dvc repro` in a git repository that fails at prepare_external (a label_map to a class the study lacks),
     then the map fixed: the next repro runs the external stages and the report, and not collect or compare. DVC

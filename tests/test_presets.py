@@ -81,7 +81,7 @@ def test_every_shipped_preset_has_a_smoke_test():
 IN_PROCESS = sorted(set(DATA) - {"rethink"})
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=15)
 @pytest.mark.parametrize("name", IN_PROCESS)
 def test_a_preset_runs_to_its_report_on_real_images(name, tmp_path, monkeypatch, pneumoniamnist):
     monkeypatch.setenv("FEATPIPE_OFFLINE", "1")
@@ -132,7 +132,7 @@ def test_chexpert_folder_needs_its_task_and_then_reads_both_csvs(tmp_path, monke
     assert data["csv"]["split_files"] == ["train.csv", "valid.csv"] and data["csv"]["task"] == "Pneumonia"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=52)
 def test_featpipe_study_runs_dvc_repro_on_a_fine_tuning_only_study(tmp_path, monkeypatch, pneumoniamnist):
     """The command as a user types it, DVC included: the 2 x 2 rethink design (arms only: the frozen branch is
     empty) reaches its report, one stage per arm, four lines in the learning curve (and every check the other
