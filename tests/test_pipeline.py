@@ -126,8 +126,8 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert len(runs) == 1 + 2 * 3 * 3 + 2 * 1 * 2  # heads x shots x seeds + strategies x shots x seeds
 
 
-# What the study's own params.yaml may be reduced by for CI: nothing else changes (backbones, weights, heads,
-# strategies, Grad-CAM runs and every setting stay the repository's).
+# What the study's own params.yaml may be reduced by for CI: nothing else changes (backbones, weights, Grad-CAM runs
+# and every setting stay the repository's; the default-params test below also runs fewer heads and strategies).
 REDUCED = {("split", "seeds"): [0], ("split", "shots"): [10], ("finetune", "seeds"): [0],
            ("finetune", "shots"): [10], ("finetune", "epochs"): 1}
 
