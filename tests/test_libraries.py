@@ -5,6 +5,7 @@ own transform and forward on real radiographs of several aspect ratios (portrait
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -28,7 +29,9 @@ from featpipe.finetune.checkpoint import build_model
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    return tmp_path_factory.mktemp("libhome")
+    h = tmp_path_factory.mktemp("libhome")
+    yield h
+    shutil.rmtree(h, ignore_errors=True)  # planted library weights (~400 MB): gone when the module is done
 
 
 @pytest.fixture()

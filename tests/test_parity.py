@@ -6,6 +6,7 @@ the real names (tests/pretrained_fixtures.py). The full table, with more files: 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,9 @@ TOLERANCE = {**{n: 0.0 for n in TORCHVISION}, "medsiglip": 1.0, "rad_dino": 2.0}
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    return pf.plant(tmp_path_factory.mktemp("parity-weights"), [*TORCHVISION, *HUB])
+    h = tmp_path_factory.mktemp("parity-weights")
+    yield pf.plant(h, [*TORCHVISION, *HUB])
+    shutil.rmtree(h, ignore_errors=True)  # ~1 GB of full-size random weights: gone when the module is done
 
 
 @pytest.mark.parametrize("name", [*TORCHVISION, *HUB])

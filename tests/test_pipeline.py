@@ -154,7 +154,7 @@ def test_dvc_repro_on_the_default_params_with_planted_weights(tmp_path, monkeypa
     import pretrained_fixtures as pf
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    home = pf.plant(tmp_path_factory.mktemp("weights"), set(params["extract"]["backbones"])
+    home = pf.plant(tmp_path / "weights", set(params["extract"]["backbones"])
                     | set(params["finetune"]["backbones"]))
     pf.use_home(monkeypatch, home)
     work = tmp_path / "project"
@@ -207,7 +207,7 @@ def test_dvc_repro_biomedclip_zero_shot_text_prior_knn_patients_and_temperature(
     import pandas as pd
     import pretrained_fixtures as pf
 
-    home = tmp_path_factory.mktemp("biomedclip-weights")
+    home = tmp_path / "biomedclip-weights"
     lf.plant_biomedclip(home)
     lf.use(monkeypatch, home)
     work = tmp_path / "project"

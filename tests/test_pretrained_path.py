@@ -18,10 +18,13 @@ from featpipe.cli.main import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def planted(tmp_path_factory) -> Path:
-    """Default weights of resnet18 (torchvision file), MedSigLIP and RAD-DINO (hub snapshots), made once."""
-    return pf.plant(tmp_path_factory.mktemp("pretrained"), ["resnet18", "medsiglip", "rad_dino"])
+    """Default weights of resnet18 (torchvision file), MedSigLIP and RAD-DINO (hub snapshots), made once (and
+    removed when the module is done: ~270 MB)."""
+    h = tmp_path_factory.mktemp("pretrained")
+    yield pf.plant(h, ["resnet18", "medsiglip", "rad_dino"])
+    shutil.rmtree(h, ignore_errors=True)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ and zero-shot scores that rank a planted separable case."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -37,7 +38,8 @@ sets:
 def home(tmp_path_factory):
     h = tmp_path_factory.mktemp("medsiglip-full")
     pf.plant_medsiglip_full(h)
-    return h
+    yield h
+    shutil.rmtree(h, ignore_errors=True)  # ~190 MB of full-size random weights
 
 
 @pytest.fixture

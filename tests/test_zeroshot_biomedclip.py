@@ -39,7 +39,8 @@ WEIGHTS_ID = f"hf:{BIOMEDCLIP}@{lf.COMMIT}"
 def home(tmp_path_factory):
     h = tmp_path_factory.mktemp("biomedclip")
     lf.plant_biomedclip(h)
-    return h
+    yield h
+    shutil.rmtree(h, ignore_errors=True)  # ~340 MB of full-size random weights
 
 
 @pytest.fixture
