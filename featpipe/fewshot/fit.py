@@ -125,6 +125,7 @@ def load_cache(cache_dir: str | Path, splits: Splits, backbone: str, *, layer: s
     if np.any((sel.labels < 0) | (sel.labels >= len(splits.classes))):
         raise CacheError(f"{path} holds labels outside 0..{len(splits.classes) - 1}: re-run 'featpipe extract'")
     X = np.ascontiguousarray(sel.features, dtype=np.float32)
+    X.setflags(write=False)  # shared by every run of the grid, never changed
     return CacheData(path, backbone, weights_name(a.get("weights") or weights or "default", a.get("weights_id", "")),
                      layer or "", tag or "",
                      str(weights or "default"), a, X,
@@ -288,15 +289,28 @@ def _scores(model, data: CacheData, va: np.ndarray) -> np.ndarray:
 
 def _pool(data: CacheData, splits: Splits, center_only: bool):
     """The standardiser fitted on every train-split row of ``data`` (no labels), memoised per cache."""
-    idx = np.fromiter((data.row[k] for k in splits.train), np.int64, len(splits.train))
-    return pool_scaler((str(data.path), data.X.shape, splits.sha256, _sample_digest(data.X)), lambda: data.X[idx],
+    idx = lambda: np.fromiter((data.row[k] for k in splits.train), np.int64, len(splits.train))
+    return pool_scaler((str(data.path), data.X.shape, splits.sha256, _sample_digest(data.X)), lambda: data.X[idx()],
                        center_only=center_only)
+
+
+_DIGESTS: list = []  # [(feature matrix, its digest)]: the matrices of the caches this process fits on
 
 
 def _sample_digest(X: np.ndarray) -> str:
     """A cheap fingerprint of a feature matrix (a hash of 64 evenly spaced rows): a cache rebuilt at the same path
-    with other features (another decode setting) in one process never reuses the old cache's pool scaler."""
-    return hashlib.sha256(np.ascontiguousarray(X[:: max(1, len(X) // 64)]).tobytes()).hexdigest()[:16]
+    with other features (another decode setting) in one process never reuses the old cache's pool scaler.
+    Remembered for the matrix object itself (read-only feature matrices: the same object holds the same rows),
+    so the runs of one cache hash it once."""
+    for M, digest in _DIGESTS:
+        if M is X:
+            return digest
+    digest = hashlib.sha256(np.ascontiguousarray(X[:: max(1, len(X) // 64)]).tobytes()).hexdigest()[:16]
+    if X.flags.writeable:  # a matrix the caller may change in place: hashed every time
+        return digest
+    del _DIGESTS[:-7]
+    _DIGESTS.append((X, digest))
+    return digest
 
 
 def _sidecar(data: CacheData, rec: RunRecord, *, head: str, hp: dict) -> dict:

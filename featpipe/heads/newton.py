@@ -16,7 +16,8 @@ hundreds. Warm starts along a C grid (:func:`fit_path`) cut the steps of a cross
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg import LinAlgError
+from scipy.linalg.lapack import dpotrf, dpotrs
 from scipy.special import expit
 
 TOL = 1e-11  # stop when the gradient of (sum_i s_i loss_i / S + ||w||^2 / (2 C S)) has norm below this
@@ -52,8 +53,13 @@ def newton_step(G: np.ndarray, a: np.ndarray, r: np.ndarray, q: np.ndarray) -> t
     ar = a + r
     Gq = G @ q
     # one factorisation, one solve of three right-hand sides: M^-1 Q^(1/2) G (a + r), M^-1 w, M^-1 Q^(1/2) G q
-    U = cho_solve(cho_factor(M, lower=True, check_finite=False),
-                  np.column_stack([sq * (G @ ar), sq, sq * Gq]), check_finite=False)
+    # (LAPACK's potrf / potrs called as scipy's cho_factor / cho_solve call them, without their per-call checks)
+    L, info = dpotrf(M, lower=1, overwrite_a=0, clean=0)
+    if info:
+        raise LinAlgError(f"Newton step: the system is not positive definite (potrf info {info})")
+    U, info = dpotrs(L, np.column_stack([sq * (G @ ar), sq, sq * Gq]), lower=1, overwrite_b=0)
+    if info:
+        raise ValueError(f"Newton step: potrs info {info}")
     den = float(sq @ U[:, 1])
     db = -(float(r.sum()) - float(sq @ U[:, 0])) / den if den > 1e-300 else 0.0
     return -(ar + q * db) + sq * (U[:, 0] + db * U[:, 2]), db

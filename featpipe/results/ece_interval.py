@@ -46,8 +46,10 @@ def ece_interval(preds: TestPredictions, run_ids: Sequence[str], *, n_boot: int 
     for idx in PatientResampler(patients).draws(n_boot, seed):
         pick = rng.integers(0, len(terms), len(terms))
         if idx.size:
-            stats.append(np.mean([np.abs(np.bincount(terms[i][0][idx], weights=terms[i][1][idx],
-                                                     minlength=ECE_BINS)).sum() / idx.size for i in pick]))
+            drawn: dict[int, float] = {}  # each drawn run's ECE on these units, once (runs are drawn with repeats)
+            for i in set(pick.tolist()):
+                drawn[i] = np.abs(np.bincount(terms[i][0][idx], weights=terms[i][1][idx], minlength=ECE_BINS)).sum() / idx.size
+            stats.append(np.mean([drawn[i] for i in pick.tolist()]))
     lo, hi = np.quantile(stats, [0.025, 0.975]) if stats else (math.nan, math.nan)
     return {"mean": point, "ci_low": float(lo), "ci_high": float(hi), "seeds": len(terms), "units": units,
             "method": method(units, n_boot)}
