@@ -54,6 +54,7 @@ class RunLog:
         self.path: Path | None = None
         self._fd: int | None = None
         self._shared: set[str] = set()
+        self._keys: dict[tuple, str] = {}  # string list -> key of its shared record (the split's ids, every run)
 
     def _open(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -80,15 +81,20 @@ class RunLog:
                 parts.append(arr.tobytes())
                 continue
             codes, uniques = pd.factorize(col, use_na_sentinel=True)
-            values = [str(v) for v in uniques]
+            values = [v if type(v) is str else str(v) for v in np.asarray(uniques, dtype=object).tolist()]
             if len(values) <= _INLINE:
                 columns.append({"name": str(name), "strings": values})
             else:
-                text = json.dumps(values, ensure_ascii=False).encode()
-                key = hashlib.sha256(text).hexdigest()[:32]
-                if key not in self._shared:
-                    shared.append(_record({"kind": "strings", "key": key}, text))
-                    self._shared.add(key)
+                key = self._keys.get(tuple(values))
+                if key is None:  # a list not seen by this log: its key (a hash of its JSON text), written once
+                    text = json.dumps(values, ensure_ascii=False).encode()
+                    key = hashlib.sha256(text).hexdigest()[:32]
+                    if key not in self._shared:
+                        shared.append(_record({"kind": "strings", "key": key}, text))
+                        self._shared.add(key)
+                    if len(self._keys) > 16:
+                        self._keys.clear()
+                    self._keys[tuple(values)] = key
                 columns.append({"name": str(name), "strings": key})
             parts.append(codes.astype(np.int32).tobytes())
         head = {"kind": "run", "run_id": str(run_id), "written": time.time_ns(), "rows": len(frame),
@@ -99,6 +105,8 @@ class RunLog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+            self._shared.clear()  # a later add opens a new file: its string lists are written there again
+            self._keys.clear()
 
 
 def _record(head: dict, body: bytes) -> bytes:

@@ -38,7 +38,7 @@ from featpipe.evaluation.record import Outputs, RunRecord, check_disjoint, recor
 from featpipe.features.cache import cache_path, read_features
 from featpipe.fewshot.labels import fit_per_label
 from featpipe.fewshot.zeroshot import text_prior
-from featpipe.heads.base import one_blas_thread
+from featpipe.heads.base import one_blas_thread, per_rows
 from featpipe.heads.io import save_head
 from featpipe.heads.registry import get as get_head
 from featpipe.heads.registry import head_params, make_head
@@ -284,7 +284,20 @@ def _scores(model, data: CacheData, va: np.ndarray) -> np.ndarray:
     once per cache and val rows (:func:`featpipe.heads.scaling.scaled_rows`), not once per run."""
     rows = np.r_[va, data.test]
     scaled = scaled_rows(model, (str(data.path), data.X.shape, va.tobytes()), lambda: data.X[rows])
-    return model.predict_proba(data.X[rows]) if scaled is None else model[1:].predict_proba(scaled)
+    if scaled is None:
+        return model.predict_proba(data.X[rows])
+    if len(model.steps) == 2:  # the head alone: it reads its input as float64, converted once per cache (exact)
+        scaled = per_rows(scaled, "float64", _read_only_float64)
+    with sklearn.config_context(assume_finite=True):  # checked once, by the scaler's transform that made them
+        return model[1:].predict_proba(scaled)
+
+
+def _read_only_float64(X: np.ndarray) -> np.ndarray:
+    if X.dtype == np.float64:
+        return X
+    out = X.astype(np.float64)
+    out.setflags(write=False)
+    return out
 
 
 def _pool(data: CacheData, splits: Splits, center_only: bool):

@@ -89,6 +89,21 @@ def grid_cv_folds(fit_predict_all, n_candidates: int, y: np.ndarray, *, folds: i
     return best, float(means[best])
 
 
+_ROWS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def per_rows(X: np.ndarray, name: str, compute) -> np.ndarray:
+    """``compute(X)`` remembered for the read-only matrix ``X`` itself (the scaled val + test rows that every run
+    of a cache scores: :func:`featpipe.heads.scaling.scaled_rows`), one matrix per ``name``; computed every time
+    for a writeable ``X``, which its owner may change."""
+    if X.flags.writeable:
+        return compute(X)
+    hit = _ROWS.get(name)
+    if hit is None or hit[0] is not X:
+        hit = _ROWS[name] = (X, compute(X))
+    return hit[1]
+
+
 _CONTROLLER = None
 
 

@@ -54,6 +54,7 @@ def scaled_rows(model: Pipeline, key: tuple, rows: Callable[[], np.ndarray]) -> 
         if len(_SCALED) > 4:
             _SCALED.clear()
         hit = _SCALED[k] = (scaler, scaler.transform(rows()))
+        hit[1].setflags(write=False)  # shared by every run of the cache (heads remember what they derive from it)
     return hit[1]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.svm import SVC, _libsvm
 
-from featpipe.heads.base import _can_cv, _Head, build_pipeline, grid_cv_folds
+from featpipe.heads.base import _can_cv, _Head, build_pipeline, grid_cv_folds, per_rows
 from featpipe.params.heads import SvcParams
 
 
@@ -112,7 +112,7 @@ class FewShotSVC(_Head):
         if self.kernel == "linear":
             K = X @ sv.T
         else:
-            sq = (X * X).sum(1)[:, None] + (sv * sv).sum(1)[None, :] - 2.0 * (X @ sv.T)
+            sq = per_rows(X, "sqnorm", lambda X: (X * X).sum(1))[:, None] + (sv * sv).sum(1)[None, :] - 2.0 * (X @ sv.T)
             K = np.exp(-self.best_params_["gamma"] * np.maximum(sq, 0.0))
         dual, icpt = svc.dual_coef_, svc.intercept_
         n_cls = self.classes_.size
