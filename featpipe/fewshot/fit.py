@@ -166,7 +166,8 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
         if get_head(head).text_prior:  # the zero-shot classifier's weights, written for the head's input
             pipe[-1].set_params(prior=_text_prior(data, splits, params))
         model = fit_pipeline(pipe, data.X[tr], y_tr, kind=params.heads.scaler,
-                             pool=lambda center: _pool(data, splits, center))
+                             pool=lambda center: _pool(data, splits, center),
+                             key=(str(data.path), data.X.shape, _sample_digest(data.X), tr.tobytes()))
         proba = _scores(model, data, va)  # one pass over val + test
     proba, temperature = _calibrate(proba, data.y[va], params.heads.calibrate)
     clf = model[-1]
@@ -341,19 +342,21 @@ _COST = {"mlp": 3.0, "logistic": 2.0, "svc": 2.0, "prototype": 0.2, "knn": 0.3} 
 
 
 def _cost(task: tuple) -> float:
-    """Relative time of one (cache, head, shots, seed) run: heavy runs (large k, MLP) go first."""
-    _, head, shots, _ = task
-    return (shots + 5) * _COST.get(head, 1.0)
+    """Relative time of one (cache, heads, shots, seed) task: heavy ones (large k, MLP) go first."""
+    _, heads, shots, _ = task
+    return (shots + 5) * sum(_COST.get(h, 1.0) for h in heads)
 
 
 _META = ("path", "backbone", "weights", "layer", "tag", "weights_request", "attrs", "y", "row", "val", "test")
 
 
-def _fit_task(task: tuple, shared, *, metas: list, splits: Splits, params: Params, models_dir) -> RunResult:
-    """One (cache, head, shots, seed) run on the engine; the feature matrices come in ``shared`` (``X<i>``)."""
-    c, h, k, s = task
+def _fit_task(task: tuple, shared, *, metas: list, splits: Splits, params: Params, models_dir) -> list[RunResult]:
+    """The runs of every head at one (cache, shots, seed) on the engine, one after the other in one process: they
+    share the k-shot rows scaled once and their Gram matrix (:func:`featpipe.heads.scaling.fit_pipeline`); the
+    feature matrices come in ``shared`` (``X<i>``)."""
+    c, heads, k, s = task
     data = CacheData(X=shared[f"X{c}"], **metas[c])
-    return fit_run(data, splits, head=h, shots=k, seed=s, params=params, models_dir=models_dir)
+    return [fit_run(data, splits, head=h, shots=k, seed=s, params=params, models_dir=models_dir) for h in heads]
 
 
 def run_grid(splits: Splits, caches: Sequence[CacheData], *, heads: Sequence[str], shots: Sequence[int],
@@ -361,16 +364,19 @@ def run_grid(splits: Splits, caches: Sequence[CacheData], *, heads: Sequence[str
              n_jobs: int | None = None, engine: Executor | None = None,
              on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
     """Every (cache, head, k, seed) run, in grid order, mapped over ``engine`` (default: the local engine with
-    ``n_jobs`` processes, ``fit.n_jobs`` by default); the feature matrices are shared read-only, each run asks
-    ``engine.fit_cpus`` CPUs. ``on_result(run)`` is called in this process as each run finishes."""
+    ``n_jobs`` processes, ``fit.n_jobs`` by default) as one task per (cache, k, seed) that fits every head; the
+    feature matrices are shared read-only, each task asks ``engine.fit_cpus`` CPUs. ``on_result(run)`` is called
+    in this process as each run finishes (the runs of a task as it finishes)."""
     for h in heads:
         head_params(h, params.heads)  # unknown head names fail before any work
     n_jobs = params.fit.n_jobs if n_jobs is None else n_jobs
     engine = engine or LocalExecutor(workers=n_jobs)
-    grid = [(c, h, k, s) for c in range(len(caches)) for h in heads for k in shots for s in seeds]
+    heads = tuple(heads)
+    tasks = [(c, heads, k, s) for c in range(len(caches)) for k in shots for s in seeds]
     metas = [{f: getattr(c, f) for f in _META} for c in caches]
     task = functools.partial(_fit_task, metas=metas, splits=splits, params=params, models_dir=models_dir)
-    return engine.map(task, grid, cpus=params.engine.fit_cpus, cost=_cost,
+    done = engine.map(task, tasks, cpus=params.engine.fit_cpus, cost=_cost,
                       shared={f"X{i}": c.X for i, c in enumerate(caches)},
-                      on_result=None if on_result is None else (lambda i, r: on_result(r)))
-
+                      on_result=None if on_result is None else (lambda i, runs: [on_result(r) for r in runs]))
+    by_run = {(c, h, k, s): r for (c, _, k, s), runs in zip(tasks, done) for h, r in zip(heads, runs)}
+    return [by_run[(c, h, k, s)] for c in range(len(caches)) for h in heads for k in shots for s in seeds]

@@ -44,7 +44,7 @@ def span_basis(X: np.ndarray, rtol: float = 1e-10) -> tuple[np.ndarray, np.ndarr
     From the eigen-decomposition of the n x n Gram matrix, so it costs n^2 D, not n D^2.
     """
     X = np.asarray(X, dtype=np.float64)
-    w, U = np.linalg.eigh(X @ X.T)
+    w, U = np.linalg.eigh(gram(X))
     keep = w > rtol * max(w.max(), 1e-300)
     w, U = w[keep][::-1], U[:, keep][:, ::-1]
     s = np.sqrt(w)
@@ -102,6 +102,16 @@ def per_rows(X: np.ndarray, name: str, compute) -> np.ndarray:
     if hit is None or hit[0] is not X:
         hit = _ROWS[name] = (X, compute(X))
     return hit[1]
+
+
+def gram(X: np.ndarray) -> np.ndarray:
+    """``X @ X.T`` (read-only), computed once for a read-only ``X`` that several heads fit on (:func:`per_rows`)."""
+    def compute(X):
+        G = X @ X.T
+        G.setflags(write=False)
+        return G
+
+    return per_rows(X, "gram", compute)
 
 
 _CONTROLLER = None
