@@ -67,20 +67,28 @@ class RunLog:
             self.path = path
             os.write(self._fd, MAGIC)
 
-    def add(self, run_id: str, frame: pd.DataFrame, curves: Mapping | None = None) -> None:
+    def add(self, run_id: str, frame: pd.DataFrame, curves: Mapping | None = None, *, first: Mapping | None = None,
+            last: Mapping | None = None) -> None:
         """Append one run: its predictions ``frame`` (any columns: numbers kept as their bytes, text as codes)
-        and its ``curves``; one write per record, so a kill leaves at most the last record torn."""
+        and its ``curves``; one write per record, so a kill leaves at most the last record torn. ``first`` /
+        ``last``: columns of one value on every row, before / after the frame's (as if inserted into it)."""
         if self._fd is None:
             self._open()
         columns, parts, shared = [], [], []
-        for name in frame.columns:
-            col = frame[name]
+        n = len(frame)
+        named = [(k, _constant(v, n)) for k, v in (first or {}).items()]
+        named += [(name, frame[name]) for name in frame.columns]
+        named += [(k, _constant(v, n)) for k, v in (last or {}).items()]
+        for name, col in named:
             if col.dtype.kind in "biuf":
-                arr = np.ascontiguousarray(col.to_numpy())
+                arr = np.ascontiguousarray(col.to_numpy() if isinstance(col, pd.Series) else col)
                 columns.append({"name": str(name), "dtype": arr.dtype.str})
                 parts.append(arr.tobytes())
                 continue
-            codes, uniques = pd.factorize(col, use_na_sentinel=True)
+            if isinstance(col, _Text):  # one value on every row: the codes factorize would give
+                codes, uniques = np.zeros(n, dtype=np.int32), ([col.value] if n else [])
+            else:
+                codes, uniques = pd.factorize(col, use_na_sentinel=True)
             values = [v if type(v) is str else str(v) for v in np.asarray(uniques, dtype=object).tolist()]
             if len(values) <= _INLINE:
                 columns.append({"name": str(name), "strings": values})
@@ -107,6 +115,19 @@ class RunLog:
             self._fd = None
             self._shared.clear()  # a later add opens a new file: its string lists are written there again
             self._keys.clear()
+
+
+@dataclass(frozen=True)
+class _Text:
+    """A text column of one value (``RunLog.add``'s ``first`` / ``last``)."""
+
+    value: str
+    dtype = np.dtype(object)
+
+
+def _constant(value, n: int):
+    """A column of ``n`` times ``value`` as a frame would hold it: text as :class:`_Text`, a number as an array."""
+    return _Text(value) if isinstance(value, str) else np.full(n, value)
 
 
 def _record(head: dict, body: bytes) -> bytes:

@@ -307,7 +307,9 @@ def write_files(results_dir: str | Path, record, *, log: RunLog | None = None) -
     own = log is None
     log = RunLog(rdir / PREDICTIONS_DIR) if own else log
     try:
-        log.add(run_id(record.row), prediction_table(record.row, record.predictions), record.curves or None)
+        thr = record.row.get("threshold")  # the columns prediction_table adds, without copying the frame
+        log.add(run_id(record.row), record.predictions, record.curves or None,
+                first={"run_id": run_id(record.row)}, last={"threshold": thr if thr is not None else math.nan})
     finally:
         if own:
             log.close()
