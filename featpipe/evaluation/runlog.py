@@ -144,7 +144,16 @@ class Entry:
     size: int  # of the body
     crc: int  # crc32 of header + body, as written
     head_crc: int  # crc32 of the header
-    head: dict
+    head: dict  # the header without its curves
+    curves_json: bytes = b"null"  # the header's curves, parsed when asked for (:attr:`curves`)
+
+    @property
+    def curves(self) -> dict | None:
+        """The run's ROC/PR points (None when it has none); a damaged header is a one-line :class:`DataError`."""
+        try:
+            return json.loads(self.curves_json)
+        except ValueError:
+            raise _damaged(self.path, f"unreadable curves of run {self.run_id}") from None
 
     @property
     def run_id(self) -> str:
@@ -186,7 +195,7 @@ def _scan(name: str, size: int, mtime_ns: int) -> tuple[list[Entry], dict[str, l
                 break  # torn by a kill (or being written): the runs before it are whole
             h = fh.read(hl)
             try:
-                head = json.loads(h)
+                head, curves = _header(h)
             except ValueError:
                 raise _damaged(path, f"unreadable record header at byte {pos}") from None
             if head.get("kind") == "strings":
@@ -195,9 +204,29 @@ def _scan(name: str, size: int, mtime_ns: int) -> tuple[list[Entry], dict[str, l
                     raise _damaged(path, f"checksum of the record at byte {pos}")
                 strings[head["key"]] = json.loads(body)
             elif head.get("kind") == "run":  # its body is checked when it is read
-                entries.append(Entry(path, pos + _PREFIX.size + hl, bl, crc, zlib.crc32(h), head))
+                entries.append(Entry(path, pos + _PREFIX.size + hl, bl, crc, zlib.crc32(h), head, curves))
             pos = end
     return entries, strings
+
+
+_CURVES = b',"curves":'
+
+
+def _header(h: bytes) -> tuple[dict, bytes]:
+    """(a record's header without its curves, the curves' JSON text). A run header is written with ``curves`` as
+    its last key (:meth:`RunLog.add`), and the first ``,"curves":`` in it is that key (inside a JSON string a quote
+    is escaped; no other key is named so): the curves, most of the header, are parsed only when asked for."""
+    at = h.find(_CURVES)
+    if at < 0 or not h.endswith(b"}"):
+        head = json.loads(h)
+        if not isinstance(head, dict):
+            raise ValueError("not a JSON object")
+        curves = head.pop("curves", None)
+        return head, json.dumps(curves).encode()
+    head = json.loads(h[:at] + b"}")
+    if not isinstance(head, dict) or "curves" in head:
+        raise ValueError("not a run header")
+    return head, h[at + len(_CURVES): -1]
 
 
 def read_entry(entry: Entry, strings: Mapping[str, list[str]]) -> pd.DataFrame:

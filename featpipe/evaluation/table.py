@@ -371,8 +371,8 @@ def read_curves(results_dir: str | Path, run_ids: Iterable[str] | None = None) -
     (default: every run) whose current predictions carry curves (``fit.curves``) under ``results_dir``."""
     sources = _sources(results_dir)
     want = list(sources) if run_ids is None else [r for r in run_ids if r in sources]
-    return {r: sources[r][1].head["curves"] for r in want
-            if isinstance(sources[r][1], Entry) and sources[r][1].head.get("curves")}
+    entries = {r: sources[r][1] for r in want if isinstance(sources[r][1], Entry)}
+    return {r: c for r, c in ((r, e.curves) for r, e in entries.items()) if c}
 
 
 def prune_predictions(results_dir: str | Path) -> list[Path]:
