@@ -350,13 +350,32 @@ def _cost(task: tuple) -> float:
 _META = ("path", "backbone", "weights", "layer", "tag", "weights_request", "attrs", "y", "row", "val", "test")
 
 
-def _fit_task(task: tuple, shared, *, metas: list, splits: Splits, params: Params, models_dir) -> list[RunResult]:
+@dataclass
+class _Unfinished:
+    """What a task that failed part-way returns: the runs it finished (written like any run's) and its error
+    (raised in the caller's process once they are)."""
+
+    done: list
+    error: Exception
+
+    def __iter__(self):
+        return iter(self.done)
+
+
+def _fit_task(task: tuple, shared, *, metas: list, splits: Splits, params: Params,
+              models_dir) -> list[RunResult] | _Unfinished:
     """The runs of every head at one (cache, shots, seed) on the engine, one after the other in one process: they
     share the k-shot rows scaled once and their Gram matrix (:func:`featpipe.heads.scaling.fit_pipeline`); the
-    feature matrices come in ``shared`` (``X<i>``)."""
+    feature matrices come in ``shared`` (``X<i>``). A run that fails ends the task: :class:`_Unfinished`."""
     c, heads, k, s = task
     data = CacheData(X=shared[f"X{c}"], **metas[c])
-    return [fit_run(data, splits, head=h, shots=k, seed=s, params=params, models_dir=models_dir) for h in heads]
+    done = []
+    for h in heads:
+        try:
+            done.append(fit_run(data, splits, head=h, shots=k, seed=s, params=params, models_dir=models_dir))
+        except Exception as exc:  # the runs before it are kept (a sweep that fails keeps what it finished)
+            return _Unfinished(done, exc)
+    return done
 
 
 def run_grid(splits: Splits, caches: Sequence[CacheData], *, heads: Sequence[str], shots: Sequence[int],
@@ -366,7 +385,8 @@ def run_grid(splits: Splits, caches: Sequence[CacheData], *, heads: Sequence[str
     """Every (cache, head, k, seed) run, in grid order, mapped over ``engine`` (default: the local engine with
     ``n_jobs`` processes, ``fit.n_jobs`` by default) as one task per (cache, k, seed) that fits every head; the
     feature matrices are shared read-only, each task asks ``engine.fit_cpus`` CPUs. ``on_result(run)`` is called
-    in this process as each run finishes (the runs of a task as it finishes)."""
+    in this process as each run finishes (the runs of a task as it finishes; where a run fails, the runs its task
+    finished before it, then its error is raised)."""
     for h in heads:
         head_params(h, params.heads)  # unknown head names fail before any work
     n_jobs = params.fit.n_jobs if n_jobs is None else n_jobs
@@ -375,8 +395,14 @@ def run_grid(splits: Splits, caches: Sequence[CacheData], *, heads: Sequence[str
     tasks = [(c, heads, k, s) for c in range(len(caches)) for k in shots for s in seeds]
     metas = [{f: getattr(c, f) for f in _META} for c in caches]
     task = functools.partial(_fit_task, metas=metas, splits=splits, params=params, models_dir=models_dir)
+
+    def deliver(i: int, runs) -> None:
+        for r in runs if on_result is not None else ():
+            on_result(r)
+        if isinstance(runs, _Unfinished):
+            raise runs.error
+
     done = engine.map(task, tasks, cpus=params.engine.fit_cpus, cost=_cost,
-                      shared={f"X{i}": c.X for i, c in enumerate(caches)},
-                      on_result=None if on_result is None else (lambda i, runs: [on_result(r) for r in runs]))
+                      shared={f"X{i}": c.X for i, c in enumerate(caches)}, on_result=deliver)
     by_run = {(c, h, k, s): r for (c, _, k, s), runs in zip(tasks, done) for h, r in zip(heads, runs)}
     return [by_run[(c, h, k, s)] for c in range(len(caches)) for h in heads for k in shots for s in seeds]
