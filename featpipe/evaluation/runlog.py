@@ -43,6 +43,7 @@ SUFFIX = ".fpruns"
 MAGIC = b"FPRUNS1\n"
 _PREFIX = struct.Struct("<4sIQQ")
 _REC = b"REC1"
+_MAX_PART = 1 << 40  # a header or body this long is a damaged length field (a torn record has its real lengths)
 _INLINE = 64  # text columns with at most this many distinct values keep them in the run's header
 
 
@@ -191,6 +192,8 @@ def _scan(name: str, size: int, mtime_ns: int) -> tuple[list[Entry], dict[str, l
             if tag != _REC:
                 raise _damaged(path, f"no record at byte {pos}")
             end = pos + _PREFIX.size + hl + bl
+            if hl >= _MAX_PART or bl >= _MAX_PART:  # lengths no writer writes: damaged, not torn
+                raise _damaged(path, f"impossible record lengths at byte {pos}")
             if end > size:
                 break  # torn by a kill (or being written): the runs before it are whole
             h = fh.read(hl)
