@@ -92,26 +92,8 @@ def _worker(fn: Callable, items: list, paths: Mapping[str, str], parent: int, cw
     # working directory now, not in the one the worker was started in
     os.chdir(cwd)
     run_setup(setup)
-    return k, run_chunk(fn, items, _mapped(paths))
-
-
-_MAPPED: dict[tuple, np.ndarray] = {}
-
-
-def _mapped(paths: Mapping[str, str]) -> dict[str, np.ndarray]:
-    """The shared arrays memory-mapped read-only, the same objects for every chunk of one :meth:`LocalExecutor.map`
-    that this worker runs (what is derived from an array, e.g. a scaler fitted on its rows, is reused across
-    chunks); the arrays of an earlier map are let go. A file is known by its path and its inode, size and time."""
-    keys = {}
-    for name, p in paths.items():
-        st = os.stat(p)
-        keys[name] = (p, st.st_ino, st.st_size, st.st_mtime_ns)
-    for key in [key for key in _MAPPED if key not in keys.values()]:
-        del _MAPPED[key]
-    for key in keys.values():
-        if key not in _MAPPED:
-            _MAPPED[key] = np.load(key[0], mmap_mode="r")
-    return {name: _MAPPED[key] for name, key in keys.items()}
+    shared = {name: np.load(p, mmap_mode="r") for name, p in paths.items()}
+    return k, run_chunk(fn, items, shared)
 
 
 def _stream(batches: list, read: Callable, prepare: Optional[Callable], model: Callable):

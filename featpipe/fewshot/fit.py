@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -308,7 +309,7 @@ def _pool(data: CacheData, splits: Splits, center_only: bool):
                        center_only=center_only)
 
 
-_DIGESTS: list = []  # [(feature matrix, its digest)]: the matrices of the caches this process fits on
+_DIGESTS: list = []  # [(weak reference to a feature matrix, its digest)]: the matrices this process fits on
 
 
 def _sample_digest(X: np.ndarray) -> str:
@@ -316,14 +317,14 @@ def _sample_digest(X: np.ndarray) -> str:
     with other features (another decode setting) in one process never reuses the old cache's pool scaler.
     Remembered for the matrix object itself (read-only feature matrices: the same object holds the same rows),
     so the runs of one cache hash it once."""
-    for M, digest in _DIGESTS:
-        if M is X:
+    for ref, digest in _DIGESTS:
+        if ref() is X:
             return digest
     digest = hashlib.sha256(np.ascontiguousarray(X[:: max(1, len(X) // 64)]).tobytes()).hexdigest()[:16]
     if X.flags.writeable:  # a matrix the caller may change in place: hashed every time
         return digest
-    del _DIGESTS[:-7]
-    _DIGESTS.append((X, digest))
+    _DIGESTS[:] = [e for e in _DIGESTS if e[0]() is not None][-7:]  # never keeps a matrix alive
+    _DIGESTS.append((weakref.ref(X), digest))
     return digest
 
 
