@@ -11,7 +11,8 @@ body, header length, body length), a JSON header and a body:
 
 - ``strings``: a list of strings several runs share (the split's ids): header ``{"kind", "key"}``, body the
   UTF-8 JSON list; written once per file, before the first run that refers to it;
-- ``run``: header ``{"kind", "run_id", "written" (ns), "rows", "columns", "curves"}``; each column is
+- ``run``: header ``{"kind", "run_id", "written" (ns), "rows", "columns", "curves"}`` (``curves`` last: a scan
+  parses the rest and leaves the curves' JSON text until they are read); each column is
   ``{"name", "dtype"}`` (its bytes follow in the body, in order) or, for text, ``{"name", "strings"}`` with the
   values inline or the key of a ``strings`` record, and int32 codes in the body (-1: missing).
 
