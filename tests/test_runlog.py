@@ -6,6 +6,7 @@ runs were all written again are pruned."""
 from __future__ import annotations
 
 import os
+import re
 import struct
 from pathlib import Path
 from types import SimpleNamespace
@@ -89,6 +90,15 @@ def test_a_record_torn_by_a_kill_is_ignored_and_a_damaged_one_is_one_line(tmp_pa
     damaged[len(whole) // 2] ^= 0xFF  # one flipped byte inside the second run's numbers
     path.write_bytes(bytes(damaged))
     with pytest.raises(DataError, match=rf"predictions file {path} is damaged .*delete it and re-run"):
+        read_predictions(tmp_path)
+    from featpipe.evaluation.runlog import scan
+
+    second = scan(path)[0][1]  # a damaged length field of a record in the middle: not taken for a torn tail
+    prefix = max(m.start() for m in re.finditer(b"REC1", whole) if m.start() < second.offset)
+    damaged = bytearray(whole)
+    damaged[prefix + 8: prefix + 24] = bytes(b ^ 0xFF for b in damaged[prefix + 8: prefix + 24])
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(DataError, match=rf"predictions file {path} is damaged \(impossible record lengths"):
         read_predictions(tmp_path)
     path.write_bytes(b"not a log at all")
     with pytest.raises(DataError, match="not a featpipe run log"):

@@ -188,14 +188,20 @@ def _degenerate(val: Outputs, *, n_classes: int, threshold: float | None) -> str
 
 def prediction_frame(classes: Sequence[str], **parts) -> pd.DataFrame:
     """Per-image outputs: ``split, id, label, p[<class>]...`` for each ``name=(ids, labels, proba)``."""
-    frames = []
-    for name, (ids, y, proba) in parts.items():
-        if proba is None or not len(ids):
+    split, ids, labels, probas = [], [], [], []
+    for name, (part_ids, y, proba) in parts.items():
+        if proba is None or not len(part_ids):
             continue
         p = np.asarray(proba, dtype=np.float64)
         if p.ndim == 1:
             p = np.column_stack([1 - p, p])
-        cols = {"split": name, "id": list(ids), "label": np.asarray(y, dtype=np.int64)}
-        cols.update({proba_column(c): p[:, j] for j, c in enumerate(classes)})  # one frame, not a column per insert
-        frames.append(pd.DataFrame(cols))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["split", "id", "label"])
+        split += [name] * len(part_ids)
+        ids += list(part_ids)
+        labels.append(np.asarray(y, dtype=np.int64))
+        probas.append(p)
+    if not split:
+        return pd.DataFrame(columns=["split", "id", "label"])
+    p = np.concatenate(probas) if len(probas) > 1 else probas[0]
+    cols = {"split": split, "id": ids, "label": np.concatenate(labels)}
+    cols.update({proba_column(c): p[:, j] for j, c in enumerate(classes)})  # one frame, not a column per insert
+    return pd.DataFrame(cols)

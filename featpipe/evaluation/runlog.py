@@ -11,7 +11,8 @@ body, header length, body length), a JSON header and a body:
 
 - ``strings``: a list of strings several runs share (the split's ids): header ``{"kind", "key"}``, body the
   UTF-8 JSON list; written once per file, before the first run that refers to it;
-- ``run``: header ``{"kind", "run_id", "written" (ns), "rows", "columns", "curves"}``; each column is
+- ``run``: header ``{"kind", "run_id", "written" (ns), "rows", "columns", "curves"}`` (``curves`` last: a scan
+  parses the rest and leaves the curves' JSON text until they are read); each column is
   ``{"name", "dtype"}`` (its bytes follow in the body, in order) or, for text, ``{"name", "strings"}`` with the
   values inline or the key of a ``strings`` record, and int32 codes in the body (-1: missing).
 
@@ -43,6 +44,7 @@ SUFFIX = ".fpruns"
 MAGIC = b"FPRUNS1\n"
 _PREFIX = struct.Struct("<4sIQQ")
 _REC = b"REC1"
+_MAX_PART = 1 << 40  # a header or body this long is a damaged length field (a torn record has its real lengths)
 _INLINE = 64  # text columns with at most this many distinct values keep them in the run's header
 
 
@@ -54,6 +56,7 @@ class RunLog:
         self.path: Path | None = None
         self._fd: int | None = None
         self._shared: set[str] = set()
+        self._keys: dict[tuple, str] = {}  # string list -> key of its shared record (the split's ids, every run)
 
     def _open(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -66,29 +69,42 @@ class RunLog:
             self.path = path
             os.write(self._fd, MAGIC)
 
-    def add(self, run_id: str, frame: pd.DataFrame, curves: Mapping | None = None) -> None:
+    def add(self, run_id: str, frame: pd.DataFrame, curves: Mapping | None = None, *, first: Mapping | None = None,
+            last: Mapping | None = None) -> None:
         """Append one run: its predictions ``frame`` (any columns: numbers kept as their bytes, text as codes)
-        and its ``curves``; one write per record, so a kill leaves at most the last record torn."""
+        and its ``curves``; one write per record, so a kill leaves at most the last record torn. ``first`` /
+        ``last``: columns of one value on every row, before / after the frame's (as if inserted into it)."""
         if self._fd is None:
             self._open()
         columns, parts, shared = [], [], []
-        for name in frame.columns:
-            col = frame[name]
+        n = len(frame)
+        named = [(k, _constant(v, n)) for k, v in (first or {}).items()]
+        named += [(name, frame[name]) for name in frame.columns]
+        named += [(k, _constant(v, n)) for k, v in (last or {}).items()]
+        for name, col in named:
             if col.dtype.kind in "biuf":
-                arr = np.ascontiguousarray(col.to_numpy())
+                arr = np.ascontiguousarray(col.to_numpy() if isinstance(col, pd.Series) else col)
                 columns.append({"name": str(name), "dtype": arr.dtype.str})
                 parts.append(arr.tobytes())
                 continue
-            codes, uniques = pd.factorize(col, use_na_sentinel=True)
-            values = [str(v) for v in uniques]
+            if isinstance(col, _Text):  # one value on every row: the codes factorize would give
+                codes, uniques = np.zeros(n, dtype=np.int32), ([col.value] if n else [])
+            else:
+                codes, uniques = pd.factorize(col, use_na_sentinel=True)
+            values = [v if type(v) is str else str(v) for v in np.asarray(uniques, dtype=object).tolist()]
             if len(values) <= _INLINE:
                 columns.append({"name": str(name), "strings": values})
             else:
-                text = json.dumps(values, ensure_ascii=False).encode()
-                key = hashlib.sha256(text).hexdigest()[:32]
-                if key not in self._shared:
-                    shared.append(_record({"kind": "strings", "key": key}, text))
-                    self._shared.add(key)
+                key = self._keys.get(tuple(values))
+                if key is None:  # a list not seen by this log: its key (a hash of its JSON text), written once
+                    text = json.dumps(values, ensure_ascii=False).encode()
+                    key = hashlib.sha256(text).hexdigest()[:32]
+                    if key not in self._shared:
+                        shared.append(_record({"kind": "strings", "key": key}, text))
+                        self._shared.add(key)
+                    if len(self._keys) > 16:
+                        self._keys.clear()
+                    self._keys[tuple(values)] = key
                 columns.append({"name": str(name), "strings": key})
             parts.append(codes.astype(np.int32).tobytes())
         head = {"kind": "run", "run_id": str(run_id), "written": time.time_ns(), "rows": len(frame),
@@ -99,6 +115,21 @@ class RunLog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+            self._shared.clear()  # a later add opens a new file: its string lists are written there again
+            self._keys.clear()
+
+
+@dataclass(frozen=True)
+class _Text:
+    """A text column of one value (``RunLog.add``'s ``first`` / ``last``)."""
+
+    value: str
+    dtype = np.dtype(object)
+
+
+def _constant(value, n: int):
+    """A column of ``n`` times ``value`` as a frame would hold it: text as :class:`_Text`, a number as an array."""
+    return _Text(value) if isinstance(value, str) else np.full(n, value)
 
 
 def _record(head: dict, body: bytes) -> bytes:
@@ -115,7 +146,16 @@ class Entry:
     size: int  # of the body
     crc: int  # crc32 of header + body, as written
     head_crc: int  # crc32 of the header
-    head: dict
+    head: dict  # the header without its curves
+    curves_json: bytes = b"null"  # the header's curves, parsed when asked for (:attr:`curves`)
+
+    @property
+    def curves(self) -> dict | None:
+        """The run's ROC/PR points (None when it has none); a damaged header is a one-line :class:`DataError`."""
+        try:
+            return json.loads(self.curves_json)
+        except ValueError:
+            raise _damaged(self.path, f"unreadable curves of run {self.run_id}") from None
 
     @property
     def run_id(self) -> str:
@@ -153,11 +193,13 @@ def _scan(name: str, size: int, mtime_ns: int) -> tuple[list[Entry], dict[str, l
             if tag != _REC:
                 raise _damaged(path, f"no record at byte {pos}")
             end = pos + _PREFIX.size + hl + bl
+            if hl >= _MAX_PART or bl >= _MAX_PART:  # lengths no writer writes: damaged, not torn
+                raise _damaged(path, f"impossible record lengths at byte {pos}")
             if end > size:
                 break  # torn by a kill (or being written): the runs before it are whole
             h = fh.read(hl)
             try:
-                head = json.loads(h)
+                head, curves = _header(h)
             except ValueError:
                 raise _damaged(path, f"unreadable record header at byte {pos}") from None
             if head.get("kind") == "strings":
@@ -166,9 +208,29 @@ def _scan(name: str, size: int, mtime_ns: int) -> tuple[list[Entry], dict[str, l
                     raise _damaged(path, f"checksum of the record at byte {pos}")
                 strings[head["key"]] = json.loads(body)
             elif head.get("kind") == "run":  # its body is checked when it is read
-                entries.append(Entry(path, pos + _PREFIX.size + hl, bl, crc, zlib.crc32(h), head))
+                entries.append(Entry(path, pos + _PREFIX.size + hl, bl, crc, zlib.crc32(h), head, curves))
             pos = end
     return entries, strings
+
+
+_CURVES = b',"curves":'
+
+
+def _header(h: bytes) -> tuple[dict, bytes]:
+    """(a record's header without its curves, the curves' JSON text). A run header is written with ``curves`` as
+    its last key (:meth:`RunLog.add`), and the first ``,"curves":`` in it is that key (inside a JSON string a quote
+    is escaped; no other key is named so): the curves, most of the header, are parsed only when asked for."""
+    at = h.find(_CURVES)
+    if at < 0 or not h.endswith(b"}"):
+        head = json.loads(h)
+        if not isinstance(head, dict):
+            raise ValueError("not a JSON object")
+        curves = head.pop("curves", None)
+        return head, json.dumps(curves).encode()
+    head = json.loads(h[:at] + b"}")
+    if not isinstance(head, dict) or "curves" in head:
+        raise ValueError("not a run header")
+    return head, h[at + len(_CURVES): -1]
 
 
 def read_entry(entry: Entry, strings: Mapping[str, list[str]]) -> pd.DataFrame:

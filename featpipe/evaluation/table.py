@@ -315,7 +315,9 @@ def write_files(results_dir: str | Path, record, *, log: RunLog | None = None) -
     own = log is None
     log = RunLog(rdir / PREDICTIONS_DIR) if own else log
     try:
-        log.add(run_id(record.row), prediction_table(record.row, record.predictions), record.curves or None)
+        thr = record.row.get("threshold")  # the columns prediction_table adds, without copying the frame
+        log.add(run_id(record.row), record.predictions, record.curves or None,
+                first={"run_id": run_id(record.row)}, last={"threshold": thr if thr is not None else math.nan})
     finally:
         if own:
             log.close()
@@ -377,8 +379,8 @@ def read_curves(results_dir: str | Path, run_ids: Iterable[str] | None = None) -
     (default: every run) whose current predictions carry curves (``fit.curves``) under ``results_dir``."""
     sources = _sources(results_dir)
     want = list(sources) if run_ids is None else [r for r in run_ids if r in sources]
-    return {r: sources[r][1].head["curves"] for r in want
-            if isinstance(sources[r][1], Entry) and sources[r][1].head.get("curves")}
+    entries = {r: sources[r][1] for r in want if isinstance(sources[r][1], Entry)}
+    return {r: c for r, c in ((r, e.curves) for r, e in entries.items()) if c}
 
 
 def prune_predictions(results_dir: str | Path) -> list[Path]:

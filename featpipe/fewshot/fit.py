@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -38,7 +39,7 @@ from featpipe.evaluation.record import Outputs, RunRecord, check_disjoint, recor
 from featpipe.features.cache import cache_path, read_features
 from featpipe.fewshot.labels import fit_per_label
 from featpipe.fewshot.zeroshot import text_prior
-from featpipe.heads.base import one_blas_thread
+from featpipe.heads.base import one_blas_thread, per_rows
 from featpipe.heads.io import save_head
 from featpipe.heads.registry import get as get_head
 from featpipe.heads.registry import head_params, make_head
@@ -125,6 +126,7 @@ def load_cache(cache_dir: str | Path, splits: Splits, backbone: str, *, layer: s
     if np.any((sel.labels < 0) | (sel.labels >= len(splits.classes))):
         raise CacheError(f"{path} holds labels outside 0..{len(splits.classes) - 1}: re-run 'featpipe extract'")
     X = np.ascontiguousarray(sel.features, dtype=np.float32)
+    X.setflags(write=False)  # shared by every run of the grid, never changed
     return CacheData(path, backbone, weights_name(a.get("weights") or weights or "default", a.get("weights_id", "")),
                      layer or "", tag or "",
                      str(weights or "default"), a, X,
@@ -165,7 +167,8 @@ def fit_run(data: CacheData, splits: Splits, *, head: str, shots: int, seed: int
         if get_head(head).text_prior:  # the zero-shot classifier's weights, written for the head's input
             pipe[-1].set_params(prior=_text_prior(data, splits, params))
         model = fit_pipeline(pipe, data.X[tr], y_tr, kind=params.heads.scaler,
-                             pool=lambda center: _pool(data, splits, center))
+                             pool=lambda center: _pool(data, splits, center),
+                             key=(str(data.path), data.X.shape, _sample_digest(data.X), tr.tobytes()))
         proba = _scores(model, data, va)  # one pass over val + test
     proba, temperature = _calibrate(proba, data.y[va], params.heads.calibrate)
     clf = model[-1]
@@ -283,20 +286,46 @@ def _scores(model, data: CacheData, va: np.ndarray) -> np.ndarray:
     once per cache and val rows (:func:`featpipe.heads.scaling.scaled_rows`), not once per run."""
     rows = np.r_[va, data.test]
     scaled = scaled_rows(model, (str(data.path), data.X.shape, va.tobytes()), lambda: data.X[rows])
-    return model.predict_proba(data.X[rows]) if scaled is None else model[1:].predict_proba(scaled)
+    if scaled is None:
+        return model.predict_proba(data.X[rows])
+    if len(model.steps) == 2:  # the head alone: it reads its input as float64, converted once per cache (exact)
+        scaled = per_rows(scaled, "float64", _read_only_float64)
+    with sklearn.config_context(assume_finite=True):  # checked once, by the scaler's transform that made them
+        return model[1:].predict_proba(scaled)
+
+
+def _read_only_float64(X: np.ndarray) -> np.ndarray:
+    if X.dtype == np.float64:
+        return X
+    out = X.astype(np.float64)
+    out.setflags(write=False)
+    return out
 
 
 def _pool(data: CacheData, splits: Splits, center_only: bool):
     """The standardiser fitted on every train-split row of ``data`` (no labels), memoised per cache."""
-    idx = np.fromiter((data.row[k] for k in splits.train), np.int64, len(splits.train))
-    return pool_scaler((str(data.path), data.X.shape, splits.sha256, _sample_digest(data.X)), lambda: data.X[idx],
+    idx = lambda: np.fromiter((data.row[k] for k in splits.train), np.int64, len(splits.train))
+    return pool_scaler((str(data.path), data.X.shape, splits.sha256, _sample_digest(data.X)), lambda: data.X[idx()],
                        center_only=center_only)
+
+
+_DIGESTS: list = []  # [(weak reference to a feature matrix, its digest)]: the matrices this process fits on
 
 
 def _sample_digest(X: np.ndarray) -> str:
     """A cheap fingerprint of a feature matrix (a hash of 64 evenly spaced rows): a cache rebuilt at the same path
-    with other features (another decode setting) in one process never reuses the old cache's pool scaler."""
-    return hashlib.sha256(np.ascontiguousarray(X[:: max(1, len(X) // 64)]).tobytes()).hexdigest()[:16]
+    with other features (another decode setting) in one process never reuses the old cache's pool scaler.
+    Remembered for the matrix object itself (read-only feature matrices: the same object holds the same rows),
+    so the runs of one cache hash it once."""
+    for ref, digest in _DIGESTS:
+        if ref() is X:
+            return digest
+    digest = hashlib.sha256(np.ascontiguousarray(X[:: max(1, len(X) // 64)]).tobytes()).hexdigest()[:16]
+    if X.flags.writeable:  # a matrix the caller may change in place: hashed every time
+        return digest
+    _DIGESTS[:] = [e for e in _DIGESTS if e[0]() is not None][-7:]  # never keeps a matrix alive
+    _DIGESTS.append((weakref.ref(X), digest))
+    return digest
 
 
 def _sidecar(data: CacheData, rec: RunRecord, *, head: str, hp: dict) -> dict:
@@ -314,19 +343,40 @@ _COST = {"mlp": 3.0, "logistic": 2.0, "svc": 2.0, "prototype": 0.2, "knn": 0.3} 
 
 
 def _cost(task: tuple) -> float:
-    """Relative time of one (cache, head, shots, seed) run: heavy runs (large k, MLP) go first."""
-    _, head, shots, _ = task
-    return (shots + 5) * _COST.get(head, 1.0)
+    """Relative time of one (cache, heads, shots, seed) task: heavy ones (large k, MLP) go first."""
+    _, heads, shots, _ = task
+    return (shots + 5) * sum(_COST.get(h, 1.0) for h in heads)
 
 
 _META = ("path", "backbone", "weights", "layer", "tag", "weights_request", "attrs", "y", "row", "val", "test")
 
 
-def _fit_task(task: tuple, shared, *, metas: list, splits: Splits, params: Params, models_dir) -> RunResult:
-    """One (cache, head, shots, seed) run on the engine; the feature matrices come in ``shared`` (``X<i>``)."""
-    c, h, k, s = task
+@dataclass
+class _Unfinished:
+    """What a task that failed part-way returns: the runs it finished (written like any run's) and its error
+    (raised in the caller's process once they are)."""
+
+    done: list
+    error: Exception
+
+    def __iter__(self):
+        return iter(self.done)
+
+
+def _fit_task(task: tuple, shared, *, metas: list, splits: Splits, params: Params,
+              models_dir) -> list[RunResult] | _Unfinished:
+    """The runs of every head at one (cache, shots, seed) on the engine, one after the other in one process: they
+    share the k-shot rows scaled once and their Gram matrix (:func:`featpipe.heads.scaling.fit_pipeline`); the
+    feature matrices come in ``shared`` (``X<i>``). A run that fails ends the task: :class:`_Unfinished`."""
+    c, heads, k, s = task
     data = CacheData(X=shared[f"X{c}"], **metas[c])
-    return fit_run(data, splits, head=h, shots=k, seed=s, params=params, models_dir=models_dir)
+    done = []
+    for h in heads:
+        try:
+            done.append(fit_run(data, splits, head=h, shots=k, seed=s, params=params, models_dir=models_dir))
+        except Exception as exc:  # the runs before it are kept (a sweep that fails keeps what it finished)
+            return _Unfinished(done, exc)
+    return done
 
 
 def run_grid(splits: Splits, caches: Sequence[CacheData], *, heads: Sequence[str], shots: Sequence[int],
@@ -334,16 +384,26 @@ def run_grid(splits: Splits, caches: Sequence[CacheData], *, heads: Sequence[str
              n_jobs: int | None = None, engine: Executor | None = None,
              on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
     """Every (cache, head, k, seed) run, in grid order, mapped over ``engine`` (default: the local engine with
-    ``n_jobs`` processes, ``fit.n_jobs`` by default); the feature matrices are shared read-only, each run asks
-    ``engine.fit_cpus`` CPUs. ``on_result(run)`` is called in this process as each run finishes."""
+    ``n_jobs`` processes, ``fit.n_jobs`` by default) as one task per (cache, k, seed) that fits every head; the
+    feature matrices are shared read-only, each task asks ``engine.fit_cpus`` CPUs. ``on_result(run)`` is called
+    in this process as each run finishes (the runs of a task as it finishes; where a run fails, the runs its task
+    finished before it, then its error is raised)."""
     for h in heads:
         head_params(h, params.heads)  # unknown head names fail before any work
     n_jobs = params.fit.n_jobs if n_jobs is None else n_jobs
     engine = engine or LocalExecutor(workers=n_jobs)
-    grid = [(c, h, k, s) for c in range(len(caches)) for h in heads for k in shots for s in seeds]
+    heads = tuple(heads)
+    tasks = [(c, heads, k, s) for c in range(len(caches)) for k in shots for s in seeds]
     metas = [{f: getattr(c, f) for f in _META} for c in caches]
     task = functools.partial(_fit_task, metas=metas, splits=splits, params=params, models_dir=models_dir)
-    return engine.map(task, grid, cpus=params.engine.fit_cpus, cost=_cost,
-                      shared={f"X{i}": c.X for i, c in enumerate(caches)},
-                      on_result=None if on_result is None else (lambda i, r: on_result(r)))
 
+    def deliver(i: int, runs) -> None:
+        for r in runs if on_result is not None else ():
+            on_result(r)
+        if isinstance(runs, _Unfinished):
+            raise runs.error
+
+    done = engine.map(task, tasks, cpus=params.engine.fit_cpus, cost=_cost,
+                      shared={f"X{i}": c.X for i, c in enumerate(caches)}, on_result=deliver)
+    by_run = {(c, h, k, s): r for (c, _, k, s), runs in zip(tasks, done) for h, r in zip(heads, runs)}
+    return [by_run[(c, h, k, s)] for c in range(len(caches)) for h in heads for k in shots for s in seeds]

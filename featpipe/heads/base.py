@@ -44,7 +44,7 @@ def span_basis(X: np.ndarray, rtol: float = 1e-10) -> tuple[np.ndarray, np.ndarr
     From the eigen-decomposition of the n x n Gram matrix, so it costs n^2 D, not n D^2.
     """
     X = np.asarray(X, dtype=np.float64)
-    w, U = np.linalg.eigh(X @ X.T)
+    w, U = np.linalg.eigh(gram(X))
     keep = w > rtol * max(w.max(), 1e-300)
     w, U = w[keep][::-1], U[:, keep][:, ::-1]
     s = np.sqrt(w)
@@ -87,6 +87,31 @@ def grid_cv_folds(fit_predict_all, n_candidates: int, y: np.ndarray, *, folds: i
     means = scores.mean(axis=1)
     best = int(np.argmax(means))
     return best, float(means[best])
+
+
+_ROWS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def per_rows(X: np.ndarray, name: str, compute) -> np.ndarray:
+    """``compute(X)`` remembered for the read-only matrix ``X`` itself (the scaled val + test rows that every run
+    of a cache scores: :func:`featpipe.heads.scaling.scaled_rows`), one matrix per ``name``; computed every time
+    for a writeable ``X``, which its owner may change."""
+    if X.flags.writeable:
+        return compute(X)
+    hit = _ROWS.get(name)
+    if hit is None or hit[0] is not X:
+        hit = _ROWS[name] = (X, compute(X))
+    return hit[1]
+
+
+def gram(X: np.ndarray) -> np.ndarray:
+    """``X @ X.T`` (read-only), computed once for a read-only ``X`` that several heads fit on (:func:`per_rows`)."""
+    def compute(X):
+        G = X @ X.T
+        G.setflags(write=False)
+        return G
+
+    return per_rows(X, "gram", compute)
 
 
 _CONTROLLER = None

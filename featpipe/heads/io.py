@@ -173,17 +173,17 @@ def _check_archive(data: bytes, path: Path) -> None:
         if "schema.json" not in names:
             raise UnsafeModelError(f"{path} has no schema.json: not a skops archive, refusing to load it")
         for name in names:
-            blob = zf.read(name)
             if name == "schema.json":
                 continue
             if not name.endswith(".npy"):
                 raise UnsafeModelError(f"{path} holds an unexpected member {name!r}: refusing to load it")
-            buf = io.BytesIO(blob)
             try:
-                version = np.lib.format.read_magic(buf)
-                reader = {(1, 0): np.lib.format.read_array_header_1_0}.get(version, np.lib.format.read_array_header_2_0)
-                header = reader(buf)
-            except (ValueError, OSError):
+                with zf.open(name) as buf:  # the header only (the bytes are covered by the sidecar's sha256)
+                    version = np.lib.format.read_magic(buf)
+                    reader = {(1, 0): np.lib.format.read_array_header_1_0}.get(version,
+                                                                               np.lib.format.read_array_header_2_0)
+                    header = reader(buf)
+            except (ValueError, OSError, zipfile.BadZipFile):
                 raise UnsafeModelError(f"{path}: member {name!r} is not a plain numpy array; refusing to load it") from None
             if header[2].hasobject:
                 raise UnsafeModelError(f"{path}: member {name!r} holds Python objects (a pickle); refusing to load it")

@@ -11,7 +11,7 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 
-from featpipe.heads.base import _can_cv, _Head, build_pipeline, grid_cv, grid_cv_folds, span_basis
+from featpipe.heads.base import _can_cv, _Head, build_pipeline, gram, grid_cv, grid_cv_folds, span_basis
 from featpipe.heads.newton import class_weights, fit_binary, fit_path
 from featpipe.params.heads import LogisticParams
 
@@ -71,7 +71,7 @@ class FewShotLogistic(_Head):
 
     def _fit_binary(self, X, y):
         """Newton on the Gram matrix: the exact optimum (gradient ~1e-11), the CV folds' kernels sliced from it."""
-        G = X @ X.T
+        G = gram(X)
         C = float(self.C)
         self.cv_used_ = _can_cv(y, self.cv_folds) and len(self.C_grid) > 1
         self.cv_score_ = np.nan

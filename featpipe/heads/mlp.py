@@ -75,23 +75,29 @@ class MLPHead(_Head):
         best, stale, loss = np.inf, 0, np.nan
         self.n_iter_ = 0
         bufs = [(np.empty_like(p), np.empty_like(p)) for p in params]
-        h, draw = np.empty((n, H), dtype=f32), np.empty((n, H), dtype=f32)
+        # every (n, H) and (H, r) array of an epoch written into buffers made once: the same operations, without a
+        # fresh allocation (page faults) per array and epoch (a third of an epoch's time at 400 images)
+        h, draw, pre, dh, mask = (np.empty((n, H), dtype=f32) for _ in range(5))
+        flags, grad1 = np.empty((n, H), dtype=bool), np.empty((H, r), dtype=f32)
         for t in range(1, self.epochs + 1):
             W1, c1, W2, c2 = params
-            pre = Z @ W1.T
+            np.matmul(Z, W1.T, out=pre)
             pre += c1
             np.maximum(pre, 0, out=h)
-            mask = (rng.random(out=draw, dtype=f32) < keep) / f32(keep) if self.dropout > 0 else f32(1)
+            if self.dropout > 0:
+                np.divide(np.less(rng.random(out=draw, dtype=f32), keep, out=flags), f32(keep), out=mask)
+            else:
+                mask = f32(1)
             hd = np.multiply(h, mask, out=h)
             logits = hd @ W2.T + c2
             logits -= logits.max(axis=1, keepdims=True)
             logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
             loss = float(-(w * (logp * onehot).sum(1)).sum() / w.sum())
             dlog = (np.exp(logp) - onehot) * (w / w.sum())[:, None]
-            dh = dlog @ W2
+            np.matmul(dlog, W2, out=dh)
             dh *= mask
-            dh *= pre > 0
-            grads = [dh.T @ Z, dh.sum(0), dlog.T @ hd, dlog.sum(0)]
+            dh *= np.greater(pre, 0, out=flags)
+            grads = [np.matmul(dh.T, Z, out=grad1), dh.sum(0), dlog.T @ hd, dlog.sum(0)]
             for p, g, mi, vi, buf in zip(params, grads, m, v, bufs):
                 _adamw(p, g, mi, vi, buf, lr=self.lr, weight_decay=self.weight_decay, t=t)
             self.n_iter_ = t

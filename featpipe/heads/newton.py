@@ -16,7 +16,8 @@ hundreds. Warm starts along a C grid (:func:`fit_path`) cut the steps of a cross
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg import LinAlgError
+from scipy.linalg.lapack import dpotrf, dpotrs
 from scipy.special import expit
 
 TOL = 1e-11  # stop when the gradient of (sum_i s_i loss_i / S + ||w||^2 / (2 C S)) has norm below this
@@ -36,7 +37,13 @@ def _objective(f: np.ndarray, y: np.ndarray, s: np.ndarray, C: float, quad: floa
     return C * float(s @ (np.logaddexp(0.0, f) - y * f)) + 0.5 * quad
 
 
-def newton_step(G: np.ndarray, a: np.ndarray, r: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, float]:
+def workspace(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scratch matrices for :func:`newton_step` on ``n`` images (C and Fortran order), reused across its steps."""
+    return np.empty((n, n)), np.empty((n, n), order="F")
+
+
+def newton_step(G: np.ndarray, a: np.ndarray, r: np.ndarray, q: np.ndarray,
+                work: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, float]:
     """The Newton direction ``(da, db)`` at ``(a, b)`` given the loss residuals ``r_i = C s_i (p_i - y_i)`` and
     curvatures ``q_i = C s_i p_i (1 - p_i)``.
 
@@ -47,20 +54,30 @@ def newton_step(G: np.ndarray, a: np.ndarray, r: np.ndarray, q: np.ndarray) -> t
     ``w = Q^(1/2) 1``.
     """
     sq = np.sqrt(q)
-    M = G * np.outer(sq, sq)
-    M.flat[:: len(q) + 1] += 1.0
+    n = len(q)
+    M, F = work if work is not None and work[0].shape == (n, n) else workspace(n)
+    np.multiply(G, np.outer(sq, sq, out=M), out=M)  # G * outer(sq, sq), written into the scratch matrix
+    M.flat[:: n + 1] += 1.0
     ar = a + r
     Gq = G @ q
     # one factorisation, one solve of three right-hand sides: M^-1 Q^(1/2) G (a + r), M^-1 w, M^-1 Q^(1/2) G q
-    U = cho_solve(cho_factor(M, lower=True, check_finite=False),
-                  np.column_stack([sq * (G @ ar), sq, sq * Gq]), check_finite=False)
+    # (LAPACK's potrf / potrs called as scipy's cho_factor / cho_solve call them, without their per-call checks;
+    # potrf factorises a Fortran-order copy of M, made here into the scratch matrix F instead of a new array)
+    np.copyto(F, M)
+    L, info = dpotrf(F, lower=1, overwrite_a=1, clean=0)
+    if info:
+        raise LinAlgError(f"Newton step: the system is not positive definite (potrf info {info})")
+    U, info = dpotrs(L, np.column_stack([sq * (G @ ar), sq, sq * Gq]), lower=1, overwrite_b=0)
+    if info:
+        raise ValueError(f"Newton step: potrs info {info}")
     den = float(sq @ U[:, 1])
     db = -(float(r.sum()) - float(sq @ U[:, 0])) / den if den > 1e-300 else 0.0
     return -(ar + q * db) + sq * (U[:, 0] + db * U[:, 2]), db
 
 
 def fit_binary(G: np.ndarray, y: np.ndarray, s: np.ndarray, C: float, *, a0: np.ndarray | None = None,
-               b0: float = 0.0, tol: float = TOL, max_iter: int = MAX_ITER) -> tuple[np.ndarray, float, int]:
+               b0: float = 0.0, tol: float = TOL, max_iter: int = MAX_ITER,
+               work: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, float, int]:
     """Minimise ``C * sum_i s_i loss(y_i, (G a)_i + b) + a^T G a / 2`` over (a, b) from ``(a0, b0)``.
 
     ``G``: (n, n) Gram matrix of the training rows; ``y``: 0/1 labels; ``s``: per-image weights. Returns
@@ -73,6 +90,7 @@ def fit_binary(G: np.ndarray, y: np.ndarray, s: np.ndarray, C: float, *, a0: np.
     Ga = G @ a
     f = Ga + b
     F = _objective(f, yf, s, C, float(a @ Ga))
+    work = work if work is not None else workspace(len(y))
     for it in range(max_iter):
         p = expit(f)
         r = C * s * (p - yf)
@@ -80,7 +98,7 @@ def fit_binary(G: np.ndarray, y: np.ndarray, s: np.ndarray, C: float, *, a0: np.
         grad2 = max(float(ar @ (G @ ar)), 0.0) + float(r.sum()) ** 2
         if np.sqrt(grad2) <= tol * scale:
             return a, b, it
-        da, db = newton_step(G, a, r, C * s * p * (1.0 - p))
+        da, db = newton_step(G, a, r, C * s * p * (1.0 - p), work)
         e = G @ da
         slope = float(ar @ e) + float(r.sum()) * db  # directional derivative, < 0
         if not slope < 0:
@@ -105,7 +123,8 @@ def fit_path(G: np.ndarray, y: np.ndarray, s: np.ndarray, Cs, *, tol: float = TO
     """``fit_binary`` for each C in ``Cs`` (any order), warm-started from the solution of the next smaller C."""
     out: list = [None] * len(Cs)
     a, b = None, 0.0
+    work = workspace(len(y))
     for i in np.argsort(np.asarray(Cs, dtype=np.float64), kind="stable"):
-        a, b, _ = fit_binary(G, y, s, float(Cs[i]), a0=a, b0=b, tol=tol, max_iter=max_iter)
+        a, b, _ = fit_binary(G, y, s, float(Cs[i]), a0=a, b0=b, tol=tol, max_iter=max_iter, work=work)
         out[i] = (a, b)
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from featpipe.heads.base import _Head, _softmax, build_pipeline
+from featpipe.heads.base import _Head, _softmax, build_pipeline, per_rows
 from featpipe.params.heads import PrototypeParams
 
 
@@ -27,8 +27,7 @@ class NearestPrototype(_Head):
         self.prototypes_ = protos / np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
 
     def _similarity(self, X):
-        X = self._check(X)
-        Xn = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        Xn = per_rows(self._check(X), "unit", lambda X: X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12))
         return Xn @ self.prototypes_.T
 
     def decision_function(self, X):

@@ -54,14 +54,33 @@ def scaled_rows(model: Pipeline, key: tuple, rows: Callable[[], np.ndarray]) -> 
         if len(_SCALED) > 4:
             _SCALED.clear()
         hit = _SCALED[k] = (scaler, scaler.transform(rows()))
+        hit[1].setflags(write=False)  # shared by every run of the cache (heads remember what they derive from it)
     return hit[1]
 
 
+_TRAIN: list = []  # [(scaler, rows key, the rows scaled)]: the last training rows scaled by a pool scaler
+
+
+def _scaled_train(scaler: StandardScaler, X: np.ndarray, key: tuple | None) -> np.ndarray:
+    """``scaler.transform(X)``; with ``key`` (what names the rows of ``X``) remembered, read-only, for the next
+    fit on the same rows with the same scaler (the other heads of a run's k-shot set): they get the same matrix,
+    and what they derive from it (its Gram matrix, :func:`featpipe.heads.base.gram`) is computed once."""
+    hit = _TRAIN[0] if _TRAIN else None
+    if key is not None and hit is not None and hit[0] is scaler and hit[1] == key:
+        return hit[2]
+    Xs = scaler.transform(np.asarray(X, dtype=np.float64))
+    if key is not None:
+        Xs.setflags(write=False)
+        _TRAIN[:] = [(scaler, key, Xs)]
+    return Xs
+
+
 def fit_pipeline(pipe: Pipeline, X: np.ndarray, y: np.ndarray, *, kind: str,
-                 pool: Callable[[bool], StandardScaler] | None = None) -> Pipeline:
+                 pool: Callable[[bool], StandardScaler] | None = None, key: tuple | None = None) -> Pipeline:
     """Fit ``pipe`` (its first step is ``scale``) on (X, y) with the ``kind`` of standardiser.
 
-    ``pool(center_only)`` returns the scaler fitted on the unlabelled train split (``pool``/``center``)."""
+    ``pool(center_only)`` returns the scaler fitted on the unlabelled train split (``pool``/``center``). ``key``:
+    what names the rows ``X`` (the same key, the same rows): their scaled copy is shared by the next fit."""
     if kind not in SCALERS:
         raise ValueError(f"heads.scaler must be one of {', '.join(SCALERS)}, got {kind!r}")
     if pipe.steps[0][0] != "scale":
@@ -75,6 +94,6 @@ def fit_pipeline(pipe: Pipeline, X: np.ndarray, y: np.ndarray, *, kind: str,
         if pool is None:
             raise ValueError(f"heads.scaler={kind} needs the train split's features")
         scaler = pool(kind == "center")
-        Xs = scaler.transform(np.asarray(X, dtype=np.float64))
+        Xs = _scaled_train(scaler, X, key)
     rest = Pipeline(pipe.steps[1:]).fit(Xs, y)
     return Pipeline([("scale", scaler), *rest.steps])

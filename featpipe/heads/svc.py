@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.svm import SVC, _libsvm
 
-from featpipe.heads.base import _can_cv, _Head, build_pipeline, grid_cv_folds
+from featpipe.heads.base import _can_cv, _Head, build_pipeline, gram, grid_cv_folds, per_rows
 from featpipe.params.heads import SvcParams
 
 
@@ -64,12 +64,12 @@ class FewShotSVC(_Head):
         grid = [(c, g) for c in self.C_grid for g in gammas]  # ParameterGrid order: C outer, gamma inner
         self.cv_used_ = _can_cv(y, self.cv_folds) and len(grid) > 1
         self.cv_score_ = np.nan
-        gram = X @ X.T
-        sq = np.diag(gram)
-        dist = np.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)
+        G = gram(X)
+        sq = np.diag(G)
+        dist = np.maximum(sq[:, None] + sq[None, :] - 2.0 * G, 0.0)
 
         def kernel(g):
-            return gram if g is None else np.exp(-g * dist)
+            return G if g is None else np.exp(-g * dist)
 
         if self.cv_used_:
             kernels = {g: kernel(g) for g in gammas}
@@ -112,7 +112,7 @@ class FewShotSVC(_Head):
         if self.kernel == "linear":
             K = X @ sv.T
         else:
-            sq = (X * X).sum(1)[:, None] + (sv * sv).sum(1)[None, :] - 2.0 * (X @ sv.T)
+            sq = per_rows(X, "sqnorm", lambda X: (X * X).sum(1))[:, None] + (sv * sv).sum(1)[None, :] - 2.0 * (X @ sv.T)
             K = np.exp(-self.best_params_["gamma"] * np.maximum(sq, 0.0))
         dual, icpt = svc.dual_coef_, svc.intercept_
         n_cls = self.classes_.size

@@ -42,12 +42,19 @@ def ece_interval(preds: TestPredictions, run_ids: Sequence[str], *, n_boot: int 
     n = len(patients)
     point = float(np.mean([np.abs(np.bincount(b, weights=t, minlength=ECE_BINS)).sum() / n for b, t in terms]))
     rng = np.random.default_rng(seed + 1)  # the seeds' draws; the patients' use default_rng(seed)
+    # each run's bins offset by its row: one bincount per draw sums every drawn run's bins, each in the order of
+    # the drawn units, as a bincount per run would
+    bins = np.stack([b for b, _ in terms]) + (np.arange(len(terms)) * ECE_BINS)[:, None]
+    weights = np.stack([t for _, t in terms])
     stats = []
     for idx in PatientResampler(patients).draws(n_boot, seed):
         pick = rng.integers(0, len(terms), len(terms))
         if idx.size:
-            stats.append(np.mean([np.abs(np.bincount(terms[i][0][idx], weights=terms[i][1][idx],
-                                                     minlength=ECE_BINS)).sum() / idx.size for i in pick]))
+            runs = np.unique(pick)  # each drawn run's ECE on these units, once (runs are drawn with repeats)
+            sums = np.bincount(bins[runs][:, idx].ravel(), weights=weights[runs][:, idx].ravel(),
+                               minlength=len(terms) * ECE_BINS).reshape(len(terms), ECE_BINS)[runs]
+            drawn = dict(zip(runs.tolist(), (np.abs(sums).sum(axis=1) / idx.size).tolist()))
+            stats.append(np.mean([drawn[i] for i in pick.tolist()]))
     lo, hi = np.quantile(stats, [0.025, 0.975]) if stats else (math.nan, math.nan)
     return {"mean": point, "ci_low": float(lo), "ci_high": float(hi), "seeds": len(terms), "units": units,
             "method": method(units, n_boot)}

@@ -100,23 +100,33 @@ def metric_units(metric: str, counts: np.ndarray | None, total: float) -> float:
     return float(total) if math.isfinite(total) else float(counts.sum())
 
 
-def seed_summary(g: pd.DataFrame, metric: str, *, n_classes: int | None = None, sampling: Sampling | None = None) -> dict:
+def seed_summary(g: pd.DataFrame, metric: str, *, n_classes: int | None = None, sampling: Sampling | None = None,
+                 sizes: dict | None = None) -> dict:
     """:func:`summarize` of column ``metric`` over the runs ``g`` (one configuration, one row per seed) within the
     metric's bounds. ``sampling(g, metric)`` may give (test-sampling variance, test units) from the predictions;
     otherwise the units are the images the metric counts (:func:`metric_units`) and the variance is left to
-    :func:`featpipe.results.intervals.effective_n`. Val columns count val images."""
+    :func:`featpipe.results.intervals.effective_n`. Val columns count val images. ``sizes``: ``split_sizes(g)``,
+    for a caller that summarises many metrics of the same runs (computed here otherwise)."""
     n_classes = n_classes_of(g) if n_classes is None else n_classes
+    sizes = split_sizes(g) if sizes is None else sizes
     val = metric.startswith("val_")
     got = sampling(g, metric) if sampling is not None and not val else None
     if got is not None:
         test_var, units = got
     else:
-        col = "n_val" if val else "n_test"
-        total = pd.to_numeric(g[col], errors="coerce").median() if col in g.columns else math.nan
-        test_var, units = None, metric_units(metric, class_counts(g, test=not val), float(total))
+        total = sizes["n_val" if val else "n_test"]
+        test_var, units = None, metric_units(metric, None if val else sizes["test_counts"], float(total))
     out = summarize(g[metric].astype(float), bounds=metric_bounds(metric, n_classes), n_units=units, test_var=test_var)
-    n_test = pd.to_numeric(g["n_test"], errors="coerce").median() if "n_test" in g.columns else math.nan
-    return out | {"n_test": float(n_test), "units": "patients" if got is not None else "images", "n_units": float(units)}
+    return out | {"n_test": float(sizes["n_test"]), "units": "patients" if got is not None else "images",
+                  "n_units": float(units)}
+
+
+def split_sizes(g: pd.DataFrame) -> dict:
+    """What :func:`seed_summary` counts the units of the runs ``g`` from: the median ``n_val`` and ``n_test``
+    (NaN where the column is absent) and the test images per class (:func:`class_counts`)."""
+    out = {col: pd.to_numeric(g[col], errors="coerce").median() if col in g.columns else math.nan
+           for col in ("n_val", "n_test")}
+    return out | {"test_counts": class_counts(g, test=True)}
 
 
 def clinical_check(summary: Mapping[str, Mapping[str, float]], *, n_classes: int, params,

@@ -28,7 +28,7 @@ from featpipe.evaluation.metrics import SUMMARY_METRICS
 from featpipe.evaluation.table import KEY_COLUMNS, RUNS_CSV, key_frame, read_runs
 from featpipe.results.ece_interval import ece_interval
 from featpipe.results.predictions import TestPredictions
-from featpipe.results.stats import Sampling, clinical_failures, n_classes_of, seed_summary, test_size
+from featpipe.results.stats import Sampling, clinical_failures, n_classes_of, seed_summary, split_sizes, test_size
 
 METRICS_JSON = "metrics.json"  # the headline numbers (dvc metrics show)
 SUMMARY_JSON = "summary.json"  # every configuration's summary
@@ -86,9 +86,9 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
         row = dict(zip(group_cols, key))
         if names.count(name) > 1:
             name += f"#{params_tag([row['head_params'], row['weights_id'], row['split_sha256']])}"
-        n_classes = n_classes_of(g)
-        entry = {m: seed_summary(g, m, n_classes=n_classes) for m in metrics if m in g.columns}
-        entry |= {f"val_{m}": seed_summary(g, f"val_{m}", n_classes=n_classes)
+        n_classes, sizes = n_classes_of(g), split_sizes(g)
+        entry = {m: seed_summary(g, m, n_classes=n_classes, sizes=sizes) for m in metrics if m in g.columns}
+        entry |= {f"val_{m}": seed_summary(g, f"val_{m}", n_classes=n_classes, sizes=sizes)
                   for m in metrics if f"val_{m}" in g.columns}
         entry["n_seeds"] = int(g["seed"].nunique())
         entry["n_degenerate"] = int(_flags(g).sum())
@@ -108,7 +108,8 @@ def summarize_runs(df: pd.DataFrame, *, clinical, split_sha256: str | None = Non
             entry["selection_note"] = selection_metric(out, select_metric, entry["shots"])[1]
         if sampling is not None and entry["chosen_on_val"] is not False:
             g = frames[name]
-            entry |= {m: seed_summary(g, m, n_classes=entry["n_classes"], sampling=sampling)
+            sizes = split_sizes(g)
+            entry |= {m: seed_summary(g, m, n_classes=entry["n_classes"], sampling=sampling, sizes=sizes)
                       for m in metrics if m in g.columns}
         failed = clinical_failures(entry, n_classes=entry["n_classes"], params=clinical, chosen_on_val=entry["chosen_on_val"])
         entry["clinical_grade"] = not failed
