@@ -147,11 +147,12 @@ def test_metrics_json_gives_the_chosen_heads_ece_with_a_bootstrap_interval(tmp_p
     write_fixture(tmp_path)
     assert fit_cli(tmp_path, "--head", "logistic", "--shots", "5", "--seeds", "0", "1", "2") == 0
     runs = pd.read_csv(tmp_path / "results/runs.csv")
-    k5 = json.loads((tmp_path / "results/metrics.json").read_text())["k5"]
-    got = k5["ece"]
+    head = json.loads((tmp_path / "results/metrics.json").read_text())
+    got = head["k5"]["ece"]
     assert got["mean"] == pytest.approx(runs["ece"].mean(), abs=1e-12)  # the runs' own ECEs
-    assert got["ci_low"] < got["mean"] < got["ci_high"] <= 1 and got["seeds"] == 3 and got["units"] == "images"
-    assert "seeds and test images resampled with replacement, 1000 draws" in got["method"]
+    assert got["ci_low"] < got["mean"] < got["ci_high"] <= 1 and got["seeds"] == 3
+    assert head["ece_interval"]["units"] == "images"  # the method once for the file, not once per shot count
+    assert "seeds and test images resampled with replacement, 1000 draws" in head["ece_interval"]["method"]
     # by hand: the same two-level bootstrap (seeds and test images), the same generators
     preds = read_predictions(tmp_path / "results", runs["run_id"].astype(str))
     preds = preds[preds["split"] == "test"]

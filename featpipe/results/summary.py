@@ -258,9 +258,9 @@ def _key(e: Mapping, k: int) -> str:
 
 
 def _add_ece(head: dict, summary: Mapping, runs: pd.DataFrame, results_dir: Path, metric: str | None) -> None:
-    """``head[k<k>]["ece"]``: the chosen configuration's mean test ECE with its bootstrap interval
+    """``head[k<k>]["ece"]``: the chosen configuration's mean test ECE with its bootstrap interval and seeds
     (:func:`featpipe.results.ece_interval.ece_interval`, test units = images: no manifest here) where its runs have
-    calibrated outputs and kept test predictions."""
+    calibrated outputs and kept test predictions; ``head["ece_interval"]``: the interval's method and units, once."""
     if not metric or runs.empty or "ece" not in runs.columns or "run_id" not in runs.columns:
         return
     classes = [c[3:-1] for c in runs.columns if c.startswith("f1[")]
@@ -271,7 +271,8 @@ def _add_ece(head: dict, summary: Mapping, runs: pd.DataFrame, results_dir: Path
         rows = runs[(labels == entries[name]["config"]) & (shots == k)]
         if pd.to_numeric(rows["ece"], errors="coerce").notna().all() and _key(entries[name], k) in head:
             got = ece_interval(preds, rows["run_id"].astype(str).tolist())
-            if got:
+            if got:  # how the interval was made, once for the file (one column in `dvc metrics show`, not one per k)
+                head["ece_interval"] = {"method": got.pop("method"), "units": got.pop("units")}
                 head[_key(entries[name], k)]["ece"] = got
 
 
