@@ -109,14 +109,16 @@ class RunLog:
                 values, codes = ([] if one is None else [str(one)]), None
             else:
                 codes, uniques = pd.factorize(col, use_na_sentinel=True)
-                values = [v if type(v) is str else str(v) for v in np.asarray(uniques, dtype=object).tolist()]
+                values = np.asarray(uniques, dtype=object).tolist()
+                if not isinstance(uniques.dtype, pd.StringDtype):  # a string dtype holds str only
+                    values = [v if type(v) is str else str(v) for v in values]
             column = {"name": str(name), "strings": values if len(values) <= _INLINE else self._key(values, shared)}
             if codes is None:
                 columns.append({**column, "fill": len(values)})
                 continue
             store = _unsigned(len(values))  # codes + 1: 0 is a missing value
             columns.append({**column, "codes": store.str})
-            parts.append(np.add(codes, 1, out=np.empty(len(codes), store), casting="unsafe").tobytes())
+            parts.append((codes + 1).astype(store).tobytes())
         head = {"kind": "run", "run_id": str(run_id), "written": time.time_ns(), "rows": len(frame),
                 "columns": columns, "curves": curves}
         os.write(self._fd, b"".join([*shared, _record(head, b"".join(parts))]))
@@ -158,11 +160,14 @@ def _constant(value):
     return _Text(value) if isinstance(value, str) else np.full(1, value)
 
 
+_UNSIGNED = ((0xFF, np.dtype(np.uint8)), (0xFFFF, np.dtype(np.uint16)), (0xFFFF_FFFF, np.dtype(np.uint32)))
+
+
 def _unsigned(top: int) -> np.dtype:
     """The smallest unsigned integer type that holds 0..``top``."""
-    for t in (np.uint8, np.uint16, np.uint32):
-        if top <= np.iinfo(t).max:
-            return np.dtype(t)
+    for most, dt in _UNSIGNED:
+        if top <= most:
+            return dt
     return np.dtype(np.uint64)
 
 
@@ -171,8 +176,9 @@ def _narrow(arr: np.ndarray) -> np.ndarray:
     codes), its own for anything else (floats stay float64 bit for bit)."""
     if arr.dtype.kind not in "iu" or not len(arr) or arr.itemsize == 1:
         return arr.dtype
-    lo, hi = int(arr.min()), int(arr.max())
-    store = _unsigned(hi) if lo >= 0 else arr.dtype
+    if arr.min() < 0:
+        return arr.dtype
+    store = _unsigned(int(arr.max()))
     return store if store.itemsize < arr.itemsize else arr.dtype
 
 
