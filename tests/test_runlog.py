@@ -5,9 +5,12 @@ runs were all written again are pruned."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import struct
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,8 +20,8 @@ import pytest
 
 from featpipe.core.errors import DataError
 from featpipe.evaluation.record import prediction_frame
-from featpipe.evaluation.table import (PREDICTIONS_DIR, prediction_files, prune_predictions, read_curves,
-                                       read_predictions, run_id, write_files, write_predictions)
+from featpipe.evaluation.table import (PREDICTIONS_DIR, prediction_files, prediction_table, prune_predictions,
+                                       read_curves, read_predictions, run_id, write_files, write_predictions)
 
 
 def _row(seed: int, threshold=0.25) -> dict:
@@ -68,8 +71,8 @@ def test_one_log_holds_a_sweep_and_shares_the_id_lists(tmp_path):
     log.close()
     files = list((tmp_path / PREDICTIONS_DIR).iterdir())
     assert len(files) == 1
-    per_run_floats = 709 * (8 + 8 * 2 + 4 + 4 + 4 + 8)  # label, p[...], codes of run_id, split and id, threshold
-    assert files[0].stat().st_size < 20 * per_run_floats + 40_000  # the 709 ids are stored once, not 20 times
+    per_run = 709 * (1 + 8 * 2 + 1 + 2)  # label and split code in a byte, p[...] float64, 709 + 1 id codes in 2
+    assert files[0].stat().st_size < 20 * (per_run + 600) + 15_000  # ids once, run_id and threshold once per run
     back = read_predictions(tmp_path)
     assert back["run_id"].nunique() == 20 and len(back) == 20 * 709
 
@@ -144,7 +147,87 @@ def test_the_record_layout_is_the_documented_one(tmp_path):
     write_files(tmp_path, _record(0, rng))
     (log,) = (tmp_path / PREDICTIONS_DIR).iterdir()
     data = log.read_bytes()
-    assert data[:8] == b"FPRUNS1\n"
+    assert data[:8] == b"FPRUNS2\n"
     tag, _, hl, bl = struct.unpack("<4sIQQ", data[8:32])
     assert tag == b"REC1" and data[32:32 + hl].startswith(b'{"kind":"strings"')
     assert Path(log).suffix == ".fpruns"
+    pos = 32 + hl + bl
+    tag, _, hl, bl = struct.unpack("<4sIQQ", data[pos:pos + 24])
+    head = json.loads(data[pos + 24: pos + 24 + hl])
+    cols = {c["name"]: c for c in head["columns"]}
+    assert cols["run_id"] == {"name": "run_id", "strings": [run_id(_row(0))], "fill": 1}
+    assert cols["threshold"] == {"name": "threshold", "dtype": "<f8", "fill": struct.pack("<d", 0.25).hex()}
+    assert cols["label"] == {"name": "label", "dtype": "<i8", "store": "|u1"}
+    assert cols["split"]["codes"] == "|u1" and cols["id"]["codes"] == "<u2"  # 709 ids + missing need 2 bytes
+    assert bl == 709 * (1 + 2 + 1 + 8 * 2)  # split, id, label, p[normal], p[pneumonia]: nothing else per row
+
+
+def _v1_record(head: dict, body: bytes) -> bytes:
+    h = json.dumps(head, separators=(",", ":"), allow_nan=True).encode()
+    return struct.pack("<4sIQQ", b"REC1", zlib.crc32(body, zlib.crc32(h)), len(h), len(body)) + h + body
+
+
+def _v1_log(runs) -> bytes:
+    """A run log as featpipe wrote it before the narrow layout (version 1: every column in the body, int32 text
+    codes, -1 missing; lists of more than 64 strings in shared records). Checked byte for byte against the
+    writer of that version (main at 418d85a) when this test was written. ``runs``: (row, frame, curves, ns)."""
+    out, shared = [b"FPRUNS1\n"], set()
+    for row, frame, curves, written in runs:
+        full = prediction_table(row, frame)
+        columns, parts = [], []
+        for name in full.columns:
+            col = full[name]
+            if col.dtype.kind in "biuf":
+                columns.append({"name": name, "dtype": col.to_numpy().dtype.str})
+                parts.append(np.ascontiguousarray(col.to_numpy()).tobytes())
+                continue
+            codes, uniques = pd.factorize(col, use_na_sentinel=True)
+            values = [str(v) for v in uniques]
+            if len(values) > 64:
+                text = json.dumps(values, ensure_ascii=False).encode()
+                key = hashlib.sha256(text).hexdigest()[:32]
+                if key not in shared:
+                    out.append(_v1_record({"kind": "strings", "key": key}, text))
+                    shared.add(key)
+                values = key
+            columns.append({"name": name, "strings": values})
+            parts.append(codes.astype(np.int32).tobytes())
+        head = {"kind": "run", "run_id": run_id(row), "written": written, "rows": len(full), "columns": columns,
+                "curves": curves}
+        out.append(_v1_record(head, b"".join(parts)))
+    return b"".join(out)
+
+
+def test_a_log_of_the_previous_format_reads_back_as_it_was_written(tmp_path):
+    rng = np.random.default_rng(6)
+    recs = [_record(s, rng, threshold=None if s == 1 else 0.25) for s in range(3)]
+    recs[2].predictions["patient_id"] = [None, *("p%d" % (i % 70) for i in range(len(recs[2].predictions) - 1))]
+    (tmp_path / "old" / PREDICTIONS_DIR).mkdir(parents=True)
+    old = tmp_path / "old" / PREDICTIONS_DIR / f"{1:020d}-1.fpruns"
+    old.write_bytes(_v1_log([(r.row, r.predictions, r.curves, 10 + i) for i, r in enumerate(recs)]))
+    for r in recs:
+        write_predictions(tmp_path / "csv", r.row, r.predictions)
+    a, b = read_predictions(tmp_path / "csv"), read_predictions(tmp_path / "old")
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert b["label"].dtype == np.int64 and b["p[pneumonia]"].dtype == np.float64
+    assert b[b["run_id"] == run_id(recs[2].row)]["patient_id"].isna().sum() == 1  # the missing value kept
+    assert read_curves(tmp_path / "old") == {run_id(r.row): r.curves for r in recs}
+    new = _record(0, rng)
+    write_files(tmp_path / "old", new)  # a newer write of run 0 wins over the old log's
+    got = read_predictions(tmp_path / "old")
+    assert got["run_id"].nunique() == 3
+    assert np.array_equal(got[got["run_id"] == run_id(new.row)]["p[pneumonia]"].to_numpy(),
+                          new.predictions["p[pneumonia]"].to_numpy())
+    damaged = bytearray(old.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # the old layout's checksums are still checked
+    old.write_bytes(bytes(damaged))
+    with pytest.raises(DataError, match=rf"predictions file {old} is damaged"):
+        read_predictions(tmp_path / "old")
+
+
+def test_a_log_of_a_newer_format_says_to_upgrade(tmp_path):
+    write_files(tmp_path, _record(0, np.random.default_rng(7)))
+    (log,) = (tmp_path / PREDICTIONS_DIR).iterdir()
+    log.write_bytes(b"FPRUNS9\n" + log.read_bytes()[8:])
+    with pytest.raises(DataError, match=rf"predictions file {log} was written by a newer featpipe .*upgrade"):
+        read_predictions(tmp_path)

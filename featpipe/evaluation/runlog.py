@@ -6,15 +6,24 @@ A sweep used to write two files per run (a gzip CSV of predictions, a JSON of cu
 nothing it recorded: a record torn by the kill is ignored by readers), at full precision (the arrays' own
 bytes: float64 stays float64 bit for bit).
 
-File layout (version 1): the magic ``FPRUNS1\\n``, then records, each ``<4sIQQ>`` (``REC1``, crc32 of header +
+File layout (version 2): the magic ``FPRUNS2\n``, then records, each ``<4sIQQ>`` (``REC1``, crc32 of header +
 body, header length, body length), a JSON header and a body:
 
 - ``strings``: a list of strings several runs share (the split's ids): header ``{"kind", "key"}``, body the
   UTF-8 JSON list; written once per file, before the first run that refers to it;
 - ``run``: header ``{"kind", "run_id", "written" (ns), "rows", "columns", "curves"}`` (``curves`` last: a scan
-  parses the rest and leaves the curves' JSON text until they are read); each column is
-  ``{"name", "dtype"}`` (its bytes follow in the body, in order) or, for text, ``{"name", "strings"}`` with the
-  values inline or the key of a ``strings`` record, and int32 codes in the body (-1: missing).
+  parses the rest and leaves the curves' JSON text until they are read). Each column's bytes follow in the body,
+  in order; a column is
+  ``{"name", "dtype"}``: ``rows`` values of ``dtype`` (floats always so: float64 bit for bit);
+  ``{"name", "dtype", "store"}``: integers that fit, kept in the smallest unsigned type ``store`` (labels in one
+  byte below 256 classes) and read back as ``dtype``;
+  ``{"name", "dtype", "fill"}``: one value on every row (``run_id``, ``threshold``): no body, ``fill`` the hex of
+  its ``dtype`` bytes; or, for text, ``{"name", "strings", "codes"}`` with the values inline or the key of a
+  ``strings`` record, and codes + 1 (0: missing) in the smallest unsigned type ``codes`` that holds them, or
+  ``{"name", "strings", "fill"}``: code + 1 of the one value on every row, no body.
+
+Version 1 files (magic ``FPRUNS1\n``, written before the narrow layout) are still read: the same records, but
+every column in the body (``{"name", "dtype"}``, or ``{"name", "strings"}`` with int32 codes, -1: missing).
 
 Only JSON and plain numeric arrays are read back (no pickle). Which record of a run is current (a run written
 again, in this file or another) is decided by :mod:`featpipe.evaluation.table`, the only module that reads
@@ -41,7 +50,8 @@ import pandas as pd
 from featpipe.core.errors import DataError
 
 SUFFIX = ".fpruns"
-MAGIC = b"FPRUNS1\n"
+MAGIC = b"FPRUNS2\n"  # version 2: narrow codes and labels, constant columns once
+MAGICS = (b"FPRUNS1\n", MAGIC)  # the versions read
 _PREFIX = struct.Struct("<4sIQQ")
 _REC = b"REC1"
 _MAX_PART = 1 << 40  # a header or body this long is a damaged length field (a torn record has its real lengths)
@@ -71,45 +81,62 @@ class RunLog:
 
     def add(self, run_id: str, frame: pd.DataFrame, curves: Mapping | None = None, *, first: Mapping | None = None,
             last: Mapping | None = None) -> None:
-        """Append one run: its predictions ``frame`` (any columns: numbers kept as their bytes, text as codes)
-        and its ``curves``; one write per record, so a kill leaves at most the last record torn. ``first`` /
-        ``last``: columns of one value on every row, before / after the frame's (as if inserted into it)."""
+        """Append one run: its predictions ``frame`` (any columns: floats kept as their bytes, integers in the
+        smallest unsigned type that holds them, text as codes) and its ``curves``; one write per record, so a kill
+        leaves at most the last record torn. ``first`` / ``last``: columns of one value on every row, before /
+        after the frame's (as if inserted into it), stored once."""
         if self._fd is None:
             self._open()
         columns, parts, shared = [], [], []
-        n = len(frame)
-        named = [(k, _constant(v, n)) for k, v in (first or {}).items()]
-        named += [(name, frame[name]) for name in frame.columns]
-        named += [(k, _constant(v, n)) for k, v in (last or {}).items()]
-        for name, col in named:
+        named = [(k, _constant(v), True) for k, v in (first or {}).items()]
+        named += [(name, frame[name], False) for name in frame.columns]
+        named += [(k, _constant(v), True) for k, v in (last or {}).items()]
+        for name, col, const in named:
             if col.dtype.kind in "biuf":
                 arr = np.ascontiguousarray(col.to_numpy() if isinstance(col, pd.Series) else col)
-                columns.append({"name": str(name), "dtype": arr.dtype.str})
-                parts.append(arr.tobytes())
+                column = {"name": str(name), "dtype": arr.dtype.str}
+                if const:  # one value on every row: its bytes, once
+                    columns.append({**column, "fill": arr[:1].tobytes().hex()})
+                    continue
+                store = _narrow(arr)
+                if store != arr.dtype:
+                    column["store"] = store.str
+                columns.append(column)
+                parts.append(arr.astype(store, copy=False).tobytes())
                 continue
-            if isinstance(col, _Text):  # one value on every row: the codes factorize would give
-                codes, uniques = np.zeros(n, dtype=np.int32), ([col.value] if n else [])
+            if const:  # text of one value on every row (an object as factorize gives it: None is missing)
+                one = col.value if isinstance(col, _Text) else col[0]
+                values, codes = ([] if one is None else [str(one)]), None
             else:
                 codes, uniques = pd.factorize(col, use_na_sentinel=True)
-            values = [v if type(v) is str else str(v) for v in np.asarray(uniques, dtype=object).tolist()]
-            if len(values) <= _INLINE:
-                columns.append({"name": str(name), "strings": values})
-            else:
-                key = self._keys.get(tuple(values))
-                if key is None:  # a list not seen by this log: its key (a hash of its JSON text), written once
-                    text = json.dumps(values, ensure_ascii=False).encode()
-                    key = hashlib.sha256(text).hexdigest()[:32]
-                    if key not in self._shared:
-                        shared.append(_record({"kind": "strings", "key": key}, text))
-                        self._shared.add(key)
-                    if len(self._keys) > 16:
-                        self._keys.clear()
-                    self._keys[tuple(values)] = key
-                columns.append({"name": str(name), "strings": key})
-            parts.append(codes.astype(np.int32).tobytes())
+                values = np.asarray(uniques, dtype=object).tolist()
+                if not isinstance(uniques.dtype, pd.StringDtype):  # a string dtype holds str only
+                    values = [v if type(v) is str else str(v) for v in values]
+            column = {"name": str(name), "strings": values if len(values) <= _INLINE else self._key(values, shared)}
+            if codes is None:
+                columns.append({**column, "fill": len(values)})
+                continue
+            store = _unsigned(len(values))  # codes + 1: 0 is a missing value
+            columns.append({**column, "codes": store.str})
+            parts.append((codes + 1).astype(store).tobytes())
         head = {"kind": "run", "run_id": str(run_id), "written": time.time_ns(), "rows": len(frame),
                 "columns": columns, "curves": curves}
         os.write(self._fd, b"".join([*shared, _record(head, b"".join(parts))]))
+
+    def _key(self, values: list[str], shared: list[bytes]) -> str:
+        """The key of the shared ``strings`` record of ``values``; a list not seen by this log is appended to
+        ``shared`` (written once per file), its key a hash of its JSON text."""
+        key = self._keys.get(tuple(values))
+        if key is None:
+            text = json.dumps(values, ensure_ascii=False).encode()
+            key = hashlib.sha256(text).hexdigest()[:32]
+            if key not in self._shared:
+                shared.append(_record({"kind": "strings", "key": key}, text))
+                self._shared.add(key)
+            if len(self._keys) > 16:
+                self._keys.clear()
+            self._keys[tuple(values)] = key
+        return key
 
     def close(self) -> None:
         if self._fd is not None:
@@ -127,9 +154,32 @@ class _Text:
     dtype = np.dtype(object)
 
 
-def _constant(value, n: int):
-    """A column of ``n`` times ``value`` as a frame would hold it: text as :class:`_Text`, a number as an array."""
-    return _Text(value) if isinstance(value, str) else np.full(n, value)
+def _constant(value):
+    """The one value of a column of one value, as a frame would hold it: text as :class:`_Text`, anything else
+    as an array of one (a number keeps the dtype a frame's column of it has)."""
+    return _Text(value) if isinstance(value, str) else np.full(1, value)
+
+
+_UNSIGNED = ((0xFF, np.dtype(np.uint8)), (0xFFFF, np.dtype(np.uint16)), (0xFFFF_FFFF, np.dtype(np.uint32)))
+
+
+def _unsigned(top: int) -> np.dtype:
+    """The smallest unsigned integer type that holds 0..``top``."""
+    for most, dt in _UNSIGNED:
+        if top <= most:
+            return dt
+    return np.dtype(np.uint64)
+
+
+def _narrow(arr: np.ndarray) -> np.ndarray:
+    """The type ``arr``'s values are stored in: the smallest unsigned one for non-negative integers (labels,
+    codes), its own for anything else (floats stay float64 bit for bit)."""
+    if arr.dtype.kind not in "iu" or not len(arr) or arr.itemsize == 1:
+        return arr.dtype
+    if arr.min() < 0:
+        return arr.dtype
+    store = _unsigned(int(arr.max()))
+    return store if store.itemsize < arr.itemsize else arr.dtype
 
 
 def _record(head: dict, body: bytes) -> bytes:
@@ -184,7 +234,11 @@ def _scan(name: str, size: int, mtime_ns: int) -> tuple[list[Entry], dict[str, l
     path = Path(name)
     entries, strings = [], {}
     with open(path, "rb") as fh:
-        if fh.read(len(MAGIC)) != MAGIC:
+        magic = fh.read(len(MAGIC))
+        if magic not in MAGICS:
+            if magic.startswith(b"FPRUNS"):
+                raise DataError(f"predictions file {path} was written by a newer featpipe (run log format "
+                                f"{magic.strip().decode(errors='replace')}): upgrade featpipe to read it")
             raise _damaged(path, "not a featpipe run log")
         pos = len(MAGIC)
         while pos + _PREFIX.size <= size:
@@ -235,7 +289,7 @@ def _header(h: bytes) -> tuple[dict, bytes]:
 
 def read_entry(entry: Entry, strings: Mapping[str, list[str]]) -> pd.DataFrame:
     """The predictions frame of one run record, with the dtypes its CSV file read back had (text as ``str``,
-    numbers as written)."""
+    numbers as written), from a version 1 or 2 log (the columns say which: see the module's docstring)."""
     head, cols = entry.head, {}
     n = int(head["rows"])
     with open(entry.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
@@ -244,17 +298,34 @@ def read_entry(entry: Entry, strings: Mapping[str, list[str]]) -> pd.DataFrame:
         pos = entry.offset
         for c in head["columns"]:
             if "dtype" in c:
-                dt = np.dtype(c["dtype"])
-                cols[c["name"]] = np.frombuffer(mm, dt, n, pos).copy()
-                pos += dt.itemsize * n
+                cols[c["name"]], pos = _numbers(c, mm, pos, n)
                 continue
-            codes = np.frombuffer(mm, np.int32, n, pos).copy()
-            pos += 4 * n
             values = c["strings"] if isinstance(c["strings"], list) else strings.get(c["strings"])
             if values is None:
                 raise _damaged(entry.path, f"string list {c['strings']} of run {entry.run_id} missing")
-            cols[c["name"]] = _text(np.asarray(values, dtype=object), codes)
+            if "codes" not in c and "fill" not in c:  # version 1: int32 codes, -1: missing
+                cols[c["name"]] = _text(np.asarray(values, dtype=object), np.frombuffer(mm, np.int32, n, pos).copy())
+                pos += 4 * n
+                continue
+            table = np.empty(len(values) + 1, dtype=object)  # code + 1 -> value; 0: missing
+            table[1:] = values
+            if "fill" in c:
+                codes = np.full(n, int(c["fill"]), dtype=np.intp)
+            else:
+                dt = np.dtype(c["codes"])
+                codes, pos = np.frombuffer(mm, dt, n, pos).copy(), pos + dt.itemsize * n  # no view outlives mm
+            cols[c["name"]] = pd.Series(table[codes], dtype="str")
     return pd.DataFrame(cols)
+
+
+def _numbers(c: Mapping, mm, pos: int, n: int) -> tuple[np.ndarray, int]:
+    """A numeric column (its values as ``dtype``) and where the next column's bytes start."""
+    dt = np.dtype(c["dtype"])
+    if "fill" in c:  # one value on every row, no bytes in the body
+        return np.frombuffer(bytes.fromhex(c["fill"]), dt, 1).repeat(n), pos
+    store = np.dtype(c.get("store", dt))
+    out = np.frombuffer(mm, store, n, pos)
+    return (out.copy() if store == dt else out.astype(dt)), pos + store.itemsize * n
 
 
 def _text(values: np.ndarray, codes: np.ndarray) -> pd.Series:
