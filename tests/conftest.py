@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -67,6 +68,17 @@ def fit_tiny_project(tmp_path: Path, monkeypatch, *, precision: str = "fp32") ->
     assert main(["extract", "--no-progress"]) == 0
     assert main(["fit", "--head", "logistic", "--shots", "5", "--seeds", "0"]) == 0
     return next(Path("models").glob("tiny_cnn-logistic-k5-s0-*.skops"))
+
+
+@contextlib.contextmanager
+def module_folder(tmp_path_factory, name: str):
+    """A folder for one module's planted files (full-size random weights: hundreds of MB each), removed when the
+    module's fixture ends, so a full run does not keep every module's weights until the session ends."""
+    folder = tmp_path_factory.mktemp(name)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def extracted_project(root: Path, params: str, *prepare_args: str) -> Path:

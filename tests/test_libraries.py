@@ -5,10 +5,10 @@ own transform and forward on real radiographs of several aspect ratios (portrait
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 
+from conftest import module_folder
 import library_fixtures as lf
 import numpy as np
 import pytest
@@ -29,9 +29,8 @@ from featpipe.finetune.checkpoint import build_model
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    h = tmp_path_factory.mktemp("libhome")
-    yield h
-    shutil.rmtree(h, ignore_errors=True)  # planted library weights (~400 MB): gone when the module is done
+    with module_folder(tmp_path_factory, "libhome") as h:  # planted library weights (~400 MB)
+        yield h
 
 
 @pytest.fixture()

@@ -6,12 +6,12 @@ the real names (tests/pretrained_fixtures.py). The full table, with more files: 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import module_folder
 import pretrained_fixtures as pf
 from featpipe.backbones import registry
 from featpipe.backbones.model import build
@@ -32,9 +32,8 @@ TOLERANCE = {**{n: 0.0 for n in TORCHVISION}, "medsiglip": 1.0, "rad_dino": 2.0}
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    h = tmp_path_factory.mktemp("parity-weights")
-    yield pf.plant(h, [*TORCHVISION, *HUB])
-    shutil.rmtree(h, ignore_errors=True)  # ~1 GB of full-size random weights: gone when the module is done
+    with module_folder(tmp_path_factory, "parity-weights") as h:  # ~1 GB of full-size random weights
+        yield pf.plant(h, [*TORCHVISION, *HUB])
 
 
 @pytest.mark.parametrize("name", [*TORCHVISION, *HUB])

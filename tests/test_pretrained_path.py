@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import module_folder
 import pretrained_fixtures as pf
 from featpipe.cli.main import main
 
@@ -22,9 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def planted(tmp_path_factory) -> Path:
     """Default weights of resnet18 (torchvision file), MedSigLIP and RAD-DINO (hub snapshots), made once (and
     removed when the module is done: ~270 MB)."""
-    h = tmp_path_factory.mktemp("pretrained")
-    yield pf.plant(h, ["resnet18", "medsiglip", "rad_dino"])
-    shutil.rmtree(h, ignore_errors=True)
+    with module_folder(tmp_path_factory, "pretrained") as h:
+        yield pf.plant(h, ["resnet18", "medsiglip", "rad_dino"])
 
 
 @pytest.fixture

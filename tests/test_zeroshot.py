@@ -5,13 +5,13 @@ and zero-shot scores that rank a planted separable case."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from conftest import module_folder
 import pretrained_fixtures as pf
 from featpipe.backbones.registry import get
 from featpipe.backbones.text import embed_prompts, load_text_model, tokenize
@@ -36,10 +36,9 @@ sets:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    h = tmp_path_factory.mktemp("medsiglip-full")
-    pf.plant_medsiglip_full(h)
-    yield h
-    shutil.rmtree(h, ignore_errors=True)  # ~190 MB of full-size random weights
+    with module_folder(tmp_path_factory, "medsiglip-full") as h:  # ~190 MB of full-size random weights
+        pf.plant_medsiglip_full(h)
+        yield h
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import module_folder
 import library_fixtures as lf
 from featpipe.backbones.libs_openclip import BIOMEDCLIP
 from featpipe.backbones.registry import get
@@ -37,10 +38,9 @@ WEIGHTS_ID = f"hf:{BIOMEDCLIP}@{lf.COMMIT}"
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    h = tmp_path_factory.mktemp("biomedclip")
-    lf.plant_biomedclip(h)
-    yield h
-    shutil.rmtree(h, ignore_errors=True)  # ~340 MB of full-size random weights
+    with module_folder(tmp_path_factory, "biomedclip") as h:  # ~340 MB of full-size random weights
+        lf.plant_biomedclip(h)
+        yield h
 
 
 @pytest.fixture
