@@ -171,7 +171,7 @@ def _unsigned(top: int) -> np.dtype:
     return np.dtype(np.uint64)
 
 
-def _narrow(arr: np.ndarray) -> np.ndarray:
+def _narrow(arr: np.ndarray) -> np.dtype:
     """The type ``arr``'s values are stored in: the smallest unsigned one for non-negative integers (labels,
     codes), its own for anything else (floats stay float64 bit for bit)."""
     if arr.dtype.kind not in "iu" or not len(arr) or arr.itemsize == 1:
