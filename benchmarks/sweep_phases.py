@@ -1,7 +1,7 @@
 """Where a sweep's CPU goes, per phase and head: the benchmark grid of ``bench_sweep.py`` (3 backbones x 4 heads x 8
 shot counts, the seeds given) run in this one process (``fit.n_jobs=1``), with the process CPU time of each phase
 summed: a run's fit (scaler + head), its scoring of val + test, its record (metrics, curves, predictions frame), the
-saved head, the parent's journal write, and the final table + ``metrics.json``. Run it from two checkouts to compare
+saved head, the parent's journal write, and the final table + ``metrics.json``; then whole runs by head and shots. Run it from two checkouts to compare
 code versions phase by phase (the numbers are CPU seconds, so a busy machine moves them less than wall time).
 
     python benchmarks/sweep_phases.py --seeds 0 1 [--out DIR]
@@ -35,6 +35,7 @@ def main(argv=None) -> int:
 
     hio.skops_io()  # imported before the clock starts (a worker imports it once)
     cpu, count, head = collections.defaultdict(float), collections.Counter(), {"now": "-"}
+    per_k = collections.defaultdict(float)  # (head, shots) -> CPU seconds of whole runs
 
     def timed(owner, name: str, label: str, per_head: bool = True) -> None:
         f = getattr(owner, name)
@@ -50,6 +51,8 @@ def main(argv=None) -> int:
                 key = (label, head["now"] if per_head else "-")
                 cpu[key] += time.process_time() - t
                 count[key] += 1
+                if name == "fit_run":
+                    per_k[(k["head"], k["shots"])] += time.process_time() - t
 
         setattr(owner, name, wrapper)
 
@@ -72,6 +75,12 @@ def main(argv=None) -> int:
           f"{total / len(runs) * 1e3:.1f} ms per run")
     for key in sorted(cpu, key=lambda k: -cpu[k]):
         print(f"{key[0]:<22}{key[1]:<10}{cpu[key]:7.2f} s  {count[key]:>5} x {cpu[key] / count[key] * 1e3:8.2f} ms")
+    heads, shots = list(b.HEADS), list(b.SHOTS)
+    per_cell = len(b.DIMS) * len(args.seeds)
+    print("\nCPU ms per whole run (fit, score, record, save), by head and shots:")
+    print(f"{'shots':<7}" + "".join(f"{h:>11}" for h in heads))
+    for k in shots:
+        print(f"{k:<7}" + "".join(f"{per_k[(h, k)] / per_cell * 1e3:11.1f}" for h in heads))
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import pytest
@@ -31,6 +32,27 @@ def test_local_map_returns_results_in_item_order_with_shared_arrays(workers):
     out = LocalExecutor(workers).map(functools.partial(_scaled, factor=2.0), list(range(6)), shared={"X": X},
                                      cost=lambda i: float(i), on_result=lambda i, r: seen.append(i))
     assert out == [float(X[i].sum()) * 2 for i in range(6)] and sorted(seen) == list(range(6))
+
+
+def _pid(item, shared):
+    return os.getpid()
+
+
+@pytest.mark.parametrize("seconds, floor, here", [
+    (0.1, 5.0, True),   # 8 items of 0.1 s: less work than starting two workers costs -> this process
+    (1.0, 5.0, False),  # 8 s of work -> two worker processes
+    (0.1, 0.0, False),  # engine.pool_min_seconds = 0: always the workers
+])
+def test_local_map_runs_a_small_map_in_this_process(seconds, floor, here):
+    ex = engine.create("local", {"pool_min_seconds": floor}, workers=2)
+    items = list(range(8))
+    assert ex.in_process(items, cost=lambda i: seconds) is here
+    pids = ex.map(_pid, items, cost=lambda i: seconds)
+    assert (set(pids) == {os.getpid()}) is here
+    if not here:
+        assert os.getpid() not in pids
+    # without a cost estimate, two workers are two processes whatever the floor
+    assert os.getpid() not in LocalExecutor(2, pool_min_seconds=floor).map(_pid, items)
 
 
 def test_local_embed_hands_batches_back_in_plan_order():

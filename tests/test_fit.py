@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -202,7 +203,9 @@ def test_sweep_parallel_equals_serial(tmp_path):
 
     write_fixture(tmp_path, backbone="toy")
     fx = write_fixture(tmp_path, backbone="toy2")
-    params = load_params(None, ["fit.save_models=false", "fit.curves=false", "heads.mlp.epochs=30"])
+    # engine.pool_min_seconds=0: two worker processes, however small the grid (the default runs it in this process)
+    params = load_params(None, ["fit.save_models=false", "fit.curves=false", "heads.mlp.epochs=30",
+                                "engine.pool_min_seconds=0"])
     kw = dict(params=params, cache_dir=tmp_path / "cache", models_dir=None, backbones=["toy", "toy2"],
               heads=["svc", "mlp", "prototype"], shots=[2, 10], seeds=[0, 1])
     serial = sweep(tmp_path / "data/splits.json", results_dir=tmp_path / "r1", n_jobs=1, **kw)
@@ -220,7 +223,7 @@ def test_parallel_sweep_saves_heads_under_the_callers_relative_models_dir(tmp_pa
     still save its heads under *this* directory's ``models/`` (found by running the CLI's default paths in-process)."""
     from featpipe.results.stages import sweep
 
-    params = load_params(None, ["fit.curves=false"])
+    params = load_params(None, ["fit.curves=false", "engine.pool_min_seconds=0"])  # worker processes, not this one
     kw = dict(params=params, backbones=["toy"], heads=["svc", "prototype"], shots=[2], seeds=[0, 1], n_jobs=2)
     for name in ("first", "second"):
         root = tmp_path / name
@@ -230,3 +233,23 @@ def test_parallel_sweep_saves_heads_under_the_callers_relative_models_dir(tmp_pa
         saved = sorted(p.name for p in (root / "models").rglob("*.skops"))
         assert len(saved) == len(runs) == 4, (name, saved)
         assert all((root / r.model_path).is_file() for r in runs)
+
+
+def test_cost_estimate_keeps_the_study_grid_on_workers_and_a_ten_run_fit_in_this_process():
+    """The local engine starts its workers only for a grid estimated at engine.pool_min_seconds (5 s) or more:
+    the benchmark's 960-run grid (about 40 s of CPU measured) must go to the workers, ``featpipe fit-svc --shots 10``
+    (10 runs, ~0.2 s of fits, measured 4.6 s with two workers against 2.4 s in one process) must not."""
+    from featpipe.engine.local import LocalExecutor
+    from featpipe.fewshot.fit import _cost
+
+    sizes = [(824, 2208), (824, 2048), (824, 1152)]  # val + test rows, embedding dims of the benchmark caches
+    heads = ("svc", "logistic", "mlp", "prototype")
+    grid = [(c, heads, k, s) for c in range(3) for k in (1, 2, 5, 10, 20, 50, 100, 200) for s in range(10)]
+    cost = functools.partial(_cost, sizes=sizes)
+    assert 20 < sum(map(cost, grid)) < 80  # measured: ~39 s of CPU in one process (sweep_phases.py)
+    ten = [(0, ("svc",), 10, s) for s in range(10)]
+    assert 0.1 < sum(map(cost, ten)) < 1.0  # measured: ~0.19 s
+    ex = LocalExecutor(2)
+    assert not ex.in_process(grid, cost) and ex.in_process(ten, cost)
+    # a multi-label task fits one head per label: 14 labels make the same 10 runs 14 times the work
+    assert sum(map(functools.partial(_cost, sizes=sizes, labels=14), ten)) == pytest.approx(14 * sum(map(cost, ten)))

@@ -28,6 +28,7 @@ BAD = [
     ("heads.svc.C_grid=[1,-1]", "heads.svc.C_grid"), ("compare.metrics=[auroc,nope]", "compare.metrics"),
     ("data.name=../../X", "data.name"), ("data.name=/tmp/X", "data.name"), ("data.name=a/b", "data.name"),
     ("data.name=..", "data.name"), ("data.name=" + "x" * 200, "data.name"),
+    ("engine.pool_min_seconds=-1", "engine.pool_min_seconds"),
 ]
 
 

@@ -5,8 +5,9 @@ An executor is handed work and decides only where it runs:
 - :meth:`Executor.map` runs a picklable ``fn(item, shared)`` over items and returns the results in item order.
   ``shared`` is a dict of read-only numpy arrays (e.g. feature matrices) that every item may read: each
   executor ships them once (a memory-mapped file for the local process pool, the object store for Ray).
-  ``cpus``/``gpus`` are what one item needs; ``cost`` (item -> float) orders and groups the items through
-  :func:`plan`, the same for every executor.
+  ``cpus``/``gpus`` are what one item needs; ``cost`` (item -> estimated seconds of work on one core) orders and
+  groups the items through :func:`plan`, the same for every executor; the local engine also runs a map whose
+  estimate is small in the caller's process (starting worker processes would cost more than they save).
 - :meth:`Executor.embed` runs planned batches through a picklable ``read`` (batch -> array, run where CPUs
   are), an optional ``prepare`` (array -> model input, run in the model's process) and a model made by a
   picklable ``model_factory`` (called once per model process), and hands ``(batch, embeddings)`` back in plan

@@ -339,13 +339,22 @@ def _sidecar(data: CacheData, rec: RunRecord, *, head: str, hp: dict) -> dict:
 # --------------------------------------------------------------------------- many runs
 
 
-_COST = {"mlp": 3.0, "logistic": 2.0, "svc": 2.0, "prototype": 0.2, "knn": 0.3}  # relative time of one run, by head
+# Estimated seconds of one run, measured on one core of the 2-core benchmark machine (`python
+# benchmarks/sweep_phases.py`: 2,000 train, 824 val + test rows, D = 2,208): a fixed part per run (scoring val + test,
+# metrics, curves, the saved head), 6 ms + 3 ns per scored value (rows x D), and the fit, seconds per (k + 5) at
+# D = 2,048 by head. An estimate: it orders the work (costliest first) and tells the local engine whether starting
+# worker processes pays (``engine.pool_min_seconds``); it never changes a result.
+_FIXED_S, _PER_VALUE_S = 6e-3, 3e-9
+_FIT_S = {"mlp": 1.5e-3, "logistic": 0.7e-3, "svc": 0.6e-3, "prototype": 0.0, "knn": 0.05e-3}
 
 
-def _cost(task: tuple) -> float:
-    """Relative time of one (cache, heads, shots, seed) task: heavy ones (large k, MLP) go first."""
-    _, heads, shots, _ = task
-    return (shots + 5) * sum(_COST.get(h, 1.0) for h in heads)
+def _cost(task: tuple, *, sizes: Sequence[tuple[int, int]], labels: int = 1) -> float:
+    """Estimated seconds of one (cache, heads, shots, seed) task; ``sizes[cache]`` = (scored rows, embedding dim),
+    ``labels``: heads per run (one per label of a multi-label task)."""
+    c, heads, shots, _ = task
+    rows, dim = sizes[c]
+    per_run = _FIXED_S + _PER_VALUE_S * rows * dim
+    return labels * sum(per_run + _FIT_S.get(h, 0.7e-3) * (shots + 5) * dim / 2048 for h in heads)
 
 
 _META = ("path", "backbone", "weights", "layer", "tag", "weights_request", "attrs", "y", "row", "val", "test")
@@ -385,13 +394,14 @@ def run_grid(splits: Splits, caches: Sequence[CacheData], *, heads: Sequence[str
              on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
     """Every (cache, head, k, seed) run, in grid order, mapped over ``engine`` (default: the local engine with
     ``n_jobs`` processes, ``fit.n_jobs`` by default) as one task per (cache, k, seed) that fits every head; the
-    feature matrices are shared read-only, each task asks ``engine.fit_cpus`` CPUs. ``on_result(run)`` is called
+    feature matrices are shared read-only, each task asks ``engine.fit_cpus`` CPUs. A grid estimated under
+    ``engine.pool_min_seconds`` of work runs in this process (see :mod:`featpipe.engine.local`). ``on_result(run)`` is called
     in this process as each run finishes (the runs of a task as it finishes; where a run fails, the runs its task
     finished before it, then its error is raised)."""
     for h in heads:
         head_params(h, params.heads)  # unknown head names fail before any work
     n_jobs = params.fit.n_jobs if n_jobs is None else n_jobs
-    engine = engine or LocalExecutor(workers=n_jobs)
+    engine = engine or LocalExecutor(workers=n_jobs, pool_min_seconds=params.engine.pool_min_seconds)
     heads = tuple(heads)
     tasks = [(c, heads, k, s) for c in range(len(caches)) for k in shots for s in seeds]
     metas = [{f: getattr(c, f) for f in _META} for c in caches]
@@ -403,7 +413,9 @@ def run_grid(splits: Splits, caches: Sequence[CacheData], *, heads: Sequence[str
         if isinstance(runs, _Unfinished):
             raise runs.error
 
-    done = engine.map(task, tasks, cpus=params.engine.fit_cpus, cost=_cost,
+    sizes = [(len(splits.val) + len(c.test), c.X.shape[1]) for c in caches]
+    cost = functools.partial(_cost, sizes=sizes, labels=max(1, len(splits.labels or ())))
+    done = engine.map(task, tasks, cpus=params.engine.fit_cpus, cost=cost,
                       shared={f"X{i}": c.X for i, c in enumerate(caches)}, on_result=deliver)
     by_run = {(c, h, k, s): r for (c, _, k, s), runs in zip(tasks, done) for h, r in zip(heads, runs)}
     return [by_run[(c, h, k, s)] for c in range(len(caches)) for h in heads for k in shots for s in seeds]

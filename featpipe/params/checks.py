@@ -29,6 +29,7 @@ NON_NEGATIVE = (  # >= 0
     "finetune.weight_decay", "finetune.patience", "finetune.backbone_lr_factor", "finetune.rotation_degrees",
     "finetune.brightness", "finetune.contrast", "finetune.threads", "fit.bootstrap", "compare.bootstrap",
     "compare.seed", "gradcam.seed", "report.subgroup_bootstrap", "engine.embed_gpus", "engine.finetune_gpus", "engine.actors",
+    "engine.pool_min_seconds",
 )
 AT_MOST_ONE = (  # in [0, 1]
     "clinical.min_accuracy_binary", "clinical.min_accuracy_multiclass", "clinical.max_std", "clinical.min_auroc",
