@@ -11,7 +11,7 @@ Naive: per run, reload the HDF5 cache, select rows, fit ``GridSearchCV(Pipeline(
 LogisticRegression))`` on the raw embeddings, a full-width torch MLP (D x 512, 200 epochs of Adam),
 a prototype classifier; timed on a subset and extrapolated (printed as such).
 
-    python benchmarks/bench_sweep.py [--out DIR] [--naive-seeds 1] [--no-models] [--heads H ...] [--n-jobs 2]
+    python benchmarks/bench_sweep.py [--out DIR] [--naive-seeds 1] [--no-models] [--heads H ...] [--n-jobs 2] [-S KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -157,6 +157,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-models", action="store_true", help="do not save model files in the featpipe sweep")
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--n-jobs", type=int, default=2, help="fit.n_jobs of the featpipe sweep (1: in this process)")
+    ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a params override for the featpipe sweep, as the CLI's -S (repeatable)")
     ap.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS,
                     help="heads of the featpipe sweep (default: all four; '--heads prototype' measures the per-run "
                          "cost a sweep pays whatever its head: scoring, record, saved head, journal, workers)")
@@ -168,7 +170,7 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     splits = make_data(root)
     print(f"synthetic caches written in {time.perf_counter() - t:.1f} s under {root}")
-    overrides = [f"fit.n_jobs={args.n_jobs}"] + (["fit.save_models=false"] if args.no_models else [])
+    overrides = [f"fit.n_jobs={args.n_jobs}"] + (["fit.save_models=false"] if args.no_models else []) + args.set
     params = load_params(None, overrides)
     cpu0, load0 = _cpu_seconds(), os.getloadavg()[0]
     t = time.perf_counter()
@@ -176,7 +178,8 @@ def main(argv=None) -> int:
                  models_dir=root / "models", backbones=list(DIMS), heads=list(args.heads), shots=list(SHOTS),
                  seeds=list(SEEDS))
     wall = time.perf_counter() - t
-    print(f"featpipe sweep: {len(runs)} runs in {wall:.1f} s wall (n_jobs={params.fit.n_jobs}, models saved: {not args.no_models})")
+    print(f"featpipe sweep: {len(runs)} runs in {wall:.1f} s wall (n_jobs={params.fit.n_jobs}, models saved: "
+          f"{not args.no_models}{', overrides: ' + ' '.join(args.set) if args.set else ''})")
     cpu = {k: v - cpu0.get(k, 0.0) for k, v in _cpu_seconds().items()}
     print(f"featpipe sweep CPU: {cpu['self']:.1f} s in this process + {cpu['workers']:.1f} s in its worker processes "
           f"= {cpu['self'] + cpu['workers']:.1f} s; load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after "
