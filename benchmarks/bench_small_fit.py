@@ -25,7 +25,7 @@ CASES = [("svc", 10), ("logistic", 10), ("mlp", 10), ("svc", 200), ("mlp", 200),
 SETTINGS = {"default": [], "always workers": ["-S", "engine.pool_min_seconds=0"]}
 
 
-def run(root: Path, head: str, k: int, name: str, extra: list[str], tag: str) -> tuple[float, float]:
+def run(root: Path, head: str, k: int, extra: list[str], tag: str) -> tuple[float, float]:
     res = root / f"results-{head}-{k}-{tag}"
     cmd = [sys.executable, "-m", "featpipe", "fit", "--head", head, "--shots", str(k), "--backbone", "densenet161",
            "--results", str(res), "--models", str(root / f"models-{tag}"), *extra]
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         for head, k in CASES:
             order = list(SETTINGS) if r % 2 == 0 else list(reversed(SETTINGS))
             for s in order:
-                times[((head, k), s)].append(run(root, head, k, s, SETTINGS[s], f"{s.replace(' ', '_')}-{r}"))
+                times[((head, k), s)].append(run(root, head, k, SETTINGS[s], f"{s.replace(' ', '_')}-{r}"))
     load.append(os.getloadavg()[0])
     lines = ["| command (10 seeds, densenet161-size caches) | default: wall / CPU | always 2 workers: wall / CPU | "
              "wall ratio | same runs.csv |", "|---|---:|---:|---:|---|"]

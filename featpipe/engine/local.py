@@ -3,8 +3,8 @@
 :meth:`LocalExecutor.map` runs the chunks of :func:`featpipe.engine.base.plan` in this process when
 ``workers`` is 1, when there is one chunk, or when the items' estimated cost (seconds of work) adds up to less
 than ``pool_min_seconds``: a worker process spends ~2 s importing featpipe, scikit-learn, scipy and pandas
-before its first item, so a small map finishes sooner here (measured: 10 SVC runs at k = 10 on 2 cores, 3.55 s
-with two workers, 1.40 s in this process). Otherwise it runs them in ``workers`` processes; shared arrays go to
+before its first item, so a small map finishes sooner here (``featpipe fit-svc --shots 10`` on 2 cores: 2.66 s
+wall, against 5.25 s with two workers: ``benchmarks/results/small_fit.md``). Otherwise it runs them in ``workers`` processes; shared arrays go to
 ``.npy`` files in a temporary folder that every worker memory-maps read-only. The results are the same either way
 (each item's work is single-threaded and deterministic). Workers end with this process
 (:func:`featpipe.core.workers.die_with_parent`) and run in its working directory.
@@ -47,9 +47,12 @@ class LocalExecutor(Executor):
         self.workers = int(workers)
         self.pool_min_seconds = float(pool_min_seconds)
 
-    def in_process(self, items: Sequence, cost=None) -> bool:
-        """Whether :meth:`map` runs ``items`` in this process (see the class)."""
-        if effective_workers(self.workers) == 1 or len(plan(items, cost)) <= 1:
+    def in_process(self, items: Sequence, cost=None, *, chunks: Optional[list] = None) -> bool:
+        """Whether :meth:`map` runs ``items`` in this process (see the class); ``chunks``: their :func:`plan`, if
+        already made."""
+        if effective_workers(self.workers) == 1:
+            return True
+        if len(plan(items, cost) if chunks is None else chunks) <= 1:
             return True
         return cost is not None and sum(float(cost(it)) for it in items) < self.pool_min_seconds
 
@@ -58,7 +61,7 @@ class LocalExecutor(Executor):
         shared = dict(shared or {})
         chunks = plan(items, cost)
         out: list = [None] * len(items)
-        if self.in_process(items, cost):
+        if self.in_process(items, cost, chunks=chunks):
             for ch in chunks:
                 for i in ch:
                     out[i] = fn(items[i], shared)

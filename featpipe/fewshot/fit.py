@@ -395,8 +395,8 @@ def run_grid(splits: Splits, caches: Sequence[CacheData], *, heads: Sequence[str
     """Every (cache, head, k, seed) run, in grid order, mapped over ``engine`` (default: the local engine with
     ``n_jobs`` processes, ``fit.n_jobs`` by default) as one task per (cache, k, seed) that fits every head; the
     feature matrices are shared read-only, each task asks ``engine.fit_cpus`` CPUs. A grid estimated under
-    ``engine.pool_min_seconds`` of work runs in this process (see :mod:`featpipe.engine.local`). ``on_result(run)`` is called
-    in this process as each run finishes (the runs of a task as it finishes; where a run fails, the runs its task
+    ``engine.pool_min_seconds`` of work runs in this process (see :mod:`featpipe.engine.local`). ``on_result(run)``
+    is called in this process as each run finishes (the runs of a task as it finishes; where a run fails, the runs its task
     finished before it, then its error is raised)."""
     for h in heads:
         head_params(h, params.heads)  # unknown head names fail before any work
@@ -413,8 +413,8 @@ def run_grid(splits: Splits, caches: Sequence[CacheData], *, heads: Sequence[str
         if isinstance(runs, _Unfinished):
             raise runs.error
 
-    sizes = [(len(splits.val) + len(c.test), c.X.shape[1]) for c in caches]
-    cost = functools.partial(_cost, sizes=sizes, labels=max(1, len(splits.labels or ())))
+    sizes = [(len(c.val) + len(c.test), c.X.shape[1]) for c in caches]
+    cost = functools.partial(_cost, sizes=sizes, labels=max(1, len(splits.labels)))
     done = engine.map(task, tasks, cpus=params.engine.fit_cpus, cost=cost,
                       shared={f"X{i}": c.X for i, c in enumerate(caches)}, on_result=deliver)
     by_run = {(c, h, k, s): r for (c, _, k, s), runs in zip(tasks, done) for h, r in zip(heads, runs)}

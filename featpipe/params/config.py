@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from featpipe.core.errors import ConfigError
+from featpipe.engine.local import POOL_MIN_SECONDS
 from featpipe.params.checks import check
 from featpipe.params.heads import SECTIONS as HEAD_SECTIONS
 from featpipe.params.study import ArmParams, NetworkParams, check_metric
@@ -297,9 +298,9 @@ class EngineParams:
     embed_gpus: float = 1.0  # per embedding actor where the cluster has GPUs (0 = CPU actors)
     actors: int = 0  # embedding actors: 0 = one per embed_gpus of the cluster's GPUs, else one per 2 embed_cpus
     fit_cpus: float = 1.0  # per sweep task (one head x shots x seed run)
-    # local engine: a sweep whose runs are estimated at under this many seconds of work in all runs in this process
-    # (its fit.n_jobs workers would spend ~2 s each importing before the first run); 0 = always start the workers
-    pool_min_seconds: float = 5.0
+    # local engine: a sweep estimated at under this many seconds of work runs in this process (its fit.n_jobs workers
+    # would spend ~2 s each importing before their first run); 0 = always start the workers
+    pool_min_seconds: float = POOL_MIN_SECONDS
     finetune_cpus: float = 1.0  # per fine-tuning task (one run)
     finetune_gpus: float = 1.0  # per fine-tuning task where the cluster has GPUs (0 = CPU)
 
